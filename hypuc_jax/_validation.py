@@ -1,0 +1,75 @@
+"""Input checks shared by the public functions of every stage.
+
+Public functions validate concrete inputs on the host and raise ``ValueError``
+naming the argument and what was expected. Inside ``jit`` the inputs are
+tracers whose values cannot be inspected, so value checks (finiteness,
+positivity) are skipped there and only shape checks (``chex``) apply.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds concrete values (not a tracer under jit/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_array(x: Any, name: str, *, ndim: tuple[int, ...] | int | None = None,
+             allow_empty: bool = False):
+    """Returns ``x`` as an array (numpy or jax, unchanged if already one).
+
+    Args:
+      x: array-like.
+      name: argument name used in error messages.
+      ndim: allowed number(s) of dimensions, or None for any.
+      allow_empty: whether a zero-size array is accepted.
+
+    Raises:
+      ValueError: wrong number of dimensions, or empty when not allowed.
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__}") from e
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name}: expected {want} dimensions, got shape {tuple(x.shape)}")
+    if not allow_empty and x.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raises ValueError if concrete ``x`` holds NaN or inf (no-op under jit)."""
+    if is_concrete(x):
+        arr = np.asarray(x)
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
+
+
+def check_positive(x: Any, name: str, *, strict: bool = True) -> None:
+    """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict)."""
+    if is_concrete(x):
+        arr = np.asarray(x)
+        ok = np.all(np.isfinite(arr)) and (np.all(arr > 0) if strict else np.all(arr >= 0))
+        if not ok:
+            rel = "> 0" if strict else ">= 0"
+            shown = arr if arr.size <= 4 else f"array with min {np.nanmin(arr)!r}"
+            raise ValueError(f"{name}: expected finite values {rel}, got {shown}")
+
+
+def check_same_length(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """Raises ValueError if the leading dimensions of ``a`` and ``b`` differ."""
+    la, lb = np.shape(a)[:1], np.shape(b)[:1]
+    if la != lb:
+        raise ValueError(
+            f"{name_a} and {name_b}: expected the same length, got {la[0] if la else 'scalar'}"
+            f" and {lb[0] if lb else 'scalar'}")
