@@ -1,0 +1,417 @@
+"""Run configuration: nested frozen dataclasses, presets, overrides, checks.
+
+A :class:`Config` holds every knob the CLI and ``train.train_and_evaluate``
+need, grouped by stage::
+
+    Config(data, model, loss, weighting, train, calibration, corrections, regions)
+
+``get_config(name)`` returns a preset ("potassium" default, "tiny" for tests,
+"lvef", "diabetes"); ``apply_overrides(config, ["train.lr=1e-3"])`` changes
+fields from strings with type coercion; ``validate(config, n_devices)`` fails
+before training with a ``ValueError`` naming the offending key. ``to_dict`` /
+``from_dict`` round-trip through JSON (``DIR/config.json``).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Optional, Union
+
+LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
+WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
+PARALLEL = ("auto", "none", "sharding", "pmap")
+MODEL_KINDS = ("auto", "resnet1d", "mlp")
+CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
+BANDWIDTH_RULES = ("scott", "silverman")
+KDE_METHODS = ("binned", "exact")
+LDS_KERNELS = ("gaussian", "triang", "laplace")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Data source and split. ``spec`` is passed to ``hypuc_jax.data.load``."""
+  spec: str = "simulated:potassium"
+  target: Optional[str] = None
+  seed: int = 0
+  split: tuple[float, ...] = (0.6, 0.2, 0.2)
+  strict: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Backbone. ``kind="auto"``: resnet1d for signals, mlp for tabular data."""
+  kind: str = "auto"
+  widths: tuple[int, ...] = (32, 64, 128)
+  blocks: tuple[int, ...] = (1, 1, 1)
+  kernel_size: int = 7
+  dropout: float = 0.0
+  sigma_min: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Per-example loss; the head (gaussian/laplace/point) follows from it."""
+  name: str = "nll"
+  huber_delta: float = 1.0
+  noise_sigma: float = 1.0
+  learn_noise: bool = True
+  bni_bins: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightingConfig:
+  """Label weighting, fitted once on the training labels (weights.py)."""
+  scheme: str = "hypuc"
+  lam: float = 0.5
+  bandwidth: Union[str, float] = "scott"
+  method: str = "binned"
+  max_weight: Optional[float] = None
+  bins: int = 100
+  lds_kernel: str = "gaussian"
+  lds_ks: int = 5
+  lds_sigma: float = 2.0
+  dense_alpha: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation and loop. ``steps > 0`` overrides ``epochs``.
+
+  ``eval_every`` / ``checkpoint_every`` / ``log_every`` count optimiser steps;
+  ``early_stopping_patience`` counts evaluations without a better val NLL
+  (0 disables early stopping).
+  """
+  batch_size: int = 64
+  eval_batch_size: int = 256
+  epochs: int = 10
+  steps: int = 0
+  lr: float = 1e-3
+  weight_decay: float = 1e-4
+  warmup_steps: int = 100
+  grad_clip: float = 1.0
+  parallel: str = "auto"
+  log_every: int = 50
+  eval_every: int = 200
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  early_stopping_patience: int = 5
+  prefetch: int = 2
+  transfer_guard: bool = True
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+  """Uncertainty calibration fitted on the validation split."""
+  method: str = "hyperfine"
+  bins: int = 10
+  min_count: int = 20
+  xi: float = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionsConfig:
+  """Gradient-boosted corrections and decisions (validation split only)."""
+  enabled: bool = True
+  n_models: int = 1
+  n_estimators: int = 200
+  max_depth: int = 3
+  learning_rate: float = 0.05
+  specificity: float = 0.9
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Full run configuration. ``regions``: extra (name, low, high) ranges."""
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  loss: LossConfig = LossConfig()
+  weighting: WeightingConfig = WeightingConfig()
+  train: TrainConfig = TrainConfig()
+  calibration: CalibrationConfig = CalibrationConfig()
+  corrections: CorrectionsConfig = CorrectionsConfig()
+  regions: tuple[tuple[str, float, float], ...] = ()
+
+  def to_dict(self) -> dict:
+    """JSON-compatible nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Config":
+    """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
+    return _from_dict(cls, d, "")
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Default CLI job: ~2k simulated ECGs at 100 Hz, a small ResNet, a few
+    # minutes on 2 CPU cores.
+    "potassium": {
+        "data.spec": "simulated:potassium",
+        "model.widths": (16, 32, 64), "model.blocks": (1, 1, 1),
+        "train.batch_size": 64, "train.epochs": 8, "train.lr": 2e-3,
+        "train.warmup_steps": 50, "train.eval_every": 100,
+        "train.checkpoint_every": 100, "train.log_every": 20,
+    },
+    # Unit / CI tests: a few hundred tiny signals, seconds on one core.
+    "tiny": {
+        "data.spec": "simulated:potassium?n=256&duration=2&rate=50",
+        "model.widths": (8, 16), "model.blocks": (1, 1), "model.kernel_size": 5,
+        "train.batch_size": 32, "train.eval_batch_size": 64, "train.steps": 12,
+        "train.lr": 3e-3, "train.warmup_steps": 2, "train.log_every": 4,
+        "train.eval_every": 6, "train.checkpoint_every": 6,
+        "train.keep_checkpoints": 2, "train.early_stopping_patience": 0,
+        "calibration.min_count": 5, "calibration.bins": 4,
+        "corrections.n_estimators": 20,
+    },
+    "lvef": {
+        "data.spec": "simulated:lvef",
+        "model.widths": (16, 32, 64), "train.epochs": 8, "train.lr": 2e-3,
+        "train.warmup_steps": 50, "train.eval_every": 100,
+        "train.checkpoint_every": 100, "train.log_every": 20,
+    },
+    "diabetes": {
+        "data.spec": "sklearn:diabetes", "model.kind": "mlp",
+        "model.widths": (64, 64), "model.blocks": (1, 1), "model.dropout": 0.1,
+        "train.batch_size": 32, "train.epochs": 60, "train.lr": 3e-3,
+        "train.warmup_steps": 20, "train.eval_every": 20,
+        "train.checkpoint_every": 20, "train.log_every": 10,
+        "train.early_stopping_patience": 10, "weighting.bins": 20,
+        "calibration.bins": 5, "calibration.min_count": 10,
+    },
+}
+
+
+def get_config(name: str = "potassium") -> Config:
+  """Returns the preset ``name`` (potassium, tiny, lvef, diabetes).
+
+  Raises:
+    ValueError: unknown preset name.
+  """
+  if name not in _PRESETS:
+    raise ValueError(f"name: expected one of {sorted(_PRESETS)}, got {name!r}")
+  return _replace_many(Config(), _PRESETS[name].items())
+
+
+def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
+  """Returns ``config`` with ``"section.key=value"`` overrides applied.
+
+  Values are coerced to the field's type: ints, floats, bools
+  (true/false/1/0/yes/no), ``none`` for optional fields, tuples as
+  ``32,64`` or a Python literal ``(32, 64)``.
+
+  Args:
+    config: the base configuration.
+    overrides: strings ``"train.lr=1e-3"``, ``"model.widths=16,32"``.
+
+  Raises:
+    ValueError: malformed override, unknown key (named), or a value that
+      cannot be converted to the field's type.
+  """
+  pairs = []
+  for item in overrides:
+    if not isinstance(item, str) or "=" not in item:
+      raise ValueError(f"overrides: expected 'section.key=value', got {item!r}")
+    key, raw = item.split("=", 1)
+    pairs.append((key.strip(), raw.strip()))
+  return _replace_many(config, pairs)
+
+
+def _replace_many(config: Config, pairs) -> Config:
+  for key, value in pairs:
+    config = _replace_path(config, key.split("."), value, key)
+  return config
+
+
+def _replace_path(obj, parts, value, key):
+  fields = {f.name: f for f in dataclasses.fields(obj)}
+  if parts[0] not in fields:
+    raise ValueError(f"{key}: unknown config key; expected one of "
+                     f"{sorted(fields)} at {type(obj).__name__}")
+  hints = typing.get_type_hints(type(obj))
+  sub = getattr(obj, parts[0])
+  if len(parts) > 1:
+    if not dataclasses.is_dataclass(sub):
+      raise ValueError(f"{key}: unknown config key ({parts[0]} has no sub-keys)")
+    return dataclasses.replace(obj, **{parts[0]: _replace_path(sub, parts[1:], value, key)})
+  if dataclasses.is_dataclass(sub):
+    raise ValueError(f"{key}: is a section; set one of its keys, e.g. {key}.<name>=...")
+  return dataclasses.replace(obj, **{parts[0]: _coerce(value, hints[parts[0]], key)})
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+  """Converts ``value`` (a string or a JSON value) to type ``tp``."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (Union, types.UnionType):
+    if type(None) in args and (value is None or (isinstance(value, str) and
+                                                 value.lower() in ("none", "null"))):
+      return None
+    errors = []
+    for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+      try:
+        return _coerce(value, a, key)
+      except ValueError as e:
+        errors.append(str(e))
+    raise ValueError(f"{key}: expected {tp}, got {value!r}")
+  if origin is tuple:
+    if isinstance(value, str):
+      text = value.strip()
+      try:
+        value = ast.literal_eval(text) if text[:1] in "([" else [
+            v.strip() for v in text.split(",") if v.strip()]
+      except (ValueError, SyntaxError) as e:
+        raise ValueError(f"{key}: expected a tuple, got {value!r}") from e
+      if not isinstance(value, (list, tuple)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{key}: expected a tuple, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_coerce(v, args[0], key) for v in value)
+    if len(value) != len(args):
+      raise ValueError(f"{key}: expected {len(args)} items, got {value!r}")
+    return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+      return True
+    if text in ("false", "0", "no", "off"):
+      return False
+    raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
+  if tp is int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+      raise ValueError(f"{key}: expected an int, got {value!r}")
+    try:
+      return int(value) if not isinstance(value, str) else int(value.strip())
+    except ValueError as e:
+      raise ValueError(f"{key}: expected an int, got {value!r}") from e
+  if tp is float:
+    if isinstance(value, bool):
+      raise ValueError(f"{key}: expected a float, got {value!r}")
+    try:
+      return float(value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{key}: expected a float, got {value!r}") from e
+  if tp is str:
+    if not isinstance(value, str):
+      raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+  raise ValueError(f"{key}: unsupported field type {tp}")
+
+
+def _from_dict(cls, d: dict, prefix: str):
+  if not isinstance(d, dict):
+    raise ValueError(f"{prefix or 'config'}: expected a dict, got {type(d).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for name, value in d.items():
+    key = f"{prefix}{name}"
+    if name not in fields:
+      raise ValueError(f"{key}: unknown config key; expected one of {sorted(fields)}")
+    tp = hints[name]
+    if dataclasses.is_dataclass(tp):
+      kwargs[name] = _from_dict(tp, value, key + ".")
+    else:
+      kwargs[name] = _coerce(value, tp, key)
+  return cls(**kwargs)
+
+
+def _check(cond: bool, key: str, expected: str, got: Any) -> None:
+  if not cond:
+    raise ValueError(f"{key}: expected {expected}, got {got!r}")
+
+
+def validate(config: Config, n_devices: int = 1) -> Config:
+  """Checks every value before training; returns ``config`` unchanged.
+
+  Whether the model fits the data shape is checked by
+  ``train.check_model_fits`` once the data are loaded.
+
+  Args:
+    config: the configuration to check.
+    n_devices: number of devices the batch is split over (global count).
+
+  Raises:
+    ValueError: naming the first offending key and what was expected.
+  """
+  if not isinstance(config, Config):
+    raise ValueError(f"config: expected a Config, got {type(config).__name__}")
+  d, m, lo, w, t = config.data, config.model, config.loss, config.weighting, config.train
+  c, k = config.calibration, config.corrections
+  _check(isinstance(d.spec, str) and bool(d.spec), "data.spec", "a non-empty string", d.spec)
+  _check(len(d.split) == 3 and all(f >= 0 for f in d.split) and d.split[0] > 0
+         and abs(sum(d.split) - 1.0) < 1e-6, "data.split",
+         "3 non-negative fractions (train > 0) summing to 1", d.split)
+  _check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
+  _check(len(m.widths) > 0 and all(v > 0 for v in m.widths), "model.widths",
+         "a non-empty tuple of positive ints", m.widths)
+  _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",
+         f"{len(m.widths)} positive ints (one per width)", m.blocks)
+  _check(m.kernel_size >= 1, "model.kernel_size", "an int >= 1", m.kernel_size)
+  _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
+  _check(m.sigma_min > 0, "model.sigma_min", "a float > 0", m.sigma_min)
+  _check(lo.name in LOSSES, "loss.name", f"one of {LOSSES}", lo.name)
+  _check(lo.huber_delta > 0, "loss.huber_delta", "a float > 0", lo.huber_delta)
+  _check(lo.noise_sigma > 0, "loss.noise_sigma", "a float > 0", lo.noise_sigma)
+  _check(lo.bni_bins >= 2, "loss.bni_bins", "an int >= 2", lo.bni_bins)
+  _check(w.scheme in WEIGHTINGS, "weighting.scheme", f"one of {WEIGHTINGS}", w.scheme)
+  _check(w.lam >= 0, "weighting.lam", "a float >= 0", w.lam)
+  _check(w.bandwidth in BANDWIDTH_RULES if isinstance(w.bandwidth, str) else w.bandwidth > 0,
+         "weighting.bandwidth", f"a float > 0 or one of {BANDWIDTH_RULES}", w.bandwidth)
+  _check(w.method in KDE_METHODS, "weighting.method", f"one of {KDE_METHODS}", w.method)
+  _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",
+         "None or a float >= 1 (weights have mean 1)", w.max_weight)
+  _check(w.bins >= 2, "weighting.bins", "an int >= 2", w.bins)
+  _check(w.lds_kernel in LDS_KERNELS, "weighting.lds_kernel", f"one of {LDS_KERNELS}",
+         w.lds_kernel)
+  _check(w.lds_ks >= 1 and w.lds_ks % 2 == 1, "weighting.lds_ks", "an odd int >= 1", w.lds_ks)
+  _check(w.lds_sigma > 0, "weighting.lds_sigma", "a float > 0", w.lds_sigma)
+  _check(w.dense_alpha >= 0, "weighting.dense_alpha", "a float >= 0", w.dense_alpha)
+  _check(t.parallel in PARALLEL, "train.parallel", f"one of {PARALLEL}", t.parallel)
+  _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)
+  for key in ("batch_size", "eval_batch_size"):
+    v = getattr(t, key)
+    _check(v >= 1, f"train.{key}", "an int >= 1", v)
+    if resolve_parallel(t.parallel, n_devices) != "none":
+      _check(v % n_devices == 0, f"train.{key}",
+             f"a multiple of the device count {n_devices}", v)
+  _check(t.steps > 0 or t.epochs > 0, "train.epochs", "> 0 when train.steps is 0", t.epochs)
+  _check(t.steps >= 0, "train.steps", "an int >= 0", t.steps)
+  _check(t.lr > 0, "train.lr", "a learning rate > 0", t.lr)
+  _check(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
+  _check(t.warmup_steps >= 0, "train.warmup_steps", "an int >= 0", t.warmup_steps)
+  _check(t.grad_clip >= 0, "train.grad_clip", "a float >= 0 (0 disables)", t.grad_clip)
+  for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    _check(getattr(t, key) >= 1, f"train.{key}", "an int >= 1", getattr(t, key))
+  _check(t.early_stopping_patience >= 0, "train.early_stopping_patience", "an int >= 0",
+         t.early_stopping_patience)
+  _check(t.prefetch >= 0, "train.prefetch", "an int >= 0", t.prefetch)
+  if lo.name == "bmc":
+    _check(resolve_parallel(t.parallel, n_devices) != "pmap", "train.parallel",
+           "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global "
+           "batch)", t.parallel)
+  _check(c.method in CALIBRATIONS, "calibration.method", f"one of {CALIBRATIONS}", c.method)
+  _check(c.bins >= 1, "calibration.bins", "an int >= 1", c.bins)
+  _check(c.min_count >= 1, "calibration.min_count", "an int >= 1", c.min_count)
+  _check(0 < c.xi < 1, "calibration.xi", "a coverage in (0, 1)", c.xi)
+  _check(k.n_models >= 1, "corrections.n_models", "an int >= 1", k.n_models)
+  _check(k.n_estimators >= 1, "corrections.n_estimators", "an int >= 1", k.n_estimators)
+  _check(k.max_depth >= 1, "corrections.max_depth", "an int >= 1", k.max_depth)
+  _check(k.learning_rate > 0, "corrections.learning_rate", "a float > 0", k.learning_rate)
+  _check(0 < k.specificity < 1, "corrections.specificity", "a float in (0, 1)", k.specificity)
+  for i, region in enumerate(config.regions):
+    _check(len(region) == 3 and region[1] < region[2], f"regions[{i}]",
+           "(name, low, high) with low < high", region)
+  return config
+
+
+def resolve_parallel(parallel: str, n_devices: int) -> str:
+  """Maps ``"auto"`` to ``"sharding"`` on > 1 device and ``"none"`` otherwise."""
+  if parallel == "auto":
+    return "sharding" if n_devices > 1 else "none"
+  return parallel
