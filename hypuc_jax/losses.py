@@ -1,0 +1,415 @@
+"""Per-example regression losses and the weighted batch reduction.
+
+Every loss is a pure function returning one value per example (shape
+``[batch]``); the reduction is left to the caller, as in
+``optax.losses``. The train step reduces with :func:`weighted_sums`, which
+returns the numerator/denominator pair ``(sum w*l, sum w)`` so that a
+data-parallel step can add both across devices before dividing (the weighted
+mean over the GLOBAL batch; averaging per-device weighted means is wrong when
+weights differ between devices).
+
+Shapes are checked on every call (shapes are static, so the checks also run
+while tracing under ``jit``) and raise ``ValueError``; value checks
+(finiteness, positivity) run only on concrete inputs, see
+:mod:`hypuc_jax._validation`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+
+LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
+_HEADS = {"nll": "gaussian", "laplace": "laplace"}
+
+
+class HistogramPrior(NamedTuple):
+    """Histogram prior of the training labels for :func:`bni` (a pytree).
+
+    Attributes:
+      centers: bin centres, shape ``[k]``.
+      probs: bin probabilities, shape ``[k]`` (non-negative, normalised by
+        :func:`bni`).
+    """
+    centers: Any
+    probs: Any
+
+
+def _vectors(**arrays) -> list[jax.Array]:
+    """Checks that each named array is 1-D and that all have one length."""
+    out, first = [], None
+    for name, x in arrays.items():
+        x = as_array(x, name, ndim=1)
+        if first is None:
+            first = (name, x.shape[0])
+        elif x.shape[0] != first[1]:
+            raise ValueError(f"{first[0]} and {name}: expected the same shape [batch], "
+                             f"got ({first[1]},) and {tuple(x.shape)}")
+        out.append(jnp.asarray(x))
+    chex.assert_equal_shape(out)
+    return out
+
+
+def _scalar(x, name: str) -> jax.Array:
+    """Returns ``x`` as a positive scalar array (positivity checked when concrete)."""
+    x = as_array(x, name)
+    if x.size != 1:
+        raise ValueError(f"{name}: expected a scalar, got shape {tuple(x.shape)}")
+    check_positive(x, name)
+    return jnp.reshape(jnp.asarray(x), ())
+
+
+def gaussian_nll(mu, sigma, y) -> jax.Array:
+    """Negative log-likelihood of ``y`` under N(mu, sigma^2), per example.
+
+    ``0.5 * log(2 pi sigma^2) + (y - mu)^2 / (2 sigma^2)``, computed as
+    ``0.5 log(2 pi) + log(sigma) + 0.5 ((y - mu) / sigma)^2`` so that a tiny
+    sigma does not underflow ``sigma^2`` to zero.
+
+    Args:
+      mu: predicted means, shape ``[batch]``.
+      sigma: predicted standard deviations, ``> 0``, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+
+    Returns:
+      The NLL of each example, shape ``[batch]``.
+
+    Raises:
+      ValueError: shapes differ or are not ``[batch]``; concrete ``sigma``
+        not finite and positive.
+
+    References:
+      Nix & Weigend, `Estimating the mean and variance of the target
+      probability distribution <https://doi.org/10.1109/ICNN.1994.374138>`_,
+      ICNN 1994.
+    """
+    mu, sigma, y = _vectors(mu=mu, sigma=sigma, y=y)
+    check_positive(sigma, "sigma")
+    z = (y - mu) / sigma
+    return 0.5 * math.log(2.0 * math.pi) + jnp.log(sigma) + 0.5 * z * z
+
+
+def laplace_nll(mu, scale, y) -> jax.Array:
+    """Negative log-likelihood of ``y`` under Laplace(mu, b), per example.
+
+    ``log(2 b) + |y - mu| / b``.
+
+    Args:
+      mu: predicted locations, shape ``[batch]``.
+      scale: predicted scales ``b > 0``, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+
+    Returns:
+      The NLL of each example, shape ``[batch]``.
+
+    Raises:
+      ValueError: shapes differ or are not ``[batch]``; concrete ``scale``
+        not finite and positive.
+
+    References:
+      `Laplace distribution
+      <https://en.wikipedia.org/wiki/Laplace_distribution>`_, Wikipedia.
+    """
+    mu, scale, y = _vectors(mu=mu, scale=scale, y=y)
+    check_positive(scale, "scale")
+    return math.log(2.0) + jnp.log(scale) + jnp.abs(y - mu) / scale
+
+
+def mse(pred, y) -> jax.Array:
+    """Squared error ``(pred - y)^2`` per example.
+
+    Args:
+      pred: predictions, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+
+    Returns:
+      Squared errors, shape ``[batch]``.
+    """
+    pred, y = _vectors(pred=pred, y=y)
+    return jnp.square(pred - y)
+
+
+def l1(pred, y) -> jax.Array:
+    """Absolute error ``|pred - y|`` per example.
+
+    Args:
+      pred: predictions, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+
+    Returns:
+      Absolute errors, shape ``[batch]``.
+    """
+    pred, y = _vectors(pred=pred, y=y)
+    return jnp.abs(pred - y)
+
+
+def huber(pred, y, delta: float = 1.0) -> jax.Array:
+    """Huber loss per example: quadratic within ``delta``, linear beyond.
+
+    ``0.5 e^2`` if ``|e| <= delta`` else ``delta (|e| - 0.5 delta)``, with
+    ``e = pred - y`` (the convention of ``optax.huber_loss``).
+
+    Args:
+      pred: predictions, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+      delta: the threshold between the two regimes, ``> 0``.
+
+    Returns:
+      Huber losses, shape ``[batch]``.
+
+    References:
+      `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
+    """
+    pred, y = _vectors(pred=pred, y=y)
+    if not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta: expected a finite float > 0, got {delta!r}")
+    abs_err = jnp.abs(pred - y)
+    quadratic = jnp.minimum(abs_err, delta)
+    return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)
+
+
+def bmc(pred, y, noise_sigma, mask=None) -> jax.Array:
+    """Balanced MSE, batch-based Monte-Carlo form (BMC), per example.
+
+    The batch labels stand in for samples of the training label
+    distribution. With ``logits[i, j] = -(pred_i - y_j)^2 / (2 s^2)``, the
+    loss of example ``i`` is the cross-entropy of the softmax over ``j`` at
+    ``j = i``, multiplied by ``2 s^2`` (held constant with stop-gradient) to
+    restore the MSE scale, as in the authors' implementation::
+
+        l_i = 2 sg(s^2) * (logsumexp_j logits[i, j] - logits[i, i])
+
+    With a learnable ``s`` the gradient reaches it through the logits only.
+    The loss depends on the whole batch: under data parallelism compute it
+    on the global batch (the one-jit "sharding" path does this).
+
+    Args:
+      pred: predictions, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+      noise_sigma: noise scale ``s > 0``, a scalar (fixed or learnable).
+      mask: optional ``[batch]`` validity mask; examples with mask 0
+        (padding) are left out of the softmax candidates. Their own loss
+        value is still returned and must be masked by the caller.
+
+    Returns:
+      Balanced MSE of each example, shape ``[batch]``.
+
+    Raises:
+      ValueError: shapes differ or are not ``[batch]``; ``noise_sigma`` not
+        a scalar or (when concrete) not positive.
+
+    References:
+      Ren et al., `Balanced MSE for Imbalanced Visual Regression
+      <https://arxiv.org/abs/2203.16427>`_, CVPR 2022; reference code
+      github.com/jiawei-ren/BalancedMSE.
+    """
+    if mask is None:
+        pred, y = _vectors(pred=pred, y=y)
+        valid = jnp.ones(pred.shape, dtype=bool)
+    else:
+        pred, y, mask = _vectors(pred=pred, y=y, mask=mask)
+        valid = mask > 0
+    noise_var = jnp.square(_scalar(noise_sigma, "noise_sigma"))
+    logits = -jnp.square(pred[:, None] - y[None, :]) / (2.0 * noise_var)
+    chex.assert_shape(logits, (pred.shape[0], pred.shape[0]))
+    # Padding never competes; the diagonal stays so a padded row is finite.
+    keep = valid[None, :] | jnp.eye(pred.shape[0], dtype=bool)
+    log_norm = jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
+    return 2.0 * jax.lax.stop_gradient(noise_var) * (log_norm - jnp.diagonal(logits))
+
+
+def bni(pred, y, noise_sigma, bin_centers, bin_probs) -> jax.Array:
+    """Balanced MSE with a histogram prior, batch-based numerical integration.
+
+    The training label distribution is a histogram (``bin_probs`` at
+    ``bin_centers``, normalised here to sum 1); convolved with the Gaussian
+    noise it gives the balancing term::
+
+        l_i = 2 sg(s^2) * ((pred_i - y_i)^2 / (2 s^2)
+                           + log sum_k p_k exp(-(pred_i - c_k)^2 / (2 s^2)))
+
+    With a uniform prior this is the MSE plus a constant.
+
+    Args:
+      pred: predictions, shape ``[batch]``.
+      y: targets, shape ``[batch]``.
+      noise_sigma: noise scale ``s > 0``, a scalar (fixed or learnable).
+      bin_centers: histogram bin centres, shape ``[k]``.
+      bin_probs: histogram probabilities (or counts), ``>= 0`` with a
+        positive sum, shape ``[k]``.
+
+    Returns:
+      Balanced MSE of each example, shape ``[batch]``.
+
+    Raises:
+      ValueError: shapes differ; ``noise_sigma`` not a positive scalar;
+        concrete ``bin_probs`` negative, non-finite or all zero.
+
+    References:
+      Ren et al., `Balanced MSE for Imbalanced Visual Regression
+      <https://arxiv.org/abs/2203.16427>`_, CVPR 2022 (BNI); reference code
+      github.com/jiawei-ren/BalancedMSE.
+    """
+    pred, y = _vectors(pred=pred, y=y)
+    centers, probs = _vectors(bin_centers=bin_centers, bin_probs=bin_probs)
+    check_finite(centers, "bin_centers")
+    check_positive(probs, "bin_probs", strict=False)
+    if is_concrete(probs) and not np.sum(np.asarray(probs)) > 0:
+        raise ValueError("bin_probs: expected a positive sum, got all zeros")
+    noise_var = jnp.square(_scalar(noise_sigma, "noise_sigma"))
+    probs = probs / jnp.sum(probs)
+    mse_term = jnp.square(pred - y) / (2.0 * noise_var)
+    logits = -jnp.square(pred[:, None] - centers[None, :]) / (2.0 * noise_var)
+    chex.assert_shape(logits, (pred.shape[0], centers.shape[0]))
+    balancing = jax.nn.logsumexp(logits, axis=1, b=probs[None, :])
+    return 2.0 * jax.lax.stop_gradient(noise_var) * (mse_term + balancing)
+
+
+def histogram_prior(labels, n_bins: int = 100) -> HistogramPrior:
+    """Histogram prior of training labels for :func:`bni` (host-side, numpy).
+
+    Args:
+      labels: training labels, shape ``[n]``, finite.
+      n_bins: number of equal-width bins over the label range.
+
+    Returns:
+      ``HistogramPrior(centers [n_bins], probs [n_bins])`` in float32.
+    """
+    labels = np.asarray(as_array(labels, "labels", ndim=1), dtype=np.float64)
+    check_finite(labels, "labels")
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins: expected an int >= 1, got {n_bins!r}")
+    counts, edges = np.histogram(labels, bins=n_bins)
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    return HistogramPrior(centers.astype(np.float32),
+                          (counts / counts.sum()).astype(np.float32))
+
+
+def head_for_loss(name: str) -> str:
+    """The model head a loss needs: "gaussian", "laplace" or "point".
+
+    Raises:
+      ValueError: ``name`` is not one of :data:`LOSS_NAMES`.
+    """
+    _check_name(name)
+    return _HEADS.get(name, "point")
+
+
+def _check_name(name: str) -> None:
+    if name not in LOSS_NAMES:
+        raise ValueError(f"loss name: expected one of {', '.join(LOSS_NAMES)}, got {name!r}")
+
+
+def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
+                     noise_sigma=None, bni_prior: HistogramPrior | None = None,
+                     mask=None) -> jax.Array:
+    """Dispatches to the per-example loss called ``name``.
+
+    Args:
+      name: one of :data:`LOSS_NAMES` ("nll", "laplace", "mse", "l1",
+        "huber", "bmc", "bni").
+      prediction: a ``Prediction`` (anything with ``.loc [batch]`` and
+        ``.scale [batch] or None``); "nll" and "laplace" need ``scale``.
+      y: targets, shape ``[batch]``.
+      huber_delta: ``delta`` of :func:`huber`.
+      noise_sigma: noise scale for "bmc" / "bni" (scalar, fixed or the
+        model's learnable ``noise_sigma()``); required for those losses.
+      bni_prior: :class:`HistogramPrior` (or a ``(centers, probs)`` pair),
+        required for "bni".
+      mask: optional ``[batch]`` validity mask, used by "bmc" to drop
+        padding from the in-batch candidates. Other losses are per example;
+        mask them in :func:`weighted_sums`.
+
+    Returns:
+      Per-example losses, shape ``[batch]``.
+
+    Raises:
+      ValueError: unknown ``name`` (the message lists the valid names), a
+        missing scale / noise_sigma / bni_prior, or bad shapes.
+    """
+    _check_name(name)
+    loc, scale = prediction.loc, prediction.scale
+    if name in _HEADS and scale is None:
+        raise ValueError(f"prediction.scale: loss {name!r} needs a {_HEADS[name]} head "
+                         "(a scale), got a point prediction (scale None)")
+    if name in ("bmc", "bni") and noise_sigma is None:
+        raise ValueError(f"noise_sigma: loss {name!r} needs a noise scale, got None")
+    if name == "nll":
+        return gaussian_nll(loc, scale, y)
+    if name == "laplace":
+        return laplace_nll(loc, scale, y)
+    if name == "mse":
+        return mse(loc, y)
+    if name == "l1":
+        return l1(loc, y)
+    if name == "huber":
+        return huber(loc, y, delta=huber_delta)
+    if name == "bmc":
+        return bmc(loc, y, noise_sigma, mask=mask)
+    if bni_prior is None:
+        raise ValueError("bni_prior: loss 'bni' needs a histogram prior "
+                         "(HistogramPrior(centers, probs)), got None")
+    centers, probs = bni_prior
+    return bni(loc, y, noise_sigma, centers, probs)
+
+
+def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
+    """The numerator and denominator of the weighted mean loss.
+
+    Returns ``(sum_i w_i m_i l_i, sum_i w_i m_i)``. Under data parallelism
+    each device computes this pair on its shard, the pairs are summed
+    across devices (``psum``, or automatically in a one-jit sharded step),
+    and the global weighted mean is ``num / den``. Masked-out entries
+    (padding) contribute exactly zero even if their loss is NaN or inf.
+
+    Args:
+      losses: per-example losses, shape ``[batch]``.
+      weights: per-example weights ``>= 0``, shape ``[batch]``.
+      mask: optional validity mask (bool or 0/1), shape ``[batch]``.
+
+    Returns:
+      ``(num, den)``, two scalars.
+
+    Raises:
+      ValueError: shapes differ or are not ``[batch]``; concrete weights
+        negative or non-finite.
+    """
+    if mask is None:
+        losses, weights = _vectors(losses=losses, weights=weights)
+        valid = jnp.ones(losses.shape, dtype=bool)
+    else:
+        losses, weights, mask = _vectors(losses=losses, weights=weights, mask=mask)
+        valid = mask > 0
+    check_positive(weights, "weights", strict=False)
+    w = jnp.where(valid, weights, 0.0)
+    num = jnp.sum(jnp.where(valid, w * losses, 0.0))
+    return num, jnp.sum(w)
+
+
+def weighted_mean(losses, weights, mask=None) -> jax.Array:
+    """``sum(w * m * l) / sum(w * m)`` over one (global) batch.
+
+    Args:
+      losses: per-example losses, shape ``[batch]``.
+      weights: per-example weights ``>= 0``, shape ``[batch]``.
+      mask: optional validity mask, shape ``[batch]``.
+
+    Returns:
+      A scalar; 0 for a traced batch whose weights are all zero or masked
+      (an empty batch contributes nothing).
+
+    Raises:
+      ValueError: as :func:`weighted_sums`, and for a concrete batch whose
+        total weight is zero.
+    """
+    num, den = weighted_sums(losses, weights, mask)
+    if is_concrete(den) and not float(den) > 0:
+        raise ValueError("weights: expected a positive total weight over the unmasked "
+                         f"examples, got {float(den)!r}")
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
