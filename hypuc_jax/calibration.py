@@ -1,0 +1,378 @@
+"""Uncertainty calibration, fitted on the validation split only (SPEC section 4).
+
+Three calibrators map a model's predicted scale to a calibrated one:
+
+- ``GlobalCalibrator`` (sigma scaling, Laves et al. 2020): sigma' = s* sigma
+  with the closed form s*^2 = mean((y - mu)^2 / sigma^2).
+- ``HyperfineCalibrator`` (HypUC): quantile bins of predicted mu; in bin b,
+  eta_b = quantile_xi(|y - mu| / (z_xi sigma')), and sigma'' = eta_b(mu) sigma'.
+- ``IsotonicCalibrator`` (Kuleshov et al. 2018), a baseline: an isotonic map
+  R of the predicted CDF level F(y) = Phi((y - mu) / sigma) to its empirical
+  frequency on the validation split; the calibrated CDF is R(F(y)).
+
+Every calibrator has ``apply(mu, sigma) -> sigma [n]``, ``to_dict`` /
+``from_dict``, ``save(path)`` / ``load(path, task=...)`` (JSON), and carries
+the name of the task it was fitted on, so a calibrator saved for another task
+is refused on load. All fitting is numpy: it runs once, on the host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import stats
+from sklearn.isotonic import IsotonicRegression
+
+from hypuc_jax._predictions import central_z, check_predictions
+
+FORMAT_VERSION = 1
+
+
+def check_task(saved: str | None, task: str | None, name: str = "task") -> None:
+    """Raises ValueError when a saved object belongs to another task.
+
+    Args:
+      saved: task name stored with the object (None if it was fitted without one).
+      task: task the caller expects, or None to accept any.
+      name: argument name used in the error message.
+    """
+    if task is not None and saved != task:
+        raise ValueError(f"{name}: expected an object fitted for task {task!r}, "
+                         f"got one fitted for task {saved!r}")
+
+
+class _Calibrator:
+    """Shared serialisation for the calibrators (dataclass subclasses)."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: method, task, format version and parameters."""
+        out = {"method": self.method, "format_version": FORMAT_VERSION}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.tolist() if isinstance(v, np.ndarray) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, task: str | None = None):
+        """Rebuilds a calibrator from ``to_dict`` output.
+
+        Args:
+          d: dict from ``to_dict``.
+          task: expected task name; None accepts any.
+
+        Raises:
+          ValueError: wrong method, unknown format, or a different task.
+        """
+        if not isinstance(d, dict) or d.get("method") != cls.method:
+            got = d.get("method") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"d: expected a {cls.method!r} calibrator dict, got method {got!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"d: expected format_version {FORMAT_VERSION}, "
+                             f"got {d.get('format_version')!r}")
+        check_task(d.get("task"), task)
+        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+        return cls(**kwargs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the calibrator as JSON to ``path`` (e.g. DIR/calibration.json)."""
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, task: str | None = None):
+        """Reads a calibrator saved with ``save``; ``task`` as in ``from_dict``."""
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh), task=task)
+
+    def _inputs(self, mu, sigma):
+        mu, sigma, _ = check_predictions(mu, sigma)
+        return mu, sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalCalibrator(_Calibrator):
+    """sigma' = scale * sigma.
+
+    Attributes:
+      scale: the fitted factor s* (> 0).
+      task: task the calibrator was fitted on, or None.
+    """
+    scale: float
+    task: str | None = None
+    method: ClassVar[str] = "global"
+
+    def apply(self, mu, sigma) -> np.ndarray:
+        """Calibrated sigma [n] for predictions mu [n], sigma [n]."""
+        _, sigma = self._inputs(mu, sigma)
+        return self.scale * sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperfineCalibrator(_Calibrator):
+    """sigma'' = eta_b(mu) * global_scale * sigma.
+
+    Attributes:
+      global_scale: the global factor s* fitted first.
+      edges: inner bin edges of predicted mu, increasing, length B - 1; bin b
+        is [edges[b-1], edges[b]) with the first and last bins extended to
+        -inf and +inf, so predictions outside the validation range use the
+        edge bin.
+      etas: per-bin factors, length B.
+      counts: validation samples per bin, length B (for reports).
+      xi: nominal coverage the factors were fitted for.
+      task: task the calibrator was fitted on, or None.
+    """
+    global_scale: float
+    edges: list
+    etas: list
+    counts: list
+    xi: float = 0.95
+    task: str | None = None
+    method: ClassVar[str] = "hyperfine"
+
+    def bin_index(self, mu) -> np.ndarray:
+        """Bin of each prediction, [n] int in [0, B)."""
+        mu = check_predictions(mu, sigma_required=False)[0]
+        return np.searchsorted(np.asarray(self.edges, dtype=np.float64), mu, side="right")
+
+    def apply(self, mu, sigma) -> np.ndarray:
+        """Calibrated sigma [n] for predictions mu [n], sigma [n]."""
+        mu, sigma = self._inputs(mu, sigma)
+        eta = np.asarray(self.etas, dtype=np.float64)[self.bin_index(mu)]
+        return eta * self.global_scale * sigma
+
+
+@dataclasses.dataclass(frozen=True)
+class IsotonicCalibrator(_Calibrator):
+    """Isotonic recalibration of the predicted Gaussian CDF (Kuleshov et al. 2018).
+
+    The fitted map R sends a predicted CDF level p = Phi((y - mu) / sigma) to
+    the fraction of validation samples whose level is <= p. The recalibrated
+    predictive distribution has CDF R(Phi((y - mu) / sigma)) and quantiles
+    mu + sigma * Phi^-1(R^-1(q)). Because R acts on the standardised level,
+    the recalibrated distribution is a location-scale family in (mu, sigma),
+    generally not Gaussian. ``apply`` therefore returns a Gaussian-equivalent
+    sigma: the scale whose Gaussian central ``xi`` interval has the same width
+    as the recalibrated central ``xi`` interval. Use ``interval`` / ``quantile``
+    for the exact recalibrated endpoints and ``cdf`` for calibrated levels.
+
+    Attributes:
+      levels: knots of R (predicted levels), increasing, in [0, 1].
+      freqs: R at those knots (observed frequencies), non-decreasing, in [0, 1].
+      xi: coverage used for the Gaussian-equivalent sigma of ``apply``.
+      task: task the calibrator was fitted on, or None.
+    """
+    levels: list
+    freqs: list
+    xi: float = 0.95
+    task: str | None = None
+    method: ClassVar[str] = "isotonic"
+
+    def recalibrate_level(self, p) -> np.ndarray:
+        """R(p): calibrated CDF level for predicted level(s) p in [0, 1]."""
+        return np.interp(np.asarray(p, dtype=np.float64), self.levels, self.freqs)
+
+    def inverse_level(self, q) -> np.ndarray:
+        """R^-1(q) = inf{p : R(p) >= q}: the predicted level to ask for to get level q."""
+        q = np.asarray(q, dtype=np.float64)
+        levels, freqs = np.asarray(self.levels), np.asarray(self.freqs)
+        # R is piecewise linear and non-decreasing: find the first segment reaching q.
+        j = np.clip(np.searchsorted(freqs, q, side="left"), 1, len(freqs) - 1)
+        f0, f1, p0, p1 = freqs[j - 1], freqs[j], levels[j - 1], levels[j]
+        t = np.where(f1 > f0, (q - f0) / np.where(f1 > f0, f1 - f0, 1.0), 1.0)
+        return np.clip(p0 + np.clip(t, 0.0, 1.0) * (p1 - p0), 0.0, 1.0)
+
+    def cdf(self, mu, sigma, y) -> np.ndarray:
+        """Calibrated CDF levels R(Phi((y - mu) / sigma)), [n] in [0, 1]."""
+        mu, sigma, y = check_predictions(mu, sigma, y)
+        return self.recalibrate_level(stats.norm.cdf((y - mu) / sigma))
+
+    def quantile(self, mu, sigma, q: float) -> np.ndarray:
+        """Recalibrated quantile at level q in (0, 1): mu + sigma Phi^-1(R^-1(q)), [n]."""
+        mu, sigma = self._inputs(mu, sigma)
+        if not 0.0 < float(q) < 1.0:
+            raise ValueError(f"q: expected a level in (0, 1), got {q!r}")
+        return mu + sigma * stats.norm.ppf(self.inverse_level(float(q)))
+
+    def interval(self, mu, sigma, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Recalibrated central interval: quantiles at (1 -+ level) / 2, each [n]."""
+        central_z(level)  # validates level
+        return (self.quantile(mu, sigma, 0.5 - level / 2.0),
+                self.quantile(mu, sigma, 0.5 + level / 2.0))
+
+    def sigma_factor(self, level: float | None = None) -> float:
+        """Width of the recalibrated central interval over that of N(0, 1)'s."""
+        level = self.xi if level is None else level
+        z = central_z(level)
+        lo, hi = stats.norm.ppf(self.inverse_level(np.array([0.5 - level / 2, 0.5 + level / 2])))
+        width = hi - lo
+        if not np.isfinite(width):
+            raise ValueError(f"level: recalibrated {level} interval is unbounded; use a smaller level")
+        return float(width / (2.0 * z))
+
+    def apply(self, mu, sigma) -> np.ndarray:
+        """Gaussian-equivalent calibrated sigma [n] (equal central-``xi`` width)."""
+        _, sigma = self._inputs(mu, sigma)
+        return self.sigma_factor() * sigma
+
+
+def fit_global(mu, sigma, y, *, task: str | None = None) -> GlobalCalibrator:
+    """Fits global sigma scaling, s*^2 = mean((y - mu)^2 / sigma^2).
+
+    Args:
+      mu: validation predicted locations [n].
+      sigma: validation predicted scales [n], > 0.
+      y: validation labels [n].
+      task: task name stored with the calibrator.
+
+    Returns:
+      GlobalCalibrator.
+
+    Raises:
+      ValueError: bad inputs, or all residuals zero (no scale to fit).
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    scale = float(np.sqrt(np.mean(((y - mu) / sigma) ** 2)))
+    if not scale > 0:
+        raise ValueError("y: all residuals y - mu are zero; the global scale is undefined")
+    return GlobalCalibrator(scale=scale, task=task)
+
+
+def _quantile_bins(mu: np.ndarray, n_bins: int, min_count: int) -> np.ndarray:
+    """Inner edges of quantile bins of mu, merging bins below min_count. [B - 1]"""
+    edges = np.unique(np.quantile(mu, np.linspace(0.0, 1.0, n_bins + 1))[1:-1])
+    while edges.size:
+        counts = np.bincount(np.searchsorted(edges, mu, side="right"), minlength=edges.size + 1)
+        b = int(np.argmin(counts))
+        if counts[b] >= min_count:
+            break
+        # Merge bin b with its smaller neighbour by dropping the edge between them.
+        if b == 0:
+            drop = 0
+        elif b == edges.size:
+            drop = b - 1
+        else:
+            drop = b - 1 if counts[b - 1] <= counts[b + 1] else b
+        edges = np.delete(edges, drop)
+    return edges
+
+
+def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float = 0.95, *,
+                  task: str | None = None) -> HyperfineCalibrator:
+    """Fits hyperfine (per-bin) calibration on top of global scaling.
+
+    Args:
+      mu: validation predicted locations [n].
+      sigma: validation predicted scales [n], > 0.
+      y: validation labels [n].
+      n_bins: number of quantile bins of mu before merging.
+      min_count: minimum validation samples per bin; sparser bins merge with
+        their smaller neighbour.
+      xi: coverage of the central interval each bin is fitted to, in (0, 1).
+      task: task name stored with the calibrator.
+
+    Returns:
+      HyperfineCalibrator.
+
+    Raises:
+      ValueError: bad inputs, fewer samples than ``n_bins`` or ``min_count``,
+        or a bin whose residuals are (almost all) zero.
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
+    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+        raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+    if mu.size < max(n_bins, min_count):
+        raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
+                         f"validation samples, got {mu.size}")
+    z = central_z(xi)
+    scale = fit_global(mu, sigma, y).scale
+    edges = _quantile_bins(mu, int(n_bins), int(min_count))
+    idx = np.searchsorted(edges, mu, side="right")
+    ratio = np.abs(y - mu) / (z * scale * sigma)
+    etas, counts = [], []
+    for b in range(edges.size + 1):
+        r = ratio[idx == b]
+        eta = float(np.quantile(r, xi))
+        if not eta > 0:
+            raise ValueError(f"y: residuals in mu bin {b} are zero for at least {xi:.0%} of "
+                             "its samples; the bin factor is undefined")
+        etas.append(eta)
+        counts.append(int(r.size))
+    return HyperfineCalibrator(global_scale=scale, edges=edges.tolist(), etas=etas,
+                               counts=counts, xi=float(xi), task=task)
+
+
+def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> IsotonicCalibrator:
+    """Fits isotonic recalibration of the predicted CDF (Kuleshov et al. 2018).
+
+    The training pairs are (p_i, P_hat(p_i)) with p_i = Phi((y_i - mu_i) / sigma_i)
+    and P_hat(p) = |{j : p_j <= p}| / n, fitted with sklearn's
+    ``IsotonicRegression`` (bounded to [0, 1]); the knots of the fitted
+    piecewise-linear map, anchored at (0, 0) and (1, 1), are stored.
+
+    Args:
+      mu: validation predicted locations [n].
+      sigma: validation predicted scales [n], > 0.
+      y: validation labels [n].
+      xi: coverage used for ``apply``'s Gaussian-equivalent sigma.
+      task: task name stored with the calibrator.
+
+    Returns:
+      IsotonicCalibrator.
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    central_z(xi)
+    p = np.sort(stats.norm.cdf((y - mu) / sigma))
+    p_hat = np.searchsorted(p, p, side="right") / p.size
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    iso.fit(np.concatenate([[0.0], p, [1.0]]), np.concatenate([[0.0], p_hat, [1.0]]))
+    levels = np.asarray(iso.X_thresholds_, dtype=np.float64)
+    freqs = np.asarray(iso.y_thresholds_, dtype=np.float64)
+    return IsotonicCalibrator(levels=levels.tolist(), freqs=freqs.tolist(), xi=float(xi), task=task)
+
+
+CALIBRATORS = {"global": GlobalCalibrator, "hyperfine": HyperfineCalibrator,
+               "isotonic": IsotonicCalibrator}
+_FITTERS = {"global": fit_global, "hyperfine": fit_hyperfine, "isotonic": fit_isotonic}
+
+
+def fit_calibrator(method: str, mu, sigma, y, **kwargs: Any) -> _Calibrator:
+    """Fits the calibrator named ``method`` ("global", "hyperfine" or "isotonic").
+
+    Args:
+      method: calibration method.
+      mu, sigma, y: validation predictions and labels, each [n].
+      **kwargs: passed to the fitter (e.g. n_bins, min_count, xi, task).
+
+    Returns:
+      The fitted calibrator.
+    """
+    if method not in _FITTERS:
+        raise ValueError(f"method: expected one of {sorted(_FITTERS)}, got {method!r}")
+    return _FITTERS[method](mu, sigma, y, **kwargs)
+
+
+def calibrator_from_dict(d: dict, task: str | None = None) -> _Calibrator:
+    """Rebuilds any calibrator from its ``to_dict`` output, dispatching on ``method``."""
+    method = d.get("method") if isinstance(d, dict) else None
+    if method not in CALIBRATORS:
+        raise ValueError(f"d: expected a calibrator dict with method in {sorted(CALIBRATORS)}, "
+                         f"got {method!r}")
+    return CALIBRATORS[method].from_dict(d, task=task)
+
+
+def load_calibrator(path: str | os.PathLike, task: str | None = None) -> _Calibrator:
+    """Loads any calibrator saved with ``save`` (e.g. DIR/calibration.json).
+
+    Raises:
+      ValueError: unknown method, or fitted for a task other than ``task``.
+    """
+    with open(path) as fh:
+        return calibrator_from_dict(json.load(fh), task=task)

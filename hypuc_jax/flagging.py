@@ -1,0 +1,84 @@
+"""Flagging unreliable predictions (SPEC section 6).
+
+The predictive entropy of the calibrated Gaussian, 0.5 log(2 pi e sigma^2),
+ranks predictions by uncertainty. Flagging the top-q fraction and scoring the
+rest gives a selective-risk curve: MAE of the kept predictions as q grows.
+The number flagged is floor(q n); ties in entropy keep the earlier sample
+(stable order), so the curve is deterministic.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hypuc_jax._predictions import as_vector, check_predictions
+from hypuc_jax._validation import as_array, check_positive
+from hypuc_jax.regions import region_masks
+
+DEFAULT_FRACTIONS = tuple(float(f) for f in np.linspace(0.0, 0.5, 11))
+
+
+def predictive_entropy(sigma) -> np.ndarray:
+    """Differential entropy of N(mu, sigma^2): 0.5 log(2 pi e sigma^2), [n]."""
+    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    check_positive(sigma, "sigma")
+    return 0.5 * np.log(2 * np.pi * np.e * sigma ** 2)
+
+
+def _fractions(fractions) -> np.ndarray:
+    f = as_vector(fractions, "fractions")
+    if np.any((f < 0) | (f >= 1)):
+        raise ValueError(f"fractions: expected values in [0, 1), got {f}")
+    return f
+
+
+def _curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+           fractions: np.ndarray) -> dict[float, float | None]:
+    order = np.argsort(-sigma, kind="stable")  # most uncertain first (entropy is monotone in sigma)
+    err = np.abs(y - mu)[order]
+    out = {}
+    for q in fractions:
+        kept = err[int(np.floor(q * y.size + 1e-9)):]
+        out[float(q)] = float(kept.mean()) if kept.size else None
+    return out
+
+
+def selective_risk(y, mu, sigma, fractions=DEFAULT_FRACTIONS) -> dict[float, float | None]:
+    """MAE of the kept predictions after flagging the most uncertain fraction.
+
+    Args:
+      y: labels [n].
+      mu: predicted locations [n].
+      sigma: calibrated predicted scales [n], > 0.
+      fractions: flagged fractions in [0, 1), default 0, 0.05, ..., 0.5.
+
+    Returns:
+      {fraction: MAE of the kept predictions} (None if nothing is kept).
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    return _curve(y, mu, sigma, _fractions(fractions))
+
+
+def selective_risk_by_region(y, mu, sigma, regions, fractions=DEFAULT_FRACTIONS,
+                             min_count: int = 10) -> dict[str, Any]:
+    """Selective-risk curve within each named region (flagging inside the region).
+
+    Args:
+      y, mu, sigma: labels and calibrated predictions, each [n].
+      regions: {name: (low, high)} half-open label ranges.
+      fractions: flagged fractions in [0, 1).
+      min_count: regions with fewer samples get None for every fraction.
+
+    Returns:
+      {region name: {"n": count, "curve": {fraction: MAE or None}}}.
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    f = _fractions(fractions)
+    out = {}
+    for name, m in region_masks(y, regions).items():
+        n = int(m.sum())
+        curve = (_curve(y[m], mu[m], sigma[m], f) if n >= min_count
+                 else {float(q): None for q in f})
+        out[name] = {"n": n, "curve": curve}
+    return out

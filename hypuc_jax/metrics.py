@@ -1,0 +1,209 @@
+"""Evaluation protocol: accuracy, uncertainty and decision metrics, overall and per region.
+
+Entry point ``evaluate(y, mu, sigma, *, train_labels=None, regions=None)``
+returns one block of eval.json::
+
+    {"overall": METRICS, "regions": {name: METRICS}}
+
+METRICS keys (python floats / ints, ``None`` where undefined; never NaN):
+
+- ``n``: number of samples;
+- accuracy: ``mae``, ``mse``, ``rmse``, ``gm`` (geometric mean of |error|,
+  0 if any error is exactly 0), ``pearson``, ``spearman`` (None when n < 2 or
+  an input is constant), ``balanced_mae`` (mean over occupied label bins of
+  each bin's MAE; bins as for the shot regions, see ``hypuc_jax.regions``);
+- uncertainty (None when ``sigma`` is None, i.e. a point model): ``nll``,
+  ``crps``, ``coverage_68/90/95``, ``width_68/90/95``, ``uce``, ``ence``,
+  ``miscal_area`` (definitions in ``hypuc_jax.uncertainty``).
+
+Regions: "many" / "medium" / "few" shot regions from ``train_labels`` and
+named regions from ``regions`` ({name: (low, high)}, half-open). A region
+holding fewer than ``min_count`` samples reports its ``n`` and None for
+every other metric.
+
+Decisions: ``decision_metrics(y_binary, score)`` gives AUROC, AUPRC (average
+precision) and sensitivity at 90% specificity, written in numpy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from hypuc_jax import uncertainty as unc
+from hypuc_jax._predictions import as_thresholds, as_vector, check_predictions, event
+from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
+                               shot_masks, validate_regions)
+
+LEVELS = {"68": 0.68, "90": 0.90, "95": 0.95}
+ACCURACY_KEYS = ("mae", "mse", "rmse", "gm", "pearson", "spearman", "balanced_mae")
+UNCERTAINTY_KEYS = ("nll", "crps", *(f"coverage_{k}" for k in LEVELS),
+                    *(f"width_{k}" for k in LEVELS), "uce", "ence", "miscal_area")
+METRIC_KEYS = ("n", *ACCURACY_KEYS, *UNCERTAINTY_KEYS)
+
+
+def _clean(x: Any) -> float | None:
+    """Python float, or None for None/NaN/inf (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return _clean(fn(a, b)[0])
+
+
+def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
+    """Geometric mean of |y - mu| (0 when any error is exactly 0)."""
+    err = np.abs(y - mu)
+    if np.any(err == 0):
+        return 0.0
+    return float(np.exp(np.mean(np.log(err))))
+
+
+def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float | None:
+    """Mean over occupied label bins of each bin's MAE; labels outside the edges are ignored."""
+    idx = bin_index(y, edges)
+    err = np.abs(y - mu)
+    maes = [err[idx == b].mean() for b in np.unique(idx[idx >= 0])]
+    return float(np.mean(maes)) if maes else None
+
+
+def _block(y, mu, sigma, edges, min_count) -> dict[str, Any]:
+    """METRICS for one set of samples."""
+    out: dict[str, Any] = {k: None for k in METRIC_KEYS}
+    out["n"] = int(y.size)
+    if y.size < max(min_count, 1):
+        return out
+    err = y - mu
+    mse = float(np.mean(err ** 2))
+    out.update(mae=float(np.mean(np.abs(err))), mse=mse, rmse=float(np.sqrt(mse)),
+               gm=geometric_mean_error(y, mu),
+               pearson=_correlation(stats.pearsonr, y, mu),
+               spearman=_correlation(stats.spearmanr, y, mu),
+               balanced_mae=balanced_mae(y, mu, edges))
+    if sigma is not None:
+        out.update(nll=unc.nll(y, mu, sigma), crps=unc.crps(y, mu, sigma),
+                   uce=unc.uce(y, mu, sigma), ence=unc.ence(y, mu, sigma),
+                   miscal_area=unc.miscalibration_area(y, mu, sigma))
+        for key, level in LEVELS.items():
+            out[f"coverage_{key}"] = unc.coverage(y, mu, sigma, level)
+            out[f"width_{key}"] = unc.width(sigma, level)
+    return {k: (v if k == "n" else _clean(v)) for k, v in out.items()}
+
+
+def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: Any = 100,
+             min_count: int = 10, many_shot: int = 100, few_shot: int = 20) -> dict[str, Any]:
+    """Metrics overall and per region, JSON-serialisable.
+
+    Args:
+      y: labels [n].
+      mu: predicted locations [n] (or corrected values).
+      sigma: predicted (calibrated) scales [n], > 0, or None for point models.
+      train_labels: training labels [m]; gives the many/medium/few-shot regions.
+      regions: named regions {name: (low, high)}, half-open [low, high).
+      shot_bins: label bins for shot regions and balanced MAE: a number of
+        equal-width bins over the training-label range (over y's range
+        without ``train_labels``), or explicit edges.
+      min_count: regions with fewer samples report n and None metrics.
+      many_shot, few_shot: shot-region count limits (> many_shot, < few_shot).
+
+    Returns:
+      {"overall": METRICS, "regions": {name: METRICS}}.
+
+    Raises:
+      ValueError: mismatched lengths, non-finite values, sigma <= 0, an empty
+        or invalid region, or a named region called like a shot region.
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y, sigma_required=False)
+    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+        raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+    named = validate_regions(regions)
+    masks: dict[str, np.ndarray] = {}
+    if train_labels is not None:
+        train_labels = as_vector(train_labels, "train_labels")
+        masks.update(shot_masks(y, train_labels, shot_bins, many_shot, few_shot))
+        clash = sorted(set(named) & set(SHOT_REGIONS))
+        if clash:
+            raise ValueError(f"regions: names {clash} clash with the shot regions {SHOT_REGIONS}")
+    masks.update(region_masks(y, named))
+    edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins)
+    return {"overall": _block(y, mu, sigma, edges, min_count),
+            "regions": {name: _block(y[m], mu[m], None if sigma is None else sigma[m],
+                                     edges, min_count)
+                        for name, m in masks.items()}}
+
+
+def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, float | None]:
+    """AUROC, AUPRC and sensitivity at a fixed specificity for a binary decision.
+
+    AUROC is the Mann-Whitney probability P(score_pos > score_neg) with ties
+    counted 1/2; AUPRC is average precision, sum over distinct score
+    thresholds of (recall_k - recall_{k-1}) * precision_k; sensitivity is the
+    largest true-positive rate among thresholds whose specificity >= the
+    target.
+
+    Args:
+      y_binary: outcomes [n] (bool or 0/1).
+      score: decision scores [n], higher means more likely positive.
+      specificity: target specificity in (0, 1).
+
+    Returns:
+      {"n", "n_positive", "auroc", "auprc", "sensitivity_at_90_specificity"}
+      (the last key named after ``specificity``); metrics None when only one
+      class is present.
+    """
+    yb = as_vector(y_binary, "y_binary")
+    if not np.all((yb == 0) | (yb == 1)):
+        raise ValueError("y_binary: expected only 0/1 or boolean outcomes")
+    score, _, yb = check_predictions(score, None, yb, names=("score", "sigma", "y_binary"),
+                                     sigma_required=False)
+    if not 0.0 < specificity < 1.0:
+        raise ValueError(f"specificity: expected a value in (0, 1), got {specificity!r}")
+    key = f"sensitivity_at_{round(specificity * 100)}_specificity"
+    pos = yb == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    out: dict[str, Any] = {"n": int(yb.size), "n_positive": n_pos,
+                           "auroc": None, "auprc": None, key: None}
+    if n_pos == 0 or n_neg == 0:
+        return out
+    ranks = stats.rankdata(score)
+    out["auroc"] = float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    # Cumulative counts at each distinct threshold, from the highest score down.
+    order = np.argsort(-score, kind="stable")
+    s, p = score[order], pos[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(p)[last]
+    fp = np.cumsum(~p)[last]
+    recall = tp / n_pos
+    precision = tp / (tp + fp)
+    out["auprc"] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    ok = (1.0 - fp / n_neg) >= specificity - 1e-12
+    out[key] = float(recall[ok].max()) if np.any(ok) else 0.0
+    return out
+
+
+def threshold_decisions(y, thresholds, scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Decision metrics of several scoring methods for each clinical threshold.
+
+    Args:
+      y: labels [n].
+      thresholds: sequence of thresholds (name, value, direction).
+      scores: {threshold name: {method name: score [n]}}, e.g. the corrector's
+        probabilities and ``corrections.baseline_scores`` merged.
+
+    Returns:
+      {threshold name: {method name: decision_metrics(...)}}.
+    """
+    y = as_vector(y, "y")
+    out = {}
+    for t in as_thresholds(thresholds):
+        if t.name not in scores:
+            raise ValueError(f"scores: expected scores for threshold {t.name!r}, got {sorted(scores)}")
+        outcome = event(y, t)
+        out[t.name] = {method: decision_metrics(outcome, s) for method, s in scores[t.name].items()}
+    return out
