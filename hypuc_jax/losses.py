@@ -41,11 +41,14 @@ class HistogramPrior(NamedTuple):
     probs: Any
 
 
-def _vectors(**arrays) -> list[jax.Array]:
-    """Checks that each named array is 1-D and that all have one length."""
+def _vectors(*, finite: bool = True, **arrays) -> list[jax.Array]:
+    """Checks that each named array is 1-D, that all have one length and
+    (when concrete and ``finite``) that all values are finite."""
     out, first = [], None
     for name, x in arrays.items():
         x = as_array(x, name, ndim=1)
+        if finite:
+            check_finite(x, name)
         if first is None:
             first = (name, x.shape[0])
         elif x.shape[0] != first[1]:
@@ -378,15 +381,18 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
 
     Raises:
       ValueError: shapes differ or are not ``[batch]``; concrete weights
-        negative or non-finite.
+        negative or non-finite, or concrete unmasked losses non-finite.
     """
     if mask is None:
-        losses, weights = _vectors(losses=losses, weights=weights)
+        losses, weights = _vectors(losses=losses, weights=weights, finite=False)
         valid = jnp.ones(losses.shape, dtype=bool)
     else:
-        losses, weights, mask = _vectors(losses=losses, weights=weights, mask=mask)
+        losses, weights, mask = _vectors(losses=losses, weights=weights, mask=mask,
+                                         finite=False)
         valid = mask > 0
     check_positive(weights, "weights", strict=False)
+    if is_concrete(losses) and is_concrete(valid):
+        check_finite(np.asarray(losses)[np.asarray(valid)], "losses (unmasked entries)")
     w = jnp.where(valid, weights, 0.0)
     num = jnp.sum(jnp.where(valid, w * losses, 0.0))
     return num, jnp.sum(w)

@@ -1,0 +1,315 @@
+"""Tests for hypuc_jax.losses against closed forms, scipy and numpy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import special, stats
+
+from hypuc_jax import losses
+
+RTOL = 2e-5
+
+
+def _data(seed, n=16):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=n).astype(np.float32)
+    sigma = rng.uniform(0.1, 3.0, size=n).astype(np.float32)
+    y = (mu + rng.normal(scale=2.0, size=n)).astype(np.float32)
+    return mu, sigma, y
+
+
+# --- numpy references, written independently of the module -------------------
+
+def _np_huber(e, delta):
+    a = np.abs(e)
+    return np.where(a <= delta, 0.5 * e ** 2, delta * (a - 0.5 * delta))
+
+
+def _np_bmc(pred, y, s, mask=None):
+    """Cross-entropy of softmax_j(-(pred_i - y_j)^2 / 2s^2) at j = i, times 2s^2."""
+    pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
+    n = len(pred)
+    keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+    out = np.empty(n)
+    for i in range(n):
+        cand = keep.copy()
+        cand[i] = True
+        logits = -(pred[i] - y[cand]) ** 2 / (2 * s * s)
+        out[i] = special.logsumexp(logits) + (pred[i] - y[i]) ** 2 / (2 * s * s)
+    return 2 * s * s * out
+
+
+def _np_bni(pred, y, s, centers, probs):
+    pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
+    p = np.asarray(probs, np.float64) / np.sum(probs)
+    out = np.empty(len(pred))
+    for i in range(len(pred)):
+        prior = np.sum(p * np.exp(-(pred[i] - centers) ** 2 / (2 * s * s)))
+        out[i] = (pred[i] - y[i]) ** 2 / (2 * s * s) + np.log(prior)
+    return 2 * s * s * out
+
+
+# --- closed forms, under jit -------------------------------------------------
+
+def test_gaussian_nll_matches_scipy_and_closed_form():
+    mu, sigma, y = _data(0)
+    got = jax.jit(losses.gaussian_nll)(mu, sigma, y)
+    np.testing.assert_allclose(got, -stats.norm.logpdf(y, mu, sigma), rtol=RTOL, atol=1e-6)
+    closed = 0.5 * np.log(2 * np.pi * sigma.astype(np.float64) ** 2) + (y - mu) ** 2 / (2 * sigma.astype(np.float64) ** 2)
+    np.testing.assert_allclose(got, closed, rtol=RTOL, atol=1e-6)
+
+
+def test_laplace_nll_matches_scipy_and_closed_form():
+    mu, b, y = _data(1)
+    got = jax.jit(losses.laplace_nll)(mu, b, y)
+    np.testing.assert_allclose(got, -stats.laplace.logpdf(y, mu, b), rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(got, np.log(2 * b) + np.abs(y - mu) / b, rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 3.0])
+def test_point_losses_match_numpy(delta):
+    pred, _, y = _data(2, n=64)
+    e = pred.astype(np.float64) - y
+    np.testing.assert_allclose(jax.jit(losses.mse)(pred, y), e ** 2, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(losses.l1)(pred, y), np.abs(e), rtol=RTOL, atol=1e-6)
+    huber = jax.jit(losses.huber, static_argnames="delta")
+    np.testing.assert_allclose(huber(pred, y, delta=delta), _np_huber(e, delta), rtol=RTOL, atol=1e-6)
+
+
+def test_huber_limits():
+    # Small errors: e^2 / 2; large errors: delta * (|e| - delta / 2).
+    e = np.array([0.01, -0.2, 50.0, -80.0], np.float32)
+    got = losses.huber(e, np.zeros(4, np.float32), delta=1.0)
+    np.testing.assert_allclose(got, [0.5e-4, 0.02, 49.5, 79.5], rtol=1e-5)
+
+
+# --- Balanced MSE -------------------------------------------------------------
+
+@pytest.mark.parametrize("s", [0.3, 1.0, 4.0])
+def test_bmc_matches_numpy_cross_entropy(s):
+    pred, _, y = _data(3, n=12)
+    got = jax.jit(losses.bmc)(pred, y, jnp.float32(s))
+    np.testing.assert_allclose(got, _np_bmc(pred, y, s), rtol=1e-4, atol=1e-5)
+
+
+def test_bmc_mask_drops_padding_from_candidates():
+    pred, _, y = _data(4, n=10)
+    mask = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1], np.float32)
+    got = np.asarray(jax.jit(losses.bmc)(pred, y, 1.0, mask))
+    np.testing.assert_allclose(got, _np_bmc(pred, y, 1.0, mask), rtol=1e-4, atol=1e-5)
+    # Valid rows equal BMC on the batch with the padding removed.
+    keep = mask > 0
+    np.testing.assert_allclose(got[keep], losses.bmc(pred[keep], y[keep], 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_bmc_closed_form_small_batches():
+    # One example: the softmax has a single entry, the loss is 0.
+    np.testing.assert_allclose(losses.bmc(jnp.array([1.5]), jnp.array([-2.0]), 0.7), [0.0], atol=1e-7)
+    # Two examples: l_0 = 2 s^2 log(1 + exp(((p0 - y0)^2 - (p0 - y1)^2) / 2 s^2)).
+    p, y, s = np.array([0.2, 1.0]), np.array([0.5, -0.4]), 0.8
+    l0 = 2 * s * s * np.log1p(np.exp(((p[0] - y[0]) ** 2 - (p[0] - y[1]) ** 2) / (2 * s * s)))
+    np.testing.assert_allclose(losses.bmc(p, y, s)[0], l0, rtol=1e-5)
+
+
+def test_bmc_noise_gradient_holds_the_scale_constant():
+    # d/ds of 2 sg(s^2) CE(s) = 2 s0^2 * dCE/ds; numpy central difference of CE.
+    pred, _, y = _data(5, n=8)
+    s0, h = 0.9, 1e-4
+    total = lambda s: losses.bmc(pred, y, s).sum()
+    got = jax.grad(total)(jnp.float32(s0))
+    ce = lambda s: _np_bmc(pred, y, s).sum() / (2 * s * s)
+    want = 2 * s0 * s0 * (ce(s0 + h) - ce(s0 - h)) / (2 * h)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+@pytest.mark.parametrize("s", [0.5, 2.0])
+def test_bni_matches_numpy(s):
+    pred, _, y = _data(6, n=12)
+    centers = np.linspace(-3, 3, 25).astype(np.float32)
+    probs = np.exp(-0.5 * centers ** 2) * 7.0       # unnormalised on purpose
+    got = jax.jit(losses.bni)(pred, y, jnp.float32(s), centers, probs)
+    np.testing.assert_allclose(got, _np_bni(pred, y, s, centers, probs), rtol=1e-4, atol=1e-5)
+
+
+def test_bni_single_bin_closed_form():
+    # One bin at c: l = (p - y)^2 - (p - c)^2, independent of s.
+    pred, _, y = _data(7, n=6)
+    for s in (0.3, 3.0):
+        got = losses.bni(pred, y, s, np.array([0.7]), np.array([1.0]))
+        np.testing.assert_allclose(got, (pred - y) ** 2 - (pred - 0.7) ** 2, rtol=1e-4, atol=1e-4)
+
+
+def test_histogram_prior_feeds_bni():
+    labels = np.random.default_rng(8).gamma(2.0, size=500)
+    prior = losses.histogram_prior(labels, n_bins=20)
+    counts, edges = np.histogram(labels, bins=20)
+    np.testing.assert_allclose(prior.probs.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(prior.probs, counts / 500, rtol=1e-6)
+    assert prior.centers[0] > labels.min() and prior.centers[-1] < labels.max()
+    pred, _, y = _data(9, n=5)
+    got = losses.per_example_loss("bni", losses_prediction(pred), y, noise_sigma=1.0, bni_prior=prior)
+    np.testing.assert_allclose(got, _np_bni(pred, y, 1.0, prior.centers, prior.probs), rtol=1e-4, atol=1e-5)
+
+
+def losses_prediction(loc, scale=None):
+    """A minimal stand-in for models.Prediction (losses only duck-type it)."""
+    class P:
+        pass
+    p = P()
+    p.loc, p.scale = loc, scale
+    return p
+
+
+# --- gradients at extreme inputs ---------------------------------------------
+
+@pytest.mark.parametrize("sigma", [1e-6, 1e-3, 1.0, 1e6])
+@pytest.mark.parametrize("residual", [0.0, 1e-3, 1e4])
+def test_nll_gradients_finite_at_extremes(sigma, residual):
+    mu = jnp.zeros(3)
+    scale = jnp.full(3, sigma, jnp.float32)
+    y = jnp.array([residual, -residual, 0.5 * residual], jnp.float32)
+    for fn in (losses.gaussian_nll, losses.laplace_nll):
+        value, grads = jax.jit(jax.value_and_grad(lambda m, s: fn(m, s, y).sum(), argnums=(0, 1)))(mu, scale)
+        assert np.isfinite(value), (fn.__name__, sigma, residual)
+        assert all(np.all(np.isfinite(g)) for g in grads), (fn.__name__, sigma, residual)
+
+
+@pytest.mark.parametrize("s", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("spread", [1e-3, 1.0, 1e3])
+def test_balanced_mse_gradients_finite_at_extremes(s, spread):
+    rng = np.random.default_rng(10)
+    pred = jnp.asarray(rng.normal(scale=spread, size=16), jnp.float32)
+    y = jnp.asarray(rng.normal(scale=spread, size=16), jnp.float32)
+    centers, probs = jnp.linspace(-3 * spread, 3 * spread, 30), jnp.ones(30)
+
+    def total(p, sig):
+        return (losses.bmc(p, y, sig).sum() + losses.bni(p, y, sig, centers, probs).sum()
+                + losses.huber(p, y).sum())
+    value, grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(pred, jnp.float32(s))
+    assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+# --- dispatch and heads --------------------------------------------------------
+
+def test_per_example_loss_dispatch_matches_direct_calls():
+    mu, sigma, y = _data(11)
+    pred = losses_prediction(mu, sigma)
+    prior = losses.HistogramPrior(np.linspace(-2, 2, 9), np.ones(9))
+    direct = {
+        "nll": -stats.norm.logpdf(y, mu, sigma),
+        "laplace": -stats.laplace.logpdf(y, mu, sigma),
+        "mse": (mu - y) ** 2,
+        "l1": np.abs(mu - y),
+        "huber": _np_huber(mu.astype(np.float64) - y, 0.7),
+        "bmc": _np_bmc(mu, y, 0.8),
+        "bni": _np_bni(mu, y, 0.8, prior.centers, prior.probs),
+    }
+    assert set(direct) == set(losses.LOSS_NAMES)
+    for name, want in direct.items():
+        got = losses.per_example_loss(name, pred, y, huber_delta=0.7, noise_sigma=0.8, bni_prior=prior)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_head_for_loss():
+    assert losses.head_for_loss("nll") == "gaussian"
+    assert losses.head_for_loss("laplace") == "laplace"
+    assert {losses.head_for_loss(n) for n in ("mse", "l1", "huber", "bmc", "bni")} == {"point"}
+    with pytest.raises(ValueError, match="nll, laplace, mse"):
+        losses.head_for_loss("crps")
+
+
+def test_per_example_loss_bad_requests():
+    y = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="expected one of nll, laplace, mse, l1, huber, bmc, bni"):
+        losses.per_example_loss("gaussian", losses_prediction(y, y + 1), y)
+    with pytest.raises(ValueError, match="prediction.scale"):
+        losses.per_example_loss("nll", losses_prediction(y), y)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        losses.per_example_loss("bmc", losses_prediction(y), y)
+    with pytest.raises(ValueError, match="bni_prior"):
+        losses.per_example_loss("bni", losses_prediction(y), y, noise_sigma=1.0)
+
+
+# --- bad input -----------------------------------------------------------------
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_shape_mismatch_raises(jit):
+    a, b = jnp.zeros(5), jnp.zeros(4)
+    wrap = jax.jit if jit else (lambda f: f)
+    with pytest.raises(ValueError, match="same shape"):
+        wrap(losses.gaussian_nll)(a, b, a)
+    with pytest.raises(ValueError, match="same shape"):
+        wrap(losses.laplace_nll)(a, a, b)
+    for fn in (losses.mse, losses.l1, losses.huber):
+        with pytest.raises(ValueError, match="same shape"):
+            wrap(fn)(a, b)
+    with pytest.raises(ValueError, match="same shape"):
+        wrap(losses.bmc)(a, b, 1.0)
+    with pytest.raises(ValueError, match="bin_centers and bin_probs"):
+        wrap(losses.bni)(a, a, 1.0, jnp.zeros(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="losses and weights"):
+        wrap(losses.weighted_sums)(a, b)
+    with pytest.raises(ValueError, match="mask"):
+        wrap(losses.weighted_sums)(a, a, b)
+    with pytest.raises(ValueError, match="dimensions"):
+        wrap(losses.mse)(jnp.zeros((4, 1)), jnp.zeros((4, 1)))
+
+
+def test_bad_values_raise():
+    z = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="sigma"):
+        losses.gaussian_nll(z, np.array([1.0, 0.0, 1.0]), z)
+    with pytest.raises(ValueError, match="scale"):
+        losses.laplace_nll(z, np.array([1.0, -1.0, 1.0]), z)
+    with pytest.raises(ValueError, match="y: expected finite"):
+        losses.mse(z, np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="noise_sigma"):
+        losses.bmc(z, z, 0.0)
+    with pytest.raises(ValueError, match="noise_sigma: expected a scalar"):
+        losses.bmc(z, z, np.ones(2))
+    with pytest.raises(ValueError, match="bin_probs"):
+        losses.bni(z, z, 1.0, np.zeros(2), np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="bin_probs"):
+        losses.bni(z, z, 1.0, np.zeros(2), np.zeros(2))
+    with pytest.raises(ValueError, match="delta"):
+        losses.huber(z, z, delta=0.0)
+    with pytest.raises(ValueError, match="weights"):
+        losses.weighted_sums(z, np.array([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="positive total weight"):
+        losses.weighted_mean(z, np.ones(3), np.zeros(3))
+
+
+# --- weighted reduction --------------------------------------------------------
+
+def test_weighted_sums_with_mask_ignores_padding_even_if_nan():
+    l = np.array([1.0, 2.0, np.nan, 4.0, np.inf], np.float32)
+    w = np.array([0.5, 2.0, 3.0, 1.0, 9.0], np.float32)
+    m = np.array([1, 1, 0, 1, 0], np.float32)
+    num, den = jax.jit(losses.weighted_sums)(l, w, m)
+    np.testing.assert_allclose([num, den], [0.5 + 4.0 + 4.0, 3.5], rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(losses.weighted_mean)(l, w, m),
+                               np.average([1.0, 2.0, 4.0], weights=[0.5, 2.0, 1.0]), rtol=1e-6)
+    # A traced all-masked batch contributes 0, not NaN.
+    assert float(jax.jit(losses.weighted_mean)(l, w, np.zeros(5, np.float32))) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_dev=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2 ** 16))
+def test_sharded_sums_equal_global_weighted_mean(n_dev, seed):
+    """Summing (num, den) over shards gives the global weighted mean; the mean
+    of per-shard weighted means does not (weights deliberately uneven)."""
+    rng = np.random.default_rng(seed)
+    b = 4 * n_dev
+    l = rng.exponential(size=b).astype(np.float32)
+    w = (rng.exponential(size=b) * np.repeat(np.arange(1, n_dev + 1) ** 2, 4)).astype(np.float32)
+    m = (rng.uniform(size=b) > 0.2).astype(np.float32)
+    m[::4] = 1.0                                   # every shard keeps an example
+    shard = lambda a, i: a[4 * i:4 * i + 4]
+    parts = [losses.weighted_sums(shard(l, i), shard(w, i), shard(m, i)) for i in range(n_dev)]
+    num, den = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    want = np.sum(w * m * l, dtype=np.float64) / np.sum(w * m, dtype=np.float64)
+    np.testing.assert_allclose(num / den, want, rtol=1e-5)
+    np.testing.assert_allclose(losses.weighted_mean(l, w, m), want, rtol=1e-5)
+    mean_of_means = np.mean([float(p[0] / p[1]) for p in parts])
+    assert not np.isclose(mean_of_means, want, rtol=1e-5)
