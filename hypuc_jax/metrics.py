@@ -29,8 +29,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import stats
-
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import as_thresholds, as_vector, check_predictions, event
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
@@ -51,10 +49,30 @@ def _clean(x: Any) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float | None:
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x [n], ties sharing the mean of their ranks."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.r_[0, np.nonzero(np.diff(xs))[0] + 1]
+    ends = np.r_[starts[1:], xs.size]
+    mean_rank = (starts + ends + 1) / 2.0  # mean of positions start+1 .. end
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation of two vectors; None when n < 2 or either is constant."""
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    return _clean(fn(a, b)[0])
+    da, db = a - a.mean(), b - b.mean()
+    r = np.sum(da * db) / np.sqrt(np.sum(da ** 2) * np.sum(db ** 2))
+    return _clean(np.clip(r, -1.0, 1.0))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman correlation: Pearson correlation of the average ranks."""
+    return pearson(average_ranks(a), average_ranks(b))
 
 
 def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
@@ -83,8 +101,7 @@ def _block(y, mu, sigma, edges, min_count) -> dict[str, Any]:
     mse = float(np.mean(err ** 2))
     out.update(mae=float(np.mean(np.abs(err))), mse=mse, rmse=float(np.sqrt(mse)),
                gm=geometric_mean_error(y, mu),
-               pearson=_correlation(stats.pearsonr, y, mu),
-               spearman=_correlation(stats.spearmanr, y, mu),
+               pearson=pearson(y, mu), spearman=spearman(y, mu),
                balanced_mae=balanced_mae(y, mu, edges))
     if sigma is not None:
         out.update(nll=unc.nll(y, mu, sigma), crps=unc.crps(y, mu, sigma),
@@ -171,7 +188,7 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
                            "auroc": None, "auprc": None, key: None}
     if n_pos == 0 or n_neg == 0:
         return out
-    ranks = stats.rankdata(score)
+    ranks = average_ranks(score)
     out["auroc"] = float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
     # Cumulative counts at each distinct threshold, from the highest score down.
     order = np.argsort(-score, kind="stable")

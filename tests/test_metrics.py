@@ -1,0 +1,213 @@
+"""Tests for hypuc_jax.metrics, hypuc_jax.uncertainty and hypuc_jax.regions.
+
+References: uncertainty-toolbox (NLL, CRPS, miscalibration area, mean
+absolute calibration error), scikit-learn (AUROC, AUPRC, ROC curve), scipy
+(Pearson, Spearman, geometric mean), and numpy re-implementations written
+here (ENCE, balanced MAE, shot regions).
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import uncertainty_toolbox as uct
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from hypuc_jax import metrics
+from hypuc_jax.regions import shot_masks
+
+KEYS = ["n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "balanced_mae", "nll", "crps",
+        "coverage_68", "coverage_90", "coverage_95", "width_68", "width_90", "width_95",
+        "uce", "ence", "miscal_area"]
+UNC_KEYS = ["nll", "crps", "coverage_68", "coverage_90", "coverage_95", "width_68", "width_90",
+            "width_95", "uce", "ence", "miscal_area"]
+
+
+def _preds(seed=0, n=2000, miscal=1.3):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(4.5, 1.0, n)
+    sigma = rng.uniform(0.2, 1.0, n)
+    mu = y + miscal * sigma * rng.standard_normal(n)
+    return y, mu, sigma
+
+
+def test_scores_match_uncertainty_toolbox():
+    y, mu, sigma = _preds()
+    o = metrics.evaluate(y, mu, sigma)["overall"]
+    assert o["nll"] == pytest.approx(uct.nll_gaussian(mu, sigma, y), rel=1e-10)
+    assert o["crps"] == pytest.approx(uct.crps_gaussian(mu, sigma, y), rel=1e-10)
+    assert o["miscal_area"] == pytest.approx(uct.miscalibration_area(mu, sigma, y), abs=1e-10)
+    assert o["uce"] == pytest.approx(
+        uct.mean_absolute_calibration_error(mu, sigma, y, prop_type="interval"), abs=1e-10)
+    assert o["miscal_area"] > 0.05  # the predictions are miscalibrated by design
+
+
+def test_accuracy_against_scipy_and_closed_forms():
+    y, mu, sigma = _preds(1)
+    o = metrics.evaluate(y, mu, sigma)["overall"]
+    err = y - mu
+    assert o["n"] == y.size
+    assert o["mae"] == pytest.approx(np.mean(np.abs(err)))
+    assert o["mse"] == pytest.approx(np.mean(err ** 2))
+    assert o["rmse"] == pytest.approx(math.sqrt(np.mean(err ** 2)))
+    assert o["gm"] == pytest.approx(stats.gmean(np.abs(err)), rel=1e-10)
+    assert o["pearson"] == pytest.approx(stats.pearsonr(y, mu)[0], rel=1e-10)
+    assert o["spearman"] == pytest.approx(stats.spearmanr(y, mu)[0], rel=1e-10)
+    for key, level in [("68", 0.68), ("90", 0.90), ("95", 0.95)]:
+        z = stats.norm.ppf(0.5 + level / 2)
+        assert o[f"coverage_{key}"] == pytest.approx(np.mean(np.abs(err) <= z * sigma))
+        assert o[f"width_{key}"] == pytest.approx(np.mean(2 * z * sigma))
+
+
+def test_spearman_with_ties_matches_scipy():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 5, 300).astype(float)
+    b = a + rng.integers(0, 3, 300)
+    assert metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], rel=1e-10)
+    assert metrics.pearson(a, np.ones(300)) is None
+
+
+def test_ence_against_numpy_reference():
+    y, mu, sigma = _preds(3, n=1003)
+    order = np.argsort(sigma)
+    # np.array_split puts the extra samples in the first bins; reproduce that.
+    sizes = [y.size // 10 + (1 if k < y.size % 10 else 0) for k in range(10)]
+    bounds = np.r_[0, np.cumsum(sizes)]
+    terms = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        i = order[lo:hi]
+        rmv = math.sqrt(np.mean(sigma[i] ** 2))
+        rmse = math.sqrt(np.mean((y[i] - mu[i]) ** 2))
+        terms.append(abs(rmv - rmse) / rmv)
+    assert metrics.evaluate(y, mu, sigma)["overall"]["ence"] == pytest.approx(np.mean(terms))
+
+
+def test_balanced_mae_against_numpy_reference():
+    y, mu, _ = _preds(4, n=500)
+    edges = np.linspace(y.min(), y.max(), 6)
+    maes = []
+    for b in range(5):
+        last = b == 4
+        m = (y >= edges[b]) & ((y <= edges[b + 1]) if last else (y < edges[b + 1]))
+        if m.any():
+            maes.append(np.mean(np.abs(y[m] - mu[m])))
+    got = metrics.evaluate(y, mu, shot_bins=5)["overall"]["balanced_mae"]
+    assert got == pytest.approx(np.mean(maes))
+
+
+def test_shot_regions_against_numpy_counts():
+    rng = np.random.default_rng(5)
+    train = np.concatenate([rng.uniform(0, 1, 500), rng.uniform(1, 2, 50), rng.uniform(2, 3, 5)])
+    y = np.array([0.5, 1.5, 2.5, 7.0, -1.0])
+    masks = shot_masks(y, train, shot_bins=np.array([0.0, 1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(masks["many"], [True, False, False, False, False])
+    np.testing.assert_array_equal(masks["medium"], [False, True, False, False, False])
+    np.testing.assert_array_equal(masks["few"], [False, False, True, True, True])
+    # Default: 100 equal-width bins over the training range.
+    y2 = rng.uniform(0, 3, 400)
+    edges = np.linspace(train.min(), train.max(), 101)
+    counts = np.histogram(train, edges)[0]
+    c = counts[np.clip(np.digitize(y2, edges) - 1, 0, 99)]
+    got = shot_masks(y2, train)
+    np.testing.assert_array_equal(got["many"], c > 100)
+    np.testing.assert_array_equal(got["few"], c < 20)
+
+
+def test_regions_and_min_count():
+    y, mu, sigma = _preds(6, n=1000)
+    regions = {"low": (-np.inf, 3.5), "normal": (3.5, 5.5), "high": (5.5, 6.5),
+               "severe": (6.5, np.inf), "nothing": (100.0, 200.0)}
+    out = metrics.evaluate(y, mu, sigma, train_labels=_preds(7, n=3000)[0], regions=regions,
+                           min_count=30)
+    assert set(out["regions"]) == {"many", "medium", "few", *regions}
+    m = (y >= 3.5) & (y < 5.5)
+    assert out["regions"]["normal"]["n"] == int(m.sum())
+    assert out["regions"]["normal"]["mae"] == pytest.approx(np.mean(np.abs(y[m] - mu[m])))
+    assert sum(out["regions"][k]["n"] for k in ("many", "medium", "few")) == y.size
+    for name, block in out["regions"].items():
+        assert list(block) == KEYS
+        if block["n"] < 30:
+            assert all(block[k] is None for k in KEYS if k != "n"), name
+    assert out["regions"]["nothing"]["n"] == 0
+    # Half-open: a label exactly on a boundary belongs to the upper region.
+    edge = metrics.evaluate(np.array([3.5, 3.4]), np.array([3.5, 3.4]),
+                            regions={"a": (3.0, 3.5), "b": (3.5, 4.0)}, min_count=1)
+    assert edge["regions"]["a"]["n"] == 1 and edge["regions"]["b"]["n"] == 1
+
+
+def _walk(x):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            assert isinstance(k, str)
+            _walk(v)
+    else:
+        assert x is None or type(x) in (int, float), type(x)
+        assert not (isinstance(x, float) and not math.isfinite(x))
+
+
+def test_output_is_json_serialisable_and_point_models_get_none():
+    y, mu, sigma = _preds(8, n=300)
+    out = metrics.evaluate(y, mu, sigma, train_labels=y, regions={"r": (4.0, 5.0)})
+    _walk(out)
+    json.dumps(out, allow_nan=False)
+    point = metrics.evaluate(y, mu, None, regions={"r": (4.0, 5.0)})
+    _walk(point)
+    assert all(point["overall"][k] is None for k in UNC_KEYS)
+    assert point["overall"]["mae"] is not None
+    const = metrics.evaluate(np.ones(20), np.ones(20) + 0.1, min_count=1)["overall"]
+    assert const["pearson"] is None and const["spearman"] is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(y=np.ones(5), mu=np.ones(4), sigma=np.ones(5)), "mu and sigma|mu and y"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.r_[1.0, 1, 1, 1, 0]), "sigma"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=-np.ones(5)), "sigma"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.r_[1.0, 1, 1, 1, np.inf]), "sigma"),
+    (dict(y=np.r_[1.0, 1, np.nan, 1, 1], mu=np.ones(5), sigma=np.ones(5)), "y"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"e": (4.0, 4.0)}), "regions"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"e": (5.0, 4.0)}), "regions"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions=[(1, 2)]), "regions"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), train_labels=np.ones(3),
+          regions={"few": (0.0, 1.0)}), "regions"),
+    (dict(y=np.ones((5, 1)), mu=np.ones(5), sigma=np.ones(5)), "y"),
+])
+def test_bad_inputs_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.evaluate(**kwargs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(5, 200), levels=st.integers(2, 10))
+def test_decision_metrics_against_sklearn(seed, n, levels):
+    rng = np.random.default_rng(seed)
+    yb = rng.random(n) < 0.3
+    if yb.all() or not yb.any():
+        yb[0], yb[-1] = True, False
+    score = rng.integers(0, levels, n) + 0.8 * yb  # ties on purpose
+    got = metrics.decision_metrics(yb, score)
+    assert got["auroc"] == pytest.approx(roc_auc_score(yb, score), abs=1e-12)
+    assert got["auprc"] == pytest.approx(average_precision_score(yb, score), abs=1e-12)
+    fpr, tpr, _ = roc_curve(yb, score, drop_intermediate=False)
+    assert got["sensitivity_at_90_specificity"] == pytest.approx(tpr[fpr <= 0.1 + 1e-12].max())
+
+
+def test_decision_metrics_single_class_and_bad_input():
+    got = metrics.decision_metrics(np.zeros(10), np.arange(10.0))
+    assert got["auroc"] is None and got["n_positive"] == 0
+    with pytest.raises(ValueError, match="y_binary"):
+        metrics.decision_metrics(np.r_[0, 1, 2.0], np.arange(3.0))
+    with pytest.raises(ValueError, match="score"):
+        metrics.decision_metrics(np.r_[0, 1, 1.0], np.arange(4.0))
+
+
+def test_threshold_decisions_uses_event_direction():
+    y = np.array([2.0, 3.0, 4.0, 6.0, 7.0])
+    scores = {"hypo": {"m": -y}, "hyper": {"m": y}}
+    out = metrics.threshold_decisions(y, [("hypo", 3.5, "below"), ("hyper", 5.5, "above")], scores)
+    assert out["hypo"]["m"]["n_positive"] == 2 and out["hypo"]["m"]["auroc"] == 1.0
+    assert out["hyper"]["m"]["n_positive"] == 2 and out["hyper"]["m"]["auroc"] == 1.0
+    with pytest.raises(ValueError, match="scores"):
+        metrics.threshold_decisions(y, [("other", 5.0, "above")], scores)
