@@ -1,0 +1,147 @@
+"""Tests for hypuc_jax.workflow stages on a hand-made run directory.
+
+The post-training stages only read files, so a run directory with synthetic
+predictions (a known sigma misspecification, a known bias) tests calibrate,
+correct and evaluate without training a network.
+"""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from hypuc_jax import config as config_lib
+from hypuc_jax import workflow
+
+THRESHOLDS = (("K>5.5", 5.5, "above"), ("K<3.5", 3.5, "below"))
+METRIC_KEYS = ("n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "nll", "crps",
+               "coverage_68", "coverage_90", "coverage_95", "width_95", "uce", "ence")
+
+
+def _split(rng, n):
+    y = np.clip(rng.gamma(9.0, 0.47, n), 2.5, 8.0)
+    true_sd = 0.15 + 0.1 * (y > 5.0)
+    mu = y + rng.normal(0.0, true_sd)
+    return y, mu, np.full(n, 0.1)  # sigma reported too small everywhere
+
+
+@pytest.fixture()
+def rundir(tmp_path):
+    rng = np.random.default_rng(0)
+    cfg = config_lib.apply_overrides(config_lib.get_config("tiny"),
+                                     ["corrections.n_estimators=30", "calibration.bins=5",
+                                      "calibration.min_count=30"])
+    cfg = workflow.make_config(cfg, regions=["hyper=5.5:"])
+    workflow.write_json(tmp_path / workflow.CONFIG, cfg.to_dict())
+    for split, n in (("val", 1200), ("test", 1200)):
+        y, mu, sigma = _split(rng, n)
+        workflow.save_npz(tmp_path / f"predictions_{split}.npz", y=y, mu=mu, sigma=sigma)
+    workflow.save_npy(tmp_path / workflow.TRAIN_LABELS, np.clip(rng.gamma(9.0, 0.47, 3000),
+                                                                2.5, 8.0))
+    task = workflow.Task("potassium", "potassium", "mmol/L",
+                         {"hypokalemia": (-np.inf, 3.5), "normal": (3.5, 5.5)}, THRESHOLDS,
+                         "signal", (100, 12))
+    workflow.write_json(tmp_path / workflow.TASK, dict(task.to_dict(), constant_sigma=None))
+    return tmp_path
+
+
+def test_calibrate_correct_evaluate_schema(rundir):
+    workflow.calibrate_stage(rundir, "hyperfine")
+    workflow.correct_stage(rundir)
+    ev = workflow.evaluate_stage(rundir, "test")
+    on_disk = json.loads((rundir / workflow.EVAL).read_text())
+    assert on_disk == ev
+    assert ev["split"] == "test" and ev["n"] == 1200
+    for stage in ("uncalibrated", "calibrated", "corrected"):
+        assert set(METRIC_KEYS) <= set(ev[stage]["overall"])
+        assert {"many", "medium", "few", "hypokalemia", "normal", "hyper"} == set(
+            ev[stage]["regions"])
+        for block in ev[stage]["regions"].values():
+            assert set(METRIC_KEYS) <= set(block)
+    assert set(ev["decisions"]) == {"K>5.5", "K<3.5"}
+    for d in ev["decisions"].values():
+        assert {"auroc", "auprc", "baseline_auroc"} <= set(d)
+    assert set(ev["flagging"]["mae_kept_at"]) >= {"0.0", "0.1"}
+    # calibration fixes the 1.5-2.5x too small sigma; UCE drops
+    unc, cal = ev["uncalibrated"]["overall"], ev["calibrated"]["overall"]
+    assert abs(cal["coverage_95"] - 0.95) < 0.03 < abs(unc["coverage_95"] - 0.95)
+    assert cal["uce"] < 0.5 * unc["uce"]
+    # eval numbers match an independent computation from the saved predictions
+    p = np.load(rundir / "predictions_test.npz")
+    assert unc["mae"] == pytest.approx(np.mean(np.abs(p["y"] - p["mu"])))
+    event = p["y"] > 5.5
+    from sklearn.metrics import roc_auc_score
+    assert ev["decisions"]["K>5.5"]["baseline_auroc"] == pytest.approx(
+        roc_auc_score(event, p["mu"]))
+    out = np.load(rundir / "outputs_test.npz")
+    assert ev["decisions"]["K>5.5"]["auroc"] == pytest.approx(
+        roc_auc_score(event, out["prob__K>5.5"]))
+    kept = np.abs(p["y"] - p["mu"])[np.argsort(-out["sigma_cal"], kind="stable")][120:]
+    assert ev["flagging"]["mae_kept_at"]["0.1"] == pytest.approx(kept.mean())
+
+
+def test_stages_refuse_missing_prerequisites(rundir, tmp_path_factory):
+    empty = tmp_path_factory.mktemp("empty")
+    for fn in (workflow.calibrate_stage, workflow.correct_stage, workflow.evaluate_stage):
+        with pytest.raises(workflow.WorkflowError, match="no trained model"):
+            fn(empty)
+    with pytest.raises(workflow.WorkflowError, match="hypuc calibrate"):
+        workflow.correct_stage(rundir)
+    workflow.calibrate_stage(rundir, "global")
+    with pytest.raises(workflow.WorkflowError, match="hypuc correct"):
+        workflow.evaluate_stage(rundir)
+    assert not (rundir / workflow.EVAL).exists()
+
+
+def test_recalibration_drops_stale_downstream_results(rundir):
+    workflow.calibrate_stage(rundir, "global")
+    workflow.correct_stage(rundir)
+    workflow.evaluate_stage(rundir)
+    d = workflow.calibrate_stage(rundir, "isotonic")
+    assert d["method"] == "isotonic"
+    assert not (rundir / workflow.CORRECTIONS).exists() and not (rundir / workflow.EVAL).exists()
+
+
+def test_thresholds_with_one_outcome_are_skipped(rundir):
+    task = json.loads((rundir / workflow.TASK).read_text())
+    task["thresholds"].append(["K>50", 50.0, "above"])
+    workflow.write_json(rundir / workflow.TASK, task)
+    workflow.calibrate_stage(rundir)
+    out = workflow.correct_stage(rundir)
+    assert out["skipped"] == ["K>50"] and "K>5.5" in out["thresholds"]
+    ev = workflow.evaluate_stage(rundir)
+    assert "K>50" not in ev["decisions"]
+
+
+@pytest.mark.parametrize("text,expected", [("hyper=5.5:6.5", ("hyper", 5.5, 6.5)),
+                                           ("low=:3.5", ("low", -np.inf, 3.5)),
+                                           ("top=6.5:", ("top", 6.5, np.inf))])
+def test_parse_region(text, expected):
+    assert workflow.parse_region(text) == expected
+
+
+@pytest.mark.parametrize("text", ["hyper", "=1:2", "a=1", "a=2:1", "a=x:2"])
+def test_parse_region_rejects(text):
+    with pytest.raises(workflow.WorkflowError, match="--region"):
+        workflow.parse_region(text)
+
+
+def test_make_config_applies_flags_then_overrides():
+    cfg = workflow.make_config("tiny", data="diabetes", loss="laplace", weighting="lds", lam=0.25,
+                               epochs=3, batch_size=16, seed=7, parallel="none",
+                               regions=["r=1:2"], overrides=["train.lr=0.01", "weighting.lam=0.75"])
+    assert (cfg.data.spec, cfg.loss.name, cfg.weighting.scheme) == ("diabetes", "laplace", "lds")
+    assert (cfg.train.epochs, cfg.train.steps, cfg.train.batch_size, cfg.train.seed) == (3, 0, 16, 7)
+    assert cfg.weighting.lam == 0.75 and cfg.train.lr == 0.01 and cfg.train.parallel == "none"
+    assert cfg.regions[-1] == ("r", 1.0, 2.0)
+    with pytest.raises(ValueError, match="train.nope"):
+        workflow.make_config("tiny", overrides=["train.nope=1"])
+
+
+def test_atomic_writers_leave_no_temp_files(tmp_path):
+    workflow.write_json(tmp_path / "a.json", {"x": np.float32(1.5), "y": np.arange(2)})
+    workflow.save_npz(tmp_path / "b.npz", a=np.ones(3))
+    with pytest.raises(TypeError):
+        workflow.write_json(tmp_path / "c.json", {"x": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.npz"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1.5, "y": [0, 1]}
