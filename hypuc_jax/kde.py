@@ -157,6 +157,7 @@ def _cell_and_fraction(points: jax.Array, lo: jax.Array, step: jax.Array,
     return t, cell, t - cell
 
 
+@jax.jit
 def interpolate_grid(points: jax.Array, lo: jax.Array, step: jax.Array,
                      values: jax.Array) -> jax.Array:
     """(Multi)linear interpolation of values on a regular grid; 0 outside it.
@@ -247,6 +248,14 @@ def _binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
     lo, step = _grid_extent(samples, h, shape)
     counts = _linear_binning(samples, lo, step, shape)
     return lo, step, _fft_smooth(counts, step, h) / n
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def _binned_density(samples: jax.Array, points: jax.Array, h: jax.Array,
+                    shape: tuple[int, ...]) -> jax.Array:
+    """Binned density of samples [n, d] at points [m, d] -> [m] (one program)."""
+    lo, step, dens = _binned_grid(samples, h, shape)
+    return interpolate_grid(points, lo, step, dens)
 
 
 @partial(jax.jit, static_argnames=("chunk_size",))
@@ -359,8 +368,7 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
     h = _resolve_bandwidth(x, bandwidth)
     if method == "exact":
         return _exact_density(x, p, h, chunk_size)
-    lo, step, dens = _binned_grid(x, h, shape)
-    return interpolate_grid(p, lo, step, dens)
+    return _binned_density(x, p, h, shape)
 
 
 __all__ = ["bandwidth", "gaussian_kde", "density_grid", "interpolate_grid",

@@ -1,0 +1,494 @@
+"""Per-example training weights from the label distribution (SPEC section 2).
+
+HypUC weights (``kde_weights``): w(y) = 1 / rho_h(y)^lam with the Gaussian KDE
+rho_h of the training labels (``hypuc_jax.kde``); the density is floored at
+``floor * max(rho)``, the weights are normalised to mean 1 over the given
+labels, and optionally capped at ``max_weight``. Baselines with the same call
+shape: inverse and square-root inverse frequency on bins (``inverse_weights``,
+``sqrt_inverse_weights``), label distribution smoothing (``lds_weights``,
+Yang et al. 2021) and DenseWeight (``dense_weights``, Steininger et al. 2021).
+
+``fit_weighting`` fits any of these on the training labels once and returns a
+``LabelWeighting``: a small frozen pytree (a grid or bin table plus a few
+constants) that maps a batch of labels y [b] to weights [b] inside ``jit``,
+so the training loop never recomputes the KDE.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from hypuc_jax import kde
+from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+
+SCHEMES = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
+LDS_KERNELS = ("gaussian", "triang", "laplace")
+_CAP_TOL = 1e-5  # relative tolerance of the capped mean (see kde_weights)
+
+
+# --------------------------------------------------------------------------- #
+# Validation helpers
+# --------------------------------------------------------------------------- #
+def _labels_1d(labels, name: str = "labels") -> jax.Array:
+    """Validates labels [n] (finite, non-empty) and returns a float jax array."""
+    labels = as_array(labels, name, ndim=1)
+    check_finite(labels, name)
+    y = jnp.asarray(labels)
+    return y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(jnp.result_type(float))
+
+
+def _check_lam(lam) -> None:
+    check_positive(lam, "lam", strict=False)
+
+
+def _check_max_weight(max_weight) -> None:
+    if max_weight is None:
+        return
+    check_positive(max_weight, "max_weight")
+    if is_concrete(max_weight) and float(max_weight) < 1.0:
+        raise ValueError(f"max_weight: expected None or a value >= 1 (weights have mean 1, "
+                         f"so a cap below 1 cannot hold), got {max_weight!r}")
+
+
+def _check_floor(floor) -> None:
+    check_positive(floor, "floor")
+    if is_concrete(floor) and float(floor) > 1.0:
+        raise ValueError(f"floor: expected a value in (0, 1] relative to the maximum density, "
+                         f"got {floor!r}")
+
+
+# --------------------------------------------------------------------------- #
+# HypUC weights
+# --------------------------------------------------------------------------- #
+@partial(jax.jit, static_argnames=("capped",))
+def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
+    """w = scale * max(rho, rho_min)^-lam, capped; returns (w [n], scale, rho_min).
+
+    With a cap M >= 1 the scale c solves mean(min(c * w0, M)) = 1 (the fixed point
+    of "cap, renormalise, repeat"). g(c) = mean(min(c w0, M)) is concave and
+    piecewise linear, so Newton's method started left of the root (at the
+    uncapped scale, where g <= 1) increases monotonically and ends in a few steps.
+    """
+    chex.assert_rank(rho, 1)
+    rho_min = floor * jnp.max(rho)
+    w0 = jnp.exp(-lam * jnp.log(jnp.maximum(rho, rho_min)))
+    c = 1.0 / jnp.mean(w0)
+    if capped:
+        def g(c):
+            return jnp.mean(jnp.minimum(c * w0, cap))
+
+        def cond(state):
+            _, gc, it = state
+            return (gc < 1.0 - _CAP_TOL) & (it < 100)
+
+        def body(state):
+            c, gc, it = state
+            slope = jnp.mean(jnp.where(c * w0 < cap, w0, 0.0))
+            c = c + (1.0 - gc) / slope
+            return c, g(c), it + 1
+
+        c, _, _ = jax.lax.while_loop(cond, body, (c, g(c), 0))
+        w = jnp.minimum(c * w0, cap)
+    else:
+        w = c * w0
+    chex.assert_equal_shape([w, rho])
+    return w, c, rho_min
+
+
+def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
+                method: str = "binned", max_weight: float | None = None,
+                floor: float = 1e-12, grid_size=None,
+                chunk_size: int = kde.DEFAULT_CHUNK_SIZE) -> jax.Array:
+    """HypUC weights w_i = c / max(rho(y_i), floor * max rho)^lam, mean 1.
+
+    Args:
+      labels: training labels [n] or [n, d] (d <= 3), finite.
+      lam: exponent lambda >= 0; 0 gives all ones.
+      bandwidth: KDE bandwidth, rule name or positive float (``kde.bandwidth``).
+      method: "binned" or "exact" density (``kde.gaussian_kde``).
+      max_weight: optional cap M >= 1. The cap is applied as the fixed point of
+        "cap, then renormalise" (iterated to convergence, not once): the result
+        has max <= M exactly and mean 1 to a relative 1e-5.
+      floor: density floor relative to the maximum density, in (0, 1].
+      grid_size: binned grid size (see ``kde.gaussian_kde``).
+      chunk_size: exact-method tile size.
+
+    Returns:
+      Weights [n], finite, > 0, mean 1; non-increasing in the density.
+
+    Raises:
+      ValueError: bad labels (empty, NaN/inf, d > 3), lam < 0, max_weight <= 0
+        or < 1, floor outside (0, 1], or a bad bandwidth/method.
+    """
+    _check_lam(lam)
+    _check_max_weight(max_weight)
+    _check_floor(floor)
+    rho = kde.gaussian_kde(labels, labels, bandwidth=bandwidth, method=method,
+                           grid_size=grid_size, chunk_size=chunk_size)
+    cap = jnp.inf if max_weight is None else max_weight
+    w, _, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+    return w
+
+
+# --------------------------------------------------------------------------- #
+# Bin-based baselines
+# --------------------------------------------------------------------------- #
+def _bin_grid(y: jax.Array, bins: int, value_range):
+    """(lo, width) of ``bins`` equal bins over value_range or [min y, max y]."""
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins: expected an int >= 1, got {bins!r}")
+    if value_range is None:
+        lo, hi = jnp.min(y), jnp.max(y)
+    else:
+        vr = as_array(value_range, "value_range", ndim=1)
+        check_finite(vr, "value_range")
+        if vr.shape[0] != 2 or (is_concrete(vr) and not float(vr[0]) < float(vr[1])):
+            raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range!r}")
+        lo, hi = jnp.asarray(vr[0], y.dtype), jnp.asarray(vr[1], y.dtype)
+    width = jnp.where(hi > lo, (hi - lo) / bins, 1.0)  # all labels equal: one occupied bin
+    return lo, width
+
+
+def _bin_index(y: jax.Array, lo, width, bins: int) -> jax.Array:
+    """Bin of each label [b]; labels outside the range go to the edge bins."""
+    return jnp.clip(jnp.floor((y - lo) / width).astype(jnp.int32), 0, bins - 1)
+
+
+def _lds_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
+    """LDS smoothing window [ks] with peak 1, as in DIR's get_lds_kernel_window.
+
+    gaussian: a centred unit impulse of length ks filtered by a Gaussian of
+    std sigma (radius int(4 sigma + 0.5), 'reflect' boundary, as
+    scipy.ndimage.gaussian_filter1d), divided by its maximum; triang: the
+    triangular window 1 - |i - c| / ((ks + 1) / 2); laplace: exp(-|i - c| / sigma).
+    """
+    c = (ks - 1) // 2
+    offsets = np.arange(ks) - c
+    if kernel == "triang":
+        return 1.0 - np.abs(offsets) / ((ks + 1) / 2)
+    if kernel == "laplace":
+        return np.exp(-np.abs(offsets) / sigma)
+    radius = int(4.0 * sigma + 0.5)
+    k = np.arange(-radius, radius + 1)
+    g = np.exp(-0.5 * (k / sigma) ** 2)
+    out = np.zeros(ks)
+    for i in range(ks):
+        j = np.mod(i + k, 2 * ks)
+        j = np.where(j >= ks, 2 * ks - 1 - j, j)  # 'reflect': d c b a | a b c d | d c b a
+        out[i] = g[j == c].sum()
+    return out / out.max()
+
+
+def _bin_table(y, bins, value_range, clip, power, window):
+    """(lo, width, table [bins]) of processed counts: clip, ^power, smooth."""
+    if clip is not None:
+        if len(clip) != 2:
+            raise ValueError(f"clip: expected None or (low, high) with None for no bound, got {clip!r}")
+        for v in clip:
+            if v is not None:
+                check_positive(v, "clip", strict=False)
+    lo, width = _bin_grid(y, bins, value_range)
+    counts = jnp.bincount(_bin_index(y, lo, width, bins), length=bins).astype(y.dtype)
+    if clip is not None:
+        counts = jnp.clip(counts, clip[0], clip[1])
+    table = counts ** power
+    if window is not None:
+        table = jnp.convolve(table, jnp.asarray(window, y.dtype), mode="same")
+    # Bins with a zero value are reachable only by new labels: use the smallest
+    # positive value so that no weight is infinite.
+    smallest = jnp.min(jnp.where(table > 0, table, jnp.inf))
+    return lo, width, jnp.where(table > 0, table, smallest)
+
+
+def _bin_weights(y, lo, width, table):
+    """Weights 1 / table[bin(y)] normalised to mean 1; returns (w [n], scale)."""
+    raw = 1.0 / table[_bin_index(y, lo, width, table.shape[0])]
+    scale = 1.0 / jnp.mean(raw)
+    return raw * scale, scale
+
+
+def _check_lds(kernel, ks, sigma, reweight):
+    if kernel not in LDS_KERNELS:
+        raise ValueError(f"kernel: expected one of {LDS_KERNELS}, got {kernel!r}")
+    if not isinstance(ks, (int, np.integer)) or ks < 1 or ks % 2 == 0:
+        raise ValueError(f"ks: expected an odd int >= 1, got {ks!r}")
+    check_positive(sigma, "sigma")
+    if reweight not in ("inverse", "sqrt_inv"):
+        raise ValueError(f"reweight: expected 'inverse' or 'sqrt_inv', got {reweight!r}")
+
+
+def _bin_scheme_table(y, scheme: str, bins=100, value_range=None, clip="default",
+                      kernel="gaussian", ks=5, sigma=2.0, reweight="sqrt_inv"):
+    """Table of a bin scheme ("inverse", "sqrt_inv", "lds") with its defaults."""
+    if scheme == "lds":
+        _check_lds(kernel, ks, sigma, reweight)
+        window = _lds_window(kernel, int(ks), float(sigma))
+        power = 0.5 if reweight == "sqrt_inv" else 1.0
+        clip = None if clip == "default" else clip
+    else:
+        window, power = None, (0.5 if scheme == "sqrt_inv" else 1.0)
+        clip = ((5.0, 1000.0) if scheme == "inverse" else (1.0, None)) if clip == "default" else clip
+    return _bin_table(y, bins, value_range, clip, power, window)
+
+
+def inverse_weights(labels, bins: int = 100, value_range=None,
+                    clip: tuple | None = (5.0, 1000.0)) -> jax.Array:
+    """Inverse-frequency weights on equal-width bins, 1 / clip(count), mean 1.
+
+    Args:
+      labels: training labels [n], finite.
+      bins: number of equal-width bins over ``value_range``.
+      value_range: (low, high); default (min, max) of the labels. Labels
+        outside go to the edge bins.
+      clip: (low, high) bounds on the bin counts (None for no bound); the
+        default (5, 1000) is the DIR reference (Yang et al. 2021).
+
+    Returns:
+      Weights [n], mean 1.
+    """
+    y = _labels_1d(labels)
+    lo, width, table = _bin_scheme_table(y, "inverse", bins, value_range, clip)
+    return _bin_weights(y, lo, width, table)[0]
+
+
+def sqrt_inverse_weights(labels, bins: int = 100, value_range=None,
+                         clip: tuple | None = (1.0, None)) -> jax.Array:
+    """Square-root inverse-frequency weights, 1 / sqrt(clip(count)), mean 1.
+
+    Args:
+      labels: training labels [n], finite.
+      bins: number of equal-width bins.
+      value_range: (low, high); default (min, max) of the labels.
+      clip: (low, high) bounds on the counts; the default only lifts empty
+        bins to 1 (DIR does not clip for sqrt_inv; training labels never
+        fall into an empty bin, so their weights are the same).
+
+    Returns:
+      Weights [n], mean 1.
+    """
+    y = _labels_1d(labels)
+    lo, width, table = _bin_scheme_table(y, "sqrt_inv", bins, value_range, clip)
+    return _bin_weights(y, lo, width, table)[0]
+
+
+def lds_weights(labels, bins: int = 100, value_range=None, kernel: str = "gaussian",
+                ks: int = 5, sigma: float = 2.0, reweight: str = "sqrt_inv",
+                clip: tuple | None = None) -> jax.Array:
+    """Label distribution smoothing (LDS) weights, as in DIR (Yang et al. 2021).
+
+    Following DIR's reference ``_prepare_weights``: bin counts, clipped if
+    ``clip`` is given (DIR clips to (5, 1000) for "inverse"), square-rooted for
+    "sqrt_inv", convolved (zero boundary) with the LDS window of odd size ks
+    (``_lds_window``), and the weight of a label is 1 / smoothed value of its
+    bin, normalised to mean 1.
+
+    Args:
+      labels: training labels [n], finite.
+      bins: number of equal-width bins.
+      value_range: (low, high); default (min, max) of the labels.
+      kernel: "gaussian", "triang" or "laplace".
+      ks: window size, odd >= 1.
+      sigma: window scale (gaussian std / laplace scale) in bins, > 0.
+      reweight: "sqrt_inv" or "inverse".
+      clip: optional (low, high) bounds on the raw counts.
+
+    Returns:
+      Weights [n], mean 1.
+    """
+    y = _labels_1d(labels)
+    lo, width, table = _bin_scheme_table(y, "lds", bins, value_range, clip, kernel, ks,
+                                         sigma, reweight)
+    return _bin_weights(y, lo, width, table)[0]
+
+
+# --------------------------------------------------------------------------- #
+# DenseWeight
+# --------------------------------------------------------------------------- #
+@jax.jit
+def _dense_from_density(rho, alpha, eps):
+    """(w [n], scale, rho_lo, rho_hi) for DenseWeight from densities [n]."""
+    rho_lo, rho_hi = jnp.min(rho), jnp.max(rho)
+    raw = _dense_raw(rho, alpha, eps, rho_lo, rho_hi)
+    scale = 1.0 / jnp.mean(raw)
+    return raw * scale, scale, rho_lo, rho_hi
+
+
+def _dense_raw(rho, alpha, eps, rho_lo, rho_hi):
+    """max(1 - alpha * p', eps) with p' the min-max scaled density (0 if flat)."""
+    span = rho_hi - rho_lo
+    p = jnp.where(span > 0, (rho - rho_lo) / jnp.where(span > 0, span, 1.0), 0.0)
+    return jnp.maximum(1.0 - alpha * p, eps)
+
+
+def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
+                  method: str = "binned", eps: float = 1e-6, grid_size=None,
+                  chunk_size: int = kde.DEFAULT_CHUNK_SIZE) -> jax.Array:
+    """DenseWeight (Steininger et al. 2021): max(1 - alpha * p', eps), mean 1.
+
+    p' is the KDE density at each label min-max scaled over the labels to
+    [0, 1] (all 0 when the density is flat). The denseweight package uses
+    1.06 * std(ddof=0) * n^(-1/5); pass that as a float ``bandwidth`` to match
+    it exactly ("scott" here uses ddof=1).
+
+    Args:
+      labels: training labels [n], finite.
+      alpha: strength >= 0; 0 gives all ones.
+      bandwidth: KDE bandwidth (rule name or positive float).
+      method: "binned" or "exact" density.
+      eps: positive lower bound of the raw weight.
+      grid_size: binned grid size.
+      chunk_size: exact-method tile size.
+
+    Returns:
+      Weights [n], mean 1.
+    """
+    y = _labels_1d(labels)
+    check_positive(alpha, "alpha", strict=False)
+    check_positive(eps, "eps")
+    rho = kde.gaussian_kde(y, y, bandwidth=bandwidth, method=method, grid_size=grid_size,
+                           chunk_size=chunk_size)
+    return _dense_from_density(rho, alpha, eps)[0]
+
+
+# --------------------------------------------------------------------------- #
+# Fitted weighting: apply the training-label weights to new labels
+# --------------------------------------------------------------------------- #
+@struct.dataclass
+class LabelWeighting:
+    """A weighting fitted on training labels; ``weighting(y [b]) -> w [b]``.
+
+    A frozen pytree (usable as a ``jit`` argument or closed over): a table on
+    a regular grid (KDE density at grid nodes for "hypuc" / "denseweight",
+    processed bin counts for "inverse" / "sqrt_inv" / "lds") plus the scheme's
+    constants, all fixed at fit time (the normalisation is the training mean,
+    so applying it to the training labels gives their weights, mean 1).
+    New labels outside [y_min, y_max] of the training labels are clamped to
+    that range: they get the weight of the nearest training extreme.
+
+    Attributes:
+      scheme: one of ``SCHEMES`` (static).
+      lo: [] grid origin (first node / left edge of the first bin).
+      step: [] grid spacing / bin width.
+      table: [G] grid or bin table ([1] zeros for "none").
+      y_min, y_max: [] training label range used for clamping.
+      params: scheme constants, {name: []}.
+    """
+    scheme: str = struct.field(pytree_node=False)
+    lo: jax.Array
+    step: jax.Array
+    table: jax.Array
+    y_min: jax.Array
+    y_max: jax.Array
+    params: dict[str, jax.Array]
+
+    def __call__(self, y) -> jax.Array:
+        """Weights [b] for labels y [b] (finite)."""
+        y = _labels_1d(y, "y")
+        if self.scheme == "none":
+            return jnp.ones_like(y)
+        y = jnp.clip(y, self.y_min, self.y_max)
+        p = self.params
+        if self.scheme in ("inverse", "sqrt_inv", "lds"):
+            return p["scale"] / self.table[_bin_index(y, self.lo, self.step, self.table.shape[0])]
+        rho = kde.interpolate_grid(y[:, None], self.lo[None], self.step[None], self.table)
+        if self.scheme == "hypuc":
+            w0 = jnp.exp(-p["lam"] * jnp.log(jnp.maximum(rho, p["rho_min"])))
+            return jnp.minimum(p["scale"] * w0, p["cap"])
+        return p["scale"] * _dense_raw(rho, p["alpha"], p["eps"], p["rho_lo"], p["rho_hi"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists and floats; an absent cap is None) for JSON."""
+        def plain(v):
+            v = float(v)
+            return None if math.isinf(v) else v
+        return {"scheme": self.scheme, "lo": float(self.lo), "step": float(self.step),
+                "table": np.asarray(self.table, dtype=np.float64).tolist(),
+                "y_min": float(self.y_min), "y_max": float(self.y_max),
+                "params": {k: plain(v) for k, v in self.params.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelWeighting":
+        """Inverse of ``to_dict``."""
+        if d.get("scheme") not in SCHEMES:
+            raise ValueError(f"d['scheme']: expected one of {SCHEMES}, got {d.get('scheme')!r}")
+        f = lambda v: jnp.asarray(jnp.inf if v is None else v, dtype=jnp.result_type(float))
+        return cls(scheme=d["scheme"], lo=f(d["lo"]), step=f(d["step"]),
+                   table=jnp.asarray(d["table"], dtype=jnp.result_type(float)),
+                   y_min=f(d["y_min"]), y_max=f(d["y_max"]),
+                   params={k: f(v) for k, v in d["params"].items()})
+
+
+def _reject_options(scheme: str, options: dict, allowed: tuple[str, ...]) -> None:
+    extra = sorted(set(options) - set(allowed))
+    if extra:
+        raise ValueError(f"options: unknown for scheme {scheme!r}: {extra}; expected some of {allowed}")
+
+
+def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
+    """Fits a label weighting on the training labels.
+
+    Args:
+      scheme: "none"; "hypuc" (options lam, bandwidth, method, max_weight, floor,
+        grid_size, chunk_size, as ``kde_weights``); "inverse" / "sqrt_inv"
+        (bins, value_range, clip); "lds" (bins, value_range, kernel, ks, sigma,
+        reweight, clip); "denseweight" (alpha, bandwidth, method, eps,
+        grid_size, chunk_size).
+      train_labels: training labels [n], finite.
+      **options: scheme options, defaults as in the direct functions.
+
+    Returns:
+      A ``LabelWeighting``. On the training labels it gives the direct
+      function's weights: identical density for method="binned"; for
+      method="exact" the density is evaluated exactly at the grid nodes and
+      interpolated (relative error ~1e-4).
+
+    Raises:
+      ValueError: unknown scheme or option, or any invalid option value.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+    y = _labels_1d(train_labels, "train_labels")
+    f = lambda v: jnp.asarray(v, dtype=y.dtype)
+    common = dict(y_min=jnp.min(y), y_max=jnp.max(y))
+    if scheme == "none":
+        _reject_options(scheme, options, ())
+        return LabelWeighting(scheme, f(0.0), f(1.0), jnp.zeros((1,), y.dtype), params={}, **common)
+    if scheme in ("inverse", "sqrt_inv", "lds"):
+        keys = ("bins", "value_range", "clip") + (("kernel", "ks", "sigma", "reweight")
+                                                  if scheme == "lds" else ())
+        _reject_options(scheme, options, keys)
+        lo, width, table = _bin_scheme_table(y, scheme, **options)
+        _, scale = _bin_weights(y, lo, width, table)
+        return LabelWeighting(scheme, lo, width, table, params={"scale": scale}, **common)
+    kde_keys = ("bandwidth", "method", "grid_size", "chunk_size")
+    kde_opts = {k: options.pop(k) for k in kde_keys if k in options}
+    lo, step, dens = kde.density_grid(y, **kde_opts)
+    lo, step = lo[0], step[0]
+    rho = kde.interpolate_grid(y[:, None], lo[None], step[None], dens)
+    if scheme == "hypuc":
+        _reject_options(scheme, options, ("lam", "max_weight", "floor"))
+        lam, max_weight = options.get("lam", 0.5), options.get("max_weight")
+        floor = options.get("floor", 1e-12)
+        _check_lam(lam), _check_max_weight(max_weight), _check_floor(floor)
+        cap = jnp.inf if max_weight is None else max_weight
+        _, scale, rho_min = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+        params = {"lam": f(lam), "rho_min": rho_min, "scale": scale, "cap": f(cap)}
+    else:
+        _reject_options(scheme, options, ("alpha", "eps"))
+        alpha, eps = options.get("alpha", 1.0), options.get("eps", 1e-6)
+        check_positive(alpha, "alpha", strict=False), check_positive(eps, "eps")
+        _, scale, rho_lo, rho_hi = _dense_from_density(rho, alpha, eps)
+        params = {"alpha": f(alpha), "eps": f(eps), "scale": scale, "rho_lo": rho_lo,
+                  "rho_hi": rho_hi}
+    return LabelWeighting(scheme, lo, step, dens, params=params, **common)
+
+
+__all__ = ["kde_weights", "inverse_weights", "sqrt_inverse_weights", "lds_weights",
+           "dense_weights", "fit_weighting", "LabelWeighting", "SCHEMES"]
