@@ -69,17 +69,18 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
     return mu, sigma, y
 
 
-def central_z(level: float) -> float:
+def central_z(level: float, name: str = "level") -> float:
     """Two-sided standard-normal quantile: P(|Z| <= z) = level.
 
     Args:
       level: nominal coverage in (0, 1).
+      name: argument name used in the error message.
 
     Returns:
       z such that mu +- z * sigma is the central ``level`` interval.
     """
     if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
+        raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
     return float(stats.norm.ppf(0.5 + float(level) / 2.0))
 
 

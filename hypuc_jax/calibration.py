@@ -291,7 +291,7 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
     if mu.size < max(n_bins, min_count):
         raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
                          f"validation samples, got {mu.size}")
-    z = central_z(xi)
+    z = central_z(xi, "xi")
     scale = fit_global(mu, sigma, y).scale
     edges = _quantile_bins(mu, int(n_bins), int(min_count))
     idx = np.searchsorted(edges, mu, side="right")
@@ -328,7 +328,7 @@ def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> 
       IsotonicCalibrator.
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
-    central_z(xi)
+    central_z(xi, "xi")
     p = np.sort(stats.norm.cdf((y - mu) / sigma))
     p_hat = np.searchsorted(p, p, side="right") / p.size
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")

@@ -1,0 +1,194 @@
+"""Tests for hypuc_jax.calibration.
+
+References: the global scale against a numerical minimiser of the SPEC
+objective (scipy); hyperfine calibration on synthetic predictions whose true
+scale is known; isotonic recalibration against uncertainty-toolbox's
+``iso_recal``; coverage against fresh samples from the same generator.
+"""
+import json
+
+import numpy as np
+import pytest
+import uncertainty_toolbox as uct
+from scipy import optimize, stats
+from uncertainty_toolbox.recalibration import iso_recal
+
+from hypuc_jax import calibration as cal
+
+Z95 = stats.norm.ppf(0.975)
+
+
+def generator(seed, n):
+    """mu ~ U(0, 10), reported sigma = 0.3 + 0.1 mu; the truth is 2x sigma for 3 <= mu < 5."""
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(0.0, 10.0, n)
+    sigma = 0.3 + 0.1 * mu
+    true_sigma = np.where((mu >= 3.0) & (mu < 5.0), 2.0, 1.0) * sigma
+    y = mu + true_sigma * rng.standard_normal(n)
+    return mu, sigma, y
+
+
+def covered(y, mu, sigma):
+    return np.abs(y - mu) <= Z95 * sigma
+
+
+@pytest.fixture(scope="module")
+def val():
+    return generator(0, 20_000)
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return generator(1, 50_000)
+
+
+def test_global_scale_minimises_spec_objective(val):
+    mu, sigma, y = val
+
+    def objective(s):
+        return np.sum((y - mu) ** 2 / (s ** 2 * sigma ** 2) + 2 * np.log(s * sigma))
+
+    best = optimize.minimize_scalar(objective, bounds=(0.1, 10.0), method="bounded",
+                                    options={"xatol": 1e-10})
+    g = cal.fit_global(mu, sigma, y)
+    assert g.scale == pytest.approx(best.x, rel=1e-6)
+    np.testing.assert_allclose(g.apply(mu, sigma), best.x * sigma, rtol=1e-6)
+
+
+def test_global_alone_miscovers_the_bad_range_hyperfine_fixes_every_bin(val, test_split):
+    mu, sigma, y = val
+    tmu, tsig, ty = test_split
+    bad = (tmu >= 3.0) & (tmu < 5.0)
+    g = cal.fit_global(mu, sigma, y)
+    cov_global = covered(ty, tmu, g.apply(tmu, tsig))
+    assert cov_global[bad].mean() < 0.85  # far below 95% where sigma is 2x too small
+    assert cov_global[~bad].mean() > 0.97  # and too wide elsewhere
+
+    h = cal.fit_hyperfine(mu, sigma, y, n_bins=10, min_count=100, xi=0.95)
+    assert h.global_scale == pytest.approx(g.scale)
+    cov = covered(ty, tmu, h.apply(tmu, tsig))
+    bins = h.bin_index(tmu)
+    assert len(h.etas) == 10
+    for b in range(len(h.etas)):
+        assert abs(cov[bins == b].mean() - 0.95) <= 0.02, (b, cov[bins == b].mean())
+    # Bins entirely inside the bad range get a factor about 2x the others'.
+    etas = np.asarray(h.etas)
+    centres = np.array([np.median(tmu[bins == b]) for b in range(etas.size)])
+    inside = (centres > 3.5) & (centres < 4.5)
+    outside = (centres < 2.5) | (centres > 5.5)
+    assert np.all(etas[inside] > 1.7 * etas[outside].max())
+
+
+def test_hyperfine_eta_is_the_per_bin_quantile(val):
+    mu, sigma, y = val
+    h = cal.fit_hyperfine(mu, sigma, y, n_bins=4, min_count=10, xi=0.9)
+    s = np.sqrt(np.mean(((y - mu) / sigma) ** 2))
+    edges = np.quantile(mu, [0.25, 0.5, 0.75])
+    np.testing.assert_allclose(h.edges, edges)
+    z = stats.norm.ppf(0.95)
+    for b, (lo, hi) in enumerate(zip(np.r_[-np.inf, edges], np.r_[edges, np.inf])):
+        m = (mu >= lo) & (mu < hi)
+        ref = np.quantile(np.abs(y[m] - mu[m]) / (z * s * sigma[m]), 0.9)
+        assert h.etas[b] == pytest.approx(ref)
+        assert h.counts[b] == int(m.sum())
+
+
+def test_hyperfine_edge_bins_extend_and_sparse_bins_merge():
+    rng = np.random.default_rng(3)
+    mu = np.r_[np.zeros(60), rng.uniform(1, 2, 40)]  # 60 ties: quantile edges collapse
+    sigma = np.ones(100)
+    y = mu + rng.standard_normal(100)
+    h = cal.fit_hyperfine(mu, sigma, y, n_bins=10, min_count=15)
+    assert min(h.counts) >= 15 and sum(h.counts) == 100
+    assert len(h.edges) == len(h.etas) - 1
+    far = h.apply(np.array([-1e6, 1e6]), np.ones(2))
+    np.testing.assert_allclose(far, [h.etas[0] * h.global_scale, h.etas[-1] * h.global_scale])
+    one_bin = cal.fit_hyperfine(mu, sigma, y, n_bins=10, min_count=100)
+    assert one_bin.edges == [] and one_bin.counts == [100]
+
+
+def test_isotonic_matches_uncertainty_toolbox():
+    rng = np.random.default_rng(4)
+    n = 5000
+    mu = rng.uniform(0, 10, n)
+    sigma = rng.uniform(0.5, 1.5, n)
+    y = mu + sigma * (1.2 * rng.standard_t(5, n) + 0.3)  # heavy tails and a bias
+    iso = cal.fit_isotonic(mu, sigma, y)
+    # uncertainty-toolbox defines residuals as prediction - label, so its
+    # "quantile" proportions are of (mu - y) / sigma; negating mu and y gives
+    # the proportions of (y - mu) / sigma, the predicted CDF levels of Kuleshov
+    # et al. Its model maps a target level q to the level to ask of the
+    # Gaussian, i.e. R^-1, on a 100-level grid (spacing 0.0101).
+    exp_props, obs_props = uct.get_proportion_lists_vectorized(-mu, sigma, -y, prop_type="quantile")
+    ref = iso_recal(exp_props, obs_props)
+    q = np.linspace(0.01, 0.99, 99)
+    np.testing.assert_allclose(iso.inverse_level(q), ref.predict(q), atol=0.01)
+    np.testing.assert_allclose(iso.recalibrate_level(iso.inverse_level(q)), q, atol=1e-9)
+
+    # On fresh samples the recalibrated quantiles hit their levels, the raw ones do not.
+    rng = np.random.default_rng(5)
+    m2, s2 = rng.uniform(0, 10, 40_000), rng.uniform(0.5, 1.5, 40_000)
+    y2 = m2 + s2 * (1.2 * rng.standard_t(5, 40_000) + 0.3)
+    for level in (0.05, 0.5, 0.95):
+        assert np.mean(y2 <= iso.quantile(m2, s2, level)) == pytest.approx(level, abs=0.015)
+    assert abs(np.mean(y2 <= m2) - 0.5) > 0.05
+    lo, hi = iso.interval(m2, s2, 0.9)
+    assert np.mean((y2 >= lo) & (y2 <= hi)) == pytest.approx(0.9, abs=0.015)
+    levels = iso.cdf(m2, s2, y2)
+    assert stats.kstest(levels, "uniform").statistic < 0.02
+    # apply: Gaussian-equivalent sigma with the recalibrated 95% interval's width.
+    lo95, hi95 = iso.interval(m2, s2, 0.95)
+    np.testing.assert_allclose(iso.apply(m2, s2), (hi95 - lo95) / (2 * Z95), rtol=1e-10)
+
+
+@pytest.mark.parametrize("method, kwargs", [("global", {}), ("hyperfine", {"n_bins": 5}),
+                                            ("isotonic", {})])
+def test_save_load_round_trip_and_task_check(tmp_path, val, method, kwargs):
+    mu, sigma, y = (a[:2000] for a in val)
+    c = cal.fit_calibrator(method, mu, sigma, y, task="potassium", **kwargs)
+    path = tmp_path / "calibration.json"
+    c.save(path)
+    json.loads(path.read_text())
+    for loaded in (cal.load_calibrator(path, task="potassium"), type(c).load(path),
+                   cal.calibrator_from_dict(c.to_dict())):
+        assert type(loaded) is type(c) and loaded.task == "potassium"
+        np.testing.assert_array_equal(loaded.apply(mu, sigma), c.apply(mu, sigma))
+    with pytest.raises(ValueError, match="task"):
+        cal.load_calibrator(path, task="lvef")
+    with pytest.raises(ValueError, match="task"):
+        type(c).load(path, task="lvef")
+
+
+def test_from_dict_rejects_other_methods(val):
+    d = cal.fit_global(*val).to_dict()
+    with pytest.raises(ValueError, match="d:"):
+        cal.HyperfineCalibrator.from_dict(d)
+    with pytest.raises(ValueError, match="d:"):
+        cal.calibrator_from_dict({"method": "platt"})
+
+
+@pytest.mark.parametrize("fn, args, kwargs, match", [
+    (cal.fit_global, (np.ones(5), np.ones(4), np.ones(5)), {}, "mu and sigma"),
+    (cal.fit_global, (np.ones(5), np.ones(5), np.ones(6)), {}, "mu and y"),
+    (cal.fit_global, (np.ones(3), np.r_[1.0, 0.0, 1.0], np.r_[1.0, 2.0, 3.0]), {}, "sigma"),
+    (cal.fit_global, (np.ones(3), np.r_[1.0, np.nan, 1.0], np.r_[1.0, 2.0, 3.0]), {}, "sigma"),
+    (cal.fit_global, (np.ones(3), np.ones(3), np.r_[1.0, np.inf, 3.0]), {}, "y"),
+    (cal.fit_global, (np.ones(3), np.ones(3), np.ones(3)), {}, "y"),
+    (cal.fit_hyperfine, (np.arange(5.0), np.ones(5), np.arange(5.0) + 1), {"n_bins": 10}, "mu"),
+    (cal.fit_hyperfine, (np.arange(50.0), np.ones(50), np.arange(50.0) + 1),
+     {"n_bins": 2, "min_count": 0}, "min_count"),
+    (cal.fit_hyperfine, (np.arange(50.0), np.ones(50), np.arange(50.0) + 1),
+     {"n_bins": 2, "min_count": 5, "xi": 1.0}, "xi"),
+    (cal.fit_isotonic, (np.ones(3), -np.ones(3), np.ones(3)), {}, "sigma"),
+])
+def test_bad_inputs_raise(fn, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fn(*args, **kwargs)
+
+
+def test_apply_checks_inputs_and_dispatcher_checks_method(val):
+    g = cal.fit_global(*val)
+    with pytest.raises(ValueError, match="sigma"):
+        g.apply(np.ones(3), np.r_[1.0, -1.0, 1.0])
+    with pytest.raises(ValueError, match="method"):
+        cal.fit_calibrator("platt", *val)
