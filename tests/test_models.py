@@ -1,0 +1,222 @@
+"""Tests for hypuc_jax.models: shapes, heads, transforms, references, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+
+from hypuc_jax import losses, models
+
+SMALL = dict(widths=(4, 8), blocks=(1, 2), kernel_size=5, stem_kernel=7, groups=2)
+SIG_SHAPE = (40, 3)
+
+
+def _signal(n=5, shape=SIG_SHAPE, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(n,) + shape), jnp.float32)
+
+
+def _leaves(model):
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("kind,shape,opts", [("resnet1d", SIG_SHAPE, SMALL),
+                                             ("mlp", (6,), dict(hidden=(8, 8)))])
+def test_output_shapes_and_heads(kind, shape, opts, head):
+    model = models.create_model(kind, shape, head, rngs=nnx.Rngs(0), **opts)
+    pred = model(_signal(5, shape))
+    assert isinstance(pred, models.Prediction)
+    assert pred.loc.shape == (5,) and pred.loc.dtype == jnp.float32
+    if head == "point":
+        assert pred.scale is None
+    else:
+        assert pred.scale.shape == (5,)
+        assert np.all(np.asarray(pred.scale) >= 1e-3)
+
+
+def test_auto_kind_picks_backbone():
+    assert isinstance(models.create_model("auto", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0), **SMALL),
+                      models.ResNet1D)
+    assert isinstance(models.create_model("auto", (7,), "gaussian", rngs=nnx.Rngs(0)), models.MLP)
+
+
+def test_scale_floor_is_sigma_min_and_positive():
+    model = models.create_model("mlp", (4,), "gaussian", rngs=nnx.Rngs(1), hidden=(8,),
+                                sigma_min=0.05)
+    # Drive the raw scale output to -1e4: softplus vanishes and scale == sigma_min.
+    model.out.dense.bias[...] = jnp.array([0.0, -1e4])
+    model.out.dense.kernel[...] = jnp.zeros_like(model.out.dense.kernel[...])
+    pred = model(jnp.ones((3, 4)))
+    np.testing.assert_array_equal(pred.scale, np.float32(0.05))
+    assert np.all(np.asarray(pred.scale) > 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), magnitude=st.sampled_from([1e-3, 1.0, 1e3, 1e5]))
+def test_scale_above_sigma_min_for_any_input(seed, magnitude):
+    model = _MLP_LAPLACE
+    x = jnp.asarray(np.random.default_rng(seed).normal(scale=magnitude, size=(8, 5)), jnp.float32)
+    pred = model(x)
+    assert np.all(np.isfinite(pred.scale)) and np.all(np.asarray(pred.scale) >= 0.01)
+
+
+_MLP_LAPLACE = models.create_model("mlp", (5,), "laplace", rngs=nnx.Rngs(2), hidden=(16,),
+                                   activation="tanh", sigma_min=0.01)
+
+
+def test_mlp_matches_numpy_forward():
+    model = models.create_model("mlp", (5,), "gaussian", rngs=nnx.Rngs(3), hidden=(7, 4),
+                                activation="relu", sigma_min=0.02)
+    x = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32)
+    h = x.astype(np.float64)
+    for layer in model.layers:
+        h = np.maximum(h @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...]), 0.0)
+    out = h @ np.asarray(model.out.dense.kernel[...]) + np.asarray(model.out.dense.bias[...])
+    pred = model(jnp.asarray(x))
+    np.testing.assert_allclose(pred.loc, out[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 0.02, rtol=1e-5, atol=1e-6)
+
+
+def test_resnet_matches_torch_equivalent():
+    """The layer list in ResNet1D's docstring, built in PyTorch with the same
+    weights, gives the same outputs (the reference for the benchmark port)."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    model = models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(4),
+                                stem_stride=2, sigma_min=1e-3, **SMALL)
+    t = lambda a: torch.tensor(np.asarray(a[...]), dtype=torch.float64)
+
+    def conv(c, k, stride):
+        cin, cout = c.kernel.shape[1], c.kernel.shape[2]
+        m = nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2, bias=False).double()
+        m.weight.data = t(c.kernel).permute(2, 1, 0).contiguous()
+        return m
+
+    def gn(g, groups):
+        m = nn.GroupNorm(groups, g.scale.shape[0], eps=1e-5).double()
+        m.weight.data, m.bias.data = t(g.scale), t(g.bias)
+        return m
+
+    g = lambda c: min(SMALL["groups"], c)
+    x = np.asarray(_signal(4, SIG_SHAPE, seed=4), np.float64)
+    h = torch.relu(gn(model.stem_norm, g(4))(conv(model.stem, 7, 2)(torch.tensor(x).permute(0, 2, 1))))
+    strides = [1, 2, 1]                      # stage 0: 1 block; stage 1: 2 blocks
+    for block, stride in zip(model.blocks, strides):
+        w = block.conv1.kernel.shape[2]
+        y = torch.relu(gn(block.norm1, g(w))(conv(block.conv1, 5, stride)(h)))
+        y = gn(block.norm2, g(w))(conv(block.conv2, 5, 1)(y))
+        skip = h if block.proj is None else gn(block.proj_norm, g(w))(conv(block.proj, 1, stride)(h))
+        h = torch.relu(y + skip)
+    lin = nn.Linear(8, 2).double()
+    lin.weight.data, lin.bias.data = t(model.out.dense.kernel).T.contiguous(), t(model.out.dense.bias)
+    out = lin(h.mean(dim=2)).detach().numpy()
+    pred = model(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(pred.loc, out[:, 0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 1e-3, rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_init():
+    make = lambda seed: models.create_model("resnet1d", SIG_SHAPE, "gaussian",
+                                            rngs=nnx.Rngs(seed), **SMALL)
+    a, b, c = _leaves(make(7)), _leaves(make(7)), _leaves(make(8))
+    assert len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert any(not np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_jax_jit_with_split_merge_and_grad():
+    model = models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(5), **SMALL)
+    x, y = _signal(6), jnp.linspace(-1, 1, 6)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def loss_fn(params, x, y):
+        pred = nnx.merge(graphdef, params)(x)
+        num, den = losses.weighted_sums(losses.gaussian_nll(pred.loc, pred.scale, y), jnp.ones(6))
+        return num / den
+
+    eager = model(x)
+    np.testing.assert_allclose(nnx.merge(graphdef, params)(x).loc, eager.loc, rtol=1e-6)
+    value, grads = jax.jit(jax.value_and_grad(loss_fn))(params, x, y)
+    np.testing.assert_allclose(value, loss_fn(params, x, y), rtol=1e-6)
+    want = np.mean(losses.gaussian_nll(eager.loc, eager.scale, y))
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    g = jax.tree.leaves(grads)
+    assert len(g) == len(_leaves(model)) and all(np.all(np.isfinite(v)) for v in g)
+    assert any(np.any(v != 0) for v in g)
+
+
+def test_nnx_jit_train_step_learns_noise_sigma():
+    model = models.create_model("mlp", (3,), "point", rngs=nnx.Rngs(6), hidden=(8,),
+                                noise_sigma_init=0.5)
+    assert isinstance(model.out.log_noise_sigma, nnx.Param)
+    np.testing.assert_allclose(model.noise_sigma(), 0.5, rtol=1e-6)
+    opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(16, 3)), jnp.float32)
+    y = x.sum(axis=1)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        def loss_fn(model):
+            pred = model(x)
+            return losses.bmc(pred.loc, y, model.noise_sigma()).mean()
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss, grads
+
+    before = float(model.noise_sigma())
+    loss, grads = step(model, opt, x, y)
+    assert np.isfinite(loss) and float(grads.out.log_noise_sigma[...]) != 0.0
+    assert float(model.noise_sigma()) != before
+    assert models.create_model("mlp", (3,), "point", rngs=nnx.Rngs(6)).noise_sigma() is None
+
+
+def test_dropout_train_vs_eval():
+    model = models.create_model("mlp", (4,), "gaussian", rngs=nnx.Rngs(9), hidden=(64,),
+                                dropout=0.5)
+    x = jnp.ones((2, 4))
+    assert not np.allclose(model(x).loc, model(x).loc)
+    model.eval()
+    np.testing.assert_array_equal(model(x).loc, model(x).loc)
+
+
+def test_time_fit_boundary():
+    # stem stride 2 then stage stride 2: 33 -> 17 -> 9 -> 5 samples fit kernel 5, 32 -> 4 does not.
+    opts = dict(widths=(4, 4, 4), blocks=(1, 1, 1), kernel_size=5, stem_kernel=5, groups=1)
+    ok = models.create_model("resnet1d", (33, 2), "point", rngs=nnx.Rngs(0), **opts)
+    assert ok(jnp.ones((1, 33, 2))).loc.shape == (1,)
+    with pytest.raises(ValueError, match="widths: 3 stages do not fit a time length of 32"):
+        models.create_model("resnet1d", (32, 2), "point", rngs=nnx.Rngs(0), **opts)
+    with pytest.raises(ValueError, match="stem_kernel"):
+        models.create_model("resnet1d", (4, 2), "point", rngs=nnx.Rngs(0), **opts)
+
+
+@pytest.mark.parametrize("kind,shape,opts,key", [
+    ("resnet1d", (100,), {}, "input_shape"),
+    ("mlp", (10, 3), {}, "input_shape"),
+    ("auto", (2, 3, 4), {}, "input_shape"),
+    ("mlp", (5,), {"widths": (3,)}, "widths"),
+    ("resnet1d", SIG_SHAPE, {**SMALL, "kernel_size": 4}, "kernel_size"),
+    ("resnet1d", SIG_SHAPE, {**SMALL, "blocks": (1,)}, "blocks"),
+    ("resnet1d", SIG_SHAPE, {**SMALL, "widths": ()}, "widths"),
+    ("resnet1d", SIG_SHAPE, {**SMALL, "dropout": 1.0}, "dropout"),
+    ("mlp", (5,), {"sigma_min": 0.0}, "sigma_min"),
+    ("mlp", (5,), {"activation": "swish"}, "activation"),
+    ("mlp", (5,), {"noise_sigma_init": -1.0}, "noise_sigma_init"),
+    ("mlp", (5,), {"dtype": "float16"}, "dtype"),
+    ("cnn", (5,), {}, "kind"),
+])
+def test_bad_config_raises_naming_key(kind, shape, opts, key):
+    with pytest.raises(ValueError, match=f"^{key}"):
+        models.create_model(kind, shape, "gaussian", rngs=nnx.Rngs(0), **opts)
+
+
+def test_bad_head_and_input_raise():
+    with pytest.raises(ValueError, match="^head"):
+        models.create_model("mlp", (5,), "student_t", rngs=nnx.Rngs(0))
+    model = models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0), **SMALL)
+    with pytest.raises(ValueError, match=r"^x: expected shape \[batch, 40, 3\]"):
+        model(jnp.ones((2, 40, 4)))
+    with pytest.raises(ValueError, match="^x"):
+        jax.jit(lambda x: model(x))(jnp.ones((40, 3)))
