@@ -1,0 +1,222 @@
+"""Tests for hypuc_jax.kde against scipy.stats.gaussian_kde and closed forms."""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hypuc_jax import kde
+
+
+def skewed_labels(n, seed=0):
+    """Potassium-like labels: mostly around 4.2 with a long right tail."""
+    rng = np.random.default_rng(seed)
+    k = n // 10
+    return np.concatenate([rng.normal(4.2, 0.45, n - k), 4.6 + rng.gamma(2.0, 0.7, k)])
+
+
+def rel_l1(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).sum() / np.abs(b).sum()
+
+
+def diagonal_cov_sample(n, d, stds, seed=0):
+    """Sample [n, d] whose sample covariance is exactly diag(stds^2).
+
+    scipy's gaussian_kde uses the full data covariance times factor^2; on data
+    with diagonal covariance that is the diagonal bandwidth h = factor * stds.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) + 0.3 * rng.normal(size=(n, 1))  # correlated
+    x = x - x.mean(0)
+    chol = np.linalg.cholesky(np.cov(x.T))
+    return x @ np.linalg.inv(chol).T * np.asarray(stds) + np.arange(d)
+
+
+# --------------------------------------------------------------------------- #
+# Bandwidth rules
+# --------------------------------------------------------------------------- #
+def closed_form(x, rule):
+    n = x.shape[0]
+    s = np.std(x, axis=0, ddof=1)
+    if rule == "scott":
+        return 1.06 * s * n ** -0.2
+    iqr = np.percentile(x, 75, axis=0) - np.percentile(x, 25, axis=0)
+    return 0.9 * np.minimum(s, iqr / 1.34) * n ** -0.2
+
+
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+def test_bandwidth_rules_match_closed_forms(rule):
+    y = skewed_labels(1000)
+    h = kde.bandwidth(y, rule)
+    assert h.shape == ()
+    np.testing.assert_allclose(h, closed_form(y, rule), rtol=1e-5)
+    x = np.stack([y, np.random.default_rng(1).exponential(2.0, 1000)], axis=1)
+    h2 = kde.bandwidth(x, rule)
+    assert h2.shape == (2,)
+    np.testing.assert_allclose(h2, closed_form(x, rule), rtol=1e-5)
+
+
+def test_bandwidth_float_is_passed_through_per_dimension():
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    np.testing.assert_allclose(kde.bandwidth(x, 0.25), [0.25] * 3)
+    np.testing.assert_allclose(kde.bandwidth(x, np.array([0.1, 0.2, 0.3])), [0.1, 0.2, 0.3])
+    assert float(kde.bandwidth(x[:, 0], 0.5)) == 0.5
+
+
+def test_zero_spread_falls_back_to_documented_minimum():
+    y = np.full(20, 4.2)
+    expected = 1.06 * kde.MIN_RELATIVE_SCALE * 4.2 * 20 ** -0.2
+    np.testing.assert_allclose(kde.bandwidth(y), expected, rtol=1e-5)
+    np.testing.assert_allclose(kde.bandwidth(np.zeros(20), "silverman"),
+                               0.9 * kde.MIN_RELATIVE_SCALE * 20 ** -0.2, rtol=1e-5)
+    for method in kde.METHODS:
+        dens = np.asarray(kde.gaussian_kde(y, y[:3], method=method))
+        np.testing.assert_allclose(dens, 1 / (np.sqrt(2 * np.pi) * expected), rtol=1e-3)
+    # Tied quartiles but s > 0: Silverman uses s (IQR / 1.34 is 0).
+    tied = np.r_[np.full(30, 4.2), 6.0]
+    np.testing.assert_allclose(kde.bandwidth(tied, "silverman"),
+                               0.9 * np.std(tied, ddof=1) * 31 ** -0.2, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Density vs scipy
+# --------------------------------------------------------------------------- #
+def test_exact_1d_matches_scipy_float64():
+    y = skewed_labels(1500)
+    pts = np.linspace(y.min() - 1, y.max() + 1, 700)
+    with jax.enable_x64(True):
+        h = float(kde.bandwidth(y))
+        ours = kde.gaussian_kde(y, pts, bandwidth=h, method="exact", chunk_size=256)
+        assert ours.dtype == jnp.float64
+    ref = scipy.stats.gaussian_kde(y, bw_method=h / np.std(y, ddof=1))(pts)
+    assert rel_l1(ours, ref) < 1e-5
+
+
+def test_exact_2d_and_3d_match_scipy_float64():
+    for d, n in ((2, 600), (3, 300)):
+        x = diagonal_cov_sample(n, d, stds=[1.0, 0.4, 2.0][:d])
+        factor = 0.35
+        pts = x[:200] + 0.1
+        ref = scipy.stats.gaussian_kde(x.T, bw_method=factor)(pts.T)
+        with jax.enable_x64(True):
+            ours = kde.gaussian_kde(x, pts, bandwidth=factor * np.std(x, 0, ddof=1),
+                                    method="exact", chunk_size=64)
+        assert rel_l1(ours, ref) < 1e-5, d
+
+
+def test_binned_1d_matches_scipy():
+    y = skewed_labels(5000)
+    h = float(kde.bandwidth(y))
+    ref_kde = scipy.stats.gaussian_kde(y, bw_method=h / np.std(y, ddof=1))
+    pts = np.linspace(y.min() - 0.5, y.max() + 0.5, 1000)
+    assert rel_l1(kde.gaussian_kde(y, pts), ref_kde(pts)) < 1e-3
+    # At the labels themselves (what the weights use).
+    assert rel_l1(kde.gaussian_kde(y, y[:1000]), ref_kde(y[:1000])) < 1e-3
+
+
+def test_binned_2d_matches_scipy():
+    x = diagonal_cov_sample(2000, 2, stds=[1.0, 0.3])
+    factor = 0.3
+    pts = x[:500]
+    ref = scipy.stats.gaussian_kde(x.T, bw_method=factor)(pts.T)
+    ours = kde.gaussian_kde(x, pts, bandwidth=factor * np.std(x, 0, ddof=1))
+    assert rel_l1(ours, ref) < 1e-3
+
+
+def test_binned_is_zero_beyond_padded_grid_and_exact_is_not():
+    y = skewed_labels(200)
+    h = float(kde.bandwidth(y))
+    far = np.array([y.max() + (kde.PAD_BANDWIDTHS + 1) * h])
+    assert float(kde.gaussian_kde(y, far)[0]) == 0.0
+    assert float(kde.gaussian_kde(y, far, method="exact")[0]) > 0.0
+
+
+def test_exact_memory_is_tiled_not_n_by_m():
+    n = 20_000
+    spec = jax.ShapeDtypeStruct((n, 1), jnp.float32)
+    compiled = kde._exact_density.lower(spec, spec, jax.ShapeDtypeStruct((1,), jnp.float32),
+                                        1024).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < n * n * 4 // 100  # a full [n, m] float32 matrix would be 1.6 GB
+
+
+# --------------------------------------------------------------------------- #
+# Properties
+# --------------------------------------------------------------------------- #
+labels_strategy = hnp.arrays(np.float64, 40, elements=st.floats(-100, 100, allow_nan=False))
+
+
+@settings(max_examples=20, deadline=None)
+@given(labels_strategy, st.sampled_from(kde.METHODS))
+def test_density_nonnegative_and_integrates_to_one(y, method):
+    h = float(kde.bandwidth(y))
+    grid = np.linspace(y.min() - 7 * h, y.max() + 7 * h, 6001)
+    dens = np.asarray(kde.gaussian_kde(y, grid, method=method), np.float64)
+    assert np.all(dens >= 0)
+    np.testing.assert_allclose(np.trapezoid(dens, grid), 1.0, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------- #
+# jit and vmap
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("method", kde.METHODS)
+def test_jit_and_vmap_over_label_sets(method):
+    sets = np.stack([skewed_labels(300, seed=s) for s in range(3)])
+    sets[1] *= 2.0  # different spreads -> different rule bandwidths per set
+    pts = np.stack([np.linspace(2, 12, 50)] * 3)
+    fn = partial(kde.gaussian_kde, method=method)
+    batched = jax.vmap(fn)(jnp.asarray(sets), jnp.asarray(pts))
+    assert batched.shape == (3, 50)
+    for k in range(3):
+        h = np.std(sets[k], ddof=1) * 1.06 * 300 ** -0.2
+        ref = scipy.stats.gaussian_kde(sets[k], bw_method=h / np.std(sets[k], ddof=1))(pts[k])
+        assert rel_l1(batched[k], ref) < 1e-3
+    jitted = jax.jit(fn)(jnp.asarray(sets[0]), jnp.asarray(pts[0]))
+    np.testing.assert_allclose(jitted, batched[0], rtol=1e-5, atol=1e-7)
+    two_d = jax.vmap(partial(fn, bandwidth=0.5))(jnp.asarray(sets[:, :, None]),
+                                                 jnp.asarray(pts[:, :, None]))
+    assert two_d.shape == (3, 50)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+GOOD = np.array([4.0, 4.2, 4.5, 6.0])
+
+
+@pytest.mark.parametrize("samples, points, kwargs, arg", [
+    (np.array([4.0, np.nan, 5.0]), GOOD, {}, "samples"),
+    (np.array([4.0, np.inf, 5.0]), GOOD, {}, "samples"),
+    (np.array([]), GOOD, {}, "samples"),
+    (np.zeros((5, 4)), np.zeros((2, 4)), {}, "samples"),
+    (np.zeros((5, 2)), np.zeros((2, 3)), {}, "points"),
+    (np.zeros((5, 2)), np.zeros(2), {}, "points"),
+    (GOOD, np.array([np.nan]), {}, "points"),
+    (GOOD, GOOD, {"bandwidth": 0.0}, "bandwidth"),
+    (GOOD, GOOD, {"bandwidth": -1.0}, "bandwidth"),
+    (GOOD, GOOD, {"bandwidth": float("nan")}, "bandwidth"),
+    (GOOD, GOOD, {"bandwidth": float("inf")}, "bandwidth"),
+    (GOOD, GOOD, {"bandwidth": "bogus"}, "bandwidth"),
+    (np.zeros((5, 2)), np.zeros((2, 2)), {"bandwidth": np.ones(3)}, "bandwidth"),
+    (GOOD, GOOD, {"method": "fast"}, "method"),
+    (GOOD, GOOD, {"grid_size": 1}, "grid_size"),
+    (GOOD, GOOD, {"chunk_size": 0}, "chunk_size"),
+])
+def test_bad_input_raises_value_error_naming_argument(samples, points, kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        kde.gaussian_kde(samples, points, **kwargs)
+
+
+def test_bandwidth_bad_input():
+    with pytest.raises(ValueError, match="samples"):
+        kde.bandwidth(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="bandwidth"):
+        kde.bandwidth(GOOD, -0.1)
+    with pytest.raises(ValueError, match="samples"):
+        kde.bandwidth(np.zeros((3, 5)))
