@@ -177,7 +177,7 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
     return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)
 
 
-def bmc(pred, y, noise_sigma, mask=None) -> jax.Array:
+def bmc(pred, y, noise_sigma, mask=None, *, axis_name: str | None = None) -> jax.Array:
     """Balanced MSE, batch-based Monte-Carlo form (BMC), per example.
 
     The batch labels stand in for samples of the training label
@@ -189,8 +189,11 @@ def bmc(pred, y, noise_sigma, mask=None) -> jax.Array:
         l_i = 2 sg(s^2) * (logsumexp_j logits[i, j] - logits[i, i])
 
     With a learnable ``s`` the gradient reaches it through the logits only.
-    The loss depends on the whole batch: under data parallelism compute it
-    on the global batch (the one-jit "sharding" path does this).
+    The loss depends on the whole batch: under data parallelism the
+    candidates must be the GLOBAL batch. A one-jit sharded step sees the
+    global arrays and needs nothing more; inside ``pmap`` / ``shard_map``
+    pass ``axis_name`` so that the labels (and mask) of all devices are
+    gathered and each device scores its own examples against all of them.
 
     Args:
       pred: predictions, shape ``[batch]``.
@@ -199,6 +202,8 @@ def bmc(pred, y, noise_sigma, mask=None) -> jax.Array:
       mask: optional ``[batch]`` validity mask; examples with mask 0
         (padding) are left out of the softmax candidates. Their own loss
         value is still returned and must be masked by the caller.
+      axis_name: the mapped axis when called per device inside ``pmap`` /
+        ``shard_map`` (None outside them).
 
     Returns:
       Balanced MSE of each example, shape ``[batch]``.
@@ -219,12 +224,20 @@ def bmc(pred, y, noise_sigma, mask=None) -> jax.Array:
         pred, y, mask = _vectors(pred=pred, y=y, mask=mask)
         valid = mask > 0
     noise_var = jnp.square(_scalar(noise_sigma, "noise_sigma"))
+    n = pred.shape[0]
+    own = jnp.arange(n)                       # column of example i's own label
+    if axis_name is not None:
+        own = own + jax.lax.axis_index(axis_name) * n
+        y = jax.lax.all_gather(y, axis_name, tiled=True)
+        valid = jax.lax.all_gather(valid, axis_name, tiled=True)
     logits = -jnp.square(pred[:, None] - y[None, :]) / (2.0 * noise_var)
-    chex.assert_shape(logits, (pred.shape[0], pred.shape[0]))
-    # Padding never competes; the diagonal stays so a padded row is finite.
-    keep = valid[None, :] | jnp.eye(pred.shape[0], dtype=bool)
+    chex.assert_shape(logits, (n, y.shape[0]))
+    # Padding never competes; the own label stays so a padded row is finite.
+    is_own = own[:, None] == jnp.arange(y.shape[0])[None, :]
+    keep = valid[None, :] | is_own
     log_norm = jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
-    return 2.0 * jax.lax.stop_gradient(noise_var) * (log_norm - jnp.diagonal(logits))
+    own_logit = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
+    return 2.0 * jax.lax.stop_gradient(noise_var) * (log_norm - own_logit)
 
 
 def bni(pred, y, noise_sigma, bin_centers, bin_probs) -> jax.Array:
@@ -311,7 +324,7 @@ def _check_name(name: str) -> None:
 
 def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
                      noise_sigma=None, bni_prior: HistogramPrior | None = None,
-                     mask=None) -> jax.Array:
+                     mask=None, axis_name: str | None = None) -> jax.Array:
     """Dispatches to the per-example loss called ``name``.
 
     Args:
@@ -328,6 +341,8 @@ def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
       mask: optional ``[batch]`` validity mask, used by "bmc" to drop
         padding from the in-batch candidates. Other losses are per example;
         mask them in :func:`weighted_sums`.
+      axis_name: mapped axis for "bmc" inside ``pmap`` / ``shard_map`` (the
+        in-batch candidates then span all devices); ignored by the others.
 
     Returns:
       Per-example losses, shape ``[batch]``.
@@ -354,7 +369,7 @@ def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
     if name == "huber":
         return huber(loc, y, delta=huber_delta)
     if name == "bmc":
-        return bmc(loc, y, noise_sigma, mask=mask)
+        return bmc(loc, y, noise_sigma, mask=mask, axis_name=axis_name)
     if bni_prior is None:
         raise ValueError("bni_prior: loss 'bni' needs a histogram prior "
                          "(HistogramPrior(centers, probs)), got None")

@@ -313,3 +313,20 @@ def test_sharded_sums_equal_global_weighted_mean(n_dev, seed):
     np.testing.assert_allclose(losses.weighted_mean(l, w, m), want, rtol=1e-5)
     mean_of_means = np.mean([float(p[0] / p[1]) for p in parts])
     assert not np.isclose(mean_of_means, want, rtol=1e-5)
+
+
+def test_bmc_axis_name_under_pmap_equals_global_batch(n_devices):
+    """Per-device BMC with gathered candidates equals BMC on the global batch."""
+    rng = np.random.default_rng(12)
+    b = 3 * n_devices
+    pred = rng.normal(size=b).astype(np.float32)
+    y = rng.normal(size=b).astype(np.float32)
+    mask = (rng.uniform(size=b) > 0.3).astype(np.float32)
+    per_dev = lambda a: a.reshape(n_devices, 3)
+    fn = jax.pmap(lambda p, t, m: losses.per_example_loss(
+        "bmc", losses_prediction(p), t, noise_sigma=0.7, mask=m, axis_name="data"), axis_name="data")
+    got = np.asarray(fn(per_dev(pred), per_dev(y), per_dev(mask))).reshape(b)
+    np.testing.assert_allclose(got, _np_bmc(pred, y, 0.7, mask), rtol=1e-4, atol=1e-5)
+    # Without axis_name each device would only see its own 3 labels.
+    local = np.asarray(jax.pmap(lambda p, t: losses.bmc(p, t, 0.7))(per_dev(pred), per_dev(y)))
+    assert not np.allclose(local.reshape(b), _np_bmc(pred, y, 0.7), rtol=1e-3)
