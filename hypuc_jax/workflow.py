@@ -162,6 +162,21 @@ def parse_region(text: str) -> tuple[str, float, float]:
     return name.strip(), low, high
 
 
+def base_config(name: str) -> config_lib.Config:
+    """A preset by name, or a JSON experiment file {"preset": NAME, "overrides": [...]}.
+
+    Raises:
+      WorkflowError: unreadable file or malformed content.
+    """
+    if not name.endswith(".json"):
+        return config_lib.get_config(name)
+    d = read_json(Path(name), "experiment config")
+    if not isinstance(d, dict) or not isinstance(d.get("overrides", []), list):
+        raise WorkflowError(f"{name}: expected {{\"preset\": NAME, \"overrides\": [...]}}")
+    return config_lib.apply_overrides(config_lib.get_config(d.get("preset", "potassium")),
+                                      d.get("overrides", []))
+
+
 def make_config(base: str | config_lib.Config = "potassium", *, data: str | None = None,
                 target: str | None = None, loss: str | None = None,
                 weighting: str | None = None, lam: float | None = None,
@@ -172,7 +187,7 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
     """A config from a preset plus the CLI's named flags, then ``--set`` overrides.
 
     Args:
-      base: preset name (config.get_config) or a Config.
+      base: preset name, experiment JSON file (see ``base_config``) or a Config.
       data, target, loss, weighting, lam, parallel, epochs, batch_size, seed:
         the ``hypuc train`` flags (None keeps the preset's value).
       regions: ``NAME=LOW:HIGH`` strings added to the named regions.
@@ -181,7 +196,7 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
     Raises:
       ValueError: an unknown key or a value of the wrong type (named).
     """
-    cfg = config_lib.get_config(base) if isinstance(base, str) else base
+    cfg = base_config(base) if isinstance(base, str) else base
     flags = [("data.spec", data), ("data.target", target), ("loss.name", loss),
              ("weighting.scheme", weighting), ("weighting.lam", lam),
              ("train.parallel", parallel), ("train.epochs", epochs),

@@ -1,0 +1,210 @@
+"""The ``hypuc`` command line: run / train / calibrate / correct / evaluate / predict.
+
+Each command is a thin wrapper over :mod:`hypuc_jax.workflow`; the run
+directory holds the resolved config, so commands after ``train`` need only
+``--workdir``. Errors print one line on stderr and exit with status 1
+(``--debug`` shows the traceback); argparse usage errors exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from hypuc_jax import config as config_lib
+
+_EPILOG = """Data specs: simulated:potassium[?n=..&rate=..&seed=..], simulated:lvef,
+csv:PATH (with --target COL), npz:PATH (arrays x, y), wfdb:DIR, diabetes.
+The run directory layout is described in docs/architecture.md."""
+
+
+_PRESETS = ("potassium, tiny, lvef, diabetes, or an experiment file like "
+            "experiments/configs/potassium.json")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback on errors instead of one line")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hypuc", description="HypUC: KDE-weighted probabilistic regression, hyperfine "
+        "calibration, boosted corrections and decisions for imbalanced clinical targets.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train baseline + HypUC, calibrate, correct, evaluate, report",
+                       description="The main job: trains the unweighted Gaussian-NLL baseline and "
+                       "HypUC (KDE weights) with the same seed and budget into DIR/baseline and "
+                       "DIR/hypuc, calibrates, corrects, evaluates both on the test split and "
+                       "writes DIR/report.md with DIR/figures/*.png.")
+    p.add_argument("--workdir", default=None,
+                   help="output directory (default: ./runs/hypuc-YYYYmmdd-HHMMSS)")
+    p.add_argument("--data", default=None,
+                   help="data spec (default: the preset's, the simulated potassium task)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny data and model (the 'tiny' preset): about a minute, for smoke tests")
+    p.add_argument("--preset", default=None,
+                   help=f"config preset, one of {_PRESETS} (default: potassium, or tiny with "
+                   "--quick)")
+    p.add_argument("--seed", type=int, default=None, help="training seed for both runs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both runs, e.g. train.epochs=3 (repeatable)")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train one model into a run directory",
+                       description="Trains one model and stores its config, checkpoints, logs "
+                       "and validation/test predictions in --workdir.")
+    p.add_argument("--workdir", required=True, help="run directory to create or overwrite")
+    p.add_argument("--data", required=True, help="data spec, e.g. simulated:potassium, csv:PATH")
+    p.add_argument("--preset", default="potassium",
+                   help=f"config preset the flags below modify, one of {_PRESETS} "
+                   "(default: potassium)")
+    p.add_argument("--target", default=None, help="target column (csv data)")
+    p.add_argument("--loss", choices=config_lib.LOSSES, default=None,
+                   help="per-example loss (default nll: Gaussian negative log-likelihood)")
+    p.add_argument("--weighting", choices=config_lib.WEIGHTINGS, default=None,
+                   help="label weighting (default hypuc: KDE weights 1/rho(y)^lam)")
+    p.add_argument("--lam", type=float, default=None, help="HypUC weight exponent lambda >= 0")
+    p.add_argument("--parallel", choices=config_lib.PARALLEL, default=None,
+                   help="data parallelism over devices (auto: sharding on > 1 device)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size (a multiple of the device count when parallel)")
+    p.add_argument("--seed", type=int, default=None, help="training seed")
+    p.add_argument("--region", action="append", default=[], metavar="NAME=LOW:HIGH",
+                   help="extra named evaluation region [LOW, HIGH); a bound may be empty "
+                   "(repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. train.lr=1e-3 or model.widths=16,32 "
+                   "(repeatable, applied after the flags above)")
+    _add_common(p)
+
+    p = sub.add_parser("calibrate", help="fit the uncertainty calibration on the validation split")
+    p.add_argument("--workdir", required=True, help="a trained run directory")
+    p.add_argument("--method", choices=("hyperfine", "global", "isotonic"), default=None,
+                   help="calibration method (default: the run config's, hyperfine)")
+    _add_common(p)
+
+    p = sub.add_parser("correct", help="fit boosted corrections and decisions (validation split)")
+    p.add_argument("--workdir", required=True, help="a trained and calibrated run directory")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="score a run and write DIR/eval.json")
+    p.add_argument("--workdir", required=True, help="a trained, calibrated, corrected run directory")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="split to evaluate (default: test)")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="predict new data with a finished run",
+                       description="Writes one CSV row per record: mu, sigma, calibrated sigma, "
+                       "95% interval, corrected value, decision probabilities, entropy, flag.")
+    p.add_argument("--workdir", required=True, help="a trained, calibrated, corrected run directory")
+    p.add_argument("--data", required=True, help="data spec with records shaped as in training")
+    p.add_argument("--output", required=True, help="CSV file to write")
+    _add_common(p)
+    return parser
+
+
+def _summary_table(evals: dict) -> str:
+    keys = ("mae", "rmse", "nll", "coverage_95", "uce")
+    lines = [f"{'run':<10} {'stage':<13} " + " ".join(f"{k:>11}" for k in keys)]
+    for name, ev in evals.items():
+        for stage in ("uncalibrated", "calibrated", "corrected"):
+            m = ev[stage]["overall"]
+            lines.append(f"{name:<10} {stage:<13} " + " ".join(
+                f"{m[k]:>11.4f}" if m.get(k) is not None else f"{'-':>11}" for k in keys))
+    return "\n".join(lines)
+
+
+def _cmd_run(a) -> None:
+    from hypuc_jax import workflow
+
+    workdir = a.workdir or f"runs/hypuc-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    preset = a.preset or ("tiny" if a.quick else "potassium")
+    out = workflow.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
+                                  overrides=a.overrides, log=lambda s: print(s, flush=True))
+    print(_summary_table(out["eval"]))
+    for row in out["checks"]:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[row["passed"]]
+        print(f"  [{mark:>6}] {row['claim']}: {row['measured']}")
+    print(f"report: {out['report']}")
+
+
+def _cmd_train(a) -> None:
+    from hypuc_jax import workflow
+
+    cfg = workflow.make_config(a.preset, data=a.data, target=a.target, loss=a.loss,
+                               weighting=a.weighting, lam=a.lam, parallel=a.parallel,
+                               epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+                               regions=a.region, overrides=a.overrides)
+    task = workflow.train_stage(cfg, a.workdir)
+    print(f"trained {task.name} ({cfg.loss.name}, weighting={cfg.weighting.scheme}) "
+          f"-> {a.workdir}")
+
+
+def _cmd_calibrate(a) -> None:
+    from hypuc_jax import workflow
+
+    d = workflow.calibrate_stage(a.workdir, a.method)
+    print(f"calibration ({d['method']}) -> {Path(a.workdir) / workflow.CALIBRATION}")
+
+
+def _cmd_correct(a) -> None:
+    from hypuc_jax import workflow
+
+    d = workflow.correct_stage(a.workdir)
+    skipped = f"; skipped (one outcome only in validation): {d['skipped']}" if d["skipped"] else ""
+    print(f"corrections for thresholds {d['thresholds']} -> "
+          f"{Path(a.workdir) / workflow.CORRECTIONS}{skipped}")
+
+
+def _cmd_evaluate(a) -> None:
+    from hypuc_jax import workflow
+
+    ev = workflow.evaluate_stage(a.workdir, a.split)
+    print(_summary_table({Path(a.workdir).name or "run": ev}))
+    print(f"eval -> {Path(a.workdir) / workflow.EVAL}")
+
+
+def _cmd_predict(a) -> None:
+    from hypuc_jax import workflow
+
+    n = workflow.predict_stage(a.workdir, a.data, a.output)
+    print(f"{n} predictions -> {a.output}")
+
+
+_COMMANDS = {"run": _cmd_run, "train": _cmd_train, "calibrate": _cmd_calibrate,
+             "correct": _cmd_correct, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hypuc`` console script.
+
+    Args:
+      argv: arguments without the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+      0 on success, 1 on an error (one line on stderr). Usage errors raise
+      SystemExit(2) from argparse.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("hypuc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line for every failure
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"hypuc {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
