@@ -1,0 +1,174 @@
+"""Tests for hypuc_jax.corrections.
+
+References: closed-form Gaussian exceedance probabilities (scipy), synthetic
+predictions with a known bias, a spy on scikit-learn's fit proving that only
+the validation rows given are used, and the decision baselines scored with
+scikit-learn's roc_auc_score.
+"""
+import collections
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from hypuc_jax import corrections as corr
+
+# Few, small trees: the tests check behaviour, not accuracy at scale.
+FAST = dict(n_models=2, max_iter=30, max_leaf_nodes=15)
+Threshold = collections.namedtuple("Threshold", "name value direction")
+THRESHOLDS = (Threshold("hyper", 5.5, "above"), ("hypo", 3.5, "below"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # OpenMP worker threads of the tree fits stall on a shared, busy CPU.
+    with threadpool_limits(1):
+        yield
+
+
+def biased(seed, n):
+    """Labels U(2, 8); predictions unbiased below 6 and 1.0 too low from 6 up."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(2.0, 8.0, n)
+    mu = y + 0.3 * rng.standard_normal(n) - np.where(y >= 6.0, 1.0, 0.0)
+    return mu, np.full(n, 0.3), y
+
+
+def informative_sigma(seed, n):
+    """y = mu + sigma * eps with sigma varying 40x: sigma changes P(y > t) at fixed mu."""
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(3.0, 8.0, n)
+    sigma = rng.uniform(0.05, 2.0, n)
+    return mu, sigma, mu + sigma * rng.standard_normal(n)
+
+
+def test_features_closed_form():
+    mu, sigma = np.array([3.0, 5.0, 7.0]), np.array([0.5, 1.0, 2.0])
+    x = corr.features(mu, sigma, THRESHOLDS, z=2.0)
+    assert x.shape == (3, 6)
+    assert corr.feature_names(THRESHOLDS) == ["mu", "sigma", "mu_minus_z_sigma",
+                                              "mu_plus_z_sigma", "p_hyper", "p_hypo"]
+    np.testing.assert_allclose(x[:, 2], mu - 2 * sigma)
+    np.testing.assert_allclose(x[:, 3], mu + 2 * sigma)
+    np.testing.assert_allclose(x[:, 4], 1 - stats.norm.cdf(5.5, loc=mu, scale=sigma))
+    np.testing.assert_allclose(x[:, 5], stats.norm.cdf(3.5, loc=mu, scale=sigma))
+    base = corr.baseline_scores(mu, sigma, THRESHOLDS)
+    np.testing.assert_array_equal(base["hyper"]["threshold_mu"], mu)
+    np.testing.assert_array_equal(base["hypo"]["threshold_mu"], -mu)
+    np.testing.assert_allclose(base["hypo"]["gaussian"], x[:, 5])
+
+
+def test_correction_removes_known_bias():
+    c = corr.fit_corrections(*biased(0, 2000), **FAST)
+    tmu, tsig, ty = biased(1, 4000)
+    corrected, probs = c.predict(tmu, tsig)
+    assert probs == {}
+    region = ty >= 6.0
+    before = np.mean(np.abs(ty - tmu)[region])
+    after = np.mean(np.abs(ty - corrected)[region])
+    assert before > 0.9 and after < 0.6 * before
+    summary = corr.summarize(ty, tmu, corrected)
+    assert summary["mae_after"] < summary["mae_before"]
+
+
+def test_fit_sees_only_the_validation_rows(monkeypatch):
+    """The fitter receives only validation arrays; every row given to sklearn is one of them."""
+    mu_val, sigma_val, y_val = biased(2, 500)
+    # A training split, disjoint and obviously different, that must never reach a fit.
+    mu_tr, sigma_tr, y_tr = (a + 100.0 for a in biased(3, 500))
+    seen = []
+    for cls in (corr.HistGradientBoostingRegressor, corr.HistGradientBoostingClassifier):
+        orig = cls.fit
+
+        def spy(self, X, y, *args, _orig=orig, **kwargs):
+            seen.append((np.array(X), np.array(y)))
+            return _orig(self, X, y, *args, **kwargs)
+        monkeypatch.setattr(cls, "fit", spy)
+    corr.fit_corrections(mu_val, sigma_val, y_val, [("hyper", 5.5, "above")], **FAST)
+    assert len(seen) == 2 * FAST["n_models"]  # one regressor + one classifier per member
+    val_rows = {tuple(r) for r in corr.features(mu_val, sigma_val, [("hyper", 5.5, "above")])}
+    val_labels = set(y_val) | {0, 1}
+    for X, y in seen:
+        assert all(tuple(r) in val_rows for r in X)
+        assert set(y) <= val_labels
+        assert X[:, 0].max() < mu_tr.min() and not set(y) & set(y_tr)
+
+
+def test_seeds_make_members_differ_and_fit_is_deterministic():
+    data = biased(4, 800)
+    a = corr.fit_corrections(*data, n_models=2, max_iter=20, seed=7)
+    b = corr.fit_corrections(*data, n_models=2, max_iter=20, seed=7)
+    x = corr.features(*data[:2])
+    p0, p1 = (m.predict(x) for m in a.regressors)
+    assert np.max(np.abs(p0 - p1)) > 1e-3  # bootstrap resampling differs per member
+    np.testing.assert_array_equal(a.predict(*data[:2])[0], b.predict(*data[:2])[0])
+    # Constant sigma makes every feature a function of mu; use varying sigma here.
+    data = informative_sigma(4, 800)
+    c = corr.fit_corrections(*data, n_models=2, max_iter=20, seed=7, bootstrap=False,
+                             max_features=0.5)
+    q0, q1 = (m.predict(corr.features(*data[:2])) for m in c.regressors)
+    assert np.max(np.abs(q0 - q1)) > 1e-6  # feature subsampling differs per member
+
+
+def test_boosted_decision_at_least_thresholding_mu():
+    th = [("hyper", 5.5, "above")]
+    c = corr.fit_corrections(*informative_sigma(5, 4000), th, n_models=3, max_iter=40,
+                             max_leaf_nodes=15)
+    tmu, tsig, ty = informative_sigma(6, 8000)
+    _, probs = c.predict(tmu, tsig)
+    outcome = ty > 5.5
+    base = corr.baseline_scores(tmu, tsig, th)["hyper"]
+    auc_boost = roc_auc_score(outcome, probs["hyper"])
+    auc_mu = roc_auc_score(outcome, base["threshold_mu"])
+    auc_gauss = roc_auc_score(outcome, base["gaussian"])
+    assert auc_gauss > auc_mu + 0.01  # sigma does carry information here
+    assert auc_boost >= auc_mu
+    assert np.all((probs["hyper"] >= 0) & (probs["hyper"] <= 1))
+
+
+def test_save_load_round_trip(tmp_path):
+    data = biased(7, 600)
+    c = corr.fit_corrections(*data, THRESHOLDS, task="potassium", **FAST)
+    c.save(tmp_path / "corrections")
+    manifest = json.loads((tmp_path / "corrections" / "manifest.json").read_text())
+    assert manifest["task"] == "potassium"
+    assert manifest["features"] == corr.feature_names(THRESHOLDS)
+    assert manifest["thresholds"] == [["hyper", 5.5, "above"], ["hypo", 3.5, "below"]]
+    loaded = corr.Corrector.load(tmp_path / "corrections", task="potassium")
+    v0, p0 = c.predict(*data[:2])
+    v1, p1 = loaded.predict(*data[:2])
+    np.testing.assert_array_equal(v0, v1)
+    assert p0.keys() == p1.keys() == {"hyper", "hypo"}
+    for k in p0:
+        np.testing.assert_array_equal(p0[k], p1[k])
+    with pytest.raises(ValueError, match="task"):
+        corr.load_corrector(tmp_path / "corrections", task="lvef")
+
+
+@pytest.mark.parametrize("thresholds, kwargs, match", [
+    ([("hyper", 9.5, "above")], {}, "thresholds"),
+    ([("hypo", 1.0, "below")], {}, "thresholds"),
+    ([("x", 5.0, "sideways")], {}, "thresholds"),
+    ([("x", 5.0)], {}, "thresholds"),
+    ([("x", 5.0, "above"), ("x", 6.0, "above")], {}, "thresholds"),
+    ("hyper", {}, "thresholds"),
+    ([], {"n_models": 0}, "n_models"),
+    ([], {"max_features": 0.0}, "max_features"),
+    ([], {"z": -1.0}, "z"),
+])
+def test_bad_inputs_raise(thresholds, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        corr.fit_corrections(*biased(8, 100), thresholds, **kwargs)
+
+
+def test_bad_arrays_name_the_argument():
+    mu, sigma, y = biased(9, 50)
+    with pytest.raises(ValueError, match="mu_val and y_val"):
+        corr.fit_corrections(mu, sigma, y[:-1])
+    with pytest.raises(ValueError, match="sigma_val"):
+        corr.fit_corrections(mu, -sigma, y)
+    with pytest.raises(ValueError, match="y_val"):
+        corr.fit_corrections(mu, sigma, np.where(y > 5, np.nan, y))
