@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model into a run directory",
                        description="Trains one model and stores its config, checkpoints, logs "
                        "and validation/test predictions in --workdir.")
-    p.add_argument("--workdir", required=True, help="run directory to create or overwrite")
+    p.add_argument("--workdir", required=True,
+                   help="run directory (created; a finished or interrupted run of the same "
+                   "config resumes from its latest checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of a different config in --workdir instead of refusing")
     p.add_argument("--data", required=True, help="data spec, e.g. simulated:potassium, csv:PATH")
     p.add_argument("--preset", default="potassium",
                    help=f"config preset the flags below modify, one of {_PRESETS} "
@@ -141,7 +145,7 @@ def _cmd_train(a) -> None:
                                weighting=a.weighting, lam=a.lam, parallel=a.parallel,
                                epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                                regions=a.region, overrides=a.overrides)
-    task = workflow.train_stage(cfg, a.workdir)
+    task = workflow.train_stage(cfg, a.workdir, overwrite=a.overwrite)
     print(f"trained {task.name} ({cfg.loss.name}, weighting={cfg.weighting.scheme}) "
           f"-> {a.workdir}")
 

@@ -265,7 +265,10 @@ def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
     if not path.exists():
         raise WorkflowError(f"{path}: no {split} predictions; the training run did not finish "
                             f"(re-run `hypuc train --workdir {workdir}`)")
-    return load_npz(path, f"{split} predictions")
+    p = load_npz(path, f"{split} predictions")
+    const = read_json(workdir / TASK, "task description").get("constant_sigma")
+    p["sigma"] = _sigma_or_constant(p["mu"], p["sigma"], const)
+    return p
 
 
 def calibrate_stage(workdir: str | os.PathLike, method: str | None = None) -> dict:
@@ -429,46 +432,52 @@ _DOWNSTREAM = (TASK, TRAIN_LABELS, "predictions_val.npz", "predictions_test.npz"
 
 
 def _sigma_or_constant(mu, sigma, const: float | None) -> np.ndarray:
-    if sigma is None:
+    """Point models: sigma None (or NaN) becomes the run's constant sigma."""
+    if sigma is None or not np.all(np.isfinite(sigma)):
         return np.full(np.shape(mu), float(const))
     return np.asarray(sigma, dtype=np.float64)
 
 
-def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike) -> Task:
-    """Trains ``cfg`` into ``workdir`` and stores val/test predictions and the task.
+def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
+                overwrite: bool = False) -> Task:
+    """Trains ``cfg`` into ``workdir`` (train.train_and_evaluate) and records the task.
 
     ``task.json`` is written last: it marks a finished training run, so a
     crash mid-way leaves a directory that later commands refuse. Point
     models (mse, l1, huber, bmc, bni) get a constant sigma: the RMS of
     their validation residuals (a homoscedastic Gaussian), recorded in
-    task.json so ``predict`` uses the same value.
+    task.json so every later stage uses the same value.
+
+    Args:
+      cfg: the resolved config.
+      workdir: run directory.
+      overwrite: replace a run of a different config in ``workdir``
+        (otherwise refused; a run of the same config resumes).
     """
     import jax
 
     from hypuc_jax import data as data_lib
     from hypuc_jax import train as train_lib
+    from hypuc_jax import train_data
 
     workdir = Path(workdir)
     config_lib.validate(cfg, n_devices=jax.device_count())
+    if (workdir / CONFIG).exists() and not overwrite:
+        old = config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
+        if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
+            raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
+                                "--workdir or pass --overwrite")
     for name in _DOWNSTREAM:
         _remove(workdir / name)
-    train_lib.train_and_evaluate(cfg, str(workdir))
-    ds = data_lib.load_for_config(cfg) if hasattr(data_lib, "load_for_config") else \
-        data_lib.load(cfg.data.spec)
-    parts = data_lib.split_indices(len(ds.y), cfg.data.seed, tuple(cfg.data.split))
+    train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite)
+    ds = train_data.load_dataset(cfg)
     y = np.asarray(ds.y, dtype=np.float64)
-    preds = {}
-    for split in ("val", "test"):
-        idx = np.sort(np.asarray(parts[split]))
-        mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x[idx]))
-        preds[split] = (y[idx], np.asarray(mu, np.float64), sigma)
+    parts = data_lib.split_indices(len(y), cfg.data.seed, tuple(cfg.data.split))
+    val = load_npz(workdir / "predictions_val.npz", "val predictions")
     const = None
-    if preds["val"][2] is None:
-        const = float(np.sqrt(np.mean((preds["val"][0] - preds["val"][1]) ** 2)))
-    for split, (ys, mu, sigma) in preds.items():
-        save_npz(workdir / f"predictions_{split}.npz", y=ys, mu=mu,
-                 sigma=_sigma_or_constant(mu, sigma, const))
-    save_npy(workdir / TRAIN_LABELS, y[np.asarray(parts["train"])])
+    if not np.all(np.isfinite(val["sigma"])):
+        const = float(np.sqrt(np.mean((val["y"] - val["mu"]) ** 2)))
+    save_npy(workdir / TRAIN_LABELS, y[np.sort(np.asarray(parts["train"]))])
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),
@@ -548,7 +557,7 @@ def pipeline(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
 
 def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):
     """(grid [g], KDE density [g], training weight [g]) for the report's first figure."""
-    from hypuc_jax import kde, weights
+    from hypuc_jax import kde, train_data, weights
 
     lo, hi = float(np.min(train_labels)), float(np.max(train_labels))
     grid = np.linspace(lo, hi, n_grid)
@@ -556,18 +565,8 @@ def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int =
     dens = np.asarray(kde.gaussian_kde(train_labels, grid, bandwidth=w.bandwidth))
     if w.scheme == "none":
         return grid, dens, np.ones_like(grid)
-    fn = weights.fit_weighting(w.scheme, train_labels, **weighting_options(cfg))
+    fn = weights.fit_weighting(w.scheme, train_labels, **train_data.weighting_options(cfg))
     return grid, dens, np.asarray(fn(grid))
-
-
-def weighting_options(cfg: config_lib.Config) -> dict:
-    """The keyword options of ``weights.fit_weighting`` for the config's scheme."""
-    w = cfg.weighting
-    return {"hypuc": dict(lam=w.lam, bandwidth=w.bandwidth, method=w.method,
-                          max_weight=w.max_weight),
-            "inverse": dict(bins=w.bins), "sqrt_inv": dict(bins=w.bins),
-            "lds": dict(bins=w.bins, kernel=w.lds_kernel, ks=w.lds_ks, sigma=w.lds_sigma),
-            "denseweight": dict(alpha=w.dense_alpha, bandwidth=w.bandwidth)}.get(w.scheme, {})
 
 
 def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test"):
