@@ -16,7 +16,7 @@ from hypuc_jax._predictions import as_vector, check_predictions
 from hypuc_jax._validation import as_array, check_positive
 from hypuc_jax.regions import region_masks
 
-DEFAULT_FRACTIONS = tuple(float(f) for f in np.linspace(0.0, 0.5, 11))
+DEFAULT_FRACTIONS = tuple(round(float(f), 12) for f in np.linspace(0.0, 0.5, 11))
 
 
 def predictive_entropy(sigma) -> np.ndarray:
@@ -24,6 +24,11 @@ def predictive_entropy(sigma) -> np.ndarray:
     sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
     check_positive(sigma, "sigma")
     return 0.5 * np.log(2 * np.pi * np.e * sigma ** 2)
+
+
+def _key(q: float) -> float:
+    """Fraction as a tidy dict key (0.15, not 0.15000000000000002)."""
+    return float(round(float(q), 12))
 
 
 def _fractions(fractions) -> np.ndarray:
@@ -40,7 +45,7 @@ def _curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
     out = {}
     for q in fractions:
         kept = err[int(np.floor(q * y.size + 1e-9)):]
-        out[float(q)] = float(kept.mean()) if kept.size else None
+        out[_key(q)] = float(kept.mean()) if kept.size else None
     return out
 
 
@@ -79,6 +84,6 @@ def selective_risk_by_region(y, mu, sigma, regions, fractions=DEFAULT_FRACTIONS,
     for name, m in region_masks(y, regions).items():
         n = int(m.sum())
         curve = (_curve(y[m], mu[m], sigma[m], f) if n >= min_count
-                 else {float(q): None for q in f})
+                 else {_key(q): None for q in f})
         out[name] = {"n": n, "curve": curve}
     return out
