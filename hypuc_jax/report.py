@@ -44,6 +44,8 @@ class RunOutputs:
       label_density: (grid [g], kde density [g], weight [g]) of the run's
         weighting fitted on ``train_labels``; weight is all ones for "none".
       unit: label unit for axis titles.
+      mu_bins: hyperfine-calibration bin of each test prediction [n] (None:
+        quantile bins of test mu are used for the per-bin coverage).
     """
     name: str
     eval: Mapping[str, Any]
@@ -58,6 +60,7 @@ class RunOutputs:
     regions: Mapping[str, tuple[float, float]]
     label_density: tuple[np.ndarray, np.ndarray, np.ndarray]
     unit: str = ""
+    mu_bins: np.ndarray | None = None
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -195,17 +198,27 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
     _save(fig, path)
 
 
-def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95):
-    """95% coverage in quantile bins of mu: (bin centres [b], coverage [b], counts [b])."""
-    edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
-    idx = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
+def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=None):
+    """Coverage of the central ``level`` interval per bin of predicted mu.
+
+    Args:
+      y, mu, sigma: labels and predictions [n].
+      n_bins: number of quantile bins of mu when ``bins`` is None.
+      level: nominal coverage.
+      bins: optional bin index of each prediction [n] (e.g. the calibrator's).
+
+    Returns:
+      (bin median mu [b], coverage [b], counts [b]) over the non-empty bins.
+    """
+    if bins is None:
+        edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
+        bins = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
     centres, cov, counts = [], [], []
-    for b in range(len(edges) - 1):
-        sel = idx == b
-        if np.any(sel):
-            centres.append(float(np.median(mu[sel])))
-            cov.append(central_coverage(y[sel], mu[sel], sigma[sel], level))
-            counts.append(int(np.sum(sel)))
+    for b in np.unique(bins):
+        sel = bins == b
+        centres.append(float(np.median(mu[sel])))
+        cov.append(central_coverage(y[sel], mu[sel], sigma[sel], level))
+        counts.append(int(np.sum(sel)))
     return np.asarray(centres), np.asarray(cov), np.asarray(counts)
 
 
@@ -214,14 +227,15 @@ def _fig_bin_coverage(runs: Sequence[RunOutputs], path: Path) -> None:
     for ax, run in zip(axes[0], runs):
         for sig, label, c, off in ((run.sigma, "uncalibrated", "tab:orange", -0.2),
                                    (run.sigma_cal, "calibrated", "tab:blue", 0.2)):
-            centres, cov, counts = mu_bin_coverage(run.y, run.mu, sig)
+            centres, cov, counts = mu_bin_coverage(run.y, run.mu, sig, bins=run.mu_bins)
             ax.bar(np.arange(len(cov)) + off, cov, 0.4, color=c, label=label)
         ax.set_xticks(np.arange(len(centres)),
                       [f"{c:.2f}\nn={n}" for c, n in zip(centres, counts)], fontsize=6)
         ax.axhline(0.95, color="k", lw=1)
         ax.axhspan(0.93, 0.97, color="0.85", zorder=0, label="95% ± 2 pp")
         ax.set_ylim(max(0.0, min(0.6, ax.get_ylim()[0])), 1.02)
-        ax.set_xlabel("mu bin (median mu, count)")
+        ax.set_xlabel("calibration mu-bin (median mu, test count)" if run.mu_bins is not None
+                      else "quantile mu-bin (median mu, test count)")
         ax.set_ylabel("95% interval coverage (test)")
         ax.set_title(f"Coverage per mu-bin: {run.name}")
         ax.legend(fontsize=8, loc="lower left")
@@ -349,7 +363,7 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
     c95 = cal.get("coverage_95")
     add("calibrated 95% coverage within ±2 pp overall", _fmt(c95),
         None if c95 is None else abs(c95 - 0.95) <= 0.02)
-    _, cov, counts = mu_bin_coverage(method.y, method.mu, method.sigma_cal)
+    _, cov, counts = mu_bin_coverage(method.y, method.mu, method.sigma_cal, bins=method.mu_bins)
     big = counts >= min_bin
     worst = float(np.max(np.abs(cov[big] - 0.95))) if big.any() else float("nan")
     add(f"calibrated 95% coverage within ±2 pp in every mu-bin with >= {min_bin} samples",

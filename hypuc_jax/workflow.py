@@ -315,6 +315,11 @@ def _remove(path: Path) -> None:
 
 def calibrated_sigma(workdir: Path, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Applies the run's saved calibration to (mu, sigma)."""
+    return _calibrator(workdir)(mu, sigma)
+
+
+def _calibrator(workdir: Path):
+    """(mu, sigma) -> calibrated sigma, with ``.bins(mu)`` (None unless hyperfine)."""
     from hypuc_jax import calibration
 
     path = workdir / CALIBRATION
@@ -322,10 +327,14 @@ def calibrated_sigma(workdir: Path, mu: np.ndarray, sigma: np.ndarray) -> np.nda
         raise WorkflowError(f"{workdir}: not calibrated; run `hypuc calibrate --workdir "
                             f"{workdir}` first")
     d = read_json(path, "calibration")
-    if d.get("method") == "none":
-        return np.asarray(sigma, dtype=np.float64)
-    cal = calibration.calibrator_from_dict(d, task=load_task(workdir).name)
-    return np.asarray(cal.apply(mu, sigma), dtype=np.float64)
+    cal = None if d.get("method") == "none" else calibration.calibrator_from_dict(
+        d, task=load_task(workdir).name)
+
+    def apply(mu, sigma):
+        return np.asarray(sigma if cal is None else cal.apply(mu, sigma), dtype=np.float64)
+
+    apply.bins = lambda mu: cal.bin_index(mu) if hasattr(cal, "bin_index") else None
+    return apply
 
 
 def correct_stage(workdir: str | os.PathLike) -> dict:
@@ -394,7 +403,9 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     task = load_task(workdir)
     pred = _predictions(workdir, split)
     y, mu, sigma = pred["y"], pred["mu"], pred["sigma"]
-    sigma_cal = calibrated_sigma(workdir, mu, sigma)
+    cal = _calibrator(workdir)
+    sigma_cal = cal(mu, sigma)
+    bins = cal.bins(mu)
     corrector = _load_corrector(workdir)
     corrected, probs = corrector.predict(mu, sigma_cal)
     train_labels = np.load(workdir / TRAIN_LABELS)
@@ -419,7 +430,8 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     ev["flagging"] = {"mae_kept_at": {str(float(f)): v for f, v in kept.items()}}
     ev = _clean(ev)
     save_npz(workdir / f"outputs_{split}.npz", y=y, mu=mu, sigma=sigma, sigma_cal=sigma_cal,
-             corrected=corrected, **{f"prob__{k}": v for k, v in probs.items()})
+             corrected=corrected, **({} if bins is None else {"mu_bin": bins}),
+             **{f"prob__{k}": v for k, v in probs.items()})
     write_json(workdir / EVAL, ev)
     return ev
 
@@ -585,7 +597,8 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
         decision_probs={k[len("prob__"):]: v for k, v in out.items() if k.startswith("prob__")},
         thresholds=[t for t in task.thresholds if f"prob__{t[0]}" in out],
         train_labels=train_labels, regions=_named_regions(cfg, task),
-        label_density=label_curves(cfg, train_labels), unit=task.unit)
+        label_density=label_curves(cfg, train_labels), unit=task.unit,
+        mu_bins=out.get("mu_bin"))
 
 
 def comparison_configs(preset: str = "potassium", *, data: str | None = None, seed: int | None
