@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+from hypuc_jax._validation import (as_array, check_finite, check_positive, check_same_length,
+                                  is_concrete)
 
 LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 _HEADS = {"nll": "gaussian", "laplace": "laplace"}
@@ -50,10 +51,8 @@ def _vectors(*, finite: bool = True, **arrays) -> list[jax.Array]:
         if finite:
             check_finite(x, name)
         if first is None:
-            first = (name, x.shape[0])
-        elif x.shape[0] != first[1]:
-            raise ValueError(f"{first[0]} and {name}: expected the same shape [batch], "
-                             f"got ({first[1]},) and {tuple(x.shape)}")
+            first = (name, x)
+        check_same_length(first[0], first[1], name, x)
         out.append(jnp.asarray(x))
     chex.assert_equal_shape(out)
     return out
@@ -170,8 +169,9 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
     pred, y = _vectors(pred=pred, y=y)
-    if not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta: expected a finite float > 0, got {delta!r}")
+    if not isinstance(delta, (int, float)):
+        raise ValueError(f"delta: expected a float > 0, got {delta!r}")
+    check_positive(delta, "delta")
     abs_err = jnp.abs(pred - y)
     quadratic = jnp.minimum(abs_err, delta)
     return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hypuc_jax._validation import check_positive
+
 HEADS = ("gaussian", "laplace", "point")
 MODEL_KINDS = ("resnet1d", "mlp", "auto")
 _ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}
@@ -55,12 +57,10 @@ class Prediction(NamedTuple):
     scale: jax.Array | None
 
 
-def _positive(value, name: str, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (
-        value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name}: expected a finite number {'>= 0' if allow_zero else '> 0'}, "
-                         f"got {value!r}")
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    check_positive(value, name)
     return float(value)
 
 
