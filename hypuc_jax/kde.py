@@ -362,6 +362,12 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
                          f"{tuple(jnp.shape(samples))}, got {tuple(p.shape)}")
     check_finite(p, "points")
     p = jnp.asarray(p, dtype=x.dtype).reshape(p.shape[0], x.shape[1])
+    return _density(x, p, bandwidth, method, grid_size, chunk_size)
+
+
+def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
+             chunk_size: int) -> jax.Array:
+    """gaussian_kde for validated samples [n, d] and points [m, d]; checks the options."""
     _check_method(method)
     _check_chunk(chunk_size)
     shape = _grid_shape(x.shape[1], grid_size)

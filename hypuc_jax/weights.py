@@ -30,7 +30,7 @@ from hypuc_jax._validation import as_array, check_finite, check_positive, is_con
 
 SCHEMES = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
-_CAP_TOL = 1e-5  # relative tolerance of the capped mean (see kde_weights)
+_CAP_STEP_TOL = 1e-7  # Newton for the cap stops when the scale moves less than this
 
 
 # --------------------------------------------------------------------------- #
@@ -85,16 +85,16 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
             return jnp.mean(jnp.minimum(c * w0, cap))
 
         def cond(state):
-            _, gc, it = state
-            return (gc < 1.0 - _CAP_TOL) & (it < 100)
+            _, gc, it, moved = state
+            return (gc < 1.0) & moved & (it < 100)
 
         def body(state):
-            c, gc, it = state
+            c, gc, it, _ = state
             slope = jnp.mean(jnp.where(c * w0 < cap, w0, 0.0))
-            c = c + (1.0 - gc) / slope
-            return c, g(c), it + 1
+            new_c = c + jnp.where(slope > 0, (1.0 - gc) / jnp.where(slope > 0, slope, 1.0), 0.0)
+            return new_c, g(new_c), it + 1, new_c > c * (1.0 + _CAP_STEP_TOL)
 
-        c, _, _ = jax.lax.while_loop(cond, body, (c, g(c), 0))
+        c, _, _, _ = jax.lax.while_loop(cond, body, (c, g(c), 0, jnp.array(True)))
         w = jnp.minimum(c * w0, cap)
     else:
         w = c * w0
@@ -115,7 +115,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
       method: "binned" or "exact" density (``kde.gaussian_kde``).
       max_weight: optional cap M >= 1. The cap is applied as the fixed point of
         "cap, then renormalise" (iterated to convergence, not once): the result
-        has max <= M exactly and mean 1 to a relative 1e-5.
+        has max <= M exactly and mean 1 up to float round-off.
       floor: density floor relative to the maximum density, in (0, 1].
       grid_size: binned grid size (see ``kde.gaussian_kde``).
       chunk_size: exact-method tile size.
@@ -130,8 +130,8 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
     _check_lam(lam)
     _check_max_weight(max_weight)
     _check_floor(floor)
-    rho = kde.gaussian_kde(labels, labels, bandwidth=bandwidth, method=method,
-                           grid_size=grid_size, chunk_size=chunk_size)
+    x = kde._as_samples(labels, "labels")
+    rho = kde._density(x, x, bandwidth, method, grid_size, chunk_size)
     cap = jnp.inf if max_weight is None else max_weight
     w, _, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
     return w
@@ -352,8 +352,7 @@ def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
     y = _labels_1d(labels)
     check_positive(alpha, "alpha", strict=False)
     check_positive(eps, "eps")
-    rho = kde.gaussian_kde(y, y, bandwidth=bandwidth, method=method, grid_size=grid_size,
-                           chunk_size=chunk_size)
+    rho = kde._density(y[:, None], y[:, None], bandwidth, method, grid_size, chunk_size)
     return _dense_from_density(rho, alpha, eps)[0]
 
 

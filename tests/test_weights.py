@@ -1,0 +1,245 @@
+"""Tests for hypuc_jax.weights against numpy/scipy reimplementations."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.signal
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hypuc_jax import kde, weights
+
+
+def skewed_labels(n, seed=0):
+    """Potassium-like labels: mostly around 4.2 with a long right tail."""
+    rng = np.random.default_rng(seed)
+    k = n // 10
+    return np.concatenate([rng.normal(4.2, 0.45, n - k), 4.6 + rng.gamma(2.0, 0.7, k)])
+
+
+Y = skewed_labels(2000)
+
+
+def scipy_density(y, h):
+    return scipy.stats.gaussian_kde(y, bw_method=h / np.std(y, ddof=1))(y)
+
+
+def numpy_cap(w0, cap):
+    """Scale c with mean(min(c w0, cap)) = 1, by enumerating how many are capped."""
+    n = w0.size
+    desc = np.sort(w0)[::-1]
+    rest = np.cumsum(desc[::-1])[::-1]  # rest[k] = sum of desc[k:]
+    for k in range(n):
+        c = (n - k * cap) / rest[k]
+        if c * desc[k] <= cap and (k == 0 or c * desc[k - 1] >= cap):
+            return np.minimum(c * w0, cap)
+    raise AssertionError("no solution")
+
+
+def numpy_hypuc(rho, lam, floor=1e-12, max_weight=None):
+    r = np.maximum(rho, floor * rho.max())
+    w = r ** -lam
+    w = w / w.mean()
+    return w if max_weight is None else numpy_cap(w, max_weight)
+
+
+# --------------------------------------------------------------------------- #
+# HypUC weights
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("lam", [0.25, 0.5, 1.0])
+def test_kde_weights_exact_match_numpy_from_scipy_density(lam):
+    h = 1.06 * np.std(Y, ddof=1) * Y.size ** -0.2
+    ref = numpy_hypuc(scipy_density(Y, h), lam)
+    with jax.enable_x64(True):
+        ours = weights.kde_weights(Y, lam=lam, method="exact")
+    np.testing.assert_allclose(ours, ref, rtol=1e-8)
+
+
+def test_kde_weights_binned_and_cap_match_numpy():
+    h = float(kde.bandwidth(Y))
+    rho = scipy_density(Y, h)
+    ours = weights.kde_weights(Y, lam=1.0)
+    assert np.abs(ours - numpy_hypuc(rho, 1.0)).sum() / Y.size < 1e-3
+    capped = weights.kde_weights(Y, lam=1.0, max_weight=4.0)
+    ref = numpy_hypuc(rho, 1.0, max_weight=4.0)
+    assert float(capped.max()) <= 4.0
+    np.testing.assert_allclose(float(capped.mean()), 1.0, rtol=1e-4)
+    assert np.abs(capped - ref).sum() / Y.size < 1e-3
+    # A cap of exactly 1 forces all ones.
+    np.testing.assert_allclose(weights.kde_weights(Y, lam=1.0, max_weight=1.0), 1.0, rtol=1e-4)
+
+
+def test_lam_zero_gives_ones_and_floor_bounds_weights():
+    np.testing.assert_array_equal(weights.kde_weights(Y, lam=0.0), np.ones(Y.size))
+    y = np.r_[np.zeros(500), 1e4]  # far outlier, density near 0 at it
+    w = np.asarray(weights.kde_weights(y, lam=1.0, bandwidth=0.05, floor=1e-3, method="exact"))
+    assert np.all(np.isfinite(w))
+    assert w.max() / w.min() <= 1e3 * 1.001  # floor at 1e-3 of the maximum density
+
+
+def test_all_equal_labels_give_ones():
+    y = np.full(50, 4.2)
+    for fn in (weights.kde_weights, weights.inverse_weights, weights.sqrt_inverse_weights,
+               weights.lds_weights, weights.dense_weights):
+        np.testing.assert_allclose(fn(y), 1.0, rtol=1e-6, err_msg=fn.__name__)
+
+
+@settings(max_examples=20, deadline=None)
+@given(hnp.arrays(np.float64, 64, elements=st.floats(0, 20, allow_nan=False)),
+       st.sampled_from([0.25, 0.5, 1.0]), st.sampled_from(kde.METHODS))
+def test_weight_properties(y, lam, method):
+    w = np.asarray(weights.kde_weights(y, lam=lam, method=method), np.float64)
+    assert np.all(np.isfinite(w)) and np.all(w > 0)
+    np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-5)
+    rho = np.asarray(kde.gaussian_kde(y, y, method=method), np.float64)
+    order = np.argsort(rho, kind="stable")
+    assert np.all(np.diff(w[order]) <= 1e-6 * w.max())  # non-increasing in density
+
+
+# --------------------------------------------------------------------------- #
+# Bin baselines and LDS vs numpy / scipy.ndimage
+# --------------------------------------------------------------------------- #
+def numpy_bins(y, bins):
+    counts, edges = np.histogram(y, bins=bins, range=(y.min(), y.max()))
+    idx = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, bins - 1)
+    return counts.astype(np.float64), idx
+
+
+def mean_one(w):
+    return w / w.mean()
+
+
+def test_inverse_and_sqrt_inverse_match_numpy():
+    counts, idx = numpy_bins(Y, 50)
+    with jax.enable_x64(True):
+        inv = weights.inverse_weights(Y, bins=50, clip=(5, 100))
+        sq = weights.sqrt_inverse_weights(Y, bins=50)
+    np.testing.assert_allclose(inv, mean_one(1 / np.clip(counts, 5, 100)[idx]), rtol=1e-10)
+    np.testing.assert_allclose(sq, mean_one(1 / np.sqrt(counts[idx])), rtol=1e-10)
+
+
+def dir_window(kernel, ks, sigma):
+    """DIR's get_lds_kernel_window (Yang et al. 2021, imbalanced-regression)."""
+    half = (ks - 1) // 2
+    if kernel == "gaussian":
+        base = np.r_[np.zeros(half), 1.0, np.zeros(half)]
+        win = scipy.ndimage.gaussian_filter1d(base, sigma=sigma)
+        return win / win.max()
+    if kernel == "triang":
+        return scipy.signal.windows.triang(ks)
+    lap = np.exp(-np.abs(np.arange(-half, half + 1)) / sigma) / (2 * sigma)
+    return lap / lap.max()
+
+
+@pytest.mark.parametrize("kernel, ks, sigma", [("gaussian", 5, 2.0), ("gaussian", 9, 1.0),
+                                               ("triang", 7, 2.0), ("laplace", 5, 1.5)])
+@pytest.mark.parametrize("reweight", ["sqrt_inv", "inverse"])
+def test_lds_matches_scipy_ndimage_convolution(kernel, ks, sigma, reweight):
+    counts, idx = numpy_bins(Y, 60)
+    clip = (5, 1000) if reweight == "inverse" else None
+    values = np.clip(counts, 5, 1000) if reweight == "inverse" else np.sqrt(counts)
+    smoothed = scipy.ndimage.convolve1d(values, dir_window(kernel, ks, sigma), mode="constant")
+    with jax.enable_x64(True):
+        ours = weights.lds_weights(Y, bins=60, kernel=kernel, ks=ks, sigma=sigma,
+                                   reweight=reweight, clip=clip)
+    np.testing.assert_allclose(ours, mean_one(1 / smoothed[idx]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_dense_weights_match_numpy(alpha):
+    h = 1.06 * np.std(Y) * Y.size ** -0.2  # denseweight's own rule (ddof=0)
+    dens = scipy_density(Y, h)
+    p = (dens - dens.min()) / (dens.max() - dens.min())
+    ref = mean_one(np.maximum(1 - alpha * p, 1e-6))
+    with jax.enable_x64(True):
+        exact = weights.dense_weights(Y, alpha=alpha, bandwidth=h, method="exact")
+    np.testing.assert_allclose(exact, ref, rtol=1e-7, atol=1e-9)
+    binned = weights.dense_weights(Y, alpha=alpha, bandwidth=h)
+    assert np.abs(binned - ref).sum() / Y.size < 1e-3
+
+
+# --------------------------------------------------------------------------- #
+# Fitted weighting
+# --------------------------------------------------------------------------- #
+CASES = [
+    ("hypuc", weights.kde_weights, {"lam": 0.5}),
+    ("hypuc", weights.kde_weights, {"lam": 1.0, "max_weight": 5.0}),
+    ("hypuc", weights.kde_weights, {"lam": 0.75, "method": "exact"}),
+    ("inverse", weights.inverse_weights, {"bins": 40}),
+    ("sqrt_inv", weights.sqrt_inverse_weights, {}),
+    ("lds", weights.lds_weights, {"kernel": "triang", "ks": 7}),
+    ("denseweight", weights.dense_weights, {"alpha": 0.8}),
+]
+
+
+@pytest.mark.parametrize("scheme, direct, options", CASES)
+def test_fitted_weighting_reproduces_direct_function_under_jit(scheme, direct, options):
+    y = Y[:1000]
+    fitted = weights.fit_weighting(scheme, y, **options)
+    ref = np.asarray(direct(y, **options))
+    applied = jax.jit(lambda wt, b: wt(b))(fitted, jnp.asarray(y))
+    np.testing.assert_allclose(applied, ref, rtol=1e-3, atol=1e-5)
+    # JSON round trip gives the same function.
+    restored = weights.LabelWeighting.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    np.testing.assert_allclose(restored(y[:50]), applied[:50], rtol=1e-6)
+    # New labels beyond the training range are clamped to its edges.
+    lo, hi = y.min(), y.max()
+    out = fitted(np.array([lo - 5.0, hi + 5.0]))
+    np.testing.assert_allclose(out, fitted(np.array([lo, hi])), rtol=1e-6)
+
+
+def test_none_scheme_gives_ones():
+    fitted = weights.fit_weighting("none", Y)
+    np.testing.assert_array_equal(fitted(np.array([1.0, 40.0])), [1.0, 1.0])
+    assert weights.LabelWeighting.from_dict(fitted.to_dict()).scheme == "none"
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("labels, kwargs, arg", [
+    (np.array([4.0, np.nan, 5.0]), {}, "labels"),
+    (np.array([4.0, -np.inf, 5.0]), {}, "labels"),
+    (np.array([]), {}, "labels"),
+    (np.zeros((10, 4)), {}, "labels"),
+    (Y, {"lam": -0.5}, "lam"),
+    (Y, {"max_weight": 0.0}, "max_weight"),
+    (Y, {"max_weight": -2.0}, "max_weight"),
+    (Y, {"max_weight": 0.5}, "max_weight"),
+    (Y, {"floor": 0.0}, "floor"),
+    (Y, {"bandwidth": 0.0}, "bandwidth"),
+    (Y, {"bandwidth": float("nan")}, "bandwidth"),
+    (Y, {"method": "approx"}, "method"),
+])
+def test_kde_weights_bad_input(labels, kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        weights.kde_weights(labels, **kwargs)
+
+
+@pytest.mark.parametrize("call, arg", [
+    (lambda: weights.inverse_weights(np.array([1.0, np.nan])), "labels"),
+    (lambda: weights.inverse_weights(Y, bins=0), "bins"),
+    (lambda: weights.inverse_weights(Y, value_range=(5.0, 1.0)), "value_range"),
+    (lambda: weights.sqrt_inverse_weights(Y, clip=(-1.0, None)), "clip"),
+    (lambda: weights.lds_weights(Y, ks=4), "ks"),
+    (lambda: weights.lds_weights(Y, kernel="box"), "kernel"),
+    (lambda: weights.lds_weights(Y, sigma=0.0), "sigma"),
+    (lambda: weights.lds_weights(Y, reweight="log"), "reweight"),
+    (lambda: weights.dense_weights(Y, alpha=-1.0), "alpha"),
+    (lambda: weights.dense_weights(Y, eps=0.0), "eps"),
+    (lambda: weights.dense_weights(np.zeros((5, 2))), "labels"),
+    (lambda: weights.fit_weighting("focal", Y), "scheme"),
+    (lambda: weights.fit_weighting("hypuc", Y, lam=-1.0), "lam"),
+    (lambda: weights.fit_weighting("hypuc", Y, max_weight=0.0), "max_weight"),
+    (lambda: weights.fit_weighting("hypuc", Y, alpha=1.0), "options"),
+    (lambda: weights.fit_weighting("inverse", np.array([np.inf])), "train_labels"),
+    (lambda: weights.fit_weighting("hypuc", Y)(np.array([np.nan])), "y"),
+])
+def test_baselines_and_fit_bad_input(call, arg):
+    with pytest.raises(ValueError, match=arg):
+        call()
