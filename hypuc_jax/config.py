@@ -28,6 +28,8 @@ CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
 BANDWIDTH_RULES = ("scott", "silverman")
 KDE_METHODS = ("binned", "exact")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +44,23 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Backbone. ``kind="auto"``: resnet1d for signals, mlp for tabular data."""
+  """Backbone. ``kind="auto"``: resnet1d for signals, mlp for tabular data.
+
+  ``widths`` are the ResNet stage widths or the MLP hidden sizes; ``blocks``,
+  ``kernel_size``, ``stem_*`` and ``groups`` apply to resnet1d, ``activation``
+  to mlp.
+  """
   kind: str = "auto"
   widths: tuple[int, ...] = (32, 64, 128)
   blocks: tuple[int, ...] = (1, 1, 1)
   kernel_size: int = 7
+  stem_kernel: int = 15
+  stem_stride: int = 2
+  groups: int = 8
+  activation: str = "relu"
   dropout: float = 0.0
   sigma_min: float = 1e-3
+  dtype: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +172,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "data.spec": "simulated:potassium?n=256&duration=2&rate=50",
         "model.widths": (8, 16), "model.blocks": (1, 1), "model.kernel_size": 5,
+        "model.stem_kernel": 7, "model.groups": 4,
         "train.batch_size": 32, "train.eval_batch_size": 64, "train.steps": 12,
         "train.lr": 3e-3, "train.warmup_steps": 2, "train.log_every": 4,
         "train.eval_every": 6, "train.checkpoint_every": 6,
@@ -352,7 +365,14 @@ def validate(config: Config, n_devices: int = 1) -> Config:
          "a non-empty tuple of positive ints", m.widths)
   _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",
          f"{len(m.widths)} positive ints (one per width)", m.blocks)
-  _check(m.kernel_size >= 1, "model.kernel_size", "an int >= 1", m.kernel_size)
+  for key in ("kernel_size", "stem_kernel"):
+    v = getattr(m, key)
+    _check(v >= 1 and v % 2 == 1, f"model.{key}", "an odd int >= 1", v)
+  _check(m.stem_stride >= 1, "model.stem_stride", "an int >= 1", m.stem_stride)
+  _check(m.groups >= 1, "model.groups", "an int >= 1", m.groups)
+  _check(m.activation in ACTIVATIONS, "model.activation", f"one of {ACTIVATIONS}",
+         m.activation)
+  _check(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
   _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
   _check(m.sigma_min > 0, "model.sigma_min", "a float > 0", m.sigma_min)
   _check(lo.name in LOSSES, "loss.name", f"one of {LOSSES}", lo.name)

@@ -1,0 +1,160 @@
+"""Orbax checkpoints of the train state: last N + best by validation NLL.
+
+``CheckpointStore(DIR/checkpoints, keep=N, fingerprint=...)`` wraps an orbax
+``CheckpointManager`` whose preservation policy keeps the latest ``keep``
+checkpoints and the single best one (lowest ``val_nll``). Each checkpoint
+holds the state (a pytree flattened to ``{path: array}``; PRNG key arrays
+stored as their raw key data) and a JSON ``meta`` dict (loop position,
+early-stopping counters).
+
+A workdir belongs to one model/config: the store writes a fingerprint next
+to the checkpoints and refuses to open a directory whose fingerprint
+differs, unless ``overwrite=True`` (which deletes the old checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+FINGERPRINT_FILE = "fingerprint.json"
+METRIC = "val_nll"
+
+
+def flatten_state(state: Any) -> dict[str, Any]:
+  """``{keypath: array}`` of a state pytree, PRNG keys as raw key data."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    flat[jax.tree_util.keystr(path)] = leaf
+  return flat
+
+
+def unflatten_state(template: Any, flat: dict[str, Any]) -> Any:
+  """Inverse of :func:`flatten_state`, with ``template``'s structure and key types."""
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for path, leaf in leaves_with_path:
+    value = flat[jax.tree_util.keystr(path)]
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+      value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+    leaves.append(value)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class CheckpointStore:
+  """Keeps the last ``keep`` checkpoints plus the best by ``val_nll``.
+
+  Args:
+    directory: checkpoint directory (``DIR/checkpoints``).
+    keep: number of most recent checkpoints kept (>= 1).
+    fingerprint: JSON-able description of the model/config that produced
+      the checkpoints; a directory with another fingerprint is refused.
+    overwrite: delete an existing directory with another fingerprint
+      instead of refusing it.
+
+  Raises:
+    ValueError: ``keep`` < 1, or the directory holds checkpoints from a
+      different model/config and ``overwrite`` is False.
+  """
+
+  def __init__(self, directory: str, *, keep: int, fingerprint: dict,
+               overwrite: bool = False):
+    if not isinstance(keep, int) or keep < 1:
+      raise ValueError(f"keep: expected an int >= 1, got {keep!r}")
+    self.directory = os.path.abspath(directory)
+    self.is_writer = jax.process_index() == 0
+    fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
+    fingerprint = json.loads(json.dumps(fingerprint))
+    if os.path.isdir(self.directory) and os.listdir(self.directory):
+      stored = None
+      if os.path.exists(fp_path):
+        with open(fp_path) as f:
+          stored = json.load(f)
+      if stored != fingerprint:
+        if not overwrite:
+          diff = _first_difference(stored, fingerprint)
+          raise ValueError(
+              f"workdir: {self.directory} holds checkpoints from a different model or "
+              f"config ({diff}); use another workdir or pass overwrite=True "
+              "(CLI: --overwrite) to delete them")
+        if self.is_writer:
+          shutil.rmtree(self.directory)
+    if self.is_writer:
+      os.makedirs(self.directory, exist_ok=True)
+      with open(fp_path, "w") as f:
+        json.dump(fingerprint, f, indent=1, sort_keys=True)
+    policy = cm.AnyPreservationPolicy([
+        cm.LatestN(n=keep),
+        cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,
+                 keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    """Step of the most recent checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """Step of the stored checkpoint with the lowest ``val_nll``, or None."""
+    scored = [(self._manager.metrics(s), s) for s in self._manager.all_steps()]
+    scored = [(float(m[METRIC]), s) for m, s in scored if m and METRIC in m
+              and np.isfinite(m[METRIC])]
+    return min(scored)[1] if scored else None
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict, val_nll: float | None = None) -> None:
+    """Saves ``state`` (single copy) and ``meta`` at ``step``.
+
+    Args:
+      step: optimiser step.
+      state: the state pytree (device or host arrays).
+      meta: JSON-able loop position / counters.
+      val_nll: validation NLL of this state (ranks the best checkpoint);
+        None when not evaluated at this step.
+    """
+    metrics = None if val_nll is None else {METRIC: float(val_nll)}
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flatten_state(state)),
+        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, template: Any) -> tuple[Any, dict]:
+    """Restores ``(state, meta)`` at ``step`` with ``template``'s structure.
+
+    Arrays come back on the first local device (place them with
+    ``parallel.Placement.put_state``).
+    """
+    device = jax.local_devices()[0]
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype,
+                                        sharding=jax.sharding.SingleDeviceSharding(device))
+                for k, v in flatten_state(template).items()}
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return unflatten_state(template, out["state"]), dict(out["meta"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _first_difference(stored: Any, wanted: Any, prefix: str = "") -> str:
+  """Human-readable first key where two fingerprints differ."""
+  if stored is None:
+    return "no fingerprint found"
+  if isinstance(stored, dict) and isinstance(wanted, dict):
+    for key in sorted(set(stored) | set(wanted)):
+      if stored.get(key) != wanted.get(key):
+        return _first_difference(stored.get(key), wanted.get(key), f"{prefix}{key}.")
+  return f"{prefix.rstrip('.')}: stored {stored!r}, now {wanted!r}"

@@ -1,0 +1,160 @@
+"""Device placement and the three execution modes of the train step.
+
+A train step is written once as a pure function
+``step(state, batch, axis_name) -> (state, metrics)`` (see
+``train.train_step``); this module turns it into a compiled callable:
+
+- ``"none"``: ``jax.jit`` on one device.
+- ``"sharding"``: a one-axis mesh ``("data",)``; the state is replicated
+  (``P()``), the batch is split along its leading axis (``P("data")``) and
+  one jitted step runs on the GLOBAL batch, so ``sum(w*l)`` and ``sum(w)``
+  are global sums by construction (XLA inserts the all-reduces).
+- ``"pmap"``: ``jax.pmap`` over a ``[devices, batch/devices, ...]`` batch;
+  the step ``psum``-s the numerator, denominator and gradients under
+  ``axis_name="data"`` before dividing.
+
+All modes donate the state buffers. Multi-host: each process feeds its own
+slice of the global batch; ``global_batch`` assembles the global array.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+MODES = ("none", "sharding", "pmap")
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls ``jax.distributed.initialize()`` when launched multi-process.
+
+  Multi-process is detected from the environment: ``HYPUC_NUM_PROCESSES``
+  > 1 (with ``HYPUC_COORDINATOR`` and ``HYPUC_PROCESS_ID``), or a cluster
+  JAX auto-detects (``JAX_COORDINATOR_ADDRESS``, SLURM, TPU pods) when
+  ``HYPUC_DISTRIBUTED=1``. Safe to call twice.
+
+  Returns:
+    True when this process is part of a multi-process run.
+  """
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  n = int(os.environ.get("HYPUC_NUM_PROCESSES", "1"))
+  if n > 1:
+    jax.distributed.initialize(coordinator_address=os.environ["HYPUC_COORDINATOR"],
+                               num_processes=n,
+                               process_id=int(os.environ["HYPUC_PROCESS_ID"]))
+    return True
+  if os.environ.get("HYPUC_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+    return jax.process_count() > 1
+  return False
+
+
+def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
+  """A one-axis ``("data",)`` mesh over all (or the first n) devices.
+
+  Axes are ``Auto`` so that ``jit`` propagates shardings itself.
+  """
+  n = jax.device_count() if n_devices is None else n_devices
+  return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+class Placement:
+  """Where state and batches live for one execution mode.
+
+  Args:
+    mode: "none", "sharding" or "pmap".
+    n_devices: devices used by "sharding"/"pmap" (default: all).
+  """
+
+  def __init__(self, mode: str, n_devices: int | None = None):
+    if mode not in MODES:
+      raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    self.mode = mode
+    self.n_devices = 1 if mode == "none" else (n_devices or jax.device_count())
+    self.mesh = make_mesh(self.n_devices) if mode != "none" else None
+    self.devices = jax.devices()[:self.n_devices]
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P()) if self.mesh is not None else None
+
+  @property
+  def batch_sharding(self):
+    return NamedSharding(self.mesh, P(AXIS)) if self.mesh is not None else None
+
+  def put_state(self, state: Any) -> Any:
+    """Moves a host/device state to its place (replicated on each device)."""
+    if self.mode == "sharding":
+      return jax.device_put(state, self.replicated)
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: jax.device_put(
+          jnp.broadcast_to(x, (self.n_devices,) + x.shape), self.batch_sharding), state)
+    return jax.device_put(state, self.devices[0])
+
+  def get_state(self, state: Any) -> Any:
+    """The single-copy state (first replica under pmap), still on device."""
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: x.addressable_data(0), state)
+    return state
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Moves a host batch (this process's slice) onto the devices.
+
+    Under "pmap" the leading axis is reshaped to [devices, batch/devices].
+    Under "sharding" with several processes the global array is assembled
+    from every process's slice.
+    """
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: jax.device_put(
+          np.reshape(x, (self.n_devices, -1) + x.shape[1:]), self.batch_sharding), batch)
+    if self.mode == "sharding":
+      if jax.process_count() > 1:
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            self.batch_sharding, x), batch)
+      return jax.device_put(batch, self.batch_sharding)
+    return jax.device_put(batch, self.devices[0])
+
+  def compile_step(self, step: Callable, *, donate: bool = True) -> Callable:
+    """Compiles ``step(state, batch, axis_name) -> (state, metrics)``.
+
+    Metrics come back replicated (a single copy, even under pmap).
+    """
+    donate_argnums = (0,) if donate else ()
+    if self.mode == "pmap":
+      mapped = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
+                        donate_argnums=donate_argnums)
+
+      def run(state, batch):
+        state, metrics = mapped(state, batch)
+        return state, jax.tree.map(lambda x: x.addressable_data(0), metrics)
+      return run
+    fn = functools.partial(step, axis_name=None)
+    if self.mode == "sharding":
+      return jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
+                     out_shardings=(self.replicated, self.replicated),
+                     donate_argnums=donate_argnums)
+    return jax.jit(fn, donate_argnums=donate_argnums)
+
+  def compile_eval(self, fn: Callable) -> Callable:
+    """Compiles ``fn(state, batch) -> per-example outputs`` (no donation).
+
+    Eval always runs as one jit (the state taken from ``get_state``): on the
+    mesh under "sharding", on the first device otherwise (pmap included).
+    """
+    if self.mode == "sharding":
+      return jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
+                     out_shardings=self.batch_sharding)
+    return jax.jit(fn)
+
+  def put_eval_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    if self.mode == "sharding":
+      return self.put_batch(batch)
+    return jax.device_put(batch, self.devices[0])

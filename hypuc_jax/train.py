@@ -1,0 +1,423 @@
+"""Training: train state, ``train_step``, ``eval_step``, ``train_and_evaluate``.
+
+Layout follows the Flax examples. The train state is the NNX state of
+``(model, nnx.Optimizer)`` split into ``(graphdef, state)``, so one pure
+step function serves every execution mode of :mod:`hypuc_jax.parallel`
+("none", "sharding", "pmap"). The step computes the per-example loss, the
+weighted sums ``(sum w*l, sum w)`` and the gradient of ``sum w*l``; under
+pmap all three are ``psum``-ed across devices, then the gradient is divided
+by the GLOBAL ``sum w`` (under "sharding" the jitted sums already are
+global). A step whose loss or gradient norm is not finite leaves the state
+unchanged and is reported in its metrics; the loop raises on the next
+logging step, keeping the last good checkpoint.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from hypuc_jax import checkpoints, losses, models, parallel, train_data, train_logging
+from hypuc_jax._validation import as_array, check_finite
+from hypuc_jax.config import Config, resolve_parallel, validate
+
+#: Python-side trace counter per step function (incremented while tracing).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """Static description of the training loss (closed over by the step).
+
+  Attributes:
+    name: loss name (``losses.LOSS_NAMES``).
+    huber_delta: Huber delta.
+    noise_sigma: fixed Balanced-MSE noise scale (used unless the model owns
+      a learnable one).
+    bni_prior: histogram prior of the scaled training labels for "bni".
+  """
+  name: str = "nll"
+  huber_delta: float = 1.0
+  noise_sigma: float = 1.0
+  bni_prior: Any = None
+
+  @classmethod
+  def from_config(cls, config: Config, train_labels: np.ndarray | None = None) -> "LossSpec":
+    """Builds the spec; ``train_labels`` (scaled) give the BNI prior."""
+    prior = None
+    if config.loss.name == "bni":
+      if train_labels is None:
+        raise ValueError("train_labels: loss 'bni' needs the training labels for its prior")
+      counts, edges = np.histogram(np.asarray(train_labels), bins=config.loss.bni_bins)
+      prior = losses.HistogramPrior(
+          jnp.asarray(0.5 * (edges[1:] + edges[:-1]), jnp.float32),
+          jnp.asarray(counts / counts.sum(), jnp.float32))
+    return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior)
+
+
+def make_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                              optax.Schedule]:
+  """AdamW with linear warmup + cosine decay, after global-norm clipping.
+
+  Returns:
+    ``(tx, schedule)``; ``schedule(step)`` is the learning rate.
+  """
+  t = config.train
+  warmup = min(t.warmup_steps, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup > 0 else t.lr, peak_value=t.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  parts.append(optax.adamw(schedule, weight_decay=t.weight_decay))
+  return optax.chain(*parts), schedule
+
+
+def build_model(config: Config, input_shape: tuple[int, ...], *, rngs: nnx.Rngs):
+  """``models.create_model`` with the sizes from ``config.model``.
+
+  Raises:
+    ValueError: the model does not fit ``input_shape``; the message names
+      the ``model.<key>`` at fault.
+  """
+  m = config.model
+  kind = m.kind if m.kind != "auto" else ("resnet1d" if len(input_shape) == 2 else "mlp")
+  kwargs: dict[str, Any] = dict(dropout=m.dropout, sigma_min=m.sigma_min, dtype=m.dtype)
+  if kind == "resnet1d":
+    kwargs.update(widths=m.widths, blocks=m.blocks, kernel_size=m.kernel_size,
+                  stem_kernel=m.stem_kernel, stem_stride=m.stem_stride, groups=m.groups)
+  else:
+    kwargs.update(hidden=m.widths, activation=m.activation)
+  if config.loss.name in ("bmc", "bni") and config.loss.learn_noise:
+    kwargs["noise_sigma_init"] = config.loss.noise_sigma
+  try:
+    return models.create_model(kind, tuple(input_shape),
+                               losses.head_for_loss(config.loss.name), rngs=rngs, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"model.{e} (data example shape {tuple(input_shape)})") from e
+
+
+def check_model_fits(config: Config, input_shape: tuple[int, ...]) -> None:
+  """Raises ValueError naming the key when the model cannot take ``input_shape``."""
+  nnx.eval_shape(lambda: build_model(config, input_shape, rngs=nnx.Rngs(0)))
+
+
+def create_train_state(config: Config, input_shape: tuple[int, ...], total_steps: int,
+                       ) -> tuple[nnx.GraphDef, nnx.State, optax.Schedule]:
+  """Initialises model + optimiser from ``config.train.seed``.
+
+  Args:
+    config: run configuration.
+    input_shape: shape of ONE example, ``(time, leads)`` or ``(features,)``.
+    total_steps: planned optimiser steps (length of the cosine schedule).
+
+  Returns:
+    ``(graphdef, state, schedule)``: ``nnx.merge(graphdef, state)`` gives
+    ``(model, optimizer)``; ``state`` is a pytree of arrays.
+  """
+  seed = config.train.seed
+  model = build_model(config, input_shape, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  tx, schedule = make_optimizer(config, total_steps)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  return graphdef, state, schedule
+
+
+def _noise(model, spec: LossSpec):
+  learned = model.noise_sigma() if spec.name in ("bmc", "bni") else None
+  return spec.noise_sigma if learned is None else learned
+
+
+def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
+               state: nnx.State, batch: dict[str, jax.Array],
+               axis_name: str | None = None) -> tuple[nnx.State, dict[str, jax.Array]]:
+  """One optimiser step on the weighted loss sum(w*l)/sum(w) of the global batch.
+
+  Args:
+    graphdef, spec, schedule: static parts (bind with ``functools.partial``).
+    state: the ``(model, optimizer)`` state.
+    batch: ``x [b, ...]``, ``y [b]`` (scaled labels), ``w [b]`` weights,
+      ``mask [b]`` (0 for padding); under pmap ``b`` is the per-device part.
+    axis_name: pmap axis to ``psum`` over, or None (jit / sharding).
+
+  Returns:
+    ``(new_state, metrics)`` with scalar metrics ``loss`` (global weighted
+    mean), ``grad_norm``, ``lr``, ``weight_sum`` and ``finite`` (1 when the
+    update was applied, 0 when it was skipped as non-finite).
+  """
+  TRACE_COUNTS["train_step"] += 1
+  chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1)
+  chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]])
+  old_leaves = jax.tree.leaves(state)     # before merge: updates mutate in place
+  model, optimizer = nnx.merge(graphdef, state)
+  model.train()
+
+  def weighted_sum(model):
+    pred = model(batch["x"])
+    per_example = losses.per_example_loss(
+        spec.name, pred, batch["y"], huber_delta=spec.huber_delta,
+        noise_sigma=_noise(model, spec), bni_prior=spec.bni_prior, mask=batch["mask"])
+    return losses.weighted_sums(per_example, batch["w"], batch["mask"])
+
+  (num, den), grads = nnx.value_and_grad(weighted_sum, has_aux=True)(model)
+  if axis_name is not None:
+    num, den, grads = jax.lax.psum((num, den, grads), axis_name)
+  den_safe = jnp.where(den > 0, den, 1.0)
+  grads = jax.tree.map(lambda g: g / den_safe, grads)
+  loss = num / den_safe
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  step = optimizer.step[...]
+  optimizer.update(model, grads)
+  new_state = nnx.state((model, optimizer))
+  leaves, treedef = jax.tree.flatten(new_state)
+  leaves = jax.lax.cond(finite, lambda: leaves, lambda: old_leaves)
+  new_state = jax.tree.unflatten(treedef, leaves)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
+             "weight_sum": den, "finite": finite.astype(jnp.float32)}
+  return new_state, metrics
+
+
+def eval_step(graphdef: nnx.GraphDef, state: nnx.State,
+              batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Deterministic forward pass (dropout off).
+
+  Returns:
+    ``{"loc": [b], "scale": [b]}`` in scaled label units (scale 0 for a
+    point head).
+  """
+  TRACE_COUNTS["eval_step"] += 1
+  model, _ = nnx.merge(graphdef, state)
+  model.eval()
+  pred = model(batch["x"])
+  scale = jnp.zeros_like(pred.loc) if pred.scale is None else pred.scale
+  return {"loc": pred.loc, "scale": scale}
+
+
+def bind_train_step(graphdef, spec: LossSpec, schedule) -> Callable:
+  """``train_step`` with its static parts bound: ``fn(state, batch, axis_name)``."""
+  return functools.partial(train_step, graphdef, spec, schedule)
+
+
+def bind_eval_step(graphdef) -> Callable:
+  """``eval_step`` with the graphdef bound: ``fn(state, batch)``."""
+  return functools.partial(eval_step, graphdef)
+
+
+
+
+# ----------------------------------------------------------------------------
+# Run driver: data -> state -> loop (log / eval / checkpoint) -> predictions.
+
+_NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
+                                "keep_checkpoints", "early_stopping_patience", "prefetch",
+                                "transfer_guard", "parallel", "eval_batch_size")}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What ``train_and_evaluate`` produced.
+
+  Attributes:
+    workdir: run directory.
+    steps: optimiser steps done in total (including a resumed part).
+    best_step: step of the best checkpoint (lowest validation NLL).
+    best_metrics: validation metrics at ``best_step``.
+    final_metrics: last logged train metrics and last validation metrics.
+    stopped_early: whether early stopping ended training.
+    paths: run files by name (config, scaler, weighting, checkpoints,
+      metrics, tb, predictions_val, predictions_test).
+  """
+  workdir: str
+  steps: int
+  best_step: int | None
+  best_metrics: dict
+  final_metrics: dict
+  stopped_early: bool
+  paths: dict
+
+
+def fingerprint(config: Config) -> dict:
+  """The part of the config that must match to resume from a checkpoint."""
+  d = config.to_dict()
+  out = {k: d[k] for k in ("data", "model", "loss", "weighting", "train")}
+  out["train"] = {k: v for k, v in out["train"].items()
+                  if k not in _NOT_FINGERPRINTED["train"]}
+  return out
+
+
+def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
+                       stop_after: int | None = None) -> TrainResult:
+  """Trains on ``config.data.spec``, early-stops on validation NLL, writes the run dir.
+
+  Resumes from the latest checkpoint in ``workdir/checkpoints`` when there
+  is one (same config fingerprint); the batch order is a function of the
+  step, so a resumed run equals an uninterrupted one.
+
+  Args:
+    config: run configuration (validated here).
+    workdir: run directory (created).
+    overwrite: replace checkpoints from a different model/config instead
+      of refusing the workdir.
+    stop_after: stop (as if interrupted) after this many steps of THIS
+      call, right after saving a checkpoint; None runs to the end.
+
+  Returns:
+    A :class:`TrainResult`.
+
+  Raises:
+    ValueError: invalid config (naming the key), a model that does not fit
+      the data, or a workdir holding another run's checkpoints.
+    FloatingPointError: the loss or gradient became NaN/inf; the last good
+      checkpoint is kept.
+  """
+  parallel.maybe_initialize_distributed()
+  n_devices = jax.device_count()
+  validate(config, n_devices)
+  mode = resolve_parallel(config.train.parallel, n_devices)
+  t = config.train
+  run = train_data.prepare(config)
+  check_model_fits(config, run.input_shape)
+  steps_per_epoch = len(run.y["train"]) // t.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"train.batch_size: expected <= the {len(run.y['train'])} training "
+                     f"examples, got {t.batch_size}")
+  total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
+  graphdef, state, schedule = create_train_state(config, run.input_shape, total)
+  head = losses.head_for_loss(config.loss.name)
+  spec = LossSpec.from_config(config, run.y["train"])
+  paths = train_data.run_paths(workdir)
+  store = checkpoints.CheckpointStore(paths["checkpoints"], keep=t.keep_checkpoints,
+                                      fingerprint=fingerprint(config), overwrite=overwrite)
+  if jax.process_index() == 0:
+    train_data.save_run_files(paths, config, run)
+  meta = {"best_nll": float("inf"), "best_step": None, "bad_evals": 0, "val": {}}
+  start = store.latest_step() or 0
+  if start:
+    state, meta = store.restore(start, state)
+  placement = parallel.Placement(mode)
+  state = placement.put_state(state)
+  step_fn = placement.compile_step(bind_train_step(graphdef, spec, schedule))
+  eval_fn = placement.compile_eval(bind_eval_step(graphdef))
+  logger = train_logging.TrainLogger(workdir, total)
+  end = total if stop_after is None else min(total, start + stop_after)
+  batches = train_data.train_batches(run, start, t.batch_size, t.seed)
+  guard = jax.transfer_guard("disallow" if t.transfer_guard else "allow")
+  pending, last_train, stopped_early, step = [], {}, False, start
+  tick, tick_step = None, start
+
+  def evaluate(state_):
+    loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(state_),
+                                 run.x["val"], t.eval_batch_size)
+    mu, sigma = train_data.to_label_units(run, loc, scale, head)
+    return train_data.val_score(head, run.y_raw["val"], mu, sigma)
+
+  try:
+    for step in range(start + 1, end + 1):
+      with guard:
+        state, metrics = step_fn(state, placement.put_batch(next(batches)))
+      pending.append(metrics)
+      if tick is None:                      # after the first (compiling) step
+        jax.block_until_ready(metrics)
+        tick, tick_step = time.perf_counter(), step
+        logger.start(step)
+      do_eval = step % t.eval_every == 0 or step == end
+      do_ckpt = do_eval or step % t.checkpoint_every == 0
+      if step % t.log_every == 0 or do_ckpt:
+        host = jax.device_get(pending)
+        pending = []
+        bad = [i for i, m in enumerate(host) if m["finite"] < 1]
+        if bad:
+          last = store.latest_step()
+          raise FloatingPointError(
+              f"non-finite loss or gradient at step {step - len(host) + bad[0] + 1} "
+              f"(loss {host[bad[0]]['loss']}, grad norm {host[bad[0]]['grad_norm']}); "
+              f"training stopped, last good checkpoint: step {last} in {paths['checkpoints']}"
+              " (try a lower train.lr or train.grad_clip)")
+        now = time.perf_counter()
+        last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        last_train.pop("finite")
+        last_train["examples_per_s"] = train_logging.throughput(
+            (step - tick_step) * t.batch_size, now - tick) if step > tick_step else 0.0
+        tick, tick_step = now, step
+        logger.log(step, last_train)
+        logger.progress_bar(step, last_train["loss"])
+      val = None
+      if do_eval:
+        val = evaluate(state)
+        logger.log(step, val, prefix="val")
+        meta["val"] = val
+        if val["nll"] < meta["best_nll"]:
+          meta.update(best_nll=val["nll"], best_step=step, bad_evals=0)
+        else:
+          meta["bad_evals"] += 1
+      if do_ckpt:
+        store.save(step, placement.get_state(state), meta, None if val is None else val["nll"])
+      if t.early_stopping_patience and meta["bad_evals"] >= t.early_stopping_patience:
+        stopped_early = True
+        break
+  finally:
+    logger.close()
+  if step < total and not stopped_early:   # interrupted on purpose (stop_after)
+    store.close()
+    return TrainResult(workdir, step, meta["best_step"], {}, last_train, False, paths)
+  best = store.best_step() or store.latest_step()
+  best_state, best_meta = store.restore(best, placement.get_state(state))
+  best_state = placement.put_state(best_state)
+  for split in ("val", "test"):
+    if len(run.y[split]):
+      loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(best_state),
+                                   run.x[split], t.eval_batch_size)
+      mu, sigma = train_data.to_label_units(run, loc, scale, head)
+      if jax.process_index() == 0:
+        np.savez(paths[f"predictions_{split}"], y=run.y_raw[split], mu=mu,
+                 sigma=np.full_like(mu, np.nan) if sigma is None else sigma)
+  store.close()
+  return TrainResult(workdir, step, best, best_meta.get("val", {}),
+                     {"train": last_train, "val": meta["val"]}, stopped_early, paths)
+
+
+def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+  """Predictions of the best checkpoint of a run, in label units.
+
+  Args:
+    workdir: a run directory written by :func:`train_and_evaluate`.
+    x: raw inputs ``[n, time, leads]`` or ``[n, features]`` (unscaled).
+    batch_size: forward-pass chunk size.
+
+  Returns:
+    ``(mu [n], sigma [n])``; sigma is None for a point head.
+
+  Raises:
+    ValueError: ``workdir`` is not a trained run, or ``x`` has the wrong
+      shape for the model.
+  """
+  config, run = train_data.load_run(workdir)
+  x = as_array(x, "x", ndim=len(run.input_shape) + 1)
+  if tuple(x.shape[1:]) != tuple(run.input_shape):
+    raise ValueError(f"x: expected shape [n, {', '.join(map(str, run.input_shape))}], "
+                     f"got {tuple(x.shape)}")
+  check_finite(x, "x")
+  graphdef, template, _ = create_train_state(config, run.input_shape, 1)
+  paths = train_data.run_paths(workdir)
+  store = checkpoints.CheckpointStore(paths["checkpoints"], keep=config.train.keep_checkpoints,
+                                      fingerprint=fingerprint(config))
+  step = store.best_step() or store.latest_step()
+  if step is None:
+    raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")
+  state, _ = store.restore(step, template)
+  store.close()
+  placement = parallel.Placement("none")
+  eval_fn = placement.compile_eval(bind_eval_step(graphdef))
+  head = losses.head_for_loss(config.loss.name)
+  loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state),
+                               run.transform_x(np.asarray(x, np.float32)), batch_size)
+  return train_data.to_label_units(run, loc, scale, head)

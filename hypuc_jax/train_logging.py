@@ -1,0 +1,105 @@
+"""Training logs: ``DIR/metrics.jsonl``, TensorBoard events, a progress bar.
+
+Only process 0 writes. The progress bar (step, ETA, live loss) is drawn
+only when stdout is a terminal; otherwise nothing is printed per step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import jax
+
+
+class TrainLogger:
+  """Writes one JSON line + TensorBoard scalars per logged step.
+
+  Args:
+    workdir: run directory; files go to ``workdir/metrics.jsonl`` and
+      ``workdir/tb/``.
+    total_steps: planned number of steps (for the ETA).
+    stream: where the progress bar goes (default ``sys.stdout``).
+    progress: force the bar on/off (default: only when ``stream`` is a TTY).
+  """
+
+  def __init__(self, workdir: str, total_steps: int, *, stream: TextIO | None = None,
+               progress: bool | None = None):
+    self.enabled = jax.process_index() == 0
+    self.total_steps = int(total_steps)
+    self.stream = stream or sys.stdout
+    self.progress = (bool(getattr(self.stream, "isatty", lambda: False)())
+                     if progress is None else progress) and self.enabled
+    self._start_time = None
+    self._start_step = 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def start(self, step: int) -> None:
+    """Marks the wall-clock start at ``step`` (after the first compiled step)."""
+    self._start_time, self._start_step = time.perf_counter(), int(step)
+
+  def log(self, step: int, metrics: dict[str, Any], prefix: str = "train") -> None:
+    """Appends ``{"step", "split", **metrics}`` to metrics.jsonl and TensorBoard."""
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": prefix}
+    record.update({k: _jsonable(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for key, value in record.items():
+      if key not in ("step", "split") and isinstance(value, (int, float)):
+        self._tb.add_scalar(f"{prefix}/{key}", value, int(step))
+    self._tb.flush()
+
+  def progress_bar(self, step: int, loss: float | None) -> None:
+    """Redraws the bar (TTY only): ``[#####.....] step/total ETA loss``."""
+    if not self.progress:
+      return
+    frac = min(1.0, step / max(self.total_steps, 1))
+    eta = "?"
+    if self._start_time is not None and step > self._start_step:
+      rate = (time.perf_counter() - self._start_time) / (step - self._start_step)
+      eta = _format_seconds(rate * max(self.total_steps - step, 0))
+    width = 30
+    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+    shown = "nan" if loss is None else f"{loss:.4f}"
+    self.stream.write(f"\r[{bar}] {step}/{self.total_steps} ETA {eta} loss {shown}   ")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self.progress:
+      self.stream.write("\n")
+      self.stream.flush()
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def throughput(examples: int, seconds: float) -> float:
+  """Examples per second (0 when no time elapsed)."""
+  return float(examples) / seconds if seconds > 0 else 0.0
+
+
+def _jsonable(v: Any) -> Any:
+  if hasattr(v, "item"):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+def _format_seconds(s: float) -> str:
+  s = int(round(s))
+  return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

@@ -1,0 +1,176 @@
+"""Data-parallel train step: none / sharding / pmap give the global weighted loss.
+
+The reference is written here independently: plain ``jax.grad`` of
+``sum(w * l) / sum(w)`` over the whole batch (Gaussian NLL written out),
+applied with an optax chain built here from the same config values.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from hypuc_jax import config as config_lib
+from hypuc_jax import parallel, train
+
+N_STEPS = 3
+FEATURES = 6
+BATCH = 32
+RTOL = 1e-5
+
+
+def _config(**extra):
+  overrides = {"model.kind": "mlp", "model.widths": "16,16", "train.warmup_steps": 0,
+               "train.lr": 1e-2, "train.grad_clip": 1.0, "train.weight_decay": 1e-3}
+  overrides.update(extra)
+  return config_lib.apply_overrides(config_lib.get_config("tiny"),
+                                    [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _batches(n_devices):
+  """Batches whose weights differ by orders of magnitude between devices."""
+  rng = np.random.default_rng(0)
+  per = BATCH // n_devices
+  out = []
+  for _ in range(N_STEPS):
+    x = rng.normal(size=(BATCH, FEATURES)).astype(np.float32)
+    y = (x[:, 0] * 2 + rng.normal(size=BATCH)).astype(np.float32)
+    w = np.repeat(10.0 ** np.linspace(-2, 2, n_devices), per).astype(np.float32)
+    w *= rng.uniform(0.5, 1.5, size=BATCH).astype(np.float32)
+    mask = np.ones(BATCH, np.float32)
+    mask[-1] = 0.0                                      # one padded example
+    out.append({"x": x, "y": y, "w": w, "mask": mask})
+  return out
+
+
+def _run(mode, config, batches):
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement(mode)
+  state = placement.put_state(state)
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule))
+  for batch in batches:
+    state, metrics = step(state, placement.put_batch(batch))
+  model, _ = nnx.merge(graphdef, jax.device_get(placement.get_state(state)))
+  return jax.device_get(nnx.state(model, nnx.Param)), jax.device_get(metrics)
+
+
+def _reference(config, batches, n_groups=1):
+  """Independent reference; ``n_groups > 1`` gives the WRONG mean of group means."""
+  graphdef, state, _ = train.create_train_state(config, (FEATURES,), 10)
+  model, _ = nnx.merge(graphdef, state)
+  gdef, params, rest = nnx.split(model, nnx.Param, ...)
+  t = config.train
+  lr = optax.cosine_decay_schedule(t.lr, 10, alpha=0.0)
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                   optax.adamw(lr, weight_decay=t.weight_decay))
+  opt_state = tx.init(params)
+
+  def loss_fn(params, batch):
+    pred = nnx.merge(gdef, params, rest)(batch["x"])
+    mu, s = pred.loc, pred.scale
+    nll = 0.5 * jnp.log(2 * jnp.pi) + jnp.log(s) + 0.5 * ((batch["y"] - mu) / s) ** 2
+    w = batch["w"] * batch["mask"]
+    groups = [slice(i * BATCH // n_groups, (i + 1) * BATCH // n_groups)
+              for i in range(n_groups)]
+    return jnp.mean(jnp.stack([jnp.sum(w[g] * nll[g]) / jnp.sum(w[g]) for g in groups]))
+
+  for batch in batches:
+    grads = jax.grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  return jax.device_get(params)
+
+
+def _rel_diff(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  return max(float(np.linalg.norm(np.asarray(x) - np.asarray(y)) /
+                   max(np.linalg.norm(np.asarray(y)), 1e-12)) for x, y in zip(la, lb))
+
+
+@pytest.fixture(scope="module")
+def results(n_devices):
+  assert n_devices == 8
+  config = _config()
+  batches = _batches(n_devices)
+  runs = {mode: _run(mode, config, batches) for mode in ("none", "sharding", "pmap")}
+  return config, batches, runs
+
+
+def test_modes_agree_with_full_batch_reference(results):
+  config, batches, runs = results
+  ref = _reference(config, batches)
+  for mode, (params, _) in runs.items():
+    assert _rel_diff(params, ref) < RTOL, mode
+  assert _rel_diff(runs["sharding"][0], runs["none"][0]) < RTOL
+  assert _rel_diff(runs["pmap"][0], runs["none"][0]) < RTOL
+
+
+def test_mean_of_device_means_is_detected(results, n_devices):
+  """The wrong reduction (pmean of per-device weighted means) is far off."""
+  config, batches, runs = results
+  wrong = _reference(config, batches, n_groups=n_devices)
+  right = _reference(config, batches)
+  assert _rel_diff(wrong, right) > 100 * RTOL
+  for mode, (params, _) in runs.items():
+    assert _rel_diff(params, wrong) > 100 * RTOL, mode
+
+
+def test_reported_loss_is_global_weighted_mean(results):
+  config, batches, runs = results
+  ref_params = _reference(config, batches[:-1])
+  # Loss of the last step is evaluated at the params after N_STEPS - 1 steps.
+  graphdef, state, _ = train.create_train_state(config, (FEATURES,), 10)
+  model, _ = nnx.merge(graphdef, state)
+  nnx.update(model, ref_params)
+  b = batches[-1]
+  pred = model(b["x"])
+  s = np.asarray(pred.scale, np.float64)
+  nll = 0.5 * np.log(2 * np.pi) + np.log(s) + 0.5 * ((b["y"] - np.asarray(pred.loc)) / s) ** 2
+  w = b["w"] * b["mask"]
+  expected = np.sum(w * nll) / np.sum(w)
+  for mode, (_, metrics) in runs.items():
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4, err_msg=mode)
+    np.testing.assert_allclose(metrics["weight_sum"], np.sum(w), rtol=1e-5, err_msg=mode)
+    assert metrics["finite"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["none", "sharding", "pmap"])
+def test_no_retrace_after_first_step(mode):
+  config = _config()
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement(mode)
+  state = placement.put_state(state)
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule))
+  before = train.TRACE_COUNTS["train_step"]
+  for batch in _batches(8) * 2:
+    with jax.transfer_guard("disallow"):
+      state, _ = step(state, placement.put_batch(batch))
+  assert train.TRACE_COUNTS["train_step"] - before == 1
+
+
+def test_nonfinite_step_keeps_state_and_flags():
+  config = _config()
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement("sharding")
+  state = placement.put_state(state)
+  before = jax.device_get(state)
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule), donate=False)
+  bad = dict(_batches(8)[0])
+  bad["x"] = bad["x"].copy()
+  bad["x"][3, 2] = np.nan
+  new_state, metrics = step(state, placement.put_batch(bad))
+  assert float(metrics["finite"]) == 0.0
+  for a, b in zip(jax.tree.leaves(jax.device_get(new_state)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_placement_rejects_unknown_mode():
+  with pytest.raises(ValueError, match="mode"):
+    parallel.Placement("data_parallel")
