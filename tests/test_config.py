@@ -1,0 +1,139 @@
+"""Config: presets, JSON round trip, overrides with coercion, validation errors."""
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hypuc_jax import config as config_lib
+from hypuc_jax.config import apply_overrides, get_config, validate
+
+
+@pytest.mark.parametrize("name", ["potassium", "tiny", "lvef", "diabetes"])
+def test_presets_are_valid_and_round_trip_through_json(name):
+  cfg = get_config(name)
+  validate(cfg, n_devices=8)
+  text = json.dumps(cfg.to_dict())
+  assert config_lib.Config.from_dict(json.loads(text)) == cfg
+
+
+def test_default_preset_is_potassium():
+  assert get_config() == get_config("potassium")
+  assert get_config().data.spec.startswith("simulated:potassium")
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="name"):
+    get_config("imagenet")
+
+
+def test_overrides_coerce_types():
+  cfg = apply_overrides(get_config("tiny"), [
+      "train.lr=2.5e-4", "train.batch_size=16", "model.widths=4, 8",
+      "model.blocks=(2, 3)", "loss.learn_noise=false", "weighting.bandwidth=0.25",
+      "weighting.max_weight=none", "data.target=k", "regions=[('severe', 6.5, 9.0)]",
+      "data.split=0.5,0.25,0.25"])
+  assert cfg.train.lr == 2.5e-4 and isinstance(cfg.train.lr, float)
+  assert cfg.train.batch_size == 16 and isinstance(cfg.train.batch_size, int)
+  assert cfg.model.widths == (4, 8) and cfg.model.blocks == (2, 3)
+  assert cfg.loss.learn_noise is False
+  assert cfg.weighting.bandwidth == 0.25
+  assert cfg.weighting.max_weight is None
+  assert cfg.data.target == "k"
+  assert cfg.regions == (("severe", 6.5, 9.0),)
+  assert cfg.data.split == (0.5, 0.25, 0.25)
+  # A rule name stays a string.
+  assert apply_overrides(cfg, ["weighting.bandwidth=silverman"]).weighting.bandwidth == "silverman"
+
+
+def test_overrides_leave_the_input_unchanged():
+  cfg = get_config("tiny")
+  apply_overrides(cfg, ["train.lr=1.0"])
+  assert cfg == get_config("tiny")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.learning_rate=1e-3", "train.learning_rate"),
+    ("optimizer.lr=1e-3", "optimizer.lr"),
+    ("train.lr.x=1", "train.lr.x"),
+    ("train=3", "train"),
+    ("train.lr=fast", "train.lr"),
+    ("train.batch_size=3.5", "train.batch_size"),
+    ("loss.learn_noise=maybe", "loss.learn_noise"),
+    ("model.widths=a,b", "model.widths"),
+])
+def test_bad_overrides_name_the_key(override, key):
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    apply_overrides(get_config("tiny"), [override])
+
+
+def test_override_without_equals():
+  with pytest.raises(ValueError, match="overrides"):
+    apply_overrides(get_config("tiny"), ["train.lr"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=-1e-3", "train.lr"),
+    ("train.lr=0", "train.lr"),
+    ("train.batch_size=12", "train.batch_size"),       # not divisible by 8 devices
+    ("train.eval_batch_size=20", "train.eval_batch_size"),
+    ("loss.name=cross_entropy", "loss.name"),
+    ("weighting.scheme=focal", "weighting.scheme"),
+    ("train.parallel=fsdp", "train.parallel"),
+    ("model.kind=transformer", "model.kind"),
+    ("model.blocks=1", "model.blocks"),
+    ("model.kernel_size=4", "model.kernel_size"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("data.split=0.5,0.5,0.5", "data.split"),
+    ("weighting.lam=-0.5", "weighting.lam"),
+    ("weighting.bandwidth=wide", "weighting.bandwidth"),
+    ("weighting.lds_ks=4", "weighting.lds_ks"),
+    ("calibration.xi=1.5", "calibration.xi"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("regions=[('bad', 5.0, 1.0)]", r"regions\[0\]"),
+])
+def test_validate_names_the_bad_key(override, key):
+  cfg = apply_overrides(get_config("tiny"), [override])
+  with pytest.raises(ValueError, match=key.replace(".", r"\.") if "[" not in key else key):
+    validate(cfg, n_devices=8)
+
+
+def test_batch_divisibility_only_matters_when_data_parallel():
+  cfg = apply_overrides(get_config("tiny"), ["train.batch_size=12", "train.eval_batch_size=12"])
+  validate(cfg, n_devices=1)
+  validate(apply_overrides(cfg, ["train.parallel=none"]), n_devices=8)
+  with pytest.raises(ValueError, match="train.batch_size"):
+    validate(apply_overrides(cfg, ["train.parallel=pmap"]), n_devices=8)
+
+
+def test_bmc_needs_the_global_batch():
+  cfg = apply_overrides(get_config("tiny"), ["loss.name=bmc", "train.parallel=pmap"])
+  with pytest.raises(ValueError, match="train.parallel"):
+    validate(cfg, n_devices=8)
+  validate(apply_overrides(cfg, ["train.parallel=sharding"]), n_devices=8)
+
+
+def test_from_dict_rejects_unknown_keys():
+  d = get_config("tiny").to_dict()
+  d["train"]["momentum"] = 0.9
+  with pytest.raises(ValueError, match=r"train\.momentum"):
+    config_lib.Config.from_dict(d)
+
+
+def test_resolve_parallel():
+  assert config_lib.resolve_parallel("auto", 1) == "none"
+  assert config_lib.resolve_parallel("auto", 8) == "sharding"
+  assert config_lib.resolve_parallel("pmap", 8) == "pmap"
+
+
+@settings(max_examples=25, deadline=None)
+@given(lr=st.floats(1e-6, 1.0), bs=st.integers(1, 64).map(lambda k: 8 * k),
+       widths=st.lists(st.integers(1, 256), min_size=1, max_size=4))
+def test_override_round_trip(lr, bs, widths):
+  cfg = apply_overrides(get_config("tiny"), [
+      f"train.lr={lr!r}", f"train.batch_size={bs}",
+      "model.widths=" + ",".join(map(str, widths)),
+      "model.blocks=" + ",".join("1" for _ in widths)])
+  assert (cfg.train.lr, cfg.train.batch_size, cfg.model.widths) == (lr, bs, tuple(widths))
+  assert config_lib.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=bs)), 8)
