@@ -290,6 +290,7 @@ def test_weighted_sums_with_mask_ignores_padding_even_if_nan():
     np.testing.assert_allclose([num, den], [0.5 + 4.0 + 4.0, 3.5], rtol=1e-6)
     np.testing.assert_allclose(jax.jit(losses.weighted_mean)(l, w, m),
                                np.average([1.0, 2.0, 4.0], weights=[0.5, 2.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(losses.weighted_sums(l, w, m > 0), [num, den], rtol=1e-6)
     # A traced all-masked batch contributes 0, not NaN.
     assert float(jax.jit(losses.weighted_mean)(l, w, np.zeros(5, np.float32))) == 0.0
 

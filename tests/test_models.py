@@ -53,6 +53,10 @@ def test_scale_floor_is_sigma_min_and_positive():
     assert np.all(np.asarray(pred.scale) > 0)
 
 
+_MLP_LAPLACE = models.create_model("mlp", (5,), "laplace", rngs=nnx.Rngs(2), hidden=(16,),
+                                   activation="tanh", sigma_min=0.01)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), magnitude=st.sampled_from([1e-3, 1.0, 1e3, 1e5]))
 def test_scale_above_sigma_min_for_any_input(seed, magnitude):
@@ -61,9 +65,6 @@ def test_scale_above_sigma_min_for_any_input(seed, magnitude):
     pred = model(x)
     assert np.all(np.isfinite(pred.scale)) and np.all(np.asarray(pred.scale) >= 0.01)
 
-
-_MLP_LAPLACE = models.create_model("mlp", (5,), "laplace", rngs=nnx.Rngs(2), hidden=(16,),
-                                   activation="tanh", sigma_min=0.01)
 
 
 def test_mlp_matches_numpy_forward():
@@ -77,6 +78,18 @@ def test_mlp_matches_numpy_forward():
     pred = model(jnp.asarray(x))
     np.testing.assert_allclose(pred.loc, out[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 0.02, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    make = lambda dtype: models.create_model("mlp", (5,), "gaussian", rngs=nnx.Rngs(3),
+                                             hidden=(16,), dtype=dtype)
+    low, full = make("bfloat16"), make("float32")
+    assert all(v.dtype == jnp.float32 for v in _leaves(low))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)), jnp.float32)
+    a, b = low(x), full(x)
+    assert a.loc.dtype == jnp.float32 and a.scale.dtype == jnp.float32
+    np.testing.assert_allclose(a.loc, b.loc, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(a.scale, b.scale, rtol=0.05, atol=0.05)
 
 
 def test_resnet_matches_torch_equivalent():
