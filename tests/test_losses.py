@@ -1,4 +1,6 @@
 """Tests for hypuc_jax.losses against closed forms, scipy and numpy references."""
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,12 @@ from scipy import special, stats
 from hypuc_jax import losses
 
 RTOL = 2e-5
+
+
+class Pred(NamedTuple):
+    """Stand-in for models.Prediction: losses only read .loc and .scale."""
+    loc: Any
+    scale: Any = None
 
 
 def _data(seed, n=16):
@@ -56,7 +64,8 @@ def test_gaussian_nll_matches_scipy_and_closed_form():
     mu, sigma, y = _data(0)
     got = jax.jit(losses.gaussian_nll)(mu, sigma, y)
     np.testing.assert_allclose(got, -stats.norm.logpdf(y, mu, sigma), rtol=RTOL, atol=1e-6)
-    closed = 0.5 * np.log(2 * np.pi * sigma.astype(np.float64) ** 2) + (y - mu) ** 2 / (2 * sigma.astype(np.float64) ** 2)
+    var = sigma.astype(np.float64) ** 2
+    closed = 0.5 * np.log(2 * np.pi * var) + (y - mu) ** 2 / (2 * var)
     np.testing.assert_allclose(got, closed, rtol=RTOL, atol=1e-6)
 
 
@@ -74,7 +83,8 @@ def test_point_losses_match_numpy(delta):
     np.testing.assert_allclose(jax.jit(losses.mse)(pred, y), e ** 2, rtol=RTOL, atol=1e-6)
     np.testing.assert_allclose(jax.jit(losses.l1)(pred, y), np.abs(e), rtol=RTOL, atol=1e-6)
     huber = jax.jit(losses.huber, static_argnames="delta")
-    np.testing.assert_allclose(huber(pred, y, delta=delta), _np_huber(e, delta), rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(huber(pred, y, delta=delta), _np_huber(e, delta),
+                               rtol=RTOL, atol=1e-6)
 
 
 def test_huber_limits():
@@ -100,12 +110,14 @@ def test_bmc_mask_drops_padding_from_candidates():
     np.testing.assert_allclose(got, _np_bmc(pred, y, 1.0, mask), rtol=1e-4, atol=1e-5)
     # Valid rows equal BMC on the batch with the padding removed.
     keep = mask > 0
-    np.testing.assert_allclose(got[keep], losses.bmc(pred[keep], y[keep], 1.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[keep], losses.bmc(pred[keep], y[keep], 1.0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bmc_closed_form_small_batches():
     # One example: the softmax has a single entry, the loss is 0.
-    np.testing.assert_allclose(losses.bmc(jnp.array([1.5]), jnp.array([-2.0]), 0.7), [0.0], atol=1e-7)
+    np.testing.assert_allclose(losses.bmc(jnp.array([1.5]), jnp.array([-2.0]), 0.7), [0.0],
+                               atol=1e-7)
     # Two examples: l_0 = 2 s^2 log(1 + exp(((p0 - y0)^2 - (p0 - y1)^2) / 2 s^2)).
     p, y, s = np.array([0.2, 1.0]), np.array([0.5, -0.4]), 0.8
     l0 = 2 * s * s * np.log1p(np.exp(((p[0] - y[0]) ** 2 - (p[0] - y[1]) ** 2) / (2 * s * s)))
@@ -148,17 +160,11 @@ def test_histogram_prior_feeds_bni():
     np.testing.assert_allclose(prior.probs, counts / 500, rtol=1e-6)
     assert prior.centers[0] > labels.min() and prior.centers[-1] < labels.max()
     pred, _, y = _data(9, n=5)
-    got = losses.per_example_loss("bni", losses_prediction(pred), y, noise_sigma=1.0, bni_prior=prior)
-    np.testing.assert_allclose(got, _np_bni(pred, y, 1.0, prior.centers, prior.probs), rtol=1e-4, atol=1e-5)
+    got = losses.per_example_loss("bni", Pred(pred), y, noise_sigma=1.0, bni_prior=prior)
+    np.testing.assert_allclose(got, _np_bni(pred, y, 1.0, prior.centers, prior.probs),
+                               rtol=1e-4, atol=1e-5)
 
 
-def losses_prediction(loc, scale=None):
-    """A minimal stand-in for models.Prediction (losses only duck-type it)."""
-    class P:
-        pass
-    p = P()
-    p.loc, p.scale = loc, scale
-    return p
 
 
 # --- gradients at extreme inputs ---------------------------------------------
@@ -170,7 +176,8 @@ def test_nll_gradients_finite_at_extremes(sigma, residual):
     scale = jnp.full(3, sigma, jnp.float32)
     y = jnp.array([residual, -residual, 0.5 * residual], jnp.float32)
     for fn in (losses.gaussian_nll, losses.laplace_nll):
-        value, grads = jax.jit(jax.value_and_grad(lambda m, s: fn(m, s, y).sum(), argnums=(0, 1)))(mu, scale)
+        total = lambda m, s: fn(m, s, y).sum()
+        value, grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(mu, scale)
         assert np.isfinite(value), (fn.__name__, sigma, residual)
         assert all(np.all(np.isfinite(g)) for g in grads), (fn.__name__, sigma, residual)
 
@@ -194,7 +201,7 @@ def test_balanced_mse_gradients_finite_at_extremes(s, spread):
 
 def test_per_example_loss_dispatch_matches_direct_calls():
     mu, sigma, y = _data(11)
-    pred = losses_prediction(mu, sigma)
+    pred = Pred(mu, sigma)
     prior = losses.HistogramPrior(np.linspace(-2, 2, 9), np.ones(9))
     direct = {
         "nll": -stats.norm.logpdf(y, mu, sigma),
@@ -207,7 +214,8 @@ def test_per_example_loss_dispatch_matches_direct_calls():
     }
     assert set(direct) == set(losses.LOSS_NAMES)
     for name, want in direct.items():
-        got = losses.per_example_loss(name, pred, y, huber_delta=0.7, noise_sigma=0.8, bni_prior=prior)
+        got = losses.per_example_loss(name, pred, y, huber_delta=0.7, noise_sigma=0.8,
+                                      bni_prior=prior)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
@@ -222,13 +230,13 @@ def test_head_for_loss():
 def test_per_example_loss_bad_requests():
     y = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="expected one of nll, laplace, mse, l1, huber, bmc, bni"):
-        losses.per_example_loss("gaussian", losses_prediction(y, y + 1), y)
+        losses.per_example_loss("gaussian", Pred(y, y + 1), y)
     with pytest.raises(ValueError, match="prediction.scale"):
-        losses.per_example_loss("nll", losses_prediction(y), y)
+        losses.per_example_loss("nll", Pred(y), y)
     with pytest.raises(ValueError, match="noise_sigma"):
-        losses.per_example_loss("bmc", losses_prediction(y), y)
+        losses.per_example_loss("bmc", Pred(y), y)
     with pytest.raises(ValueError, match="bni_prior"):
-        losses.per_example_loss("bni", losses_prediction(y), y, noise_sigma=1.0)
+        losses.per_example_loss("bni", Pred(y), y, noise_sigma=1.0)
 
 
 # --- bad input -----------------------------------------------------------------
@@ -324,8 +332,9 @@ def test_bmc_axis_name_under_pmap_equals_global_batch(n_devices):
     y = rng.normal(size=b).astype(np.float32)
     mask = (rng.uniform(size=b) > 0.3).astype(np.float32)
     per_dev = lambda a: a.reshape(n_devices, 3)
-    fn = jax.pmap(lambda p, t, m: losses.per_example_loss(
-        "bmc", losses_prediction(p), t, noise_sigma=0.7, mask=m, axis_name="data"), axis_name="data")
+    per_device = lambda p, t, m: losses.per_example_loss(
+        "bmc", Pred(p), t, noise_sigma=0.7, mask=m, axis_name="data")
+    fn = jax.pmap(per_device, axis_name="data")
     got = np.asarray(fn(per_dev(pred), per_dev(y), per_dev(mask))).reshape(b)
     np.testing.assert_allclose(got, _np_bmc(pred, y, 0.7, mask), rtol=1e-4, atol=1e-5)
     # Without axis_name each device would only see its own 3 labels.

@@ -77,7 +77,8 @@ def test_mlp_matches_numpy_forward():
     out = h @ np.asarray(model.out.dense.kernel[...]) + np.asarray(model.out.dense.bias[...])
     pred = model(jnp.asarray(x))
     np.testing.assert_allclose(pred.loc, out[:, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 0.02, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 0.02,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
@@ -114,20 +115,26 @@ def test_resnet_matches_torch_equivalent():
 
     g = lambda c: min(SMALL["groups"], c)
     x = np.asarray(_signal(4, SIG_SHAPE, seed=4), np.float64)
-    h = torch.relu(gn(model.stem_norm, g(4))(conv(model.stem, 7, 2)(torch.tensor(x).permute(0, 2, 1))))
+    h = torch.tensor(x).permute(0, 2, 1)                     # [batch, leads, time]
+    h = torch.relu(gn(model.stem_norm, g(4))(conv(model.stem, 7, 2)(h)))
     strides = [1, 2, 1]                      # stage 0: 1 block; stage 1: 2 blocks
     for block, stride in zip(model.blocks, strides):
         w = block.conv1.kernel.shape[2]
         y = torch.relu(gn(block.norm1, g(w))(conv(block.conv1, 5, stride)(h)))
         y = gn(block.norm2, g(w))(conv(block.conv2, 5, 1)(y))
-        skip = h if block.proj is None else gn(block.proj_norm, g(w))(conv(block.proj, 1, stride)(h))
+        if block.proj is None:
+            skip = h
+        else:
+            skip = gn(block.proj_norm, g(w))(conv(block.proj, 1, stride)(h))
         h = torch.relu(y + skip)
     lin = nn.Linear(8, 2).double()
-    lin.weight.data, lin.bias.data = t(model.out.dense.kernel).T.contiguous(), t(model.out.dense.bias)
+    lin.weight.data = t(model.out.dense.kernel).T.contiguous()
+    lin.bias.data = t(model.out.dense.bias)
     out = lin(h.mean(dim=2)).detach().numpy()
     pred = model(jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(pred.loc, out[:, 0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 1e-3, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred.scale, np.logaddexp(0.0, out[:, 1]) + 1e-3,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_deterministic_init():
