@@ -1,259 +1,30 @@
 """Stage orchestration shared by the ``hypuc`` CLI and the experiments.
 
 Each stage reads and writes one run directory (layout in
-docs/architecture.md), so the CLI commands can run one at a time::
+:mod:`hypuc_jax.rundir`), so the CLI commands can run one at a time::
 
-    train_stage      -> config.json, checkpoints/, ... (train.train_and_evaluate)
-                        + predictions_{val,test}.npz, task.json, labels_train.npy
+    train_stage      -> train.train_and_evaluate + task.json, labels_train.npy
     calibrate_stage  -> calibration.json        (validation split only)
     correct_stage    -> corrections/            (validation split only)
     evaluate_stage   -> eval.json, outputs_{split}.npz
     predict_stage    -> a CSV of per-record predictions for new data
     run_comparison   -> baseline/ + hypuc/ + report.md + figures/
-
-Every file is written to a temporary name first and moved into place with
-``os.replace``, so an interrupted or failed command never leaves a file that
-a later command would take for a result.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from hypuc_jax import config as config_lib
-
-CONFIG = "config.json"
-TASK = "task.json"
-TRAIN_LABELS = "labels_train.npy"
-CALIBRATION = "calibration.json"
-CORRECTIONS = "corrections"
-EVAL = "eval.json"
-FLAG_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-class WorkflowError(ValueError):
-    """A user-facing problem with a run directory or its inputs (one line)."""
-
-
-# ----------------------------------------------------------------------------- file I/O
-
-
-def _tmp_in(path: Path, suffix: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _tmp_in(path, ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _clean(obj: Any) -> Any:
-    """Replaces non-finite floats by None (JSON null) recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _tmp_in(path, ".npz")
-    try:
-        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _tmp_in(path, ".npy")
-    try:
-        np.save(tmp, np.asarray(array))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise WorkflowError(f"{path}: no {what} found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise WorkflowError(f"{path}: cannot read {what} ({e})") from None
-
-
-def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise WorkflowError(f"{path}: no {what} found")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def load_config(workdir: str | os.PathLike) -> config_lib.Config:
-    """The resolved config of a trained run directory.
-
-    Raises:
-      WorkflowError: the directory holds no trained model.
-    """
-    workdir = Path(workdir)
-    if not (workdir / CONFIG).exists() or not (workdir / TASK).exists():
-        raise WorkflowError(f"{workdir}: no trained model found (expected {CONFIG} and "
-                            f"{TASK}); run `hypuc train --workdir {workdir} --data ...` first")
-    return config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
-
-
-def parse_region(text: str) -> tuple[str, float, float]:
-    """Parses ``NAME=LOW:HIGH`` (either bound may be empty for +-inf)."""
-    name, sep, rng = text.partition("=")
-    lo, sep2, hi = rng.partition(":")
-    try:
-        if not (sep and sep2 and name.strip()):
-            raise ValueError
-        low = float(lo) if lo.strip() else -np.inf
-        high = float(hi) if hi.strip() else np.inf
-    except ValueError:
-        raise WorkflowError(f"--region: expected NAME=LOW:HIGH, got {text!r}") from None
-    if not low < high:
-        raise WorkflowError(f"--region: expected LOW < HIGH, got {text!r}")
-    return name.strip(), low, high
-
-
-def base_config(name: str) -> config_lib.Config:
-    """A preset by name, or a JSON experiment file {"preset": NAME, "overrides": [...]}.
-
-    Raises:
-      WorkflowError: unreadable file or malformed content.
-    """
-    if not name.endswith(".json"):
-        return config_lib.get_config(name)
-    d = read_json(Path(name), "experiment config")
-    if not isinstance(d, dict) or not isinstance(d.get("overrides", []), list):
-        raise WorkflowError(f"{name}: expected {{\"preset\": NAME, \"overrides\": [...]}}")
-    return config_lib.apply_overrides(config_lib.get_config(d.get("preset", "potassium")),
-                                      d.get("overrides", []))
-
-
-def make_config(base: str | config_lib.Config = "potassium", *, data: str | None = None,
-                target: str | None = None, loss: str | None = None,
-                weighting: str | None = None, lam: float | None = None,
-                parallel: str | None = None, epochs: int | None = None,
-                batch_size: int | None = None, seed: int | None = None,
-                regions: Sequence[str] = (), overrides: Sequence[str] = ()
-                ) -> config_lib.Config:
-    """A config from a preset plus the CLI's named flags, then ``--set`` overrides.
-
-    Args:
-      base: preset name, experiment JSON file (see ``base_config``) or a Config.
-      data, target, loss, weighting, lam, parallel, epochs, batch_size, seed:
-        the ``hypuc train`` flags (None keeps the preset's value).
-      regions: ``NAME=LOW:HIGH`` strings added to the named regions.
-      overrides: ``section.key=value`` strings, applied last.
-
-    Raises:
-      ValueError: an unknown key or a value of the wrong type (named).
-    """
-    cfg = base_config(base) if isinstance(base, str) else base
-    flags = [("data.spec", data), ("data.target", target), ("loss.name", loss),
-             ("weighting.scheme", weighting), ("weighting.lam", lam),
-             ("train.parallel", parallel), ("train.epochs", epochs),
-             ("train.batch_size", batch_size), ("train.seed", seed)]
-    for key, value in flags:
-        if value is not None:
-            cfg = config_lib.apply_overrides(cfg, [f"{key}={value}"])
-    if epochs is not None:
-        cfg = config_lib.apply_overrides(cfg, ["train.steps=0"])
-    if regions:
-        cfg = dataclasses.replace(cfg, regions=tuple(cfg.regions) + tuple(
-            parse_region(r) for r in regions))
-    return config_lib.apply_overrides(cfg, list(overrides))
-
-
-# ----------------------------------------------------------------------------- task
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """What the post-training stages need to know about a run's task (task.json)."""
-    name: str
-    target: str
-    unit: str
-    regions: dict[str, tuple[float, float]]
-    thresholds: tuple[tuple[str, float, str], ...]
-    kind: str
-    input_shape: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["regions"] = {k: [None if np.isinf(v) else v for v in b]
-                        for k, b in self.regions.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Task":
-        return cls(name=d["name"], target=d["target"], unit=d.get("unit", ""),
-                   regions={k: (-np.inf if a is None else float(a), np.inf if b is None
-                                else float(b)) for k, (a, b) in d["regions"].items()},
-                   thresholds=tuple((n, float(v), s) for n, v, s in d["thresholds"]),
-                   kind=d["kind"], input_shape=tuple(int(v) for v in d["input_shape"]))
-
-
-def load_task(workdir: str | os.PathLike) -> Task:
-    load_config(workdir)  # same "no trained model" error when missing
-    return Task.from_dict(read_json(Path(workdir) / TASK, "task description"))
-
-
-def usable_thresholds(task: Task, y: np.ndarray) -> tuple[tuple[str, float, str], ...]:
-    """The task's thresholds whose event has both outcomes among labels ``y``."""
-    out = []
-    for name, value, direction in task.thresholds:
-        pos = y > value if direction == "above" else y < value
-        if pos.any() and not pos.all():
-            out.append((name, value, direction))
-    return tuple(out)
+from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
+    CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
+    WorkflowError, _clean, _remove, _tmp_in, base_config, load_config, load_npz, load_task,
+    make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -304,13 +75,6 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None) -> di
     _remove(workdir / CORRECTIONS)
     _remove(workdir / EVAL)
     return d
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def calibrated_sigma(workdir: Path, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
