@@ -1,0 +1,323 @@
+"""Splits, scaling and fixed-shape batches for training and evaluation.
+
+* :func:`split_indices`: deterministic train / val / test indices from a seed
+  (or a fixed per-row split).
+* :class:`Scaler`: per-lead (signals) or per-feature (tables) standardisation
+  of ``x`` and standardisation of ``y``, fitted on the training rows only and
+  stored as JSON with the run.
+* :func:`batch_iterator`: host batches ``{"x", "y", "w", "mask"}`` of one
+  fixed shape, so a jitted step never recompiles: training shuffles per
+  epoch from ``(seed, epoch)`` and drops the remainder; evaluation keeps the
+  order, pads the last batch and masks the padding. In multi-host runs every
+  process gets its slice of each global batch. Rows are read by index, so a
+  memory-mapped ``x`` is never loaded whole.
+* :func:`prefetch_to_device`: a background thread assembles the next
+  batches and ``device_put``\\ s them (optionally with a ``NamedSharding``)
+  while the step runs.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from hypuc_jax import _validation as V
+from hypuc_jax.data.readers import SPLIT_NAMES, normalise_split
+
+_BLOCK = 2048
+
+
+def _check_int(value, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def split_indices(n: int, seed: int, fractions=(0.6, 0.2, 0.2), fixed=None) -> dict[str, np.ndarray]:
+    """Deterministic train / val / test row indices.
+
+    Args:
+      n: number of rows (> 0).
+      seed: integer seed of the random permutation.
+      fractions: (train, val, test) fractions, each >= 0, summing to 1; part
+        sizes are ``round(f_train * n)``, ``round(f_val * n)`` and the rest.
+      fixed: optional [n] per-row split names (train / val / test, e.g. a
+        CSV split column); overrides ``seed`` and ``fractions``.
+
+    Returns:
+      ``{"train", "val", "test"}`` -> sorted int64 index arrays, disjoint,
+      covering ``range(n)``.
+
+    Raises:
+      ValueError: bad arguments, or a part left empty.
+    """
+    n = _check_int(n, "n", minimum=1)
+    if fixed is not None:
+        fixed = normalise_split(np.asarray(fixed).ravel(), "fixed")
+        if fixed.shape[0] != n:
+            raise ValueError(f"fixed: expected {n} split names (one per row), got {fixed.shape[0]}")
+        out = {s: np.flatnonzero(fixed == s).astype(np.int64) for s in SPLIT_NAMES}
+        for s, idx in out.items():
+            if idx.size == 0:
+                raise ValueError(f"fixed: the fixed split column leaves {s!r} empty")
+        return out
+    seed = _check_int(seed, "seed", minimum=0)
+    f = np.asarray(fractions, np.float64)
+    if f.shape != (3,) or not np.all(np.isfinite(f)) or np.any(f < 0) or abs(f.sum() - 1) > 1e-6:
+        raise ValueError(f"fractions: expected 3 non-negative numbers summing to 1, got {fractions!r}")
+    n_train, n_val = int(round(f[0] * n)), int(round(f[1] * n))
+    n_val = min(n_val, n - n_train)
+    sizes = {"train": n_train, "val": n_val, "test": n - n_train - n_val}
+    for s, size in sizes.items():
+        if size <= 0:
+            raise ValueError(f"fractions: {tuple(fractions)} of n={n} rows leaves {s!r} empty")
+    perm = np.random.default_rng(seed).permutation(n)
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+class Scaler:
+    """Standardises ``x`` per lead / feature (last axis) and ``y``.
+
+    Attributes:
+      x_mean, x_std: [channels] float32, channels = leads or features.
+      y_mean, y_std: floats.
+    """
+
+    def __init__(self, x_mean, x_std, y_mean: float, y_std: float):
+        self.x_mean = np.asarray(x_mean, np.float32).reshape(-1)
+        self.x_std = np.asarray(x_std, np.float32).reshape(-1)
+        self.y_mean, self.y_std = float(y_mean), float(y_std)
+        if self.x_mean.shape != self.x_std.shape:
+            raise ValueError(f"x_std: expected shape {self.x_mean.shape}, got {self.x_std.shape}")
+        V.check_finite(self.x_mean, "x_mean")
+        V.check_positive(self.x_std, "x_std")
+        V.check_finite(self.y_mean, "y_mean")
+        V.check_positive(self.y_std, "y_std")
+
+    @classmethod
+    def fit(cls, x, y, indices=None) -> "Scaler":
+        """Fits on rows ``indices`` (default all) of ``x`` [n, ..., c] and ``y`` [n].
+
+        Reads ``x`` in row blocks (float64 sums), so a memory map is fine. A
+        constant channel (or label) gets std 1.
+
+        Raises:
+          ValueError: empty / mismatched / non-finite inputs.
+        """
+        V.as_array(y, "y", ndim=1)
+        V.check_same_length("x", x, "y", y)
+        idx = np.arange(len(y)) if indices is None else np.sort(np.asarray(indices, np.int64))
+        if idx.size == 0:
+            raise ValueError("indices: expected at least one row to fit the scaler on")
+        count, mean, m2 = 0, 0.0, 0.0
+        for s in range(0, idx.size, _BLOCK):
+            block = np.asarray(x[idx[s:s + _BLOCK]], np.float64)
+            block = block.reshape(-1, block.shape[-1])
+            V.check_finite(block, "x")
+            b_n, b_mean = block.shape[0], block.mean(axis=0)
+            b_m2 = ((block - b_mean) ** 2).sum(axis=0)
+            delta, total = b_mean - mean, count + b_n
+            mean = mean + delta * b_n / total               # Chan et al. pairwise update
+            m2 = m2 + b_m2 + delta ** 2 * count * b_n / total
+            count = total
+        x_std = np.sqrt(m2 / count)
+        yy = np.asarray(y, np.float64)[idx]
+        V.check_finite(yy, "y")
+        y_std = float(yy.std())
+        return cls(mean, np.where(x_std > 1e-12, x_std, 1.0), float(yy.mean()),
+                   y_std if y_std > 1e-12 else 1.0)
+
+    def transform_x(self, x):
+        """``(x - x_mean) / x_std`` over the last axis; float32 (numpy or jax in, same out)."""
+        if not isinstance(x, jax.Array):
+            x = np.asarray(x, np.float32)
+        if x.shape[-1] != self.x_mean.shape[0]:
+            raise ValueError(f"x: expected {self.x_mean.shape[0]} channels on the last axis, "
+                             f"got shape {tuple(x.shape)}")
+        return (x - self.x_mean) / self.x_std
+
+    def transform_y(self, y):
+        """``(y - y_mean) / y_std``."""
+        return (y - self.y_mean) / self.y_std
+
+    def inverse_y(self, y):
+        """Scaled labels back to label units: ``y * y_std + y_mean``."""
+        return y * self.y_std + self.y_mean
+
+    def inverse_scale(self, s):
+        """A scaled standard deviation back to label units: ``s * y_std``."""
+        return s * self.y_std
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {"x_mean": self.x_mean.tolist(), "x_std": self.x_std.tolist(),
+                "y_mean": self.y_mean, "y_std": self.y_std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scaler":
+        """Inverse of :meth:`to_dict` (extra keys are ignored)."""
+        missing = [k for k in ("x_mean", "x_std", "y_mean", "y_std") if k not in d]
+        if missing:
+            raise ValueError(f"d: scaler dict lacks keys {missing}")
+        return cls(d["x_mean"], d["x_std"], d["y_mean"], d["y_std"])
+
+
+def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = True,
+                   seed: int = 0, epoch: int = 0, num_epochs: int | None = 1,
+                   weight_fn: Callable | None = None, scaler: Scaler | None = None,
+                   process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-shape host batches of rows ``indices`` of ``(x, y)``.
+
+    Args:
+      x: [n, ...] inputs (numpy array, memory map or anything indexable by
+        an integer array); only the rows of each batch are read.
+      y: [n] labels in label units.
+      indices: rows to iterate over (default all), e.g. a split part.
+      batch_size: GLOBAL batch size, divisible by ``process_count``.
+      train: True: shuffle per epoch with ``np.random.default_rng([seed,
+        epoch])`` and drop the remainder (needs >= batch_size rows); False:
+        keep the order of ``indices``, pad the last batch and mask it.
+      seed: shuffling seed.
+      epoch: first epoch (the shuffle of epoch e is the same on resume).
+      num_epochs: epochs to run, None for endless.
+      weight_fn: optional callable ``y [b] -> w [b]`` on labels in label
+        units (e.g. a fitted ``weights.LabelWeighting``); default weight 1.
+      scaler: optional fitted :class:`Scaler` applied to x and y.
+      process_index, process_count: this process's slice of every global
+        batch (default ``jax.process_index()``, ``jax.process_count()``).
+
+    Yields:
+      ``{"x": [b, ...] float32, "y": [b] float32, "w": [b] float32,
+      "mask": [b] float32}`` with ``b = batch_size // process_count``;
+      padded rows have x = y = w = mask = 0. Rows within a batch come in
+      increasing index order (cheap reads from a memory map).
+    """
+    V.as_array(y, "y", ndim=1)
+    V.check_same_length("x", x, "y", y)
+    idx = np.arange(len(y), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"indices: expected a non-empty 1-D index array, got shape {idx.shape}")
+    if idx.min() < 0 or idx.max() >= len(y):
+        raise ValueError(f"indices: expected values in [0, {len(y)}), got [{idx.min()}, {idx.max()}]")
+    batch_size = _check_int(batch_size, "batch_size", minimum=1)
+    pcount = _check_int(jax.process_count() if process_count is None else process_count,
+                        "process_count", minimum=1)
+    pindex = jax.process_index() if process_index is None else process_index
+    if isinstance(pindex, bool) or not isinstance(pindex, (int, np.integer)) or not 0 <= pindex < pcount:
+        raise ValueError(f"process_index: expected an integer in [0, {pcount}), got {pindex!r}")
+    if batch_size % pcount:
+        raise ValueError(f"batch_size: expected a multiple of process_count={pcount}, got {batch_size}")
+    if train and idx.size < batch_size:
+        raise ValueError(f"batch_size: training drops the remainder, so it needs at least "
+                         f"batch_size={batch_size} rows, got {idx.size}")
+    if num_epochs is not None:
+        _check_int(num_epochs, "num_epochs", minimum=1)
+    return _batches(x, np.asarray(y), idx, batch_size, train, seed, epoch, num_epochs, weight_fn,
+                    scaler, int(pindex), pcount)
+
+
+def _batches(x, y, idx, batch_size, train, seed, epoch, num_epochs, weight_fn, scaler, pindex, pcount):
+    local = batch_size // pcount
+    row_shape = tuple(x.shape[1:])
+    e = epoch
+    while num_epochs is None or e < epoch + num_epochs:
+        order = idx[np.random.default_rng([seed, e]).permutation(idx.size)] if train else idx
+        n_batches = idx.size // batch_size if train else math.ceil(idx.size / batch_size)
+        for b in range(n_batches):
+            rows = np.sort(order[b * batch_size:(b + 1) * batch_size][pindex * local:(pindex + 1) * local])
+            yield _assemble(x, y, rows, local, row_shape, weight_fn, scaler)
+        e += 1
+
+
+def _assemble(x, y, rows, local, row_shape, weight_fn, scaler):
+    valid = rows.size
+    xb = np.zeros((local,) + row_shape, np.float32)
+    yb, wb, mb = (np.zeros(local, np.float32) for _ in range(3))
+    if valid:
+        xr = np.asarray(x[rows], np.float32)
+        yr = np.asarray(y[rows], np.float32)
+        wb[:valid] = 1.0 if weight_fn is None else np.asarray(weight_fn(yr), np.float32)
+        if scaler is not None:
+            xr, yr = scaler.transform_x(xr), scaler.transform_y(yr)
+        xb[:valid], yb[:valid], mb[:valid] = xr, yr, 1.0
+    return {"x": xb, "y": yb, "w": wb, "mask": mb}
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetch_to_device(iterator, size: int = 2, sharding=None) -> Iterator[Any]:
+    """Moves batches to device ``size`` steps ahead, on a background thread.
+
+    Args:
+      iterator: yields pytrees of host arrays (e.g. :func:`batch_iterator`).
+      size: number of device batches held ahead (>= 1).
+      sharding: optional ``jax.sharding.Sharding`` (e.g.
+        ``NamedSharding(mesh, P("data"))``) applied to every leaf. With
+        several processes each one passes its LOCAL rows and the global
+        array is assembled with ``jax.make_array_from_process_local_data``.
+
+    Yields:
+      the same pytrees as device arrays; an exception in ``iterator`` is
+      re-raised here. Closing the generator stops the thread.
+    """
+    size = _check_int(size, "size", minimum=1)
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(f"sharding: expected a jax.sharding.Sharding or None, got {type(sharding).__name__}")
+    return _prefetch(iter(iterator), size, sharding)
+
+
+def _put(batch, sharding):
+    if sharding is None:
+        return jax.device_put(batch)
+    if jax.process_count() > 1:
+        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+    return jax.device_put(batch, sharding)
+
+
+def _prefetch(iterator, size, sharding):
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker():
+        try:
+            for batch in iterator:
+                if not offer(_put(batch, sharding)):
+                    return
+            offer(_END)
+        except BaseException as e:  # handed to the consumer, re-raised there
+            offer(_Failure(e))
+
+    thread = threading.Thread(target=worker, name="prefetch_to_device", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)

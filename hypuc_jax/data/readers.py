@@ -1,0 +1,298 @@
+"""File readers behind :func:`hypuc_jax.data.load`: CSV, NPZ (memory mapped), WFDB.
+
+Each reader validates what it reads and raises ``ValueError`` naming the
+file (or record) and the problem. Nothing is written.
+"""
+from __future__ import annotations
+
+import csv
+import fractions
+import logging
+import os
+import struct
+import zipfile
+
+import numpy as np
+
+from hypuc_jax.data.simulator import LEAD_NAMES
+
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test"}
+_ROW_BLOCK = 4096
+
+
+class RowView:
+    """Rows ``rows`` of a (memory-mapped) array, without copying it.
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``len``, indexing by int, slice
+    or integer array (mapped through ``rows``) and ``np.asarray``.
+    """
+
+    def __init__(self, base, rows):
+        self.base, self.rows = base, np.asarray(rows, np.int64)
+
+    @property
+    def shape(self):
+        return (len(self.rows),) + tuple(self.base.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def ndim(self):
+        return self.base.ndim
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            return np.asarray(self[index[0]])[(slice(None),) + index[1:]]
+        picked = self.rows[index]
+        if np.ndim(picked) == 0:
+            return np.asarray(self.base[int(picked)])
+        return np.asarray(self.base[picked])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.base[self.rows])
+        return out if dtype is None else out.astype(dtype)
+
+
+def finite_rows(x) -> np.ndarray:
+    """[n] bool: rows of ``x`` [n, ...] with only finite values (row blocks)."""
+    n = x.shape[0]
+    ok = np.empty(n, bool)
+    for s in range(0, n, _ROW_BLOCK):
+        block = np.asarray(x[s:s + _ROW_BLOCK])
+        ok[s:s + len(block)] = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+    return ok
+
+
+def _check_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: {what} not found")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: expected a {what}, got a directory")
+
+
+def normalise_split(values, where: str) -> np.ndarray:
+    """Maps split names (train / val|valid|validation / test) to ``SPLIT_NAMES``."""
+    out = []
+    for i, v in enumerate(values):
+        key = str(v).strip().lower()
+        if key not in _SPLIT_ALIASES:
+            raise ValueError(f"{where}: row {i}: expected a split in {SPLIT_NAMES}, got {v!r}")
+        out.append(_SPLIT_ALIASES[key])
+    return np.asarray(out, dtype="<U5")
+
+
+def read_csv_columns(path: str) -> dict[str, list[str]]:
+    """Header + rows of a CSV file as ``{column: [str]}``."""
+    _check_file(path, "CSV file")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: unreadable CSV file ({e})") from e
+    rows = [r for r in rows if r]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header row and at least one data row, "
+                         f"got {len(rows)} non-empty lines")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}: duplicate column names in header {header}")
+    for i, r in enumerate(rows[1:]):
+        if len(r) != len(header):
+            raise ValueError(f"{path}: data row {i} has {len(r)} fields, the header has {len(header)}")
+    return {h: [r[j].strip() for r in rows[1:]] for j, h in enumerate(header)}
+
+
+def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
+    """float64 column (``''`` -> NaN) or ``(None, first bad row)`` if not numeric."""
+    arr = np.asarray(values)
+    try:
+        return np.where(arr == "", "nan", arr).astype(np.float64), None
+    except ValueError:
+        for i, v in enumerate(values):
+            try:
+                float(v or "nan")
+            except ValueError:
+                return None, i
+    return None, 0  # unreachable: astype failed so some value failed above
+
+
+def read_csv_table(path, target, features, split_col):
+    """Features, target and split of a table.
+
+    Returns:
+      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``.
+    """
+    cols = read_csv_columns(path)
+    for what, name in (("target", target), ("split", split_col)):
+        if name is not None and name not in cols:
+            raise ValueError(f"{path}: {what} column {name!r} not found; columns: {list(cols)}")
+    y, bad = parse_numeric(cols[target])
+    if y is None:
+        raise ValueError(f"{path}: target column {target!r} is not numeric (row {bad}: "
+                         f"{cols[target][bad]!r})")
+    split = None if split_col is None else normalise_split(cols[split_col], f"{path}: column {split_col!r}")
+    if features is not None:
+        missing = [c for c in features if c not in cols]
+        if missing:
+            raise ValueError(f"{path}: feature columns {missing} not found; columns: {list(cols)}")
+        if target in features:
+            raise ValueError(f"{path}: the target column {target!r} is also listed as a feature")
+    names, xs, skipped = [], [], []
+    for name in (features if features is not None else cols):
+        if features is None and name in (target, split_col):
+            continue
+        col, bad = parse_numeric(cols[name])
+        if col is None:
+            if features is not None:
+                raise ValueError(f"{path}: feature column {name!r} is not numeric (row {bad}: "
+                                 f"{cols[name][bad]!r})")
+            skipped.append(name)
+            continue
+        names.append(name)
+        xs.append(col)
+    if skipped:
+        logging.getLogger(__name__).warning("%s: skipped non-numeric columns %s", path, skipped)
+    if not xs:
+        raise ValueError(f"{path}: no numeric feature columns besides the target {target!r}")
+    x = np.stack(xs, axis=1).astype(np.float32)
+    return x, y.astype(np.float32), split, names
+
+
+def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:
+    """Memory map of an uncompressed ``.npy`` member of a zip file."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: corrupt zip entry {info.filename!r}")
+        n_name, n_extra = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + n_name + n_extra)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: array {info.filename!r} holds Python objects; expected numbers")
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
+                     order="F" if fortran else "C")
+
+
+def read_npz(path: str, *, mmap: bool):
+    """``x`` (memory map when ``mmap``), ``y`` [n] float32, optional ``split``.
+
+    Raises:
+      ValueError: missing/not-a-zip file, compressed ``x`` with ``mmap``,
+        missing arrays, bad shapes, x/y length mismatch.
+    """
+    _check_file(path, "npz file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz (zip) file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename: i for i in zf.infolist()}
+            for name in ("x.npy", "y.npy"):
+                if name not in members:
+                    raise ValueError(f"{path}: expected arrays 'x' and 'y', found "
+                                     f"{sorted(m[:-4] for m in members)}")
+            if mmap and members["x.npy"].compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: 'x' is compressed and cannot be memory mapped; save "
+                                 "with np.savez (not np.savez_compressed) or add ?mmap=0 to "
+                                 "load it into memory")
+        with np.load(path, allow_pickle=False) as z:
+            y = np.asarray(z["y"])
+            split = np.asarray(z["split"]) if "split.npy" in members else None
+            x = _npz_member_memmap(path, members["x.npy"]) if mmap else np.asarray(z["x"])
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path}: unreadable npz file ({e})") from e
+    if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{path}: expected numeric x of shape [n, time, leads] or [n, features], "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{path}: expected numeric y of shape [n], got {y.dtype} {tuple(y.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{path}: x and y: expected the same length, got {x.shape[0]} and {y.shape[0]}")
+    if split is not None:
+        if split.shape != y.shape:
+            raise ValueError(f"{path}: expected split of shape {y.shape}, got {split.shape}")
+        split = normalise_split(split, f"{path}: array 'split'")
+    if x.dtype != np.float32 and not mmap:
+        x = x.astype(np.float32)
+    return x, y.astype(np.float32), split
+
+
+_LEAD_KEYS = {name.upper(): name for name in LEAD_NAMES}
+
+
+def _read_record(path: str, rate: float):
+    """One WFDB record as [time, 12] float32 mV at ``rate`` Hz, standard lead order."""
+    import scipy.signal
+    import wfdb
+    if not os.path.exists(path + ".hea"):
+        raise ValueError(f"{path}: WFDB header {path}.hea not found")
+    try:
+        rec = wfdb.rdrecord(path)
+    except Exception as e:  # wfdb raises many types for corrupt files
+        raise ValueError(f"{path}: unreadable WFDB record ({type(e).__name__}: {e})") from e
+    names = [str(s).strip().upper() for s in rec.sig_name]
+    if len(names) != 12 or sorted(names) != sorted(_LEAD_KEYS):
+        raise ValueError(f"{path}: expected the 12 standard leads {list(LEAD_NAMES)}, got "
+                         f"{len(names)} signals {list(rec.sig_name)}")
+    order = [names.index(k) for k in _LEAD_KEYS]
+    sig = np.asarray(rec.p_signal, np.float64)[:, order]
+    units = [str(rec.units[i]).strip().lower() for i in order]
+    scale = np.array([1e-3 if u in ("uv", "µv") else 1.0 for u in units])
+    sig = sig * scale
+    if rec.fs != rate:
+        frac = fractions.Fraction(float(rate) / float(rec.fs)).limit_denominator(1000)
+        sig = scipy.signal.resample_poly(sig, frac.numerator, frac.denominator, axis=0)
+    return sig.astype(np.float32)
+
+
+def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate, duration):
+    """WFDB records listed in a label table.
+
+    Returns:
+      ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``.
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory}: WFDB directory not found")
+    cols = read_csv_columns(labels_path)
+    if record_col not in cols:
+        raise ValueError(f"{labels_path}: record column {record_col!r} not found; columns: {list(cols)}")
+    if target is None:
+        others = [c for c in cols if c not in (record_col, split_col)]
+        if len(others) != 1:
+            raise ValueError(f"{labels_path}: cannot tell the target column among {others}; "
+                             "add the option target=COLUMN")
+        target = others[0]
+    if target not in cols:
+        raise ValueError(f"{labels_path}: target column {target!r} not found; columns: {list(cols)}")
+    if split_col is not None and split_col not in cols:
+        raise ValueError(f"{labels_path}: split column {split_col!r} not found; columns: {list(cols)}")
+    y, bad = parse_numeric(cols[target])
+    if y is None:
+        raise ValueError(f"{labels_path}: target column {target!r} is not numeric (row {bad}: "
+                         f"{cols[target][bad]!r})")
+    n_time = None if duration is None else int(round(duration * rate))
+    signals = []
+    for name in cols[record_col]:
+        sig = _read_record(os.path.join(directory, name), rate)
+        if n_time is None:
+            n_time = sig.shape[0]
+        if sig.shape[0] < n_time:
+            raise ValueError(f"{os.path.join(directory, name)}: expected at least {n_time} samples "
+                             f"at {rate:g} Hz, got {sig.shape[0]}")
+        signals.append(sig[:n_time])
+    split = None
+    if split_col is not None:
+        split = normalise_split(cols[split_col], f"{labels_path}: column {split_col!r}")
+    return np.stack(signals), y.astype(np.float32), split, target

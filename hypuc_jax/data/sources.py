@@ -1,0 +1,319 @@
+"""Data sources named by one spec string: ``load(spec) -> Dataset``.
+
+Spec syntax (one shell word; quote it because of ``&``)::
+
+    KIND[:ARG][?KEY=VALUE&KEY=VALUE...]
+
+======================  ======================================================
+``simulated[:PRESET]``  the embedded ECG simulator (PRESET ``potassium``
+                        (default) or ``lvef``); options ``n`` (2000), ``rate``
+                        (100 Hz), ``seed`` (0), ``duration`` (10 s).
+``csv:PATH``            a table with a header row; ``target=COL`` (required),
+                        ``features=a,b,c`` (default: every numeric column but
+                        the target and split columns; non-numeric columns are
+                        skipped with a log line), ``split=COL`` (a fixed split
+                        column with values train / val / test).
+``npz:PATH``            arrays ``x`` [n, time, leads] (signal) or
+                        [n, features] (tabular), ``y`` [n] and optionally
+                        ``split`` [n] (train / val / test). ``x`` is memory
+                        mapped (``mmap=1``, default), which needs an
+                        UNCOMPRESSED file (``np.savez``, not
+                        ``np.savez_compressed``); ``mmap=0`` loads into RAM
+                        and accepts both. ``rate=HZ`` records the sampling
+                        rate, ``leads=K`` checks the lead count.
+``wfdb:DIR``            WFDB records (``.hea`` + signal files, e.g. PTB-XL)
+                        listed in a label table ``labels=FILE`` (default
+                        ``DIR/labels.csv``) with a ``record=COL`` column
+                        (default ``record``, a record path relative to DIR)
+                        and ``target=COL`` (default: the only other column);
+                        optional ``split=COL``. Signals are resampled to
+                        ``rate`` (100 Hz), cut to ``duration`` seconds
+                        (default: the first record's length), converted to mV
+                        and put in the order I, II, III, aVR, aVL, aVF,
+                        V1..V6 by signal name.
+``diabetes``            scikit-learn's diabetes data (442 x 10, unscaled
+                        disease-progression target).
+======================  ======================================================
+
+Options for every kind: ``strict=1`` turns dropped rows (NaN/inf in features
+or label) into an error; ``task=potassium`` (a simulator preset) borrows its
+named regions and thresholds; ``above=5.5,6.5`` / ``below=3.5`` add decision
+thresholds; ``cuts=3.5,5.5,6.5`` defines regions between cut points;
+``unit=mmol/L``. Paths may not contain ``?`` or ``&``.
+
+Every problem raises ``ValueError`` naming the spec's source (file, record or
+option) and what was expected; loading never writes a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from hypuc_jax.data import readers
+from hypuc_jax.data.simulator import LEAD_NAMES, simulate
+from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
+
+log = logging.getLogger(__name__)
+
+_COMMON = ("strict", "task", "above", "below", "cuts", "unit")
+_OPTIONS = {
+    "simulated": ("n", "rate", "seed", "duration"),
+    "csv": ("target", "features", "split"),
+    "npz": ("mmap", "rate", "leads"),
+    "wfdb": ("labels", "record", "target", "split", "rate", "duration"),
+    "diabetes": (),
+}
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Inputs, labels and metadata of one data source.
+
+    Attributes:
+      x: [n, time, leads] (``kind="signal"``) or [n, features]
+        (``kind="tabular"``); a float32 numpy array, or for ``npz`` sources
+        a read-only memory map (of the file's dtype) or a
+        :class:`~hypuc_jax.data.readers.RowView` of one.
+      y: [n] float32 labels in label units.
+      task: the task (target, unit, named regions, thresholds).
+      kind: ``"signal"`` or ``"tabular"``.
+      rate: sampling rate in Hz for signals, else None.
+      split: optional [n] fixed split (``"train"`` / ``"val"`` / ``"test"``).
+      feature_names: lead names (signals) or column names (tables).
+      source: the spec string it was loaded from.
+    """
+    x: Any
+    y: np.ndarray
+    task: TaskInfo
+    kind: str
+    rate: float | None = None
+    split: np.ndarray | None = None
+    feature_names: tuple[str, ...] = ()
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """Splits ``"KIND[:ARG][?K=V&...]"`` into ``(kind, arg, options)``.
+
+    Raises:
+      ValueError: unknown kind, malformed or repeated option.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec: expected a data spec such as 'simulated:potassium', got {spec!r}")
+    head, _, query = spec.strip().partition("?")
+    kind, _, arg = head.partition(":")
+    if kind not in _OPTIONS:
+        raise ValueError(f"spec {spec!r}: expected a kind in {sorted(_OPTIONS)}, got {kind!r}")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"spec {spec!r}: expected option KEY=VALUE, got {item!r}")
+        if key in options:
+            raise ValueError(f"spec {spec!r}: option {key!r} given twice")
+        if key not in _OPTIONS[kind] + _COMMON:
+            raise ValueError(f"spec {spec!r}: unknown option {key!r} for {kind}; expected one of "
+                             f"{sorted(_OPTIONS[kind] + _COMMON)}")
+        options[key] = value
+    if kind in ("csv", "npz", "wfdb") and not arg:
+        raise ValueError(f"spec {spec!r}: expected {kind}:PATH")
+    return kind, arg, options
+
+
+def _opt(options, key, cast: Callable, default, spec):
+    if key not in options:
+        return default
+    try:
+        return cast(options[key])
+    except ValueError as e:
+        raise ValueError(f"spec {spec!r}: option {key}={options[key]!r} is not a valid "
+                         f"{cast.__name__}") from e
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(value)
+
+
+_flag.__name__ = "flag (0/1)"
+
+
+def _floats(value: str) -> list[float]:
+    return [float(v) for v in value.split(",") if v]
+
+
+_floats.__name__ = "comma-separated list of numbers"
+
+
+def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInfo:
+    """Task of a loaded source from the common options."""
+    regions: dict[str, tuple[float, float]] = {}
+    thresholds: list[Threshold] = []
+    unit = options.get("unit", "")
+    if "task" in options:
+        try:
+            base = get_preset(options["task"]).task
+        except ValueError as e:
+            raise ValueError(f"spec {spec!r}: option task: {e}") from e
+        regions, thresholds = dict(base.regions), list(base.thresholds)
+        unit = options.get("unit", base.unit)
+    for v in _opt(options, "above", _floats, [], spec):
+        thresholds.append(Threshold(f"{target}>{v:g}", v, "above"))
+    for v in _opt(options, "below", _floats, [], spec):
+        thresholds.append(Threshold(f"{target}<{v:g}", v, "below"))
+    cuts = _opt(options, "cuts", _floats, None, spec)
+    if cuts is not None:
+        if not cuts or any(not math.isfinite(c) for c in cuts) or sorted(set(cuts)) != cuts:
+            raise ValueError(f"spec {spec!r}: option cuts: expected increasing finite numbers, "
+                             f"got {options['cuts']!r}")
+        edges = [-math.inf] + cuts + [math.inf]
+        regions = {}
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            label = f"<{hi:g}" if lo == -math.inf else f">={lo:g}" if hi == math.inf else f"{lo:g}-{hi:g}"
+            regions[label] = (lo, hi)
+    return TaskInfo(name=name, target=target, unit=unit, regions=regions,
+                    thresholds=tuple(thresholds))
+
+
+def drop_nonfinite(x, y, split, *, strict: bool, where: str):
+    """Drops rows with NaN/inf in ``x`` [n, ...] or ``y`` [n] (logged count).
+
+    ``x`` may be a memory map: it is scanned in row blocks and rows are
+    dropped through a :class:`readers.RowView`, never materialised.
+
+    Raises:
+      ValueError: ``strict`` and some row is not finite, or no row is left.
+    """
+    ok = readers.finite_rows(x) & np.isfinite(y)
+    n_bad = int(ok.size - ok.sum())
+    if n_bad == 0:
+        return x, y, split
+    first = int(np.flatnonzero(~ok)[0])
+    if strict:
+        raise ValueError(f"{where}: {n_bad} rows with NaN/inf in features or label (first: row "
+                         f"{first}); strict mode forbids dropping them")
+    if n_bad == ok.size:
+        raise ValueError(f"{where}: every one of the {n_bad} rows has NaN/inf in features or label")
+    log.warning("%s: dropped %d of %d rows with NaN/inf in features or label (first: row %d)",
+                where, n_bad, ok.size, first)
+    keep = np.flatnonzero(ok)
+    x = x[keep] if isinstance(x, np.ndarray) and not isinstance(x, np.memmap) else readers.RowView(x, keep)
+    return x, y[keep], None if split is None else split[keep]
+
+
+def _load_simulated(arg, options, spec):
+    preset = arg or "potassium"
+    try:
+        task = get_preset(preset).task
+    except ValueError as e:
+        raise ValueError(f"spec {spec!r}: {e}") from e
+    n = _opt(options, "n", int, 2000, spec)
+    rate = _opt(options, "rate", float, 100.0, spec)
+    seed = _opt(options, "seed", int, 0, spec)
+    duration = _opt(options, "duration", float, 10.0, spec)
+    try:
+        x, y = simulate(seed, n, preset=preset, rate=rate, duration=duration)
+    except ValueError as e:
+        raise ValueError(f"spec {spec!r}: {e}") from e
+    if any(k in options for k in ("task", "above", "below", "cuts")):
+        task = _task(task.name, task.target, dict(options, task=options.get("task", preset)), spec)
+    return Dataset(x, y, task, "signal", rate, None, LEAD_NAMES, spec)
+
+
+def _load_diabetes(arg, options, spec):
+    from sklearn.datasets import load_diabetes
+    if arg:
+        raise ValueError(f"spec {spec!r}: 'diabetes' takes no argument, got {arg!r}")
+    bunch = load_diabetes(scaled=False)
+    x, y = np.asarray(bunch.data, np.float32), np.asarray(bunch.target, np.float32)
+    task = _task("diabetes", "progression", options, spec)
+    return Dataset(x, y, task, "tabular", None, None, tuple(bunch.feature_names), spec)
+
+
+def _load_csv(arg, options, spec):
+    target = options.get("target")
+    if not target:
+        raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
+    features = options["features"].split(",") if options.get("features") else None
+    x, y, split, names = readers.read_csv_table(arg, target, features, options.get("split"))
+    stem = os.path.splitext(os.path.basename(arg))[0]
+    return Dataset(x, y, _task(stem, target, options, spec), "tabular", None, split,
+                   tuple(names), spec)
+
+
+def _load_npz(arg, options, spec):
+    mmap = _opt(options, "mmap", _flag, True, spec)
+    rate = _opt(options, "rate", float, None, spec)
+    leads = _opt(options, "leads", int, None, spec)
+    x, y, split = readers.read_npz(arg, mmap=mmap)
+    kind = "signal" if x.ndim == 3 else "tabular"
+    if leads is not None and (x.ndim != 3 or x.shape[2] != leads):
+        raise ValueError(f"{arg}: expected x of shape [n, time, {leads}] (option leads={leads}), "
+                         f"got {tuple(x.shape)}")
+    names = tuple(f"lead{i}" if kind == "signal" else f"x{i}" for i in range(x.shape[-1]))
+    stem = os.path.splitext(os.path.basename(arg))[0]
+    return Dataset(x, y, _task(stem, "y", options, spec), kind, rate if kind == "signal" else None,
+                   split, names, spec)
+
+
+def _load_wfdb(arg, options, spec):
+    rate = _opt(options, "rate", float, 100.0, spec)
+    duration = _opt(options, "duration", float, None, spec)
+    labels = options.get("labels", os.path.join(arg, "labels.csv"))
+    x, y, split, target = readers.read_wfdb_dir(
+        arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
+        split_col=options.get("split"), rate=rate, duration=duration)
+    return Dataset(x, y, _task(target, target, options, spec), "signal", rate, split, LEAD_NAMES,
+                   spec)
+
+
+_LOADERS = {"simulated": _load_simulated, "csv": _load_csv, "npz": _load_npz,
+            "wfdb": _load_wfdb, "diabetes": _load_diabetes}
+
+
+def load(spec: str, *, strict: bool | None = None) -> Dataset:
+    """Loads the data source named by ``spec`` (syntax in the module docstring).
+
+    Args:
+      spec: data spec string, e.g. ``"simulated:potassium?n=2000&rate=100"``,
+        ``"csv:data.csv?target=K"``, ``"npz:ecg.npz"``, ``"wfdb:ptbxl/"``,
+        ``"diabetes"``.
+      strict: default for the ``strict`` option when the spec does not set
+        it (False: drop NaN/inf rows with a log line).
+
+    Returns:
+      A :class:`Dataset`; ``x`` float32 (a memory map for ``npz`` sources),
+      ``y`` float32 [n].
+
+    Raises:
+      ValueError: naming the file/option and the problem.
+    """
+    kind, arg, options = parse_spec(spec)
+    strict = _opt(options, "strict", _flag, bool(strict), spec)
+    ds = _LOADERS[kind](arg, options, spec)
+    where = arg if arg else spec
+    ds.x, ds.y, ds.split = drop_nonfinite(ds.x, np.asarray(ds.y, np.float32), ds.split,
+                                          strict=strict, where=where)
+    return ds
+
+
+def load_for_config(config) -> Dataset:
+    """``load(config.data.spec)`` with the config's ``strict`` as default and
+    ``config.data.target`` as the default ``target`` option of csv/wfdb specs."""
+    spec = config.data.spec
+    target = getattr(config.data, "target", None)
+    kind, _, options = parse_spec(spec)
+    if target and kind in ("csv", "wfdb") and "target" not in options:
+        spec = spec + ("&" if "?" in spec else "?") + f"target={target}"
+    return load(spec, strict=bool(getattr(config.data, "strict", False)))
