@@ -39,7 +39,7 @@ class DataConfig:
   target: Optional[str] = None
   seed: int = 0
   split: tuple[float, ...] = (0.6, 0.2, 0.2)
-  strict: bool = True
+  strict: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +187,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "train.checkpoint_every": 100, "train.log_every": 20,
     },
     "diabetes": {
-        "data.spec": "sklearn:diabetes", "model.kind": "mlp",
+        "data.spec": "diabetes", "model.kind": "mlp",
         "model.widths": (64, 64), "model.blocks": (1, 1), "model.dropout": 0.1,
         "train.batch_size": 32, "train.epochs": 60, "train.lr": 3e-3,
         "train.warmup_steps": 20, "train.eval_every": 20,

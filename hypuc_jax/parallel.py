@@ -105,22 +105,31 @@ class Placement:
       return jax.tree.map(lambda x: x.addressable_data(0), state)
     return state
 
+  @property
+  def data_sharding(self) -> jax.sharding.Sharding:
+    """Sharding of a batch laid out by :meth:`host_layout`."""
+    if self.mesh is not None:
+      return self.batch_sharding
+    return jax.sharding.SingleDeviceSharding(self.devices[0])
+
+  def host_layout(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Under "pmap" reshapes the leading axis to [devices, batch/devices]."""
+    if self.mode != "pmap":
+      return batch
+    return jax.tree.map(lambda x: np.reshape(x, (self.n_devices, -1) + x.shape[1:]), batch)
+
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Moves a host batch (this process's slice) onto the devices.
 
-    Under "pmap" the leading axis is reshaped to [devices, batch/devices].
-    Under "sharding" with several processes the global array is assembled
-    from every process's slice.
+    With several processes the global array is assembled from every
+    process's slice. ``data.prefetch_to_device(map(host_layout, it), n,
+    data_sharding)`` does the same ahead of time on a thread.
     """
-    if self.mode == "pmap":
-      return jax.tree.map(lambda x: jax.device_put(
-          np.reshape(x, (self.n_devices, -1) + x.shape[1:]), self.batch_sharding), batch)
-    if self.mode == "sharding":
-      if jax.process_count() > 1:
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-            self.batch_sharding, x), batch)
-      return jax.device_put(batch, self.batch_sharding)
-    return jax.device_put(batch, self.devices[0])
+    batch = self.host_layout(batch)
+    if self.mesh is not None and jax.process_count() > 1:
+      return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+          self.data_sharding, x), batch)
+    return jax.device_put(batch, self.data_sharding)
 
   def compile_step(self, step: Callable, *, donate: bool = True) -> Callable:
     """Compiles ``step(state, batch, axis_name) -> (state, metrics)``.

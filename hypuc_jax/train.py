@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 
 from hypuc_jax import checkpoints, losses, models, parallel, train_data, train_logging
+from hypuc_jax import data as data_lib
 from hypuc_jax._validation import as_array, check_finite
 from hypuc_jax.config import Config, resolve_parallel, validate
 
@@ -286,14 +287,14 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   t = config.train
   run = train_data.prepare(config)
   check_model_fits(config, run.input_shape)
-  steps_per_epoch = len(run.y["train"]) // t.batch_size
+  steps_per_epoch = len(run.idx["train"]) // t.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f"train.batch_size: expected <= the {len(run.y['train'])} training "
+    raise ValueError(f"train.batch_size: expected <= the {len(run.idx['train'])} training "
                      f"examples, got {t.batch_size}")
   total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
   graphdef, state, schedule = create_train_state(config, run.input_shape, total)
   head = losses.head_for_loss(config.loss.name)
-  spec = LossSpec.from_config(config, run.y["train"])
+  spec = LossSpec.from_config(config, run.y_scaled("train"))
   paths = train_data.run_paths(workdir)
   store = checkpoints.CheckpointStore(paths["checkpoints"], keep=t.keep_checkpoints,
                                       fingerprint=fingerprint(config), overwrite=overwrite)
@@ -309,21 +310,24 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   eval_fn = placement.compile_eval(bind_eval_step(graphdef))
   logger = train_logging.TrainLogger(workdir, total)
   end = total if stop_after is None else min(total, start + stop_after)
-  batches = train_data.train_batches(run, start, t.batch_size, t.seed)
-  guard = jax.transfer_guard("disallow" if t.transfer_guard else "allow")
+  host_batches = map(placement.host_layout,
+                     train_data.train_batches(run, start, t.batch_size, t.seed))
+  batches = (data_lib.prefetch_to_device(host_batches, t.prefetch, placement.data_sharding)
+             if t.prefetch else map(placement.put_batch, host_batches))
+  guard_level = "disallow" if t.transfer_guard else "allow"
   pending, last_train, stopped_early, step = [], {}, False, start
   tick, tick_step = None, start
 
   def evaluate(state_):
     loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(state_),
-                                 run.x["val"], t.eval_batch_size)
+                                           run, run.x, run.idx["val"], t.eval_batch_size)
     mu, sigma = train_data.to_label_units(run, loc, scale, head)
-    return train_data.val_score(head, run.y_raw["val"], mu, sigma)
+    return train_data.val_score(head, run.y[run.idx["val"]], mu, sigma)
 
   try:
     for step in range(start + 1, end + 1):
-      with guard:
-        state, metrics = step_fn(state, placement.put_batch(next(batches)))
+      with jax.transfer_guard(guard_level):
+        state, metrics = step_fn(state, next(batches))
       pending.append(metrics)
       if tick is None:                      # after the first (compiling) step
         jax.block_until_ready(metrics)
@@ -373,12 +377,12 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   best_state, best_meta = store.restore(best, placement.get_state(state))
   best_state = placement.put_state(best_state)
   for split in ("val", "test"):
-    if len(run.y[split]):
+    if len(run.idx[split]):
       loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(best_state),
-                                   run.x[split], t.eval_batch_size)
+                                             run, run.x, run.idx[split], t.eval_batch_size)
       mu, sigma = train_data.to_label_units(run, loc, scale, head)
       if jax.process_index() == 0:
-        np.savez(paths[f"predictions_{split}"], y=run.y_raw[split], mu=mu,
+        np.savez(paths[f"predictions_{split}"], y=run.y[run.idx[split]], mu=mu,
                  sigma=np.full_like(mu, np.nan) if sigma is None else sigma)
   store.close()
   return TrainResult(workdir, step, best, best_meta.get("val", {}),
@@ -418,6 +422,6 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
   placement = parallel.Placement("none")
   eval_fn = placement.compile_eval(bind_eval_step(graphdef))
   head = losses.head_for_loss(config.loss.name)
-  loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state),
-                               run.transform_x(np.asarray(x, np.float32)), batch_size)
+  loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state), run,
+                                         x, np.arange(len(x)), batch_size)
   return train_data.to_label_units(run, loc, scale, head)

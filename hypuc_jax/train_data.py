@@ -49,79 +49,67 @@ def weighting_options(config: Config) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class RunData:
-  """Scaled splits of one run.
+  """Data of one run: raw records, split indices and the fitted transforms.
 
   Attributes:
-    x: {split: scaled inputs [n, ...] float32}.
-    y: {split: scaled labels [n] float32}.
-    y_raw: {split: labels [n] in label units}.
-    w_train: weights of the training examples [n_train] (mean 1 for
-      "hypuc"), fitted on the raw training labels.
-    scaler: the fitted ``data.Scaler``.
-    weighting: the fitted ``weights.LabelWeighting``.
+    x: raw inputs [n, time, leads] or [n, features] (array or memory map).
+    y: labels [n] in label units.
+    idx: {split: sorted row indices}.
+    scaler: ``data.Scaler`` fitted on the training rows.
+    weighting: ``weights.LabelWeighting`` fitted on the training labels
+      (label units), applied per batch by the batch iterator.
     input_shape: shape of one example.
   """
-  x: dict
-  y: dict
-  y_raw: dict
-  w_train: np.ndarray
+  x: Any
+  y: np.ndarray
+  idx: dict
   scaler: Any
   weighting: Any
   input_shape: tuple
 
-  def transform_x(self, x: np.ndarray) -> np.ndarray:
-    return np.asarray(self.scaler.transform_x(x), np.float32)
+  def y_scaled(self, split: str) -> np.ndarray:
+    return np.asarray(self.scaler.transform_y(self.y[self.idx[split]]), np.float32)
 
   def inverse_y(self, y_scaled: np.ndarray) -> np.ndarray:
-    return np.asarray(self.scaler.inverse_y(np.asarray(y_scaled)), np.float64)
+    return np.asarray(self.scaler.inverse_y(np.asarray(y_scaled, np.float64)), np.float64)
 
   def inverse_scale(self, s_scaled: np.ndarray) -> np.ndarray:
-    """A scale (std) in scaled units -> label units (the affine map's slope)."""
-    s = np.asarray(s_scaled, np.float64)
-    return np.abs(self.inverse_y(s) - self.inverse_y(np.zeros_like(s)))
+    return np.asarray(self.scaler.inverse_scale(np.asarray(s_scaled, np.float64)), np.float64)
 
 
 def load_dataset(config: Config):
-  """``data.load_for_config(config)`` when available, else ``data.load(spec)``."""
-  if hasattr(data_lib, "load_for_config"):
-    return data_lib.load_for_config(config)
-  return data_lib.load(config.data.spec)
+  """``data.load_for_config(config)`` (spec, strict, target)."""
+  return data_lib.load_for_config(config)
+
+
+def split_for(config: Config, ds) -> dict[str, np.ndarray]:
+  """Split indices of ``ds``: its fixed split column if any, else seeded fractions."""
+  return data_lib.split_indices(len(ds.y), config.data.seed, tuple(config.data.split),
+                                fixed=getattr(ds, "split", None))
 
 
 def prepare(config: Config) -> RunData:
-  """Loads, splits, scales and weights the data of ``config``.
+  """Loads and splits the data; fits the scaler and the weighting on train only.
 
   Raises:
-    ValueError: from the data source, or a split with no training examples.
+    ValueError: from the data source or the split.
   """
   ds = load_dataset(config)
-  x, y = np.asarray(ds.x, np.float32), np.asarray(ds.y, np.float64)
-  parts = data_lib.split_indices(len(y), config.data.seed, tuple(config.data.split))
-  idx = {s: np.sort(np.asarray(parts[s], dtype=np.int64)) for s in SPLITS}
-  if len(idx["train"]) == 0:
-    raise ValueError(f"data.split: no training examples from {len(y)} records")
-  scaler = data_lib.Scaler.fit(x[idx["train"]], y[idx["train"]])
+  y = np.asarray(ds.y, np.float64)
+  idx = {s: np.sort(np.asarray(i, np.int64)) for s, i in split_for(config, ds).items()}
+  scaler = data_lib.Scaler.fit(ds.x, y, idx["train"])
   weighting = weights_lib.fit_weighting(config.weighting.scheme, y[idx["train"]],
                                         **weighting_options(config))
-  return _run_data(x, y, idx, scaler, weighting)
-
-
-def _run_data(x, y, idx, scaler, weighting) -> RunData:
-  with jax.transfer_guard("allow"):
-    w_train = np.asarray(jax.device_get(weighting(y[idx["train"]])), np.float32)
-  return RunData(
-      x={s: np.asarray(scaler.transform_x(x[i]), np.float32) for s, i in idx.items()},
-      y={s: np.asarray(scaler.transform_y(y[i]), np.float32) for s, i in idx.items()},
-      y_raw={s: y[i] for s, i in idx.items()}, w_train=w_train, scaler=scaler,
-      weighting=weighting, input_shape=tuple(x.shape[1:]))
+  return RunData(ds.x, y, idx, scaler, weighting, tuple(int(v) for v in ds.x.shape[1:]))
 
 
 def save_run_files(paths: dict[str, str], config: Config, run: RunData) -> None:
   """Writes config.json, scaler.json and weighting.json (process 0 only)."""
   os.makedirs(os.path.dirname(paths["config"]) or ".", exist_ok=True)
-  payload = {"config": config.to_dict(),
-             "scaler": dict(run.scaler.to_dict(), input_shape=list(run.input_shape)),
-             "weighting": run.weighting.to_dict()}
+  with jax.transfer_guard("allow"):
+    payload = {"config": config.to_dict(),
+               "scaler": dict(run.scaler.to_dict(), input_shape=list(run.input_shape)),
+               "weighting": run.weighting.to_dict()}
   for name, value in payload.items():
     tmp = paths[name] + ".tmp"
     with open(tmp, "w") as f:
@@ -144,50 +132,56 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
   with open(paths["scaler"]) as f:
     d = json.load(f)
   shape = tuple(d.pop("input_shape"))
-  empty = {s: np.zeros((0,)) for s in SPLITS}
-  return config, RunData(empty, empty, empty, np.zeros((0,), np.float32),
-                         data_lib.Scaler.from_dict(d), None, shape)
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-  """Training-example indices of optimiser step ``step`` (1-based).
-
-  Epoch ``e`` visits a permutation seeded by ``(seed, e)``; the last
-  ``n % batch_size`` examples of each permutation are dropped.
-  """
-  per_epoch = n // batch_size
-  epoch, pos = divmod(step - 1, per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(n)
-  return order[pos * batch_size:(pos + 1) * batch_size]
+  return config, RunData(None, np.zeros((0,)), {}, data_lib.Scaler.from_dict(d), None, shape)
 
 
 def train_batches(run: RunData, start_step: int, batch_size: int,
                   seed: int) -> Iterator[dict[str, np.ndarray]]:
-  """Host batches for steps ``start_step + 1, ...``: this process's slice.
+  """Host batches for steps ``start_step + 1, ...`` (this process's slice).
 
-  Each process yields rows ``[p * b / P, (p + 1) * b / P)`` of the global
-  batch ``b``; ``parallel.Placement.put_batch`` assembles the global array.
+  ``data.batch_iterator`` shuffles epoch ``e`` with ``(seed, e)`` and drops
+  the remainder; resuming starts at the step's epoch and skips the batches
+  already seen, so the sequence equals an uninterrupted run's.
   """
-  pid, nproc = jax.process_index(), jax.process_count()
-  local = batch_size // nproc
-  x, y, n = run.x["train"], run.y["train"], len(run.y["train"])
-  mask = np.ones((local,), np.float32)
-  step = start_step
-  while True:
-    step += 1
-    idx = batch_indices(step, n, batch_size, seed)[pid * local:(pid + 1) * local]
-    yield {"x": x[idx], "y": y[idx], "w": run.w_train[idx], "mask": mask}
+  per_epoch = len(run.idx["train"]) // batch_size
+  epoch, pos = divmod(start_step, per_epoch)
+  it = data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
+                               seed=seed, epoch=epoch, num_epochs=None,
+                               weight_fn=run.weighting, scaler=run.scaler)
+  for _ in range(pos):
+    next(it)
+  return it
 
 
-def padded_chunks(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-  """Fixed-size chunks of ``x`` (the last padded with its first row) and their valid sizes."""
-  for start in range(0, len(x), batch_size):
-    chunk = x[start:start + batch_size]
-    n_valid = len(chunk)
-    if n_valid < batch_size:
-      pad = np.repeat(chunk[:1], batch_size - n_valid, axis=0)
-      chunk = np.concatenate([chunk, pad])
-    yield chunk, n_valid
+class _XOnly:
+  """Scales x only (eval batches carry dummy labels)."""
+
+  def __init__(self, scaler):
+    self.scaler = scaler
+
+  def transform_x(self, x):
+    return self.scaler.transform_x(x)
+
+  def transform_y(self, y):
+    return y
+
+
+def predict_scaled(placement, eval_fn, state, run: RunData, x, indices,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Forward pass over rows ``indices`` of raw ``x`` (scaled, padded, masked batches).
+
+  Returns:
+    ``(loc, scale)`` in scaled label units, one entry per index, in order.
+  """
+  locs, scales = [], []
+  it = data_lib.batch_iterator(x, np.zeros(len(x), np.float32), indices, batch_size,
+                               train=False, scaler=_XOnly(run.scaler))
+  for batch in it:
+    out = gather_to_host(eval_fn(state, placement.put_eval_batch({"x": batch["x"]})))
+    keep = gather_to_host(batch["mask"]) > 0 if jax.process_count() > 1 else batch["mask"] > 0
+    locs.append(out["loc"][keep])
+    scales.append(out["scale"][keep])
+  return np.concatenate(locs), np.concatenate(scales)
 
 
 def gather_to_host(tree: Any) -> Any:
@@ -196,23 +190,6 @@ def gather_to_host(tree: Any) -> Any:
     from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
-
-
-def predict_scaled(placement, eval_fn, state, x: np.ndarray, batch_size: int):
-  """Forward pass over ``x`` in fixed-size chunks (last one padded).
-
-  Returns:
-    ``(loc [n], scale [n])`` numpy arrays in scaled label units.
-  """
-  locs, scales = [], []
-  pid, nproc = jax.process_index(), jax.process_count()
-  for chunk, n_valid in padded_chunks(x, batch_size):
-    local = chunk.reshape((nproc, -1) + chunk.shape[1:])[pid] if nproc > 1 else chunk
-    out = eval_fn(state, placement.put_eval_batch({"x": local}))
-    out = gather_to_host(out)
-    locs.append(out["loc"][:n_valid])
-    scales.append(out["scale"][:n_valid])
-  return np.concatenate(locs), np.concatenate(scales)
 
 
 def to_label_units(run, loc, scale, head):
