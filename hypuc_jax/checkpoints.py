@@ -120,14 +120,15 @@ class CheckpointStore:
 
     Args:
       step: optimiser step.
-      state: the state pytree (device or host arrays).
+      state: the state pytree (device or host arrays; a replicated state is
+        copied to the host first, which is the cheapest path for orbax).
       meta: JSON-able loop position / counters.
       val_nll: validation NLL of this state (ranks the best checkpoint);
         None when not evaluated at this step.
     """
     metrics = None if val_nll is None else {METRIC: float(val_nll)}
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flatten_state(state)),
+        state=ocp.args.StandardSave(jax.device_get(flatten_state(state))),
         meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
     self._manager.wait_until_finished()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import time
 from typing import Any, Callable
 
@@ -122,14 +123,27 @@ def create_train_state(config: Config, input_shape: tuple[int, ...], total_steps
 
   Returns:
     ``(graphdef, state, schedule)``: ``nnx.merge(graphdef, state)`` gives
-    ``(model, optimizer)``; ``state`` is a pytree of arrays.
+    ``(model, optimizer)``; ``state`` is a pytree of fresh arrays.
   """
+  graphdef, init, schedule = _compiled_init(json.dumps(config.to_dict(), sort_keys=True),
+                                            tuple(int(v) for v in input_shape),
+                                            int(total_steps))
+  return graphdef, init(), schedule
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(config_json: str, input_shape: tuple[int, ...], total_steps: int):
+  """One jitted initialiser per (config, shape, steps), compiled once per process."""
+  config = Config.from_dict(json.loads(config_json))
   seed = config.train.seed
-  model = build_model(config, input_shape, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
   tx, schedule = make_optimizer(config, total_steps)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  return graphdef, state, schedule
+
+  def init():
+    model = build_model(config, input_shape, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  graphdef, _ = nnx.split(nnx.eval_shape(init))
+  return graphdef, jax.jit(lambda: nnx.split(init())[1]), schedule
 
 
 def _noise(model, spec: LossSpec):
@@ -326,8 +340,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
 
   try:
     for step in range(start + 1, end + 1):
+      batch = next(batches)            # host work (weights, scaling) outside the guard
       with jax.transfer_guard(guard_level):
-        state, metrics = step_fn(state, next(batches))
+        state, metrics = step_fn(state, batch)
       pending.append(metrics)
       if tick is None:                      # after the first (compiling) step
         jax.block_until_ready(metrics)

@@ -1,0 +1,157 @@
+"""train_and_evaluate end to end, kill-and-resume, refusal of a foreign workdir,
+NaN handling, bad input."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from hypuc_jax import checkpoints, train, train_data
+from hypuc_jax.config import apply_overrides, get_config
+
+N, TIME, LEADS = 160, 64, 12
+
+
+@pytest.fixture(scope="module")
+def npz_spec(tmp_path_factory):
+  """A small signal data set whose label depends on the signal."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(N, TIME, LEADS)).astype(np.float32)
+  y = (4.5 + 0.8 * x[:, :8, 0].mean(axis=1) + 0.1 * rng.normal(size=N)).astype(np.float32)
+  path = tmp_path_factory.mktemp("data") / "ecg.npz"
+  np.savez(path, x=x, y=y)
+  return f"npz:{path}"
+
+
+def _npz_config(spec, *extra):
+  return apply_overrides(get_config("tiny"), [
+      f"data.spec={spec}", "train.steps=8", "train.batch_size=16", "train.eval_batch_size=32",
+      "train.checkpoint_every=4", "train.eval_every=4", "train.log_every=2",
+      "train.keep_checkpoints=3", *extra])
+
+
+def _params(workdir, config, step=None):
+  """Model params of a stored checkpoint (latest by default), restored independently."""
+  graphdef, template, _ = train.create_train_state(config, (TIME, LEADS), 1)
+  store = checkpoints.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                      keep=config.train.keep_checkpoints,
+                                      fingerprint=train.fingerprint(config))
+  step = store.latest_step() if step is None else step
+  state, meta = store.restore(step, template)
+  store.close()
+  model, _ = nnx.merge(graphdef, state)
+  return jax.device_get(nnx.state(model, nnx.Param)), meta, step
+
+
+def test_end_to_end_tiny_simulated(tmp_path):
+  config = get_config("tiny")
+  traces = train.TRACE_COUNTS["train_step"]
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert train.TRACE_COUNTS["train_step"] - traces == 1       # no retrace after step 1
+  assert result.steps == config.train.steps
+  for key in ("config", "scaler", "weighting", "metrics", "predictions_val",
+              "predictions_test"):
+    assert os.path.exists(result.paths[key]), key
+  assert os.listdir(result.paths["tb"])
+  records = [json.loads(line) for line in open(result.paths["metrics"])]
+  train_records = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train_records] == [4, 6, 8, 12]     # log_every 4 + eval steps
+  for r in train_records:
+    assert {"loss", "lr", "grad_norm", "examples_per_s"} <= set(r)
+    assert np.isfinite(r["loss"]) and r["lr"] > 0
+  assert [r["step"] for r in records if r["split"] == "val"] == [6, 12]
+  # Predictions are in label units and cover the split (reference: load + split here).
+  from hypuc_jax import data
+  ds = data.load(config.data.spec)
+  parts = data.split_indices(len(ds.y), config.data.seed, config.data.split)
+  pred = np.load(result.paths["predictions_test"])
+  np.testing.assert_allclose(pred["y"], ds.y[np.sort(parts["test"])], rtol=1e-6)
+  assert np.all(pred["sigma"] > 0) and np.all(np.isfinite(pred["mu"]))
+  assert 2.0 < np.mean(pred["mu"]) < 7.0                      # potassium, mmol/L
+  # predict() restores the best checkpoint and reproduces the stored predictions.
+  mu, sigma = train.predict(str(tmp_path), ds.x[np.sort(parts["test"])])
+  np.testing.assert_allclose(mu, pred["mu"], rtol=1e-5)
+  np.testing.assert_allclose(sigma, pred["sigma"], rtol=1e-5)
+  # The reported best val NLL is the Gaussian NLL of the stored val predictions.
+  val = np.load(result.paths["predictions_val"])
+  z = (val["y"] - val["mu"]) / val["sigma"]
+  nll = np.mean(0.5 * np.log(2 * np.pi) + np.log(val["sigma"]) + 0.5 * z ** 2)
+  np.testing.assert_allclose(result.best_metrics["nll"], nll, rtol=1e-4)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec):
+  config = _npz_config(npz_spec)
+  full = tmp_path / "full"
+  train.train_and_evaluate(config, str(full))
+  part = tmp_path / "part"
+  first = train.train_and_evaluate(config, str(part), stop_after=4)
+  assert first.steps == 4
+  p_mid, _, step = _params(str(part), config)
+  assert step == 4
+  second = train.train_and_evaluate(config, str(part))            # resumes at 4
+  assert second.steps == 8
+  p_full, meta_full, s_full = _params(str(full), config)
+  p_part, meta_part, s_part = _params(str(part), config)
+  assert s_full == s_part == 8
+  for a, b in zip(jax.tree.leaves(p_part), jax.tree.leaves(p_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert meta_full["best_step"] == meta_part["best_step"]
+  assert any(np.max(np.abs(a - b)) > 1e-4
+             for a, b in zip(jax.tree.leaves(p_mid), jax.tree.leaves(p_full)))
+
+
+def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
+  config = _npz_config(npz_spec, "train.steps=4")
+  train.train_and_evaluate(config, str(tmp_path))
+  other = apply_overrides(config, ["model.widths=4,8"])
+  with pytest.raises(ValueError, match="different model or config.*model.widths"):
+    train.train_and_evaluate(other, str(tmp_path))
+  result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
+  assert result.steps == 4
+  stored = json.load(open(os.path.join(tmp_path, "config.json")))
+  assert stored["model"]["widths"] == [4, 8]
+
+
+def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, monkeypatch):
+  config = _npz_config(npz_spec, "train.checkpoint_every=2", "train.log_every=1",
+                       "train.prefetch=0")
+  original = train_data.train_batches
+
+  def poisoned(run, start, batch_size, seed):
+    for i, batch in enumerate(original(run, start, batch_size, seed)):
+      if start + i + 1 == 3:                          # step 3 sees a NaN input
+        batch = dict(batch, x=np.full_like(batch["x"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(train_data, "train_batches", poisoned)
+  with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  params, _, step = _params(str(tmp_path), config)
+  assert step == 2
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_model_that_does_not_fit_the_data_is_rejected(tmp_path, npz_spec):
+  config = _npz_config(npz_spec, "model.widths=4,8,8,8,8,8", "model.blocks=1,1,1,1,1,1")
+  with pytest.raises(ValueError, match="model.widths"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_invalid_config_fails_before_training(tmp_path, npz_spec):
+  with pytest.raises(ValueError, match="train.batch_size"):
+    train.train_and_evaluate(_npz_config(npz_spec, "train.batch_size=12"), str(tmp_path))
+  with pytest.raises(ValueError, match="loss.name"):
+    train.train_and_evaluate(_npz_config(npz_spec, "loss.name=nope"), str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_predict_checks_its_input(tmp_path, npz_spec):
+  config = _npz_config(npz_spec, "train.steps=2", "train.eval_every=2")
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="x"):
+    train.predict(str(tmp_path / "run"), np.zeros((3, TIME, 5), np.float32))
+  with pytest.raises(ValueError, match="workdir"):
+    train.predict(str(tmp_path / "nothing"), np.zeros((3, TIME, LEADS), np.float32))
