@@ -16,10 +16,12 @@ tail) and the same bandwidth h (Scott, 1.06 * std(ddof=1) * n^-1/5) go to:
 
 Each measurement runs in its own subprocess: one warm-up call (compilation for
 JAX; reported as "first call"), then the median of the timed repeats (1 repeat
-when a call takes > 2 s). Peak memory is the process's ru_maxrss (Linux, peak
-resident set size): "peak RSS" is the whole process, "+peak" is the increase
-over the baseline taken after imports and label generation, before the first
-call. So it covers XLA compilation, host buffers and the numpy peers' arrays.
+when a call takes > 2 s; a call over 10 s is timed once, by that first call).
+Peak memory is the process's ru_maxrss (Linux, peak resident set size): "peak
+RSS" is the whole process, "+peak" the increase over the baseline taken after
+imports, label generation and (JAX) the copy of the labels to the device,
+before the first call; it covers XLA compilation, intermediate buffers and
+the peers' work arrays.
 
 Accuracy: relative L1 error, sum |rho - rho_ref| / sum rho_ref, at a fixed
 random subset of ``--ref-points`` labels, against the exact sum in float64
@@ -125,8 +127,8 @@ def worker(args) -> None:
     t0 = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats if first < 2.0 else 1):
+    times = [first] if first > 10.0 else []  # slow calls: timed once (incl. any compile)
+    for _ in range(0 if times else (args.repeats if first < 2.0 else 1)):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
@@ -144,6 +146,11 @@ def measure(peer, n, queries, args, tmp):
     if res.returncode != 0:
         raise RuntimeError(f"{peer} n={n} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def fmt_n(n):
+    e = int(round(np.log10(n)))
+    return f"1e{e}" if 10 ** e == n else str(n)
 
 
 def fmt_time(t):
@@ -202,11 +209,11 @@ def main(argv=None) -> None:
              "rel. L1 vs exact | note |", "|---|---|---|---|---|---|---|---|---|"]
     for n, peer, res, note in rows:
         if res is None:
-            lines.append(f"| {n:.0e} | {LABELS[peer]} | — | — | — | — | — | — | {note} |")
+            lines.append(f"| {fmt_n(n)} | {LABELS[peer]} | — | — | — | — | — | — | {note} |")
             continue
         ratio = f"{res['time'] / kdepy[n]:.2f}" if n in kdepy else "—"
         err = "(same density as binned)" if res["err"] is None else f"{res['err']:.1e}"
-        lines.append(f"| {n:.0e} | {LABELS[peer]} | {fmt_time(res['time'])} | {ratio} | "
+        lines.append(f"| {fmt_n(n)} | {LABELS[peer]} | {fmt_time(res['time'])} | {ratio} | "
                      f"{fmt_time(res['first'])} | {res['rss']:.0f} MB | "
                      f"{res['rss'] - res['base']:.0f} MB | {err} | {note} |")
     table = "\n".join(lines)

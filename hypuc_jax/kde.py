@@ -321,12 +321,12 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     _check_chunk(chunk_size)
     shape = _grid_shape(x.shape[1], grid_size)
     h = _resolve_bandwidth(x, bandwidth)
-    lo, step, dens = _binned_grid(x, h, shape)
-    if method == "exact":
-        axes = [lo[k] + step[k] * jnp.arange(g, dtype=x.dtype) for k, g in enumerate(shape)]
-        nodes = jnp.stack([a.reshape(-1) for a in jnp.meshgrid(*axes, indexing="ij")], axis=1)
-        dens = _exact_density(x, nodes, h, chunk_size).reshape(shape)
-    return lo, step, dens
+    if method == "binned":
+        return _binned_grid(x, h, shape)
+    lo, step = _grid_extent(x, h, shape)
+    axes = [lo[k] + step[k] * jnp.arange(g, dtype=x.dtype) for k, g in enumerate(shape)]
+    nodes = jnp.stack([a.reshape(-1) for a in jnp.meshgrid(*axes, indexing="ij")], axis=1)
+    return lo, step, _exact_density(x, nodes, h, chunk_size).reshape(shape)
 
 
 def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str = "binned",
