@@ -74,6 +74,19 @@ def test_kde_weights_binned_and_cap_match_numpy():
     np.testing.assert_allclose(weights.kde_weights(Y, lam=1.0, max_weight=1.0), 1.0, rtol=1e-4)
 
 
+def test_kde_weights_2d_labels_match_numpy_product_kernel():
+    rng = np.random.default_rng(3)
+    x = np.stack([skewed_labels(400, seed=3), rng.exponential(1.0, 400)], axis=1)
+    h = 1.06 * np.std(x, axis=0, ddof=1) * 400 ** -0.2  # Scott per dimension
+    z = (x[:, None, :] - x[None, :, :]) / h
+    rho = np.exp(-0.5 * (z ** 2).sum(-1)).mean(1) / (2 * np.pi * h.prod())
+    with jax.enable_x64(True):
+        ours = weights.kde_weights(x, lam=0.5, method="exact")
+    np.testing.assert_allclose(ours, numpy_hypuc(rho, 0.5), rtol=1e-8)
+    binned = weights.kde_weights(x, lam=0.5)
+    assert np.abs(binned - numpy_hypuc(rho, 0.5)).sum() / 400 < 1e-3
+
+
 def test_lam_zero_gives_ones_and_floor_bounds_weights():
     np.testing.assert_array_equal(weights.kde_weights(Y, lam=0.0), np.ones(Y.size))
     y = np.r_[np.zeros(500), 1e4]  # far outlier, density near 0 at it
