@@ -30,7 +30,8 @@ random subset of ``--ref-points`` labels, against the exact sum in float64
 Direct-sum and tree peers cost ~n * m; their time at n is estimated from the
 previous size. Estimated above ``--budget`` seconds: timed on a subset of the
 query labels and scaled linearly in the number of queries ("≈", the subset
-fraction shown); above 10x the budget: skipped.
+fraction shown; "first call" is scaled the same way); above 20x the budget:
+skipped.
 """
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def main(argv=None) -> None:
                 if peer in QUADRATIC and peer in per_query:
                     n0, spq = per_query[peer]
                     est = spq * (n / n0) * n
-                    if est > 10 * args.budget:
+                    if est > 20 * args.budget:
                         rows.append((n, peer, None, f"skipped (est. > {est:.0f} s)"))
                         continue
                     if est > args.budget:
@@ -201,7 +202,7 @@ def main(argv=None) -> None:
                 dens = np.load(os.path.join(tmp, f"{peer}_{n}.npy"))
                 err = (float(np.abs(dens - ref).sum() / np.abs(ref).sum())
                        if peer != "hypuc_weights" else None)
-                res.update(time=t, err=err, note=note)
+                res.update(time=t, first=res["first"] * n / queries, err=err, note=note)
                 if peer == "kdepy_fft":
                     kdepy[n] = t
                 rows.append((n, peer, res, note))
