@@ -125,25 +125,48 @@ def create_train_state(config: Config, input_shape: tuple[int, ...], total_steps
     ``(graphdef, state, schedule)``: ``nnx.merge(graphdef, state)`` gives
     ``(model, optimizer)``; ``state`` is a pytree of fresh arrays.
   """
-  graphdef, init, schedule = _compiled_init(json.dumps(config.to_dict(), sort_keys=True),
-                                            tuple(int(v) for v in input_shape),
-                                            int(total_steps))
-  return graphdef, init(), schedule
+  key = (_model_key(config), tuple(int(v) for v in input_shape))
+  tx, schedule = _optimizer(key[0], int(total_steps))
+  graphdef = _graphdef(*key, tx)
+  return graphdef, _state_init(*key)(), schedule
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_init(config_json: str, input_shape: tuple[int, ...], total_steps: int):
-  """One jitted initialiser per (config, shape, steps), compiled once per process."""
-  config = Config.from_dict(json.loads(config_json))
+def _init_fn(config: Config, input_shape: tuple[int, ...], tx):
   seed = config.train.seed
-  tx, schedule = make_optimizer(config, total_steps)
 
   def init():
     model = build_model(config, input_shape, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+  return init
 
-  graphdef, _ = nnx.split(nnx.eval_shape(init))
-  return graphdef, jax.jit(lambda: nnx.split(init())[1]), schedule
+
+# Caches keyed by the parts of the config that shape the model and optimiser:
+# runs of one model in a process (resume, predict after training, tests)
+# share graphdefs and compiled functions.
+def _model_key(config: Config) -> str:
+  d = config.to_dict()
+  opt = {k: d["train"][k] for k in ("lr", "weight_decay", "warmup_steps", "grad_clip", "seed")}
+  return json.dumps({"model": d["model"], "loss": d["loss"], "train": opt}, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(config_json: str, total_steps: int):
+  return make_optimizer(Config.from_dict(json.loads(config_json)), total_steps)
+
+
+@functools.lru_cache(maxsize=32)
+def _graphdef(config_json: str, input_shape: tuple[int, ...], tx):
+  init = _init_fn(Config.from_dict(json.loads(config_json)), input_shape, tx)
+  return nnx.split(nnx.eval_shape(init))[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _state_init(config_json: str, input_shape: tuple[int, ...]):
+  """Jitted initialiser (one compile, not one per init op); the optimiser
+  state's structure and initial values do not depend on the schedule length."""
+  tx, _ = _optimizer(config_json, 1)
+  init = _init_fn(Config.from_dict(json.loads(config_json)), input_shape, tx)
+  return jax.jit(lambda: nnx.split(init())[1])
 
 
 def _noise(model, spec: LossSpec):
@@ -227,6 +250,31 @@ def bind_eval_step(graphdef) -> Callable:
   return functools.partial(eval_step, graphdef)
 
 
+def compiled_steps(placement: parallel.Placement, graphdef, spec: LossSpec,
+                   schedule) -> tuple[Callable, Callable]:
+  """``(train_step, eval_step)`` compiled for ``placement``, cached per process.
+
+  Runs with the same model, loss and schedule objects (``create_train_state``
+  caches them per config: a resumed run, predict after training) reuse the
+  compiled functions. GraphDefs are unhashable, so the key holds their id and
+  the cache keeps them alive.
+  """
+  try:
+    key = (placement.mode, placement.n_devices, id(graphdef), hash(spec), id(schedule))
+  except TypeError:                               # unhashable spec (a BNI prior)
+    key = None
+  if key is not None and key in _STEP_CACHE:
+    return _STEP_CACHE[key][1]
+  fns = (placement.compile_step(bind_train_step(graphdef, spec, schedule)),
+         placement.compile_eval(bind_eval_step(graphdef)))
+  if key is not None:
+    if len(_STEP_CACHE) >= 16:
+      _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+    _STEP_CACHE[key] = ((graphdef, spec, schedule), fns)
+  return fns
+
+
+_STEP_CACHE: dict = {}
 
 
 # ----------------------------------------------------------------------------
@@ -306,12 +354,12 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     raise ValueError(f"train.batch_size: expected <= the {len(run.idx['train'])} training "
                      f"examples, got {t.batch_size}")
   total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
-  graphdef, state, schedule = create_train_state(config, run.input_shape, total)
-  head = losses.head_for_loss(config.loss.name)
-  spec = LossSpec.from_config(config, run.y_scaled("train"))
   paths = train_data.run_paths(workdir)
   store = checkpoints.CheckpointStore(paths["checkpoints"], keep=t.keep_checkpoints,
                                       fingerprint=fingerprint(config), overwrite=overwrite)
+  graphdef, state, schedule = create_train_state(config, run.input_shape, total)
+  head = losses.head_for_loss(config.loss.name)
+  spec = LossSpec.from_config(config, run.y_scaled("train"))
   if jax.process_index() == 0:
     train_data.save_run_files(paths, config, run)
   meta = {"best_nll": float("inf"), "best_step": None, "bad_evals": 0, "val": {}}
@@ -320,8 +368,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     state, meta = store.restore(start, state)
   placement = parallel.Placement(mode)
   state = placement.put_state(state)
-  step_fn = placement.compile_step(bind_train_step(graphdef, spec, schedule))
-  eval_fn = placement.compile_eval(bind_eval_step(graphdef))
+  step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
   logger = train_logging.TrainLogger(workdir, total)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = map(placement.host_layout,
@@ -425,7 +472,7 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
     raise ValueError(f"x: expected shape [n, {', '.join(map(str, run.input_shape))}], "
                      f"got {tuple(x.shape)}")
   check_finite(x, "x")
-  graphdef, template, _ = create_train_state(config, run.input_shape, 1)
+  graphdef, template, schedule = create_train_state(config, run.input_shape, 1)
   paths = train_data.run_paths(workdir)
   store = checkpoints.CheckpointStore(paths["checkpoints"], keep=config.train.keep_checkpoints,
                                       fingerprint=fingerprint(config))
@@ -435,7 +482,7 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
   state, _ = store.restore(step, template)
   store.close()
   placement = parallel.Placement("none")
-  eval_fn = placement.compile_eval(bind_eval_step(graphdef))
+  _, eval_fn = compiled_steps(placement, graphdef, LossSpec.from_config(config), schedule)
   head = losses.head_for_loss(config.loss.name)
   loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state), run,
                                          x, np.arange(len(x)), batch_size)

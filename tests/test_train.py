@@ -49,7 +49,7 @@ def test_end_to_end_tiny_simulated(tmp_path):
   config = get_config("tiny")
   traces = train.TRACE_COUNTS["train_step"]
   result = train.train_and_evaluate(config, str(tmp_path))
-  assert train.TRACE_COUNTS["train_step"] - traces == 1       # no retrace after step 1
+  assert train.TRACE_COUNTS["train_step"] - traces <= 1     # no retrace after step 1
   assert result.steps == config.train.steps
   for key in ("config", "scaler", "weighting", "metrics", "predictions_val",
               "predictions_test"):
@@ -103,15 +103,18 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec):
 
 
 def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
-  config = _npz_config(npz_spec, "train.steps=4")
+  config = _npz_config(npz_spec)
   train.train_and_evaluate(config, str(tmp_path))
-  other = apply_overrides(config, ["model.widths=4,8"])
+  other_model = apply_overrides(config, ["model.widths=4,8"])
   with pytest.raises(ValueError, match="different model or config.*model.widths"):
+    train.train_and_evaluate(other_model, str(tmp_path))
+  other = apply_overrides(config, ["weighting.lam=0.25"])
+  with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
   result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
-  assert result.steps == 4
+  assert result.steps == 8
   stored = json.load(open(os.path.join(tmp_path, "config.json")))
-  assert stored["model"]["widths"] == [4, 8]
+  assert stored["weighting"]["lam"] == 0.25
 
 
 def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, monkeypatch):
@@ -149,8 +152,7 @@ def test_invalid_config_fails_before_training(tmp_path, npz_spec):
 
 
 def test_predict_checks_its_input(tmp_path, npz_spec):
-  config = _npz_config(npz_spec, "train.steps=2", "train.eval_every=2")
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  train.train_and_evaluate(_npz_config(npz_spec), str(tmp_path / "run"))
   with pytest.raises(ValueError, match="x"):
     train.predict(str(tmp_path / "run"), np.zeros((3, TIME, 5), np.float32))
   with pytest.raises(ValueError, match="workdir"):
