@@ -43,8 +43,12 @@ by an effective label ``y + (noise_base + noise_slope * |y - mean|) * N(0,1)``
 extremes. Label distributions are documented in :mod:`hypuc_jax.data.tasks`.
 
 Determinism: record ``i`` of seed ``s`` uses the key
-``fold_in(key(s), i)`` only, so the arrays do not depend on the chunk size,
-on how many records are drawn, or on how the work is spread over devices.
+``fold_in(key(s), i)`` only, and every per-record operation is elementwise
+(no ``dot_general`` whose rounding depends on the batch), so the arrays are
+bit-identical whatever the chunk size, the number of records drawn, or how
+the work is spread over devices (tested with 2+ records per device; a chunk
+of ONE record lets XLA drop the batch axis and may differ in the last float32
+bit, so ``simulate`` never uses chunks smaller than 2).
 """
 from __future__ import annotations
 
@@ -120,7 +124,7 @@ def _neutral(ones):
 def _potassium_effects(k):
     fx = _neutral(jnp.ones_like(k))
     hi, lo = _ramp(k - 4.6), _ramp(3.9 - k)
-    fx["t_amp"] = 1.0 + 0.7 * hi - 0.9 * lo
+    fx["t_amp"] = 1.0 + 0.3 * (k - 4.2) + 0.6 * hi - 0.75 * lo
     fx["t_width"] = 1.0 / (1.0 + 0.25 * hi)
     fx["t_shift"] = 0.05 * lo
     fx["p_amp"] = 1.0 / (1.0 + _ramp(k - 6.0))
@@ -146,6 +150,19 @@ def _lvef_effects(ef):
 EFFECTS = {"potassium": _potassium_effects, "lvef": _lvef_effects}
 
 
+def _dot(a, b):
+    """``a [..., K] @ b [K, N]`` as an unrolled sum in fixed order.
+
+    Elementwise only: unlike ``dot_general`` its rounding does not depend on
+    the batch size XLA sees, so a record is bit-identical whatever the chunk
+    size or device count.
+    """
+    out = a[..., 0:1] * b[0]
+    for k in range(1, b.shape[0]):
+        out = out + a[..., k:k + 1] * b[k]
+    return out
+
+
 def _approx_normal(key, shape):
     """Approximately standard normal noise: Irwin-Hall sum of the 4 bytes of a
     random 32-bit word, rescaled to mean 0, variance 1 (bounded at +-3.46).
@@ -158,23 +175,28 @@ def _approx_normal(key, shape):
     return (total.astype(jnp.float32) - 510.0) * (1.0 / math.sqrt(4 * (256**2 - 1) / 12))
 
 
-def _sample_label(key, dist: LabelDistribution):
-    k_mix, k_main, k_tail = jax.random.split(key, 3)
-    main = dist.mean + dist.sd * jax.random.normal(k_main)
-    tail = dist.tail_start + dist.tail_sign * dist.tail_scale * jax.random.exponential(k_tail)
-    y = jnp.where(jax.random.uniform(k_mix) < dist.tail_weight, tail, main)
+def _sample_label(u, dist: LabelDistribution):
+    """Label from 3 uniforms: mixture choice, normal bulk, exponential tail."""
+    main = dist.mean + dist.sd * jax.scipy.special.ndtri(u[1])
+    tail = dist.tail_start + dist.tail_sign * dist.tail_scale * -jnp.log1p(-u[2])
+    y = jnp.where(u[0] < dist.tail_weight, tail, main)
     return jnp.clip(y, *dist.clip)
 
 
 def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_beats: int):
-    """One record: (x [time, 12], y []) from its key."""
+    """One record: (x [time, 12], y []) from its key.
+
+    Five random draws per record (few threefry calls keep compilation fast):
+    the label (its own key, so labels do not depend on rate or duration),
+    record normals ``z``, record uniforms ``u``, beat jitter, muscle noise.
+    """
     dist = get_preset(preset).labels
-    k_lab, k_eff, k_n, k_u, k_dir, k_mus, k_beat = jax.random.split(key, 7)
-    y = jnp.where(has_label, label, _sample_label(k_lab, dist))
-    eff = y + (dist.noise_base + dist.noise_slope * jnp.abs(y - dist.mean)) * jax.random.normal(k_eff)
+    k_lab, k_z, k_u, k_beat, k_white = jax.random.split(key, 5)
+    y = jnp.where(has_label, label, _sample_label(jax.random.uniform(k_lab, (3,)), dist))
+    z = jax.random.normal(k_z, (48,))
+    u = jax.random.uniform(k_u, (32,))
+    eff = y + (dist.noise_base + dist.noise_slope * jnp.abs(y - dist.mean)) * z[47]
     fx = EFFECTS[preset](eff)
-    z = jax.random.normal(k_n, (16,))
-    u = jax.random.uniform(k_u, (16,))
 
     # record factors
     age, female = 20.0 + 70.0 * u[0], (u[1] < 0.5).astype(jnp.float32)
@@ -182,7 +204,7 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
     rr_mean = 60.0 / hr
     f_resp, ph_resp, rsa = 0.15 + 0.2 * u[2], 2 * jnp.pi * u[3], 0.06 * u[4]
     jitter = 0.01 + 0.03 * u[5]
-    t_factor = (jnp.exp(0.25 * z[1]) * (1.0 - 0.005 * (age - 50.0)) * (1.0 - 0.15 * female)
+    t_factor = (jnp.exp(0.2 * z[1]) * (1.0 - 0.005 * (age - 50.0)) * (1.0 - 0.15 * female)
                 * (1.0 - 0.004 * (hr - 70.0)))
 
     # beats: R times [B]
@@ -209,7 +231,7 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
     ca, sa, cb, sb = jnp.cos(alpha), jnp.sin(alpha), jnp.cos(beta), jnp.sin(beta)
     rot_frontal = jnp.array([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]])
     rot_horiz = jnp.array([[cb, 0.0, -sb], [0.0, 1.0, 0.0], [sb, 0.0, cb]])
-    dirs = (_DIR + 0.1 * jax.random.normal(k_dir, _DIR.shape)) @ (rot_horiz @ rot_frontal).T
+    dirs = _dot(_DIR + 0.1 * z[15:36].reshape(_DIR.shape), _dot(rot_horiz, rot_frontal).T)
     dipole = amp[:, None] * dirs                                  # [W, 3]
 
     # each sample sees the waves of the beats before and after it (k-1, k)
@@ -218,8 +240,9 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
     idx = k[:, None] + jnp.array([-1, 0])                        # [T, 2]
     dt = t[:, None] - r_time[idx]                                 # [T, 2]
     g = jnp.exp(-0.5 * jnp.square((dt[..., None] - center[idx]) / width))  # [T, 2, W]
-    bumps = jnp.sum(g * beat_gain[idx][..., None], axis=1)          # [T, W]
-    heart = bumps @ dipole                                        # [T, 3]
+    gain = beat_gain[idx]
+    bumps = g[:, 0] * gain[:, 0:1] + g[:, 1] * gain[:, 1:2]       # [T, W]
+    heart = _dot(bumps, dipole)                                   # [T, 3]
 
     # noise: respiratory wander (3-D); per electrode (RA, LA, LL, V1..V6):
     # drift, powerline pick-up and muscle noise, seen by the leads through
@@ -227,16 +250,15 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
     wander_dir = z[12:15] / (jnp.linalg.norm(z[12:15]) + 1e-6)
     wander = (0.15 * u[7] * jnp.sin(2 * jnp.pi * f_resp * t + u[8] * 6.283)
               + 0.1 * u[9] * jnp.sin(2 * jnp.pi * (0.05 + 0.1 * u[10]) * t + u[11] * 6.283))
-    k_drift, k_line, k_white = jax.random.split(k_mus, 3)
-    drift = 0.01 * jax.random.normal(k_drift, (9,))
+    drift = 0.01 * z[36:45]
     f_line = jnp.where(u[12] < 0.5, 50.0, 60.0)
     line_amp = jnp.where(f_line < 0.45 * rate, 0.015 * u[13], 0.0)
     line = line_amp * jnp.sin(2 * jnp.pi * f_line * t + 6.283 * u[14])
-    gains = 0.5 + jax.random.uniform(k_line, (9,))
+    gains = 0.5 + u[16:25]
     muscle = (0.004 + 0.016 * u[15]) * _approx_normal(k_white, (n_time, 9))
     electrodes = drift * t[:, None] + line[:, None] * gains + muscle     # [T, 9]
     sources = jnp.concatenate([heart + wander[:, None] * wander_dir, electrodes], axis=1)
-    x = sources @ _SOURCE_MATRIX.T                                        # [T, 12]
+    x = _dot(sources, _SOURCE_MATRIX.T)                                   # [T, 12]
     return x.astype(jnp.float32), y.astype(jnp.float32)
 
 
@@ -250,6 +272,11 @@ def _simulate_chunk(key, indices, labels, has_label, *, preset, rate, n_time, n_
     x, y = jax.vmap(fn)(keys, labels, has_label)
     chex.assert_shape(x, (indices.shape[0], n_time, 12))
     return x, y
+
+
+def beats_needed(duration: float) -> int:
+    """Beats simulated per record (covering [-_PRE, duration + 1 s] at the shortest RR)."""
+    return int(math.ceil((float(duration) + _PRE + 1.0) / _MIN_RR)) + 3
 
 
 def default_chunk_size(n_time: int) -> int:
@@ -305,11 +332,13 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
             raise ValueError(f"labels: expected values in [{lo}, {hi}] for preset {preset!r}, "
                              f"got range [{lab.min()}, {lab.max()}]")
         has = np.ones(n, bool)
-    chunk = default_chunk_size(n_time) if chunk_size is None else int(chunk_size)
-    if chunk <= 0:
+    if chunk_size is None:  # powers of two: few distinct compilations for small n
+        chunk = min(default_chunk_size(n_time), max(8, 1 << (int(n) - 1).bit_length()))
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    chunk = min(chunk, n)
-    n_beats = int(math.ceil((float(duration) + _PRE + 1.0) / _MIN_RR)) + 3
+    else:  # a 1-record chunk lets XLA drop the batch axis and round differently
+        chunk = max(2, int(chunk_size))
+    n_beats = beats_needed(duration)
     key = jax.random.key(int(seed))
     xs, ys = [], []
     for s in range(0, n, chunk):
