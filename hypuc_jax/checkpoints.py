@@ -96,7 +96,9 @@ class CheckpointStore:
         cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes orbax store the metrics with each step (the policy ranks by them).
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           best_fn=lambda m: float(m[METRIC]), best_mode="min",
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))

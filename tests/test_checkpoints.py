@@ -1,0 +1,104 @@
+"""CheckpointStore: last N + best retention, exact round trip, fingerprint refusal;
+TrainLogger: metrics.jsonl and TensorBoard files, no output off a terminal."""
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hypuc_jax import checkpoints, train_logging
+
+
+def _state(seed):
+  rng = np.random.default_rng(seed)
+  return {"params": {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                     "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+          "count": jnp.asarray(seed, jnp.int32),
+          "key": jax.random.key(seed)}
+
+
+def test_keeps_last_n_plus_best(tmp_path):
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1})
+  val = {1: 5.0, 2: 1.0, 3: 4.0, 4: 3.0, 5: 6.0, 6: 7.0}
+  for step, v in val.items():
+    store.save(step, _state(step), {"step": step}, v)
+  assert sorted(store.all_steps()) == [2, 5, 6]           # best (2) + last two
+  assert store.best_step() == 2 and store.latest_step() == 6
+  store.close()
+
+
+def test_steps_without_validation_are_kept_only_as_latest(tmp_path):
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint={"m": 1})
+  store.save(1, _state(1), {}, 2.0)
+  store.save(2, _state(2), {}, None)
+  store.save(3, _state(3), {}, None)
+  assert sorted(store.all_steps()) == [1, 3]
+  assert store.best_step() == 1
+  store.close()
+
+
+def test_round_trip_is_exact_including_prng_keys(tmp_path):
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=3, fingerprint={"m": 1})
+  state = _state(7)
+  store.save(10, state, {"best_step": 10, "val": {"nll": 1.5}}, 1.5)
+  restored, meta = store.restore(10, _state(0))
+  assert meta == {"best_step": 10, "val": {"nll": 1.5}}
+  np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
+  np.testing.assert_array_equal(restored["params"]["b"], state["params"]["b"])
+  assert int(restored["count"]) == 7
+  np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
+                                jax.random.key_data(state["key"]))
+  np.testing.assert_array_equal(jax.random.normal(restored["key"], (3,)),
+                                jax.random.normal(state["key"], (3,)))
+  store.close()
+
+
+def test_foreign_fingerprint_is_refused_unless_overwrite(tmp_path):
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=2,
+                                      fingerprint={"model": {"widths": [8, 16]}})
+  store.save(1, _state(1), {}, 1.0)
+  store.close()
+  with pytest.raises(ValueError, match=r"different model or config \(model.widths"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"model": {"widths": [4]}})
+  # Same fingerprint: reopened with the checkpoint.
+  same = checkpoints.CheckpointStore(str(tmp_path), keep=2,
+                                     fingerprint={"model": {"widths": [8, 16]}})
+  assert same.latest_step() == 1
+  same.close()
+  fresh = checkpoints.CheckpointStore(str(tmp_path), keep=2,
+                                      fingerprint={"model": {"widths": [4]}}, overwrite=True)
+  assert fresh.latest_step() is None
+  fresh.close()
+
+
+def test_bad_keep():
+  with pytest.raises(ValueError, match="keep"):
+    checkpoints.CheckpointStore("/tmp/unused", keep=0, fingerprint={})
+
+
+def test_logger_writes_jsonl_and_tensorboard_without_terminal_output(tmp_path):
+  out = io.StringIO()                                     # not a TTY
+  logger = train_logging.TrainLogger(str(tmp_path), 10, stream=out)
+  logger.start(0)
+  logger.log(5, {"loss": np.float32(1.25), "lr": 1e-3})
+  logger.log(5, {"nll": float("nan")}, prefix="val")
+  logger.progress_bar(5, 1.25)
+  logger.close()
+  assert out.getvalue() == ""
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[0] == {"step": 5, "split": "train", "loss": 1.25, "lr": 1e-3}
+  assert lines[1] == {"step": 5, "split": "val", "nll": "nan"}
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+  out = io.StringIO()
+  logger = train_logging.TrainLogger(str(tmp_path), 10, stream=out, progress=True)
+  logger.start(0)
+  logger.progress_bar(4, 0.5)
+  logger.close()
+  text = out.getvalue()
+  assert "4/10" in text and "ETA" in text and "loss 0.5000" in text
