@@ -11,9 +11,10 @@ clipping, in one run:
   ``torch_equivalent``, weights copied from the JAX model and the forward
   outputs checked to agree), same loss, ``torch.optim.AdamW`` +
   ``clip_grad_norm_``. Skipped when torch is missing or on a GPU backend.
-- Input pipeline: host batches/s of ``train_data.train_batches`` (the loop's
-  iterator: gather, weights, mask) plus ``Placement.put_batch``; the ratio to
-  the step rate must be >= 5.
+- Input pipeline: batches/s of the loop's iterator (``data.batch_iterator``
+  via ``train_data.train_batches``: gather, HypUC weights, scaling) plus
+  ``Placement.put_batch``, single-threaded; the ratio to the step rate must
+  be >= 5.
 
 Medians over ``--repeats`` timed runs of ``--steps`` steps after warm-up.
 
@@ -177,27 +178,31 @@ def bench_torch(config, batch, graphdef_state, steps, repeats):
   return rate, sec, port_err, torch.__version__, torch.get_num_threads()
 
 
-def bench_input(config, rng, repeats):
-  """Batches/s of the loop's host iterator + device put, on 2048 fake records."""
+def bench_input(rng, repeats):
+  """Batches/s of the loop's input path on 2048 records: ``data.batch_iterator``
+  (gather, HypUC weights, scaling) via ``train_data.train_batches``, then
+  ``Placement.put_batch``."""
+  from hypuc_jax import data, weights
   n = 2048
-  run = train_data.RunData(
-      x={"train": rng.normal(size=(n, TIME, LEADS)).astype(np.float32)},
-      y={"train": rng.normal(size=n).astype(np.float32)}, y_raw={},
-      w_train=rng.uniform(0.2, 5, size=n).astype(np.float32), scaler=None, weighting=None,
-      input_shape=(TIME, LEADS))
+  x = rng.normal(size=(n, TIME, LEADS)).astype(np.float32)
+  y = (4.5 + 0.7 * rng.normal(size=n)).astype(np.float32)
+  idx = np.arange(n)
+  run = train_data.RunData(x, y.astype(np.float64), {"train": idx},
+                           data.Scaler.fit(x, y, idx), weights.fit_weighting("hypuc", y),
+                           (TIME, LEADS))
   placement = parallel.Placement("none")
   it = train_data.train_batches(run, 0, BATCH, seed=0)
   k = 20
 
-  def go(_):
+  def go():
     for _ in range(k):
       b = placement.put_batch(next(it))
     jax.block_until_ready(b)
-  go(0)
+  go()
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    go(0)
+    go()
     times.append((time.perf_counter() - t0) / k)
   return 1.0 / statistics.median(times)
 
@@ -218,7 +223,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
   j_rate, j_sec, flops, gs = bench_jax(config, batch, args.steps, args.repeats)
   t = bench_torch(config, batch, gs, args.steps, args.repeats) if backend == "cpu" else None
-  in_rate = bench_input(config, rng, args.repeats)
+  in_rate = bench_input(rng, args.repeats)
   step_rate = 1.0 / j_sec
   print(f"backend: {backend} ({kind}), {jax.device_count()} device(s), "
         f"{os.cpu_count()} CPU cores; jax {jax.__version__}")
