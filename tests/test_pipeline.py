@@ -1,0 +1,245 @@
+"""Tests of hypuc_jax.data.pipeline: splits, Scaler, batches, prefetch.
+
+References are numpy computations written here (means/stds over the
+training rows, set algebra on indices, hand-computed part sizes).
+"""
+import json
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hypuc_jax.data import Scaler, batch_iterator, prefetch_to_device, split_indices
+from hypuc_jax.data import pipeline
+
+
+# --------------------------------------------------------------------- splits
+
+@pytest.mark.parametrize("n,fractions,sizes", [
+    (100, (0.6, 0.2, 0.2), (60, 20, 20)), (7, (0.6, 0.2, 0.2), (4, 1, 2)),
+    (10, (0.8, 0.1, 0.1), (8, 1, 1)), (5, (1 / 3, 1 / 3, 1 / 3), (2, 2, 1)),
+])
+def test_split_sizes_partition_and_determinism(n, fractions, sizes):
+    parts = split_indices(n, 3, fractions)
+    assert tuple(len(parts[s]) for s in ("train", "val", "test")) == sizes
+    together = np.concatenate(list(parts.values()))
+    np.testing.assert_array_equal(np.sort(together), np.arange(n))    # disjoint, covering
+    again = split_indices(n, 3, fractions)
+    for s in parts:
+        np.testing.assert_array_equal(parts[s], again[s])
+        assert parts[s].dtype == np.int64
+
+
+def test_split_depends_on_seed_and_fixed_split_overrides():
+    a, b = split_indices(50, 0), split_indices(50, 1)
+    assert not np.array_equal(a["train"], b["train"])
+    fixed = np.array(["train", "val", "test", "Validation", "train"])
+    parts = split_indices(5, 0, fixed=fixed)
+    assert parts["train"].tolist() == [0, 4] and parts["val"].tolist() == [1, 3]
+    assert parts["test"].tolist() == [2]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n=3), "leaves 'test' empty"), (dict(n=10, fractions=(1.0, 0.0, 0.0)), "leaves 'val' empty"),
+    (dict(n=10, fractions=(0.5, 0.5)), "fractions"), (dict(n=10, fractions=(0.7, 0.2, 0.2)), "fractions"),
+    (dict(n=0), "n:"), (dict(n=10, seed=-1), "seed:"),
+    (dict(n=3, fixed=["train", "train", "test"]), "leaves 'val' empty"),
+    (dict(n=3, fixed=["train", "val"]), "fixed: expected 3"),
+    (dict(n=2, fixed=["train", "holdout"]), "expected a split"),
+])
+def test_split_bad_input(kwargs, match):
+    args = dict(seed=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        split_indices(**args)
+
+
+# --------------------------------------------------------------------- scaler
+
+def test_scaler_fits_train_rows_only_per_lead_and_round_trips(monkeypatch):
+    monkeypatch.setattr(pipeline, "_BLOCK", 3)     # exercise the blockwise (Chan) merge
+    rng = np.random.default_rng(0)
+    x = rng.normal(loc=[1.0, -2.0, 5.0], scale=[0.5, 2.0, 3.0], size=(20, 30, 3)).astype(np.float32)
+    y = rng.gamma(2.0, 2.0, size=20)
+    train = np.array([0, 3, 4, 7, 8, 9, 15, 19])
+    sc = Scaler.fit(x, y, train)
+    np.testing.assert_allclose(sc.x_mean, x[train].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(sc.x_std, x[train].std(axis=(0, 1)), rtol=1e-5)
+    assert sc.y_mean == pytest.approx(y[train].mean()) and sc.y_std == pytest.approx(y[train].std())
+    xt = sc.transform_x(x)
+    assert xt.dtype == np.float32
+    np.testing.assert_allclose(xt, (x - x[train].mean(axis=(0, 1))) / x[train].std(axis=(0, 1)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sc.inverse_y(sc.transform_y(y)), y, rtol=1e-12)
+    assert sc.inverse_scale(2.0) == pytest.approx(2.0 * y[train].std())
+    back = Scaler.from_dict(json.loads(json.dumps(sc.to_dict())))
+    np.testing.assert_array_equal(back.x_mean, sc.x_mean)
+    assert back.y_std == sc.y_std
+    jx = sc.transform_x(jnp.asarray(x))
+    assert isinstance(jx, jax.Array)
+    np.testing.assert_allclose(np.asarray(jx), xt, rtol=1e-6)
+
+
+def test_scaler_tabular_constant_feature_and_bad_input():
+    x = np.array([[1.0, 7.0], [3.0, 7.0], [5.0, 7.0]])
+    sc = Scaler.fit(x, np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(sc.x_mean, [3.0, 7.0])
+    np.testing.assert_allclose(sc.x_std, [np.std([1, 3, 5]), 1.0])
+    with pytest.raises(ValueError, match="x: expected finite"):
+        Scaler.fit(np.array([[np.nan], [1.0]]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="x and y: expected the same length"):
+        Scaler.fit(x, np.ones(2))
+    with pytest.raises(ValueError, match="x: expected 2 channels"):
+        sc.transform_x(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="lacks keys"):
+        Scaler.from_dict({"x_mean": [0.0]})
+
+
+# -------------------------------------------------------------------- batches
+
+def _data(n=11, t=6, leads=2):
+    x = np.arange(n * t * leads, dtype=np.float32).reshape(n, t, leads)
+    y = np.linspace(3.0, 7.0, n).astype(np.float32)
+    return x, y
+
+
+def test_train_batches_fixed_shape_shuffled_per_epoch_remainder_dropped():
+    x, y = _data()
+    idx = np.arange(1, 11)                                   # 10 rows, batch 4 -> 2 per epoch
+    epochs = [list(batch_iterator(x, y, idx, 4, seed=5, epoch=e)) for e in range(3)]
+    for batches in epochs:
+        assert len(batches) == 2
+        rows = np.concatenate([b["y"] for b in batches])
+        assert len(set(rows.tolist())) == 8 and set(rows.tolist()) <= set(y[idx].tolist())
+        for b in batches:
+            assert b["x"].shape == (4, 6, 2) and b["x"].dtype == np.float32
+            assert b["mask"].tolist() == [1.0] * 4 and b["w"].tolist() == [1.0] * 4
+            for xi, yi in zip(b["x"], b["y"]):               # x rows travel with their y
+                np.testing.assert_array_equal(xi, x[np.flatnonzero(y == yi)[0]])
+    orders = [np.concatenate([b["y"] for b in batches]) for batches in epochs]
+    assert not np.array_equal(orders[0], orders[1])          # reshuffled each epoch
+    again = list(batch_iterator(x, y, idx, 4, seed=5, epoch=1))
+    for a, b in zip(again, epochs[1]):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    two = list(batch_iterator(x, y, idx, 4, seed=5, epoch=0, num_epochs=2))
+    np.testing.assert_array_equal(two[2]["y"], epochs[1][0]["y"])
+
+
+def test_eval_batches_cover_in_order_with_padding_mask_weights_and_scaler():
+    x, y = _data()
+    sc = Scaler.fit(x, y, np.arange(8))
+    idx = np.array([9, 2, 4, 0, 7])
+    batches = list(batch_iterator(x, y, idx, 2, train=False, scaler=sc,
+                                  weight_fn=lambda v: 10.0 * v))
+    assert len(batches) == 3 and all(b["x"].shape == (2, 6, 2) for b in batches)
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.tolist() == [1, 1, 1, 1, 1, 0]
+    got_y = np.concatenate([b["y"] for b in batches])[:5]
+    # rows in increasing index order inside each batch: (2, 9), (0, 4), (7)
+    order = np.array([2, 9, 0, 4, 7])
+    np.testing.assert_allclose(got_y, (y[order] - sc.y_mean) / sc.y_std, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate([b["w"] for b in batches])[:5], 10 * y[order], rtol=1e-6)
+    np.testing.assert_allclose(batches[0]["x"][1], (x[9] - sc.x_mean) / sc.x_std, rtol=1e-5)
+    last = batches[-1]
+    assert last["w"][1] == 0 and last["y"][1] == 0 and not last["x"][1].any()
+
+
+def test_process_slices_reassemble_the_global_batch():
+    x, y = _data(n=13)
+    for train in (True, False):
+        full = list(batch_iterator(x, y, None, 4, train=train, seed=2, process_count=1, process_index=0))
+        parts = [list(batch_iterator(x, y, None, 4, train=train, seed=2, process_count=2,
+                                     process_index=p)) for p in range(2)]
+        assert len(parts[0]) == len(parts[1]) == len(full)     # same step count everywhere
+        for g, a, b in zip(full, *parts):
+            assert a["x"].shape == (2, 6, 2)
+            got = np.concatenate([a["y"][a["mask"] > 0], b["y"][b["mask"] > 0]])
+            np.testing.assert_array_equal(np.sort(got), np.sort(g["y"][g["mask"] > 0]))
+
+
+def test_memory_mapped_x_is_read_by_rows(tmp_path):
+    x, y = _data(n=9)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    xm = np.load(path, mmap_mode="r")
+    a = list(batch_iterator(xm, y, None, 3, seed=1))
+    b = list(batch_iterator(x, y, None, 3, seed=1))
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u["x"], v["x"])
+
+
+def test_step_traces_once_over_train_and_eval_batches():
+    x, y = _data(n=10)
+    traces = []
+
+    @jax.jit
+    def step(batch):
+        traces.append(1)
+        return jnp.sum(batch["x"].mean(axis=(1, 2)) * batch["w"] * batch["mask"])
+
+    for batch in batch_iterator(x, y, None, 4, num_epochs=2):
+        step(batch)
+    for batch in batch_iterator(x, y, None, 4, train=False):
+        step(batch)
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=3, process_count=2, process_index=0), "multiple of process_count"),
+    (dict(batch_size=20), "at least batch_size=20 rows"),
+    (dict(indices=np.array([0, 11])), "indices: expected values in"),
+    (dict(process_count=2, process_index=2, batch_size=4), "process_index"),
+    (dict(batch_size=0), "batch_size"), (dict(num_epochs=0), "num_epochs"),
+])
+def test_batch_iterator_bad_input(kwargs, match):
+    x, y = _data()
+    args = dict(batch_size=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        batch_iterator(x, y, **args)
+    with pytest.raises(ValueError, match="x and y"):
+        batch_iterator(x, y[:3], batch_size=2)
+
+
+# ------------------------------------------------------------------- prefetch
+
+def test_prefetch_puts_batches_on_device_with_sharding():
+    x, y = _data(n=16)
+    n_dev = jax.device_count()
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    host = list(batch_iterator(x, y, None, 8, train=False))
+    dev = list(prefetch_to_device(batch_iterator(x, y, None, 8, train=False), 2, shard))
+    assert len(dev) == len(host)
+    for h, d in zip(host, dev):
+        assert isinstance(d["x"], jax.Array) and d["x"].sharding == shard
+        assert len(d["x"].sharding.device_set) == n_dev
+        np.testing.assert_array_equal(np.asarray(d["x"]), h["x"])
+    plain = next(iter(prefetch_to_device(iter(host), size=1)))
+    assert isinstance(plain["y"], jax.Array)
+
+
+def test_prefetch_reraises_errors_and_stops_its_thread():
+    def broken():
+        yield {"a": np.zeros(2)}
+        raise RuntimeError("disk gone")
+
+    it = prefetch_to_device(broken())
+    next(it)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        next(it)
+
+    def endless():
+        while True:
+            yield {"a": np.zeros(2)}
+
+    gen = prefetch_to_device(endless(), size=2)
+    next(gen)
+    gen.close()
+    assert not any(t.name == "prefetch_to_device" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ValueError, match="size"):
+        prefetch_to_device(iter([]), size=0)
+    with pytest.raises(ValueError, match="sharding"):
+        prefetch_to_device(iter([]), sharding="data")
