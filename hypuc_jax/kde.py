@@ -3,24 +3,24 @@
 The density of training labels y_1..y_n (scalars [n] or vectors [n, d], d <= 3)
 with a diagonal Gaussian kernel of bandwidth h [d] (SPEC section 1)::
 
-        rho_h(y) = 1/n * sum_i prod_k N(y_k - y_ik; 0, h_k^2)
+    rho_h(y) = 1/n * sum_i prod_k N(y_k - y_ik; 0, h_k^2)
 
 Two evaluators give the same result:
 
 * ``method="exact"``: the direct sum, tiled over blocks of points and blocks of
-    samples (``lax.map`` over point blocks, ``lax.scan`` over sample blocks), so
-    peak memory is O(chunk_size^2), never O(n * m).
+  samples (``lax.map`` over point blocks, ``lax.scan`` over sample blocks), so
+  peak memory is O(chunk_size^2), never O(n * m).
 * ``method="binned"``: linear binning of the samples onto a regular grid that
-    spans the samples padded by ``PAD_BANDWIDTHS`` bandwidths each side, FFT
-    convolution with the sampled kernel (zero-padded, so no wrap-around), then
-    (multi)linear interpolation at the points. O(n + m + G log G).
+  spans the samples padded by ``PAD_BANDWIDTHS`` bandwidths each side, FFT
+  convolution with the sampled kernel (zero-padded, so no wrap-around), then
+  (multi)linear interpolation at the points. O(n + m + G log G).
 
 Everything below the public functions is jittable with static ``rule``,
 ``method``, ``grid_size`` and ``chunk_size``; the public functions themselves
 work under ``jax.jit`` and ``jax.vmap`` (value checks are skipped on tracers,
 see ``hypuc_jax._validation``), e.g. several label sets of several tasks::
 
-        jax.vmap(lambda s, p: gaussian_kde(s, p))(samples_k_n, points_k_m)  # [k, m]
+    jax.vmap(lambda s, p: gaussian_kde(s, p))(samples_k_n, points_k_m)  # [k, m]
 """
 from __future__ import annotations
 
