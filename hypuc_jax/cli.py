@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny data and model (the 'tiny' preset): about a minute, for smoke tests")
     p.add_argument("--preset", default=None,
-                   help=f"config preset, one of {_PRESETS} (default: potassium, or tiny with "
-                   "--quick)")
+                   help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
+                   "records, 10 epochs, 5 calibration bins; tiny with --quick)")
     p.add_argument("--seed", type=int, default=None, help="training seed for both runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both runs, e.g. train.epochs=3 (repeatable)")
@@ -128,9 +128,12 @@ def _cmd_run(a) -> None:
     from hypuc_jax import workflow
 
     workdir = a.workdir or f"runs/hypuc-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    preset = a.preset or ("tiny" if a.quick else "potassium")
+    overrides = list(a.overrides)
+    preset = a.preset or ("tiny" if a.quick else workflow.DEFAULT_RUN[0])
+    if a.preset is None and not a.quick:
+        overrides = list(workflow.DEFAULT_RUN[1]) + overrides
     out = workflow.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
-                                  overrides=a.overrides, log=lambda s: print(s, flush=True))
+                                  overrides=overrides, log=lambda s: print(s, flush=True))
     print(_summary_table(out["eval"]))
     for row in out["checks"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["passed"]]

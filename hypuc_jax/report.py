@@ -287,7 +287,10 @@ def _fig_roc(runs: Sequence[RunOutputs], path: Path) -> None:
         ax.set_title(f"ROC: {name}")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=6, loc="lower right")
+        if curves:
+            ax.legend(fontsize=6, loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "one outcome only in the test split", ha="center", fontsize=8)
     _save(fig, path)
 
 

@@ -1,0 +1,208 @@
+"""End-to-end tests of the ``hypuc`` command line on the tiny preset.
+
+Commands run in-process through ``cli.main`` (the test session already has
+8 simulated CPU devices from conftest.py), so the multi-device equivalence
+of ``--parallel none / sharding / pmap`` is checked from the CLI itself.
+"""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hypuc_jax import cli, config as config_lib, workflow
+
+TINY = config_lib.get_config("tiny").data.spec
+METRIC_KEYS = ("n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "nll", "crps",
+               "coverage_68", "coverage_90", "coverage_95", "width_95", "uce", "ence")
+FAST = ["--set", "corrections.n_estimators=10"]
+
+
+def _hypuc(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_line_error(rc, err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc != 0 and len(lines) == 1 and "error" in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``hypuc run --quick`` (parallel none): baseline + HypUC on the tiny preset, and the report."""
+    wd = tmp_path_factory.mktemp("run") / "main"
+    rc = cli.main(["run", "--quick", "--workdir", str(wd), "--set", "train.parallel=none",
+                   "--set", "regions=[['hyper', 5.5, 7.5]]", *FAST])
+    assert rc == 0
+    return wd
+
+
+@pytest.fixture(scope="module")
+def trained(quick_run):
+    return quick_run / "hypuc"
+
+
+def test_run_quick_writes_report_and_eval(quick_run):
+    for run in ("baseline", "hypuc"):
+        ev = json.loads((quick_run / run / "eval.json").read_text())
+        assert ev["split"] == "test" and ev["n"] > 0
+        for stage in ("uncalibrated", "calibrated", "corrected"):
+            assert set(METRIC_KEYS) <= set(ev[stage]["overall"])
+            assert {"many", "medium", "few", "hyper", "normal"} <= set(ev[stage]["regions"])
+        for d in ev["decisions"].values():
+            assert {"auroc", "auprc", "baseline_auroc"} <= set(d)
+        assert {"0.0", "0.1"} <= set(ev["flagging"]["mae_kept_at"])
+    base_cfg = json.loads((quick_run / "baseline" / "config.json").read_text())
+    hyp_cfg = json.loads((quick_run / "hypuc" / "config.json").read_text())
+    assert base_cfg["weighting"]["scheme"] == "none" and hyp_cfg["weighting"]["scheme"] == "hypuc"
+    assert base_cfg["train"] == hyp_cfg["train"]  # same seed and budget
+    text = (quick_run / "report.md").read_text()
+    for name in ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
+                 "coverage_per_bin", "selective_risk", "roc"):
+        png = quick_run / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"figures/{name}.png" in text
+
+
+def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
+    ev_before = json.loads((trained / "eval.json").read_text())
+    for argv in (["calibrate", "--workdir", trained, "--method", "global"],
+                 ["correct", "--workdir", trained], ["evaluate", "--workdir", trained]):
+        rc, out, err = _hypuc(capsys, *argv)
+        assert rc == 0, err
+    assert "eval ->" in out and "calibrated" in out
+    ev = json.loads((trained / "eval.json").read_text())
+    assert ev["uncalibrated"] == ev_before["uncalibrated"]  # same model, same predictions
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert cal["method"] == "global"
+    for argv in (["calibrate", "--workdir", trained], ["correct", "--workdir", trained],
+                 ["evaluate", "--workdir", trained]):  # back to the config's hyperfine
+        assert cli.main([str(a) for a in argv]) == 0
+
+
+def test_predict_writes_every_column(trained, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    spec = TINY.replace("n=256", "n=40")
+    rc, stdout, err = _hypuc(capsys, "predict", "--workdir", trained, "--data", spec,
+                             "--output", out)
+    assert rc == 0, err
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40
+    cols = set(rows[0])
+    assert {"mu", "sigma", "sigma_cal", "lower_95", "upper_95", "corrected", "entropy",
+            "flag"} <= cols and any(c.startswith("p_") for c in cols)
+    r = {k: float(v) for k, v in rows[0].items()}
+    assert r["lower_95"] == pytest.approx(r["mu"] - 1.959964 * r["sigma_cal"], rel=1e-4, abs=1e-4)
+    assert r["entropy"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * r["sigma_cal"] ** 2),
+                                         rel=1e-4, abs=1e-4)
+
+
+def test_predict_refuses_other_shape(trained, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    spec = TINY.replace("duration=2", "duration=3").replace("n=256", "n=20")
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", trained, "--data", spec, "--output", out)
+    assert "shape" in _one_line_error(rc, err)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("parallel", ["sharding", "pmap"])
+def test_parallel_modes_match_none(trained, tmp_path, parallel):
+    wd = tmp_path / parallel
+    for argv in (["train", "--workdir", wd, "--data", TINY, "--preset", "tiny", "--parallel",
+                  parallel, "--weighting", "hypuc", "--set", "regions=[['hyper', 5.5, 7.5]]",
+                  *FAST],
+                 ["calibrate", "--workdir", wd], ["correct", "--workdir", wd],
+                 ["evaluate", "--workdir", wd]):
+        assert cli.main([str(a) for a in argv]) == 0, argv
+    ref = json.loads((trained / "eval.json").read_text())
+    got = json.loads((wd / "eval.json").read_text())
+    for stage in ("uncalibrated", "calibrated"):
+        for key in ("mae", "rmse", "nll", "crps", "coverage_95", "uce"):
+            assert got[stage]["overall"][key] == pytest.approx(
+                ref[stage]["overall"][key], abs=1e-4), (stage, key)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--workdir", "x", "--data", TINY, "--bogus"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["calibrate", "--workdir", "x", "--method", "magic"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["run", "train", "calibrate", "correct", "evaluate",
+                                     "predict"])
+def test_help_documents_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli._parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize("command", ["calibrate", "correct", "evaluate"])
+def test_commands_need_a_trained_workdir(command, tmp_path, capsys):
+    rc, _, err = _hypuc(capsys, command, "--workdir", tmp_path)
+    assert "no trained model" in _one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_needs_a_trained_workdir(tmp_path, capsys):
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", tmp_path / "w", "--data", TINY,
+                        "--output", tmp_path / "p.csv")
+    assert "no trained model" in _one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_data_spec(tmp_path, capsys):
+    wd = tmp_path / "w"
+    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data",
+                        f"csv:{tmp_path / 'missing.csv'}", "--preset", "tiny")
+    assert "missing.csv" in _one_line_error(rc, err)
+    assert not (wd / workflow.TASK).exists() and not (wd / "eval.json").exists()
+
+
+def test_missing_target_column(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    rng = np.random.default_rng(0)
+    rows = ["a,b,y"] + [f"{x:.3f},{z:.3f},{x + z:.3f}" for x, z in rng.normal(size=(60, 2))]
+    data.write_text("\n".join(rows) + "\n")
+    wd = tmp_path / "w"
+    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}",
+                        "--target", "nope", "--preset", "tiny")
+    assert "nope" in _one_line_error(rc, err)
+    assert not (wd / workflow.TASK).exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--set", "train.nope=1"], "train.nope"),
+    (["--set", "train.lr=-1"], "train.lr"),
+    (["--region", "hyper"], "--region"),
+    (["--batch-size", "30", "--parallel", "sharding"], "train.batch_size"),
+])
+def test_bad_config_values(tmp_path, capsys, argv, needle):
+    wd = tmp_path / "w"
+    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
+                        *argv)
+    assert needle in _one_line_error(rc, err)
+    assert not wd.exists() or not (wd / workflow.TASK).exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(workflow.WorkflowError):
+        cli.main(["calibrate", "--workdir", str(tmp_path), "--debug"])
