@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import time
 from typing import Any, Callable
 
@@ -27,10 +26,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hypuc_jax import checkpoints, losses, models, parallel, train_data, train_logging
+from hypuc_jax import checkpoints, losses, parallel, train_data, train_logging
 from hypuc_jax import data as data_lib
 from hypuc_jax._validation import as_array, check_finite
 from hypuc_jax.config import Config, resolve_parallel, validate
+# Re-exported: train.create_train_state / make_optimizer / build_model are the
+# Flax-examples entry points.
+from hypuc_jax.train_state import (build_model, check_model_fits, create_train_state,  # noqa: F401
+                                   fingerprint, make_optimizer)
+
+__all__ = ["LossSpec", "TrainResult", "TRACE_COUNTS", "build_model", "check_model_fits",
+           "compiled_steps", "create_train_state", "eval_step", "fingerprint",
+           "make_optimizer", "predict", "train_and_evaluate", "train_step"]
 
 #: Python-side trace counter per step function (incremented while tracing).
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -64,109 +71,6 @@ class LossSpec:
           jnp.asarray(0.5 * (edges[1:] + edges[:-1]), jnp.float32),
           jnp.asarray(counts / counts.sum(), jnp.float32))
     return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior)
-
-
-def make_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                              optax.Schedule]:
-  """AdamW with linear warmup + cosine decay, after global-norm clipping.
-
-  Returns:
-    ``(tx, schedule)``; ``schedule(step)`` is the learning rate.
-  """
-  t = config.train
-  warmup = min(t.warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0 if warmup > 0 else t.lr, peak_value=t.lr, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-  parts.append(optax.adamw(schedule, weight_decay=t.weight_decay))
-  return optax.chain(*parts), schedule
-
-
-def build_model(config: Config, input_shape: tuple[int, ...], *, rngs: nnx.Rngs):
-  """``models.create_model`` with the sizes from ``config.model``.
-
-  Raises:
-    ValueError: the model does not fit ``input_shape``; the message names
-      the ``model.<key>`` at fault.
-  """
-  m = config.model
-  kind = m.kind if m.kind != "auto" else ("resnet1d" if len(input_shape) == 2 else "mlp")
-  kwargs: dict[str, Any] = dict(dropout=m.dropout, sigma_min=m.sigma_min, dtype=m.dtype)
-  if kind == "resnet1d":
-    kwargs.update(widths=m.widths, blocks=m.blocks, kernel_size=m.kernel_size,
-                  stem_kernel=m.stem_kernel, stem_stride=m.stem_stride, groups=m.groups)
-  else:
-    kwargs.update(hidden=m.widths, activation=m.activation)
-  if config.loss.name in ("bmc", "bni") and config.loss.learn_noise:
-    kwargs["noise_sigma_init"] = config.loss.noise_sigma
-  try:
-    return models.create_model(kind, tuple(input_shape),
-                               losses.head_for_loss(config.loss.name), rngs=rngs, **kwargs)
-  except ValueError as e:
-    raise ValueError(f"model.{e} (data example shape {tuple(input_shape)})") from e
-
-
-def check_model_fits(config: Config, input_shape: tuple[int, ...]) -> None:
-  """Raises ValueError naming the key when the model cannot take ``input_shape``."""
-  nnx.eval_shape(lambda: build_model(config, input_shape, rngs=nnx.Rngs(0)))
-
-
-def create_train_state(config: Config, input_shape: tuple[int, ...], total_steps: int,
-                       ) -> tuple[nnx.GraphDef, nnx.State, optax.Schedule]:
-  """Initialises model + optimiser from ``config.train.seed``.
-
-  Args:
-    config: run configuration.
-    input_shape: shape of ONE example, ``(time, leads)`` or ``(features,)``.
-    total_steps: planned optimiser steps (length of the cosine schedule).
-
-  Returns:
-    ``(graphdef, state, schedule)``: ``nnx.merge(graphdef, state)`` gives
-    ``(model, optimizer)``; ``state`` is a pytree of fresh arrays.
-  """
-  key = (_model_key(config), tuple(int(v) for v in input_shape))
-  tx, schedule = _optimizer(key[0], int(total_steps))
-  graphdef = _graphdef(*key, tx)
-  return graphdef, _state_init(*key)(), schedule
-
-
-def _init_fn(config: Config, input_shape: tuple[int, ...], tx):
-  seed = config.train.seed
-
-  def init():
-    model = build_model(config, input_shape, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-  return init
-
-
-# Caches keyed by the parts of the config that shape the model and optimiser:
-# runs of one model in a process (resume, predict after training, tests)
-# share graphdefs and compiled functions.
-def _model_key(config: Config) -> str:
-  d = config.to_dict()
-  opt = {k: d["train"][k] for k in ("lr", "weight_decay", "warmup_steps", "grad_clip", "seed")}
-  return json.dumps({"model": d["model"], "loss": d["loss"], "train": opt}, sort_keys=True)
-
-
-@functools.lru_cache(maxsize=32)
-def _optimizer(config_json: str, total_steps: int):
-  return make_optimizer(Config.from_dict(json.loads(config_json)), total_steps)
-
-
-@functools.lru_cache(maxsize=32)
-def _graphdef(config_json: str, input_shape: tuple[int, ...], tx):
-  init = _init_fn(Config.from_dict(json.loads(config_json)), input_shape, tx)
-  return nnx.split(nnx.eval_shape(init))[0]
-
-
-@functools.lru_cache(maxsize=16)
-def _state_init(config_json: str, input_shape: tuple[int, ...]):
-  """Jitted initialiser (one compile, not one per init op); the optimiser
-  state's structure and initial values do not depend on the schedule length."""
-  tx, _ = _optimizer(config_json, 1)
-  init = _init_fn(Config.from_dict(json.loads(config_json)), input_shape, tx)
-  return jax.jit(lambda: nnx.split(init())[1])
 
 
 def _noise(model, spec: LossSpec):
@@ -280,11 +184,6 @@ _STEP_CACHE: dict = {}
 # ----------------------------------------------------------------------------
 # Run driver: data -> state -> loop (log / eval / checkpoint) -> predictions.
 
-_NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
-                                "keep_checkpoints", "early_stopping_patience", "prefetch",
-                                "transfer_guard", "parallel", "eval_batch_size")}
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
   """What ``train_and_evaluate`` produced.
@@ -306,15 +205,6 @@ class TrainResult:
   final_metrics: dict
   stopped_early: bool
   paths: dict
-
-
-def fingerprint(config: Config) -> dict:
-  """The part of the config that must match to resume from a checkpoint."""
-  d = config.to_dict()
-  out = {k: d[k] for k in ("data", "model", "loss", "weighting", "train")}
-  out["train"] = {k: v for k, v in out["train"].items()
-                  if k not in _NOT_FINGERPRINTED["train"]}
-  return out
 
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
@@ -369,14 +259,18 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   placement = parallel.Placement(mode)
   state = placement.put_state(state)
   step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
-  logger = train_logging.TrainLogger(workdir, total)
+  logger = train_logging.TrainLogger(workdir, total, fresh=start == 0)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = map(placement.host_layout,
                      train_data.train_batches(run, start, t.batch_size, t.seed))
   batches = (data_lib.prefetch_to_device(host_batches, t.prefetch, placement.data_sharding)
              if t.prefetch else map(placement.put_batch, host_batches))
   guard_level = "disallow" if t.transfer_guard else "allow"
-  pending, last_train, stopped_early, step = [], {}, False, start
+  pending, last_train, step = [], {}, start
+  stopped_early = bool(t.early_stopping_patience
+                       and meta["bad_evals"] >= t.early_stopping_patience)  # resumed a stopped run
+  if stopped_early:
+    end = start
   tick, tick_step = None, start
 
   def evaluate(state_):
@@ -432,6 +326,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         break
   finally:
     logger.close()
+    if hasattr(batches, "close"):
+      batches.close()                      # stops the prefetch thread
   if step < total and not stopped_early:   # interrupted on purpose (stop_after)
     store.close()
     return TrainResult(workdir, step, meta["best_step"], {}, last_train, False, paths)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -24,10 +25,12 @@ class TrainLogger:
     total_steps: planned number of steps (for the ETA).
     stream: where the progress bar goes (default ``sys.stdout``).
     progress: force the bar on/off (default: only when ``stream`` is a TTY).
+    fresh: start new logs (a run from step 0) instead of appending to a
+      resumed run's.
   """
 
   def __init__(self, workdir: str, total_steps: int, *, stream: TextIO | None = None,
-               progress: bool | None = None):
+               progress: bool | None = None, fresh: bool = False):
     self.enabled = jax.process_index() == 0
     self.total_steps = int(total_steps)
     self.stream = stream or sys.stdout
@@ -39,9 +42,12 @@ class TrainLogger:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      tb_dir = os.path.join(workdir, "tb")
+      if fresh and os.path.isdir(tb_dir):
+        shutil.rmtree(tb_dir)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "w" if fresh else "a")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = SummaryWriter(tb_dir)
 
   def start(self, step: int) -> None:
     """Marks the wall-clock start at ``step`` (after the first compiled step)."""

@@ -4,8 +4,6 @@ The reference is written here independently: plain ``jax.grad`` of
 ``sum(w * l) / sum(w)`` over the whole batch (Gaussian NLL written out),
 applied with an optax chain built here from the same config values.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
