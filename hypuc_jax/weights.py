@@ -3,10 +3,12 @@
 HypUC weights (``kde_weights``): w(y) = 1 / rho_h(y)^lam with the Gaussian KDE
 rho_h of the training labels (``hypuc_jax.kde``); the density is floored at
 ``floor * max(rho)``, the weights are normalised to mean 1 over the given
-labels, and optionally capped at ``max_weight``. Baselines with the same call
-shape: inverse and square-root inverse frequency on bins (``inverse_weights``,
-``sqrt_inverse_weights``), label distribution smoothing (``lds_weights``,
-Yang et al. 2021) and DenseWeight (``dense_weights``, Steininger et al. 2021).
+labels, and optionally capped at ``max_weight``. DenseWeight
+(``dense_weights``, Steininger et al. 2021) is the KDE-based baseline with the
+same call shape. The histogram-bin baselines (inverse and square-root inverse
+frequency, label distribution smoothing) live in ``hypuc_jax.bin_weights``
+and are re-exported here (``inverse_weights``, ``sqrt_inverse_weights``,
+``lds_weights``).
 
 ``fit_weighting`` fits any of these on the training labels once and returns a
 ``LabelWeighting``: a small frozen pytree (a grid or bin table plus a few
@@ -26,24 +28,18 @@ import numpy as np
 from flax import struct
 
 from hypuc_jax import kde
-from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+from hypuc_jax._validation import check_positive, is_concrete
+from hypuc_jax.bin_weights import (BIN_SCHEMES, _bin_index, _bin_scheme_table, _bin_weights,
+                                   _labels_1d, inverse_weights, lds_weights,
+                                   sqrt_inverse_weights)
 
-SCHEMES = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
-LDS_KERNELS = ("gaussian", "triang", "laplace")
+SCHEMES = ("none", "hypuc", *BIN_SCHEMES, "denseweight")
 _CAP_STEP_TOL = 1e-7  # Newton for the cap stops when the scale moves less than this
 
 
 # --------------------------------------------------------------------------- #
 # Validation helpers
 # --------------------------------------------------------------------------- #
-def _labels_1d(labels, name: str = "labels") -> jax.Array:
-    """Validates labels [n] (finite, non-empty) and returns a float jax array."""
-    labels = as_array(labels, name, ndim=1)
-    check_finite(labels, name)
-    y = jnp.asarray(labels)
-    return y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(jnp.result_type(float))
-
-
 def _check_lam(lam) -> None:
     check_positive(lam, "lam", strict=False)
 
@@ -138,177 +134,6 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
 
 
 # --------------------------------------------------------------------------- #
-# Bin-based baselines
-# --------------------------------------------------------------------------- #
-def _bin_grid(y: jax.Array, bins: int, value_range):
-    """(lo, width) of ``bins`` equal bins over value_range or [min y, max y]."""
-    if not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins: expected an int >= 1, got {bins!r}")
-    if value_range is None:
-        lo, hi = jnp.min(y), jnp.max(y)
-    else:
-        vr = as_array(value_range, "value_range", ndim=1)
-        check_finite(vr, "value_range")
-        if vr.shape[0] != 2 or (is_concrete(vr) and not float(vr[0]) < float(vr[1])):
-            raise ValueError(f"value_range: expected (low, high) with low < high, got {value_range!r}")
-        lo, hi = jnp.asarray(vr[0], y.dtype), jnp.asarray(vr[1], y.dtype)
-    width = jnp.where(hi > lo, (hi - lo) / bins, 1.0)  # all labels equal: one occupied bin
-    return lo, width
-
-
-def _bin_index(y: jax.Array, lo, width, bins: int) -> jax.Array:
-    """Bin of each label [b]; labels outside the range go to the edge bins."""
-    return jnp.clip(jnp.floor((y - lo) / width).astype(jnp.int32), 0, bins - 1)
-
-
-def _lds_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
-    """LDS smoothing window [ks] with peak 1, as in DIR's get_lds_kernel_window.
-
-    gaussian: a centred unit impulse of length ks filtered by a Gaussian of
-    std sigma (radius int(4 sigma + 0.5), 'reflect' boundary, as
-    scipy.ndimage.gaussian_filter1d), divided by its maximum; triang: the
-    triangular window 1 - |i - c| / ((ks + 1) / 2); laplace: exp(-|i - c| / sigma).
-    """
-    c = (ks - 1) // 2
-    offsets = np.arange(ks) - c
-    if kernel == "triang":
-        return 1.0 - np.abs(offsets) / ((ks + 1) / 2)
-    if kernel == "laplace":
-        return np.exp(-np.abs(offsets) / sigma)
-    radius = int(4.0 * sigma + 0.5)
-    k = np.arange(-radius, radius + 1)
-    g = np.exp(-0.5 * (k / sigma) ** 2)
-    out = np.zeros(ks)
-    for i in range(ks):
-        j = np.mod(i + k, 2 * ks)
-        j = np.where(j >= ks, 2 * ks - 1 - j, j)  # 'reflect': d c b a | a b c d | d c b a
-        out[i] = g[j == c].sum()
-    return out / out.max()
-
-
-def _bin_table(y, bins, value_range, clip, power, window):
-    """(lo, width, table [bins]) of processed counts: clip, ^power, smooth."""
-    if clip is not None:
-        if len(clip) != 2:
-            raise ValueError(f"clip: expected None or (low, high) with None for no bound, got {clip!r}")
-        for v in clip:
-            if v is not None:
-                check_positive(v, "clip", strict=False)
-    lo, width = _bin_grid(y, bins, value_range)
-    counts = jnp.bincount(_bin_index(y, lo, width, bins), length=bins).astype(y.dtype)
-    if clip is not None:
-        counts = jnp.clip(counts, clip[0], clip[1])
-    table = counts ** power
-    if window is not None:
-        table = jnp.convolve(table, jnp.asarray(window, y.dtype), mode="same")
-    # Bins with a zero value are reachable only by new labels: use the smallest
-    # positive value so that no weight is infinite.
-    smallest = jnp.min(jnp.where(table > 0, table, jnp.inf))
-    return lo, width, jnp.where(table > 0, table, smallest)
-
-
-def _bin_weights(y, lo, width, table):
-    """Weights 1 / table[bin(y)] normalised to mean 1; returns (w [n], scale)."""
-    raw = 1.0 / table[_bin_index(y, lo, width, table.shape[0])]
-    scale = 1.0 / jnp.mean(raw)
-    return raw * scale, scale
-
-
-def _check_lds(kernel, ks, sigma, reweight):
-    if kernel not in LDS_KERNELS:
-        raise ValueError(f"kernel: expected one of {LDS_KERNELS}, got {kernel!r}")
-    if not isinstance(ks, (int, np.integer)) or ks < 1 or ks % 2 == 0:
-        raise ValueError(f"ks: expected an odd int >= 1, got {ks!r}")
-    check_positive(sigma, "sigma")
-    if reweight not in ("inverse", "sqrt_inv"):
-        raise ValueError(f"reweight: expected 'inverse' or 'sqrt_inv', got {reweight!r}")
-
-
-def _bin_scheme_table(y, scheme: str, bins=100, value_range=None, clip="default",
-                      kernel="gaussian", ks=5, sigma=2.0, reweight="sqrt_inv"):
-    """Table of a bin scheme ("inverse", "sqrt_inv", "lds") with its defaults."""
-    if scheme == "lds":
-        _check_lds(kernel, ks, sigma, reweight)
-        window = _lds_window(kernel, int(ks), float(sigma))
-        power = 0.5 if reweight == "sqrt_inv" else 1.0
-        clip = None if clip == "default" else clip
-    else:
-        window, power = None, (0.5 if scheme == "sqrt_inv" else 1.0)
-        clip = ((5.0, 1000.0) if scheme == "inverse" else (1.0, None)) if clip == "default" else clip
-    return _bin_table(y, bins, value_range, clip, power, window)
-
-
-def inverse_weights(labels, bins: int = 100, value_range=None,
-                    clip: tuple | None = (5.0, 1000.0)) -> jax.Array:
-    """Inverse-frequency weights on equal-width bins, 1 / clip(count), mean 1.
-
-    Args:
-      labels: training labels [n], finite.
-      bins: number of equal-width bins over ``value_range``.
-      value_range: (low, high); default (min, max) of the labels. Labels
-        outside go to the edge bins.
-      clip: (low, high) bounds on the bin counts (None for no bound); the
-        default (5, 1000) is the DIR reference (Yang et al. 2021).
-
-    Returns:
-      Weights [n], mean 1.
-    """
-    y = _labels_1d(labels)
-    lo, width, table = _bin_scheme_table(y, "inverse", bins, value_range, clip)
-    return _bin_weights(y, lo, width, table)[0]
-
-
-def sqrt_inverse_weights(labels, bins: int = 100, value_range=None,
-                         clip: tuple | None = (1.0, None)) -> jax.Array:
-    """Square-root inverse-frequency weights, 1 / sqrt(clip(count)), mean 1.
-
-    Args:
-      labels: training labels [n], finite.
-      bins: number of equal-width bins.
-      value_range: (low, high); default (min, max) of the labels.
-      clip: (low, high) bounds on the counts; the default only lifts empty
-        bins to 1 (DIR does not clip for sqrt_inv; training labels never
-        fall into an empty bin, so their weights are the same).
-
-    Returns:
-      Weights [n], mean 1.
-    """
-    y = _labels_1d(labels)
-    lo, width, table = _bin_scheme_table(y, "sqrt_inv", bins, value_range, clip)
-    return _bin_weights(y, lo, width, table)[0]
-
-
-def lds_weights(labels, bins: int = 100, value_range=None, kernel: str = "gaussian",
-                ks: int = 5, sigma: float = 2.0, reweight: str = "sqrt_inv",
-                clip: tuple | None = None) -> jax.Array:
-    """Label distribution smoothing (LDS) weights, as in DIR (Yang et al. 2021).
-
-    Following DIR's reference ``_prepare_weights``: bin counts, clipped if
-    ``clip`` is given (DIR clips to (5, 1000) for "inverse"), square-rooted for
-    "sqrt_inv", convolved (zero boundary) with the LDS window of odd size ks
-    (``_lds_window``), and the weight of a label is 1 / smoothed value of its
-    bin, normalised to mean 1.
-
-    Args:
-      labels: training labels [n], finite.
-      bins: number of equal-width bins.
-      value_range: (low, high); default (min, max) of the labels.
-      kernel: "gaussian", "triang" or "laplace".
-      ks: window size, odd >= 1.
-      sigma: window scale (gaussian std / laplace scale) in bins, > 0.
-      reweight: "sqrt_inv" or "inverse".
-      clip: optional (low, high) bounds on the raw counts.
-
-    Returns:
-      Weights [n], mean 1.
-    """
-    y = _labels_1d(labels)
-    lo, width, table = _bin_scheme_table(y, "lds", bins, value_range, clip, kernel, ks,
-                                         sigma, reweight)
-    return _bin_weights(y, lo, width, table)[0]
-
-
-# --------------------------------------------------------------------------- #
 # DenseWeight
 # --------------------------------------------------------------------------- #
 @jax.jit
@@ -394,7 +219,7 @@ class LabelWeighting:
             return jnp.ones_like(y)
         y = jnp.clip(y, self.y_min, self.y_max)
         p = self.params
-        if self.scheme in ("inverse", "sqrt_inv", "lds"):
+        if self.scheme in BIN_SCHEMES:
             return p["scale"] / self.table[_bin_index(y, self.lo, self.step, self.table.shape[0])]
         rho = kde.interpolate_grid(y[:, None], self.lo[None], self.step[None], self.table)
         if self.scheme == "hypuc":
@@ -459,7 +284,7 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
     if scheme == "none":
         _reject_options(scheme, options, ())
         return LabelWeighting(scheme, f(0.0), f(1.0), jnp.zeros((1,), y.dtype), params={}, **common)
-    if scheme in ("inverse", "sqrt_inv", "lds"):
+    if scheme in BIN_SCHEMES:
         keys = ("bins", "value_range", "clip") + (("kernel", "ks", "sigma", "reweight")
                                                   if scheme == "lds" else ())
         _reject_options(scheme, options, keys)
