@@ -100,7 +100,9 @@ def val_score(workdir: Path) -> dict:
     """Validation-split accuracy of a trained variant (for lam/bandwidth selection)."""
     p = workflow.load_npz(workdir / "predictions_val.npz", "val predictions")
     labels = np.load(workdir / workflow.TRAIN_LABELS)
-    ev = metrics.evaluate(p["y"], p["mu"], None, train_labels=labels)
+    cfg = workflow.load_config(workdir)
+    ev = metrics.evaluate(p["y"], p["mu"], None, train_labels=labels,
+                          shot_bins=cfg.weighting.bins)
     return {"balanced_mae": ev["overall"]["balanced_mae"], "mae": ev["overall"]["mae"]}
 
 

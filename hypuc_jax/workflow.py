@@ -179,7 +179,8 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     ev = {"split": split, "n": int(len(y))}
     for stage, (m, s) in {"uncalibrated": (mu, sigma), "calibrated": (mu, sigma_cal),
                           "corrected": (corrected, sigma_cal)}.items():
-        ev[stage] = metrics.evaluate(y, m, s, train_labels=train_labels, regions=regions)
+        ev[stage] = metrics.evaluate(y, m, s, train_labels=train_labels, regions=regions,
+                                     shot_bins=cfg.weighting.bins)
     ev["decisions"] = {}
     ths = [t for t in task.thresholds if t[0] in probs]
     base = corrections.baseline_scores(mu, sigma_cal, ths) if ths else {}
