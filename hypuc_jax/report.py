@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
@@ -109,7 +110,8 @@ def _fig_labels(runs: Sequence[RunOutputs], path: Path) -> None:
     for run, color in zip(runs, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
         g, _, w = run.label_density
         ax2.plot(g, w, color=color, lw=1.5, ls="--", label=f"weight ({run.name})")
-    ax2.set_ylim(bottom=0)
+    ax2.set_yscale("log")
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax2.set_ylabel("training weight (mean 1 over train)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
@@ -123,8 +125,8 @@ def _shade_regions(ax, run: RunOutputs, lo: float, hi: float) -> None:
         a, b = max(a, lo), min(b, hi)
         if a < b:
             ax.axvspan(a, b, color=f"C{k}", alpha=0.08, lw=0)
-            ax.text((a + b) / 2, 0.02, name, transform=ax.get_xaxis_transform(), ha="center",
-                    fontsize=7, color="0.3")
+            ax.text((a + b) / 2, 0.02 + 0.04 * (k % 2), name.replace("_", " "), fontsize=7,
+                    transform=ax.get_xaxis_transform(), ha="center", color="0.3")
 
 
 def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
@@ -174,7 +176,8 @@ def _fig_mae_regions(runs: Sequence[RunOutputs], path: Path) -> None:
                         va="bottom", fontsize=7)
     counts = [runs[0].eval["uncalibrated"]["overall"]["n"]] + [
         runs[0].eval["uncalibrated"]["regions"][n].get("n", 0) for n in names[1:]]
-    ax.set_xticks(x, [f"{n}\n(n={c})" for n, c in zip(names, counts)], fontsize=8)
+    ax.set_xticks(x, [f"{n.replace('_', chr(10))}\n(n={c})" for n, c in zip(names, counts)],
+                  fontsize=8)
     ax.set_ylabel("test MAE (mu)" + _unit(runs[0]))
     ax.set_title("MAE per region (empty bars: too few samples)")
     ax.legend()
@@ -225,20 +228,22 @@ def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=No
 def _fig_bin_coverage(runs: Sequence[RunOutputs], path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.8 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
+        lowest = 1.0
         for sig, label, c, off in ((run.sigma, "uncalibrated", "tab:orange", -0.2),
                                    (run.sigma_cal, "calibrated", "tab:blue", 0.2)):
             centres, cov, counts = mu_bin_coverage(run.y, run.mu, sig, bins=run.mu_bins)
             ax.bar(np.arange(len(cov)) + off, cov, 0.4, color=c, label=label)
+            lowest = min(lowest, float(np.min(cov)))
         ax.set_xticks(np.arange(len(centres)),
                       [f"{c:.2f}\nn={n}" for c, n in zip(centres, counts)], fontsize=6)
         ax.axhline(0.95, color="k", lw=1)
         ax.axhspan(0.93, 0.97, color="0.85", zorder=0, label="95% ± 2 pp")
-        ax.set_ylim(max(0.0, min(0.6, ax.get_ylim()[0])), 1.02)
+        ax.set_ylim(max(0.0, min(0.85, lowest - 0.05)), 1.01)
         ax.set_xlabel("calibration mu-bin (median mu, test count)" if run.mu_bins is not None
                       else "quantile mu-bin (median mu, test count)")
         ax.set_ylabel("95% interval coverage (test)")
         ax.set_title(f"Coverage per mu-bin: {run.name}")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     _save(fig, path)
 
 
