@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -73,3 +75,47 @@ def check_same_length(name_a: str, a: Any, name_b: str, b: Any) -> None:
         raise ValueError(
             f"{name_a} and {name_b}: expected the same length, got {la[0] if la else 'scalar'}"
             f" and {lb[0] if lb else 'scalar'}")
+
+
+def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:
+    """Checks named 1-D arrays of one length and returns them as jax arrays.
+
+    Shape checks run on every call (also while tracing); the finiteness check
+    only on concrete values.
+
+    Args:
+      finite: whether to require finite values.
+      **arrays: name=array-like, each of shape ``[n]`` with the same ``n``.
+
+    Returns:
+      The arrays as jax arrays ``[n]``, in argument order.
+
+    Raises:
+      ValueError: an array not 1-D or empty, lengths that differ, or (when
+        ``finite`` and concrete) a NaN/inf entry; the message names the array.
+    """
+    out, first = [], None
+    for name, x in arrays.items():
+        x = as_array(x, name, ndim=1)
+        if finite:
+            check_finite(x, name)
+        if first is None:
+            first = (name, x)
+        check_same_length(first[0], first[1], name, x)
+        out.append(jnp.asarray(x))
+    chex.assert_equal_shape(out)
+    return out
+
+
+def as_positive_scalar(x: Any, name: str) -> jax.Array:
+    """Returns ``x`` as a scalar jax array ``[]``, checked > 0 when concrete.
+
+    Raises:
+      ValueError: ``x`` has more than one element, or is concrete and not
+        finite and positive.
+    """
+    x = as_array(x, name)
+    if x.size != 1:
+        raise ValueError(f"{name}: expected a scalar, got shape {tuple(x.shape)}")
+    check_positive(x, name)
+    return jnp.reshape(jnp.asarray(x), ())
