@@ -280,8 +280,9 @@ def beats_needed(duration: float) -> int:
 
 
 def default_chunk_size(n_time: int) -> int:
-    """Records per jitted call: bounded intermediates (~50 MB)."""
-    return int(min(512, max(8, 500_000 // max(n_time, 1))))
+    """Records per jitted call: a power of two with bounded intermediates (~50 MB)."""
+    fit = max(8, 524_288 // max(n_time, 1))
+    return int(min(512, 1 << (fit.bit_length() - 1)))
 
 
 def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
@@ -340,17 +341,24 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
         chunk = max(2, int(chunk_size))
     n_beats = beats_needed(duration)
     key = jax.random.key(int(seed))
-    xs, ys = [], []
-    for s in range(0, n, chunk):
+
+    def launch(s):  # fixed-size chunks (the last one padded): one compilation
         m = min(chunk, n - s)
-        pad = chunk - m  # fixed-size chunks: one compilation
         ind = np.arange(start + s, start + s + chunk, dtype=np.uint32)
-        l_c = np.pad(lab[s:s + m], (0, pad))
-        h_c = np.pad(has[s:s + m], (0, pad))
-        x, y = _simulate_chunk(key, ind, l_c, h_c, preset=preset, rate=float(rate),
-                               n_time=n_time, n_beats=n_beats)
-        xs.append(x[:m])
-        ys.append(y[:m])
+        l_c, h_c = np.pad(lab[s:s + m], (0, chunk - m)), np.pad(has[s:s + m], (0, chunk - m))
+        return m, _simulate_chunk(key, ind, l_c, h_c, preset=preset, rate=float(rate),
+                                  n_time=n_time, n_beats=n_beats)
+
+    starts = list(range(0, n, chunk))
     if backend == "jax":
-        return jnp.concatenate(xs), jnp.concatenate(ys)
-    return np.concatenate([np.asarray(a) for a in xs]), np.concatenate([np.asarray(a) for a in ys])
+        outs = [launch(s) for s in starts]
+        return (jnp.concatenate([x[:m] for m, (x, _) in outs]),
+                jnp.concatenate([y[:m] for m, (_, y) in outs]))
+    x_out, y_out = np.empty((n, n_time, 12), np.float32), np.empty((n,), np.float32)
+    pending = launch(0)
+    for i, s in enumerate(starts):  # copy chunk i to the host while chunk i+1 runs
+        m, (x, y) = pending
+        if i + 1 < len(starts):
+            pending = launch(starts[i + 1])
+        x_out[s:s + m], y_out[s:s + m] = np.asarray(x)[:m], np.asarray(y)[:m]
+    return x_out, y_out

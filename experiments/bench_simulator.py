@@ -1,0 +1,97 @@
+"""Benchmark: simulated 12-lead ECG records per second, hypuc_jax vs neurokit2.
+
+    python experiments/bench_simulator.py [--n100 4096 --n500 1024 --nk 3 --repeats 3]
+                                          [--out experiments/results/bench_simulator.md]
+
+Both make 10-second 12-lead records at the same sampling rate:
+
+* hypuc_jax: ``data.simulate(seed, n, rate=...)`` (numpy output, labels
+  included), after one warm-up call that compiles; the median of
+  ``--repeats`` timed calls. Also reported: process CPU seconds per record,
+  i.e. throughput per busy core (robust to other load on the machine).
+* neurokit2: ``ecg_simulate(duration=10, sampling_rate=..., method="multileads")``
+  for ``--nk`` records (one record per call, as the API offers).
+
+Wall-clock numbers depend on the machine's other load; the load average at
+the start is printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hypuc_jax.data import simulate  # noqa: E402
+
+DURATION = 10.0
+
+
+def bench_ours(n: int, rate: int, repeats: int) -> tuple[float, float]:
+    """(records/s wall, records per CPU-second) of ``simulate``."""
+    simulate(0, n, rate=rate, duration=DURATION)  # compile for this chunk shape
+    walls, cpus = [], []
+    for r in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        x, _ = simulate(r + 1, n, rate=rate, duration=DURATION)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        assert x.shape == (n, int(DURATION * rate), 12)
+    return n / statistics.median(walls), n / statistics.median(cpus)
+
+
+def bench_neurokit(n: int, rate: int) -> float | None:
+    """Records/s of neurokit2's multilead simulator, or None if not installed."""
+    try:
+        import neurokit2 as nk
+    except ImportError:
+        return None
+    nk.ecg_simulate(duration=DURATION, sampling_rate=rate, method="multileads", random_state=0)
+    t0 = time.perf_counter()
+    for i in range(n):
+        out = nk.ecg_simulate(duration=DURATION, sampling_rate=rate, method="multileads",
+                              random_state=i + 1)
+        assert out.shape == (int(DURATION * rate), 12)
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n100", type=int, default=4096, help="hypuc_jax records at 100 Hz")
+    p.add_argument("--n500", type=int, default=1024, help="hypuc_jax records at 500 Hz")
+    p.add_argument("--nk", type=int, default=3, help="neurokit2 records per rate")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = p.parse_args(argv)
+    load = os.getloadavg()[0]
+    rows = []
+    for rate, n in ((100, args.n100), (500, args.n500)):
+        wall, per_cpu = bench_ours(n, rate, args.repeats)
+        nk_rate = bench_neurokit(args.nk, rate)
+        ratio = f"{wall / nk_rate:,.0f}x" if nk_rate else "n/a"
+        nk_txt = f"{nk_rate:.2f}" if nk_rate else "not installed"
+        rows.append(f"| {rate} Hz | {wall:,.0f} | {per_cpu:,.0f} | {nk_txt} | {ratio} |")
+    lines = [
+        f"Simulated 10 s 12-lead records per second; {os.cpu_count()} CPU cores, JAX "
+        f"{jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
+        f"1-min load average at start {load:.1f}.",
+        "",
+        "| rate | hypuc_jax records/s (wall) | hypuc_jax records per CPU-second | "
+        "neurokit2 multileads records/s | speed-up (wall) |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# bench_simulator\n\n`python experiments/bench_simulator.py`\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
