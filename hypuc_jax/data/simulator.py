@@ -19,15 +19,18 @@ from clinical ECG knowledge (e.g. Diercks et al. 2004; Levis 2012), in terms
 of ``ramp(z) = 0.2 * softplus(z / 0.2)`` (a smooth ``max(0, z)``) of the
 record's effective potassium ``k``:
 
-* hyperkalemia first speeds repolarisation (steeper K gradient across the
-  membrane opens IKr): taller, narrower T waves,
-  ``T amp x (1 + 0.7 ramp(k - 4.6))``, ``T width / (1 + 0.25 ramp(k - 4.6))``;
+* T amplitude follows K already in the normal range (the basis of
+  ECG-based K estimation in dialysis patients, e.g. Corsi et al. 2017):
+  ``T amp x (1 + 0.3 (k - 4.2) + 0.6 ramp(k - 4.6) - 0.75 ramp(3.9 - k))``;
+* hyperkalemia first speeds repolarisation (a higher extracellular K raises
+  the IKr conductance): taller AND narrower (peaked) T waves,
+  ``T width / (1 + 0.25 ramp(k - 4.6))``;
 * then slows atrial conduction: flatter, wider P, longer PR,
   ``P amp / (1 + ramp(k - 6))``, ``PR + 30 ms x ramp(k - 6)``;
 * then slows ventricular conduction: wider QRS,
   ``QRS width x (1 + 0.35 ramp(k - 6.5))``;
-* hypokalemia delays and flattens repolarisation: ``T amp`` loses
-  ``0.9 ramp(3.9 - k)`` (flat at ~3.0, inverted below ~2.8), U waves grow
+* hypokalemia delays and flattens repolarisation: the T term above makes
+  the T wave flat near 3.0 and inverted below ~2.9; U waves grow
   ``x (1 + 3 ramp(3.9 - k))``, ST depression ``-0.08 mV x ramp(3.9 - k)``,
   T and U later by ``50 ms x ramp(3.9 - k)`` (longer QT(U)).
 
@@ -36,11 +39,16 @@ wider QRS ``x (1 + 0.25 d)``, lower R ``/ (1 + 0.2 d)``, deeper Q
 ``x (1 + 0.6 d)``, flatter T ``x (1 - 0.3 d)``, faster heart ``+5 d bpm``.
 
 The label is not a function of one feature: T amplitude also varies with a
-per-record log-normal factor (sd 0.25), age (-0.5%/year from 50), sex
+per-record log-normal factor (sd 0.2), age (-0.5%/year from 50), sex
 (female x 0.85) and heart rate (-0.4%/bpm from 70), and the waveform is driven
 by an effective label ``y + (noise_base + noise_slope * |y - mean|) * N(0,1)``
 (see :mod:`hypuc_jax.data.tasks`), so the aleatoric noise is larger at the
-extremes. Label distributions are documented in :mod:`hypuc_jax.data.tasks`.
+extremes (potassium: sd 0.15 mmol/L at 4.2, 0.5 at 6.5).
+
+Label distributions (details in :mod:`hypuc_jax.data.tasks`): potassium
+mostly 3.5-5.0 around 4.2 mmol/L, 2.0% below 3.5, 3.7% above 5.5, 0.88%
+above 6.5, clipped to [2, 9]; lvef mostly ~60%, 13% below 50, 3.4% below 40,
+1.2% below 30, clipped to [10, 80].
 
 Determinism: record ``i`` of seed ``s`` uses the key
 ``fold_in(key(s), i)`` only, and every per-record operation is elementwise

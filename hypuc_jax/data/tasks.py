@@ -11,10 +11,12 @@ are checked against ``scipy.stats`` in ``tests/test_simulator.py``):
 
 * ``potassium`` (serum K, mmol/L, rare HIGH tail): 90% N(4.2, 0.35) plus 10%
   4.8 + Exp(scale 0.7), clipped to [2.0, 9.0]. Mean 4.33; 2.0% below 3.5
-  (hypokalemia), 3.7% above 5.5, 0.88% above 6.5 (severe hyperkalemia).
+  (hypokalemia), 3.7% above 5.5, 0.88% above 6.5 (severe hyperkalemia),
+  0.025% at the clip 9.0. Real cohorts are similar: most ED/inpatient K
+  values lie in 3.5-5.0, hyperkalemia (> 5.5) in a few percent.
 * ``lvef`` (left-ventricular ejection fraction, %, rare LOW tail): 85%
-  N(60, 6) plus 15% 55 - Exp(scale 10), clipped to [10, 80]. 14% below 50,
-  3.4% below 40 (reduced), 1.2% below 30 (severe).
+  N(60, 6) plus 15% 55 - Exp(scale 10), clipped to [10, 80]. 13% below 50,
+  3.4% below 40 (reduced), 1.2% below 30 (severe), 0.17% at the clip 10.
 """
 from __future__ import annotations
 
