@@ -106,8 +106,19 @@ def val_score(workdir: Path) -> dict:
     return {"balanced_mae": ev["overall"]["balanced_mae"], "mae": ev["overall"]["mae"]}
 
 
-def rows_of(variant: str, seed: int, ev: dict) -> dict:
-    row = {"variant": variant, "seed": seed}
+def tail_maes(workdir: Path) -> dict:
+    """Test MAE of mu beyond each decision threshold, {"mae[y>5.5]": ...}."""
+    out = workflow.load_npz(workdir / "outputs_test.npz", "test outputs")
+    res = {}
+    for name, value, direction in workflow.load_task(workdir).thresholds:
+        sel = out["y"] > value if direction == "above" else out["y"] < value
+        key = f"mae[y{'>' if direction == 'above' else '<'}{value:g}]"
+        res[key] = float(np.mean(np.abs(out["y"] - out["mu"])[sel])) if sel.any() else None
+    return res
+
+
+def rows_of(variant: str, seed: int, ev: dict, tails: dict | None = None) -> dict:
+    row = {"variant": variant, "seed": seed, **(tails or {})}
     for col, key, stage in OVERALL:
         row[col] = ev[stage]["overall"].get(key)
     for region, m in ev["uncalibrated"]["regions"].items():
@@ -204,13 +215,13 @@ def main(argv=None) -> int:
         wd = root / name / f"seed{seed}"
         ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
                          log=lambda s: print(s, flush=True))
-        rows.append(rows_of(name, seed, ev))
+        rows.append(rows_of(name, seed, ev, tail_maes(wd)))
         if v.startswith("hypuc-"):
             val.setdefault(name, []).append(val_score(wd))
     cols, summary = summarize(rows)
     best = best_per_column(cols, summary)
     overall = [c[0] for c in OVERALL]
-    region = [c for c in cols if c.startswith("mae[")]
+    region = [c for c in cols if c.startswith("mae[")]  # thresholds' tails, then regions
     dec = [c for c in cols if c.startswith("auroc[")]
     sel = {k: _mean_sd(x["balanced_mae"] for x in vs) for k, vs in val.items()}
     chosen = min(sel, key=lambda k: sel[k][0]) if sel else None

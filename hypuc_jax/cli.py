@@ -130,8 +130,9 @@ def _cmd_run(a) -> None:
     workdir = a.workdir or f"runs/hypuc-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     overrides = list(a.overrides)
     preset = a.preset or ("tiny" if a.quick else workflow.DEFAULT_RUN[0])
-    if a.preset is None and not a.quick:
-        overrides = list(workflow.DEFAULT_RUN[1]) + overrides
+    if a.preset is None and not a.quick:  # --data replaces the default's data spec
+        overrides = [o for o in workflow.DEFAULT_RUN[1]
+                     if not (a.data and o.startswith("data.spec="))] + overrides
     out = workflow.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
                                   overrides=overrides, log=lambda s: print(s, flush=True))
     print(_summary_table(out["eval"]))

@@ -206,3 +206,23 @@ def test_bad_config_values(tmp_path, capsys, argv, needle):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(workflow.WorkflowError):
         cli.main(["calibrate", "--workdir", str(tmp_path), "--debug"])
+
+
+def test_run_defaults_and_data_flag(monkeypatch, capsys):
+    calls = []
+
+    def fake_run(workdir, **kw):
+        calls.append(kw)
+        return {"report": f"{workdir}/report.md", "eval": {}, "checks": []}
+
+    monkeypatch.setattr(workflow, "run_comparison", fake_run)
+    assert cli.main(["run", "--workdir", "w"]) == 0
+    assert calls[-1]["preset"] == "potassium" and calls[-1]["data"] is None
+    assert list(workflow.DEFAULT_RUN[1]) == calls[-1]["overrides"]
+    assert cli.main(["run", "--workdir", "w", "--data", "diabetes", "--set", "train.lr=0.1"]) == 0
+    assert calls[-1]["data"] == "diabetes"
+    assert not any(o.startswith("data.spec=") for o in calls[-1]["overrides"])
+    assert calls[-1]["overrides"][-1] == "train.lr=0.1"
+    assert cli.main(["run", "--quick", "--workdir", "w"]) == 0
+    assert calls[-1]["preset"] == "tiny" and calls[-1]["overrides"] == []
+    assert "report: w/report.md" in capsys.readouterr().out
