@@ -72,10 +72,10 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None) -> di
             kwargs.update(xi=cfg.calibration.xi)
         d = calibration.fit_calibrator(method, val["mu"], val["sigma"], val["y"],
                                        **kwargs).to_dict()
-    write_json(workdir / CALIBRATION, d)
-    # Corrections and evaluation depend on the calibration: drop stale ones.
+    # Corrections and evaluation depend on the calibration: drop stale ones first.
     _remove(workdir / CORRECTIONS)
     _remove(workdir / EVAL)
+    write_json(workdir / CALIBRATION, d)
     return d
 
 
@@ -125,6 +125,7 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
         val["mu"], sigma_cal, val["y"], ths, n_models=c.n_models, max_iter=c.n_estimators,
         max_leaf_nodes=2 ** c.max_depth, learning_rate=c.learning_rate, seed=c.seed,
         min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name)
+    _remove(workdir / EVAL)  # scored with the old corrections
     tmp = Path(tempfile.mkdtemp(prefix=".corrections.", dir=workdir))
     try:
         corrector.save(tmp)
@@ -133,7 +134,6 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    _remove(workdir / EVAL)
     return {"thresholds": [t[0] for t in ths],
             "skipped": [t[0] for t in task.thresholds if t not in ths]}
 
