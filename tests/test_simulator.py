@@ -189,6 +189,17 @@ def test_ridge_on_median_beats_predicts_potassium_better_than_the_mean():
     assert r2 > 0.3, r2
 
 
+def test_muscle_noise_generator_moments_and_independence():
+    z = np.asarray(sim._approx_normal(jax.random.key(0), (400, 500)))
+    other = np.asarray(sim._approx_normal(jax.random.key(1), (400, 500))).ravel()
+    flat = z.ravel()
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01
+    # Irwin-Hall sum of 4 uniforms: excess kurtosis -6 / (5 * 4) = -0.3
+    assert abs(stats.kurtosis(flat) - (-0.3)) < 0.03
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.01
+    assert abs(np.corrcoef(flat, other)[0, 1]) < 0.01
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(n=0), "n:"), (dict(rate=-1.0), "rate:"), (dict(duration=0.0), "duration:"),
     (dict(preset="sodium"), "preset:"), (dict(backend="torch"), "backend:"),

@@ -171,14 +171,28 @@ def _dot(a, b):
     return out
 
 
+def _hash32(x):
+    """lowbias32 integer hash (C. Wellons): a cheap bijection of uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
 def _approx_normal(key, shape):
     """Approximately standard normal noise: Irwin-Hall sum of the 4 bytes of a
     random 32-bit word, rescaled to mean 0, variance 1 (bounded at +-3.46).
 
-    About 4x cheaper on CPU than ``jax.random.normal`` (no erf_inv), which
-    matters for the per-sample muscle noise.
+    The words are a keyed hash of the sample counter,
+    ``hash(hash(counter ^ s0) ^ s1)`` with ``(s0, s1)`` drawn from ``key``:
+    several times cheaper on CPU than threefry + ``erf_inv``
+    (``jax.random.normal``), which matters for the per-sample muscle noise;
+    good enough for noise, not a cryptographic generator.
     """
-    bits = jax.random.bits(key, shape, jnp.uint32)
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    counter = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    bits = _hash32(_hash32(counter ^ seeds[0]) ^ seeds[1])
     total = ((bits & 0xFF) + ((bits >> 8) & 0xFF) + ((bits >> 16) & 0xFF) + (bits >> 24))
     return (total.astype(jnp.float32) - 510.0) * (1.0 / math.sqrt(4 * (256**2 - 1) / 12))
 
