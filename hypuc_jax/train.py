@@ -378,7 +378,8 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
   state, _ = store.restore(step, template)
   store.close()
   placement = parallel.Placement("none")
-  _, eval_fn = compiled_steps(placement, graphdef, LossSpec.from_config(config), schedule)
+  # Eval only: the loss spec (and a BNI prior) is irrelevant here.
+  _, eval_fn = compiled_steps(placement, graphdef, LossSpec(config.loss.name), schedule)
   head = losses.head_for_loss(config.loss.name)
   loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state), run,
                                          x, np.arange(len(x)), batch_size)

@@ -86,6 +86,8 @@ def _reference(config, batches, n_groups=1):
 def _rel_diff(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    assert np.shape(x) == np.shape(y)
   return max(float(np.linalg.norm(np.asarray(x) - np.asarray(y)) /
                    max(np.linalg.norm(np.asarray(y)), 1e-12)) for x, y in zip(la, lb))
 
@@ -132,6 +134,7 @@ def test_reported_loss_is_global_weighted_mean(results):
   w = b["w"] * b["mask"]
   expected = np.sum(w * nll) / np.sum(w)
   for mode, (_, metrics) in runs.items():
+    assert np.shape(metrics["loss"]) == ()
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4, err_msg=mode)
     np.testing.assert_allclose(metrics["weight_sum"], np.sum(w), rtol=1e-5, err_msg=mode)
     assert metrics["finite"] == 1.0

@@ -157,3 +157,18 @@ def test_predict_checks_its_input(tmp_path, npz_spec):
     train.predict(str(tmp_path / "run"), np.zeros((3, TIME, 5), np.float32))
   with pytest.raises(ValueError, match="workdir"):
     train.predict(str(tmp_path / "nothing"), np.zeros((3, TIME, LEADS), np.float32))
+
+
+def test_pmap_run_matches_sharding_run(tmp_path, npz_spec):
+  """The whole loop (data, weights, eval, checkpoints) under pmap equals sharding."""
+  results = {}
+  for mode in ("sharding", "pmap"):
+    config = _npz_config(npz_spec, f"train.parallel={mode}")
+    result = train.train_and_evaluate(config, str(tmp_path / mode))
+    params, _, _ = _params(str(tmp_path / mode), config)
+    results[mode] = (params, result)
+  (p_s, r_s), (p_p, r_p) = results["sharding"], results["pmap"]
+  for a, b in zip(jax.tree.leaves(p_p), jax.tree.leaves(p_s)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(r_p.best_metrics["nll"], r_s.best_metrics["nll"], rtol=1e-4)
