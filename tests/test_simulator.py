@@ -204,7 +204,8 @@ def test_muscle_noise_generator_moments_and_independence():
     (dict(n=0), "n:"), (dict(rate=-1.0), "rate:"), (dict(duration=0.0), "duration:"),
     (dict(preset="sodium"), "preset:"), (dict(backend="torch"), "backend:"),
     (dict(labels=np.ones(3)), "labels:"), (dict(labels=np.full(4, 20.0)), "labels:"),
-    (dict(chunk_size=0), "chunk_size:"), (dict(seed=1.5), "seed:"),
+    (dict(chunk_size=0), "chunk_size:"), (dict(seed=1.5), "seed:"), (dict(seed=-2), "seed:"),
+    (dict(start=2**32 - 2), "start:"), (dict(start=-1), "start:"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     args = dict(seed=0, n=4, duration=1.0)

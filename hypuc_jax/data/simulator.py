@@ -313,7 +313,7 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
     """Simulates ``n`` 12-lead ECG records and their labels.
 
     Args:
-      seed: integer seed; record ``i`` depends only on ``(seed, start + i)``.
+      seed: non-negative integer seed; record ``i`` depends only on ``(seed, start + i)``.
       n: number of records (> 0).
       preset: ``"potassium"`` or ``"lvef"`` (see :mod:`hypuc_jax.data.tasks`).
       rate: sampling rate in Hz (> 0), e.g. 100 or 500.
@@ -333,8 +333,10 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
         raise ValueError(f"n: expected a positive integer, got {n!r}")
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise ValueError(f"start: expected a non-negative integer, got {start!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if start + n > 2**32:
+        raise ValueError(f"start: expected start + n <= 2**32 record indices, got {start + n}")
     dist = get_preset(preset).labels
     V.check_positive(rate, "rate")
     V.check_positive(duration, "duration")
