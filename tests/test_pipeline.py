@@ -146,6 +146,14 @@ def test_eval_batches_cover_in_order_with_padding_mask_weights_and_scaler():
     assert last["w"][1] == 0 and last["y"][1] == 0 and not last["x"][1].any()
 
 
+def test_jitted_weight_fn_works_under_a_disallowing_transfer_guard():
+    x, y = _data()
+    weight = jax.jit(lambda v: 2.0 * v)
+    with jax.transfer_guard("disallow"):
+        batch = next(batch_iterator(x, y, None, 4, train=False, weight_fn=weight))
+    np.testing.assert_allclose(batch["w"], 2.0 * y[:4], rtol=1e-6)
+
+
 def test_process_slices_reassemble_the_global_batch():
     x, y = _data(n=13)
     for train in (True, False):

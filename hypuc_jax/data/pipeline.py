@@ -242,7 +242,11 @@ def _assemble(x, y, rows, local, row_shape, weight_fn, scaler):
     if valid:
         xr = np.asarray(x[rows], np.float32)
         yr = np.asarray(y[rows], np.float32)
-        wb[:valid] = 1.0 if weight_fn is None else np.asarray(weight_fn(yr), np.float32)
+        if weight_fn is not None:  # may be a jitted weighting: its transfers are intended
+            with jax.transfer_guard("allow"):
+                wb[:valid] = np.asarray(weight_fn(yr), np.float32)
+        else:
+            wb[:valid] = 1.0
         if scaler is not None:
             xr, yr = scaler.transform_x(xr), scaler.transform_y(yr)
         xb[:valid], yb[:valid], mb[:valid] = xr, yr, 1.0
