@@ -8,7 +8,6 @@ directory holds the resolved config, so commands after ``train`` need only
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -41,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                        "HypUC (KDE weights) with the same seed and budget into DIR/baseline and "
                        "DIR/hypuc, calibrates, corrects, evaluates both on the test split and "
                        "writes DIR/report.md with DIR/figures/*.png.")
-    p.add_argument("--workdir", default=None,
-                   help="output directory (default: ./runs/hypuc-YYYYmmdd-HHMMSS)")
+    p.add_argument("--workdir", default="runs/main",
+                   help="output directory (default: ./runs/main; a finished run of the same "
+                   "config there is reused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace runs of a different config in --workdir instead of refusing")
     p.add_argument("--data", default=None,
                    help="data spec (default: the preset's, the simulated potassium task)")
     p.add_argument("--quick", action="store_true",
@@ -127,14 +129,15 @@ def _summary_table(evals: dict) -> str:
 def _cmd_run(a) -> None:
     from hypuc_jax import workflow
 
-    workdir = a.workdir or f"runs/hypuc-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    workdir = a.workdir
     overrides = list(a.overrides)
     preset = a.preset or ("tiny" if a.quick else workflow.DEFAULT_RUN[0])
     if a.preset is None and not a.quick:  # --data replaces the default's data spec
         overrides = [o for o in workflow.DEFAULT_RUN[1]
                      if not (a.data and o.startswith("data.spec="))] + overrides
     out = workflow.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
-                                  overrides=overrides, log=lambda s: print(s, flush=True))
+                                  overrides=overrides, overwrite=a.overwrite,
+                                  log=lambda s: print(s, flush=True))
     print(_summary_table(out["eval"]))
     for row in out["checks"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["passed"]]

@@ -343,9 +343,10 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
 # ----------------------------------------------------------------------------- end to end
 
 
-def pipeline(cfg: config_lib.Config, workdir: str | os.PathLike) -> dict:
+def pipeline(cfg: config_lib.Config, workdir: str | os.PathLike, *,
+             overwrite: bool = False) -> dict:
     """train -> calibrate -> correct -> evaluate(test) for one config; returns eval.json."""
-    train_stage(cfg, workdir)
+    train_stage(cfg, workdir, overwrite=overwrite)
     calibrate_stage(workdir)
     correct_stage(workdir)
     return evaluate_stage(workdir, "test")
@@ -404,7 +405,8 @@ def comparison_configs(preset: str = "potassium", *, data: str | None = None, se
 
 def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
                    data: str | None = None, seed: int | None = None,
-                   overrides: Sequence[str] = (), log=print) -> dict:
+                   overrides: Sequence[str] = (), overwrite: bool = False,
+                   log=print) -> dict:
     """``hypuc run``: baseline and HypUC into DIR/baseline and DIR/hypuc, then the report.
 
     Returns:
@@ -420,7 +422,7 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
     for name, cfg in cfgs.items():
         log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme} "
             f"on {cfg.data.spec} -> {workdir / name}")
-        evals[name] = pipeline(cfg, workdir / name)
+        evals[name] = pipeline(cfg, workdir / name, overwrite=overwrite)
     runs = [load_run_outputs(workdir / name, name) for name in cfgs]
     w = cfgs["hypuc"].weighting
     extra = [f"Data: `{cfgs['hypuc'].data.spec}`; both runs: loss `nll`, same seed and budget "

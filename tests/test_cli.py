@@ -216,7 +216,8 @@ def test_run_defaults_and_data_flag(monkeypatch, capsys):
         return {"report": f"{workdir}/report.md", "eval": {}, "checks": []}
 
     monkeypatch.setattr(workflow, "run_comparison", fake_run)
-    assert cli.main(["run", "--workdir", "w"]) == 0
+    assert cli.main(["run"]) == 0
+    assert "report: runs/main/report.md" in capsys.readouterr().out
     assert calls[-1]["preset"] == "potassium" and calls[-1]["data"] is None
     assert list(workflow.DEFAULT_RUN[1]) == calls[-1]["overrides"]
     assert cli.main(["run", "--workdir", "w", "--data", "diabetes", "--set", "train.lr=0.1"]) == 0
