@@ -333,10 +333,11 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     return TrainResult(workdir, step, meta["best_step"], {}, last_train, False, paths)
   best = store.best_step() or store.latest_step()
   best_state, best_meta = store.restore(best, placement.get_state(state))
-  best_state = placement.put_state(best_state)
+  if placement.mode == "sharding":                # eval runs on the mesh; else on device 0
+    best_state = placement.put_state(best_state)
   for split in ("val", "test"):
     if len(run.idx[split]):
-      loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(best_state),
+      loc, scale = train_data.predict_scaled(placement, eval_fn, best_state,
                                              run, run.x, run.idx[split], t.eval_batch_size)
       mu, sigma = train_data.to_label_units(run, loc, scale, head)
       if jax.process_index() == 0:
