@@ -45,12 +45,13 @@ def _params(workdir, config, step=None):
   return jax.device_get(nnx.state(model, nnx.Param)), meta, step
 
 
-def test_end_to_end_tiny_simulated(tmp_path):
+def test_end_to_end_tiny_simulated(tmp_path, capsys):
   config = get_config("tiny")
   traces = train.TRACE_COUNTS["train_step"]
   result = train.train_and_evaluate(config, str(tmp_path))
   assert train.TRACE_COUNTS["train_step"] - traces <= 1     # no retrace after step 1
   assert result.steps == config.train.steps
+  assert capsys.readouterr().out == ""                        # stdout is not a terminal
   for key in ("config", "scaler", "weighting", "metrics", "predictions_val",
               "predictions_test"):
     assert os.path.exists(result.paths[key]), key
