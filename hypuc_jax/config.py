@@ -344,6 +344,24 @@ def _check(cond: bool, key: str, expected: str, got: Any) -> None:
     raise ValueError(f"{key}: expected {expected}, got {got!r}")
 
 
+_CHOICES = {"model.kind": MODEL_KINDS, "model.activation": ACTIVATIONS, "model.dtype": DTYPES,
+            "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS, "weighting.method": KDE_METHODS,
+            "weighting.lds_kernel": LDS_KERNELS, "train.parallel": PARALLEL,
+            "calibration.method": CALIBRATIONS}
+_AT_LEAST = {"model.stem_stride": 1, "model.groups": 1, "loss.bni_bins": 2, "weighting.bins": 2,
+             "train.batch_size": 1, "train.eval_batch_size": 1, "train.log_every": 1,
+             "train.eval_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 1,
+             "calibration.bins": 1, "calibration.min_count": 1, "corrections.n_models": 1,
+             "corrections.n_estimators": 1, "corrections.max_depth": 1, "weighting.lam": 0,
+             "weighting.dense_alpha": 0, "train.steps": 0, "train.weight_decay": 0,
+             "train.warmup_steps": 0, "train.grad_clip": 0, "train.early_stopping_patience": 0,
+             "train.prefetch": 0}
+_POSITIVE = ("model.sigma_min", "loss.huber_delta", "loss.noise_sigma", "weighting.lds_sigma",
+             "train.lr", "corrections.learning_rate")
+_ODD = ("model.kernel_size", "model.stem_kernel", "weighting.lds_ks")
+_OPEN_UNIT = ("calibration.xi", "corrections.specificity")
+
+
 def validate(config: Config, n_devices: int = 1) -> Config:
   """Checks every value before training; returns ``config`` unchanged.
 
@@ -359,76 +377,40 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   """
   if not isinstance(config, Config):
     raise ValueError(f"config: expected a Config, got {type(config).__name__}")
-  d, m, lo, w, t = config.data, config.model, config.loss, config.weighting, config.train
-  c, k = config.calibration, config.corrections
-  _check(isinstance(d.spec, str) and bool(d.spec), "data.spec", "a non-empty string", d.spec)
+  get = lambda key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+  d, m, w, t = config.data, config.model, config.weighting, config.train
+  for key, choices in _CHOICES.items():
+    _check(get(key) in choices, key, f"one of {choices}", get(key))
+  for key, low in _AT_LEAST.items():
+    _check(get(key) >= low, key, f"a number >= {low}", get(key))
+  for key in _POSITIVE:
+    _check(get(key) > 0, key, "a number > 0", get(key))
+  for key in _ODD:
+    _check(get(key) >= 1 and get(key) % 2 == 1, key, "an odd int >= 1", get(key))
+  for key in _OPEN_UNIT:
+    _check(0 < get(key) < 1, key, "a number in (0, 1)", get(key))
+  _check(bool(d.spec), "data.spec", "a non-empty string", d.spec)
   _check(len(d.split) == 3 and all(f >= 0 for f in d.split) and d.split[0] > 0
          and abs(sum(d.split) - 1.0) < 1e-6, "data.split",
          "3 non-negative fractions (train > 0) summing to 1", d.split)
-  _check(m.kind in MODEL_KINDS, "model.kind", f"one of {MODEL_KINDS}", m.kind)
   _check(len(m.widths) > 0 and all(v > 0 for v in m.widths), "model.widths",
          "a non-empty tuple of positive ints", m.widths)
   _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",
          f"{len(m.widths)} positive ints (one per width)", m.blocks)
-  for key in ("kernel_size", "stem_kernel"):
-    v = getattr(m, key)
-    _check(v >= 1 and v % 2 == 1, f"model.{key}", "an odd int >= 1", v)
-  _check(m.stem_stride >= 1, "model.stem_stride", "an int >= 1", m.stem_stride)
-  _check(m.groups >= 1, "model.groups", "an int >= 1", m.groups)
-  _check(m.activation in ACTIVATIONS, "model.activation", f"one of {ACTIVATIONS}",
-         m.activation)
-  _check(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", m.dtype)
   _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
-  _check(m.sigma_min > 0, "model.sigma_min", "a float > 0", m.sigma_min)
-  _check(lo.name in LOSSES, "loss.name", f"one of {LOSSES}", lo.name)
-  _check(lo.huber_delta > 0, "loss.huber_delta", "a float > 0", lo.huber_delta)
-  _check(lo.noise_sigma > 0, "loss.noise_sigma", "a float > 0", lo.noise_sigma)
-  _check(lo.bni_bins >= 2, "loss.bni_bins", "an int >= 2", lo.bni_bins)
-  _check(w.scheme in WEIGHTINGS, "weighting.scheme", f"one of {WEIGHTINGS}", w.scheme)
-  _check(w.lam >= 0, "weighting.lam", "a float >= 0", w.lam)
   _check(w.bandwidth in BANDWIDTH_RULES if isinstance(w.bandwidth, str) else w.bandwidth > 0,
          "weighting.bandwidth", f"a float > 0 or one of {BANDWIDTH_RULES}", w.bandwidth)
-  _check(w.method in KDE_METHODS, "weighting.method", f"one of {KDE_METHODS}", w.method)
   _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",
          "None or a float >= 1 (weights have mean 1)", w.max_weight)
-  _check(w.bins >= 2, "weighting.bins", "an int >= 2", w.bins)
-  _check(w.lds_kernel in LDS_KERNELS, "weighting.lds_kernel", f"one of {LDS_KERNELS}",
-         w.lds_kernel)
-  _check(w.lds_ks >= 1 and w.lds_ks % 2 == 1, "weighting.lds_ks", "an odd int >= 1", w.lds_ks)
-  _check(w.lds_sigma > 0, "weighting.lds_sigma", "a float > 0", w.lds_sigma)
-  _check(w.dense_alpha >= 0, "weighting.dense_alpha", "a float >= 0", w.dense_alpha)
-  _check(t.parallel in PARALLEL, "train.parallel", f"one of {PARALLEL}", t.parallel)
   _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)
+  mode = resolve_parallel(t.parallel, n_devices)
   for key in ("batch_size", "eval_batch_size"):
-    v = getattr(t, key)
-    _check(v >= 1, f"train.{key}", "an int >= 1", v)
-    if resolve_parallel(t.parallel, n_devices) != "none":
-      _check(v % n_devices == 0, f"train.{key}",
-             f"a multiple of the device count {n_devices}", v)
+    _check(mode == "none" or getattr(t, key) % n_devices == 0, f"train.{key}",
+           f"a multiple of the device count {n_devices}", getattr(t, key))
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", "> 0 when train.steps is 0", t.epochs)
-  _check(t.steps >= 0, "train.steps", "an int >= 0", t.steps)
-  _check(t.lr > 0, "train.lr", "a learning rate > 0", t.lr)
-  _check(t.weight_decay >= 0, "train.weight_decay", "a float >= 0", t.weight_decay)
-  _check(t.warmup_steps >= 0, "train.warmup_steps", "an int >= 0", t.warmup_steps)
-  _check(t.grad_clip >= 0, "train.grad_clip", "a float >= 0 (0 disables)", t.grad_clip)
-  for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    _check(getattr(t, key) >= 1, f"train.{key}", "an int >= 1", getattr(t, key))
-  _check(t.early_stopping_patience >= 0, "train.early_stopping_patience", "an int >= 0",
-         t.early_stopping_patience)
-  _check(t.prefetch >= 0, "train.prefetch", "an int >= 0", t.prefetch)
-  if lo.name == "bmc":
-    _check(resolve_parallel(t.parallel, n_devices) != "pmap", "train.parallel",
-           "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global "
-           "batch)", t.parallel)
-  _check(c.method in CALIBRATIONS, "calibration.method", f"one of {CALIBRATIONS}", c.method)
-  _check(c.bins >= 1, "calibration.bins", "an int >= 1", c.bins)
-  _check(c.min_count >= 1, "calibration.min_count", "an int >= 1", c.min_count)
-  _check(0 < c.xi < 1, "calibration.xi", "a coverage in (0, 1)", c.xi)
-  _check(k.n_models >= 1, "corrections.n_models", "an int >= 1", k.n_models)
-  _check(k.n_estimators >= 1, "corrections.n_estimators", "an int >= 1", k.n_estimators)
-  _check(k.max_depth >= 1, "corrections.max_depth", "an int >= 1", k.max_depth)
-  _check(k.learning_rate > 0, "corrections.learning_rate", "a float > 0", k.learning_rate)
-  _check(0 < k.specificity < 1, "corrections.specificity", "a float in (0, 1)", k.specificity)
+  _check(config.loss.name != "bmc" or mode != "pmap", "train.parallel",
+         "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global batch)",
+         t.parallel)
   for i, region in enumerate(config.regions):
     _check(len(region) == 3 and region[1] < region[2], f"regions[{i}]",
            "(name, low, high) with low < high", region)
