@@ -15,7 +15,26 @@ probability of its event (``y > t`` for "above", ``y < t`` for "below").
   ``max_features < 1``, random feature subsampling per split, both seeded by
   ``seed + k``. Early stopping is off, so a fit is deterministic given seed.
 - Decisions: per threshold, an ensemble of boosted classifiers (same
-  seeding) whose averaged probability is the decision probability.
+  seeding), shrunk towards the calibrated Gaussian. Three choices, made by
+  cross-validation inside the validation split only (see
+  experiments/results/decisions_study.md), keep the boosted decision from
+  under-performing its baselines when positives are few:
+
+  * monotone constraints (``monotone=True``): the classifier for an "above"
+    threshold is non-decreasing in mu, mu +- z sigma and every "above" event
+    probability, non-increasing in every "below" one (signs flipped for a
+    "below" threshold); sigma is free. Raising mu at fixed sigma therefore
+    never lowers P(event): trees cannot invert the ranking by mu.
+  * ensemble in log-odds: members' ``decision_function`` are averaged.
+  * shrinkage to the Gaussian log-odds: with m the minority-class count in
+    the validation rows and n0 = ``prior_strength`` (a pseudo-count),
+    logit P = (1 - w) * boosted + w * log(P_g / (1 - P_g)), w = n0 / (n0 + m),
+    where P_g is the calibrated Gaussian's event probability (computed as
+    logsf - logcdf so it never saturates into ties). Few positives -> the
+    Gaussian dominates; many -> the trees do. ``prior_strength=0`` is pure
+    boosting. Trees are invariant to monotone feature transforms, so a
+    logit(P_g) feature would add nothing; the blend is where it enters.
+
   Baselines (``baseline_scores``): thresholding mu (score mu for "above",
   -mu for "below") and the calibrated Gaussian's event probability.
 
@@ -31,13 +50,19 @@ from typing import Any
 
 import joblib
 import numpy as np
+from scipy import special, stats
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_predictions,
                                     check_threshold_in_range, event, exceed_prob)
 from hypuc_jax.calibration import check_task
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: log-odds ensemble shrunk to the Gaussian
+# Pseudo-count n0 of the shrinkage to the Gaussian log-odds; chosen by 5-fold CV
+# (x4 repeats) inside the validation split, experiments/results/decisions_study.md.
+PRIOR_STRENGTH = 1000.0
+_CLASSIFIER_KEYS = frozenset({"max_iter", "learning_rate", "max_leaf_nodes",
+                              "min_samples_leaf", "l2_regularization", "max_features"})
 MANIFEST = "manifest.json"
 MODELS = "models.joblib"
 
@@ -87,6 +112,101 @@ def baseline_scores(mu, sigma, thresholds) -> dict[str, dict[str, np.ndarray]]:
             for t in as_thresholds(thresholds)}
 
 
+def gaussian_log_odds(mu, sigma, spec: ThresholdSpec) -> np.ndarray:
+    """log(P / (1 - P)) of the threshold's event under N(mu, sigma^2). [n]
+
+    Computed as logsf - logcdf of (t - mu) / sigma, so it stays finite and
+    strictly monotone in mu where P itself rounds to 0 or 1.
+    """
+    zt = (spec.value - np.asarray(mu, np.float64)) / np.asarray(sigma, np.float64)
+    log_odds = stats.norm.logsf(zt) - stats.norm.logcdf(zt)
+    return log_odds if spec.direction == "above" else -log_odds
+
+
+def monotone_constraints(specs, index: int) -> list[int]:
+    """HGB ``monotonic_cst`` over the ``features`` columns for the decision ``specs[index]``.
+
+    +1 (non-decreasing) on mu, mu +- z sigma and each "above" probability for
+    an "above" decision; -1 on each "below" probability; all signs flipped for
+    a "below" decision; sigma unconstrained (0). Every constrained column moves
+    the same way as mu at fixed sigma, so the decision is monotone in mu.
+    """
+    s = 1 if specs[index].direction == "above" else -1
+    return [s, 0, s, s] + [s if t.direction == "above" else -s for t in specs]
+
+
+def gaussian_weight(labels: np.ndarray, prior_strength: float) -> float:
+    """Weight w = n0 / (n0 + m) of the Gaussian log-odds; m = minority-class count."""
+    m = int(min(labels.sum(), labels.size - labels.sum()))
+    if np.isinf(prior_strength):
+        return 1.0
+    return float(prior_strength / (prior_strength + m)) if prior_strength > 0 else 0.0
+
+
+def _member_rows(n: int, k: int, seed: int, bootstrap: bool) -> np.ndarray:
+    if not bootstrap:
+        return np.arange(n)
+    return np.random.default_rng([seed, k]).integers(0, n, size=n)
+
+
+def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0, z: float = 1.96,
+                  bootstrap: bool = True, monotone: bool = True, class_weight: str | None = None,
+                  prior_strength: float = PRIOR_STRENGTH, **hgb: Any) -> tuple[dict, dict]:
+    """Fits the decision ensembles only (``fit_corrections`` calls this).
+
+    Args:
+      mu, sigma, y: validation predictions and labels [n] (already checked).
+      thresholds: ThresholdSpec tuple, values inside the label range.
+      n_models, seed, z, bootstrap: as in ``fit_corrections``.
+      monotone: impose ``monotone_constraints``.
+      class_weight: None or "balanced" (sklearn).
+      prior_strength: pseudo-count n0 of the shrinkage to the Gaussian log-odds
+        (0: pure boosting; inf: pure Gaussian).
+      **hgb: HistGradientBoostingClassifier settings.
+
+    Returns:
+      ({name: [classifiers]}, {name: Gaussian weight w}).
+    """
+    x = features(mu, sigma, thresholds, z)
+    classifiers, weights = {}, {}
+    for i, t in enumerate(thresholds):
+        labels = event(y, t).astype(np.int64)
+        weights[t.name] = gaussian_weight(labels, prior_strength)
+        cst = monotone_constraints(thresholds, i) if monotone else None
+        classifiers[t.name] = []
+        for k in range(n_models):
+            rows = _member_rows(y.size, k, seed, bootstrap)
+            if labels[rows].min() == labels[rows].max():  # a draw missed a rare class: all rows
+                rows = np.arange(y.size)
+            clf = HistGradientBoostingClassifier(random_state=seed + k, monotonic_cst=cst,
+                                                 class_weight=class_weight, **hgb)
+            classifiers[t.name].append(clf.fit(x[rows], labels[rows]))
+    return classifiers, weights
+
+
+def predict_decisions(classifiers: dict, weights: dict, mu, sigma, thresholds,
+                      z: float = 1.96) -> dict[str, np.ndarray]:
+    """P(event) per threshold: expit((1 - w) * mean member log-odds + w * Gaussian log-odds).
+
+    Args:
+      classifiers, weights: as returned by ``fit_decisions``.
+      mu: predicted locations [n]; sigma: calibrated scales [n].
+      thresholds: the ThresholdSpec tuple used at fit time.
+      z: interval half-width used at fit time.
+
+    Returns:
+      {threshold name: probabilities [n] in [0, 1]}.
+    """
+    mu, sigma, _ = check_predictions(mu, sigma)
+    x = features(mu, sigma, thresholds, z)
+    probs = {}
+    for t in thresholds:
+        w = weights[t.name]
+        boosted = np.mean([c.decision_function(x) for c in classifiers[t.name]], axis=0)
+        probs[t.name] = special.expit((1.0 - w) * boosted + w * gaussian_log_odds(mu, sigma, t))
+    return probs
+
+
 @dataclasses.dataclass
 class Corrector:
     """Fitted correction and decision models.
@@ -98,6 +218,7 @@ class Corrector:
       z: interval half-width used in the features.
       task: task the corrector was fitted on, or None.
       params: hyperparameters used for fitting (recorded in the manifest).
+      gaussian_weights: {threshold name: weight w of the Gaussian log-odds}.
     """
     regressors: list
     classifiers: dict
@@ -105,6 +226,7 @@ class Corrector:
     z: float
     task: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
+    gaussian_weights: dict = dataclasses.field(default_factory=dict)
 
     def predict(self, mu, sigma) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Corrected values and decision probabilities.
@@ -119,8 +241,8 @@ class Corrector:
         """
         x = features(mu, sigma, self.thresholds, self.z)
         corrected = np.mean([m.predict(x) for m in self.regressors], axis=0)
-        probs = {name: np.mean([c.predict_proba(x)[:, 1] for c in models], axis=0)
-                 for name, models in self.classifiers.items()}
+        weights = {t.name: self.gaussian_weights.get(t.name, 0.0) for t in self.thresholds}
+        probs = predict_decisions(self.classifiers, weights, mu, sigma, self.thresholds, self.z)
         return corrected, probs
 
     def manifest(self) -> dict:
@@ -128,6 +250,7 @@ class Corrector:
         return {"format_version": FORMAT_VERSION, "task": self.task,
                 "features": feature_names(self.thresholds), "z": self.z,
                 "thresholds": [list(t) for t in self.thresholds],
+                "gaussian_weights": self.gaussian_weights,
                 "n_models": len(self.regressors), "params": self.params, "models": MODELS}
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -153,19 +276,22 @@ class Corrector:
             manifest = json.load(fh)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"directory: expected manifest format_version {FORMAT_VERSION}, "
-                             f"got {manifest.get('format_version')!r}")
+                             f"got {manifest.get('format_version')!r}; refit the corrections")
         check_task(manifest.get("task"), task)
         models = joblib.load(os.path.join(directory, manifest["models"]))
         thresholds = tuple(ThresholdSpec(*t) for t in manifest["thresholds"])
         return cls(regressors=models["regressors"], classifiers=models["classifiers"],
                    thresholds=thresholds, z=float(manifest["z"]), task=manifest.get("task"),
-                   params=manifest.get("params", {}))
+                   params=manifest.get("params", {}),
+                   gaussian_weights={k: float(v) for k, v in manifest["gaussian_weights"].items()})
 
 
 def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 5, seed: int = 0,
                     z: float = 1.96, bootstrap: bool = True, max_features: float = 1.0,
                     max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
-                    min_samples_leaf: int = 20, task: str | None = None) -> Corrector:
+                    min_samples_leaf: int = 20, task: str | None = None, monotone: bool = True,
+                    class_weight: str | None = None, prior_strength: float = PRIOR_STRENGTH,
+                    classifier_params: dict | None = None) -> Corrector:
     """Fits the corrected-value ensemble and one decision ensemble per threshold.
 
     Args:
@@ -174,19 +300,28 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
       y_val: validation labels [n].
       thresholds: sequence of thresholds; each value must lie strictly inside
         the validation label range so both outcomes occur.
-      n_models: ensemble size K (members seeded seed, seed + 1, ...).
+      n_models: ensemble size K (members seeded seed, seed + 1, ...), for the
+        regressors and for each threshold's classifiers.
       seed: base seed.
       z: interval half-width used in the features.
       bootstrap: resample the validation rows with replacement per member.
       max_features: fraction of features considered per split (sklearn HGB).
-      max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: HGB settings.
+      max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: HGB settings
+        (regressors, and classifiers unless ``classifier_params`` overrides).
       task: task name stored with the corrector.
+      monotone: monotone constraints on the classifiers (``monotone_constraints``).
+      class_weight: classifiers' class weighting, None or "balanced".
+      prior_strength: pseudo-count n0 >= 0 (inf allowed) of the classifiers'
+        shrinkage to the Gaussian log-odds (module docstring).
+      classifier_params: overrides of max_iter, learning_rate, max_leaf_nodes,
+        min_samples_leaf, l2_regularization, max_features for the classifiers.
 
     Returns:
       Corrector.
 
     Raises:
-      ValueError: bad arrays, n_models < 1, or a threshold outside the label range.
+      ValueError: bad arrays, n_models < 1, a threshold outside the label
+        range, or a bad classifier setting (named).
     """
     mu, sigma, y = check_predictions(mu_val, sigma_val, y_val,
                                      names=("mu_val", "sigma_val", "y_val"))
@@ -197,33 +332,31 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
         raise ValueError(f"n_models: expected a positive integer, got {n_models!r}")
     if not 0.0 < max_features <= 1.0:
         raise ValueError(f"max_features: expected a fraction in (0, 1], got {max_features!r}")
+    if class_weight not in (None, "balanced"):
+        raise ValueError(f"class_weight: expected None or 'balanced', got {class_weight!r}")
+    if not (isinstance(prior_strength, (int, float, np.number)) and prior_strength >= 0):
+        raise ValueError(f"prior_strength: expected a number >= 0 (inf allowed), "
+                         f"got {prior_strength!r}")
+    extra = set(classifier_params or {}) - _CLASSIFIER_KEYS
+    if extra:
+        raise ValueError(f"classifier_params: unknown keys {sorted(extra)}; "
+                         f"expected some of {sorted(_CLASSIFIER_KEYS)}")
     x = features(mu, sigma, specs, z)
     hgb = dict(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
                min_samples_leaf=min_samples_leaf, max_features=max_features,
                early_stopping=False)
-    labels = {t.name: event(y, t).astype(np.int64) for t in specs}
-
-    def member_rows(k: int) -> np.ndarray:
-        if not bootstrap:
-            return np.arange(y.size)
-        return np.random.default_rng([seed, k]).integers(0, y.size, size=y.size)
-
-    regressors, classifiers = [], {t.name: [] for t in specs}
-    for k in range(n_models):
-        rows = member_rows(k)
-        regressors.append(HistGradientBoostingRegressor(random_state=seed + k, **hgb)
-                          .fit(x[rows], y[rows]))
-        for t in specs:
-            lab = labels[t.name][rows]
-            if lab.min() == lab.max():  # a bootstrap draw missed a rare class: use all rows
-                rows_t, lab = np.arange(y.size), labels[t.name]
-            else:
-                rows_t = rows
-            classifiers[t.name].append(HistGradientBoostingClassifier(random_state=seed + k, **hgb)
-                                       .fit(x[rows_t], lab))
-    params = dict(hgb, n_models=int(n_models), seed=int(seed), bootstrap=bool(bootstrap))
+    clf_hgb = dict(hgb, **(classifier_params or {}))
+    regressors = [HistGradientBoostingRegressor(random_state=seed + k, **hgb)
+                  .fit(x[rows], y[rows])
+                  for k in range(n_models) for rows in [_member_rows(y.size, k, seed, bootstrap)]]
+    classifiers, weights = fit_decisions(
+        mu, sigma, y, specs, n_models=n_models, seed=seed, z=z, bootstrap=bootstrap,
+        monotone=monotone, class_weight=class_weight, prior_strength=prior_strength, **clf_hgb)
+    params = dict(hgb, n_models=int(n_models), seed=int(seed), bootstrap=bool(bootstrap),
+                  monotone=bool(monotone), class_weight=class_weight,
+                  prior_strength=float(prior_strength), classifier=clf_hgb)
     return Corrector(regressors=regressors, classifiers=classifiers, thresholds=specs,
-                     z=float(z), task=task, params=params)
+                     z=float(z), task=task, params=params, gaussian_weights=weights)
 
 
 def load_corrector(directory: str | os.PathLike, task: str | None = None) -> Corrector:

@@ -172,3 +172,84 @@ def test_bad_arrays_name_the_argument():
         corr.fit_corrections(mu, -sigma, y)
     with pytest.raises(ValueError, match="y_val"):
         corr.fit_corrections(mu, sigma, np.where(y > 5, np.nan, y))
+
+
+def few_positives(seed, n):
+    """Potassium-like: mu ~ N(4.5, 0.75), sigma ~ U(0.1, 0.8), y = mu + sigma * eps.
+
+    About 1% of labels exceed 6.5 (~16 positives in 1600 validation rows).
+    """
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(4.5, 0.75, n)
+    sigma = rng.uniform(0.1, 0.8, n)
+    return mu, sigma, mu + sigma * rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("name, value, direction", [("hyper", 5.5, "above"),
+                                                    ("hypo", 3.5, "below")])
+def test_decision_is_monotone_in_mu(name, value, direction):
+    """Pure boosting (no Gaussian shrinkage): raising mu at fixed sigma never moves
+    P(event) against the threshold's direction, on a fine grid at several sigmas."""
+    th = [(name, value, direction), ("other", 6.5 if direction == "below" else 3.0, "above")]
+    c = corr.fit_corrections(*informative_sigma(10, 1500), th, prior_strength=0.0, **FAST)
+    grid = np.linspace(2.0, 9.0, 701)
+    sign = 1.0 if direction == "above" else -1.0
+    for s in (0.05, 0.3, 1.0, 2.0):
+        p = c.predict(grid, np.full(grid.size, s))[1][name]
+        assert np.all(sign * np.diff(p) >= 0.0), f"sigma={s}"
+        assert sign * (p[-1] - p[0]) > 0.5  # and it does move with mu
+    assert corr.monotone_constraints(corr.as_thresholds(th), 0) == (
+        [1, 0, 1, 1, 1, 1] if direction == "above" else [-1, 0, -1, -1, 1, -1])
+
+
+def test_boosted_at_least_thresholding_mu_with_few_positives():
+    th = [("severe", 6.5, "above")]
+    mu, sigma, y = few_positives(11, 1600)
+    assert 8 <= np.sum(y > 6.5) <= 30
+    c = corr.fit_corrections(mu, sigma, y, th, n_models=3, max_iter=100, max_leaf_nodes=8,
+                             min_samples_leaf=40, learning_rate=0.05)
+    tmu, tsig, ty = few_positives(12, 40000)
+    outcome = ty > 6.5
+    auc_boost = roc_auc_score(outcome, c.predict(tmu, tsig)[1]["severe"])
+    base = corr.baseline_scores(tmu, tsig, th)["severe"]
+    auc_mu = roc_auc_score(outcome, base["threshold_mu"])
+    auc_gauss = roc_auc_score(outcome, base["gaussian"])
+    assert auc_gauss > auc_mu + 0.01  # sigma carries information here
+    assert auc_boost >= auc_mu
+    # and the trees do not throw away most of what sigma offers (unshrunk ones did)
+    assert auc_boost - auc_mu >= 0.5 * (auc_gauss - auc_mu)
+
+
+def test_gaussian_log_odds_and_full_shrinkage_match_scipy():
+    mu, sigma = np.array([3.0, 5.0, 6.0, 40.0]), np.array([0.5, 1.0, 0.3, 0.5])
+    spec = corr.as_thresholds([("hyper", 5.5, "above")])[0]
+    p = stats.norm.sf(5.5, loc=mu, scale=sigma)
+    lo = corr.gaussian_log_odds(mu, sigma, spec)
+    np.testing.assert_allclose(lo[:3], np.log(p[:3] / (1 - p[:3])), rtol=1e-10)
+    assert np.isfinite(lo[3]) and lo[3] > 100  # P rounds to 1 there; log-odds do not
+    below = corr.as_thresholds([("hypo", 5.5, "below")])[0]
+    np.testing.assert_allclose(corr.gaussian_log_odds(mu, sigma, below), -lo)
+    # n0 = inf: the decision is exactly the calibrated Gaussian's event probability.
+    data = informative_sigma(13, 600)
+    c = corr.fit_corrections(*data, THRESHOLDS, prior_strength=np.inf, **FAST)
+    tmu, tsig, _ = informative_sigma(14, 300)
+    probs = c.predict(tmu, tsig)[1]
+    np.testing.assert_allclose(probs["hyper"], stats.norm.sf(5.5, loc=tmu, scale=tsig),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(probs["hypo"], stats.norm.cdf(3.5, loc=tmu, scale=tsig),
+                               rtol=1e-9, atol=1e-12)
+    labels = (data[2] > 5.5).astype(int)
+    m = min(labels.sum(), labels.size - labels.sum())
+    assert corr.gaussian_weight(labels, 30.0) == pytest.approx(30.0 / (30.0 + m))
+    assert corr.gaussian_weight(labels, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"class_weight": "auto"}, "class_weight"),
+    ({"prior_strength": -1.0}, "prior_strength"),
+    ({"prior_strength": np.nan}, "prior_strength"),
+    ({"classifier_params": {"depth": 3}}, "classifier_params"),
+])
+def test_bad_decision_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        corr.fit_corrections(*biased(8, 100), [("hyper", 5.5, "above")], **kwargs)
