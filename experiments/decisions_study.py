@@ -1,0 +1,143 @@
+"""Boosted clinical decisions vs their baselines on saved predictions (issue 5).
+
+Fits the decision classifiers of ``hypuc_jax.corrections`` on the validation
+split of a run directory and scores AUROC per clinical threshold:
+
+- CV: repeated stratified K-fold inside the validation split (out-of-fold
+  probabilities pooled per repeat, AUROC per repeat, mean and sd over
+  repeats). Defaults are chosen on these numbers only.
+- test: fitted on the whole validation split, scored on the test split; a
+  final check, never used for a choice.
+
+Variants: a fit configuration (monotone constraints, class weighting,
+regularisation, ensemble size) crossed with the prior strength n0 of the
+shrinkage to the Gaussian log-odds (applied after the fit, so one fit serves
+every n0). Baselines: thresholding mu, and the calibrated Gaussian.
+
+Usage:
+  python experiments/decisions_study.py --workdir runs/main/hypuc --folds 5 --repeats 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import RepeatedStratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from hypuc_jax import corrections as corr
+from hypuc_jax._predictions import as_thresholds, event
+from hypuc_jax.calibration import load_calibrator
+
+# Shared HGB settings as the workflow passes them (config defaults, 1600 val rows).
+BASE = dict(max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
+            early_stopping=False)
+REG = dict(BASE, max_leaf_nodes=4, min_samples_leaf=20, l2_regularization=1.0)
+CONFIGS = {  # name: (fit kwargs, HGB settings)
+    "plain (previous)": (dict(n_models=1, monotone=False), BASE),
+    "monotone": (dict(n_models=1, monotone=True), BASE),
+    "monotone+balanced": (dict(n_models=1, monotone=True, class_weight="balanced"), BASE),
+    "monotone+reg": (dict(n_models=1, monotone=True), REG),
+    "monotone, K=5": (dict(n_models=5, monotone=True), BASE),
+    "monotone+reg, K=5": (dict(n_models=5, monotone=True), REG),
+    "plain, K=5": (dict(n_models=5, monotone=False), BASE),
+}
+PRIORS = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # n0 = inf is the "gaussian" row
+
+
+def load(workdir: Path, split: str, cal):
+    d = np.load(workdir / f"predictions_{split}.npz")
+    return d["mu"], cal.apply(d["mu"], d["sigma"]), d["y"]
+
+
+def scores(fit, mu, sigma, specs):
+    """{(config, n0): {name: probs}} plus baselines, for one fitted set of configs."""
+    out = {}
+    for name, (classifiers, weights) in fit.items():
+        for n0 in PRIORS:
+            w = {t.name: corr.gaussian_weight(weights[t.name], n0) for t in specs}
+            out[(name, n0)] = corr.predict_decisions(classifiers, w, mu, sigma, specs)
+    base = corr.baseline_scores(mu, sigma, specs)
+    out[("threshold mu", None)] = {k: v["threshold_mu"] for k, v in base.items()}
+    out[("gaussian", None)] = {t.name: corr.gaussian_log_odds(mu, sigma, t) for t in specs}
+    return out
+
+
+def fit_all(mu, sigma, y, specs, seed):
+    fit = {}
+    for name, (kw, hgb) in CONFIGS.items():
+        classifiers, _ = corr.fit_decisions(mu, sigma, y, specs, seed=seed, prior_strength=0.0,
+                                            **kw, **hgb)
+        # Keep the labels so the Gaussian weight can be recomputed for every n0.
+        fit[name] = (classifiers, {t.name: event(y, t).astype(np.int64) for t in specs})
+    return fit
+
+
+def cross_validate(mu, sigma, y, specs, folds, repeats, seed):
+    strata = sum((i + 1) * event(y, t) for i, t in enumerate(specs))  # disjoint events here
+    aucs = {}
+    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    oof = None
+    for j, (tr, te) in enumerate(cv.split(mu, strata)):
+        if j % folds == 0:
+            oof = {}
+        part = scores(fit_all(mu[tr], sigma[tr], y[tr], specs, seed), mu[te], sigma[te], specs)
+        for key, probs in part.items():
+            for t in specs:
+                oof.setdefault((key, t.name), np.empty(y.size))[te] = probs[t.name]
+        if j % folds == folds - 1:
+            for (key, name), s in oof.items():
+                spec = next(t for t in specs if t.name == name)
+                aucs.setdefault((key, name), []).append(roc_auc_score(event(y, spec), s))
+    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in aucs.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=Path("runs/main/hypuc"))
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    start = time.time()
+    task = json.loads((args.workdir / "task.json").read_text())
+    specs = as_thresholds(task["thresholds"])
+    cal = load_calibrator(args.workdir / "calibration.json", task=task["name"])
+    val, test = load(args.workdir, "val", cal), load(args.workdir, "test", cal)
+    with threadpool_limits(1):
+        cv = cross_validate(*val, specs, args.folds, args.repeats, args.seed)
+        final = scores(fit_all(*val, specs, args.seed), test[0], test[1], specs)
+    ev_test = {t.name: event(test[2], t) for t in specs}
+    names = [t.name for t in specs]
+    pos = " ".join(f"{t.name}: {int(event(val[2], t).sum())}/{int(ev_test[t.name].sum())}"
+                   for t in specs)
+    lines = [f"positives val/test: {pos}", "",
+             "| variant | n0 | " + " | ".join(f"{n} CV" for n in names) + " | mean CV - mu CV | "
+             + " | ".join(f"{n} test" for n in names) + " |",
+             "|" + "---|" * (3 + 2 * len(names))]
+    mu_cv = np.mean([cv[(("threshold mu", None), n)][0] for n in names])
+    rows = []
+    for key in final:
+        cvs = [cv[(key, n)] for n in names]
+        gap = np.mean([c[0] for c in cvs]) - mu_cv
+        tests = [roc_auc_score(ev_test[n], final[key][n]) for n in names]
+        rows.append((gap, key, cvs, tests))
+    for gap, (name, n0), cvs, tests in sorted(rows, key=lambda r: -r[0]):
+        lines.append(f"| {name} | {'-' if n0 is None else f'{n0:g}'} | "
+                     + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in cvs)
+                     + f" | {gap:+.4f} | " + " | ".join(f"{a:.4f}" for a in tests) + " |")
+    lines += ["", f"folds={args.folds} repeats={args.repeats} seed={args.seed}; "
+              f"{time.time() - start:.0f} s"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
