@@ -66,10 +66,8 @@ class LossSpec:
     if config.loss.name == "bni":
       if train_labels is None:
         raise ValueError("train_labels: loss 'bni' needs the training labels for its prior")
-      counts, edges = np.histogram(np.asarray(train_labels), bins=config.loss.bni_bins)
-      prior = losses.HistogramPrior(
-          jnp.asarray(0.5 * (edges[1:] + edges[:-1]), jnp.float32),
-          jnp.asarray(counts / counts.sum(), jnp.float32))
+      centers, probs = losses.histogram_prior(train_labels, config.loss.bni_bins)
+      prior = losses.HistogramPrior(jnp.asarray(centers), jnp.asarray(probs))
     return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior)
 
 

@@ -173,3 +173,15 @@ def test_pmap_run_matches_sharding_run(tmp_path, npz_spec):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(r_p.best_metrics["nll"], r_s.best_metrics["nll"], rtol=1e-4)
+
+
+def test_bni_loss_spec_prior_is_the_training_label_histogram():
+    cfg = apply_overrides(get_config("tiny"), ["loss.name=bni", "loss.bni_bins=7"])
+    labels = np.random.default_rng(3).gamma(2.0, 1.0, size=500)
+    spec = train.LossSpec.from_config(cfg, labels)
+    counts, edges = np.histogram(labels, bins=7)           # independent numpy reference
+    np.testing.assert_allclose(np.asarray(spec.bni_prior.centers), 0.5 * (edges[1:] + edges[:-1]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(spec.bni_prior.probs), counts / counts.sum(), rtol=1e-6)
+    with pytest.raises(ValueError, match="train_labels"):
+        train.LossSpec.from_config(cfg, None)
