@@ -127,17 +127,17 @@ def _summary_table(evals: dict) -> str:
 
 
 def _cmd_run(a) -> None:
-    from hypuc_jax import workflow
+    from hypuc_jax import comparison
 
     workdir = a.workdir
     overrides = list(a.overrides)
-    preset = a.preset or ("tiny" if a.quick else workflow.DEFAULT_RUN[0])
+    preset = a.preset or ("tiny" if a.quick else comparison.DEFAULT_RUN[0])
     if a.preset is None and not a.quick:  # --data replaces the default's data spec
-        overrides = [o for o in workflow.DEFAULT_RUN[1]
+        overrides = [o for o in comparison.DEFAULT_RUN[1]
                      if not (a.data and o.startswith("data.spec="))] + overrides
-    out = workflow.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
-                                  overrides=overrides, overwrite=a.overwrite,
-                                  log=lambda s: print(s, flush=True))
+    out = comparison.run_comparison(workdir, preset=preset, data=a.data, seed=a.seed,
+                                    overrides=overrides, overwrite=a.overwrite,
+                                    log=lambda s: print(s, flush=True))
     print(_summary_table(out["eval"]))
     for row in out["checks"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["passed"]]

@@ -8,7 +8,8 @@ Each stage reads and writes one run directory (layout in
     correct_stage    -> corrections/            (validation split only)
     evaluate_stage   -> eval.json, outputs_{split}.npz
     predict_stage    -> a CSV of per-record predictions for new data
-    run_comparison   -> baseline/ + hypuc/ + report.md + figures/
+
+``hypuc run`` (baseline vs HypUC + the report) is :mod:`hypuc_jax.comparison`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -350,84 +350,3 @@ def pipeline(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     calibrate_stage(workdir)
     correct_stage(workdir)
     return evaluate_stage(workdir, "test")
-
-
-def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):
-    """(grid [g], KDE density [g], training weight [g]) for the report's first figure."""
-    from hypuc_jax import kde, train_data, weights
-
-    lo, hi = float(np.min(train_labels)), float(np.max(train_labels))
-    grid = np.linspace(lo, hi, n_grid)
-    w = cfg.weighting
-    dens = np.asarray(kde.gaussian_kde(train_labels, grid, bandwidth=w.bandwidth))
-    if w.scheme == "none":
-        return grid, dens, np.ones_like(grid)
-    fn = weights.fit_weighting(w.scheme, train_labels, **train_data.weighting_options(cfg))
-    return grid, dens, np.asarray(fn(grid))
-
-
-def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test"):
-    """Reads an evaluated run directory into a ``report.RunOutputs``."""
-    from hypuc_jax import report
-
-    workdir = Path(workdir)
-    cfg = load_config(workdir)
-    task = load_task(workdir)
-    ev = read_json(workdir / EVAL, "evaluation (run `hypuc evaluate`)")
-    out = load_npz(workdir / f"outputs_{split}.npz", f"{split} outputs")
-    train_labels = np.load(workdir / TRAIN_LABELS)
-    return report.RunOutputs(
-        name=name, eval=ev, y=out["y"], mu=out["mu"], sigma=out["sigma"],
-        sigma_cal=out["sigma_cal"], corrected=out["corrected"],
-        decision_probs={k[len("prob__"):]: v for k, v in out.items() if k.startswith("prob__")},
-        thresholds=[t for t in task.thresholds if f"prob__{t[0]}" in out],
-        train_labels=train_labels, regions=_named_regions(cfg, task),
-        label_density=label_curves(cfg, train_labels), unit=task.unit,
-        mu_bins=out.get("mu_bin"))
-
-
-#: ``hypuc run`` without --preset: the potassium preset with a budget that fits
-#: 10 minutes on 2 CPU cores (~4 min uncontended) and enough validation/test
-#: records (1600 each) for per-bin calibration checks; regularised boosting
-#: (bagged shallow trees) because the rare-class decisions have few positives.
-DEFAULT_RUN = ("potassium", ("data.spec=simulated:potassium?n=8000", "train.epochs=10",
-                             "calibration.bins=5", "corrections.n_models=5",
-                             "corrections.n_estimators=100", "corrections.max_depth=2"))
-
-
-def comparison_configs(preset: str = "potassium", *, data: str | None = None, seed: int | None
-                       = None, overrides: Sequence[str] = ()) -> dict[str, config_lib.Config]:
-    """The two configs of ``hypuc run``: unweighted NLL baseline and HypUC, same budget."""
-    common = dict(data=data, seed=seed, loss="nll", overrides=overrides)
-    return {"baseline": make_config(preset, weighting="none", **common),
-            "hypuc": make_config(preset, weighting="hypuc", **common)}
-
-
-def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
-                   data: str | None = None, seed: int | None = None,
-                   overrides: Sequence[str] = (), overwrite: bool = False,
-                   log=print) -> dict:
-    """``hypuc run``: baseline and HypUC into DIR/baseline and DIR/hypuc, then the report.
-
-    Returns:
-      {"report": path, "eval": {run: eval.json}, "checks": [...]}.
-    """
-    from hypuc_jax import report
-
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _remove(workdir / "report.md")
-    cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
-    evals = {}
-    for name, cfg in cfgs.items():
-        log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme} "
-            f"on {cfg.data.spec} -> {workdir / name}")
-        evals[name] = pipeline(cfg, workdir / name, overwrite=overwrite)
-    runs = [load_run_outputs(workdir / name, name) for name in cfgs]
-    w = cfgs["hypuc"].weighting
-    extra = [f"Data: `{cfgs['hypuc'].data.spec}`; both runs: loss `nll`, same seed and budget "
-             f"(preset `{preset}`, overrides `{' '.join(overrides) or 'none'}`); HypUC: KDE "
-             f"weights with lam={w.lam}, bandwidth={w.bandwidth}. "
-             f"Calibration: `{cfgs['hypuc'].calibration.method}` on the validation split."]
-    path = report.write_report(workdir, runs, extra=extra)
-    return {"report": str(path), "eval": evals, "checks": report.checks(runs[0], runs[-1])}

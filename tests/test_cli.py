@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from hypuc_jax import cli, config as config_lib, workflow
+from hypuc_jax import cli, comparison, config as config_lib, workflow
 
 TINY = config_lib.get_config("tiny").data.spec
 METRIC_KEYS = ("n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "nll", "crps",
@@ -215,11 +215,11 @@ def test_run_defaults_and_data_flag(monkeypatch, capsys):
         calls.append(kw)
         return {"report": f"{workdir}/report.md", "eval": {}, "checks": []}
 
-    monkeypatch.setattr(workflow, "run_comparison", fake_run)
+    monkeypatch.setattr(comparison, "run_comparison", fake_run)
     assert cli.main(["run"]) == 0
     assert "report: runs/main/report.md" in capsys.readouterr().out
     assert calls[-1]["preset"] == "potassium" and calls[-1]["data"] is None
-    assert list(workflow.DEFAULT_RUN[1]) == calls[-1]["overrides"]
+    assert list(comparison.DEFAULT_RUN[1]) == calls[-1]["overrides"]
     assert cli.main(["run", "--workdir", "w", "--data", "diabetes", "--set", "train.lr=0.1"]) == 0
     assert calls[-1]["data"] == "diabetes"
     assert not any(o.startswith("data.spec=") for o in calls[-1]["overrides"])
