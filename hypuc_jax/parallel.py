@@ -66,6 +66,14 @@ def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
                        devices=jax.devices()[:n])
 
 
+def _to_host(x: Any) -> Any:
+  """Host copy of one state leaf; typed PRNG keys keep their implementation."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(jax.device_get(jax.random.key_data(x)),
+                                    impl=jax.random.key_impl(x))
+  return jax.device_get(x)
+
+
 class Placement:
   """Where state and batches live for one execution mode.
 
@@ -91,8 +99,15 @@ class Placement:
     return NamedSharding(self.mesh, P(AXIS)) if self.mesh is not None else None
 
   def put_state(self, state: Any) -> Any:
-    """Moves a host/device state to its place (replicated on each device)."""
+    """Moves a host/device state to its place (replicated on each device).
+
+    With several processes a state already on one local device (a restored
+    checkpoint) is copied to the host first: the CPU backend has no
+    cross-host device-to-device transfer.
+    """
     if self.mode == "sharding":
+      if jax.process_count() > 1:
+        state = jax.tree.map(_to_host, state)
       return jax.device_put(state, self.replicated)
     if self.mode == "pmap":
       return jax.tree.map(lambda x: jax.device_put(
