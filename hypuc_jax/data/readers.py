@@ -123,13 +123,13 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
     return None, 0  # unreachable: astype failed so some value failed above
 
 
-def read_csv_table(path, target, features, split_col):
-    """Features, target and split of a table.
+def _target_and_split(path, cols, target, split_col):
+    """Numeric target column and optional split column of a CSV table.
 
     Returns:
-      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``.
+      ``(y [n] float64, split [n] or None)``; a missing or non-numeric column
+      raises ValueError naming ``path`` and the column.
     """
-    cols = read_csv_columns(path)
     for what, name in (("target", target), ("split", split_col)):
         if name is not None and name not in cols:
             raise ValueError(f"{path}: {what} column {name!r} not found; columns: {list(cols)}")
@@ -138,6 +138,17 @@ def read_csv_table(path, target, features, split_col):
         raise ValueError(f"{path}: target column {target!r} is not numeric (row {bad}: "
                          f"{cols[target][bad]!r})")
     split = None if split_col is None else normalise_split(cols[split_col], f"{path}: column {split_col!r}")
+    return y, split
+
+
+def read_csv_table(path, target, features, split_col):
+    """Features, target and split of a table.
+
+    Returns:
+      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``.
+    """
+    cols = read_csv_columns(path)
+    y, split = _target_and_split(path, cols, target, split_col)
     if features is not None:
         missing = [c for c in features if c not in cols]
         if missing:
@@ -274,14 +285,7 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
             raise ValueError(f"{labels_path}: cannot tell the target column among {others}; "
                              "add the option target=COLUMN")
         target = others[0]
-    if target not in cols:
-        raise ValueError(f"{labels_path}: target column {target!r} not found; columns: {list(cols)}")
-    if split_col is not None and split_col not in cols:
-        raise ValueError(f"{labels_path}: split column {split_col!r} not found; columns: {list(cols)}")
-    y, bad = parse_numeric(cols[target])
-    if y is None:
-        raise ValueError(f"{labels_path}: target column {target!r} is not numeric (row {bad}: "
-                         f"{cols[target][bad]!r})")
+    y, split = _target_and_split(labels_path, cols, target, split_col)
     n_time = None if duration is None else int(round(duration * rate))
     signals = []
     for name in cols[record_col]:
@@ -292,7 +296,4 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
             raise ValueError(f"{os.path.join(directory, name)}: expected at least {n_time} samples "
                              f"at {rate:g} Hz, got {sig.shape[0]}")
         signals.append(sig[:n_time])
-    split = None
-    if split_col is not None:
-        split = normalise_split(cols[split_col], f"{labels_path}: column {split_col!r}")
     return np.stack(signals), y.astype(np.float32), split, target
