@@ -13,12 +13,12 @@ before training with a ``ValueError`` naming the offending key. ``to_dict`` /
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
-import types
 import typing
 from typing import Any, Optional, Union
+
+from hypuc_jax import _typed_fields as typed_fields
 
 LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
@@ -160,7 +160,7 @@ class Config:
   @classmethod
   def from_dict(cls, d: dict) -> "Config":
     """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
-    return _from_dict(cls, d, "")
+    return typed_fields.from_dict(cls, d, "")
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -211,7 +211,7 @@ def get_config(name: str = "potassium") -> Config:
   """
   if name not in _PRESETS:
     raise ValueError(f"name: expected one of {sorted(_PRESETS)}, got {name!r}")
-  return _replace_many(Config(), _PRESETS[name].items())
+  return typed_fields.replace_many(Config(), _PRESETS[name].items())
 
 
 def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
@@ -235,108 +235,7 @@ def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
       raise ValueError(f"overrides: expected 'section.key=value', got {item!r}")
     key, raw = item.split("=", 1)
     pairs.append((key.strip(), raw.strip()))
-  return _replace_many(config, pairs)
-
-
-def _replace_many(config: Config, pairs) -> Config:
-  for key, value in pairs:
-    config = _replace_path(config, key.split("."), value, key)
-  return config
-
-
-def _replace_path(obj, parts, value, key):
-  fields = {f.name: f for f in dataclasses.fields(obj)}
-  if parts[0] not in fields:
-    raise ValueError(f"{key}: unknown config key; expected one of "
-                     f"{sorted(fields)} at {type(obj).__name__}")
-  hints = typing.get_type_hints(type(obj))
-  sub = getattr(obj, parts[0])
-  if len(parts) > 1:
-    if not dataclasses.is_dataclass(sub):
-      raise ValueError(f"{key}: unknown config key ({parts[0]} has no sub-keys)")
-    return dataclasses.replace(obj, **{parts[0]: _replace_path(sub, parts[1:], value, key)})
-  if dataclasses.is_dataclass(sub):
-    raise ValueError(f"{key}: is a section; set one of its keys, e.g. {key}.<name>=...")
-  return dataclasses.replace(obj, **{parts[0]: _coerce(value, hints[parts[0]], key)})
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-  """Converts ``value`` (a string or a JSON value) to type ``tp``."""
-  origin, args = typing.get_origin(tp), typing.get_args(tp)
-  if origin in (Union, types.UnionType):
-    if type(None) in args and (value is None or (isinstance(value, str) and
-                                                 value.lower() in ("none", "null"))):
-      return None
-    errors = []
-    for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
-      try:
-        return _coerce(value, a, key)
-      except ValueError as e:
-        errors.append(str(e))
-    raise ValueError(f"{key}: expected {tp}, got {value!r}")
-  if origin is tuple:
-    if isinstance(value, str):
-      text = value.strip()
-      try:
-        value = ast.literal_eval(text) if text[:1] in "([" else [
-            v.strip() for v in text.split(",") if v.strip()]
-      except (ValueError, SyntaxError) as e:
-        raise ValueError(f"{key}: expected a tuple, got {value!r}") from e
-      if not isinstance(value, (list, tuple)):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-      raise ValueError(f"{key}: expected a tuple, got {value!r}")
-    if len(args) == 2 and args[1] is Ellipsis:
-      return tuple(_coerce(v, args[0], key) for v in value)
-    if len(value) != len(args):
-      raise ValueError(f"{key}: expected {len(args)} items, got {value!r}")
-    return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-  if tp is bool:
-    if isinstance(value, bool):
-      return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-      return True
-    if text in ("false", "0", "no", "off"):
-      return False
-    raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
-  if tp is int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-      raise ValueError(f"{key}: expected an int, got {value!r}")
-    try:
-      return int(value) if not isinstance(value, str) else int(value.strip())
-    except ValueError as e:
-      raise ValueError(f"{key}: expected an int, got {value!r}") from e
-  if tp is float:
-    if isinstance(value, bool):
-      raise ValueError(f"{key}: expected a float, got {value!r}")
-    try:
-      return float(value)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"{key}: expected a float, got {value!r}") from e
-  if tp is str:
-    if not isinstance(value, str):
-      raise ValueError(f"{key}: expected a string, got {value!r}")
-    return value
-  raise ValueError(f"{key}: unsupported field type {tp}")
-
-
-def _from_dict(cls, d: dict, prefix: str):
-  if not isinstance(d, dict):
-    raise ValueError(f"{prefix or 'config'}: expected a dict, got {type(d).__name__}")
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  hints = typing.get_type_hints(cls)
-  kwargs = {}
-  for name, value in d.items():
-    key = f"{prefix}{name}"
-    if name not in fields:
-      raise ValueError(f"{key}: unknown config key; expected one of {sorted(fields)}")
-    tp = hints[name]
-    if dataclasses.is_dataclass(tp):
-      kwargs[name] = _from_dict(tp, value, key + ".")
-    else:
-      kwargs[name] = _coerce(value, tp, key)
-  return cls(**kwargs)
+  return typed_fields.replace_many(config, pairs)
 
 
 def _check(cond: bool, key: str, expected: str, got: Any) -> None:
