@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hypuc_jax import uncertainty as unc_scores
 from hypuc_jax.report_figures import (  # noqa: F401  (re-exported)
     FIGURES, RunOutputs, _region_names, central_coverage, mu_bin_coverage, selective_mae,
     write_figures, write_text_atomic)
@@ -75,7 +76,10 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
         f"worst gap {worst * 100:.1f} pp over {int(big.sum())} bins", None if not big.any()
         else worst <= 0.02)
     u0, u1 = unc.get("uce"), cal.get("uce")
-    add("UCE at least 50% below uncalibrated", f"{_fmt(u1)} vs {_fmt(u0)}",
+    floor, floor_sd = unc_scores.uce_noise_floor(method.y.size)
+    add("UCE at least 50% below uncalibrated",
+        f"{_fmt(u1)} vs {_fmt(u0)} (a perfectly calibrated Gaussian scores "
+        f"{floor:.4f} ± {floor_sd:.4f} at n={method.y.size})",
         None if u0 is None or u1 is None else u1 <= 0.5 * u0)
     for name, d in method.eval.get("decisions", {}).items():
         a, b = d.get("auroc"), d.get("baseline_auroc")

@@ -61,6 +61,21 @@ def uce(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
     return float(np.mean(np.abs(coverage_curve(y, mu, sigma) - CAL_LEVELS)))
 
 
+def uce_noise_floor(n: int, draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """UCE of a perfectly calibrated Gaussian predictor on ``n`` samples: (mean, sd).
+
+    Monte Carlo over ``draws`` samples of n standard-normal residuals scored
+    against N(0, 1). Finite samples alone give this much UCE, so a measured
+    UCE near the floor cannot be lowered by any calibration.
+    """
+    if int(n) < 1 or int(draws) < 1:
+        raise ValueError(f"uce_noise_floor: n and draws must be >= 1, got n={n}, draws={draws}")
+    z = np.random.default_rng(seed).standard_normal((int(draws), int(n)))
+    zeros, ones = np.zeros(int(n)), np.ones(int(n))
+    u = np.array([uce(row, zeros, ones) for row in z])
+    return float(u.mean()), float(u.std(ddof=1)) if draws > 1 else 0.0
+
+
 def miscalibration_area(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
     """Area between observed and nominal central-interval coverage curves."""
     d = coverage_curve(y, mu, sigma) - CAL_LEVELS

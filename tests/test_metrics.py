@@ -211,3 +211,18 @@ def test_threshold_decisions_uses_event_direction():
     assert out["hyper"]["m"]["n_positive"] == 2 and out["hyper"]["m"]["auroc"] == 1.0
     with pytest.raises(ValueError, match="scores"):
         metrics.threshold_decisions(y, [("other", 5.0, "above")], scores)
+
+
+def test_uce_noise_floor_matches_binomial_closed_form():
+    # A calibrated predictor's coverage at level p is Binomial(n, p) / n, so
+    # E|coverage - p| ~ sqrt(2 p (1 - p) / (pi n)) (normal approximation);
+    # the UCE floor is its mean over the levels (linearity of expectation).
+    from hypuc_jax import uncertainty
+    for n in (400, 1600):
+        levels = uncertainty.CAL_LEVELS
+        closed = float(np.mean(np.sqrt(2 * levels * (1 - levels) / (math.pi * n))))
+        mean, sd = uncertainty.uce_noise_floor(n, draws=400, seed=1)
+        assert abs(mean - closed) < 0.05 * closed, (n, mean, closed)
+        assert 0 < sd < mean
+    with pytest.raises(ValueError, match="n and draws"):
+        uncertainty.uce_noise_floor(0)
