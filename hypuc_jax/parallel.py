@@ -89,6 +89,9 @@ class Placement:
     self.n_devices = 1 if mode == "none" else (n_devices or jax.device_count())
     self.mesh = make_mesh(self.n_devices) if mode != "none" else None
     self.devices = jax.devices()[:self.n_devices]
+    # pmap maps over this process's devices (its collectives still span every
+    # process), so its state and batches are [local devices, ...] arrays.
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
 
   @property
   def replicated(self):
@@ -98,6 +101,12 @@ class Placement:
   def batch_sharding(self):
     return NamedSharding(self.mesh, P(AXIS)) if self.mesh is not None else None
 
+  @property
+  def _local_sharding(self) -> NamedSharding:
+    """Leading axis over this process's devices (the pmap layout)."""
+    mesh = jax.sharding.Mesh(np.array(self.local_devices), (AXIS,))
+    return NamedSharding(mesh, P(AXIS))
+
   def put_state(self, state: Any) -> Any:
     """Moves a host/device state to its place (replicated on each device).
 
@@ -105,13 +114,14 @@ class Placement:
     checkpoint) is copied to the host first: the CPU backend has no
     cross-host device-to-device transfer.
     """
+    if self.mode != "none" and jax.process_count() > 1:
+      state = jax.tree.map(_to_host, state)
     if self.mode == "sharding":
-      if jax.process_count() > 1:
-        state = jax.tree.map(_to_host, state)
       return jax.device_put(state, self.replicated)
     if self.mode == "pmap":
+      n = len(self.local_devices)
       return jax.tree.map(lambda x: jax.device_put(
-          jnp.broadcast_to(x, (self.n_devices,) + x.shape), self.batch_sharding), state)
+          jnp.broadcast_to(x, (n,) + x.shape), self._local_sharding), state)
     return jax.device_put(state, self.devices[0])
 
   def get_state(self, state: Any) -> Any:
@@ -123,15 +133,18 @@ class Placement:
   @property
   def data_sharding(self) -> jax.sharding.Sharding:
     """Sharding of a batch laid out by :meth:`host_layout`."""
+    if self.mode == "pmap":
+      return self._local_sharding
     if self.mesh is not None:
       return self.batch_sharding
     return jax.sharding.SingleDeviceSharding(self.devices[0])
 
   def host_layout(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Under "pmap" reshapes the leading axis to [devices, batch/devices]."""
+    """Under "pmap" reshapes the leading axis to [local devices, batch/devices]."""
     if self.mode != "pmap":
       return batch
-    return jax.tree.map(lambda x: np.reshape(x, (self.n_devices, -1) + x.shape[1:]), batch)
+    n = len(self.local_devices)
+    return jax.tree.map(lambda x: np.reshape(x, (n, -1) + x.shape[1:]), batch)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Moves a host batch (this process's slice) onto the devices.
@@ -141,7 +154,7 @@ class Placement:
     data_sharding)`` does the same ahead of time on a thread.
     """
     batch = self.host_layout(batch)
-    if self.mesh is not None and jax.process_count() > 1:
+    if self.mode == "sharding" and jax.process_count() > 1:
       return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
           self.data_sharding, x), batch)
     return jax.device_put(batch, self.data_sharding)
@@ -171,7 +184,8 @@ class Placement:
     """Compiles ``fn(state, batch) -> per-example outputs`` (no donation).
 
     Eval always runs as one jit (the state taken from ``get_state``): on the
-    mesh under "sharding", on the first device otherwise (pmap included).
+    mesh under "sharding", on this process's first device otherwise (pmap
+    included; each process then evaluates its own slice of the batch).
     """
     if self.mode == "sharding":
       return jax.jit(fn, in_shardings=(self.replicated, self.batch_sharding),
@@ -181,7 +195,7 @@ class Placement:
   def put_eval_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     if self.mode == "sharding":
       return self.put_batch(batch)
-    return jax.device_put(batch, self.devices[0])
+    return jax.device_put(batch, self.local_devices[0] if self.local_devices else self.devices[0])
 
 
 def _first_replica(x: jax.Array) -> jax.Array:

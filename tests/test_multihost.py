@@ -1,4 +1,5 @@
-"""Multi-process data parallelism, for real: 2 local processes x 2 CPU devices.
+"""Multi-process data parallelism, for real: 2 local processes x 2 CPU devices,
+under both the "sharding" (mesh) and the "pmap" step.
 
 Two subprocesses run ``train.train_and_evaluate`` into ONE workdir as a
 2-process JAX job (coordinator on 127.0.0.1; gloo CPU collectives, the JAX
@@ -6,7 +7,7 @@ Two subprocesses run ``train.train_and_evaluate`` into ONE workdir as a
 global batch; a third subprocess runs
 the same config as one process with the same 4 devices. The reference is
 the single-process run: same global batch, same data order, same
-"sharding" step, so the two differ only in how XLA orders the cross-device
+step (mode), so the two differ only in how XLA orders the cross-device
 reductions. Subprocesses are needed because the device count and the
 distributed runtime are fixed when a process first initialises JAX (this
 pytest session already has 8 devices).
@@ -20,6 +21,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from hypuc_jax import checkpoints, train
@@ -41,11 +43,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(spec, workdir, out, local_devices, **env):
+def _launch(spec, workdir, out, local_devices, overrides, **env):
   environ = {k: v for k, v in os.environ.items()
              if not k.startswith(("HYPUC_", "JAX_", "XLA_"))}
   environ.update(JAX_PLATFORMS="cpu", HYPUC_LOCAL_DEVICES=str(local_devices), **env)
-  return subprocess.Popen([sys.executable, WORKER, spec, str(workdir), str(out), *OVERRIDES],
+  return subprocess.Popen([sys.executable, WORKER, spec, str(workdir), str(out), *overrides],
                           env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -92,7 +94,9 @@ def _params(workdir, config):
   return jax.device_get(nnx.state(model, nnx.Param)), meta, sorted(steps)
 
 
-def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
+@pytest.mark.parametrize("parallel", ["sharding", "pmap"])
+def test_two_processes_equal_one_process_with_the_same_devices(tmp_path, parallel):
+  overrides = [*OVERRIDES, f"train.parallel={parallel}"]
   rng = np.random.default_rng(3)
   x = rng.normal(size=(N, TIME, LEADS)).astype(np.float32)
   y = (4.5 + 0.8 * x[:, :8, 0].mean(axis=1) + 0.1 * rng.normal(size=N)).astype(np.float32)
@@ -100,10 +104,10 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   spec = f"npz:{tmp_path / 'ecg.npz'}"
   multi, single = tmp_path / "multi", tmp_path / "single"
   coordinator = f"127.0.0.1:{_free_port()}"
-  procs = {f"process {i}": _launch(spec, multi, tmp_path / f"p{i}.json", 2,
+  procs = {f"process {i}": _launch(spec, multi, tmp_path / f"p{i}.json", 2, overrides,
                                    HYPUC_NUM_PROCESSES="2", HYPUC_COORDINATOR=coordinator,
                                    HYPUC_PROCESS_ID=str(i)) for i in range(2)}
-  procs["single"] = _launch(spec, single, tmp_path / "single.json", 4)
+  procs["single"] = _launch(spec, single, tmp_path / "single.json", 4, overrides)
   _wait_all(procs)
 
   p0, p1, ref = (json.load(open(tmp_path / f"{n}.json")) for n in ("p0", "p1", "single"))
@@ -138,7 +142,7 @@ def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   # slice would move most parameters by ~lr, which the median bound (1e-5)
   # and the loss check catch. Val metrics / predictions (label units,
   # measured <= 4e-5 relative / 2e-5 absolute) get 1e-3.
-  config = apply_overrides(get_config("tiny"), [f"data.spec={spec}", *OVERRIDES])
+  config = apply_overrides(get_config("tiny"), [f"data.spec={spec}", *overrides])
   params_m, meta_m, steps_m = _params(str(multi), config)
   params_s, meta_s, steps_s = _params(str(single), config)
   assert steps_m == steps_s == [3, 6]
