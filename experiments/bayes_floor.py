@@ -1,0 +1,157 @@
+"""How low can the tail MAE of a simulated task go? An oracle floor per weighting.
+
+The simulator (``hypuc_jax.data.simulator``) draws each record's ECG from an
+*effective* label ``e = y + (noise_base + noise_slope * |y - mean|) * N(0, 1)``
+(``LabelDistribution`` of the preset), so even a model that reads ``e``
+perfectly from the signal cannot recover ``y`` exactly. This script computes,
+with numpy only, what such an oracle reader achieves:
+
+        f_lam(e) = E_q[y | e],   q(y | e) ~ N(e; y, s(y)^2) * rho(y)^(1 - lam)
+
+which is the population minimiser of the rho^-lam weighted squared error
+(lam = 0: the unweighted Bayes posterior mean, what an unweighted model
+approaches; lam > 0: what KDE weighting aims for). Its MAE per region is a
+floor for a network of that weighting up to the extra noise of reading ``e``
+from the ECG (T-wave amplitude factors, baseline wander, muscle noise), which
+only raises the floor.
+
+Two floors are printed: over the label distribution (``--samples`` draws)
+and on the test labels of given run directories (``--runs``; the expectation
+over ``e`` given each test label, ``--draws`` per label), next to the runs'
+own MAE of mu. The label density rho is a fine histogram of 2e6 draws.
+
+Usage::
+
+        python experiments/bayes_floor.py --preset potassium \\
+                --runs runs/ablation_potassium_full/none runs/ablation_potassium_full/hypuc-0.5 \\
+                --out experiments/results/bayes_floor_potassium.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hypuc_jax.data.tasks import get_preset
+
+
+def sample_labels(dist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Labels [n] from the preset's clipped normal + exponential-tail mixture."""
+    main = rng.normal(dist.mean, dist.sd, n)
+    tail = dist.tail_start + dist.tail_sign * rng.exponential(dist.tail_scale, n)
+    return np.clip(np.where(rng.random(n) < dist.tail_weight, tail, main), *dist.clip)
+
+
+def noise_sd(dist, y: np.ndarray) -> np.ndarray:
+    """Scale of the effective-label noise at label y, same shape as y."""
+    return dist.noise_base + dist.noise_slope * np.abs(y - dist.mean)
+
+
+class OracleReader:
+    """f_lam(e): mean of y under N(e; y, s(y)^2) * rho(y)^(1 - lam) on a label grid."""
+
+    def __init__(self, dist, rng: np.random.Generator, grid_size: int = 1401):
+        lo, hi = dist.clip
+        self.grid = np.linspace(lo, hi, grid_size)
+        counts, _ = np.histogram(sample_labels(dist, 2_000_000, rng), bins=grid_size,
+                                                          range=(lo - 0.5 * (hi - lo) / (grid_size - 1),
+                                                                        hi + 0.5 * (hi - lo) / (grid_size - 1)))
+        self.log_rho = np.log(counts + 0.5)          # +0.5: no empty-bin -inf in the far tail
+        self.sd = noise_sd(dist, self.grid)
+
+    def __call__(self, e: np.ndarray, lam: float, chunk: int = 4096) -> np.ndarray:
+        """Estimates [n] for effective labels e [n]."""
+        out = np.empty(e.shape)
+        for i in range(0, e.size, chunk):
+            ec = e[i:i + chunk, None]
+            logp = (-0.5 * ((ec - self.grid) / self.sd) ** 2 - np.log(self.sd)
+                            + (1.0 - lam) * self.log_rho)
+            p = np.exp(logp - logp.max(axis=1, keepdims=True))
+            out[i:i + chunk] = (p @ self.grid) / p.sum(axis=1)
+        return out
+
+
+def regions(task) -> dict:
+    """Region name -> mask function: overall and each decision threshold's side."""
+    out = {"overall": lambda y: np.ones(y.shape, bool)}
+    for t in task.thresholds:
+        out[f"y {'>' if t.direction == 'above' else '<'} {t.value:g}"] = t.positive
+    return out
+
+
+def region_mae(y, pred, regs) -> dict:
+    return {k: float(np.mean(np.abs(y[m(y)] - pred[m(y)]))) if m(y).any() else float("nan")
+                    for k, m in regs.items()}
+
+
+def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs) -> dict:
+    """E over e | y of |y - f_lam(e)|, averaged per region over the given labels y [n]."""
+    yy = np.repeat(y, draws)
+    e = yy + noise_sd(dist, yy) * rng.standard_normal(yy.size)
+    err = np.abs(yy - reader(e, lam)).reshape(y.size, draws).mean(axis=1)
+    return {k: float(err[m(y)].mean()) if m(y).any() else float("nan") for k, m in regs.items()}
+
+
+def run_mae(run_dir: Path, regs) -> tuple[dict, np.ndarray]:
+    """Mean over seed*/outputs_test.npz of the MAE of mu per region, and the test labels."""
+    files = sorted(run_dir.glob("seed*/outputs_test.npz")) or [run_dir / "outputs_test.npz"]
+    if not files[0].exists():
+        raise FileNotFoundError(f"--runs {run_dir}: no outputs_test.npz (a finished `hypuc` run "
+                                                        "directory or an ablation variant folder was expected)")
+    per = [region_mae(z["y"], z["mu"], regs) for z in map(np.load, files)]
+    return {k: float(np.mean([p[k] for p in per])) for k in regs}, np.load(files[0])["y"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="potassium")
+    ap.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--samples", type=int, default=400_000)
+    ap.add_argument("--draws", type=int, default=400)
+    ap.add_argument("--runs", type=Path, nargs="*", default=[])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args(argv)
+    preset = get_preset(a.preset)
+    dist, rng = preset.labels, np.random.default_rng(a.seed)
+    regs = regions(preset.task)
+    reader = OracleReader(dist, rng)
+    y = sample_labels(dist, a.samples, rng)
+    e = y + noise_sd(dist, y) * rng.standard_normal(y.size)
+    cols = list(regs)
+    lines = [f"Oracle floor, preset `{a.preset}` ({a.samples} label draws): MAE of f_lam(e)",
+                      "", "| lam | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for lam in a.lams:
+        m = region_mae(y, reader(e, lam), regs)
+        lines.append(f"| {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    test_y = None
+    run_rows = []
+    for run in a.runs:
+        m, ys = run_mae(run, regs)
+        test_y = ys if test_y is None else test_y
+        if ys.shape != test_y.shape or not np.allclose(ys, test_y):
+            raise ValueError(f"--runs {run}: test labels differ from {a.runs[0]} (one data split expected)")
+        run_rows.append(f"| {run} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    if test_y is not None:
+        counts = {c: int(regs[c](test_y).sum()) for c in cols}
+        lines += ["", f"On the runs' test labels (n = {test_y.size}; "
+                            + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
+                            + f"); oracle = expectation over e given each label, {a.draws} draws;"
+                            " runs = MAE of mu, mean over seeds", "",
+                            "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+        for lam in a.lams:
+            m = expected_mae_given_labels(reader, dist, test_y, lam, a.draws, rng, regs)
+            lines.append(f"| oracle lam {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+        lines += run_rows
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        a.out.write_text(f"Command: `python experiments/bayes_floor.py {' '.join(argv or sys.argv[1:])}`"
+                                          "\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
