@@ -15,16 +15,21 @@ floor for a network of that weighting up to the extra noise of reading ``e``
 from the ECG (T-wave amplitude factors, baseline wander, muscle noise), which
 only raises the floor.
 
-Two floors are printed: over the label distribution (``--samples`` draws)
-and on the test labels of given run directories (``--runs``; the expectation
-over ``e`` given each test label, ``--draws`` per label), next to the runs'
-own MAE of mu. The label density rho is a fine histogram of 2e6 draws.
+Floors printed: over the label distribution (``--samples`` draws); on the
+test labels of given run directories (``--runs``; the expectation over ``e``
+given each test label, ``--draws`` per label); and, with ``--sim-seed`` /
+``--sim-n`` (the ``simulate`` call the runs' data came from), on the
+REALIZED effective labels of those test records
+(``hypuc_jax.data.simulator.effective_labels``), i.e. what a perfect reader
+scores on exactly this test set. The same is done for the validation records,
+where lam and checkpoints are chosen. Runs are shown by the MAE of mu. The
+label density rho is a fine histogram of 2e6 draws.
 
 Usage::
 
-        python experiments/bayes_floor.py --preset potassium \\
-                --runs runs/ablation_potassium_full/none runs/ablation_potassium_full/hypuc-0.5 \\
-                --out experiments/results/bayes_floor_potassium.md
+    python experiments/bayes_floor.py --preset potassium --sim-seed 0 --sim-n 8000 \\
+        --runs runs/ablation_potassium_full/none runs/ablation_potassium_full/hypuc-0.5 \\
+        --out experiments/results/bayes_floor_potassium.md
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hypuc_jax.data import split_indices
+from hypuc_jax.data.simulator import effective_labels
 from hypuc_jax.data.tasks import get_preset
+from hypuc_jax.rundir import load_config
 
 
 def sample_labels(dist, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,8 +64,8 @@ class OracleReader:
         lo, hi = dist.clip
         self.grid = np.linspace(lo, hi, grid_size)
         counts, _ = np.histogram(sample_labels(dist, 2_000_000, rng), bins=grid_size,
-                                                          range=(lo - 0.5 * (hi - lo) / (grid_size - 1),
-                                                                        hi + 0.5 * (hi - lo) / (grid_size - 1)))
+                                 range=(lo - 0.5 * (hi - lo) / (grid_size - 1),
+                                        hi + 0.5 * (hi - lo) / (grid_size - 1)))
         self.log_rho = np.log(counts + 0.5)          # +0.5: no empty-bin -inf in the far tail
         self.sd = noise_sd(dist, self.grid)
 
@@ -67,7 +75,7 @@ class OracleReader:
         for i in range(0, e.size, chunk):
             ec = e[i:i + chunk, None]
             logp = (-0.5 * ((ec - self.grid) / self.sd) ** 2 - np.log(self.sd)
-                            + (1.0 - lam) * self.log_rho)
+                    + (1.0 - lam) * self.log_rho)
             p = np.exp(logp - logp.max(axis=1, keepdims=True))
             out[i:i + chunk] = (p @ self.grid) / p.sum(axis=1)
         return out
@@ -83,7 +91,7 @@ def regions(task) -> dict:
 
 def region_mae(y, pred, regs) -> dict:
     return {k: float(np.mean(np.abs(y[m(y)] - pred[m(y)]))) if m(y).any() else float("nan")
-                    for k, m in regs.items()}
+            for k, m in regs.items()}
 
 
 def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs) -> dict:
@@ -94,14 +102,27 @@ def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs) -> dict:
     return {k: float(err[m(y)].mean()) if m(y).any() else float("nan") for k, m in regs.items()}
 
 
-def run_mae(run_dir: Path, regs) -> tuple[dict, np.ndarray]:
-    """Mean over seed*/outputs_test.npz of the MAE of mu per region, and the test labels."""
-    files = sorted(run_dir.glob("seed*/outputs_test.npz")) or [run_dir / "outputs_test.npz"]
+def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz") -> tuple[dict, np.ndarray]:
+    """Mean over seed*/NAME of the MAE of mu per region, and the split's labels."""
+    files = sorted(run_dir.glob(f"seed*/{name}")) or [run_dir / name]
     if not files[0].exists():
-        raise FileNotFoundError(f"--runs {run_dir}: no outputs_test.npz (a finished `hypuc` run "
-                                                        "directory or an ablation variant folder was expected)")
+        raise FileNotFoundError(f"--runs {run_dir}: no {name} (a finished `hypuc` run "
+                                "directory or an ablation variant folder was expected)")
     per = [region_mae(z["y"], z["mu"], regs) for z in map(np.load, files)]
     return {k: float(np.mean([p[k] for p in per])) for k in regs}, np.load(files[0])["y"]
+
+
+def realized_effective(run_dir: Path, split: str, labels: np.ndarray, preset: str,
+                       sim_seed: int, sim_n: int) -> np.ndarray:
+    """Effective labels [n] of the records of ``split``, checked against the run's labels."""
+    first = (sorted(run_dir.glob("seed*")) or [run_dir])[0]
+    data = load_config(str(first)).data
+    idx = split_indices(sim_n, data.seed, data.split)[split]
+    y, eff = effective_labels(sim_seed, idx, preset)
+    if y.shape != labels.shape or not np.allclose(y, labels, atol=1e-5):
+        raise ValueError(f"--sim-seed {sim_seed} --sim-n {sim_n}: the simulated {split} labels "
+                         f"differ from {first}'s (another simulate call made that data)")
+    return eff
 
 
 def main(argv=None) -> int:
@@ -112,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--runs", type=Path, nargs="*", default=[])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sim-seed", type=int, help="simulate() seed of the runs' data")
+    ap.add_argument("--sim-n", type=int, help="simulate() record count of the runs' data")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     preset = get_preset(a.preset)
@@ -122,7 +145,7 @@ def main(argv=None) -> int:
     e = y + noise_sd(dist, y) * rng.standard_normal(y.size)
     cols = list(regs)
     lines = [f"Oracle floor, preset `{a.preset}` ({a.samples} label draws): MAE of f_lam(e)",
-                      "", "| lam | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+             "", "| lam | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for lam in a.lams:
         m = region_mae(y, reader(e, lam), regs)
         lines.append(f"| {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
@@ -137,19 +160,35 @@ def main(argv=None) -> int:
     if test_y is not None:
         counts = {c: int(regs[c](test_y).sum()) for c in cols}
         lines += ["", f"On the runs' test labels (n = {test_y.size}; "
-                            + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
-                            + f"); oracle = expectation over e given each label, {a.draws} draws;"
-                            " runs = MAE of mu, mean over seeds", "",
-                            "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+                  + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
+                  + f"); oracle = expectation over e given each label, {a.draws} draws;"
+                  " runs = MAE of mu, mean over seeds", "",
+                  "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
         for lam in a.lams:
             m = expected_mae_given_labels(reader, dist, test_y, lam, a.draws, rng, regs)
             lines.append(f"| oracle lam {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
         lines += run_rows
+    if a.runs and a.sim_seed is not None and a.sim_n is not None:
+        for split, name in (("test", "outputs_test.npz"), ("val", "predictions_val.npz")):
+            rows, ys = [], None
+            for run in a.runs:
+                m, ys = run_mae(run, regs, name)
+                rows.append(f"| {run} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+            eff = realized_effective(a.runs[0], split, ys, a.preset, a.sim_seed, a.sim_n)
+            lines += ["", f"{split} split, oracle on the REALIZED effective labels of its "
+                      f"{ys.size} records (`simulate({a.sim_seed}, {a.sim_n})`); runs = MAE of mu, "
+                      "mean over seeds", "",
+                      "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+            for lam in a.lams:
+                m = region_mae(ys, reader(eff.astype(np.float64), lam), regs)
+                lines.append(f"| oracle lam {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols)
+                             + " |")
+            lines += rows
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
         a.out.write_text(f"Command: `python experiments/bayes_floor.py {' '.join(argv or sys.argv[1:])}`"
-                                          "\n\n" + text)
+                         "\n\n" + text)
     return 0
 
 

@@ -15,12 +15,12 @@ Public API::
 """
 from hypuc_jax.data.pipeline import Scaler, batch_iterator, prefetch_to_device, split_indices
 from hypuc_jax.data.readers import RowView
-from hypuc_jax.data.simulator import LEAD_NAMES, simulate
+from hypuc_jax.data.simulator import LEAD_NAMES, effective_labels, simulate
 from hypuc_jax.data.sources import Dataset, load, load_for_config, parse_spec
 from hypuc_jax.data.tasks import PRESETS, Preset, TaskInfo, Threshold, get_preset, get_task
 
 __all__ = [
     "LEAD_NAMES", "PRESETS", "Dataset", "Preset", "RowView", "Scaler", "TaskInfo", "Threshold",
     "batch_iterator", "get_preset", "get_task", "load", "load_for_config", "parse_spec",
-    "prefetch_to_device", "simulate", "split_indices",
+    "effective_labels", "prefetch_to_device", "simulate", "split_indices",
 ]
