@@ -3,7 +3,10 @@
 Every variant is trained, calibrated, corrected and evaluated with the same
 pipeline as ``hypuc run`` (hypuc_jax.workflow.pipeline), on the same data
 split; only the weighting (or the loss, for Balanced MSE) and the seed
-change. Variants:
+change. A seed sets initialisation, batch order and boosting; with
+``--split-per-seed`` it also draws the train/val/test split (``data.seed``),
+so that the mean over seeds also averages over which rare records land in
+the test split. Variants:
 
     none          unweighted Gaussian NLL (the baseline)
     inverse       inverse label frequency (binned)
@@ -83,12 +86,17 @@ def cache_simulated(config: str, overrides, root: Path) -> list[str]:
 
 
 def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, bandwidth="scott",
-                log=print) -> dict:
-    """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json."""
+                log=print, split_per_seed: bool = False) -> dict:
+    """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json.
+
+    ``seed`` sets ``train.seed`` (initialisation, batch order, boosting); with
+    ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
+    """
     if (workdir / workflow.EVAL).exists():
         return workflow.read_json(workdir / workflow.EVAL, "evaluation")
-    cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + variant_overrides(
-        variant, bandwidth))
+    split = [f"data.seed={seed}"] if split_per_seed else []
+    cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
+                               + variant_overrides(variant, bandwidth))
     t0 = time.time()
     ev = workflow.pipeline(cfg, workdir)
     log(f"  {variant:<14} seed {seed}: test MAE {ev['uncalibrated']['overall']['mae']:.4f} "
@@ -195,6 +203,8 @@ def main(argv=None) -> int:
                    help="config override for every variant (reduced budgets)")
     p.add_argument("--out", required=True, help="result prefix: OUT.md, OUT.csv, OUT_runs.csv")
     p.add_argument("--workdir", required=True, help="folder for the run directories")
+    p.add_argument("--split-per-seed", action="store_true",
+                   help="each seed also draws its own train/val/test split (data.seed = seed)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not materialise simulated data once as WORKDIR/<task>.npz")
     a = p.parse_args(argv)
@@ -214,7 +224,7 @@ def main(argv=None) -> int:
     for name, v, bw, seed in jobs:
         wd = root / name / f"seed{seed}"
         ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
-                         log=lambda s: print(s, flush=True))
+                         log=lambda s: print(s, flush=True), split_per_seed=a.split_per_seed)
         rows.append(rows_of(name, seed, ev, tail_maes(wd)))
         if v.startswith("hypuc-"):
             val.setdefault(name, []).append(val_score(wd))
@@ -232,7 +242,8 @@ def main(argv=None) -> int:
         for s in summary])
     cmd = "python experiments/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = [f"# Ablation: {a.config}", "", f"Command: `{cmd}`", "",
-          f"Seeds: {a.seeds}; {len(jobs)} runs in {(time.time() - t0) / 60:.1f} min (runs "
+          f"Seeds: {a.seeds}{' (each with its own data split)' if a.split_per_seed else ''}; "
+          f"{len(jobs)} runs in {(time.time() - t0) / 60:.1f} min (runs "
           "already finished were reused). Test split; mean ± sd over seeds (sample sd). "
           "`mae[...]`: test MAE of mu per region (shot regions from training-label counts, "
           "named clinical regions); `_cal`: after hyperfine calibration. Bold: best mean.", "",
