@@ -20,7 +20,7 @@ test labels of given run directories (``--runs``; the expectation over ``e``
 given each test label, ``--draws`` per label); and, with ``--sim-seed`` /
 ``--sim-n`` (the ``simulate`` call the runs' data came from), on the
 REALIZED effective labels of those test records
-(``hypuc_jax.data.simulator.effective_labels``), i.e. what a perfect reader
+(``hypuc_jax.data.effective_labels``), i.e. what a perfect reader
 scores on exactly this test set. The same is done for the validation records,
 where lam and checkpoints are chosen. Runs are shown by the MAE of mu. The
 label density rho is a fine histogram of 2e6 draws.
@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hypuc_jax.data import split_indices
-from hypuc_jax.data.simulator import effective_labels
+from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
 from hypuc_jax.rundir import load_config
 

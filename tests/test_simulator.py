@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 
-from hypuc_jax.data import PRESETS, simulate
+from hypuc_jax.data import PRESETS, effective_labels, simulate
 from hypuc_jax.data import simulator as sim
 
 II, V3 = 1, 8
@@ -216,14 +216,14 @@ def test_bad_arguments_raise(kwargs, match):
 
 def test_effective_labels_reproduce_labels_and_drive_the_waveform():
     y_sim = simulate(3, 300, "potassium", rate=100)[1]
-    y, eff = sim.effective_labels(3, np.arange(300), "potassium")
+    y, eff = effective_labels(3, np.arange(300), "potassium")
     np.testing.assert_allclose(y, y_sim, rtol=0, atol=1e-6)
-    y_late, _ = sim.effective_labels(3, np.arange(100, 108))
+    y_late, _ = effective_labels(3, np.arange(100, 108))
     np.testing.assert_allclose(y_late, simulate(3, 8, start=100)[1], rtol=0, atol=1e-6)
     # The noise is the documented N(0, (base + slope |y - mean|)^2) (KS test).
     d = PRESETS["potassium"].labels
-    _, eff_many = sim.effective_labels(4, np.arange(20_000))
-    y_many, _ = sim.effective_labels(4, np.arange(20_000))
+    _, eff_many = effective_labels(4, np.arange(20_000))
+    y_many, _ = effective_labels(4, np.arange(20_000))
     z = (eff_many - y_many) / (d.noise_base + d.noise_slope * np.abs(y_many - d.mean))
     assert stats.kstest(z, "norm").pvalue > 1e-3
     # The T wave (median beat, V3) tracks the effective label better than the label.
@@ -231,6 +231,6 @@ def test_effective_labels_reproduce_labels_and_drive_the_waveform():
     t_amp = np.array([beat_features(r, 100)["t_amp"][8] for r in x])
     assert stats.spearmanr(t_amp, eff)[0] > stats.spearmanr(t_amp, y)[0] + 0.02
     with pytest.raises(ValueError, match="indices"):
-        sim.effective_labels(0, np.array([-1, 2]))
+        effective_labels(0, np.array([-1, 2]))
     with pytest.raises(ValueError, match="seed"):
-        sim.effective_labels(-1, np.arange(3))
+        effective_labels(-1, np.arange(3))

@@ -15,7 +15,8 @@ Public API::
 """
 from hypuc_jax.data.pipeline import Scaler, batch_iterator, prefetch_to_device, split_indices
 from hypuc_jax.data.readers import RowView
-from hypuc_jax.data.simulator import LEAD_NAMES, effective_labels, simulate
+from hypuc_jax.data.sim_labels import effective_labels
+from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.sources import Dataset, load, load_for_config, parse_spec
 from hypuc_jax.data.tasks import PRESETS, Preset, TaskInfo, Threshold, get_preset, get_task
 
