@@ -92,6 +92,8 @@ class Placement:
     # pmap maps over this process's devices (its collectives still span every
     # process), so its state and batches are [local devices, ...] arrays.
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    self._local_sharding = (NamedSharding(jax.sharding.Mesh(np.array(self.local_devices), (AXIS,)),
+                                          P(AXIS)) if mode == "pmap" else None)
 
   @property
   def replicated(self):
@@ -100,12 +102,6 @@ class Placement:
   @property
   def batch_sharding(self):
     return NamedSharding(self.mesh, P(AXIS)) if self.mesh is not None else None
-
-  @property
-  def _local_sharding(self) -> NamedSharding:
-    """Leading axis over this process's devices (the pmap layout)."""
-    mesh = jax.sharding.Mesh(np.array(self.local_devices), (AXIS,))
-    return NamedSharding(mesh, P(AXIS))
 
   def put_state(self, state: Any) -> Any:
     """Moves a host/device state to its place (replicated on each device).
