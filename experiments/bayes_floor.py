@@ -6,7 +6,7 @@ The simulator (``hypuc_jax.data.simulator``) draws each record's ECG from an
 perfectly from the signal cannot recover ``y`` exactly. This script computes,
 with numpy only, what such an oracle reader achieves:
 
-        f_lam(e) = E_q[y | e],   q(y | e) ~ N(e; y, s(y)^2) * rho(y)^(1 - lam)
+    f_lam(e) = E_q[y | e],   q(y | e) ~ N(e; y, s(y)^2) * rho(y)^(1 - lam)
 
 which is the population minimiser of the rho^-lam weighted squared error
 (lam = 0: the unweighted Bayes posterior mean, what an unweighted model
@@ -88,17 +88,22 @@ def regions(task) -> dict:
     return out
 
 
+def per_region(err, y, regs) -> dict:
+    """Mean of per-example errors err [n] within each region of the labels y [n]."""
+    masks = {k: m(y) for k, m in regs.items()}
+    return {k: float(err[s].mean()) if s.any() else float("nan") for k, s in masks.items()}
+
+
 def region_mae(y, pred, regs) -> dict:
-    return {k: float(np.mean(np.abs(y[m(y)] - pred[m(y)]))) if m(y).any() else float("nan")
-            for k, m in regs.items()}
+    """MAE of pred [n] per region of the labels y [n]."""
+    return per_region(np.abs(y - pred), y, regs)
 
 
 def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs) -> dict:
     """E over e | y of |y - f_lam(e)|, averaged per region over the given labels y [n]."""
     yy = np.repeat(y, draws)
     e = yy + noise_sd(dist, yy) * rng.standard_normal(yy.size)
-    err = np.abs(yy - reader(e, lam)).reshape(y.size, draws).mean(axis=1)
-    return {k: float(err[m(y)].mean()) if m(y).any() else float("nan") for k, m in regs.items()}
+    return per_region(np.abs(yy - reader(e, lam)).reshape(y.size, draws).mean(axis=1), y, regs)
 
 
 def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz") -> tuple[dict, np.ndarray]:
@@ -143,46 +148,39 @@ def main(argv=None) -> int:
     y = sample_labels(dist, a.samples, rng)
     e = y + noise_sd(dist, y) * rng.standard_normal(y.size)
     cols = list(regs)
+    head = ["| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+
+    def row(label, m):
+        return f"| {label} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |"
+
     lines = [f"Oracle floor, preset `{a.preset}` ({a.samples} label draws): MAE of f_lam(e)",
-             "", "| lam | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-    for lam in a.lams:
-        m = region_mae(y, reader(e, lam), regs)
-        lines.append(f"| {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
-    test_y = None
-    run_rows = []
-    for run in a.runs:
-        m, ys = run_mae(run, regs)
-        test_y = ys if test_y is None else test_y
-        if ys.shape != test_y.shape or not np.allclose(ys, test_y):
+             "", "| lam | " + head[0][len("| predictor | "):], head[1]]
+    lines += [row(f"{lam:g}", region_mae(y, reader(e, lam), regs)) for lam in a.lams]
+    splits = (("test", "outputs_test.npz"), ("val", "predictions_val.npz"))
+    runs = {split: [run_mae(run, regs, name) for run in a.runs] for split, name in splits}
+    for run, (_, ys) in zip(a.runs, runs["test"]):
+        if ys.shape != runs["test"][0][1].shape or not np.allclose(ys, runs["test"][0][1]):
             raise ValueError(f"--runs {run}: test labels differ from {a.runs[0]} (one data split expected)")
-        run_rows.append(f"| {run} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
-    if test_y is not None:
+    if a.runs:
+        test_y = runs["test"][0][1]
         counts = {c: int(regs[c](test_y).sum()) for c in cols}
         lines += ["", f"On the runs' test labels (n = {test_y.size}; "
                   + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
                   + f"); oracle = expectation over e given each label, {a.draws} draws;"
-                  " runs = MAE of mu, mean over seeds", "",
-                  "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-        for lam in a.lams:
-            m = expected_mae_given_labels(reader, dist, test_y, lam, a.draws, rng, regs)
-            lines.append(f"| oracle lam {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
-        lines += run_rows
+                  " runs = MAE of mu, mean over seeds", "", *head]
+        lines += [row(f"oracle lam {lam:g}", expected_mae_given_labels(
+            reader, dist, test_y, lam, a.draws, rng, regs)) for lam in a.lams]
+        lines += [row(run, m) for run, (m, _) in zip(a.runs, runs["test"])]
     if a.runs and a.sim_seed is not None and a.sim_n is not None:
-        for split, name in (("test", "outputs_test.npz"), ("val", "predictions_val.npz")):
-            rows, ys = [], None
-            for run in a.runs:
-                m, ys = run_mae(run, regs, name)
-                rows.append(f"| {run} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+        for split, _ in splits:
+            ys = runs[split][0][1]
             eff = realized_effective(a.runs[0], split, ys, a.preset, a.sim_seed, a.sim_n)
             lines += ["", f"{split} split, oracle on the REALIZED effective labels of its "
                       f"{ys.size} records (`simulate({a.sim_seed}, {a.sim_n})`); runs = MAE of mu, "
-                      "mean over seeds", "",
-                      "| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-            for lam in a.lams:
-                m = region_mae(ys, reader(eff.astype(np.float64), lam), regs)
-                lines.append(f"| oracle lam {lam:g} | " + " | ".join(f"{m[c]:.3f}" for c in cols)
-                             + " |")
-            lines += rows
+                      "mean over seeds", "", *head]
+            lines += [row(f"oracle lam {lam:g}", region_mae(ys, reader(eff.astype(np.float64), lam),
+                                                            regs)) for lam in a.lams]
+            lines += [row(run, m) for run, (m, _) in zip(a.runs, runs[split])]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
