@@ -45,6 +45,12 @@ def _effective_chunk(key, indices, preset):
     return y.astype(jnp.float32), eff.astype(jnp.float32)
 
 
+def check_seed(seed) -> None:
+    """Raises ValueError unless ``seed`` is a non-negative integer (not a bool)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+
+
 def effective_labels(seed: int, indices, preset: str = "potassium") -> tuple[np.ndarray, np.ndarray]:
     """Labels and effective labels of records ``indices`` of ``simulate(seed, ...)``.
 
@@ -61,8 +67,7 @@ def effective_labels(seed: int, indices, preset: str = "potassium") -> tuple[np.
     Returns:
       ``(y [m], effective [m])`` float32; ``y`` equals ``simulate``'s labels.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    check_seed(seed)
     get_preset(preset)
     idx = np.asarray(indices)
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (idx.size and (

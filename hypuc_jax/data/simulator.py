@@ -69,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypuc_jax import _validation as V
-from hypuc_jax.data.sim_labels import _label_draws
+from hypuc_jax.data.sim_labels import _label_draws, check_seed
 from hypuc_jax.data.tasks import get_preset
 
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -322,8 +322,7 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
         raise ValueError(f"n: expected a positive integer, got {n!r}")
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise ValueError(f"start: expected a non-negative integer, got {start!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if start + n > 2**32:
         raise ValueError(f"start: expected start + n <= 2**32 record indices, got {start + n}")
     dist = get_preset(preset).labels
