@@ -68,15 +68,18 @@ class OracleReader:
         self.log_rho = np.log(counts + 0.5)          # +0.5: no empty-bin -inf in the far tail
         self.sd = noise_sd(dist, self.grid)
 
+    def weights(self, e: np.ndarray, lam: float) -> np.ndarray:
+        """q(y | e) on ``self.grid``, [n, grid] rows summing to 1 (lam 0: the posterior)."""
+        logp = (-0.5 * ((e[:, None] - self.grid) / self.sd) ** 2 - np.log(self.sd)
+                + (1.0 - lam) * self.log_rho)
+        p = np.exp(logp - logp.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
     def __call__(self, e: np.ndarray, lam: float, chunk: int = 4096) -> np.ndarray:
         """Estimates [n] for effective labels e [n]."""
         out = np.empty(e.shape)
         for i in range(0, e.size, chunk):
-            ec = e[i:i + chunk, None]
-            logp = (-0.5 * ((ec - self.grid) / self.sd) ** 2 - np.log(self.sd)
-                    + (1.0 - lam) * self.log_rho)
-            p = np.exp(logp - logp.max(axis=1, keepdims=True))
-            out[i:i + chunk] = (p @ self.grid) / p.sum(axis=1)
+            out[i:i + chunk] = self.weights(e[i:i + chunk], lam) @ self.grid
         return out
 
 
