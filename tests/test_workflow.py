@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import workflow
