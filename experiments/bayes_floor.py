@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import publish
 from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
 from hypuc_jax.rundir import load_config
@@ -184,11 +185,7 @@ def main(argv=None) -> int:
             lines += [row(f"oracle lam {lam:g}", region_mae(ys, reader(eff.astype(np.float64), lam),
                                                             regs)) for lam in a.lams]
             lines += [row(run, m) for run, (m, _) in zip(a.runs, runs[split])]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.write_text(f"Command: `python experiments/bayes_floor.py {' '.join(argv or sys.argv[1:])}`"
-                         "\n\n" + text)
+    publish("\n".join(lines) + "\n", a.out, "bayes_floor.py", argv or sys.argv[1:])
     return 0
 
 

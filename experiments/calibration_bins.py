@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import publish
 from hypuc_jax import calibration, uncertainty
 
 
@@ -60,11 +61,8 @@ def main(argv=None) -> int:
             u, c = np.mean(unc), np.mean(cal)
             lines.append(f"| {run} ({len(seeds)} seeds) | {b} | {np.mean(cv):.4f} | {u:.4f} | "
                          f"{c:.4f} | {100 * (c / u - 1):+.0f}% |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.write_text(f"Command: `python experiments/calibration_bins.py "
-                         f"{' '.join(argv or sys.argv[1:])}`\n\nMeans over seeds.\n\n" + text)
+    publish("\n".join(lines) + "\n", a.out, "calibration_bins.py", argv or sys.argv[1:],
+            intro="Means over seeds.\n\n")
     return 0
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from _results import publish
 from bayes_floor import OracleReader, noise_sd, sample_labels
 from hypuc_jax import uncertainty
 from hypuc_jax.data.tasks import get_preset
@@ -221,11 +222,7 @@ def main(argv=None) -> int:
                   "| run | seeds | UCE uncalibrated | UCE calibrated | change |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [run_uce_row(run) for run in a.runs]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        a.out.write_text(f"Command: `python experiments/calibration_floor.py "
-                         f"{' '.join(argv or sys.argv[1:])}`\n\n" + text)
+    publish("\n".join(lines) + "\n", a.out, "calibration_floor.py", argv or sys.argv[1:])
     return 0
 
 

@@ -1,16 +1,11 @@
 """experiments/bayes_floor.py: the oracle reader against the Gaussian closed form."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
+from experiment_scripts import load
 from hypuc_jax.data.tasks import LabelDistribution, get_preset, get_task
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "bayes_floor.py")
-_spec = importlib.util.spec_from_file_location("bayes_floor", _PATH)
-bayes_floor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bayes_floor)
+bayes_floor = load("bayes_floor")
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5, 0.75])

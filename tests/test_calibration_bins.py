@@ -1,14 +1,10 @@
 """experiments/calibration_bins.py: out-of-fold hyperfine calibration fixes a known miscalibration."""
-import importlib.util
-import os
-
 import numpy as np
 from scipy import stats
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "calibration_bins.py")
-_spec = importlib.util.spec_from_file_location("calibration_bins", _PATH)
-calibration_bins = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(calibration_bins)
+from experiment_scripts import load
+
+calibration_bins = load("calibration_bins")
 
 
 def test_cv_uce_recovers_a_doubled_scale():

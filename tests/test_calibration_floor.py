@@ -1,20 +1,12 @@
 """experiments/calibration_floor.py against the conjugate Gaussian closed form."""
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 from scipy import stats
 
+from experiment_scripts import load
 from hypuc_jax.data.tasks import LabelDistribution, Threshold
 
-_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
-sys.path.insert(0, _DIR)  # calibration_floor imports bayes_floor as a sibling script
-_spec = importlib.util.spec_from_file_location("calibration_floor",
-                                               os.path.join(_DIR, "calibration_floor.py"))
-floor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(floor)
+floor = load("calibration_floor")
 
 # Prior N(M, S0^2) without tail, constant noise S: the posterior given e is
 # N(post_mean(e), POST_SD^2); the lam-tempered prior rho^(1 - lam) is
