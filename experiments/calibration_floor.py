@@ -111,10 +111,10 @@ def subset_uce(y, m, sigma, n: int, draws: int, rng: np.random.Generator) -> tup
     return float(np.mean(u)), float(np.std(u, ddof=1))
 
 
-def calibration_rows(reader: OracleReader, e: np.ndarray, y: np.ndarray, lam: float, n_test: int,
-                     rng: np.random.Generator, chunk: int = 2048) -> list[tuple[str, dict]]:
-    """Scores of the Gaussian predictives centred on f_lam(e) for e [n] with labels y [n]."""
-    m = reader(e, lam)
+def calibration_rows(reader: OracleReader, e: np.ndarray, y: np.ndarray, m: np.ndarray,
+                     n_test: int, rng: np.random.Generator,
+                     chunk: int = 2048) -> list[tuple[str, dict]]:
+    """Scores of the Gaussian predictives centred on m = f_lam(e) [n], for e [n] with labels y [n]."""
     acc = {"variance": np.zeros(T_GRID.size), "95% per reading": np.zeros(T_GRID.size)}
     rms, s95 = np.empty(e.size), np.empty(e.size)
     for i in range(0, e.size, chunk):
@@ -134,20 +134,20 @@ def calibration_rows(reader: OracleReader, e: np.ndarray, y: np.ndarray, lam: fl
     return rows
 
 
-def tail_probability(reader: OracleReader, e: np.ndarray, threshold, chunk: int = 4096) -> np.ndarray:
-    """P(y beyond the threshold | e) under the exact posterior, [n] for e [n]."""
-    side = threshold.positive(reader.grid).astype(np.float64)
-    return np.concatenate([reader.weights(e[i:i + chunk], 0.0) @ side
+def tail_probabilities(reader: OracleReader, e: np.ndarray, thresholds,
+                       chunk: int = 4096) -> np.ndarray:
+    """P(y beyond each threshold | e) under the exact posterior, [n, k] for e [n], k thresholds."""
+    sides = np.stack([t.positive(reader.grid) for t in thresholds], axis=1).astype(np.float64)
+    return np.concatenate([reader.weights(e[i:i + chunk], 0.0) @ sides
                            for i in range(0, e.size, chunk)])
 
 
-def decision_rows(reader: OracleReader, e: np.ndarray, y: np.ndarray, task, lams) -> list:
-    """(threshold, AUROC by e, by P(y beyond t | e), [by f_lam(e) per lam]) per task threshold."""
-    centres, out = [reader(e, lam) for lam in lams], []
-    for t in task.thresholds:
+def decision_rows(reader: OracleReader, e: np.ndarray, y: np.ndarray, task, centres) -> list:
+    """(threshold, AUROC by e, by P(y beyond t | e), [by each centre f_lam(e) [n]]) per threshold."""
+    probs, out = tail_probabilities(reader, e, task.thresholds), []
+    for j, t in enumerate(task.thresholds):
         sign, pos = (1.0 if t.direction == "above" else -1.0), t.positive(y)
-        out.append((t.name, roc_auc_score(pos, sign * e),
-                    roc_auc_score(pos, tail_probability(reader, e, t)),
+        out.append((t.name, roc_auc_score(pos, sign * e), roc_auc_score(pos, probs[:, j]),
                     [roc_auc_score(pos, sign * c) for c in centres]))
     return out
 
@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     y = sample_labels(dist, a.samples, rng)
     e = y + noise_sd(dist, y) * rng.standard_normal(y.size)
     floor, floor_sd = uncertainty.uce_noise_floor(a.n_test)
+    centres = {lam: reader(e, lam) for lam in a.lams}
     lines = [f"Perfect reader of preset `{a.preset}`: Gaussian N(f_lam(e), sigma^2), "
              f"{a.samples} label draws; population values (no test-set noise). A perfectly "
              f"calibrated Gaussian scored on {a.n_test} test records still shows UCE "
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
              f"(y - m) / rms | UCE on {a.n_test} records (200 subsets) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for lam in a.lams:
-        for name, r in calibration_rows(reader, e, y, lam, a.n_test, rng):
+        for name, r in calibration_rows(reader, e, y, centres[lam], a.n_test, rng):
             lines.append(f"| {lam:g} | {name} | {r['factor']:.3f} | {r['uce']:.4f} | "
                          f"{r['cov68']:.3f} | {r['cov95']:.3f} | {r['kurtosis']:.2f} | "
                          f"{r['uce_n'][0]:.4f} ± {r['uce_n'][1]:.4f} |")
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
               + " | ".join(f"f_{lam:g}(e)" for lam in a.lams) + " |",
               "|" + " --- |" * (3 + len(a.lams))]
     lines += [f"| {n} | {ae:.5f} | {ab:.5f} | " + " | ".join(f"{x:.5f}" for x in am) + " |"
-              for n, ae, ab, am in decision_rows(reader, e, y, preset.task, a.lams)]
+              for n, ae, ab, am in decision_rows(reader, e, y, preset.task, list(centres.values()))]
     if a.runs:
         lines += ["", "Measured runs (test split, mean ± sd over seeds): UCE of the raw sigma and "
                   "after the run's calibration (`sigma_cal`)", "",

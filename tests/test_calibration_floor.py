@@ -66,9 +66,9 @@ def test_mean_coverage_and_scores_match_the_closed_form(reader):
 
 def test_tail_probability_is_the_posterior_tail(reader):
     t = Threshold("y>4.3", 4.3, "above")
-    p = floor.tail_probability(reader, E, t)
+    p = floor.tail_probabilities(reader, E, [t])[:, 0]
     np.testing.assert_allclose(p, stats.norm.sf(4.3, _post_mean(E), POST_SD), atol=5e-3)
-    below = floor.tail_probability(reader, E, Threshold("y<4.3", 4.3, "below"))
+    below = floor.tail_probabilities(reader, E, [Threshold("y<4.3", 4.3, "below")])[:, 0]
     np.testing.assert_allclose(below, 1.0 - p, atol=5e-3)
 
 
