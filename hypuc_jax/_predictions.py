@@ -1,17 +1,26 @@
-"""Input checks and Gaussian helpers shared by the post-training stages.
+"""Input checks and predictive-family helpers shared by the post-training stages.
 
 Calibration, corrections, flagging and metrics all take the same inputs:
 predictions of a model in label units (``mu [n]``, ``sigma [n]``) and, where
 something is fitted or scored, labels ``y [n]``. This module validates them
-once, in one place, and holds the few Gaussian formulas those stages share
-(central-interval quantiles, threshold exceedance probabilities).
+once, in one place, and holds the few distribution formulas those stages
+share (central-interval quantiles, threshold exceedance probabilities).
+
+The predictive family. ``sigma`` is always a standard deviation. A
+predictive is ``mu + sigma * Z`` with Z of unit variance: standard normal
+when ``dof`` is inf (the network's output and the SPEC's calibrated
+Gaussian), or a Student-t with ``dof > 2`` degrees of freedom rescaled to
+unit variance, ``Z = c T``, ``c = sqrt((dof - 2) / dof)``, when hyperfine
+calibration fitted a heavier tail (``calibration.fit_hyperfine(tail="auto")``).
+The ``std_*`` functions are the law of Z.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from hypuc_jax._validation import as_array, check_finite, check_positive, check_same_length
 
@@ -69,19 +78,88 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
     return mu, sigma, y
 
 
-def central_z(level: float, name: str = "level") -> float:
-    """Two-sided standard-normal quantile: P(|Z| <= z) = level.
+def check_dof(dof: Any, name: str = "dof") -> float:
+    """Degrees of freedom of the predictive family: ``inf`` (or None) for the
+    Gaussian, else a finite number > 2 (a Student-t with finite variance).
+
+    Raises:
+      ValueError: not a number, NaN, or <= 2.
+    """
+    if dof is None:
+        return math.inf
+    if isinstance(dof, bool) or not isinstance(dof, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a number > 2 or inf, got {dof!r}")
+    dof = float(dof)
+    if not dof > 2.0:
+        raise ValueError(f"{name}: expected a number > 2 (finite variance) or inf, got {dof!r}")
+    return dof
+
+
+def dof_to_json(dof: float) -> float | None:
+    """JSON form of a dof: None for the Gaussian (JSON has no inf)."""
+    return None if math.isinf(dof) else float(dof)
+
+
+def _t_scale(dof: float) -> float:
+    """c = sqrt((dof - 2) / dof): the t scale that has unit variance."""
+    return math.sqrt((dof - 2.0) / dof)
+
+
+def std_cdf(z, dof: float = math.inf) -> np.ndarray:
+    """P(Z <= z) for the unit-variance family member with ``dof``."""
+    if math.isinf(dof):
+        return stats.norm.cdf(z)
+    return stats.t.cdf(np.asarray(z) / _t_scale(dof), dof)
+
+
+def std_ppf(q, dof: float = math.inf) -> np.ndarray:
+    """Quantile of Z at level(s) q in [0, 1] (+-inf at 0 and 1)."""
+    if math.isinf(dof):
+        return stats.norm.ppf(q)
+    return _t_scale(dof) * stats.t.ppf(q, dof)
+
+
+def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """(log P(Z > z), log P(Z <= z)), accurate far in both tails."""
+    if math.isinf(dof):
+        return stats.norm.logsf(z), stats.norm.logcdf(z)
+    u = np.asarray(z) / _t_scale(dof)
+    return stats.t.logsf(u, dof), stats.t.logcdf(u, dof)
+
+
+def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
+    """log density of Z at z (closed form; no scipy distribution call)."""
+    z = np.asarray(z, dtype=np.float64)
+    if math.isinf(dof):
+        return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
+    c = _t_scale(dof)
+    const = (special.gammaln((dof + 1) / 2) - special.gammaln(dof / 2)
+             - 0.5 * math.log(dof * math.pi) - math.log(c))
+    return const - (dof + 1) / 2 * np.log1p((z / c) ** 2 / dof)
+
+
+def std_entropy(dof: float = math.inf) -> float:
+    """Differential entropy of Z; the entropy of mu + sigma Z adds log(sigma)."""
+    if math.isinf(dof):
+        return 0.5 * math.log(2 * math.pi * math.e)
+    return float((dof + 1) / 2 * (special.digamma((dof + 1) / 2) - special.digamma(dof / 2))
+                 + math.log(math.sqrt(dof) * special.beta(dof / 2, 0.5)) + math.log(_t_scale(dof)))
+
+
+def central_z(level: float, name: str = "level", dof: float = math.inf) -> float:
+    """Two-sided quantile of the unit-variance family: P(|Z| <= z) = level.
 
     Args:
       level: nominal coverage in (0, 1).
       name: argument name used in the error message.
+      dof: family (inf: Gaussian).
 
     Returns:
       z such that mu +- z * sigma is the central ``level`` interval.
     """
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
-    return float(stats.norm.ppf(0.5 + float(level) / 2.0))
+    return float(std_ppf(0.5 + float(level) / 2.0, dof))
 
 
 class ThresholdSpec(NamedTuple):
@@ -139,13 +217,15 @@ def event(y: np.ndarray, spec: ThresholdSpec) -> np.ndarray:
     return y > spec.value if spec.direction == "above" else y < spec.value
 
 
-def exceed_prob(mu: np.ndarray, sigma: np.ndarray, spec: ThresholdSpec) -> np.ndarray:
-    """Probability of the threshold's event under N(mu, sigma^2). [n]
+def exceed_prob(mu: np.ndarray, sigma: np.ndarray, spec: ThresholdSpec,
+                dof: float = math.inf) -> np.ndarray:
+    """Probability of the threshold's event under mu + sigma Z (Gaussian at dof inf). [n]
 
-    "above": P(Y > t) = 1 - Phi((t - mu) / sigma); "below": P(Y < t) = Phi((t - mu) / sigma).
+    "above": P(Y > t) = F((mu - t) / sigma) (Z is symmetric); "below":
+    P(Y < t) = F((t - mu) / sigma).
     """
     zt = (spec.value - mu) / sigma
-    return stats.norm.sf(zt) if spec.direction == "above" else stats.norm.cdf(zt)
+    return std_cdf(-zt if spec.direction == "above" else zt, dof)
 
 
 def check_threshold_in_range(spec: ThresholdSpec, y: np.ndarray, name: str = "thresholds") -> None:

@@ -6,11 +6,18 @@ Three calibrators map a model's predicted scale to a calibrated one:
   with the closed form s*^2 = mean((y - mu)^2 / sigma^2).
 - ``HyperfineCalibrator`` (HypUC): quantile bins of predicted mu; in bin b,
   eta_b = quantile_xi(|y - mu| / (z_xi sigma')), and sigma'' = eta_b(mu) sigma'.
+  With ``tail="auto"`` it also fits the tail of the calibrated predictive:
+  the degrees of freedom of a unit-variance Student-t (Gaussian included,
+  dof = inf) chosen by K-fold cross-fitted UCE on the validation split. The
+  central xi interval is the same for every dof (eta_b absorbs z_xi), so the
+  per-bin xi coverage the SPEC asks for is untouched; the other levels follow
+  the residuals' observed tail instead of the Gaussian's.
 - ``IsotonicCalibrator`` (Kuleshov et al. 2018), a baseline: an isotonic map
   R of the predicted CDF level F(y) = Phi((y - mu) / sigma) to its empirical
   frequency on the validation split; the calibrated CDF is R(F(y)).
 
-Every calibrator has ``apply(mu, sigma) -> sigma [n]``, ``to_dict`` /
+Every calibrator has ``apply(mu, sigma) -> sigma [n]`` (a standard deviation),
+``predictive_dof`` (the family of the calibrated predictive; inf: Gaussian), ``to_dict`` /
 ``from_dict``, ``save(path)`` / ``load(path, task=...)`` (JSON), and carries
 the name of the task it was fitted on, so a calibrator saved for another task
 is refused on load. All fitting is numpy: it runs once, on the host.
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, ClassVar
 
@@ -26,9 +34,15 @@ import numpy as np
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 
-from hypuc_jax._predictions import central_z, check_predictions
+from hypuc_jax._predictions import central_z, check_dof, check_predictions, dof_to_json
+from hypuc_jax.config import CALIBRATION_TAILS as TAILS
+from hypuc_jax.uncertainty import uce
 
 FORMAT_VERSION = 1
+#: Candidate dofs of ``fit_hyperfine(tail="auto")`` (inf: the Gaussian).
+DOF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)
+#: Fewest validation samples for which ``tail="auto"`` searches a dof.
+MIN_TAIL_SAMPLES = 250
 
 
 def check_task(saved: str | None, task: str | None, name: str = "task") -> None:
@@ -75,8 +89,11 @@ class _Calibrator:
             raise ValueError(f"d: expected format_version {FORMAT_VERSION}, "
                              f"got {d.get('format_version')!r}")
         check_task(d.get("task"), task)
-        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
-        return cls(**kwargs)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"d: {cls.method!r} calibrator dict lacks {missing}")
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the calibrator as JSON to ``path`` (e.g. DIR/calibration.json)."""
@@ -92,6 +109,11 @@ class _Calibrator:
     def _inputs(self, mu, sigma):
         mu, sigma, _ = check_predictions(mu, sigma)
         return mu, sigma
+
+    @property
+    def predictive_dof(self) -> float:
+        """Family of the calibrated predictive mu + sigma Z: inf (Gaussian) here."""
+        return math.inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +148,10 @@ class HyperfineCalibrator(_Calibrator):
       counts: validation samples per bin, length B (for reports).
       xi: nominal coverage the factors were fitted for.
       task: task the calibrator was fitted on, or None.
+      dof: degrees of freedom of the calibrated predictive's unit-variance
+        Student-t, or None for the Gaussian (the SPEC's).
+      dof_search: ``[[dof or None, cross-fitted validation UCE], ...]`` over
+        ``DOF_GRID`` when the dof was chosen by ``tail="auto"``, else None.
     """
     global_scale: float
     edges: list
@@ -133,7 +159,14 @@ class HyperfineCalibrator(_Calibrator):
     counts: list
     xi: float = 0.95
     task: str | None = None
+    dof: float | None = None
+    dof_search: list | None = None
     method: ClassVar[str] = "hyperfine"
+
+    @property
+    def predictive_dof(self) -> float:
+        """Family of the calibrated predictive: the Student-t dof, inf for the Gaussian."""
+        return check_dof(self.dof)
 
     def bin_index(self, mu) -> np.ndarray:
         """Bin of each prediction, [n] int in [0, B)."""
@@ -262,36 +295,9 @@ def _quantile_bins(mu: np.ndarray, n_bins: int, min_count: int) -> np.ndarray:
     return edges
 
 
-def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float = 0.95, *,
-                  task: str | None = None) -> HyperfineCalibrator:
-    """Fits hyperfine (per-bin) calibration on top of global scaling.
-
-    Args:
-      mu: validation predicted locations [n].
-      sigma: validation predicted scales [n], > 0.
-      y: validation labels [n].
-      n_bins: number of quantile bins of mu before merging.
-      min_count: minimum validation samples per bin; sparser bins merge with
-        their smaller neighbour.
-      xi: coverage of the central interval each bin is fitted to, in (0, 1).
-      task: task name stored with the calibrator.
-
-    Returns:
-      HyperfineCalibrator.
-
-    Raises:
-      ValueError: bad inputs, fewer samples than ``n_bins`` or ``min_count``,
-        or a bin whose residuals are (almost all) zero.
-    """
-    mu, sigma, y = check_predictions(mu, sigma, y)
-    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
-    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
-    if mu.size < max(n_bins, min_count):
-        raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
-                         f"validation samples, got {mu.size}")
-    z = central_z(xi, "xi")
+def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: float):
+    """(global scale, inner edges, etas, counts) of a hyperfine fit for family ``dof``."""
+    z = central_z(xi, "xi", dof)
     scale = fit_global(mu, sigma, y).scale
     edges = _quantile_bins(mu, int(n_bins), int(min_count))
     idx = np.searchsorted(edges, mu, side="right")
@@ -305,8 +311,86 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
                              "its samples; the bin factor is undefined")
         etas.append(eta)
         counts.append(int(r.size))
+    return scale, edges, etas, counts
+
+
+def _select_dof(mu, sigma, y, n_bins: int, min_count: int, xi: float, folds: int,
+                seed: int) -> tuple[float, list]:
+    """The dof in ``DOF_GRID`` with the lowest K-fold cross-fitted UCE, and every score.
+
+    Each fold's calibrated sigma comes from a hyperfine fit on the other
+    folds; the pooled held-out predictions are scored once per dof. Ties go
+    to the larger dof (the Gaussian last, so first among equals).
+    """
+    parts = np.array_split(np.random.default_rng(seed).permutation(mu.size), folds)
+    search = []
+    for dof in DOF_GRID:
+        held = np.empty(mu.size)
+        for k, test in enumerate(parts):
+            fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
+            scale, edges, etas, _ = _bin_factors(mu[fit], sigma[fit], y[fit], n_bins,
+                                                 min(min_count, fit.size), xi, dof)
+            eta = np.asarray(etas)[np.searchsorted(edges, mu[test], side="right")]
+            held[test] = eta * scale * sigma[test]
+        search.append([dof_to_json(dof), uce(y, mu, held, dof)])
+    best = min(range(len(DOF_GRID)), key=lambda i: (search[i][1], -DOF_GRID[i]))
+    return DOF_GRID[best], search
+
+
+def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float = 0.95, *,
+                  tail: str | float = "gaussian", folds: int = 5, seed: int = 0,
+                  task: str | None = None) -> HyperfineCalibrator:
+    """Fits hyperfine (per-bin) calibration on top of global scaling.
+
+    Args:
+      mu: validation predicted locations [n].
+      sigma: validation predicted scales [n], > 0.
+      y: validation labels [n].
+      n_bins: number of quantile bins of mu before merging.
+      min_count: minimum validation samples per bin; sparser bins merge with
+        their smaller neighbour.
+      xi: coverage of the central interval each bin is fitted to, in (0, 1).
+      tail: family of the calibrated predictive. "gaussian": the SPEC's
+        Gaussian; "auto": the Student-t dof in ``DOF_GRID`` (inf included)
+        with the lowest ``folds``-fold cross-fitted UCE on these samples, or
+        the Gaussian when there are fewer than ``MIN_TAIL_SAMPLES``; a number
+        > 2: that dof. The central ``xi`` intervals are the same for every tail.
+      folds: folds of the ``tail="auto"`` search (>= 2).
+      seed: seed of the fold assignment.
+      task: task name stored with the calibrator.
+
+    Returns:
+      HyperfineCalibrator.
+
+    Raises:
+      ValueError: bad inputs, fewer samples than ``n_bins`` or ``min_count``,
+        an unknown tail, or a bin whose residuals are (almost all) zero.
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
+    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+        raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+    if mu.size < max(n_bins, min_count):
+        raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
+                         f"validation samples, got {mu.size}")
+    central_z(xi, "xi")
+    search = None
+    if isinstance(tail, str):
+        if tail not in TAILS:
+            raise ValueError(f"tail: expected one of {TAILS} or a number > 2, got {tail!r}")
+        dof = math.inf
+        if tail == "auto" and mu.size >= MIN_TAIL_SAMPLES:
+            dof, search = _select_dof(mu, sigma, y, int(n_bins), int(min_count), float(xi),
+                                      int(folds), int(seed))
+    else:
+        dof = check_dof(tail, "tail")
+    scale, edges, etas, counts = _bin_factors(mu, sigma, y, n_bins, min_count, xi, dof)
     return HyperfineCalibrator(global_scale=scale, edges=edges.tolist(), etas=etas,
-                               counts=counts, xi=float(xi), task=task)
+                               counts=counts, xi=float(xi), task=task, dof=dof_to_json(dof),
+                               dof_search=search)
 
 
 def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> IsotonicCalibrator:

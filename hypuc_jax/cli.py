@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="a trained run directory")
     p.add_argument("--method", choices=("hyperfine", "global", "isotonic"), default=None,
                    help="calibration method (default: the run config's, hyperfine)")
+    p.add_argument("--tail", choices=("auto", "gaussian"), default=None,
+                   help="hyperfine only: 'auto' fits a Student-t tail (dof chosen by "
+                   "cross-fitted validation UCE, Gaussian included), 'gaussian' keeps the "
+                   "Gaussian (default: the run config's calibration.tail, auto)")
     _add_common(p)
 
     p = sub.add_parser("correct", help="fit boosted corrections and decisions (validation split)")
@@ -160,8 +164,10 @@ def _cmd_train(a) -> None:
 def _cmd_calibrate(a) -> None:
     from hypuc_jax import workflow
 
-    d = workflow.calibrate_stage(a.workdir, a.method)
-    print(f"calibration ({d['method']}) -> {Path(a.workdir) / workflow.CALIBRATION}")
+    d = workflow.calibrate_stage(a.workdir, a.method, a.tail)
+    tail = "" if d.get("dof", "-") == "-" else (
+        ", Gaussian tail" if d["dof"] is None else f", Student-t tail dof {d['dof']:g}")
+    print(f"calibration ({d['method']}{tail}) -> {Path(a.workdir) / workflow.CALIBRATION}")
 
 
 def _cmd_correct(a) -> None:

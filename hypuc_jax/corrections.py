@@ -5,8 +5,12 @@ fitter takes exactly the arrays it is given and nothing else. Trees come from
 scikit-learn's ``HistGradientBoostingRegressor`` / ``...Classifier``.
 
 Features per example (``features``): mu, calibrated sigma, mu - z sigma,
-mu + z sigma, and for each clinical threshold the calibrated Gaussian's
+mu + z sigma, and for each clinical threshold the calibrated predictive's
 probability of its event (``y > t`` for "above", ``y < t`` for "below").
+The calibrated predictive is mu + sigma Z of the calibration's family
+(``dof``): Gaussian, or the unit-variance Student-t a hyperfine calibration
+with a fitted tail issues. Names below say "Gaussian" for it (the SPEC's
+case, and the stable eval.json keys); every such formula takes ``dof``.
 
 - Corrected value: an ensemble of ``n_models`` boosted regressors of y on the
   features, averaged. sklearn's HGB uses its ``random_state`` only for
@@ -45,16 +49,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
 import joblib
 import numpy as np
-from scipy import special, stats
+from scipy import special
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_predictions,
-                                    check_threshold_in_range, event, exceed_prob)
+from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
+                                    check_threshold_in_range, dof_to_json, event, exceed_prob,
+                                    std_logsf_logcdf)
 from hypuc_jax.calibration import check_task
 
 FORMAT_VERSION = 2  # 2: log-odds ensemble shrunk to the Gaussian
@@ -73,7 +79,7 @@ def feature_names(thresholds) -> list[str]:
         f"p_{t.name}" for t in as_thresholds(thresholds)]
 
 
-def features(mu, sigma, thresholds=(), z: float = 1.96) -> np.ndarray:
+def features(mu, sigma, thresholds=(), z: float = 1.96, dof: float = math.inf) -> np.ndarray:
     """Feature matrix for the correction models.
 
     Args:
@@ -82,6 +88,7 @@ def features(mu, sigma, thresholds=(), z: float = 1.96) -> np.ndarray:
       thresholds: sequence of thresholds (objects with name/value/direction,
         or (name, value, direction) tuples).
       z: half-width of the interval features, in units of sigma.
+      dof: family of the calibrated predictive (inf: Gaussian).
 
     Returns:
       np.ndarray [n, 4 + len(thresholds)]: mu, sigma, mu - z sigma,
@@ -91,35 +98,38 @@ def features(mu, sigma, thresholds=(), z: float = 1.96) -> np.ndarray:
     if not (np.isfinite(z) and z > 0):
         raise ValueError(f"z: expected a finite value > 0, got {z!r}")
     cols = [mu, sigma, mu - z * sigma, mu + z * sigma]
-    cols += [exceed_prob(mu, sigma, t) for t in as_thresholds(thresholds)]
+    cols += [exceed_prob(mu, sigma, t, dof) for t in as_thresholds(thresholds)]
     return np.stack(cols, axis=1)
 
 
-def baseline_scores(mu, sigma, thresholds) -> dict[str, dict[str, np.ndarray]]:
+def baseline_scores(mu, sigma, thresholds,
+                    dof: float = math.inf) -> dict[str, dict[str, np.ndarray]]:
     """Baseline decision scores per threshold.
 
     Args:
       mu: predicted locations [n].
       sigma: calibrated predicted scales [n].
       thresholds: sequence of thresholds.
+      dof: family of the calibrated predictive (inf: Gaussian).
 
     Returns:
       {threshold name: {"threshold_mu": mu or -mu [n], "gaussian": P(event) [n]}}.
     """
     mu, sigma, _ = check_predictions(mu, sigma)
     return {t.name: {"threshold_mu": mu if t.direction == "above" else -mu,
-                     "gaussian": exceed_prob(mu, sigma, t)}
+                     "gaussian": exceed_prob(mu, sigma, t, dof)}
             for t in as_thresholds(thresholds)}
 
 
-def gaussian_log_odds(mu, sigma, spec: ThresholdSpec) -> np.ndarray:
-    """log(P / (1 - P)) of the threshold's event under N(mu, sigma^2). [n]
+def gaussian_log_odds(mu, sigma, spec: ThresholdSpec, dof: float = math.inf) -> np.ndarray:
+    """log(P / (1 - P)) of the threshold's event under mu + sigma Z (N(mu, sigma^2) at dof inf). [n]
 
     Computed as logsf - logcdf of (t - mu) / sigma, so it stays finite and
     strictly monotone in mu where P itself rounds to 0 or 1.
     """
     zt = (spec.value - np.asarray(mu, np.float64)) / np.asarray(sigma, np.float64)
-    log_odds = stats.norm.logsf(zt) - stats.norm.logcdf(zt)
+    logsf, logcdf = std_logsf_logcdf(zt, dof)
+    log_odds = logsf - logcdf
     return log_odds if spec.direction == "above" else -log_odds
 
 
@@ -150,14 +160,14 @@ def _member_rows(n: int, k: int, seed: int, bootstrap: bool) -> np.ndarray:
 
 
 def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0, z: float = 1.96,
-                  bootstrap: bool = True, monotone: bool = True, class_weight: str | None = None,
+                  dof: float = math.inf, bootstrap: bool = True, monotone: bool = True, class_weight: str | None = None,
                   prior_strength: float = PRIOR_STRENGTH, **hgb: Any) -> tuple[dict, dict]:
     """Fits the decision ensembles only (``fit_corrections`` calls this).
 
     Args:
       mu, sigma, y: validation predictions and labels [n] (already checked).
       thresholds: ThresholdSpec tuple, values inside the label range.
-      n_models, seed, z, bootstrap: as in ``fit_corrections``.
+      n_models, seed, z, dof, bootstrap: as in ``fit_corrections``.
       monotone: impose ``monotone_constraints``.
       class_weight: None or "balanced" (sklearn).
       prior_strength: pseudo-count n0 of the shrinkage to the Gaussian log-odds
@@ -167,7 +177,7 @@ def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0,
     Returns:
       ({name: [classifiers]}, {name: Gaussian weight w}).
     """
-    x = features(mu, sigma, thresholds, z)
+    x = features(mu, sigma, thresholds, z, dof)
     classifiers, weights = {}, {}
     for i, t in enumerate(thresholds):
         labels = event(y, t).astype(np.int64)
@@ -185,7 +195,7 @@ def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0,
 
 
 def predict_decisions(classifiers: dict, weights: dict, mu, sigma, thresholds,
-                      z: float = 1.96) -> dict[str, np.ndarray]:
+                      z: float = 1.96, dof: float = math.inf) -> dict[str, np.ndarray]:
     """P(event) per threshold: expit((1 - w) * mean member log-odds + w * Gaussian log-odds).
 
     Args:
@@ -193,17 +203,19 @@ def predict_decisions(classifiers: dict, weights: dict, mu, sigma, thresholds,
       mu: predicted locations [n]; sigma: calibrated scales [n].
       thresholds: the ThresholdSpec tuple used at fit time.
       z: interval half-width used at fit time.
+      dof: predictive family used at fit time.
 
     Returns:
       {threshold name: probabilities [n] in [0, 1]}.
     """
     mu, sigma, _ = check_predictions(mu, sigma)
-    x = features(mu, sigma, thresholds, z)
+    x = features(mu, sigma, thresholds, z, dof)
     probs = {}
     for t in thresholds:
         w = weights[t.name]
         boosted = np.mean([c.decision_function(x) for c in classifiers[t.name]], axis=0)
-        probs[t.name] = special.expit((1.0 - w) * boosted + w * gaussian_log_odds(mu, sigma, t))
+        probs[t.name] = special.expit((1.0 - w) * boosted
+                                      + w * gaussian_log_odds(mu, sigma, t, dof))
     return probs
 
 
@@ -219,6 +231,7 @@ class Corrector:
       task: task the corrector was fitted on, or None.
       params: hyperparameters used for fitting (recorded in the manifest).
       gaussian_weights: {threshold name: weight w of the Gaussian log-odds}.
+      dof: family of the calibrated predictive the features use (inf: Gaussian).
     """
     regressors: list
     classifiers: dict
@@ -227,6 +240,7 @@ class Corrector:
     task: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
     gaussian_weights: dict = dataclasses.field(default_factory=dict)
+    dof: float = math.inf
 
     def predict(self, mu, sigma) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Corrected values and decision probabilities.
@@ -239,16 +253,18 @@ class Corrector:
         Returns:
           (corrected [n], {threshold name: P(event) [n]}).
         """
-        x = features(mu, sigma, self.thresholds, self.z)
+        x = features(mu, sigma, self.thresholds, self.z, self.dof)
         corrected = np.mean([m.predict(x) for m in self.regressors], axis=0)
         weights = {t.name: self.gaussian_weights.get(t.name, 0.0) for t in self.thresholds}
-        probs = predict_decisions(self.classifiers, weights, mu, sigma, self.thresholds, self.z)
+        probs = predict_decisions(self.classifiers, weights, mu, sigma, self.thresholds, self.z,
+                                  self.dof)
         return corrected, probs
 
     def manifest(self) -> dict:
         """JSON-ready description: task, feature spec, thresholds, hyperparameters."""
         return {"format_version": FORMAT_VERSION, "task": self.task,
                 "features": feature_names(self.thresholds), "z": self.z,
+                "dof": dof_to_json(self.dof),
                 "thresholds": [list(t) for t in self.thresholds],
                 "gaussian_weights": self.gaussian_weights,
                 "n_models": len(self.regressors), "params": self.params, "models": MODELS}
@@ -283,11 +299,12 @@ class Corrector:
         return cls(regressors=models["regressors"], classifiers=models["classifiers"],
                    thresholds=thresholds, z=float(manifest["z"]), task=manifest.get("task"),
                    params=manifest.get("params", {}),
-                   gaussian_weights={k: float(v) for k, v in manifest["gaussian_weights"].items()})
+                   gaussian_weights={k: float(v) for k, v in manifest["gaussian_weights"].items()},
+                   dof=check_dof(manifest.get("dof"), "manifest dof"))
 
 
 def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 5, seed: int = 0,
-                    z: float = 1.96, bootstrap: bool = True, max_features: float = 1.0,
+                    z: float = 1.96, dof: float = math.inf, bootstrap: bool = True, max_features: float = 1.0,
                     max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                     min_samples_leaf: int = 20, task: str | None = None, monotone: bool = True,
                     class_weight: str | None = None, prior_strength: float = PRIOR_STRENGTH,
@@ -304,6 +321,9 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
         regressors and for each threshold's classifiers.
       seed: base seed.
       z: interval half-width used in the features.
+      dof: family of the calibrated predictive (``calibrator.predictive_dof``;
+        inf: Gaussian), used for the event-probability features and the
+        shrinkage target.
       bootstrap: resample the validation rows with replacement per member.
       max_features: fraction of features considered per split (sklearn HGB).
       max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: HGB settings
@@ -326,6 +346,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     mu, sigma, y = check_predictions(mu_val, sigma_val, y_val,
                                      names=("mu_val", "sigma_val", "y_val"))
     specs = as_thresholds(thresholds)
+    dof = check_dof(dof)
     for t in specs:
         check_threshold_in_range(t, y)
     if not isinstance(n_models, (int, np.integer)) or n_models < 1:
@@ -341,7 +362,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     if extra:
         raise ValueError(f"classifier_params: unknown keys {sorted(extra)}; "
                          f"expected some of {sorted(_CLASSIFIER_KEYS)}")
-    x = features(mu, sigma, specs, z)
+    x = features(mu, sigma, specs, z, dof)
     hgb = dict(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
                min_samples_leaf=min_samples_leaf, max_features=max_features,
                early_stopping=False)
@@ -350,13 +371,13 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
                   .fit(x[rows], y[rows])
                   for k in range(n_models) for rows in [_member_rows(y.size, k, seed, bootstrap)]]
     classifiers, weights = fit_decisions(
-        mu, sigma, y, specs, n_models=n_models, seed=seed, z=z, bootstrap=bootstrap,
+        mu, sigma, y, specs, n_models=n_models, seed=seed, z=z, dof=dof, bootstrap=bootstrap,
         monotone=monotone, class_weight=class_weight, prior_strength=prior_strength, **clf_hgb)
     params = dict(hgb, n_models=int(n_models), seed=int(seed), bootstrap=bool(bootstrap),
                   monotone=bool(monotone), class_weight=class_weight,
                   prior_strength=float(prior_strength), classifier=clf_hgb)
     return Corrector(regressors=regressors, classifiers=classifiers, thresholds=specs,
-                     z=float(z), task=task, params=params, gaussian_weights=weights)
+                     z=float(z), task=task, params=params, gaussian_weights=weights, dof=dof)
 
 
 def load_corrector(directory: str | os.PathLike, task: str | None = None) -> Corrector:

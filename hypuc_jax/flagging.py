@@ -1,7 +1,8 @@
 """Flagging unreliable predictions (SPEC section 6).
 
-The predictive entropy of the calibrated Gaussian, 0.5 log(2 pi e sigma^2),
-ranks predictions by uncertainty. Flagging the top-q fraction and scoring the
+The predictive entropy of the calibrated predictive (Gaussian:
+0.5 log(2 pi e sigma^2); a fitted Student-t tail adds a constant) ranks
+predictions by uncertainty; for one calibration it is increasing in sigma. Flagging the top-q fraction and scoring the
 rest gives a selective-risk curve: MAE of the kept predictions as q grows.
 The number flagged is floor(q n); ties in entropy keep the earlier sample
 (stable order), so the curve is deterministic.
@@ -12,18 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from hypuc_jax._predictions import as_vector, check_predictions
+from hypuc_jax._predictions import as_vector, check_dof, check_predictions, std_entropy
 from hypuc_jax._validation import as_array, check_positive
 from hypuc_jax.regions import region_masks
 
 DEFAULT_FRACTIONS = tuple(round(float(f), 12) for f in np.linspace(0.0, 0.5, 11))
 
 
-def predictive_entropy(sigma) -> np.ndarray:
-    """Differential entropy of N(mu, sigma^2): 0.5 log(2 pi e sigma^2), [n]."""
+def predictive_entropy(sigma, dof: float = float("inf")) -> np.ndarray:
+    """Differential entropy of mu + sigma Z, [n], for sigma [n].
+
+    Gaussian (dof inf): 0.5 log(2 pi e sigma^2); Student-t of ``dof``
+    rescaled to standard deviation sigma: log(sigma) + H(Z).
+    """
     sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
     check_positive(sigma, "sigma")
-    return 0.5 * np.log(2 * np.pi * np.e * sigma ** 2)
+    return np.log(sigma) + std_entropy(check_dof(dof))
 
 
 def _key(q: float) -> float:

@@ -1,6 +1,6 @@
 """Evaluation protocol: accuracy, uncertainty and decision metrics, overall and per region.
 
-Entry point ``evaluate(y, mu, sigma, *, train_labels=None, regions=None)``
+Entry point ``evaluate(y, mu, sigma, *, train_labels=None, regions=None, dof=inf)``
 returns one block of eval.json::
 
     {"overall": METRICS, "regions": {name: METRICS}}
@@ -14,7 +14,9 @@ METRICS keys (python floats / ints, ``None`` where undefined; never NaN):
   each bin's MAE; bins as for the shot regions, see ``hypuc_jax.regions``);
 - uncertainty (None when ``sigma`` is None, i.e. a point model): ``nll``,
   ``crps``, ``coverage_68/90/95``, ``width_68/90/95``, ``uce``, ``ence``,
-  ``miscal_area`` (definitions in ``hypuc_jax.uncertainty``).
+  ``miscal_area`` (definitions in ``hypuc_jax.uncertainty``), for the
+  predictive mu + sigma Z of family ``dof`` (inf: Gaussian; a finite dof: the
+  unit-variance Student-t a hyperfine calibration with a fitted tail issues).
 
 Regions: "many" / "medium" / "few" shot regions from ``train_labels`` and
 named regions from ``regions`` ({name: (low, high)}, half-open). A region
@@ -30,7 +32,8 @@ from typing import Any
 
 import numpy as np
 from hypuc_jax import uncertainty as unc
-from hypuc_jax._predictions import as_thresholds, as_vector, check_predictions, event
+from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
+                                    event)
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
                                shot_masks, validate_regions)
 
@@ -91,7 +94,7 @@ def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float | No
     return float(np.mean(maes)) if maes else None
 
 
-def _block(y, mu, sigma, edges, min_count) -> dict[str, Any]:
+def _block(y, mu, sigma, edges, min_count, dof=unc.INF) -> dict[str, Any]:
     """METRICS for one set of samples."""
     out: dict[str, Any] = {k: None for k in METRIC_KEYS}
     out["n"] = int(y.size)
@@ -104,17 +107,18 @@ def _block(y, mu, sigma, edges, min_count) -> dict[str, Any]:
                pearson=pearson(y, mu), spearman=spearman(y, mu),
                balanced_mae=balanced_mae(y, mu, edges))
     if sigma is not None:
-        out.update(nll=unc.nll(y, mu, sigma), crps=unc.crps(y, mu, sigma),
-                   uce=unc.uce(y, mu, sigma), ence=unc.ence(y, mu, sigma),
-                   miscal_area=unc.miscalibration_area(y, mu, sigma))
+        out.update(nll=unc.nll(y, mu, sigma, dof), crps=unc.crps(y, mu, sigma, dof),
+                   uce=unc.uce(y, mu, sigma, dof), ence=unc.ence(y, mu, sigma),
+                   miscal_area=unc.miscalibration_area(y, mu, sigma, dof))
         for key, level in LEVELS.items():
-            out[f"coverage_{key}"] = unc.coverage(y, mu, sigma, level)
-            out[f"width_{key}"] = unc.width(sigma, level)
+            out[f"coverage_{key}"] = unc.coverage(y, mu, sigma, level, dof)
+            out[f"width_{key}"] = unc.width(sigma, level, dof)
     return {k: (v if k == "n" else _clean(v)) for k, v in out.items()}
 
 
 def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: Any = 100,
-             min_count: int = 10, many_shot: int = 100, few_shot: int = 20) -> dict[str, Any]:
+             min_count: int = 10, many_shot: int = 100, few_shot: int = 20,
+             dof: float = unc.INF) -> dict[str, Any]:
     """Metrics overall and per region, JSON-serialisable.
 
     Args:
@@ -128,15 +132,18 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
         without ``train_labels``), or explicit edges.
       min_count: regions with fewer samples report n and None metrics.
       many_shot, few_shot: shot-region count limits (> many_shot, < few_shot).
+      dof: predictive family of (mu, sigma): inf (Gaussian) or a Student-t
+        dof > 2 (``calibrator.dof`` of a hyperfine calibration).
 
     Returns:
       {"overall": METRICS, "regions": {name: METRICS}}.
 
     Raises:
-      ValueError: mismatched lengths, non-finite values, sigma <= 0, an empty
-        or invalid region, or a named region called like a shot region.
+      ValueError: mismatched lengths, non-finite values, sigma <= 0, dof <= 2,
+        an empty or invalid region, or a named region called like a shot region.
     """
     mu, sigma, y = check_predictions(mu, sigma, y, sigma_required=False)
+    dof = check_dof(dof)
     if not isinstance(min_count, (int, np.integer)) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
     named = validate_regions(regions)
@@ -149,9 +156,9 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
             raise ValueError(f"regions: names {clash} clash with the shot regions {SHOT_REGIONS}")
     masks.update(region_masks(y, named))
     edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins)
-    return {"overall": _block(y, mu, sigma, edges, min_count),
+    return {"overall": _block(y, mu, sigma, edges, min_count, dof),
             "regions": {name: _block(y[m], mu[m], None if sigma is None else sigma[m],
-                                     edges, min_count)
+                                     edges, min_count, dof)
                         for name, m in masks.items()}}
 
 

@@ -8,6 +8,7 @@ and OUT/report.md.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -69,7 +70,8 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
     c95 = cal.get("coverage_95")
     add("calibrated 95% coverage within ±2 pp overall", _fmt(c95),
         None if c95 is None else abs(c95 - 0.95) <= 0.02)
-    _, cov, counts = mu_bin_coverage(method.y, method.mu, method.sigma_cal, bins=method.mu_bins)
+    _, cov, counts = mu_bin_coverage(method.y, method.mu, method.sigma_cal, bins=method.mu_bins,
+                                     dof=method.dof)
     big = counts >= min_bin
     worst = float(np.max(np.abs(cov[big] - 0.95))) if big.any() else float("nan")
     add(f"calibrated 95% coverage within ±2 pp in every mu-bin with >= {min_bin} samples",
@@ -78,7 +80,7 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
     u0, u1 = unc.get("uce"), cal.get("uce")
     floor, floor_sd = unc_scores.uce_noise_floor(method.y.size)
     add("UCE at least 50% below uncalibrated",
-        f"{_fmt(u1)} vs {_fmt(u0)} (a perfectly calibrated Gaussian scores "
+        f"{_fmt(u1)} vs {_fmt(u0)} (a perfectly calibrated predictor scores "
         f"{floor:.4f} ± {floor_sd:.4f} at n={method.y.size})",
         None if u0 is None or u1 is None else u1 <= 0.5 * u0)
     for name, d in method.eval.get("decisions", {}).items():
@@ -127,10 +129,14 @@ def render_markdown(runs: Sequence[RunOutputs], figures: Mapping[str, Path],
     """The text of report.md for ``runs`` (the last run is the method of interest)."""
     base = runs[0] if len(runs) > 1 else None
     method = runs[-1]
+    tails = ", ".join(f"{r.name} " + ("Gaussian" if math.isinf(r.dof) else f"Student-t dof {r.dof:g}")
+                      for r in runs)
     out = [f"# {title}", "", *extra, "",
-           f"Test split: n = {method.eval['n']}. Uncalibrated = raw (mu, sigma); calibrated = "
-           "after the run's calibration (sigma only); corrected = boosted value with "
-           "calibrated sigma. Region metrics: MAE of mu, coverage/NLL after calibration.", "",
+           f"Test split: n = {method.eval['n']}. Uncalibrated = raw Gaussian (mu, sigma); "
+           "calibrated = after the run's calibration (sigma, and with a fitted tail the "
+           f"predictive's family: {tails}; sigma stays the standard deviation); corrected = "
+           "boosted value with the calibrated predictive. Region metrics: MAE of mu, "
+           "coverage/NLL after calibration.", "",
            "## Claims checked on this run", "", "| claim | measured | result |",
            "| --- | --- | --- |"]
     for row in checks(base, method):

@@ -7,6 +7,7 @@ moved into place, so an interrupted run leaves no half-written PNG.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,10 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from hypuc_jax import flagging, uncertainty  # noqa: E402
+from hypuc_jax._predictions import central_z, std_cdf  # noqa: E402
 
 FIGURES = ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
            "coverage_per_bin", "selective_risk", "roc")
@@ -45,6 +46,8 @@ class RunOutputs:
       unit: label unit for axis titles.
       mu_bins: hyperfine-calibration bin of each test prediction [n] (None:
         quantile bins of test mu are used for the per-bin coverage).
+      dof: family of the calibrated predictive mu + sigma_cal Z (inf:
+        Gaussian; finite: the unit-variance Student-t of a fitted tail).
     """
     name: str
     eval: Mapping[str, Any]
@@ -60,6 +63,7 @@ class RunOutputs:
     label_density: tuple[np.ndarray, np.ndarray, np.ndarray]
     unit: str = ""
     mu_bins: np.ndarray | None = None
+    dof: float = math.inf
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -87,9 +91,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             os.remove(tmp)
 
 
-def central_coverage(y, mu, sigma, level: float) -> float:
-    """Fraction of ``y`` inside the central ``level`` Gaussian interval."""
-    return float(uncertainty.coverage(y, mu, sigma, level))
+def central_coverage(y, mu, sigma, level: float, dof: float = math.inf) -> float:
+    """Fraction of ``y`` inside the central ``level`` interval of mu + sigma Z (family ``dof``)."""
+    return float(uncertainty.coverage(y, mu, sigma, level, dof))
+
+
+def _calibrated_label(run: RunOutputs) -> str:
+    """Legend name of the calibrated predictive, with its tail."""
+    return "calibrated" if math.isinf(run.dof) else f"calibrated (Student-t, dof {run.dof:g})"
 
 
 def _unit(run: RunOutputs) -> str:
@@ -133,7 +142,7 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     hi = float(max(np.max(r.y) for r in runs))
     pad = 0.05 * (hi - lo)
     for ax, run in zip(axes[0], runs):
-        z = stats.norm.ppf(0.975)
+        z = central_z(0.95, dof=run.dof)
         order = np.argsort(run.y)
         sub = order[:: max(1, len(order) // 600)]
         _shade_regions(ax, run, lo - pad, hi + pad)
@@ -141,7 +150,7 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
                     elinewidth=0.5, alpha=0.5, color="tab:blue",
                     label="mu with calibrated 95% interval")
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
-        cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95)
+        cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95, run.dof)
         ax.set_title(f"{run.name}: test MAE {np.mean(np.abs(run.y - run.mu)):.3f}, "
                      f"95% cov {cov:.1%}", fontsize=10)
         ax.set_xlabel("true" + _unit(run))
@@ -186,9 +195,9 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
     levels = np.linspace(0.05, 0.95, 19)
     fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        for sig, label, c in ((run.sigma, "uncalibrated", "tab:orange"),
-                              (run.sigma_cal, "calibrated", "tab:blue")):
-            obs = [central_coverage(run.y, run.mu, sig, p) for p in levels]
+        for sig, label, c, dof in ((run.sigma, "uncalibrated", "tab:orange", math.inf),
+                                   (run.sigma_cal, _calibrated_label(run), "tab:blue", run.dof)):
+            obs = [central_coverage(run.y, run.mu, sig, p, dof) for p in levels]
             uce = float(np.mean(np.abs(np.asarray(obs) - levels)))
             ax.plot(levels, obs, "o-", ms=3, color=c, label=f"{label} (mean |gap| {uce:.3f})")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
@@ -199,7 +208,8 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
     _save(fig, path)
 
 
-def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=None):
+def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=None,
+                    dof: float = math.inf):
     """Coverage of the central ``level`` interval per bin of predicted mu.
 
     Args:
@@ -207,6 +217,7 @@ def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=No
       n_bins: number of quantile bins of mu when ``bins`` is None.
       level: nominal coverage.
       bins: optional bin index of each prediction [n] (e.g. the calibrator's).
+      dof: predictive family of (mu, sigma) (inf: Gaussian).
 
     Returns:
       (bin median mu [b], coverage [b], counts [b]) over the non-empty bins.
@@ -218,7 +229,7 @@ def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=No
     for b in np.unique(bins):
         sel = bins == b
         centres.append(float(np.median(mu[sel])))
-        cov.append(central_coverage(y[sel], mu[sel], sigma[sel], level))
+        cov.append(central_coverage(y[sel], mu[sel], sigma[sel], level, dof))
         counts.append(int(np.sum(sel)))
     return np.asarray(centres), np.asarray(cov), np.asarray(counts)
 
@@ -227,9 +238,10 @@ def _fig_bin_coverage(runs: Sequence[RunOutputs], path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.8 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
         lowest = 1.0
-        for sig, label, c, off in ((run.sigma, "uncalibrated", "tab:orange", -0.2),
-                                   (run.sigma_cal, "calibrated", "tab:blue", 0.2)):
-            centres, cov, counts = mu_bin_coverage(run.y, run.mu, sig, bins=run.mu_bins)
+        for sig, label, c, off, dof in (
+                (run.sigma, "uncalibrated", "tab:orange", -0.2, math.inf),
+                (run.sigma_cal, _calibrated_label(run), "tab:blue", 0.2, run.dof)):
+            centres, cov, counts = mu_bin_coverage(run.y, run.mu, sig, bins=run.mu_bins, dof=dof)
             ax.bar(np.arange(len(cov)) + off, cov, 0.4, color=c, label=label)
             lowest = min(lowest, float(np.min(cov)))
         ax.set_xticks(np.arange(len(centres)),
@@ -277,13 +289,13 @@ def _fig_roc(runs: Sequence[RunOutputs], path: Path) -> None:
             if run is method:
                 sign = 1.0 if direction == "above" else -1.0
                 curves.append((run, "threshold mu", sign * run.mu))
-                curves.append((run, "Gaussian P", stats.norm.cdf(sign * (run.mu - value)
-                                                                 / run.sigma_cal)))
+                curves.append((run, "calibrated P", std_cdf(sign * (run.mu - value)
+                                                            / run.sigma_cal, run.dof)))
         for run, label, score in curves:
             pos = run.y > value if direction == "above" else run.y < value
             fpr, tpr, _ = roc_curve(pos, score)
             auc = float(np.trapezoid(tpr, fpr))
-            color = {"boosted": "tab:red", "threshold mu": "tab:gray", "Gaussian P": "tab:blue"}
+            color = {"boosted": "tab:red", "threshold mu": "tab:gray", "calibrated P": "tab:blue"}
             ax.plot(fpr, tpr, ls="-" if run is method else "--", color=color[label], lw=1.2,
                     label=f"{run.name} {label} (AUROC {auc:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)

@@ -1,13 +1,21 @@
-"""Uncertainty scores of Gaussian predictions N(mu, sigma^2) (SPEC section 7).
+"""Uncertainty scores of predictions mu + sigma Z (SPEC section 7).
 
-Each function takes validated numpy vectors y [n], mu [n], sigma [n] and
-returns a python float. ``metrics.evaluate`` validates the inputs and
-assembles these per region.
+Z is the unit-variance predictive family of ``hypuc_jax._predictions``:
+standard normal at ``dof=inf`` (the default: N(mu, sigma^2)), or a Student-t
+with ``dof`` degrees of freedom rescaled to unit variance, so ``sigma`` is
+always the predictive standard deviation. Each function takes validated
+numpy vectors y [n], mu [n], sigma [n] and returns a python float.
+``metrics.evaluate`` validates the inputs and assembles these per region.
 
-- NLL: mean of 0.5 log(2 pi sigma^2) + (y - mu)^2 / (2 sigma^2).
-- CRPS (Gneiting & Raftery 2007, closed form for a Gaussian):
-  sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)], z = (y - mu) / sigma, mean.
-- coverage / width of the central p interval mu +- z_p sigma.
+- NLL: mean of -log p(y); Gaussian: 0.5 log(2 pi sigma^2) + (y - mu)^2 / (2 sigma^2).
+- CRPS, closed forms: Gaussian (Gneiting & Raftery 2007)
+  sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)], z = (y - mu) / sigma;
+  Student-t (Jordan, Krueger & Lerch 2019, scoringRules) with scale
+  s = c sigma and u = (y - mu) / s:
+  s [u (2 F(u) - 1) + 2 f(u) (dof + u^2) / (dof - 1)
+     - 2 sqrt(dof) B(1/2, dof - 1/2) / ((dof - 1) B(1/2, dof / 2)^2)].
+- coverage / width of the central p interval mu +- z_p sigma (z_p the
+  family's two-sided quantile).
 - UCE: mean over levels p in linspace(0, 1, 100) of |observed coverage of the
   central p interval - p| (the issue's definition; equal to
   uncertainty-toolbox's mean absolute calibration error with
@@ -20,53 +28,71 @@ assembles these per region.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy import stats
+from scipy import special, stats
+
+from hypuc_jax._predictions import std_logpdf, std_ppf
 
 CAL_LEVELS = np.linspace(0.0, 1.0, 100)
+INF = math.inf
 
 
-def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
-    """Mean Gaussian negative log-likelihood."""
-    return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2) + (y - mu) ** 2 / (2 * sigma ** 2)))
+def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
+    """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf)."""
+    if math.isinf(dof):
+        return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2) + (y - mu) ** 2 / (2 * sigma ** 2)))
+    return float(np.mean(np.log(sigma) - std_logpdf((y - mu) / sigma, dof)))
 
 
-def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
-    """Mean closed-form CRPS of N(mu, sigma^2) at y."""
-    z = (y - mu) / sigma
-    per = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
+    """Mean closed-form CRPS of mu + sigma Z at y."""
+    if math.isinf(dof):
+        z = (y - mu) / sigma
+        per = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+        return float(np.mean(per))
+    s = sigma * math.sqrt((dof - 2.0) / dof)
+    u = (y - mu) / s
+    const = (2 * math.sqrt(dof) * special.beta(0.5, dof - 0.5)
+             / ((dof - 1) * special.beta(0.5, dof / 2) ** 2))
+    per = s * (u * (2 * stats.t.cdf(u, dof) - 1)
+               + 2 * stats.t.pdf(u, dof) * (dof + u * u) / (dof - 1) - const)
     return float(np.mean(per))
 
 
 def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
-                   levels: np.ndarray = CAL_LEVELS) -> np.ndarray:
+                   levels: np.ndarray = CAL_LEVELS, dof: float = INF) -> np.ndarray:
     """Observed coverage of the central interval at each nominal level, [len(levels)]."""
-    half = stats.norm.ppf(0.5 + np.asarray(levels) / 2.0)  # inf at level 1
+    half = std_ppf(0.5 + np.asarray(levels) / 2.0, dof)  # inf at level 1
     r = np.sort(np.abs(y - mu) / sigma)
     return np.searchsorted(r, half, side="right") / r.size
 
 
-def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float) -> float:
+def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
+             dof: float = INF) -> float:
     """Fraction of y inside the central ``level`` interval."""
-    return float(coverage_curve(y, mu, sigma, np.array([level]))[0])
+    return float(coverage_curve(y, mu, sigma, np.array([level]), dof)[0])
 
 
-def width(sigma: np.ndarray, level: float) -> float:
+def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
     """Mean width 2 z_level sigma of the central ``level`` interval."""
-    return float(np.mean(2 * stats.norm.ppf(0.5 + level / 2.0) * sigma))
+    return float(np.mean(2 * std_ppf(0.5 + level / 2.0, dof) * sigma))
 
 
-def uce(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+def uce(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean |observed - nominal| central-interval coverage over ``CAL_LEVELS``."""
-    return float(np.mean(np.abs(coverage_curve(y, mu, sigma) - CAL_LEVELS)))
+    return float(np.mean(np.abs(coverage_curve(y, mu, sigma, dof=dof) - CAL_LEVELS)))
 
 
 def uce_noise_floor(n: int, draws: int = 200, seed: int = 0) -> tuple[float, float]:
-    """UCE of a perfectly calibrated Gaussian predictor on ``n`` samples: (mean, sd).
+    """UCE of a perfectly calibrated predictor on ``n`` samples: (mean, sd).
 
     Monte Carlo over ``draws`` samples of n standard-normal residuals scored
-    against N(0, 1). Finite samples alone give this much UCE, so a measured
-    UCE near the floor cannot be lowered by any calibration.
+    against N(0, 1). The floor is the same for every continuous predictive
+    (coverage of a correct central interval is Binomial(n, p) whatever the
+    family). Finite samples alone give this much UCE, so a measured UCE near
+    the floor cannot be lowered by any calibration.
     """
     if int(n) < 1 or int(draws) < 1:
         raise ValueError(f"uce_noise_floor: n and draws must be >= 1, got n={n}, draws={draws}")
@@ -76,9 +102,10 @@ def uce_noise_floor(n: int, draws: int = 200, seed: int = 0) -> tuple[float, flo
     return float(u.mean()), float(u.std(ddof=1)) if draws > 1 else 0.0
 
 
-def miscalibration_area(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+def miscalibration_area(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+                        dof: float = INF) -> float:
     """Area between observed and nominal central-interval coverage curves."""
-    d = coverage_curve(y, mu, sigma) - CAL_LEVELS
+    d = coverage_curve(y, mu, sigma, dof=dof) - CAL_LEVELS
     h = np.diff(CAL_LEVELS)
     dl, dr = d[:-1], d[1:]
     same_side = dl * dr >= 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -44,12 +45,14 @@ def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
     return p
 
 
-def calibrate_stage(workdir: str | os.PathLike, method: str | None = None) -> dict:
+def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
+                    tail: str | None = None) -> dict:
     """Fits the calibration on the validation predictions; writes calibration.json.
 
     Args:
       workdir: a trained run directory.
       method: "hyperfine", "global", "isotonic" or "none" (None: the config's).
+      tail: hyperfine's predictive tail, "auto" or "gaussian" (None: the config's).
 
     Returns:
       The saved calibrator dict.
@@ -67,7 +70,7 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None) -> di
         kwargs = {"task": task.name}
         if method == "hyperfine":
             kwargs.update(n_bins=cfg.calibration.bins, min_count=cfg.calibration.min_count,
-                          xi=cfg.calibration.xi)
+                          xi=cfg.calibration.xi, tail=tail or cfg.calibration.tail)
         elif method == "isotonic":
             kwargs.update(xi=cfg.calibration.xi)
         d = calibration.fit_calibrator(method, val["mu"], val["sigma"], val["y"],
@@ -85,7 +88,8 @@ def calibrated_sigma(workdir: Path, mu: np.ndarray, sigma: np.ndarray) -> np.nda
 
 
 def _calibrator(workdir: Path):
-    """(mu, sigma) -> calibrated sigma, with ``.bins(mu)`` (None unless hyperfine)."""
+    """(mu, sigma) -> calibrated sigma, with ``.bins(mu)`` (None unless hyperfine) and
+    ``.dof`` (the calibrated predictive's family, inf for the Gaussian)."""
     from hypuc_jax import calibration
 
     path = workdir / CALIBRATION
@@ -100,6 +104,7 @@ def _calibrator(workdir: Path):
         return np.asarray(sigma if cal is None else cal.apply(mu, sigma), dtype=np.float64)
 
     apply.bins = lambda mu: cal.bin_index(mu) if hasattr(cal, "bin_index") else None
+    apply.dof = math.inf if cal is None else cal.predictive_dof
     return apply
 
 
@@ -118,11 +123,13 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
     cfg = load_config(workdir)
     task = load_task(workdir)
     val = _predictions(workdir, "val")
-    sigma_cal = calibrated_sigma(workdir, val["mu"], val["sigma"])
+    cal = _calibrator(workdir)
+    sigma_cal = cal(val["mu"], val["sigma"])
     ths = usable_thresholds(task, val["y"])
     c = cfg.corrections
     corrector = corrections.fit_corrections(
-        val["mu"], sigma_cal, val["y"], ths, n_models=c.n_models, max_iter=c.n_estimators,
+        val["mu"], sigma_cal, val["y"], ths, dof=cal.dof, n_models=c.n_models,
+        max_iter=c.n_estimators,
         max_leaf_nodes=2 ** c.max_depth, learning_rate=c.learning_rate, seed=c.seed,
         min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name)
     _remove(workdir / EVAL)  # scored with the old corrections
@@ -177,13 +184,14 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     train_labels = np.load(workdir / TRAIN_LABELS)
     regions = _named_regions(cfg, task)
     ev = {"split": split, "n": int(len(y))}
-    for stage, (m, s) in {"uncalibrated": (mu, sigma), "calibrated": (mu, sigma_cal),
-                          "corrected": (corrected, sigma_cal)}.items():
+    for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
+                               "calibrated": (mu, sigma_cal, cal.dof),
+                               "corrected": (corrected, sigma_cal, cal.dof)}.items():
         ev[stage] = metrics.evaluate(y, m, s, train_labels=train_labels, regions=regions,
-                                     shot_bins=cfg.weighting.bins)
+                                     shot_bins=cfg.weighting.bins, dof=dof)
     ev["decisions"] = {}
     ths = [t for t in task.thresholds if t[0] in probs]
-    base = corrections.baseline_scores(mu, sigma_cal, ths) if ths else {}
+    base = corrections.baseline_scores(mu, sigma_cal, ths, dof=cal.dof) if ths else {}
     spec = cfg.corrections.specificity
     for name, value, direction in ths:
         event = y > value if direction == "above" else y < value
@@ -197,7 +205,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     ev["flagging"] = {"mae_kept_at": {str(float(f)): v for f, v in kept.items()}}
     ev = _clean(ev)
     save_npz(workdir / f"outputs_{split}.npz", y=y, mu=mu, sigma=sigma, sigma_cal=sigma_cal,
-             corrected=corrected, **({} if bins is None else {"mu_bin": bins}),
+             dof=np.float64(cal.dof), corrected=corrected, **({} if bins is None else {"mu_bin": bins}),
              **{f"prob__{k}": v for k, v in probs.items()})
     write_json(workdir / EVAL, ev)
     return ev
@@ -294,10 +302,10 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     Returns:
       The number of rows written.
     """
-    from scipy import stats
-
     from hypuc_jax import data as data_lib
+    from hypuc_jax import flagging
     from hypuc_jax import train as train_lib
+    from hypuc_jax._predictions import central_z
 
     workdir = Path(workdir)
     load_config(workdir)
@@ -312,16 +320,16 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x))
     mu = np.asarray(mu, np.float64)
     sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"))
-    sigma_cal = calibrated_sigma(workdir, mu, sigma)
+    cal = _calibrator(workdir)
+    sigma_cal = cal(mu, sigma)
     corrected, probs = corrector.predict(mu, sigma_cal)
     val = _predictions(workdir, "val")
-    val_sigma = calibrated_sigma(workdir, val["mu"], val["sigma"])
-    cut = float(np.quantile(val_sigma, 0.9))
-    z = stats.norm.ppf(0.975)
+    cut = float(np.quantile(cal(val["mu"], val["sigma"]), 0.9))
+    z = central_z(0.95, dof=cal.dof)
     cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu - z * sigma_cal,
             "upper_95": mu + z * sigma_cal, "corrected": corrected,
             **{f"p_{k}": v for k, v in probs.items()},
-            "entropy": 0.5 * np.log(2 * np.pi * np.e * sigma_cal ** 2),
+            "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
             "flag": (sigma_cal > cut).astype(int)}
     if getattr(ds, "y", None) is not None:
         cols = {"y": np.asarray(ds.y, np.float64), **cols}

@@ -79,6 +79,9 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
     assert ev["uncalibrated"] == ev_before["uncalibrated"]  # same model, same predictions
     cal = json.loads((trained / "calibration.json").read_text())
     assert cal["method"] == "global"
+    rc, out, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--tail", "gaussian")
+    assert rc == 0 and "Gaussian tail" in out, err
+    assert json.loads((trained / "calibration.json").read_text())["dof"] is None
     for argv in (["calibrate", "--workdir", trained], ["correct", "--workdir", trained],
                  ["evaluate", "--workdir", trained]):  # back to the config's hyperfine
         assert cli.main([str(a) for a in argv]) == 0
@@ -137,6 +140,9 @@ def test_unknown_flag_is_a_usage_error(capsys):
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["calibrate", "--workdir", "x", "--method", "magic"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["calibrate", "--workdir", "x", "--tail", "cauchy"])
     assert e.value.code == 2
 
 

@@ -144,3 +144,37 @@ def test_atomic_writers_leave_no_temp_files(tmp_path):
         workflow.write_json(tmp_path / "c.json", {"x": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.npz"]
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1.5, "y": [0, 1]}
+
+
+def test_fitted_tail_flows_through_every_stage(rundir):
+    """Student-t(4) residuals: the calibration picks a finite dof, and the
+    calibrated and corrected blocks of eval.json score that predictive
+    (checked against scipy.stats.t); the uncalibrated block stays Gaussian."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for split in ("val", "test"):
+        y = np.clip(rng.gamma(9.0, 0.47, 1200), 2.5, 8.0)
+        mu = y + 0.2 * stats.t.rvs(4.0, size=y.size, random_state=rng)
+        workflow.save_npz(rundir / f"predictions_{split}.npz", y=y, mu=mu, sigma=np.full(y.size, 0.1))
+    cal = workflow.calibrate_stage(rundir, "hyperfine", "auto")
+    assert cal["dof"] is not None and cal["dof"] <= 8 and len(cal["dof_search"]) == 11
+    workflow.correct_stage(rundir)
+    ev = workflow.evaluate_stage(rundir, "test")
+    out = np.load(rundir / "outputs_test.npz")
+    dof = float(out["dof"])
+    assert dof == cal["dof"]
+    y, mu, s = out["y"], out["mu"], out["sigma_cal"] * np.sqrt((dof - 2) / dof)
+    lo, hi = stats.t.interval(0.95, dof, mu, s)
+    c = ev["calibrated"]["overall"]
+    assert c["nll"] == pytest.approx(-np.mean(stats.t.logpdf(y, dof, mu, s)))
+    assert c["coverage_95"] == pytest.approx(np.mean((y >= lo) & (y <= hi)))
+    u = ev["uncalibrated"]["overall"]
+    assert u["nll"] == pytest.approx(-np.mean(stats.norm.logpdf(y, mu, out["sigma"])))
+    # The SPEC's Gaussian on the same predictions: same 95% intervals, worse UCE.
+    gauss = workflow.calibrate_stage(rundir, "hyperfine", "gaussian")
+    assert gauss["dof"] is None
+    workflow.correct_stage(rundir)
+    ev_g = workflow.evaluate_stage(rundir, "test")
+    assert ev_g["calibrated"]["overall"]["coverage_95"] == pytest.approx(c["coverage_95"])
+    assert c["uce"] < ev_g["calibrated"]["overall"]["uce"]

@@ -1,0 +1,229 @@
+"""The calibrated predictive's tail: a unit-variance Student-t of fitted dof.
+
+References are independent of the code under test: scipy.stats.t with scale
+sqrt((dof - 2) / dof), numerical integration (scipy.integrate.quad), and
+uncertainty-toolbox after a probability-integral transform to the Gaussian.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import uncertainty_toolbox as uct
+from scipy import integrate, stats
+
+from hypuc_jax import calibration, corrections, flagging, metrics, uncertainty
+from hypuc_jax import _predictions as pred
+
+DOFS = (2.5, 4.0, 9.0, 40.0)
+
+
+def _scale(dof):
+    return math.sqrt((dof - 2.0) / dof)
+
+
+@pytest.mark.parametrize("dof", DOFS)
+def test_family_is_unit_variance_student_t(dof):
+    z = np.linspace(-6.0, 6.0, 41)
+    c = _scale(dof)
+    np.testing.assert_allclose(pred.std_logpdf(z, dof), stats.t.logpdf(z, dof, scale=c),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pred.std_cdf(z, dof), stats.t.cdf(z, dof, scale=c), rtol=1e-12)
+    var = integrate.quad(lambda x: x * x * math.exp(pred.std_logpdf(x, dof)), -np.inf, np.inf)[0]
+    assert var == pytest.approx(1.0, rel=1e-6)
+    assert pred.std_entropy(dof) == pytest.approx(float(stats.t.entropy(dof, scale=c)), rel=1e-10)
+    assert pred.central_z(0.9, dof=dof) == pytest.approx(stats.t.interval(0.9, dof, scale=c)[1])
+    logsf, logcdf = pred.std_logsf_logcdf(z, dof)
+    np.testing.assert_allclose(logsf, stats.t.logsf(z, dof, scale=c), rtol=1e-10)
+    np.testing.assert_allclose(logcdf, stats.t.logcdf(z, dof, scale=c), rtol=1e-10)
+
+
+def test_gaussian_is_infinite_dof():
+    z = np.linspace(-5, 5, 11)
+    np.testing.assert_allclose(pred.std_logpdf(z, math.inf), stats.norm.logpdf(z), rtol=1e-12)
+    np.testing.assert_allclose(pred.std_cdf(z), stats.norm.cdf(z))
+    assert pred.std_entropy() == pytest.approx(float(stats.norm.entropy()))
+    assert pred.check_dof(None) == math.inf and pred.dof_to_json(math.inf) is None
+    # a large dof approaches the Gaussian
+    assert pred.central_z(0.95, dof=1e6) == pytest.approx(pred.central_z(0.95), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [2.0, 1, -3.0, float("nan"), "5", True])
+def test_check_dof_rejects(bad):
+    with pytest.raises(ValueError, match="dof"):
+        pred.check_dof(bad)
+
+
+def _draw(rng, n, dof):
+    mu = rng.normal(5.0, 1.0, n)
+    sigma = rng.uniform(0.2, 1.5, n)
+    z = rng.standard_normal(n) if math.isinf(dof) else stats.t.rvs(dof, size=n, random_state=rng) * _scale(dof)
+    return mu + sigma * z, mu, sigma
+
+
+@pytest.mark.parametrize("dof", (3.0, 7.0))
+def test_scores_match_scipy_and_quadrature(dof):
+    rng = np.random.default_rng(1)
+    y, mu, sigma = _draw(rng, 12, dof)
+    s = sigma * _scale(dof)
+    assert uncertainty.nll(y, mu, sigma, dof) == pytest.approx(
+        -np.mean(stats.t.logpdf(y, dof, mu, s)), rel=1e-12)
+    ref = []
+    for yi, mi, si in zip(y, mu, s):
+        f = lambda x: (stats.t.cdf(x, dof, mi, si) - (x >= yi)) ** 2  # noqa: E731
+        ref.append(integrate.quad(f, -np.inf, yi)[0] + integrate.quad(f, yi, np.inf)[0])
+    assert uncertainty.crps(y, mu, sigma, dof) == pytest.approx(np.mean(ref), rel=1e-7)
+    lo, hi = stats.t.interval(0.9, dof, mu, s)
+    assert uncertainty.coverage(y, mu, sigma, 0.9, dof) == pytest.approx(
+        np.mean((y >= lo) & (y <= hi)))
+    assert uncertainty.width(sigma, 0.9, dof) == pytest.approx(np.mean(hi - lo))
+
+
+def test_uce_equals_toolbox_after_transform_to_gaussian():
+    """Central coverage is invariant under the monotone map z -> Phi^-1(F_t(z)):
+    the UCE of a t predictive equals uncertainty-toolbox's Gaussian UCE of the
+    transformed residuals."""
+    dof = 5.0
+    rng = np.random.default_rng(2)
+    y, mu, sigma = _draw(rng, 3000, dof)
+    y = mu + 1.15 * (y - mu)  # miscalibrated on purpose
+    u = stats.norm.ppf(stats.t.cdf((y - mu) / (sigma * _scale(dof)), dof))
+    ref = uct.mean_absolute_calibration_error(np.zeros_like(u), np.ones_like(u), u,
+                                              num_bins=100, prop_type="interval")
+    assert uncertainty.uce(y, mu, sigma, dof) == pytest.approx(ref, abs=1e-12)
+    ref_area = uct.miscalibration_area(np.zeros_like(u), np.ones_like(u), u, num_bins=100,
+                                       prop_type="interval")
+    assert uncertainty.miscalibration_area(y, mu, sigma, dof) == pytest.approx(ref_area, abs=1e-9)
+
+
+def test_evaluate_and_entropy_take_dof():
+    dof = 6.0
+    rng = np.random.default_rng(3)
+    y, mu, sigma = _draw(rng, 400, dof)
+    block = metrics.evaluate(y, mu, sigma, dof=dof)["overall"]
+    s = sigma * _scale(dof)
+    assert block["nll"] == pytest.approx(-np.mean(stats.t.logpdf(y, dof, mu, s)))
+    lo, hi = stats.t.interval(0.95, dof, mu, s)
+    assert block["coverage_95"] == pytest.approx(np.mean((y >= lo) & (y <= hi)))
+    assert block["width_95"] == pytest.approx(np.mean(hi - lo))
+    np.testing.assert_allclose(flagging.predictive_entropy(sigma, dof),
+                               stats.t.entropy(dof, scale=s), rtol=1e-10)
+    with pytest.raises(ValueError, match="dof"):
+        metrics.evaluate(y, mu, sigma, dof=1.5)
+
+
+def test_event_probabilities_and_log_odds_take_dof():
+    dof = 4.0
+    mu, sigma = np.array([4.0, 5.4, 7.0, 12.0]), np.array([0.3, 0.5, 0.4, 0.2])
+    spec = pred.ThresholdSpec("K>5.5", 5.5, "above")
+    s = sigma * _scale(dof)
+    p = stats.t.sf(5.5, dof, mu, s)
+    np.testing.assert_allclose(pred.exceed_prob(mu, sigma, spec, dof), p, rtol=1e-10)
+    below = pred.ThresholdSpec("K<3.5", 3.5, "below")
+    np.testing.assert_allclose(pred.exceed_prob(mu, sigma, below, dof),
+                               stats.t.cdf(3.5, dof, mu, s), rtol=1e-10)
+    lo = corrections.gaussian_log_odds(mu, sigma, spec, dof)
+    np.testing.assert_allclose(lo[:3], np.log(p[:3] / (1 - p[:3])), rtol=1e-8)
+    assert np.isfinite(lo[3])  # 32 sd above: log-odds, not a saturated probability
+
+
+def _bin_halfwidths(mu, sigma, y, n_bins, xi):
+    """SPEC hyperfine central-xi half-width per validation bin, in numpy:
+    s* sigma times the xi-quantile of |y - mu| / (s* sigma) in each quantile bin of mu."""
+    s = np.sqrt(np.mean(((y - mu) / sigma) ** 2))
+    edges = np.quantile(mu, np.linspace(0, 1, n_bins + 1))[1:-1]
+    b = np.searchsorted(edges, mu, side="right")
+    q = np.array([np.quantile(np.abs(y - mu)[b == k] / (s * sigma[b == k]), xi)
+                  for k in range(n_bins)])
+    return edges, q * s
+
+
+@pytest.mark.parametrize("tail", ("gaussian", 3.0, 12.0, "auto"))
+def test_central_xi_interval_does_not_depend_on_the_tail(tail):
+    rng = np.random.default_rng(4)
+    y, mu, sigma = _draw(rng, 2000, 5.0)
+    cal = calibration.fit_hyperfine(mu, sigma, y, n_bins=5, min_count=30, xi=0.9, tail=tail)
+    edges, hw = _bin_halfwidths(mu, sigma, y, 5, 0.9)
+    np.testing.assert_allclose(cal.edges, edges)
+    half = pred.central_z(0.9, dof=cal.predictive_dof) * cal.apply(mu, sigma)
+    np.testing.assert_allclose(half, hw[np.searchsorted(edges, mu, side="right")] * sigma,
+                               rtol=1e-10)
+
+
+def test_auto_tail_recovers_heavy_tails_and_keeps_gaussian():
+    rng = np.random.default_rng(5)
+    y, mu, sigma = _draw(rng, 6000, 5.0)
+    heavy = calibration.fit_hyperfine(mu, sigma, y, n_bins=5, min_count=30, tail="auto")
+    assert heavy.dof in (4.0, 5.0, 6.0, 8.0)
+    assert [d for d, _ in heavy.dof_search] == [calibration.DOF_GRID[i] if i < 10 else None
+                                                for i in range(11)]
+    best = min(heavy.dof_search, key=lambda r: r[1])
+    assert best[0] == heavy.dof
+    y, mu, sigma = _draw(rng, 6000, math.inf)
+    light = calibration.fit_hyperfine(mu, sigma, y, n_bins=5, min_count=30, tail="auto")
+    assert light.predictive_dof >= 30
+
+
+def test_auto_tail_lowers_held_out_uce_on_heavy_tails():
+    rng = np.random.default_rng(6)
+    val, test = _draw(rng, 3000, 6.0), _draw(rng, 3000, 6.0)
+    scores = {}
+    for tail in ("gaussian", "auto"):
+        cal = calibration.fit_hyperfine(val[1], val[2], val[0], n_bins=5, min_count=30, tail=tail)
+        scores[tail] = uncertainty.uce(test[0], test[1], cal.apply(test[1], test[2]),
+                                       cal.predictive_dof)
+    # Gaussian intervals on t(6) residuals miss every level but the fitted one.
+    assert scores["auto"] < 0.6 * scores["gaussian"]
+
+
+def test_tail_round_trips_and_old_files_load_as_gaussian(tmp_path):
+    rng = np.random.default_rng(7)
+    y, mu, sigma = _draw(rng, 1500, 4.0)
+    cal = calibration.fit_hyperfine(mu, sigma, y, n_bins=4, min_count=30, tail="auto",
+                                    task="potassium")
+    cal.save(tmp_path / "c.json")
+    back = calibration.load_calibrator(tmp_path / "c.json", task="potassium")
+    assert back == cal and math.isfinite(back.predictive_dof)
+    d = json.loads((tmp_path / "c.json").read_text())
+    del d["dof"], d["dof_search"]  # a calibration.json written before tails existed
+    old = calibration.calibrator_from_dict(d)
+    assert old.predictive_dof == math.inf and old.etas == cal.etas
+    del d["etas"]
+    with pytest.raises(ValueError, match="etas"):
+        calibration.calibrator_from_dict(d)
+
+
+def test_small_validation_sets_keep_the_gaussian():
+    rng = np.random.default_rng(8)
+    y, mu, sigma = _draw(rng, calibration.MIN_TAIL_SAMPLES - 1, 3.0)
+    cal = calibration.fit_hyperfine(mu, sigma, y, n_bins=2, min_count=30, tail="auto")
+    assert cal.dof is None and cal.dof_search is None
+
+
+@pytest.mark.parametrize("kwargs, match", [({"tail": "student"}, "tail"), ({"tail": 2.0}, "tail"),
+                                           ({"tail": True}, "tail"), ({"folds": 1}, "folds")])
+def test_bad_tail_arguments(kwargs, match):
+    rng = np.random.default_rng(9)
+    y, mu, sigma = _draw(rng, 300, 5.0)
+    with pytest.raises(ValueError, match=match):
+        calibration.fit_hyperfine(mu, sigma, y, n_bins=2, min_count=30, **kwargs)
+
+
+def test_corrector_keeps_its_dof(tmp_path):
+    rng = np.random.default_rng(10)
+    y, mu, sigma = _draw(rng, 800, 5.0)
+    ths = (("K>6", 6.0, "above"),)
+    corr = corrections.fit_corrections(mu, sigma, y, ths, n_models=1, max_iter=20, dof=5.0)
+    x = corrections.features(mu, sigma, ths, dof=5.0)
+    np.testing.assert_allclose(x[:, 4], stats.t.sf(6.0, 5.0, mu, sigma * _scale(5.0)), rtol=1e-10)
+    corr.save(tmp_path / "c")
+    back = corrections.load_corrector(tmp_path / "c")
+    assert back.dof == 5.0
+    for a, b in zip(corr.predict(mu, sigma), back.predict(mu, sigma)):
+        if isinstance(a, dict):
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+        else:
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="dof"):
+        corrections.fit_corrections(mu, sigma, y, ths, n_models=1, max_iter=20, dof=2.0)
