@@ -28,7 +28,10 @@ files)::
         --workdir runs/ablation_potassium [--set train.epochs=4 ...]
 
 Finished variants are reused (their eval.json is read back), so an
-interrupted ablation resumes where it stopped.
+interrupted ablation resumes where it stopped. ``--recalibrate`` keeps the
+trained models of finished variants and re-runs their calibrate, correct and
+evaluate stages with the current code (training is deterministic given the
+seed, so this equals a fresh run of the current code).
 """
 from __future__ import annotations
 
@@ -86,14 +89,19 @@ def cache_simulated(config: str, overrides, root: Path) -> list[str]:
 
 
 def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, bandwidth="scott",
-                log=print, split_per_seed: bool = False) -> dict:
+                log=print, split_per_seed: bool = False, recalibrate: bool = False) -> dict:
     """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json.
 
     ``seed`` sets ``train.seed`` (initialisation, batch order, boosting); with
     ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
+    ``recalibrate``: a finished run's post-training stages run again.
     """
     if (workdir / workflow.EVAL).exists():
-        return workflow.read_json(workdir / workflow.EVAL, "evaluation")
+        if not recalibrate:
+            return workflow.read_json(workdir / workflow.EVAL, "evaluation")
+        workflow.calibrate_stage(workdir)
+        workflow.correct_stage(workdir)
+        return workflow.evaluate_stage(workdir, "test")
     split = [f"data.seed={seed}"] if split_per_seed else []
     cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
                                + variant_overrides(variant, bandwidth))
@@ -207,6 +215,9 @@ def main(argv=None) -> int:
                    help="each seed also draws its own train/val/test split (data.seed = seed)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not materialise simulated data once as WORKDIR/<task>.npz")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="re-run calibrate/correct/evaluate of finished runs with the current "
+                   "code (their trained models are kept)")
     a = p.parse_args(argv)
     out, root = Path(a.out), Path(a.workdir)
     if not a.no_cache:
@@ -224,7 +235,8 @@ def main(argv=None) -> int:
     for name, v, bw, seed in jobs:
         wd = root / name / f"seed{seed}"
         ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
-                         log=lambda s: print(s, flush=True), split_per_seed=a.split_per_seed)
+                         log=lambda s: print(s, flush=True), split_per_seed=a.split_per_seed,
+                         recalibrate=a.recalibrate)
         rows.append(rows_of(name, seed, ev, tail_maes(wd)))
         if v.startswith("hypuc-"):
             val.setdefault(name, []).append(val_score(wd))

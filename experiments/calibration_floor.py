@@ -170,7 +170,8 @@ def run_uce_row(run: Path) -> str:
     if not files:
         raise FileNotFoundError(f"--runs {run}: no seed*/outputs_test.npz (an ablation variant "
                                 "folder was expected)")
-    u = np.array([[uncertainty.uce(d["y"], d["mu"], d[k]) for k in ("sigma", "sigma_cal")]
+    u = np.array([[uncertainty.uce(d["y"], d["mu"], d["sigma"]),
+                   uncertainty.uce(d["y"], d["mu"], d["sigma_cal"], float(d.get("dof", np.inf)))]
                   for d in map(np.load, files)])
     (u0, u1), (s0, s1) = u.mean(axis=0), u.std(axis=0, ddof=1) if len(files) > 1 else (0.0, 0.0)
     return (f"| {run} | {len(files)} | {u0:.4f} ± {s0:.4f} | {u1:.4f} ± {s1:.4f} | "

@@ -163,13 +163,16 @@ def _named_regions(cfg: config_lib.Config, task: Task) -> dict[str, tuple[float,
 def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     """Scores the run on ``split``; writes DIR/eval.json and DIR/outputs_{split}.npz.
 
-    eval.json: {"split", "n", "uncalibrated", "calibrated", "corrected",
-    "decisions": {name: {"auroc", "auprc", "baseline_auroc", ...}},
-    "flagging": {"mae_kept_at": {fraction: mae}}}; each of the first three
-    blocks is ``metrics.evaluate(...)`` for (mu, sigma), (mu, calibrated
-    sigma) and (corrected value, calibrated sigma).
+    eval.json: {"split", "n", "calibration": {"method", "dof"}, "uncalibrated",
+    "calibrated", "corrected", "decisions": {name: {"auroc", "auprc",
+    "baseline_auroc", ...}}, "flagging": {"mae_kept_at": {fraction: mae}}};
+    each of the three metric blocks is ``metrics.evaluate(...)`` for (mu,
+    sigma) as a Gaussian, and for (mu, calibrated sigma) and (corrected
+    value, calibrated sigma) under the calibrated predictive's family
+    ("dof": its Student-t degrees of freedom, null for the Gaussian).
     """
     from hypuc_jax import corrections, flagging, metrics
+    from hypuc_jax._predictions import dof_to_json
 
     workdir = Path(workdir)
     cfg = load_config(workdir)
@@ -183,7 +186,9 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     corrected, probs = corrector.predict(mu, sigma_cal)
     train_labels = np.load(workdir / TRAIN_LABELS)
     regions = _named_regions(cfg, task)
-    ev = {"split": split, "n": int(len(y))}
+    ev = {"split": split, "n": int(len(y)),
+          "calibration": {"method": read_json(workdir / CALIBRATION, "calibration")["method"],
+                          "dof": dof_to_json(cal.dof)}}
     for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
                                "calibrated": (mu, sigma_cal, cal.dof),
                                "corrected": (corrected, sigma_cal, cal.dof)}.items():

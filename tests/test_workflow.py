@@ -164,6 +164,7 @@ def test_fitted_tail_flows_through_every_stage(rundir):
     out = np.load(rundir / "outputs_test.npz")
     dof = float(out["dof"])
     assert dof == cal["dof"]
+    assert ev["calibration"] == {"method": "hyperfine", "dof": dof}
     y, mu, s = out["y"], out["mu"], out["sigma_cal"] * np.sqrt((dof - 2) / dof)
     lo, hi = stats.t.interval(0.95, dof, mu, s)
     c = ev["calibrated"]["overall"]
