@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import time
 from pathlib import Path
@@ -54,30 +55,31 @@ def load(workdir: Path, split: str, cal):
     return d["mu"], cal.apply(d["mu"], d["sigma"]), d["y"]
 
 
-def scores(fit, mu, sigma, specs):
-    """{(config, n0): {name: probs}} plus baselines, for one fitted set of configs."""
+def scores(fit, mu, sigma, specs, dof=math.inf):
+    """{(config, n0): {name: probs}} plus baselines, for one fitted set of configs
+    (``dof``: the calibrated predictive's family, inf for the Gaussian)."""
     out = {}
     for name, (classifiers, weights) in fit.items():
         for n0 in PRIORS:
             w = {t.name: corr.gaussian_weight(weights[t.name], n0) for t in specs}
-            out[(name, n0)] = corr.predict_decisions(classifiers, w, mu, sigma, specs)
-    base = corr.baseline_scores(mu, sigma, specs)
+            out[(name, n0)] = corr.predict_decisions(classifiers, w, mu, sigma, specs, dof=dof)
+    base = corr.baseline_scores(mu, sigma, specs, dof=dof)
     out[("threshold mu", None)] = {k: v["threshold_mu"] for k, v in base.items()}
-    out[("gaussian", None)] = {t.name: corr.gaussian_log_odds(mu, sigma, t) for t in specs}
+    out[("gaussian", None)] = {t.name: corr.gaussian_log_odds(mu, sigma, t, dof) for t in specs}
     return out
 
 
-def fit_all(mu, sigma, y, specs, seed):
+def fit_all(mu, sigma, y, specs, seed, dof=math.inf):
     fit = {}
     for name, (kw, hgb) in CONFIGS.items():
         classifiers, _ = corr.fit_decisions(mu, sigma, y, specs, seed=seed, prior_strength=0.0,
-                                            **kw, **hgb)
+                                            dof=dof, **kw, **hgb)
         # Keep the labels so the Gaussian weight can be recomputed for every n0.
         fit[name] = (classifiers, {t.name: event(y, t).astype(np.int64) for t in specs})
     return fit
 
 
-def cross_validate(mu, sigma, y, specs, folds, repeats, seed):
+def cross_validate(mu, sigma, y, specs, folds, repeats, seed, dof=math.inf):
     strata = sum((i + 1) * event(y, t) for i, t in enumerate(specs))  # disjoint events here
     aucs = {}
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -85,7 +87,8 @@ def cross_validate(mu, sigma, y, specs, folds, repeats, seed):
     for j, (tr, te) in enumerate(cv.split(mu, strata)):
         if j % folds == 0:
             oof = {}
-        part = scores(fit_all(mu[tr], sigma[tr], y[tr], specs, seed), mu[te], sigma[te], specs)
+        part = scores(fit_all(mu[tr], sigma[tr], y[tr], specs, seed, dof), mu[te], sigma[te],
+                      specs, dof)
         for key, probs in part.items():
             for t in specs:
                 oof.setdefault((key, t.name), np.empty(y.size))[te] = probs[t.name]
@@ -110,8 +113,9 @@ def main() -> None:
     cal = load_calibrator(args.workdir / "calibration.json", task=task["name"])
     val, test = load(args.workdir, "val", cal), load(args.workdir, "test", cal)
     with threadpool_limits(1):
-        cv = cross_validate(*val, specs, args.folds, args.repeats, args.seed)
-        final = scores(fit_all(*val, specs, args.seed), test[0], test[1], specs)
+        dof = cal.predictive_dof
+        cv = cross_validate(*val, specs, args.folds, args.repeats, args.seed, dof)
+        final = scores(fit_all(*val, specs, args.seed, dof), test[0], test[1], specs, dof)
     ev_test = {t.name: event(test[2], t) for t in specs}
     names = [t.name for t in specs]
     pos = " ".join(f"{t.name}: {int(event(val[2], t).sum())}/{int(ev_test[t.name].sum())}"

@@ -38,7 +38,8 @@ from hypuc_jax._predictions import central_z, check_dof, check_predictions, dof_
 from hypuc_jax.config import CALIBRATION_TAILS as TAILS
 from hypuc_jax.uncertainty import uce
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hyperfine's predictive tail (dof); version-1 files read as Gaussian
+_READABLE_VERSIONS = (1, 2)
 #: Candidate dofs of ``fit_hyperfine(tail="auto")`` (inf: the Gaussian).
 DOF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)
 #: Fewest validation samples for which ``tail="auto"`` searches a dof.
@@ -85,8 +86,8 @@ class _Calibrator:
         if not isinstance(d, dict) or d.get("method") != cls.method:
             got = d.get("method") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"d: expected a {cls.method!r} calibrator dict, got method {got!r}")
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"d: expected format_version {FORMAT_VERSION}, "
+        if d.get("format_version") not in _READABLE_VERSIONS:
+            raise ValueError(f"d: expected format_version in {_READABLE_VERSIONS}, "
                              f"got {d.get('format_version')!r}")
         check_task(d.get("task"), task)
         missing = [f.name for f in dataclasses.fields(cls)
@@ -151,7 +152,9 @@ class HyperfineCalibrator(_Calibrator):
       dof: degrees of freedom of the calibrated predictive's unit-variance
         Student-t, or None for the Gaussian (the SPEC's).
       dof_search: ``[[dof or None, cross-fitted validation UCE], ...]`` over
-        ``DOF_GRID`` when the dof was chosen by ``tail="auto"``, else None.
+        ``DOF_GRID`` when the dof was chosen by ``tail="auto"``, else None
+        (also for "auto" below ``MIN_TAIL_SAMPLES`` validation samples).
+      tail: the tail asked for: "gaussian", "auto" or "fixed" (a given dof).
     """
     global_scale: float
     edges: list
@@ -161,7 +164,13 @@ class HyperfineCalibrator(_Calibrator):
     task: str | None = None
     dof: float | None = None
     dof_search: list | None = None
+    tail: str = "gaussian"
     method: ClassVar[str] = "hyperfine"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dof", dof_to_json(check_dof(self.dof)))
+        if self.tail not in TAILS + ("fixed",):
+            raise ValueError(f"tail: expected one of {TAILS + ('fixed',)}, got {self.tail!r}")
 
     @property
     def predictive_dof(self) -> float:
@@ -193,6 +202,8 @@ class IsotonicCalibrator(_Calibrator):
     sigma: the scale whose Gaussian central ``xi`` interval has the same width
     as the recalibrated central ``xi`` interval. Use ``interval`` / ``quantile``
     for the exact recalibrated endpoints and ``cdf`` for calibrated levels.
+    The pipeline's later stages score that Gaussian-equivalent sigma as a
+    Gaussian (``predictive_dof`` is inf), not the recalibrated CDF itself.
 
     Attributes:
       levels: knots of R (predicted levels), increasing, in [0, 1].
@@ -390,7 +401,8 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
     scale, edges, etas, counts = _bin_factors(mu, sigma, y, n_bins, min_count, xi, dof)
     return HyperfineCalibrator(global_scale=scale, edges=edges.tolist(), etas=etas,
                                counts=counts, xi=float(xi), task=task, dof=dof_to_json(dof),
-                               dof_search=search)
+                               dof_search=search,
+                               tail=tail if isinstance(tail, str) else "fixed")
 
 
 def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> IsotonicCalibrator:

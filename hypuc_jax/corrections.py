@@ -63,7 +63,8 @@ from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, che
                                     std_logsf_logcdf)
 from hypuc_jax.calibration import check_task
 
-FORMAT_VERSION = 2  # 2: log-odds ensemble shrunk to the Gaussian
+FORMAT_VERSION = 3  # 2: log-odds ensemble shrunk to the Gaussian; 3: + the predictive's dof
+_READABLE_VERSIONS = (2, 3)  # a version-2 manifest has no dof: the Gaussian
 # Pseudo-count n0 of the shrinkage to the Gaussian log-odds; chosen by 5-fold CV
 # (x4 repeats) inside the validation split, experiments/results/decisions_study.md.
 PRIOR_STRENGTH = 1000.0
@@ -242,6 +243,9 @@ class Corrector:
     gaussian_weights: dict = dataclasses.field(default_factory=dict)
     dof: float = math.inf
 
+    def __post_init__(self):
+        self.dof = check_dof(self.dof)
+
     def predict(self, mu, sigma) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Corrected values and decision probabilities.
 
@@ -290,8 +294,8 @@ class Corrector:
         """
         with open(os.path.join(directory, MANIFEST)) as fh:
             manifest = json.load(fh)
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"directory: expected manifest format_version {FORMAT_VERSION}, "
+        if manifest.get("format_version") not in _READABLE_VERSIONS:
+            raise ValueError(f"directory: expected manifest format_version in {_READABLE_VERSIONS}, "
                              f"got {manifest.get('format_version')!r}; refit the corrections")
         check_task(manifest.get("task"), task)
         models = joblib.load(os.path.join(directory, manifest["models"]))

@@ -64,6 +64,8 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
     task = load_task(workdir)
     method = method or cfg.calibration.method
     val = _predictions(workdir, "val")
+    if tail is not None and method != "hyperfine":
+        raise WorkflowError(f"--tail: applies to --method hyperfine only, got method {method!r}")
     if method == "none":
         d = {"method": "none"}
     else:
@@ -145,13 +147,19 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
             "skipped": [t[0] for t in task.thresholds if t not in ths]}
 
 
-def _load_corrector(workdir: Path):
+def _load_corrector(workdir: Path, dof: float):
+    """The run's corrector; refused unless it was fitted for the calibration's family ``dof``."""
     from hypuc_jax import corrections
 
     if not (workdir / CORRECTIONS).exists():
         raise WorkflowError(f"{workdir}: no corrections; run `hypuc correct --workdir "
                             f"{workdir}` first")
-    return corrections.load_corrector(workdir / CORRECTIONS, task=load_task(workdir).name)
+    corrector = corrections.load_corrector(workdir / CORRECTIONS, task=load_task(workdir).name)
+    if corrector.dof != dof:
+        raise WorkflowError(f"{workdir}: corrections were fitted for a predictive with dof "
+                            f"{corrector.dof:g}, the calibration has dof {dof:g}; run `hypuc "
+                            f"correct --workdir {workdir}` again")
+    return corrector
 
 
 def _named_regions(cfg: config_lib.Config, task: Task) -> dict[str, tuple[float, float]]:
@@ -182,7 +190,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     cal = _calibrator(workdir)
     sigma_cal = cal(mu, sigma)
     bins = cal.bins(mu)
-    corrector = _load_corrector(workdir)
+    corrector = _load_corrector(workdir, cal.dof)
     corrected, probs = corrector.predict(mu, sigma_cal)
     train_labels = np.load(workdir / TRAIN_LABELS)
     regions = _named_regions(cfg, task)
@@ -316,7 +324,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     load_config(workdir)
     task = load_task(workdir)
     meta = read_json(workdir / TASK, "task description")
-    corrector = _load_corrector(workdir)
+    cal = _calibrator(workdir)
+    corrector = _load_corrector(workdir, cal.dof)
     ds = data_lib.load(spec)
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
@@ -325,7 +334,6 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x))
     mu = np.asarray(mu, np.float64)
     sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"))
-    cal = _calibrator(workdir)
     sigma_cal = cal(mu, sigma)
     corrected, probs = corrector.predict(mu, sigma_cal)
     val = _predictions(workdir, "val")

@@ -6,6 +6,7 @@ of ``--parallel none / sharding / pmap`` is checked from the CLI itself.
 """
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -79,9 +80,14 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
     assert ev["uncalibrated"] == ev_before["uncalibrated"]  # same model, same predictions
     cal = json.loads((trained / "calibration.json").read_text())
     assert cal["method"] == "global"
-    rc, out, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--tail", "gaussian")
-    assert rc == 0 and "Gaussian tail" in out, err
-    assert json.loads((trained / "calibration.json").read_text())["dof"] is None
+    for tail in ("gaussian", "auto"):  # the tiny run's validation set keeps the Gaussian
+        rc, out, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--tail", tail)
+        assert rc == 0 and "Gaussian tail" in out, err
+        cal = json.loads((trained / "calibration.json").read_text())
+        assert cal["tail"] == tail and cal["dof"] is None
+    rc, _, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--method", "global",
+                        "--tail", "auto")
+    assert "--tail" in _one_line_error(rc, err)
     for argv in (["calibrate", "--workdir", trained], ["correct", "--workdir", trained],
                  ["evaluate", "--workdir", trained]):  # back to the config's hyperfine
         assert cli.main([str(a) for a in argv]) == 0
@@ -103,6 +109,42 @@ def test_predict_writes_every_column(trained, tmp_path, capsys):
     assert r["lower_95"] == pytest.approx(r["mu"] - 1.959964 * r["sigma_cal"], rel=1e-4, abs=1e-4)
     assert r["entropy"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * r["sigma_cal"] ** 2),
                                          rel=1e-4, abs=1e-4)
+
+
+def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
+    """A calibration with a fixed Student-t tail (library API): predict's interval
+    and entropy are the t's (scipy.stats.t), and corrections fitted for another
+    family are refused."""
+    from scipy import stats
+
+    wd = tmp_path / "run"
+    shutil.copytree(trained, wd)
+    workflow.calibrate_stage(wd, "hyperfine", 5.0)
+    rc, _, err = _hypuc(capsys, "evaluate", "--workdir", wd)  # calibration removed them
+    assert "hypuc correct" in _one_line_error(rc, err)
+    workflow.calibrate_stage(wd, "hyperfine", "gaussian")
+    workflow.correct_stage(wd)
+    (wd / workflow.CORRECTIONS).rename(wd / "stale")
+    workflow.correct_stage(wd)
+    workflow.calibrate_stage(wd, "hyperfine", 5.0)
+    (wd / "stale").rename(wd / workflow.CORRECTIONS)  # fitted for the Gaussian
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", TINY, "--output",
+                        tmp_path / "p.csv")
+    assert "dof" in _one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
+    workflow.correct_stage(wd)
+    out = tmp_path / "preds.csv"
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+                        TINY.replace("n=256", "n=40"), "--output", out)
+    assert rc == 0, err
+    with open(out) as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    s = np.array([r["sigma_cal"] for r in rows]) * np.sqrt(3.0 / 5.0)
+    mu = np.array([r["mu"] for r in rows])
+    lo, hi = stats.t.interval(0.95, 5.0, mu, s)
+    np.testing.assert_allclose([r["lower_95"] for r in rows], lo, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([r["upper_95"] for r in rows], hi, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([r["entropy"] for r in rows], stats.t.entropy(5.0, scale=s),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_predict_refuses_other_shape(trained, tmp_path, capsys):
