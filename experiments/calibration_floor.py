@@ -220,7 +220,7 @@ def main(argv=None) -> int:
               for n, ae, ab, am in decision_rows(reader, e, y, preset.task, list(centres.values()))]
     if a.runs:
         lines += ["", "Measured runs (test split, mean ± sd over seeds): UCE of the raw sigma and "
-                  "after the run's calibration (`sigma_cal`)", "",
+                  "after the run's calibration (`sigma_cal`, scored under its fitted tail)", "",
                   "| run | seeds | UCE uncalibrated | UCE calibrated | change |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [run_uce_row(run) for run in a.runs]
