@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict new data with a finished run",
                        description="Writes one CSV row per record: mu, sigma, calibrated sigma, "
-                       "95% interval, corrected value, decision probabilities, entropy, flag.")
+                       "central 95% interval of the calibrated predictive (Gaussian or its "
+                       "fitted Student-t tail), corrected value, decision probabilities, entropy, "
+                       "flag.")
     p.add_argument("--workdir", required=True, help="a trained, calibrated, corrected run directory")
     p.add_argument("--data", required=True, help="data spec with records shaped as in training")
     p.add_argument("--output", required=True, help="CSV file to write")
