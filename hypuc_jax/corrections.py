@@ -161,7 +161,8 @@ def _member_rows(n: int, k: int, seed: int, bootstrap: bool) -> np.ndarray:
 
 
 def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0, z: float = 1.96,
-                  dof: float = math.inf, bootstrap: bool = True, monotone: bool = True, class_weight: str | None = None,
+                  dof: float = math.inf, bootstrap: bool = True, monotone: bool = True,
+                  class_weight: str | None = None,
                   prior_strength: float = PRIOR_STRENGTH, **hgb: Any) -> tuple[dict, dict]:
     """Fits the decision ensembles only (``fit_corrections`` calls this).
 
@@ -295,7 +296,8 @@ class Corrector:
         with open(os.path.join(directory, MANIFEST)) as fh:
             manifest = json.load(fh)
         if manifest.get("format_version") not in _READABLE_VERSIONS:
-            raise ValueError(f"directory: expected manifest format_version in {_READABLE_VERSIONS}, "
+            raise ValueError("directory: expected manifest format_version in "
+                             f"{_READABLE_VERSIONS}, "
                              f"got {manifest.get('format_version')!r}; refit the corrections")
         check_task(manifest.get("task"), task)
         models = joblib.load(os.path.join(directory, manifest["models"]))
@@ -308,7 +310,8 @@ class Corrector:
 
 
 def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 5, seed: int = 0,
-                    z: float = 1.96, dof: float = math.inf, bootstrap: bool = True, max_features: float = 1.0,
+                    z: float = 1.96, dof: float = math.inf, bootstrap: bool = True,
+                    max_features: float = 1.0,
                     max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                     min_samples_leaf: int = 20, task: str | None = None, monotone: bool = True,
                     class_weight: str | None = None, prior_strength: float = PRIOR_STRENGTH,

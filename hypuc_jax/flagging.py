@@ -2,8 +2,9 @@
 
 The predictive entropy of the calibrated predictive (Gaussian:
 0.5 log(2 pi e sigma^2); a fitted Student-t tail adds a constant) ranks
-predictions by uncertainty; for one calibration it is increasing in sigma. Flagging the top-q fraction and scoring the
-rest gives a selective-risk curve: MAE of the kept predictions as q grows.
+predictions by uncertainty; for one calibration it is increasing in sigma.
+Flagging the top-q fraction and scoring the rest gives a selective-risk
+curve: MAE of the kept predictions as q grows.
 The number flagged is floor(q n); ties in entropy keep the earlier sample
 (stable order), so the curve is deterministic.
 """

@@ -129,8 +129,8 @@ def render_markdown(runs: Sequence[RunOutputs], figures: Mapping[str, Path],
     """The text of report.md for ``runs`` (the last run is the method of interest)."""
     base = runs[0] if len(runs) > 1 else None
     method = runs[-1]
-    tails = ", ".join(f"{r.name} " + ("Gaussian" if math.isinf(r.dof) else f"Student-t dof {r.dof:g}")
-                      for r in runs)
+    tails = ", ".join(f"{r.name} " + ("Gaussian" if math.isinf(r.dof)
+                                      else f"Student-t dof {r.dof:g}") for r in runs)
     out = [f"# {title}", "", *extra, "",
            f"Test split: n = {method.eval['n']}. Uncalibrated = raw Gaussian (mu, sigma); "
            "calibrated = after the run's calibration (sigma, and with a fitted tail the "

@@ -42,7 +42,8 @@ INF = math.inf
 def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf)."""
     if math.isinf(dof):
-        return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2) + (y - mu) ** 2 / (2 * sigma ** 2)))
+        return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2)
+                             + (y - mu) ** 2 / (2 * sigma ** 2)))
     return float(np.mean(np.log(sigma) - std_logpdf((y - mu) / sigma, dof)))
 
 

@@ -57,7 +57,10 @@ def test_check_dof_rejects(bad):
 def _draw(rng, n, dof):
     mu = rng.normal(5.0, 1.0, n)
     sigma = rng.uniform(0.2, 1.5, n)
-    z = rng.standard_normal(n) if math.isinf(dof) else stats.t.rvs(dof, size=n, random_state=rng) * _scale(dof)
+    if math.isinf(dof):
+        z = rng.standard_normal(n)
+    else:
+        z = stats.t.rvs(dof, size=n, random_state=rng) * _scale(dof)
     return mu + sigma * z, mu, sigma
 
 
