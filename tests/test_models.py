@@ -93,6 +93,38 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     np.testing.assert_allclose(a.scale, b.scale, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_group_norm_matches_torch_forward_and_backward(offset):
+    """models.GroupNorm (the one-multiply-add form) against PyTorch's
+    group_norm in float64, values and gradients of x, scale and bias."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = (offset + 2.0 * rng.normal(size=(3, 50, 12))).astype(np.float32)
+    w = rng.normal(size=x.shape).astype(np.float32)
+    gn = models.GroupNorm(12, num_groups=4, epsilon=1e-5, rngs=nnx.Rngs(0))
+    gn.scale[...] = jnp.asarray(rng.normal(size=12), jnp.float32)
+    gn.bias[...] = jnp.asarray(rng.normal(size=12), jnp.float32)
+
+    graphdef, state = nnx.split(gn)
+
+    def f(x, state):
+        return jnp.sum(jnp.asarray(w) * nnx.merge(graphdef, state)(x))
+
+    scale0, bias0 = gn.scale[...], gn.bias[...]
+    out = np.asarray(gn(jnp.asarray(x)))
+    gx, gstate = jax.grad(f, argnums=(0, 1))(jnp.asarray(x), state)
+    grads = (gx, gstate["scale"][...], gstate["bias"][...])
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor(np.asarray(scale0), dtype=torch.float64, requires_grad=True)
+    tb = torch.tensor(np.asarray(bias0), dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.group_norm(tx.permute(0, 2, 1), 4, ts, tb, eps=1e-5).permute(0, 2, 1)
+    (ref * torch.tensor(w, dtype=torch.float64)).sum().backward()
+    tol = dict(rtol=1e-4, atol=1e-4 * (1 + offset))
+    np.testing.assert_allclose(out, ref.detach().numpy(), **tol)
+    for got, want in zip(grads, (tx.grad, ts.grad, tb.grad)):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), **tol)
+
+
 def test_resnet_matches_torch_equivalent():
     """The layer list in ResNet1D's docstring, built in PyTorch with the same
     weights, gives the same outputs (the reference for the benchmark port)."""
