@@ -84,14 +84,10 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
     return d
 
 
-def calibrated_sigma(workdir: Path, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Applies the run's saved calibration to (mu, sigma)."""
-    return _calibrator(workdir)(mu, sigma)
-
-
 def _calibrator(workdir: Path):
-    """(mu, sigma) -> calibrated sigma, with ``.bins(mu)`` (None unless hyperfine) and
-    ``.dof`` (the calibrated predictive's family, inf for the Gaussian)."""
+    """The run's saved calibration as (mu, sigma) -> calibrated sigma, with
+    ``.bins(mu)`` (None unless hyperfine), ``.dof`` (the calibrated
+    predictive's family, inf for the Gaussian) and ``.method``."""
     from hypuc_jax import calibration
 
     path = workdir / CALIBRATION
@@ -107,6 +103,7 @@ def _calibrator(workdir: Path):
 
     apply.bins = lambda mu: cal.bin_index(mu) if hasattr(cal, "bin_index") else None
     apply.dof = math.inf if cal is None else cal.predictive_dof
+    apply.method = d.get("method")
     return apply
 
 
@@ -195,8 +192,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     train_labels = np.load(workdir / TRAIN_LABELS)
     regions = _named_regions(cfg, task)
     ev = {"split": split, "n": int(len(y)),
-          "calibration": {"method": read_json(workdir / CALIBRATION, "calibration")["method"],
-                          "dof": dof_to_json(cal.dof)}}
+          "calibration": {"method": cal.method, "dof": dof_to_json(cal.dof)}}
     for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
                                "calibrated": (mu, sigma_cal, cal.dof),
                                "corrected": (corrected, sigma_cal, cal.dof)}.items():
