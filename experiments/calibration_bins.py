@@ -36,19 +36,18 @@ from hypuc_jax._predictions import std_cdf
 def cv_uce(mu, sigma, y, bins: int, folds: int = 5, seed: int = 0, tail="gaussian") -> float:
     """UCE of out-of-fold hyperfine-calibrated predictives on one split ([n] arrays).
 
-    Each fold's calibration (and, for ``tail="auto"``, its dof) is fitted on
-    the other folds; held-out residuals are mapped to the Gaussian scale by
-    their fold's predictive CDF, Phi^-1(F((y - mu) / sigma'')), which keeps
-    every central-interval coverage, and pooled.
+    ``calibration.cross_fit`` calibrates each fold (and, for ``tail="auto"``,
+    picks its dof) from the other folds; held-out residuals are mapped to the
+    Gaussian scale by their fold's predictive CDF, Phi^-1(F((y - mu) / sigma'')),
+    which keeps every central-interval coverage, and pooled.
     """
-    parts = np.array_split(np.random.default_rng(seed).permutation(y.size), folds)
+    held, dofs = calibration.cross_fit(mu, sigma, y, folds, seed, n_bins=bins, min_count=20,
+                                       tail=tail)
+    z = (y - mu) / held
     u = np.empty(y.size)
-    for k, held in enumerate(parts):
-        fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        cal = calibration.fit_hyperfine(mu[fit], sigma[fit], y[fit], n_bins=bins, min_count=20,
-                                        tail=tail)
-        z = (y[held] - mu[held]) / cal.apply(mu[held], sigma[held])
-        u[held] = stats.norm.ppf(std_cdf(z, cal.predictive_dof))
+    for dof in np.unique(dofs):
+        sel = dofs == dof
+        u[sel] = stats.norm.ppf(std_cdf(z[sel], float(dof)))
     return uncertainty.uce(u, np.zeros(y.size), np.ones(y.size))
 
 

@@ -177,24 +177,47 @@ def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: floa
     return scale, edges, etas, counts
 
 
+def cross_fit(mu, sigma, y, folds: int = 5, seed: int = 0,
+              **fit_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold hyperfine calibration of one split.
+
+    The samples are permuted (``seed``) into ``folds`` folds; each fold gets
+    the calibrated sigma and predictive dof of ``fit_hyperfine(**fit_kwargs)``
+    fitted on the other folds. No sample is calibrated by a fit that saw it.
+
+    Args:
+      mu, sigma, y: predictions and labels, each [n].
+      folds: number of folds (>= 2).
+      seed: seed of the fold assignment.
+      **fit_kwargs: passed to ``fit_hyperfine`` (n_bins, min_count, xi, tail).
+
+    Returns:
+      (held-out calibrated sigma [n], dof of the fit that calibrated each sample [n]).
+    """
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    parts = np.array_split(np.random.default_rng(seed).permutation(mu.size), folds)
+    held, dofs = np.empty(mu.size), np.empty(mu.size)
+    for k, test in enumerate(parts):
+        fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        cal = fit_hyperfine(mu[fit], sigma[fit], y[fit], **fit_kwargs)
+        held[test] = cal.apply(mu[test], sigma[test])
+        dofs[test] = cal.predictive_dof
+    return held, dofs
+
+
 def _select_dof(mu, sigma, y, n_bins: int, min_count: int, xi: float, folds: int,
                 seed: int) -> tuple[float, list]:
     """The dof in ``DOF_GRID`` with the lowest K-fold cross-fitted UCE, and every score.
 
-    Each fold's calibrated sigma comes from a hyperfine fit on the other
-    folds; the pooled held-out predictions are scored once per dof. Ties go
-    to the larger dof (the Gaussian last, so first among equals).
+    Each fold's calibrated sigma comes from a hyperfine fit with that dof on
+    the other folds (``cross_fit``); the pooled held-out predictions are
+    scored once per dof. Ties go to the larger dof (the Gaussian last, so
+    first among equals).
     """
-    parts = np.array_split(np.random.default_rng(seed).permutation(mu.size), folds)
     search = []
     for dof in DOF_GRID:
-        held = np.empty(mu.size)
-        for k, test in enumerate(parts):
-            fit = np.concatenate([p for j, p in enumerate(parts) if j != k])
-            scale, edges, etas, _ = _bin_factors(mu[fit], sigma[fit], y[fit], n_bins,
-                                                 min(min_count, fit.size), xi, dof)
-            eta = np.asarray(etas)[np.searchsorted(edges, mu[test], side="right")]
-            held[test] = eta * scale * sigma[test]
+        held, _ = cross_fit(mu, sigma, y, folds, seed, n_bins=n_bins, min_count=min_count,
+                            xi=xi, tail=dof)
         search.append([dof_to_json(dof), uce(y, mu, held, dof)])
     best = min(range(len(DOF_GRID)), key=lambda i: (search[i][1], -DOF_GRID[i]))
     return DOF_GRID[best], search

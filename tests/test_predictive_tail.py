@@ -251,3 +251,15 @@ def test_corrector_keeps_its_dof(tmp_path):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="dof"):
         corrections.fit_corrections(mu, sigma, y, ths, n_models=1, max_iter=20, dof=2.0)
+
+
+def test_cross_fit_never_calibrates_a_sample_with_its_own_label():
+    rng = np.random.default_rng(12)
+    y, mu, sigma = _draw(rng, 600, 5.0)
+    held, dofs = calibration.cross_fit(mu, sigma, y, folds=4, seed=1, n_bins=3, min_count=30)
+    assert held.shape == (600,) and np.all(dofs == math.inf)
+    y2 = y.copy()
+    y2[7] += 50.0  # an outlier label: moves the mu-bin factor of the fits that see it
+    held2, _ = calibration.cross_fit(mu, sigma, y2, folds=4, seed=1, n_bins=3, min_count=30)
+    assert held2[7] == held[7]
+    assert np.sum(held2 != held) > 100
