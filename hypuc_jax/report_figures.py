@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from hypuc_jax import flagging, uncertainty  # noqa: E402
-from hypuc_jax._predictions import central_z, std_cdf  # noqa: E402
+from hypuc_jax._predictions import ThresholdSpec, central_z, exceed_prob  # noqa: E402
 
 FIGURES = ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
            "coverage_per_bin", "selective_risk", "roc")
@@ -289,8 +289,9 @@ def _fig_roc(runs: Sequence[RunOutputs], path: Path) -> None:
             if run is method:
                 sign = 1.0 if direction == "above" else -1.0
                 curves.append((run, "threshold mu", sign * run.mu))
-                curves.append((run, "calibrated P", std_cdf(sign * (run.mu - value)
-                                                            / run.sigma_cal, run.dof)))
+                spec = ThresholdSpec(name, value, direction)
+                curves.append((run, "calibrated P",
+                               exceed_prob(run.mu, run.sigma_cal, spec, run.dof)))
         for run, label, score in curves:
             pos = run.y > value if direction == "above" else run.y < value
             fpr, tpr, _ = roc_curve(pos, score)
