@@ -22,6 +22,7 @@ from hypuc_jax import _typed_fields as typed_fields
 
 LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
+WEIGHT_APPLY = ("loss", "resample")
 PARALLEL = ("auto", "none", "sharding", "pmap")
 MODEL_KINDS = ("auto", "resnet1d", "mlp")
 CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
@@ -81,8 +82,17 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WeightingConfig:
-  """Label weighting, fitted once on the training labels (weights.py)."""
+  """Label weighting, fitted once on the training labels (weights.py).
+
+  ``apply`` says how the weights enter training: "loss" multiplies each
+  example's loss, ``sum w*l / sum w`` over the batch; "resample" draws every
+  epoch's examples with probability proportional to w (with replacement)
+  and averages their losses unweighted: the same objective in expectation,
+  with lower-variance gradients (``data.batch_iterator``). Scheme "none"
+  always shuffles plainly.
+  """
   scheme: str = "hypuc"
+  apply: str = "loss"
   lam: float = 0.5
   bandwidth: Union[str, float] = "scott"
   method: str = "binned"
@@ -252,7 +262,8 @@ def _check(cond: bool, key: str, expected: str, got: Any) -> None:
 
 
 _CHOICES = {"model.kind": MODEL_KINDS, "model.activation": ACTIVATIONS, "model.dtype": DTYPES,
-            "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS, "weighting.method": KDE_METHODS,
+            "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS,
+            "weighting.apply": WEIGHT_APPLY, "weighting.method": KDE_METHODS,
             "weighting.lds_kernel": LDS_KERNELS, "train.parallel": PARALLEL,
             "calibration.method": CALIBRATIONS, "calibration.tail": CALIBRATION_TAILS}
 _AT_LEAST = {"model.stem_stride": 1, "model.groups": 1, "loss.bni_bins": 2, "weighting.bins": 2,

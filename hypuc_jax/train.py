@@ -260,7 +260,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   logger = train_logging.TrainLogger(workdir, total, fresh=start == 0)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = map(placement.host_layout,
-                     train_data.train_batches(run, start, t.batch_size, t.seed))
+                     train_data.train_batches(run, start, t.batch_size, t.seed,
+                                              config.weighting.apply))
   batches = (data_lib.prefetch_to_device(host_batches, t.prefetch, placement.data_sharding)
              if t.prefetch else map(placement.put_batch, host_batches))
   guard_level = "disallow" if t.transfer_guard else "allow"

@@ -135,19 +135,22 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
   return config, RunData(None, np.zeros((0,)), {}, data_lib.Scaler.from_dict(d), None, shape)
 
 
-def train_batches(run: RunData, start_step: int, batch_size: int,
-                  seed: int) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,
+                  apply: str = "loss") -> Iterator[dict[str, np.ndarray]]:
   """Host batches for steps ``start_step + 1, ...`` (this process's slice).
 
-  ``data.batch_iterator`` shuffles epoch ``e`` with ``(seed, e)`` and drops
-  the remainder; resuming starts at the step's epoch and skips the batches
-  already seen, so the sequence equals an uninterrupted run's.
+  ``data.batch_iterator`` shuffles (``apply="loss"``) or resamples by weight
+  (``apply="resample"``; the plain shuffle for scheme "none") epoch ``e``
+  with ``(seed, e)`` and drops the remainder; resuming starts at the step's
+  epoch and skips the batches already seen, so the sequence equals an
+  uninterrupted run's.
   """
   per_epoch = len(run.idx["train"]) // batch_size
   epoch, pos = divmod(start_step, per_epoch)
+  resample = apply == "resample" and run.weighting.scheme != "none"
   it = data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
                                seed=seed, epoch=epoch, num_epochs=None,
-                               weight_fn=run.weighting, scaler=run.scaler)
+                               weight_fn=run.weighting, resample=resample, scaler=run.scaler)
   for _ in range(pos):
     next(it)
   return it

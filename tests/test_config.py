@@ -79,6 +79,7 @@ def test_override_without_equals():
     ("train.eval_batch_size=20", "train.eval_batch_size"),
     ("loss.name=cross_entropy", "loss.name"),
     ("weighting.scheme=focal", "weighting.scheme"),
+    ("weighting.apply=sample", "weighting.apply"),
     ("train.parallel=fsdp", "train.parallel"),
     ("model.kind=transformer", "model.kind"),
     ("model.blocks=1", "model.blocks"),

@@ -156,10 +156,11 @@ def test_jitted_weight_fn_works_under_a_disallowing_transfer_guard():
 
 def test_process_slices_reassemble_the_global_batch():
     x, y = _data(n=13)
-    for train in (True, False):
-        full = list(batch_iterator(x, y, None, 4, train=train, seed=2, process_count=1, process_index=0))
-        parts = [list(batch_iterator(x, y, None, 4, train=train, seed=2, process_count=2,
-                                     process_index=p)) for p in range(2)]
+    for train, resample in ((True, False), (True, True), (False, False)):
+        kw = dict(train=train, seed=2, resample=resample, weight_fn=lambda v: v ** 2)
+        full = list(batch_iterator(x, y, None, 4, process_count=1, process_index=0, **kw))
+        parts = [list(batch_iterator(x, y, None, 4, process_count=2, process_index=p, **kw))
+                 for p in range(2)]
         assert len(parts[0]) == len(parts[1]) == len(full)     # same step count everywhere
         for g, a, b in zip(full, *parts):
             assert a["x"].shape == (2, 6, 2)
@@ -192,6 +193,44 @@ def test_step_traces_once_over_train_and_eval_batches():
     for batch in batch_iterator(x, y, None, 4, train=False):
         step(batch)
     assert len(traces) == 1
+
+
+def test_resample_draws_rows_in_proportion_to_their_weights_with_unit_loss_weights():
+    x, y = _data()
+    idx = np.arange(1, 11)
+    weight = lambda v: (v - 2.0) ** 3                        # 1 .. 125: strongly skewed
+    p = weight(y[idx]) / weight(y[idx]).sum()                # closed form of the draw
+    epochs = 3000
+    counts = np.zeros(len(y))
+    for b in batch_iterator(x, y, idx, 5, seed=3, num_epochs=epochs, weight_fn=weight,
+                            resample=True):
+        assert b["w"].tolist() == [1.0] * 5 and b["mask"].tolist() == [1.0] * 5
+        for xi, yi in zip(b["x"], b["y"]):                   # x rows travel with their y
+            np.testing.assert_array_equal(xi, x[np.flatnonzero(y == yi)[0]])
+        np.add.at(counts, [np.flatnonzero(y == v)[0] for v in b["y"]], 1)
+    n = epochs * 10                                          # 10 draws per epoch, 2 batches of 5
+    assert counts.sum() == n and counts[0] == 0              # only rows of idx are drawn
+    se = np.sqrt(p * (1 - p) / n)
+    np.testing.assert_array_less(np.abs(counts[idx] / n - p), 5 * se)
+    again = list(batch_iterator(x, y, idx, 5, seed=3, epoch=7, num_epochs=1, weight_fn=weight,
+                                resample=True))
+    ref = list(batch_iterator(x, y, idx, 5, seed=3, num_epochs=8, weight_fn=weight,
+                              resample=True))[14:]
+    for a, b in zip(again, ref):                             # epoch e is a function of (seed, e)
+        np.testing.assert_array_equal(a["y"], b["y"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(train=False, weight_fn=lambda v: v), "resample: needs train=True"),
+    (dict(weight_fn=None), "resample: needs train=True and a weight_fn"),
+    (dict(weight_fn=lambda v: v - 5.0), "weight_fn: expected finite weights >= 0"),
+    (dict(weight_fn=lambda v: np.full_like(v, np.nan)), "weight_fn: expected finite"),
+    (dict(weight_fn=lambda v: v[:2]), "one per label"),
+])
+def test_resample_bad_input(kwargs, match):
+    x, y = _data()
+    with pytest.raises(ValueError, match=match):
+        batch_iterator(x, y, None, 4, resample=True, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,match", [

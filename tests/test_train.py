@@ -82,8 +82,9 @@ def test_end_to_end_tiny_simulated(tmp_path, capsys):
   np.testing.assert_allclose(result.best_metrics["nll"], nll, rtol=1e-4)
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec):
-  config = _npz_config(npz_spec)
+@pytest.mark.parametrize("apply", ["loss", "resample"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec, apply):
+  config = _npz_config(npz_spec, f"weighting.apply={apply}")
   full = tmp_path / "full"
   train.train_and_evaluate(config, str(full))
   part = tmp_path / "part"
@@ -101,6 +102,32 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec):
   assert meta_full["best_step"] == meta_part["best_step"]
   assert any(np.max(np.abs(a - b)) > 1e-4
              for a, b in zip(jax.tree.leaves(p_mid), jax.tree.leaves(p_full)))
+
+
+def test_resampled_training_batches_follow_the_weights(npz_spec):
+  """apply=resample: unit loss weights, rows drawn in proportion to the KDE
+  weights (so the weighted label mean matches, reference computed here);
+  scheme none resamples nothing: the plain shuffle of apply=loss."""
+  config = _npz_config(npz_spec, "weighting.lam=1.0")
+  run = train_data.prepare(config)
+  y_train = run.y[run.idx["train"]]
+  w = np.asarray(run.weighting(y_train), np.float64)
+  g = lambda v: (v - np.mean(y_train)) ** 2                  # the weights favour both tails
+  target = np.sum(w * g(y_train)) / np.sum(w)                # E_w[g(y)], closed form
+  sd = np.sqrt(np.sum(w * (g(y_train) - target) ** 2) / np.sum(w))
+  per_epoch = len(y_train) // 16
+  it = train_data.train_batches(run, 0, 16, seed=0, apply="resample")
+  batches = [next(it) for _ in range(400 * per_epoch)]
+  assert all(np.all(b["w"] == 1.0) for b in batches)
+  drawn = g(run.inverse_y(np.concatenate([b["y"] for b in batches])))
+  assert np.mean(drawn) > 1.5 * np.mean(g(y_train))          # the draw is not uniform
+  assert abs(np.mean(drawn) - target) < 5 * sd / np.sqrt(len(drawn))
+  plain = apply_overrides(config, ["weighting.scheme=none"])
+  run0 = train_data.prepare(plain)
+  a = train_data.train_batches(run0, 0, 16, seed=0, apply="resample")
+  b = train_data.train_batches(run0, 0, 16, seed=0, apply="loss")
+  for _ in range(2 * per_epoch):
+    np.testing.assert_array_equal(next(a)["y"], next(b)["y"])
 
 
 def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
@@ -123,8 +150,8 @@ def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, mon
                        "train.prefetch=0")
   original = train_data.train_batches
 
-  def poisoned(run, start, batch_size, seed):
-    for i, batch in enumerate(original(run, start, batch_size, seed)):
+  def poisoned(run, start, batch_size, seed, apply):
+    for i, batch in enumerate(original(run, start, batch_size, seed, apply)):
       if start + i + 1 == 3:                          # step 3 sees a NaN input
         batch = dict(batch, x=np.full_like(batch["x"], np.nan))
       yield batch
