@@ -122,9 +122,9 @@ def val_score(workdir: Path) -> dict:
     return {"balanced_mae": ev["overall"]["balanced_mae"], "mae": ev["overall"]["mae"]}
 
 
-def tail_maes(workdir: Path) -> dict:
-    """Test MAE of mu beyond each decision threshold, {"mae[y>5.5]": ...}."""
-    out = workflow.load_npz(workdir / "outputs_test.npz", "test outputs")
+def tail_maes(workdir: Path, split: str = "test") -> dict:
+    """MAE of mu on ``split`` beyond each decision threshold, {"mae[y>5.5]": ...}."""
+    out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions")
     res = {}
     for name, value, direction in workflow.load_task(workdir).thresholds:
         sel = out["y"] > value if direction == "above" else out["y"] < value

@@ -1,0 +1,93 @@
+"""Side-by-side validation and test MAE of finished variants, against a reference.
+
+Reads the run directories an ablation left (``VARIANT_DIR/seed*/``: the
+best checkpoint's ``predictions_val.npz`` / ``predictions_test.npz``) and
+prints mean ± sd over seeds of the MAE of mu overall and beyond each of the
+task's thresholds, for both splits, with the change of each mean against the
+reference variant. It trains nothing; variants made by separate ablation
+commands (other ``--set`` overrides, other workdirs) can be compared as long
+as they share the data split protocol. Usage::
+
+    python experiments/compare_runs.py --ref none=runs/ablation_potassium_full/none \\
+        --runs hypuc-0.5=runs/ablation_potassium_full/hypuc-0.5 \\
+               "hypuc-0.5 resample=runs/resample/hypuc-0.5" --out RESULT.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from _results import publish
+from ablation import tail_maes
+from hypuc_jax import workflow
+
+SPLITS = ("val", "test")
+
+
+def variant_maes(directory: Path) -> tuple[list[int], dict[str, list[float]]]:
+    """Seeds and ``{"test mae": [...], "val mae[y>5.5]": [...], ...}`` of one variant."""
+    seed_dirs = sorted((d for d in Path(directory).glob("seed*") if d.is_dir()),
+                       key=lambda d: int(d.name[4:]))
+    if not seed_dirs:
+        raise ValueError(f"--runs: no seed*/ run directories in {directory}")
+    seeds, cols = [], {}
+    for d in seed_dirs:
+        seeds.append(int(d.name[4:]))
+        for split in SPLITS:
+            p = workflow.load_npz(d / f"predictions_{split}.npz", f"{split} predictions")
+            row = {"mae": float(np.mean(np.abs(p["y"] - p["mu"]))), **tail_maes(d, split)}
+            for k, v in row.items():
+                cols.setdefault(f"{split} {k}", []).append(np.nan if v is None else v)
+    return seeds, cols
+
+
+def table(ref: tuple[str, Path], runs: list[tuple[str, Path]]) -> str:
+    """Markdown: one row per variant (the reference first), mean ± sd (% vs reference)."""
+    data = {name: variant_maes(d) for name, d in [ref] + runs}
+    keys = list(data[ref[0]][1])
+    base = {k: np.nanmean(data[ref[0]][1][k]) for k in keys}
+    lines = ["| variant | seeds | " + " | ".join(keys) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+    for name, (seeds, cols) in data.items():
+        cells = []
+        for k in keys:
+            v = np.asarray(cols.get(k, [np.nan]), float)
+            m = np.nanmean(v)
+            sd = np.nanstd(v, ddof=1) if np.sum(np.isfinite(v)) > 1 else float("nan")
+            rel = "" if name == ref[0] else f" ({100 * (m / base[k] - 1):+.0f}%)"
+            cells.append(f"{m:.3f} ± {sd:.3f}{rel}")
+        lines.append(f"| {name} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    per_seed = [f"- {name}, test y>5.5 per seed: "
+                + ", ".join(f"{v:.3f}" for v in cols.get("test mae[y>5.5]", []))
+                for name, (seeds, cols) in data.items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(per_seed) + "\n"
+
+
+def _pair(text: str) -> tuple[str, Path]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected LABEL=VARIANT_DIR, got {text!r}")
+    name, d = text.split("=", 1)
+    return name.strip(), Path(d)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ref", type=_pair, required=True, help="LABEL=VARIANT_DIR of the reference")
+    p.add_argument("--runs", type=_pair, nargs="+", required=True,
+                   help="LABEL=VARIANT_DIR of each compared variant")
+    p.add_argument("--intro", default="", help="text printed above the table")
+    p.add_argument("--out", type=Path, help="markdown file to write (with the command)")
+    a = p.parse_args(argv)
+    try:
+        text = table(a.ref, a.runs)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    publish(text, a.out, "compare_runs.py", sys.argv[1:] if argv is None else list(argv),
+            intro=a.intro + ("\n\n" if a.intro else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""experiments/compare_runs.py: per-variant val/test MAEs over seeds, against numpy here."""
+import numpy as np
+import pytest
+
+from experiment_scripts import load
+from hypuc_jax import rundir
+from hypuc_jax.config import get_config
+
+compare_runs = load("compare_runs")
+
+THRESHOLDS = (("K>5.5", 5.5, "above"), ("K<3.5", 3.5, "below"))
+
+
+def _variant(root, seeds, shift, rng):
+    """Fake finished runs: labels and mu = y + shift + noise per split; returns the arrays."""
+    arrays = {}
+    for s in seeds:
+        d = root / f"seed{s}"
+        d.mkdir(parents=True)
+        rundir.write_json(d / rundir.CONFIG, get_config("tiny").to_dict())
+        rundir.write_json(d / rundir.TASK, rundir.Task(
+            name="potassium", target="K", unit="mmol/L", regions={}, thresholds=THRESHOLDS,
+            kind="signal", input_shape=(64, 12)).to_dict())
+        for split in ("val", "test"):
+            y = rng.uniform(2.5, 7.5, 200)
+            mu = y + shift + 0.1 * rng.normal(size=y.size)
+            np.savez(d / f"predictions_{split}.npz", y=y, mu=mu, sigma=np.ones_like(y))
+            arrays[(s, split)] = (y, mu)
+    return arrays
+
+
+def test_variant_maes_and_table_match_numpy(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = _variant(tmp_path / "none", [0, 1, 2], 0.3, rng)
+    other = _variant(tmp_path / "hypuc", [0, 2, 10], 0.15, rng)
+    seeds, cols = compare_runs.variant_maes(tmp_path / "hypuc")
+    assert seeds == [0, 2, 10]                                # numeric seed order
+    for i, s in enumerate(seeds):
+        y, mu = other[(s, "test")]
+        assert cols["test mae"][i] == pytest.approx(np.mean(np.abs(y - mu)))
+        assert cols["test mae[y>5.5]"][i] == pytest.approx(np.mean(np.abs(y - mu)[y > 5.5]))
+        y, mu = other[(s, "val")]
+        assert cols["val mae[y<3.5]"][i] == pytest.approx(np.mean(np.abs(y - mu)[y < 3.5]))
+    text = compare_runs.table(("none", tmp_path / "none"), [("hypuc", tmp_path / "hypuc")])
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    m_ref = np.mean([np.mean(np.abs(y - mu)) for (s, sp), (y, mu) in ref.items() if sp == "test"])
+    m = np.mean(cols["test mae"])
+    sd = np.std(cols["test mae"], ddof=1)
+    assert f"{m:.3f} ± {sd:.3f} ({100 * (m / m_ref - 1):+.0f}%)" in rows["hypuc"]
+    assert "%" not in rows["none"]                            # the reference has no change
+
+
+def test_missing_runs_are_one_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="--runs: no seed\\*/ run directories"):
+        compare_runs.main(["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path}"])
