@@ -1,6 +1,7 @@
 """Shared by the analysis scripts in experiments/: print a result, save it with its command."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 
@@ -16,5 +17,5 @@ def publish(text: str, out: Path | None, script: str, argv: list[str], intro: st
     """
     print(text)
     if out:
-        Path(out).write_text(f"Command: `python experiments/{script} {' '.join(argv)}`\n\n"
+        Path(out).write_text(f"Command: `python experiments/{script} {shlex.join(argv)}`\n\n"
                              + intro + text)

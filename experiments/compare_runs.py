@@ -27,10 +27,18 @@ from hypuc_jax import workflow
 SPLITS = ("val", "test")
 
 
-def variant_maes(directory: Path) -> tuple[list[int], dict[str, list[float]]]:
-    """Seeds and ``{"test mae": [...], "val mae[y>5.5]": [...], ...}`` of one variant."""
+def variant_maes(directory: Path, seeds=None) -> tuple[list[int], dict[str, list[float]]]:
+    """Seeds and ``{"test mae": [...], "val mae[y>5.5]": [...], ...}`` of one variant.
+
+    ``seeds``: only these seeds (each must exist); default every ``seed*/``.
+    """
     seed_dirs = sorted((d for d in Path(directory).glob("seed*") if d.is_dir()),
                        key=lambda d: int(d.name[4:]))
+    if seeds is not None:
+        missing = sorted(set(seeds) - {int(d.name[4:]) for d in seed_dirs})
+        if missing:
+            raise ValueError(f"--seeds: {directory} has no run for seeds {missing}")
+        seed_dirs = [d for d in seed_dirs if int(d.name[4:]) in set(seeds)]
     if not seed_dirs:
         raise ValueError(f"--runs: no seed*/ run directories in {directory}")
     seeds, cols = [], {}
@@ -44,9 +52,9 @@ def variant_maes(directory: Path) -> tuple[list[int], dict[str, list[float]]]:
     return seeds, cols
 
 
-def table(ref: tuple[str, Path], runs: list[tuple[str, Path]]) -> str:
+def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None) -> str:
     """Markdown: one row per variant (the reference first), mean ± sd (% vs reference)."""
-    data = {name: variant_maes(d) for name, d in [ref] + runs}
+    data = {name: variant_maes(d, seeds) for name, d in [ref] + runs}
     keys = list(data[ref[0]][1])
     base = {k: np.nanmean(data[ref[0]][1][k]) for k in keys}
     lines = ["| variant | seeds | " + " | ".join(keys) + " |",
@@ -69,7 +77,7 @@ def table(ref: tuple[str, Path], runs: list[tuple[str, Path]]) -> str:
 def _pair(text: str) -> tuple[str, Path]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected LABEL=VARIANT_DIR, got {text!r}")
-    name, d = text.split("=", 1)
+    name, d = text.rsplit("=", 1)                 # a label may hold "=" (key=value)
     return name.strip(), Path(d)
 
 
@@ -78,15 +86,15 @@ def main(argv=None) -> None:
     p.add_argument("--ref", type=_pair, required=True, help="LABEL=VARIANT_DIR of the reference")
     p.add_argument("--runs", type=_pair, nargs="+", required=True,
                    help="LABEL=VARIANT_DIR of each compared variant")
-    p.add_argument("--intro", default="", help="text printed above the table")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="only these seeds of every variant (default: all of each)")
     p.add_argument("--out", type=Path, help="markdown file to write (with the command)")
     a = p.parse_args(argv)
     try:
-        text = table(a.ref, a.runs)
+        text = table(a.ref, a.runs, a.seeds)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    publish(text, a.out, "compare_runs.py", sys.argv[1:] if argv is None else list(argv),
-            intro=a.intro + ("\n\n" if a.intro else ""))
+    publish(text, a.out, "compare_runs.py", sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

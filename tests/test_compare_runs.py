@@ -50,7 +50,18 @@ def test_variant_maes_and_table_match_numpy(tmp_path):
     assert "%" not in rows["none"]                            # the reference has no change
 
 
-def test_missing_runs_are_one_clear_error(tmp_path, capsys):
+def test_seed_selection(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = _variant(tmp_path / "v", [1, 2, 3], 0.2, rng)
+    seeds, cols = compare_runs.variant_maes(tmp_path / "v", seeds=[3, 1])
+    assert seeds == [1, 3]
+    y, mu = runs[(3, "val")]
+    assert cols["val mae"][1] == pytest.approx(np.mean(np.abs(y - mu)))
+    with pytest.raises(ValueError, match="--seeds: .* no run for seeds \\[4\\]"):
+        compare_runs.variant_maes(tmp_path / "v", seeds=[1, 4])
+
+
+def test_missing_runs_are_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="--runs: no seed\\*/ run directories"):
         compare_runs.main(["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path}"])
