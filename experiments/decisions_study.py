@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from hypuc_jax import corrections as corr
+from hypuc_jax import decisions as dec
 from hypuc_jax._predictions import as_thresholds, event
 from hypuc_jax.calibration import load_calibrator
 
@@ -61,18 +61,18 @@ def scores(fit, mu, sigma, specs, dof=math.inf):
     out = {}
     for name, (classifiers, weights) in fit.items():
         for n0 in PRIORS:
-            w = {t.name: corr.gaussian_weight(weights[t.name], n0) for t in specs}
-            out[(name, n0)] = corr.predict_decisions(classifiers, w, mu, sigma, specs, dof=dof)
-    base = corr.baseline_scores(mu, sigma, specs, dof=dof)
+            w = {t.name: dec.gaussian_weight(weights[t.name], n0) for t in specs}
+            out[(name, n0)] = dec.predict_decisions(classifiers, w, mu, sigma, specs, dof=dof)
+    base = dec.baseline_scores(mu, sigma, specs, dof=dof)
     out[("threshold mu", None)] = {k: v["threshold_mu"] for k, v in base.items()}
-    out[("gaussian", None)] = {t.name: corr.gaussian_log_odds(mu, sigma, t, dof) for t in specs}
+    out[("gaussian", None)] = {t.name: dec.gaussian_log_odds(mu, sigma, t, dof) for t in specs}
     return out
 
 
 def fit_all(mu, sigma, y, specs, seed, dof=math.inf):
     fit = {}
     for name, (kw, hgb) in CONFIGS.items():
-        classifiers, _ = corr.fit_decisions(mu, sigma, y, specs, seed=seed, prior_strength=0.0,
+        classifiers, _ = dec.fit_decisions(mu, sigma, y, specs, seed=seed, prior_strength=0.0,
                                             dof=dof, **kw, **hgb)
         # Keep the labels so the Gaussian weight can be recomputed for every n0.
         fit[name] = (classifiers, {t.name: event(y, t).astype(np.int64) for t in specs})

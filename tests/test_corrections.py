@@ -11,10 +11,12 @@ import json
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from hypuc_jax import corrections as corr
+from hypuc_jax import decisions as dec
 
 # Few, small trees: the tests check behaviour, not accuracy at scale.
 FAST = dict(n_models=2, max_iter=30, max_leaf_nodes=15)
@@ -80,7 +82,7 @@ def test_fit_sees_only_the_validation_rows(monkeypatch):
     # A training split, disjoint and obviously different, that must never reach a fit.
     mu_tr, sigma_tr, y_tr = (a + 100.0 for a in biased(3, 500))
     seen = []
-    for cls in (corr.HistGradientBoostingRegressor, corr.HistGradientBoostingClassifier):
+    for cls in (HistGradientBoostingRegressor, HistGradientBoostingClassifier):
         orig = cls.fit
 
         def spy(self, X, y, *args, _orig=orig, **kwargs):
@@ -198,7 +200,7 @@ def test_decision_is_monotone_in_mu(name, value, direction):
         p = c.predict(grid, np.full(grid.size, s))[1][name]
         assert np.all(sign * np.diff(p) >= 0.0), f"sigma={s}"
         assert sign * (p[-1] - p[0]) > 0.5  # and it does move with mu
-    assert corr.monotone_constraints(corr.as_thresholds(th), 0) == (
+    assert dec.monotone_constraints(dec.as_thresholds(th), 0) == (
         [1, 0, 1, 1, 1, 1] if direction == "above" else [-1, 0, -1, -1, 1, -1])
 
 
@@ -224,11 +226,11 @@ def test_gaussian_log_odds_and_full_shrinkage_match_scipy():
     mu, sigma = np.array([3.0, 5.0, 6.0, 40.0]), np.array([0.5, 1.0, 0.3, 0.5])
     spec = corr.as_thresholds([("hyper", 5.5, "above")])[0]
     p = stats.norm.sf(5.5, loc=mu, scale=sigma)
-    lo = corr.gaussian_log_odds(mu, sigma, spec)
+    lo = dec.gaussian_log_odds(mu, sigma, spec)
     np.testing.assert_allclose(lo[:3], np.log(p[:3] / (1 - p[:3])), rtol=1e-10)
     assert np.isfinite(lo[3]) and lo[3] > 100  # P rounds to 1 there; log-odds do not
     below = corr.as_thresholds([("hypo", 5.5, "below")])[0]
-    np.testing.assert_allclose(corr.gaussian_log_odds(mu, sigma, below), -lo)
+    np.testing.assert_allclose(dec.gaussian_log_odds(mu, sigma, below), -lo)
     # n0 = inf: the decision is exactly the calibrated Gaussian's event probability.
     data = informative_sigma(13, 600)
     c = corr.fit_corrections(*data, THRESHOLDS, prior_strength=np.inf, **FAST)
@@ -240,8 +242,8 @@ def test_gaussian_log_odds_and_full_shrinkage_match_scipy():
                                rtol=1e-9, atol=1e-12)
     labels = (data[2] > 5.5).astype(int)
     m = min(labels.sum(), labels.size - labels.sum())
-    assert corr.gaussian_weight(labels, 30.0) == pytest.approx(30.0 / (30.0 + m))
-    assert corr.gaussian_weight(labels, 0.0) == 0.0
+    assert dec.gaussian_weight(labels, 30.0) == pytest.approx(30.0 / (30.0 + m))
+    assert dec.gaussian_weight(labels, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("kwargs, match", [

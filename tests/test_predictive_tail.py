@@ -12,7 +12,7 @@ import pytest
 import uncertainty_toolbox as uct
 from scipy import integrate, stats
 
-from hypuc_jax import calibration, corrections, flagging, metrics, uncertainty
+from hypuc_jax import calibration, corrections, decisions, flagging, metrics, uncertainty
 from hypuc_jax import _predictions as pred
 
 DOFS = (2.5, 4.0, 9.0, 40.0)
@@ -125,7 +125,7 @@ def test_event_probabilities_and_log_odds_take_dof():
     below = pred.ThresholdSpec("K<3.5", 3.5, "below")
     np.testing.assert_allclose(pred.exceed_prob(mu, sigma, below, dof),
                                stats.t.cdf(3.5, dof, mu, s), rtol=1e-10)
-    lo = corrections.gaussian_log_odds(mu, sigma, spec, dof)
+    lo = decisions.gaussian_log_odds(mu, sigma, spec, dof)
     np.testing.assert_allclose(lo[:3], np.log(p[:3] / (1 - p[:3])), rtol=1e-8)
     assert np.isfinite(lo[3])  # 32 sd above: log-odds, not a saturated probability
 
