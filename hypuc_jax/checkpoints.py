@@ -154,7 +154,7 @@ class CheckpointStore:
 
 def _first_difference(stored: Any, wanted: Any, prefix: str = "") -> str:
   """Human-readable first key where two fingerprints differ."""
-  if stored is None:
+  if stored is None and not prefix:
     return "no fingerprint found"
   if isinstance(stored, dict) and isinstance(wanted, dict):
     for key in sorted(set(stored) | set(wanted)):

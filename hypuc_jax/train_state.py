@@ -131,10 +131,19 @@ _NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
                                 "transfer_guard", "parallel", "eval_batch_size")}
 
 
+# Keys added to the config after checkpoints were first written, with the value
+# that reproduces the older behaviour: left out of the fingerprint at that
+# value, so run directories trained before the key existed still match.
+_ADDED_WITH_DEFAULT = {"weighting": {"apply": "loss"}}
+
+
 def fingerprint(config: Config) -> dict:
   """The part of the config that must match to resume from a checkpoint."""
   d = config.to_dict()
   out = {k: d[k] for k in ("data", "model", "loss", "weighting", "train")}
   out["train"] = {k: v for k, v in out["train"].items()
                   if k not in _NOT_FINGERPRINTED["train"]}
+  for section, added in _ADDED_WITH_DEFAULT.items():
+    out[section] = {k: v for k, v in out[section].items()
+                    if not (k in added and v == added[k])}
   return out

@@ -139,6 +139,13 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
+  # weighting.apply came later: at its default ("loss") it is not in the
+  # fingerprint, so older run directories still open; any other value is.
+  assert "apply" not in train.fingerprint(config)["weighting"]
+  resampled = apply_overrides(config, ["weighting.apply=resample"])
+  with pytest.raises(ValueError, match="different model or config \\(weighting.apply: "
+                                       "stored None, now 'resample'\\)"):
+    train.train_and_evaluate(resampled, str(tmp_path))
   result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
   assert result.steps == 8
   stored = json.load(open(os.path.join(tmp_path, "config.json")))
