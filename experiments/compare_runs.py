@@ -15,6 +15,7 @@ as they share the data split protocol. Usage::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,20 +28,23 @@ from hypuc_jax import workflow
 SPLITS = ("val", "test")
 
 
-def variant_maes(directory: Path, seeds=None) -> tuple[list[int], dict[str, list[float]]]:
+def variant_maes(directory: Path, seeds=None,
+                 arg: str = "--runs") -> tuple[list[int], dict[str, list[float]]]:
     """Seeds and ``{"test mae": [...], "val mae[y>5.5]": [...], ...}`` of one variant.
 
-    ``seeds``: only these seeds (each must exist); default every ``seed*/``.
+    ``seeds``: only these seeds (each must exist); default every ``seed<N>/``.
+    ``arg``: the command-line argument that named ``directory`` (for errors).
     """
-    seed_dirs = sorted((d for d in Path(directory).glob("seed*") if d.is_dir()),
-                       key=lambda d: int(d.name[4:]))
+    found = {int(d.name[4:]): d for d in Path(directory).glob("seed*")
+             if d.is_dir() and re.fullmatch(r"seed\d+", d.name)}
     if seeds is not None:
-        missing = sorted(set(seeds) - {int(d.name[4:]) for d in seed_dirs})
+        missing = sorted(set(seeds) - set(found))
         if missing:
-            raise ValueError(f"--seeds: {directory} has no run for seeds {missing}")
-        seed_dirs = [d for d in seed_dirs if int(d.name[4:]) in set(seeds)]
-    if not seed_dirs:
-        raise ValueError(f"--runs: no seed*/ run directories in {directory}")
+            raise ValueError(f"--seeds: {directory} ({arg}) has no run for seeds {missing}")
+        found = {s: d for s, d in found.items() if s in set(seeds)}
+    if not found:
+        raise ValueError(f"{arg}: no seed<N>/ run directories in {directory}")
+    seed_dirs = [found[s] for s in sorted(found)]
     seeds, cols = [], {}
     for d in seed_dirs:
         seeds.append(int(d.name[4:]))
@@ -54,8 +58,14 @@ def variant_maes(directory: Path, seeds=None) -> tuple[list[int], dict[str, list
 
 def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None) -> str:
     """Markdown: one row per variant (the reference first), mean ± sd (% vs reference)."""
-    data = {name: variant_maes(d, seeds) for name, d in [ref] + runs}
-    keys = list(data[ref[0]][1])
+    names = [ref[0]] + [name for name, _ in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--runs: labels must differ from each other and from --ref, "
+                         f"got {dup} more than once")
+    data = {ref[0]: variant_maes(ref[1], seeds, "--ref")}
+    data.update({name: variant_maes(d, seeds) for name, d in runs})
+    keys = list(dict.fromkeys(k for _, cols in data.values() for k in cols))
     base = {k: np.nanmean(data[ref[0]][1][k]) for k in keys}
     lines = ["| variant | seeds | " + " | ".join(keys) + " |",
              "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
@@ -68,9 +78,9 @@ def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None) -> st
             rel = "" if name == ref[0] else f" ({100 * (m / base[k] - 1):+.0f}%)"
             cells.append(f"{m:.3f} ± {sd:.3f}{rel}")
         lines.append(f"| {name} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
-    per_seed = [f"- {name}, test y>5.5 per seed: "
-                + ", ".join(f"{v:.3f}" for v in cols.get("test mae[y>5.5]", []))
-                for name, (seeds, cols) in data.items()]
+    tails = [k for k in keys if k.startswith("test mae[")]
+    per_seed = [f"- {name}, {k} per seed: " + ", ".join(f"{v:.3f}" for v in cols[k])
+                for k in tails[:1] for name, (seeds, cols) in data.items() if k in cols]
     return "\n".join(lines) + "\n\n" + "\n".join(per_seed) + "\n"
 
 

@@ -59,6 +59,10 @@ class CheckpointStore:
       the checkpoints; a directory with another fingerprint is refused.
     overwrite: delete an existing directory with another fingerprint
       instead of refusing it.
+    optional_defaults: ``{section: {key: value}}`` of keys added to the
+      fingerprint later: on both sides a key at its listed value counts as
+      absent, so fingerprints written before (without it) and after (with
+      it at that value) match.
 
   Raises:
     ValueError: ``keep`` < 1, or the directory holds checkpoints from a
@@ -66,7 +70,7 @@ class CheckpointStore:
   """
 
   def __init__(self, directory: str, *, keep: int, fingerprint: dict,
-               overwrite: bool = False):
+               overwrite: bool = False, optional_defaults: dict | None = None):
     if not isinstance(keep, int) or keep < 1:
       raise ValueError(f"keep: expected an int >= 1, got {keep!r}")
     self.directory = os.path.abspath(directory)
@@ -78,9 +82,11 @@ class CheckpointStore:
       if os.path.exists(fp_path):
         with open(fp_path) as f:
           stored = json.load(f)
-      if stored != fingerprint:
+      stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
+                            for f in (stored, fingerprint))
+      if stored_n != wanted_n:
         if not overwrite:
-          diff = _first_difference(stored, fingerprint)
+          diff = _first_difference(stored_n, wanted_n, (stored, fingerprint))
           raise ValueError(
               f"workdir: {self.directory} holds checkpoints from a different model or "
               f"config ({diff}); use another workdir or pass overwrite=True "
@@ -152,12 +158,30 @@ class CheckpointStore:
     self._manager.close()
 
 
-def _first_difference(stored: Any, wanted: Any, prefix: str = "") -> str:
-  """Human-readable first key where two fingerprints differ."""
+def _drop_defaults(fp: Any, defaults: dict) -> Any:
+  """``fp`` without the keys of ``defaults`` ({section: {key: value}}) at their value."""
+  if not isinstance(fp, dict):
+    return fp
+  out = dict(fp)
+  for section, keys in defaults.items():
+    if isinstance(out.get(section), dict):
+      out[section] = {k: v for k, v in out[section].items()
+                      if not (k in keys and v == keys[k])}
+  return out
+
+
+def _first_difference(stored: Any, wanted: Any, raw: tuple | None = None,
+                      prefix: str = "") -> str:
+  """Human-readable first key where two (normalised) fingerprints differ.
+
+  ``raw``: the un-normalised ``(stored, wanted)``, whose values are shown.
+  """
   if stored is None and not prefix:
     return "no fingerprint found"
+  raw = (stored, wanted) if raw is None else raw
   if isinstance(stored, dict) and isinstance(wanted, dict):
     for key in sorted(set(stored) | set(wanted)):
       if stored.get(key) != wanted.get(key):
-        return _first_difference(stored.get(key), wanted.get(key), f"{prefix}{key}.")
-  return f"{prefix.rstrip('.')}: stored {stored!r}, now {wanted!r}"
+        sub = tuple(r.get(key) if isinstance(r, dict) else None for r in raw)
+        return _first_difference(stored.get(key), wanted.get(key), sub, f"{prefix}{key}.")
+  return f"{prefix.rstrip('.')}: stored {raw[0]!r}, now {raw[1]!r}"

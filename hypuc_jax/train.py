@@ -32,8 +32,9 @@ from hypuc_jax._validation import as_array, check_finite
 from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model are the
 # Flax-examples entry points.
-from hypuc_jax.train_state import (build_model, check_model_fits, create_train_state,  # noqa: F401
-                                   fingerprint, make_optimizer)
+from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F401
+                                   check_model_fits, create_train_state, fingerprint,
+                                   make_optimizer)
 
 __all__ = ["LossSpec", "TrainResult", "TRACE_COUNTS", "build_model", "check_model_fits",
            "compiled_steps", "create_train_state", "eval_step", "fingerprint",
@@ -205,6 +206,12 @@ class TrainResult:
   paths: dict
 
 
+def _open_store(config: Config, directory: str, overwrite: bool = False):
+  return checkpoints.CheckpointStore(directory, keep=config.train.keep_checkpoints,
+                                     fingerprint=fingerprint(config), overwrite=overwrite,
+                                     optional_defaults=FINGERPRINT_DEFAULTS)
+
+
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                        stop_after: int | None = None) -> TrainResult:
   """Trains on ``config.data.spec``, early-stops on validation NLL, writes the run dir.
@@ -243,8 +250,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                      f"examples, got {t.batch_size}")
   total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
   paths = train_data.run_paths(workdir)
-  store = checkpoints.CheckpointStore(paths["checkpoints"], keep=t.keep_checkpoints,
-                                      fingerprint=fingerprint(config), overwrite=overwrite)
+  store = _open_store(config, paths["checkpoints"], overwrite)
   graphdef, state, schedule = create_train_state(config, run.input_shape, total)
   head = losses.head_for_loss(config.loss.name)
   spec = LossSpec.from_config(config, run.y_scaled("train"))
@@ -370,8 +376,7 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
   check_finite(x, "x")
   graphdef, template, schedule = create_train_state(config, run.input_shape, 1)
   paths = train_data.run_paths(workdir)
-  store = checkpoints.CheckpointStore(paths["checkpoints"], keep=config.train.keep_checkpoints,
-                                      fingerprint=fingerprint(config))
+  store = _open_store(config, paths["checkpoints"])
   step = store.best_step() or store.latest_step()
   if step is None:
     raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")

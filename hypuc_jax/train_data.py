@@ -145,6 +145,8 @@ def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,
   epoch and skips the batches already seen, so the sequence equals an
   uninterrupted run's.
   """
+  if apply not in ("loss", "resample"):
+    raise ValueError(f"apply: expected 'loss' or 'resample', got {apply!r}")
   per_epoch = len(run.idx["train"]) // batch_size
   epoch, pos = divmod(start_step, per_epoch)
   resample = apply == "resample" and run.weighting.scheme != "none"

@@ -132,9 +132,10 @@ _NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
 
 
 # Keys added to the config after checkpoints were first written, with the value
-# that reproduces the older behaviour: left out of the fingerprint at that
-# value, so run directories trained before the key existed still match.
-_ADDED_WITH_DEFAULT = {"weighting": {"apply": "loss"}}
+# that reproduces the older behaviour: ``CheckpointStore(optional_defaults=)``
+# treats such a key at that value like an absent one, so run directories
+# trained before the key existed still match.
+FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss"}}
 
 
 def fingerprint(config: Config) -> dict:
@@ -143,7 +144,4 @@ def fingerprint(config: Config) -> dict:
   out = {k: d[k] for k in ("data", "model", "loss", "weighting", "train")}
   out["train"] = {k: v for k, v in out["train"].items()
                   if k not in _NOT_FINGERPRINTED["train"]}
-  for section, added in _ADDED_WITH_DEFAULT.items():
-    out[section] = {k: v for k, v in out[section].items()
-                    if not (k in added and v == added[k])}
   return out

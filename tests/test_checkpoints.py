@@ -102,3 +102,19 @@ def test_progress_bar_on_a_terminal(tmp_path):
   logger.close()
   text = out.getvalue()
   assert "4/10" in text and "ETA" in text and "loss 0.5000" in text
+
+
+def test_optional_defaults_match_a_key_absent_on_the_other_side(tmp_path):
+  defaults = {"w": {"apply": "loss"}}
+  old = {"w": {"lam": 0.5}}                                 # written before "apply" existed
+  checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint=old).close()
+  new = {"w": {"lam": 0.5, "apply": "loss"}}
+  with pytest.raises(ValueError, match=r"w.apply: stored None, now 'loss'"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint=new)   # strict by default
+  checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint=new,
+                              optional_defaults=defaults).close()
+  with open(tmp_path / "fingerprint.json") as f:
+    assert json.load(f) == new                              # rewritten in the current form
+  with pytest.raises(ValueError, match=r"w.apply: stored 'loss', now 'resample'"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=1, optional_defaults=defaults,
+                                fingerprint={"w": {"lam": 0.5, "apply": "resample"}})

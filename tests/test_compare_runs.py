@@ -59,9 +59,16 @@ def test_seed_selection(tmp_path):
     assert cols["val mae"][1] == pytest.approx(np.mean(np.abs(y - mu)))
     with pytest.raises(ValueError, match="--seeds: .* no run for seeds \\[4\\]"):
         compare_runs.variant_maes(tmp_path / "v", seeds=[1, 4])
+    (tmp_path / "v" / "seed_old").mkdir()                    # not a seed<N>/ run: ignored
+    assert compare_runs.variant_maes(tmp_path / "v")[0] == [1, 2, 3]
 
 
-def test_missing_runs_are_one_clear_error(tmp_path):
+def test_bad_arguments_are_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="--runs: no seed\\*/ run directories"):
-        compare_runs.main(["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path}"])
+    _variant(tmp_path / "v", [0], 0.1, np.random.default_rng(2))
+    with pytest.raises(SystemExit, match="--ref: no seed<N>/ run directories"):
+        compare_runs.main(["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path / 'v'}"])
+    with pytest.raises(SystemExit, match="--runs: no seed<N>/ run directories"):
+        compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"b={tmp_path / 'empty'}"])
+    with pytest.raises(SystemExit, match="--runs: labels must differ.*\\['a'\\]"):
+        compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"a={tmp_path / 'v'}"])

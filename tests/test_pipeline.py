@@ -231,6 +231,8 @@ def test_resample_bad_input(kwargs, match):
     x, y = _data()
     with pytest.raises(ValueError, match=match):
         batch_iterator(x, y, None, 4, resample=True, **kwargs)
+    with pytest.raises(ValueError, match="resample: expected a bool, got 'yes'"):
+        batch_iterator(x, y, None, 4, resample="yes", weight_fn=lambda v: v)
 
 
 @pytest.mark.parametrize("kwargs,match", [

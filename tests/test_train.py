@@ -128,6 +128,8 @@ def test_resampled_training_batches_follow_the_weights(npz_spec):
   b = train_data.train_batches(run0, 0, 16, seed=0, apply="loss")
   for _ in range(2 * per_epoch):
     np.testing.assert_array_equal(next(a)["y"], next(b)["y"])
+  with pytest.raises(ValueError, match="apply: expected 'loss' or 'resample', got 'Resample'"):
+    train_data.train_batches(run, 0, 16, seed=0, apply="Resample")
 
 
 def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
@@ -139,13 +141,18 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
-  # weighting.apply came later: at its default ("loss") it is not in the
-  # fingerprint, so older run directories still open; any other value is.
-  assert "apply" not in train.fingerprint(config)["weighting"]
+  # weighting.apply came later: a stored fingerprint without it (an older run
+  # directory) opens at its default "loss" and is refused for "resample".
+  fp_path = os.path.join(tmp_path, "checkpoints", "fingerprint.json")
+  stored = json.load(open(fp_path))
+  assert stored["weighting"].pop("apply") == "loss"
+  json.dump(stored, open(fp_path, "w"))
   resampled = apply_overrides(config, ["weighting.apply=resample"])
   with pytest.raises(ValueError, match="different model or config \\(weighting.apply: "
                                        "stored None, now 'resample'\\)"):
     train.train_and_evaluate(resampled, str(tmp_path))
+  mu, _ = train.predict(str(tmp_path), np.zeros((2, TIME, LEADS), np.float32))
+  assert mu.shape == (2,) and np.all(np.isfinite(mu))
   result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
   assert result.steps == 8
   stored = json.load(open(os.path.join(tmp_path, "config.json")))

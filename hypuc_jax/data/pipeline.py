@@ -196,7 +196,8 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
         weight 1. The weighted loss ``sum w*l / sum w`` is then estimated by
         the plain batch mean: the same objective in expectation, with the
         rare labels seen more often instead of weighted more, which gives
-        lower-variance gradients (An et al., ICLR 2021).
+        lower-variance gradients (An et al., ICLR 2021). A batch may hold
+        a row more than once (in-batch losses such as BMC see the copies).
       scaler: optional fitted :class:`Scaler` applied to x and y.
       process_index, process_count: this process's slice of every global
         batch (default ``jax.process_index()``, ``jax.process_count()``).
@@ -227,6 +228,8 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
                          f"batch_size={batch_size} rows, got {idx.size}")
     if num_epochs is not None:
         _check_int(num_epochs, "num_epochs", minimum=1)
+    if not isinstance(resample, (bool, np.bool_)):
+        raise ValueError(f"resample: expected a bool, got {resample!r}")
     prob = None
     if resample:
         if not train or weight_fn is None:
