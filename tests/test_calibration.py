@@ -79,12 +79,7 @@ def test_global_alone_miscovers_the_bad_range_hyperfine_fixes_every_bin(val, tes
     assert np.all(etas[inside] > 1.7 * etas[outside].max())
 
 
-def _conformal(r, xi):
-    """Reference: the ceil((n + 1) xi)-th smallest score (1-based), by sorting."""
-    return np.sort(r)[int(np.ceil((r.size + 1) * xi)) - 1]
-
-
-def test_hyperfine_eta_is_the_per_bin_conformal_quantile(val):
+def test_hyperfine_eta_is_the_per_bin_quantile(val):
     mu, sigma, y = val
     h = cal.fit_hyperfine(mu, sigma, y, n_bins=4, min_count=10, xi=0.9)
     s = np.sqrt(np.mean(((y - mu) / sigma) ** 2))
@@ -93,32 +88,9 @@ def test_hyperfine_eta_is_the_per_bin_conformal_quantile(val):
     z = stats.norm.ppf(0.95)
     for b, (lo, hi) in enumerate(zip(np.r_[-np.inf, edges], np.r_[edges, np.inf])):
         m = (mu >= lo) & (mu < hi)
-        ref = _conformal(np.abs(y[m] - mu[m]) / (z * s * sigma[m]), 0.9)
+        ref = np.quantile(np.abs(y[m] - mu[m]) / (z * s * sigma[m]), 0.9)
         assert h.etas[b] == pytest.approx(ref)
         assert h.counts[b] == int(m.sum())
-
-
-def test_conformal_quantile_covers_at_least_xi_in_finite_samples():
-    # Gaussian residuals, one bin of n = 40: the population coverage of the fitted
-    # interval is 2 Phi(z eta s) - 1 (closed form); averaged over 3000 validation
-    # draws it must match k / (n + 1) >= xi (k = ceil((n + 1) xi)), where the
-    # interpolated quantile falls ((n - 1) xi + 1) / (n + 1) short of xi.
-    rng = np.random.default_rng(11)
-    n, xi = 40, 0.9
-    z = stats.norm.ppf(0.5 + xi / 2)
-    covers = []
-    for _ in range(3000):
-        mu, sigma = np.zeros(n), np.ones(n)
-        h = cal.fit_hyperfine(mu, sigma, rng.standard_normal(n), n_bins=1, min_count=1, xi=xi)
-        covers.append(2 * stats.norm.cdf(z * h.etas[0] * h.global_scale) - 1)
-    k = np.ceil((n + 1) * xi)
-    se = np.std(covers) / np.sqrt(len(covers))
-    assert abs(np.mean(covers) - k / (n + 1)) < 4 * se
-    assert np.mean(covers) > xi - 3 * se
-    assert np.mean(covers) > ((n - 1) * xi + 1) / (n + 1) + 6 * se   # np.quantile's level
-    assert cal.conformal_quantile([3.0, 1.0, 2.0], 0.99) == 3.0   # k > n: the largest
-    with pytest.raises(ValueError, match="scores: expected at least one value"):
-        cal.conformal_quantile([], 0.9)
 
 
 def test_hyperfine_edge_bins_extend_and_sparse_bins_merge():

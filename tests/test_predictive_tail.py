@@ -136,9 +136,7 @@ def _bin_halfwidths(mu, sigma, y, n_bins, xi):
     s = np.sqrt(np.mean(((y - mu) / sigma) ** 2))
     edges = np.quantile(mu, np.linspace(0, 1, n_bins + 1))[1:-1]
     b = np.searchsorted(edges, mu, side="right")
-    def conformal(r):                         # ceil((n + 1) xi)-th smallest, 1-based
-        return np.sort(r)[int(np.ceil((r.size + 1) * xi)) - 1]
-    q = np.array([conformal(np.abs(y - mu)[b == k] / (s * sigma[b == k]))
+    q = np.array([np.quantile(np.abs(y - mu)[b == k] / (s * sigma[b == k]), xi)
                   for k in range(n_bins)])
     return edges, q * s
 
