@@ -19,7 +19,7 @@ import numpy as np
 
 from hypuc_jax import data as data_lib
 from hypuc_jax import weights as weights_lib
-from hypuc_jax.config import Config
+from hypuc_jax.config import WEIGHT_APPLY, Config
 
 SPLITS = ("train", "val", "test")
 
@@ -145,8 +145,8 @@ def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,
   epoch and skips the batches already seen, so the sequence equals an
   uninterrupted run's.
   """
-  if apply not in ("loss", "resample"):
-    raise ValueError(f"apply: expected 'loss' or 'resample', got {apply!r}")
+  if apply not in WEIGHT_APPLY:
+    raise ValueError(f"apply: expected one of {WEIGHT_APPLY}, got {apply!r}")
   per_epoch = len(run.idx["train"]) // batch_size
   epoch, pos = divmod(start_step, per_epoch)
   resample = apply == "resample" and run.weighting.scheme != "none"

@@ -128,7 +128,7 @@ def test_resampled_training_batches_follow_the_weights(npz_spec):
   b = train_data.train_batches(run0, 0, 16, seed=0, apply="loss")
   for _ in range(2 * per_epoch):
     np.testing.assert_array_equal(next(a)["y"], next(b)["y"])
-  with pytest.raises(ValueError, match="apply: expected 'loss' or 'resample', got 'Resample'"):
+  with pytest.raises(ValueError, match="apply: expected one of \\('loss', 'resample'\\), got 'Resample'"):
     train_data.train_batches(run, 0, 16, seed=0, apply="Resample")
 
 

@@ -9,10 +9,9 @@
   fixed shape, so a jitted step never recompiles: training shuffles per
   epoch from ``(seed, epoch)`` (or, with ``resample``, draws the epoch with
   probability proportional to the label weights) and drops the remainder;
-  evaluation keeps the
-  order, pads the last batch and masks the padding. In multi-host runs every
-  process gets its slice of each global batch. Rows are read by index, so a
-  memory-mapped ``x`` is never loaded whole.
+  evaluation keeps the order, pads the last batch and masks the padding.
+  In multi-host runs every process gets its slice of each global batch.
+  Rows are read by index, so a memory-mapped ``x`` is never loaded whole.
 * :func:`prefetch_to_device`: a background thread assembles the next
   batches and ``device_put``\\ s them (optionally with a ``NamedSharding``)
   while the step runs.
