@@ -71,9 +71,13 @@ class LossConfig:
 
   ``noise_sigma`` (Balanced MSE) is in standardised label units (labels are
   scaled to mean 0, std 1 on the training split); ``learn_noise`` makes it
-  a trained parameter initialised there.
+  a trained parameter initialised there. ``beta`` > 0 turns "nll" /
+  "laplace" into beta-NLL (``losses.variance_weighted``, Seitzer et al.
+  2022): each example's likelihood is multiplied by its predicted variance
+  to the power beta, held constant, so noisy ranges still teach the mean.
   """
   name: str = "nll"
+  beta: float = 0.0
   huber_delta: float = 1.0
   noise_sigma: float = 1.0
   learn_noise: bool = True
@@ -316,6 +320,9 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",
          f"{len(m.widths)} positive ints (one per width)", m.blocks)
   _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
+  _check(0.0 <= config.loss.beta <= 1.0, "loss.beta", "a float in [0, 1]", config.loss.beta)
+  _check(config.loss.beta == 0.0 or config.loss.name in ("nll", "laplace"), "loss.beta",
+         "0 unless loss.name is nll or laplace", config.loss.beta)
   _check(w.bandwidth in BANDWIDTH_RULES if isinstance(w.bandwidth, str) else w.bandwidth > 0,
          "weighting.bandwidth", f"a float > 0 or one of {BANDWIDTH_RULES}", w.bandwidth)
   _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",

@@ -157,9 +157,45 @@ def _check_name(name: str) -> None:
         raise ValueError(f"loss name: expected one of {', '.join(LOSS_NAMES)}, got {name!r}")
 
 
+def variance_weighted(nll, variance, beta: float) -> jax.Array:
+    """beta-NLL: ``stop_gradient(variance^beta) * nll``, per example.
+
+    With a heteroscedastic likelihood the gradient of the NLL in the mean is
+    ``(mu - y) / variance``: examples the model believes noisy teach the mean
+    less, and a rare, noisy range (a clinical tail) is fitted slowly. The
+    factor ``variance^beta``, held constant under differentiation, rescales
+    the mean gradient to ``(mu - y) / variance^(1 - beta)`` (beta = 1: the
+    MSE gradient) and leaves the optimum of each example's likelihood where
+    it was. ``beta = 0`` returns ``nll`` unchanged.
+
+    Args:
+      nll: per-example negative log-likelihoods, shape ``[batch]``.
+      variance: predicted variances ``> 0``, shape ``[batch]``.
+      beta: exponent in ``[0, 1]`` (a Python float).
+
+    Returns:
+      The weighted losses, shape ``[batch]``.
+
+    Raises:
+      ValueError: ``beta`` outside ``[0, 1]`` or shapes that differ.
+
+    References:
+      Seitzer et al., `On the Pitfalls of Heteroscedastic Uncertainty
+      Estimation with Probabilistic Neural Networks
+      <https://arxiv.org/abs/2203.09168>`_, ICLR 2022.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta: expected a float in [0, 1], got {beta!r}")
+    nll, variance = as_vectors(nll=nll, variance=variance, finite=False)
+    if beta == 0.0:
+        return nll
+    return jax.lax.stop_gradient(variance ** beta) * nll
+
+
 def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
                      noise_sigma=None, bni_prior: HistogramPrior | None = None,
-                     mask=None, axis_name: str | None = None) -> jax.Array:
+                     mask=None, axis_name: str | None = None,
+                     beta: float = 0.0) -> jax.Array:
     """Dispatches to the per-example loss called ``name``.
 
     Args:
@@ -178,6 +214,9 @@ def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
         mask them in :func:`weighted_sums`.
       axis_name: mapped axis for "bmc" inside ``pmap`` / ``shard_map`` (the
         in-batch candidates then span all devices); ignored by the others.
+      beta: beta-NLL exponent in ``[0, 1]`` for "nll" and "laplace"
+        (:func:`variance_weighted`; the Laplace variance is ``2 b^2``); must
+        be 0 for the other losses.
 
     Returns:
       Per-example losses, shape ``[batch]``.
@@ -193,10 +232,13 @@ def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
                          "(a scale), got a point prediction (scale None)")
     if name in ("bmc", "bni") and noise_sigma is None:
         raise ValueError(f"noise_sigma: loss {name!r} needs a noise scale, got None")
+    if beta != 0.0 and name not in _HEADS:
+        raise ValueError(f"beta: loss {name!r} has no likelihood to weight; beta must be 0 "
+                         f"unless the loss is one of {', '.join(_HEADS)}, got {beta!r}")
     if name == "nll":
-        return gaussian_nll(loc, scale, y)
+        return variance_weighted(gaussian_nll(loc, scale, y), scale * scale, beta)
     if name == "laplace":
-        return laplace_nll(loc, scale, y)
+        return variance_weighted(laplace_nll(loc, scale, y), 2.0 * scale * scale, beta)
     if name == "mse":
         return mse(loc, y)
     if name == "l1":
@@ -271,6 +313,6 @@ def weighted_mean(losses, weights, mask=None) -> jax.Array:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-__all__ = ["LOSS_NAMES", "gaussian_nll", "laplace_nll", "mse", "l1", "huber", "bmc", "bni",
+__all__ = ["LOSS_NAMES", "gaussian_nll", "laplace_nll", "variance_weighted", "mse", "l1", "huber", "bmc", "bni",
            "HistogramPrior", "histogram_prior", "head_for_loss", "per_example_loss",
            "weighted_sums", "weighted_mean"]

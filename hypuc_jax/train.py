@@ -50,6 +50,7 @@ class LossSpec:
 
   Attributes:
     name: loss name (``losses.LOSS_NAMES``).
+    beta: beta-NLL exponent (``losses.variance_weighted``; 0 = plain NLL).
     huber_delta: Huber delta.
     noise_sigma: fixed Balanced-MSE noise scale (used unless the model owns
       a learnable one).
@@ -59,6 +60,7 @@ class LossSpec:
   huber_delta: float = 1.0
   noise_sigma: float = 1.0
   bni_prior: Any = None
+  beta: float = 0.0
 
   @classmethod
   def from_config(cls, config: Config, train_labels: np.ndarray | None = None) -> "LossSpec":
@@ -69,7 +71,8 @@ class LossSpec:
         raise ValueError("train_labels: loss 'bni' needs the training labels for its prior")
       centers, probs = losses.histogram_prior(train_labels, config.loss.bni_bins)
       prior = losses.HistogramPrior(jnp.asarray(centers), jnp.asarray(probs))
-    return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior)
+    return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior,
+               float(config.loss.beta))
 
 
 def _noise(model, spec: LossSpec):
@@ -105,7 +108,8 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
     pred = model(batch["x"])
     per_example = losses.per_example_loss(
         spec.name, pred, batch["y"], huber_delta=spec.huber_delta,
-        noise_sigma=_noise(model, spec), bni_prior=spec.bni_prior, mask=batch["mask"])
+        noise_sigma=_noise(model, spec), bni_prior=spec.bni_prior, mask=batch["mask"],
+        beta=spec.beta)
     return losses.weighted_sums(per_example, batch["w"], batch["mask"])
 
   (num, den), grads = nnx.value_and_grad(weighted_sum, has_aux=True)(model)

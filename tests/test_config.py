@@ -85,6 +85,8 @@ def test_override_without_equals():
     ("model.blocks=1", "model.blocks"),
     ("model.kernel_size=4", "model.kernel_size"),
     ("model.dropout=1.0", "model.dropout"),
+    ("loss.beta=1.5", "loss.beta"),
+    ("loss.beta=-0.5", "loss.beta"),
     ("data.split=0.5,0.5,0.5", "data.split"),
     ("weighting.lam=-0.5", "weighting.lam"),
     ("weighting.bandwidth=wide", "weighting.bandwidth"),
@@ -97,6 +99,14 @@ def test_validate_names_the_bad_key(override, key):
   cfg = apply_overrides(get_config("tiny"), [override])
   with pytest.raises(ValueError, match=key.replace(".", r"\.") if "[" not in key else key):
     validate(cfg, n_devices=8)
+
+
+def test_beta_needs_a_likelihood_loss():
+  for name in ("nll", "laplace"):
+    validate(apply_overrides(get_config("tiny"), [f"loss.name={name}", "loss.beta=0.5"]))
+  cfg = apply_overrides(get_config("tiny"), ["loss.name=huber", "loss.beta=0.5"])
+  with pytest.raises(ValueError, match=r"loss\.beta.*0 unless loss\.name is nll or laplace"):
+    validate(cfg)
 
 
 def test_batch_divisibility_only_matters_when_data_parallel():

@@ -197,6 +197,44 @@ def test_balanced_mse_gradients_finite_at_extremes(s, spread):
     assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
 
 
+# --- beta-NLL ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_beta_nll_values_and_gradients_match_closed_form(beta):
+    """Value var^beta * NLL; gradients with var^beta held constant (Seitzer et al. 2022):
+    d/dmu = (mu - y) / sigma^(2 - 2 beta), d/dsigma = sigma^(2 beta) (1/sigma - r^2/sigma^3)."""
+    mu, sigma, y = (a.astype(np.float64) for a in _data(21))
+
+    def total(m, s):
+        return jnp.sum(losses.per_example_loss("nll", Pred(m, s), jnp.asarray(y), beta=beta))
+
+    with jax.enable_x64(True):
+        value = losses.per_example_loss("nll", Pred(mu, sigma), y, beta=beta)
+        g_mu, g_sigma = jax.grad(total, argnums=(0, 1))(jnp.asarray(mu), jnp.asarray(sigma))
+    r = y - mu
+    np.testing.assert_allclose(value, sigma ** (2 * beta) * -stats.norm.logpdf(y, mu, sigma),
+                               rtol=1e-10)
+    np.testing.assert_allclose(g_mu, -r / sigma ** (2 - 2 * beta), rtol=1e-10)
+    np.testing.assert_allclose(g_sigma, sigma ** (2 * beta) * (1 / sigma - r * r / sigma ** 3),
+                               rtol=1e-10)
+
+
+def test_beta_laplace_uses_the_laplace_variance():
+    mu, b, y = _data(22)
+    got = losses.per_example_loss("laplace", Pred(mu, b), y, beta=0.5)
+    want = np.sqrt(2.0) * b.astype(np.float64) * -stats.laplace.logpdf(y, mu, b)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_beta_bad_values_raise():
+    mu, sigma, y = _data(23)
+    for beta in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"beta: expected a float in \[0, 1\]"):
+            losses.per_example_loss("nll", Pred(mu, sigma), y, beta=beta)
+    with pytest.raises(ValueError, match="beta: loss 'mse' has no likelihood"):
+        losses.per_example_loss("mse", Pred(mu), y, beta=0.5)
+
+
 # --- dispatch and heads --------------------------------------------------------
 
 def test_per_example_loss_dispatch_matches_direct_calls():

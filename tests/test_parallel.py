@@ -57,7 +57,10 @@ def _run(mode, config, batches):
 
 
 def _reference(config, batches, n_groups=1):
-  """Independent reference; ``n_groups > 1`` gives the WRONG mean of group means."""
+  """Independent reference; ``n_groups > 1`` gives the WRONG mean of group means.
+
+  ``config.loss.beta`` > 0: each NLL times stop_gradient(sigma^(2 beta)) (beta-NLL).
+  """
   graphdef, state, _ = train.create_train_state(config, (FEATURES,), 10)
   model, _ = nnx.merge(graphdef, state)
   gdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -71,6 +74,7 @@ def _reference(config, batches, n_groups=1):
     pred = nnx.merge(gdef, params, rest)(batch["x"])
     mu, s = pred.loc, pred.scale
     nll = 0.5 * jnp.log(2 * jnp.pi) + jnp.log(s) + 0.5 * ((batch["y"] - mu) / s) ** 2
+    nll = nll * jax.lax.stop_gradient(s ** (2 * config.loss.beta))
     w = batch["w"] * batch["mask"]
     groups = [slice(i * BATCH // n_groups, (i + 1) * BATCH // n_groups)
               for i in range(n_groups)]
@@ -108,6 +112,18 @@ def test_modes_agree_with_full_batch_reference(results):
     assert _rel_diff(params, ref) < RTOL, mode
   assert _rel_diff(runs["sharding"][0], runs["none"][0]) < RTOL
   assert _rel_diff(runs["pmap"][0], runs["none"][0]) < RTOL
+
+
+def test_beta_nll_step_matches_reference(results, n_devices):
+  """loss.beta reaches the step: none and sharding equal the beta-NLL reference,
+  which is far from the plain-NLL run."""
+  _, batches, runs = results
+  config = _config(**{"loss.beta": 0.5})
+  ref = _reference(config, batches)
+  assert _rel_diff(runs["none"][0], ref) > 100 * RTOL
+  for mode in ("none", "sharding"):
+    params, _ = _run(mode, config, batches)
+    assert _rel_diff(params, ref) < RTOL, mode
 
 
 def test_mean_of_device_means_is_detected(results, n_devices):

@@ -141,11 +141,13 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
-  # weighting.apply came later: a stored fingerprint without it (an older run
-  # directory) opens at its default "loss" and is refused for "resample".
+  # weighting.apply and loss.beta came later: a stored fingerprint without
+  # them (an older run directory) opens at their defaults ("loss", 0.0) and
+  # is refused for "resample".
   fp_path = os.path.join(tmp_path, "checkpoints", "fingerprint.json")
   stored = json.load(open(fp_path))
   assert stored["weighting"].pop("apply") == "loss"
+  assert stored["loss"].pop("beta") == 0.0
   json.dump(stored, open(fp_path, "w"))
   resampled = apply_overrides(config, ["weighting.apply=resample"])
   with pytest.raises(ValueError, match="different model or config \\(weighting.apply: "
