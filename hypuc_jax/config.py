@@ -27,6 +27,7 @@ PARALLEL = ("auto", "none", "sharding", "pmap")
 MODEL_KINDS = ("auto", "resnet1d", "mlp")
 CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
 CALIBRATION_TAILS = ("auto", "gaussian")
+CORRECTION_TARGETS = ("residual", "label")   # corrections.TARGETS
 BANDWIDTH_RULES = ("scott", "silverman")
 KDE_METHODS = ("binned", "exact")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
@@ -153,8 +154,14 @@ class CalibrationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CorrectionsConfig:
-  """Gradient-boosted corrections and decisions (validation split only)."""
+  """Gradient-boosted corrections and decisions (validation split only).
+
+  ``target``: the value regressors fit the residual ``y - mu`` ("residual",
+  corrected = mu + the fit) or the label itself ("label");
+  ``corrections.TARGETS``.
+  """
   enabled: bool = True
+  target: str = "residual"
   n_models: int = 1
   n_estimators: int = 200
   max_depth: int = 3
@@ -269,7 +276,8 @@ _CHOICES = {"model.kind": MODEL_KINDS, "model.activation": ACTIVATIONS, "model.d
             "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS,
             "weighting.apply": WEIGHT_APPLY, "weighting.method": KDE_METHODS,
             "weighting.lds_kernel": LDS_KERNELS, "train.parallel": PARALLEL,
-            "calibration.method": CALIBRATIONS, "calibration.tail": CALIBRATION_TAILS}
+            "calibration.method": CALIBRATIONS, "calibration.tail": CALIBRATION_TAILS,
+            "corrections.target": CORRECTION_TARGETS}
 _AT_LEAST = {"model.stem_stride": 1, "model.groups": 1, "loss.bni_bins": 2, "weighting.bins": 2,
              "train.batch_size": 1, "train.eval_batch_size": 1, "train.log_every": 1,
              "train.eval_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 1,

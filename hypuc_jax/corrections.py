@@ -7,8 +7,14 @@ features of :func:`hypuc_jax.decisions.features` (mu, calibrated sigma, the
 interval ends, each threshold's event probability under the calibration's
 family ``dof``).
 
-- Corrected value: an ensemble of ``n_models`` boosted regressors of y on the
-  features, averaged. sklearn's HGB uses its ``random_state`` only for
+- Corrected value: an ensemble of ``n_models`` boosted regressors on the
+  features, averaged. With ``target="residual"`` (the default) they fit the
+  residual ``y - mu`` and the corrected value is ``mu`` plus their mean:
+  boosting that starts from the network's prediction instead of a constant,
+  so where the validation split is sparse (a clinical tail, or mu beyond
+  its range) the trees' shrunken leaves leave mu nearly as it is rather than
+  pulling it to the average label of the leaf. ``target="label"`` fits y
+  itself (format versions <= 3). sklearn's HGB uses its ``random_state`` only for
   subsampling, so each member also gets its own randomness: a bootstrap
   resample of the validation rows (``bootstrap=True``) and, if
   ``max_features < 1``, random feature subsampling per split, both seeded by
@@ -35,14 +41,15 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
                                     check_threshold_in_range, dof_to_json)
 from hypuc_jax.calibration import check_task
+from hypuc_jax.config import CORRECTION_TARGETS as TARGETS
 from hypuc_jax.decisions import (PRIOR_STRENGTH, baseline_scores, feature_names, features,
                                  fit_decisions, member_rows, predict_decisions)
 
-__all__ = ["Corrector", "fit_corrections", "load_corrector", "summarize", "features",
+__all__ = ["Corrector", "TARGETS", "fit_corrections", "load_corrector", "summarize", "features",
            "feature_names", "baseline_scores", "PRIOR_STRENGTH"]
 
-FORMAT_VERSION = 3  # 2: log-odds ensemble shrunk to the Gaussian; 3: + the predictive's dof
-_READABLE_VERSIONS = (2, 3)  # a version-2 manifest has no dof: the Gaussian
+FORMAT_VERSION = 4  # 2: log-odds ensemble shrunk to the Gaussian; 3: + dof; 4: + target
+_READABLE_VERSIONS = (2, 3, 4)  # version 2 has no dof (Gaussian); <= 3 no target ("label")
 _CLASSIFIER_KEYS = frozenset({"max_iter", "learning_rate", "max_leaf_nodes",
                               "min_samples_leaf", "l2_regularization", "max_features"})
 MANIFEST = "manifest.json"
@@ -62,6 +69,7 @@ class Corrector:
       params: hyperparameters used for fitting (recorded in the manifest).
       gaussian_weights: {threshold name: weight w of the Gaussian log-odds}.
       dof: family of the calibrated predictive the features use (inf: Gaussian).
+      target: what the regressors fit, "residual" (y - mu) or "label" (y).
     """
     regressors: list
     classifiers: dict
@@ -71,9 +79,11 @@ class Corrector:
     params: dict = dataclasses.field(default_factory=dict)
     gaussian_weights: dict = dataclasses.field(default_factory=dict)
     dof: float = math.inf
+    target: str = "label"
 
     def __post_init__(self):
         self.dof = check_dof(self.dof)
+        _check_target(self.target)
 
     def predict(self, mu, sigma) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Corrected values and decision probabilities.
@@ -88,6 +98,8 @@ class Corrector:
         """
         x = features(mu, sigma, self.thresholds, self.z, self.dof)
         corrected = np.mean([m.predict(x) for m in self.regressors], axis=0)
+        if self.target == "residual":
+            corrected = corrected + x[:, 0]   # feature 0 is mu, as float64
         weights = {t.name: self.gaussian_weights.get(t.name, 0.0) for t in self.thresholds}
         probs = predict_decisions(self.classifiers, weights, mu, sigma, self.thresholds, self.z,
                                   self.dof)
@@ -97,7 +109,7 @@ class Corrector:
         """JSON-ready description: task, feature spec, thresholds, hyperparameters."""
         return {"format_version": FORMAT_VERSION, "task": self.task,
                 "features": feature_names(self.thresholds), "z": self.z,
-                "dof": dof_to_json(self.dof),
+                "dof": dof_to_json(self.dof), "target": self.target,
                 "thresholds": [list(t) for t in self.thresholds],
                 "gaussian_weights": self.gaussian_weights,
                 "n_models": len(self.regressors), "params": self.params, "models": MODELS}
@@ -134,7 +146,8 @@ class Corrector:
                    thresholds=thresholds, z=float(manifest["z"]), task=manifest.get("task"),
                    params=manifest.get("params", {}),
                    gaussian_weights={k: float(v) for k, v in manifest["gaussian_weights"].items()},
-                   dof=check_dof(manifest.get("dof"), "manifest dof"))
+                   dof=check_dof(manifest.get("dof"), "manifest dof"),
+                   target=manifest.get("target", "label"))
 
 
 def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 5, seed: int = 0,
@@ -143,7 +156,8 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
                     max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
                     min_samples_leaf: int = 20, task: str | None = None, monotone: bool = True,
                     class_weight: str | None = None, prior_strength: float = PRIOR_STRENGTH,
-                    classifier_params: dict | None = None) -> Corrector:
+                    classifier_params: dict | None = None,
+                    target: str = "residual") -> Corrector:
     """Fits the corrected-value ensemble and one decision ensemble per threshold.
 
     Args:
@@ -170,16 +184,19 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
         shrinkage to the Gaussian log-odds (module docstring).
       classifier_params: overrides of max_iter, learning_rate, max_leaf_nodes,
         min_samples_leaf, l2_regularization, max_features for the classifiers.
+      target: "residual" (regressors fit y - mu; corrected = mu + their
+        mean) or "label" (they fit y).
 
     Returns:
       Corrector.
 
     Raises:
       ValueError: bad arrays, n_models < 1, a threshold outside the label
-        range, or a bad classifier setting (named).
+        range, an unknown target, or a bad classifier setting (named).
     """
     mu, sigma, y = check_predictions(mu_val, sigma_val, y_val,
                                      names=("mu_val", "sigma_val", "y_val"))
+    _check_target(target)
     specs = as_thresholds(thresholds)
     dof = check_dof(dof)
     for t in specs:
@@ -202,8 +219,9 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
                min_samples_leaf=min_samples_leaf, max_features=max_features,
                early_stopping=False)
     clf_hgb = dict(hgb, **(classifier_params or {}))
+    goal = y - x[:, 0] if target == "residual" else y
     regressors = [HistGradientBoostingRegressor(random_state=seed + k, **hgb)
-                  .fit(x[rows], y[rows])
+                  .fit(x[rows], goal[rows])
                   for k in range(n_models) for rows in [member_rows(y.size, k, seed, bootstrap)]]
     classifiers, weights = fit_decisions(
         mu, sigma, y, specs, n_models=n_models, seed=seed, z=z, dof=dof, bootstrap=bootstrap,
@@ -212,7 +230,13 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
                   monotone=bool(monotone), class_weight=class_weight,
                   prior_strength=float(prior_strength), classifier=clf_hgb)
     return Corrector(regressors=regressors, classifiers=classifiers, thresholds=specs,
-                     z=float(z), task=task, params=params, gaussian_weights=weights, dof=dof)
+                     z=float(z), task=task, params=params, gaussian_weights=weights, dof=dof,
+                     target=target)
+
+
+def _check_target(target) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target: expected one of {TARGETS}, got {target!r}")
 
 
 def load_corrector(directory: str | os.PathLike, task: str | None = None) -> Corrector:

@@ -130,7 +130,8 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
         val["mu"], sigma_cal, val["y"], ths, dof=cal.dof, n_models=c.n_models,
         max_iter=c.n_estimators,
         max_leaf_nodes=2 ** c.max_depth, learning_rate=c.learning_rate, seed=c.seed,
-        min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name)
+        min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name,
+        target=c.target)
     _remove(workdir / EVAL)  # scored with the old corrections
     tmp = Path(tempfile.mkdtemp(prefix=".corrections.", dir=workdir))
     try:

@@ -92,6 +92,7 @@ def test_override_without_equals():
     ("weighting.bandwidth=wide", "weighting.bandwidth"),
     ("weighting.lds_ks=4", "weighting.lds_ks"),
     ("calibration.xi=1.5", "calibration.xi"),
+    ("corrections.target=y", "corrections.target"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("regions=[('bad', 5.0, 1.0)]", r"regions\[0\]"),
 ])

@@ -76,6 +76,37 @@ def test_correction_removes_known_bias():
     assert summary["mae_after"] < summary["mae_before"]
 
 
+def test_residual_target_matches_sklearn_on_the_residual():
+    """target="residual": one unbootstrapped member equals sklearn's HGB fitted on
+    y - mu, plus mu; target="label" equals HGB fitted on y."""
+    mu, sigma, y = informative_sigma(10, 600)
+    tmu, tsig, _ = informative_sigma(11, 300)
+    hgb = dict(max_iter=30, max_leaf_nodes=15, learning_rate=0.1, min_samples_leaf=20,
+               max_features=1.0, early_stopping=False, random_state=3)
+    x, tx = corr.features(mu, sigma), corr.features(tmu, tsig)
+    for target, goal, offset in (("residual", y - mu, tmu), ("label", y, 0.0)):
+        c = corr.fit_corrections(mu, sigma, y, n_models=1, seed=3, bootstrap=False,
+                                 max_iter=30, max_leaf_nodes=15, target=target)
+        want = HistGradientBoostingRegressor(**hgb).fit(x, goal).predict(tx) + offset
+        np.testing.assert_allclose(c.predict(tmu, tsig)[0], want, rtol=1e-12, err_msg=target)
+        assert c.target == target and c.manifest()["target"] == target
+
+
+def test_residual_target_keeps_mu_beyond_the_validation_range():
+    """Unbiased predictions on mu in [2, 8]: at mu = 9.5 the residual fit returns
+    ~mu (residuals there are ~0), while trees on y stop at the largest leaf (< 8.5)."""
+    rng = np.random.default_rng(12)
+    mu = rng.uniform(2.0, 8.0, 2000)
+    y = mu + 0.2 * rng.standard_normal(2000)
+    sigma = np.full(2000, 0.2)
+    far = np.full(5, 9.5)
+    residual = corr.fit_corrections(mu, sigma, y, **FAST).predict(far, np.full(5, 0.2))[0]
+    label = corr.fit_corrections(mu, sigma, y, target="label", **FAST).predict(
+        far, np.full(5, 0.2))[0]
+    assert np.all(np.abs(residual - 9.5) < 0.15)
+    assert np.all(label < 8.5)
+
+
 def test_fit_sees_only_the_validation_rows(monkeypatch):
     """The fitter receives only validation arrays; every row given to sklearn is one of them."""
     mu_val, sigma_val, y_val = biased(2, 500)
@@ -92,11 +123,12 @@ def test_fit_sees_only_the_validation_rows(monkeypatch):
     corr.fit_corrections(mu_val, sigma_val, y_val, [("hyper", 5.5, "above")], **FAST)
     assert len(seen) == 2 * FAST["n_models"]  # one regressor + one classifier per member
     val_rows = {tuple(r) for r in corr.features(mu_val, sigma_val, [("hyper", 5.5, "above")])}
-    val_labels = set(y_val) | {0, 1}
+    # regressors fit the validation residuals, classifiers 0/1 validation outcomes
+    val_targets = set(y_val - mu_val) | {0, 1}
     for X, y in seen:
         assert all(tuple(r) in val_rows for r in X)
-        assert set(y) <= val_labels
-        assert X[:, 0].max() < mu_tr.min() and not set(y) & set(y_tr)
+        assert set(y) <= val_targets
+        assert X[:, 0].max() < mu_tr.min() and not set(y) & set(y_tr - mu_tr)
 
 
 def test_seeds_make_members_differ_and_fit_is_deterministic():
@@ -150,6 +182,22 @@ def test_save_load_round_trip(tmp_path):
         corr.load_corrector(tmp_path / "corrections", task="lvef")
 
 
+def test_version_3_manifest_loads_as_a_label_fit(tmp_path):
+    """Correctors saved before the target existed (format 3) fitted y: they load
+    with target "label" and predict what they predicted."""
+    data = biased(13, 600)
+    c = corr.fit_corrections(*data, THRESHOLDS, target="label", **FAST)
+    c.save(tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest.pop("target") == "label" and manifest["format_version"] == 4
+    manifest["format_version"] = 3
+    path.write_text(json.dumps(manifest))
+    loaded = corr.load_corrector(tmp_path)
+    assert loaded.target == "label"
+    np.testing.assert_array_equal(loaded.predict(*data[:2])[0], c.predict(*data[:2])[0])
+
+
 @pytest.mark.parametrize("thresholds, kwargs, match", [
     ([("hyper", 9.5, "above")], {}, "thresholds"),
     ([("hypo", 1.0, "below")], {}, "thresholds"),
@@ -160,6 +208,7 @@ def test_save_load_round_trip(tmp_path):
     ([], {"n_models": 0}, "n_models"),
     ([], {"max_features": 0.0}, "max_features"),
     ([], {"z": -1.0}, "z"),
+    ([], {"target": "y"}, "target: expected one of \\('residual', 'label'\\), got 'y'"),
 ])
 def test_bad_inputs_raise(thresholds, kwargs, match):
     with pytest.raises(ValueError, match=match):
