@@ -23,24 +23,41 @@ _PRESETS = ("potassium, tiny, lvef, diabetes, or an experiment file like "
             "experiments/configs/potassium.json")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``hypuc train: error: ... (see --help)``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true",
+    # SUPPRESS: the subcommand's --debug must not reset one given before it.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the full traceback on errors instead of one line")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hypuc", description="HypUC: KDE-weighted probabilistic regression, hyperfine "
         "calibration, boosted corrections and decisions for imbalanced clinical targets.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback on errors instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     p = sub.add_parser("run", help="train baseline + HypUC, calibrate, correct, evaluate, report",
                        description="The main job: trains the unweighted Gaussian-NLL baseline and "
                        "HypUC (KDE weights) with the same seed and budget into DIR/baseline and "
                        "DIR/hypuc, calibrates, corrects, evaluates both on the test split and "
                        "writes DIR/report.md with DIR/figures/*.png.")
-    p.add_argument("--workdir", default="runs/main",
+    p.add_argument("--workdir", default="runs/main", type=_path,
                    help="output directory (default: ./runs/main; a finished run of the same "
                    "config there is reused)")
     p.add_argument("--overwrite", action="store_true",
@@ -60,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model into a run directory",
                        description="Trains one model and stores its config, checkpoints, logs "
                        "and validation/test predictions in --workdir.")
-    p.add_argument("--workdir", required=True,
+    p.add_argument("--workdir", required=True, type=_path,
                    help="run directory (created; a finished or interrupted run of the same "
                    "config resumes from its latest checkpoint)")
     p.add_argument("--overwrite", action="store_true",
@@ -69,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="potassium",
                    help=f"config preset the flags below modify, one of {_PRESETS} "
                    "(default: potassium)")
-    p.add_argument("--target", default=None, help="target column (csv data)")
+    p.add_argument("--target", default=None,
+                   help="target column (csv and wfdb data; or the spec's target=COL)")
     p.add_argument("--loss", choices=config_lib.LOSSES, default=None,
                    help="per-example loss (default nll: Gaussian negative log-likelihood)")
     p.add_argument("--weighting", choices=config_lib.WEIGHTINGS, default=None,
@@ -90,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("calibrate", help="fit the uncertainty calibration on the validation split")
-    p.add_argument("--workdir", required=True, help="a trained run directory")
+    p.add_argument("--workdir", required=True, type=_path, help="a trained run directory")
     p.add_argument("--method", choices=("hyperfine", "global", "isotonic"), default=None,
                    help="calibration method (default: the run config's, hyperfine)")
     p.add_argument("--tail", choices=("auto", "gaussian"), default=None,
@@ -100,11 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("correct", help="fit boosted corrections and decisions (validation split)")
-    p.add_argument("--workdir", required=True, help="a trained and calibrated run directory")
+    p.add_argument("--workdir", required=True, type=_path,
+                   help="a trained and calibrated run directory")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="score a run and write DIR/eval.json")
-    p.add_argument("--workdir", required=True, help="a trained, calibrated, corrected run directory")
+    p.add_argument("--workdir", required=True, type=_path,
+                   help="a trained, calibrated, corrected run directory")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="split to evaluate (default: test)")
     _add_common(p)
@@ -114,9 +134,11 @@ def _parser() -> argparse.ArgumentParser:
                        "central 95% interval of the calibrated predictive (Gaussian or its "
                        "fitted Student-t tail), corrected value, decision probabilities, entropy, "
                        "flag.")
-    p.add_argument("--workdir", required=True, help="a trained, calibrated, corrected run directory")
+    p.add_argument("--workdir", required=True, type=_path,
+                   help="a trained, calibrated, corrected run directory")
     p.add_argument("--data", required=True, help="data spec with records shaped as in training")
-    p.add_argument("--output", required=True, help="CSV file to write")
+    p.add_argument("--output", required=True, type=_path, metavar="FILE.csv",
+                   help="CSV file to write (a path ending in .csv)")
     _add_common(p)
     return parser
 

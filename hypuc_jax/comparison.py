@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from hypuc_jax import config as config_lib
-from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, _remove, load_config, load_npz, load_task,
-                              make_config, read_json)
-from hypuc_jax.workflow import _named_regions, pipeline
+from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, _remove, load_config, load_npy, load_npz,
+                              load_task, make_config, read_json)
+from hypuc_jax.workflow import _named_regions, check_trainable, pipeline
 
 
 def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):
@@ -42,7 +42,7 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
     task = load_task(workdir)
     ev = read_json(workdir / EVAL, "evaluation (run `hypuc evaluate`)")
     out = load_npz(workdir / f"outputs_{split}.npz", f"{split} outputs")
-    train_labels = np.load(workdir / TRAIN_LABELS)
+    train_labels = load_npy(workdir / TRAIN_LABELS, "training labels")
     return report.RunOutputs(
         name=name, eval=ev, y=out["y"], mu=out["mu"], sigma=out["sigma"],
         sigma_cal=out["sigma_cal"], corrected=out["corrected"],
@@ -82,9 +82,11 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
     from hypuc_jax import report
 
     workdir = Path(workdir)
+    cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
+    for name, cfg in cfgs.items():  # bad input changes nothing, the old report included
+        check_trainable(cfg, workdir / name, overwrite=overwrite)
     workdir.mkdir(parents=True, exist_ok=True)
     _remove(workdir / "report.md")
-    cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
     evals = {}
     for name, cfg in cfgs.items():
         log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme} "

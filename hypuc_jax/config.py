@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Optional, Union
 
@@ -232,6 +233,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+PRESET_NAMES = tuple(_PRESETS)
+
+
 def get_config(name: str = "potassium") -> Config:
   """Returns the preset ``name`` (potassium, tiny, lvef, diabetes).
 
@@ -309,6 +313,13 @@ def validate(config: Config, n_devices: int = 1) -> Config:
     raise ValueError(f"config: expected a Config, got {type(config).__name__}")
   get = lambda key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
   d, m, w, t = config.data, config.model, config.weighting, config.train
+  for section in dataclasses.fields(config):
+    value = getattr(config, section.name)
+    if dataclasses.is_dataclass(value):
+      for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        _check(not isinstance(v, float) or math.isfinite(v), f"{section.name}.{f.name}",
+               "a finite number", v)
   for key, choices in _CHOICES.items():
     _check(get(key) in choices, key, f"one of {choices}", get(key))
   for key, low in _AT_LEAST.items():
@@ -320,9 +331,8 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   for key in _OPEN_UNIT:
     _check(0 < get(key) < 1, key, "a number in (0, 1)", get(key))
   _check(bool(d.spec), "data.spec", "a non-empty string", d.spec)
-  _check(len(d.split) == 3 and all(f >= 0 for f in d.split) and d.split[0] > 0
-         and abs(sum(d.split) - 1.0) < 1e-6, "data.split",
-         "3 non-negative fractions (train > 0) summing to 1", d.split)
+  _check(len(d.split) == 3 and all(f > 0 for f in d.split) and abs(sum(d.split) - 1.0) < 1e-6,
+         "data.split", "3 positive fractions (train, val, test) summing to 1", d.split)
   _check(len(m.widths) > 0 and all(v > 0 for v in m.widths), "model.widths",
          "a non-empty tuple of positive ints", m.widths)
   _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",

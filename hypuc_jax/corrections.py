@@ -133,14 +133,23 @@ class Corrector:
         Raises:
           ValueError: unknown format, or fitted for a task other than ``task``.
         """
-        with open(os.path.join(directory, MANIFEST)) as fh:
-            manifest = json.load(fh)
+        path = os.path.join(directory, MANIFEST)
+        try:
+            with open(path) as fh:
+                manifest = json.load(fh)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read the corrections manifest ({e})") from e
         if manifest.get("format_version") not in _READABLE_VERSIONS:
             raise ValueError("directory: expected manifest format_version in "
                              f"{_READABLE_VERSIONS}, "
                              f"got {manifest.get('format_version')!r}; refit the corrections")
         check_task(manifest.get("task"), task)
-        models = joblib.load(os.path.join(directory, manifest["models"]))
+        path = os.path.join(directory, str(manifest.get("models", MODELS)))
+        try:
+            models = joblib.load(path)
+        except Exception as e:  # noqa: BLE001 - unpickling raises many types
+            raise ValueError(f"{path}: cannot read the fitted models ({type(e).__name__}: {e}); "
+                             "fit the corrections again") from e
         thresholds = tuple(ThresholdSpec(*t) for t in manifest["thresholds"])
         return cls(regressors=models["regressors"], classifiers=models["classifiers"],
                    thresholds=thresholds, z=float(manifest["z"]), task=manifest.get("task"),

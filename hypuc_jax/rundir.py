@@ -123,10 +123,25 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Arrays of ``path`` (.npz); missing or unreadable files name ``path`` and ``what``."""
     if not path.exists():
         raise WorkflowError(f"{path}: no {what} found")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise WorkflowError(f"{path}: cannot read {what} ({e})") from None
+
+
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """The array in ``path`` (.npy); missing or unreadable files name ``path`` and ``what``."""
+    if not path.exists():
+        raise WorkflowError(f"{path}: no {what} found; re-run `hypuc train --workdir "
+                            f"{path.parent}`")
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise WorkflowError(f"{path}: cannot read {what} ({e})") from None
 
 
 # ----------------------------------------------------------------------------- config
@@ -168,6 +183,9 @@ def base_config(name: str) -> config_lib.Config:
       WorkflowError: unreadable file or malformed content.
     """
     if not name.endswith(".json"):
+        if name not in config_lib.PRESET_NAMES:
+            raise WorkflowError(f"--preset: expected one of {list(config_lib.PRESET_NAMES)} or "
+                                f"an experiment .json file, got {name!r}")
         return config_lib.get_config(name)
     d = read_json(Path(name), "experiment config")
     if not isinstance(d, dict) or not isinstance(d.get("overrides", []), list):
@@ -224,6 +242,7 @@ class Task:
     thresholds: tuple[tuple[str, float, str], ...]
     kind: str
     input_shape: tuple[int, ...]
+    feature_names: tuple[str, ...] = ()   # tabular: training columns, in order
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -237,12 +256,20 @@ class Task:
                    regions={k: (-np.inf if a is None else float(a), np.inf if b is None
                                 else float(b)) for k, (a, b) in d["regions"].items()},
                    thresholds=tuple((n, float(v), s) for n, v, s in d["thresholds"]),
-                   kind=d["kind"], input_shape=tuple(int(v) for v in d["input_shape"]))
+                   kind=d["kind"], input_shape=tuple(int(v) for v in d["input_shape"]),
+                   feature_names=tuple(str(v) for v in d.get("feature_names", ())))
 
 
 def load_task(workdir: str | os.PathLike) -> Task:
     load_config(workdir)  # same "no trained model" error when missing
-    return Task.from_dict(read_json(Path(workdir) / TASK, "task description"))
+    path = Path(workdir) / TASK
+    try:
+        return Task.from_dict(read_json(path, "task description"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, WorkflowError):
+            raise
+        raise WorkflowError(f"{path}: not a valid task description ({type(e).__name__}: {e}); "
+                            f"re-run `hypuc train --workdir {workdir}`") from e
 
 
 def usable_thresholds(task: Task, y: np.ndarray) -> tuple[tuple[str, float, str], ...]:

@@ -83,9 +83,19 @@ def load_dataset(config: Config):
 
 
 def split_for(config: Config, ds) -> dict[str, np.ndarray]:
-  """Split indices of ``ds``: its fixed split column if any, else seeded fractions."""
-  return data_lib.split_indices(len(ds.y), config.data.seed, tuple(config.data.split),
-                                fixed=getattr(ds, "split", None))
+  """Split indices of ``ds``: its fixed split column if any, else seeded fractions.
+
+  Raises:
+    ValueError: naming ``data.split`` or the data's split column when a
+      split would be empty.
+  """
+  fixed = getattr(ds, "split", None)
+  try:
+    return data_lib.split_indices(len(ds.y), config.data.seed, tuple(config.data.split),
+                                  fixed=fixed)
+  except ValueError as e:
+    where = "the split column of --data" if fixed is not None else "data.split"
+    raise ValueError(f"{where} ({config.data.spec}): {e}") from e
 
 
 def prepare(config: Config) -> RunData:

@@ -26,8 +26,8 @@ import numpy as np
 from hypuc_jax import config as config_lib
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, _remove, _tmp_in, base_config, load_config, load_npz, load_task,
-    make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
+    WorkflowError, _clean, _remove, _tmp_in, base_config, load_config, load_npy, load_npz,
+    load_task, make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -190,7 +190,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     bins = cal.bins(mu)
     corrector = _load_corrector(workdir, cal.dof)
     corrected, probs = corrector.predict(mu, sigma_cal)
-    train_labels = np.load(workdir / TRAIN_LABELS)
+    train_labels = load_npy(workdir / TRAIN_LABELS, "training labels")
     regions = _named_regions(cfg, task)
     ev = {"split": split, "n": int(len(y)),
           "calibration": {"method": cal.method, "dof": dof_to_json(cal.dof)}}
@@ -231,11 +231,18 @@ def _dataset(cfg: config_lib.Config):
 
     ``hypuc run`` and the ablation train several models on one data set;
     this keeps the train stage from reloading (re-simulating) it for the
-    task description and training labels. One entry is kept at a time.
+    task description and training labels. One entry is kept at a time, keyed
+    by the data section and the source file's modification time and size.
     """
+    from hypuc_jax import data as data_lib
     from hypuc_jax import train_data
 
-    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+    _, arg, _ = data_lib.parse_spec(cfg.data.spec)
+    stamp = None                       # a changed, moved or deleted file is loaded again
+    if arg and os.path.exists(arg):
+        st = os.stat(arg)
+        stamp = [st.st_mtime_ns, st.st_size]
+    key = json.dumps([dataclasses.asdict(cfg.data), stamp], sort_keys=True)
     if key not in _DATASETS:
         _DATASETS.clear()
         _DATASETS[key] = train_data.load_dataset(cfg)
@@ -253,6 +260,36 @@ def _sigma_or_constant(mu, sigma, const: float | None) -> np.ndarray:
     return np.asarray(sigma, dtype=np.float64)
 
 
+def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
+                    overwrite: bool = False):
+    """Everything ``train_stage`` checks before it changes ``workdir``.
+
+    Validates ``cfg``, refuses a run of a different config in ``workdir``
+    (unless ``overwrite``) and loads the data.
+
+    Returns:
+      ``(stored config or None, dataset)``.
+
+    Raises:
+      ValueError / WorkflowError: naming the bad key, file or directory.
+    """
+    import jax
+
+    from hypuc_jax import train as train_lib
+
+    workdir = Path(workdir)
+    if not str(workdir) or str(workdir) == ".":
+        raise WorkflowError(f"--workdir: expected a run directory, got {str(workdir)!r}")
+    config_lib.validate(cfg, n_devices=jax.device_count())
+    old = None
+    if (workdir / CONFIG).exists() and not overwrite:
+        old = config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
+        if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
+            raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
+                                "--workdir or pass --overwrite")
+    return old, _dataset(cfg)
+
+
 def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                 overwrite: bool = False) -> Task:
     """Trains ``cfg`` into ``workdir`` (train.train_and_evaluate) and records the task.
@@ -267,26 +304,24 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
       cfg: the resolved config.
       workdir: run directory.
       overwrite: replace a run of a different config in ``workdir``
-        (otherwise refused; a run of the same config resumes).
-    """
-    import jax
+        (otherwise refused; a run of the same config resumes, and a finished
+        run of the identical config is left as it is, later stages included).
 
-    from hypuc_jax import data as data_lib
+    The data are loaded before anything in ``workdir`` is removed, so a bad
+    ``--data`` leaves a finished run intact.
+    """
     from hypuc_jax import train as train_lib
+    from hypuc_jax import train_data
 
     workdir = Path(workdir)
-    config_lib.validate(cfg, n_devices=jax.device_count())
-    if (workdir / CONFIG).exists() and not overwrite:
-        old = config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
-        if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
-            raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
-                                "--workdir or pass --overwrite")
+    old, ds = check_trainable(cfg, workdir, overwrite=overwrite)
+    if old == cfg and (workdir / TASK).exists():
+        return load_task(workdir)  # finished run of this exact config: keep its later stages
     for name in _DOWNSTREAM:
         _remove(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite)
-    ds = _dataset(cfg)
     y = np.asarray(ds.y, dtype=np.float64)
-    parts = data_lib.split_indices(len(y), cfg.data.seed, tuple(cfg.data.split))
+    parts = train_data.split_for(cfg, ds)   # the fixed split column too, as in training
     val = load_npz(workdir / "predictions_val.npz", "val predictions")
     const = None
     if not np.all(np.isfinite(val["sigma"])):
@@ -295,7 +330,8 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),
-                kind=ds.kind, input_shape=tuple(int(v) for v in np.shape(ds.x)[1:]))
+                kind=ds.kind, input_shape=tuple(int(v) for v in np.shape(ds.x)[1:]),
+                feature_names=tuple(ds.feature_names) if ds.kind == "tabular" else ())
     write_json(workdir / TASK, dict(task.to_dict(), constant_sigma=const))
     return task
 
@@ -303,31 +339,47 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
 def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLike) -> int:
     """Predicts every record of data ``spec`` with a trained, calibrated, corrected run.
 
-    Writes a CSV with one row per record: mu, sigma, sigma_cal, lower_95,
-    upper_95 (calibrated central 95% interval), corrected, p_<threshold>
-    (boosted decision probabilities), entropy and flag (entropy above the
-    90th percentile of the validation predictions), plus y when the data
-    holds labels.
+    Writes a CSV with one row per record, in the data's order: mu, sigma,
+    sigma_cal, lower_95, upper_95 (calibrated central 95% interval),
+    corrected, p_<threshold> (boosted decision probabilities), entropy and
+    flag (entropy above the 90th percentile of the validation predictions),
+    plus y first when the data hold labels (empty where a label is missing).
+
+    Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
+    target column, and csv features are taken by the training column names
+    (in the training order). Records with NaN/inf inputs are refused, not
+    dropped, so every output row belongs to the record in the same position.
 
     Returns:
       The number of rows written.
+
+    Raises:
+      WorkflowError / ValueError: unreadable data, records of another shape
+        or other feature columns than in training, non-finite inputs, or an
+        ``output`` that is not a ``.csv`` file path.
     """
     from hypuc_jax import data as data_lib
     from hypuc_jax import flagging
     from hypuc_jax import train as train_lib
     from hypuc_jax._predictions import central_z
 
-    workdir = Path(workdir)
-    load_config(workdir)
+    workdir, output = Path(workdir), Path(output)
+    _check_output(output)
+    cfg = load_config(workdir)
     task = load_task(workdir)
     meta = read_json(workdir / TASK, "task description")
     cal = _calibrator(workdir)
     corrector = _load_corrector(workdir, cal.dof)
-    ds = data_lib.load(spec)
+    ds = data_lib.load(spec, labels_optional=True, defaults={
+        "target": cfg.data.target or task.target, "features": task.feature_names})
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
         raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "
                             f"training), got {shape} from {spec!r}")
+    names = tuple(ds.feature_names)
+    if task.feature_names and ds.kind == "tabular" and names != task.feature_names:
+        raise WorkflowError(f"--data: expected the feature columns {list(task.feature_names)} "
+                            f"(as in training, in that order), got {list(ds.feature_names)}")
     mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x))
     mu = np.asarray(mu, np.float64)
     sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"))
@@ -341,21 +393,29 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             **{f"p_{k}": v for k, v in probs.items()},
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
             "flag": (sigma_cal > cut).astype(int)}
-    if getattr(ds, "y", None) is not None:
+    if np.isfinite(ds.y).any():
         cols = {"y": np.asarray(ds.y, np.float64), **cols}
-    output = Path(output)
     tmp = _tmp_in(output, ".csv")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(",".join(cols) + "\n")
             for row in zip(*cols.values()):
                 f.write(",".join(repr(int(v)) if isinstance(v, (np.integer, int))
-                                 else f"{float(v):.6g}" for v in row) + "\n")
+                                 else f"{float(v):.6g}" if np.isfinite(v) else ""
+                                 for v in row) + "\n")
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
+
+
+def _check_output(output: Path) -> None:
+    """``--output`` must name a .csv file (so it can never replace a run file)."""
+    if not str(output) or output.suffix.lower() != ".csv":
+        raise WorkflowError(f"--output: expected a path ending in .csv, got {str(output)!r}")
+    if output.is_dir():
+        raise WorkflowError(f"--output: {output} is a directory; expected a .csv file path")
 
 
 # ----------------------------------------------------------------------------- end to end

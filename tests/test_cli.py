@@ -180,6 +180,18 @@ def test_unknown_flag_is_a_usage_error(capsys):
         cli.main(["train", "--workdir", "x", "--data", TINY, "--bogus"])
     assert e.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    for argv, needle in ((["train", "--workdir", "x", "--data", TINY, "--loss", "foo"], "--loss"),
+                         (["train", "--workdir", "x", "--data", TINY, "--epochs", "abc"],
+                          "--epochs"),
+                         (["evaluate", "--workdir", "x", "--split", "train"], "--split"),
+                         (["train", "--workdir", "", "--data", TINY], "--workdir"),
+                         (["predict", "--workdir", "x", "--data", TINY, "--output", ""],
+                          "--output")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        line = _one_line_error(2, capsys.readouterr().err)    # no usage block
+        assert needle in line and "--help" in line, line
     with pytest.raises(SystemExit) as e:
         cli.main(["calibrate", "--workdir", "x", "--method", "magic"])
     assert e.value.code == 2
@@ -254,6 +266,28 @@ def test_bad_config_values(tmp_path, capsys, argv, needle):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(workflow.WorkflowError):
         cli.main(["calibrate", "--workdir", str(tmp_path), "--debug"])
+    with pytest.raises(workflow.WorkflowError):              # before the command too
+        cli.main(["--debug", "calibrate", "--workdir", str(tmp_path)])
+
+
+def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
+    """Bad input to `hypuc run` is refused before anything in --workdir changes."""
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    before = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+    base = ["run", "--quick", "--workdir", wd, "--set", "train.parallel=none",
+            "--set", "regions=[['hyper', 5.5, 7.5]]", *FAST]
+    for extra, needle in ((["--set", "bogus.key=1"], "bogus"),
+                          (["--preset", "nope"], "--preset"),
+                          (["--set", "train.lr=0.5"], "--overwrite"),
+                          (["--data", f"csv:{tmp_path / 'gone.csv'}", "--overwrite"],
+                           "gone.csv")):
+        rc, _, err = _hypuc(capsys, *base, *extra)
+        assert needle in _one_line_error(rc, err)
+        assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before
+    rc, _, err = _hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "new", "--data",
+                        f"csv:{tmp_path / 'gone.csv'}")
+    assert "gone.csv" in _one_line_error(rc, err) and not (tmp_path / "new").exists()
 
 
 def test_run_defaults_and_data_flag(monkeypatch, capsys):

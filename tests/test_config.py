@@ -93,6 +93,9 @@ def test_override_without_equals():
     ("weighting.lds_ks=4", "weighting.lds_ks"),
     ("calibration.xi=1.5", "calibration.xi"),
     ("corrections.target=y", "corrections.target"),
+    ("weighting.lam=inf", "weighting.lam"),
+    ("train.lr=nan", "train.lr"),
+    ("data.split=0.8,0.2,0", "data.split"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("regions=[('bad', 5.0, 1.0)]", r"regions\[0\]"),
 ])

@@ -262,3 +262,65 @@ def test_wfdb_bad_input(tmp_path):
     (tmp_path / "r0.hea").write_text("garbage header\n")
     with pytest.raises(ValueError, match="r0: unreadable WFDB record"):
         load(f"wfdb:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------- prediction inputs
+
+def test_labels_optional_loads_unlabelled_csv_and_npz(tmp_path):
+    """For prediction: no label column / array gives NaN labels, no row is dropped,
+    and a row with NaN inputs is an error naming it."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 2)).astype(np.float32)
+    path = tmp_path / "u.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["p", "q"])
+        w.writerows(x.tolist())
+    ds = load(f"csv:{path}?target=K", labels_optional=True)
+    np.testing.assert_array_equal(ds.x, x)
+    assert np.isnan(ds.y).all() and ds.y.shape == (6,)
+    with pytest.raises(ValueError, match="target column 'K' not found"):
+        load(f"csv:{path}?target=K")
+    np.savez(tmp_path / "u.npz", x=x)
+    ds = load(f"npz:{tmp_path / 'u.npz'}", labels_optional=True)
+    np.testing.assert_array_equal(np.asarray(ds.x), x)
+    assert np.isnan(ds.y).all()
+    with pytest.raises(ValueError, match="expected arrays 'x' and 'y'"):
+        load(f"npz:{tmp_path / 'u.npz'}")
+    x[3, 1] = np.nan
+    np.savez(tmp_path / "bad.npz", x=x, y=np.zeros(6))
+    with pytest.raises(ValueError, match=r"1 rows with NaN/inf in the inputs \(first: row 3\)"):
+        load(f"npz:{tmp_path / 'bad.npz'}", labels_optional=True)
+    assert len(load(f"npz:{tmp_path / 'bad.npz'}")) == 5          # training drops it
+
+
+def test_defaults_fill_only_what_the_spec_leaves_open(tmp_path):
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["a", "b,c", "y", "z"])                    # a column name with a comma
+        w.writerows([[1, 2, 3, 4], [5, 6, 7, 8]])
+    ds = load(f"csv:{path}", defaults={"target": "y", "features": ("b,c", "a")})
+    np.testing.assert_array_equal(ds.x, [[2, 1], [6, 5]])
+    assert ds.feature_names == ("b,c", "a")
+    np.testing.assert_array_equal(ds.y, [3, 7])
+    ds = load(f"csv:{path}?target=z", defaults={"target": "y", "features": ("a",)})
+    np.testing.assert_array_equal(ds.y, [4, 8])
+    ds = load("simulated:potassium?n=4", defaults={"target": "y", "features": ("a",)})
+    assert len(ds) == 4                                       # options it has no use for
+
+
+def test_config_target_must_apply_and_agree(tmp_path):
+    from hypuc_jax.config import apply_overrides, get_config
+    from hypuc_jax.data import load_for_config
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,y,z\n1,2,3\n4,5,6\n")
+    cfg = apply_overrides(get_config("tiny"), [f"data.spec=csv:{path}", "data.target=z"])
+    np.testing.assert_array_equal(load_for_config(cfg).y, [3, 6])
+    cfg = apply_overrides(cfg, [f"data.spec=csv:{path}?target=y"])
+    with pytest.raises(ValueError, match="data.target.*'z' conflicts with the spec's target='y'"):
+        load_for_config(cfg)
+    cfg = apply_overrides(get_config("tiny"), ["data.target=K"])
+    with pytest.raises(ValueError, match="data.target.*csv and wfdb data only"):
+        load_for_config(cfg)

@@ -123,16 +123,21 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
     return None, 0  # unreachable: astype failed so some value failed above
 
 
-def _target_and_split(path, cols, target, split_col):
+def _target_and_split(path, cols, target, split_col, labels_optional=False):
     """Numeric target column and optional split column of a CSV table.
 
     Returns:
       ``(y [n] float64, split [n] or None)``; a missing or non-numeric column
-      raises ValueError naming ``path`` and the column.
+      raises ValueError naming ``path`` and the column. With
+      ``labels_optional`` a missing target column gives NaN labels.
     """
     for what, name in (("target", target), ("split", split_col)):
-        if name is not None and name not in cols:
+        if name is not None and name not in cols and not (labels_optional and what == "target"):
             raise ValueError(f"{path}: {what} column {name!r} not found; columns: {list(cols)}")
+    if target not in cols:
+        n = len(next(iter(cols.values()))) if cols else 0
+        return np.full(n, np.nan), (None if split_col is None else normalise_split(
+            cols[split_col], f"{path}: column {split_col!r}"))
     y, bad = parse_numeric(cols[target])
     if y is None:
         raise ValueError(f"{path}: target column {target!r} is not numeric (row {bad}: "
@@ -141,14 +146,15 @@ def _target_and_split(path, cols, target, split_col):
     return y, split
 
 
-def read_csv_table(path, target, features, split_col):
+def read_csv_table(path, target, features, split_col, labels_optional=False):
     """Features, target and split of a table.
 
     Returns:
-      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``.
+      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``;
+      with ``labels_optional`` a table without the target column has NaN y.
     """
     cols = read_csv_columns(path)
-    y, split = _target_and_split(path, cols, target, split_col)
+    y, split = _target_and_split(path, cols, target, split_col, labels_optional)
     if features is not None:
         missing = [c for c in features if c not in cols]
         if missing:
@@ -197,8 +203,10 @@ def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:
                      order="F" if fortran else "C")
 
 
-def read_npz(path: str, *, mmap: bool):
+def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     """``x`` (memory map when ``mmap``), ``y`` [n] float32, optional ``split``.
+
+    With ``labels_optional`` a file without ``y`` gives NaN labels.
 
     Raises:
       ValueError: missing/not-a-zip file, compressed ``x`` with ``mmap``,
@@ -210,7 +218,7 @@ def read_npz(path: str, *, mmap: bool):
     try:
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: i for i in zf.infolist()}
-            for name in ("x.npy", "y.npy"):
+            for name in ("x.npy",) if labels_optional else ("x.npy", "y.npy"):
                 if name not in members:
                     raise ValueError(f"{path}: expected arrays 'x' and 'y', found "
                                      f"{sorted(m[:-4] for m in members)}")
@@ -219,7 +227,7 @@ def read_npz(path: str, *, mmap: bool):
                                  "with np.savez (not np.savez_compressed) or add ?mmap=0 to "
                                  "load it into memory")
         with np.load(path, allow_pickle=False) as z:
-            y = np.asarray(z["y"])
+            y = np.asarray(z["y"]) if "y.npy" in members else None
             split = np.asarray(z["split"]) if "split.npy" in members else None
             x = _npz_member_memmap(path, members["x.npy"]) if mmap else np.asarray(z["x"])
     except (OSError, zipfile.BadZipFile, EOFError) as e:
@@ -227,6 +235,8 @@ def read_npz(path: str, *, mmap: bool):
     if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{path}: expected numeric x of shape [n, time, leads] or [n, features], "
                          f"got {x.dtype} {tuple(x.shape)}")
+    if y is None:
+        y = np.full(x.shape[0], np.nan, np.float32)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{path}: expected numeric y of shape [n], got {y.dtype} {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
@@ -268,11 +278,14 @@ def _read_record(path: str, rate: float):
     return sig.astype(np.float32)
 
 
-def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate, duration):
+def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate, duration,
+                  labels_optional=False):
     """WFDB records listed in a label table.
 
     Returns:
-      ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``.
+      ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
+      with ``labels_optional`` (and a named ``target``) a table without the
+      target column has NaN y.
     """
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: WFDB directory not found")
@@ -285,7 +298,7 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
             raise ValueError(f"{labels_path}: cannot tell the target column among {others}; "
                              "add the option target=COLUMN")
         target = others[0]
-    y, split = _target_and_split(labels_path, cols, target, split_col)
+    y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional)
     n_time = None if duration is None else int(round(duration * rate))
     signals = []
     for name in cols[record_col]:

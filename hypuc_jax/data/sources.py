@@ -186,6 +186,19 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
                     thresholds=tuple(thresholds))
 
 
+def check_finite_inputs(x, *, where: str) -> None:
+    """Raises unless every row of ``x`` [n, ...] is finite (prediction keeps every row).
+
+    Raises:
+      ValueError: naming ``where``, the count and the first bad row.
+    """
+    ok = readers.finite_rows(x)
+    if not ok.all():
+        raise ValueError(f"{where}: {int(ok.size - ok.sum())} rows with NaN/inf in the inputs "
+                         f"(first: row {int(np.flatnonzero(~ok)[0])}); predictions keep one row "
+                         "per record, so drop or impute them first")
+
+
 def drop_nonfinite(x, y, split, *, strict: bool, where: str):
     """Drops rows with NaN/inf in ``x`` [n, ...] or ``y`` [n] (logged count).
 
@@ -212,7 +225,7 @@ def drop_nonfinite(x, y, split, *, strict: bool, where: str):
     return x, y[keep], None if split is None else split[keep]
 
 
-def _load_simulated(arg, options, spec):
+def _load_simulated(arg, options, spec, labels_optional=False):
     preset = arg or "potassium"
     try:
         task = get_preset(preset).task
@@ -231,7 +244,7 @@ def _load_simulated(arg, options, spec):
     return Dataset(x, y, task, "signal", rate, None, LEAD_NAMES, spec)
 
 
-def _load_diabetes(arg, options, spec):
+def _load_diabetes(arg, options, spec, labels_optional=False):
     from sklearn.datasets import load_diabetes
     if arg:
         raise ValueError(f"spec {spec!r}: 'diabetes' takes no argument, got {arg!r}")
@@ -241,22 +254,25 @@ def _load_diabetes(arg, options, spec):
     return Dataset(x, y, task, "tabular", None, None, tuple(bunch.feature_names), spec)
 
 
-def _load_csv(arg, options, spec):
+def _load_csv(arg, options, spec, labels_optional=False):
     target = options.get("target")
     if not target:
         raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
-    features = options["features"].split(",") if options.get("features") else None
-    x, y, split, names = readers.read_csv_table(arg, target, features, options.get("split"))
+    features = options.get("features") or None
+    if isinstance(features, str):
+        features = features.split(",")
+    x, y, split, names = readers.read_csv_table(arg, target, features, options.get("split"),
+                                                labels_optional)
     stem = os.path.splitext(os.path.basename(arg))[0]
     return Dataset(x, y, _task(stem, target, options, spec), "tabular", None, split,
                    tuple(names), spec)
 
 
-def _load_npz(arg, options, spec):
+def _load_npz(arg, options, spec, labels_optional=False):
     mmap = _opt(options, "mmap", _flag, True, spec)
     rate = _opt(options, "rate", float, None, spec)
     leads = _opt(options, "leads", int, None, spec)
-    x, y, split = readers.read_npz(arg, mmap=mmap)
+    x, y, split = readers.read_npz(arg, mmap=mmap, labels_optional=labels_optional)
     kind = "signal" if x.ndim == 3 else "tabular"
     if leads is not None and (x.ndim != 3 or x.shape[2] != leads):
         raise ValueError(f"{arg}: expected x of shape [n, time, {leads}] (option leads={leads}), "
@@ -267,13 +283,14 @@ def _load_npz(arg, options, spec):
                    split, names, spec)
 
 
-def _load_wfdb(arg, options, spec):
+def _load_wfdb(arg, options, spec, labels_optional=False):
     rate = _opt(options, "rate", float, 100.0, spec)
     duration = _opt(options, "duration", float, None, spec)
     labels = options.get("labels", os.path.join(arg, "labels.csv"))
     x, y, split, target = readers.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
-        split_col=options.get("split"), rate=rate, duration=duration)
+        split_col=options.get("split"), rate=rate, duration=duration,
+        labels_optional=labels_optional and options.get("target") is not None)
     return Dataset(x, y, _task(target, target, options, spec), "signal", rate, split, LEAD_NAMES,
                    spec)
 
@@ -282,7 +299,8 @@ _LOADERS = {"simulated": _load_simulated, "csv": _load_csv, "npz": _load_npz,
             "wfdb": _load_wfdb, "diabetes": _load_diabetes}
 
 
-def load(spec: str, *, strict: bool | None = None) -> Dataset:
+def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False,
+         defaults: dict[str, Any] | None = None) -> Dataset:
     """Loads the data source named by ``spec`` (syntax in the module docstring).
 
     Args:
@@ -291,6 +309,14 @@ def load(spec: str, *, strict: bool | None = None) -> Dataset:
         ``"diabetes"``.
       strict: default for the ``strict`` option when the spec does not set
         it (False: drop NaN/inf rows with a log line).
+      labels_optional: for prediction: a csv/npz/wfdb source without its
+        label column / array loads with NaN labels, labels may be missing
+        per row, and no row is ever dropped (a row with NaN/inf inputs
+        raises instead, so outputs line up with the records).
+      defaults: options used where the spec does not set them (those its
+        kind accepts; others are ignored), e.g. a run's ``target`` and, for
+        csv, its training ``features`` as a tuple of column names (names may
+        then hold characters a spec string cannot).
 
     Returns:
       A :class:`Dataset`; ``x`` float32 (a memory map for ``npz`` sources),
@@ -300,9 +326,15 @@ def load(spec: str, *, strict: bool | None = None) -> Dataset:
       ValueError: naming the file/option and the problem.
     """
     kind, arg, options = parse_spec(spec)
+    options = {**{k: v for k, v in (defaults or {}).items()
+                  if k in _OPTIONS[kind] and v not in (None, "", ())}, **options}
     strict = _opt(options, "strict", _flag, bool(strict), spec)
-    ds = _LOADERS[kind](arg, options, spec)
+    ds = _LOADERS[kind](arg, options, spec, labels_optional)
     where = arg if arg else spec
+    if labels_optional:
+        check_finite_inputs(ds.x, where=where)
+        ds.y = np.asarray(ds.y, np.float32)
+        return ds
     ds.x, ds.y, ds.split = drop_nonfinite(ds.x, np.asarray(ds.y, np.float32), ds.split,
                                           strict=strict, where=where)
     return ds
@@ -310,10 +342,21 @@ def load(spec: str, *, strict: bool | None = None) -> Dataset:
 
 def load_for_config(config) -> Dataset:
     """``load(config.data.spec)`` with the config's ``strict`` as default and
-    ``config.data.target`` as the default ``target`` option of csv/wfdb specs."""
+    ``config.data.target`` as the ``target`` option of csv/wfdb specs.
+
+    Raises:
+      ValueError: as :func:`load`; ``data.target`` set for another kind of
+        data, or different from the spec's own ``target`` option.
+    """
     spec = config.data.spec
     target = getattr(config.data, "target", None)
-    kind, _, options = parse_spec(spec)
-    if target and kind in ("csv", "wfdb") and "target" not in options:
-        spec = spec + ("&" if "?" in spec else "?") + f"target={target}"
-    return load(spec, strict=bool(getattr(config.data, "strict", False)))
+    if target:
+        kind, _, options = parse_spec(spec)
+        if kind not in ("csv", "wfdb"):
+            raise ValueError(f"data.target (--target): applies to csv and wfdb data only; "
+                             f"{kind} data has its own label, got target={target!r}")
+        if options.get("target", target) != target:
+            raise ValueError(f"data.target (--target): {target!r} conflicts with the spec's "
+                             f"target={options['target']!r}; give the target once")
+    return load(spec, strict=bool(getattr(config.data, "strict", False)),
+                defaults={"target": target})

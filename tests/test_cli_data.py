@@ -1,0 +1,201 @@
+"""The ``hypuc`` command line on tabular (CSV) data: predict on new data, and
+what bad input or a failed re-run must leave untouched.
+
+References are computed here: CSV columns parsed with the ``csv`` module and
+numpy, the model applied through ``train.predict`` on arrays built by hand.
+"""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hypuc_jax import cli, train, workflow
+
+FEATURES = ("a", "b", "c")
+FAST = ["--preset", "tiny", "--set", "model.kind=mlp", "--set", "model.widths=8,8",
+        "--set", "train.steps=20", "--set", "corrections.n_estimators=10",
+        "--set", "train.parallel=none"]
+
+
+def _hypuc(capsys, *argv):
+  rc = cli.main([str(a) for a in argv])
+  out = capsys.readouterr()
+  return rc, out.out, out.err
+
+
+def _one_line_error(rc, err):
+  lines = [ln for ln in err.splitlines() if ln.strip()]
+  assert rc != 0 and len(lines) == 1 and "error" in lines[0], err
+  assert "Traceback" not in err
+  return lines[0]
+
+
+def _write_csv(path, columns, rows):
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(columns)
+    w.writerows(rows)
+
+
+def _table(n, seed):
+  """Features a, b, c and target = 2a - b + noise; a split column (fixed split)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 3))
+  y = 4.0 + 2.0 * x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=n)
+  split = np.array(["train", "val", "test"])[np.arange(n) % 5 // 2]  # 2:2:1
+  return x, y, split
+
+
+def _files(wd):
+  return {p.relative_to(wd): p.read_bytes() for p in sorted(wd.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+  """A finished CSV run (train, calibrate, correct, evaluate) on a fixed split column."""
+  root = tmp_path_factory.mktemp("tab")
+  x, y, split = _table(400, 0)
+  data = root / "d.csv"
+  _write_csv(data, [*FEATURES, "target", "part"],
+             [[*r.tolist(), float(t), s] for r, t, s in zip(x, y, split)])
+  wd = root / "run"
+  rc = cli.main(["train", "--workdir", str(wd), "--data", f"csv:{data}?split=part",
+                 "--target", "target", *FAST])
+  assert rc == 0
+  for cmd in ("calibrate", "correct", "evaluate"):
+    assert cli.main([cmd, "--workdir", str(wd)]) == 0
+  return root, data, wd, (x, y, split)
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_training_labels_follow_the_fixed_split_column(tabular):
+  _, _, wd, (_, y, split) = tabular
+  np.testing.assert_allclose(np.load(wd / workflow.TRAIN_LABELS),
+                             y[split == "train"].astype(np.float32), rtol=1e-6)
+  task = json.loads((wd / workflow.TASK).read_text())
+  assert task["feature_names"] == list(FEATURES)
+
+
+def test_predict_new_unlabeled_data_by_column_name(tabular, capsys):
+  root, _, wd, _ = tabular
+  x, y, _ = _table(30, 1)
+  want, _ = train.predict(str(wd), x.astype(np.float32))       # features in training order
+  labelled, unlabelled, shuffled = root / "l.csv", root / "u.csv", root / "s.csv"
+  _write_csv(labelled, [*FEATURES, "target"], [[*r.tolist(), float(t)] for r, t in zip(x, y)])
+  _write_csv(unlabelled, FEATURES, x.tolist())
+  order = [2, 0, 1]                                             # columns c, a, b + an extra
+  _write_csv(shuffled, [FEATURES[i] for i in order] + ["note"],
+             [[*r[order].tolist(), "x"] for r in x])
+  outs = {}
+  for name, path in (("labelled", labelled), ("unlabelled", unlabelled),
+                     ("shuffled", shuffled)):
+    out = root / f"p_{name}.csv"
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{path}",
+                        "--output", out)                        # no target=: the run's
+    assert rc == 0, err
+    outs[name] = _read(out)
+    assert len(outs[name]) == 30
+    np.testing.assert_allclose([float(r["mu"]) for r in outs[name]], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose([float(r["y"]) for r in outs["labelled"]], y, rtol=1e-5)
+  assert "y" not in outs["unlabelled"][0] and "y" not in outs["shuffled"][0]
+  # some labels missing: the y column keeps its rows, empty where unknown
+  partial = root / "partial.csv"
+  _write_csv(partial, [*FEATURES, "target"],
+             [[*r.tolist(), "" if i % 3 == 0 else float(t)] for i, (r, t) in enumerate(zip(x, y))])
+  out = root / "p_partial.csv"
+  assert _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{partial}",
+                "--output", out)[0] == 0
+  got = [r["y"] for r in _read(out)]
+  assert [v == "" for v in got] == [i % 3 == 0 for i in range(30)]
+
+
+def test_predict_refuses_rows_it_cannot_score(tabular, capsys):
+  root, _, wd, _ = tabular
+  x, _, _ = _table(10, 2)
+  bad = root / "nan.csv"
+  rows = x.tolist()
+  rows[4][1] = "nan"
+  _write_csv(bad, FEATURES, rows)
+  out = root / "p_nan.csv"
+  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{bad}",
+                      "--output", out)
+  assert "row 4" in _one_line_error(rc, err) and not out.exists()
+  missing = root / "missing.csv"
+  _write_csv(missing, ["a", "c"], x[:, [0, 2]].tolist())
+  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{missing}",
+                      "--output", out)
+  assert "['b']" in _one_line_error(rc, err) and not out.exists()
+  complete = root / "complete.csv"
+  _write_csv(complete, FEATURES, x.tolist())
+  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+                      f"csv:{complete}?features=b,a,c", "--output", out)
+  assert "feature columns ['a', 'b', 'c']" in _one_line_error(rc, err) and not out.exists()
+
+
+def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
+  root, data, wd, _ = tabular
+  before = _files(wd)
+  for output in (wd / "config.json", wd / "task.json", tmp_path):
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                        "--output", output)
+    assert "--output" in _one_line_error(rc, err)
+  (tmp_path / "dir.csv").mkdir()
+  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                      "--output", tmp_path / "dir.csv")
+  assert "--output" in _one_line_error(rc, err)
+  assert _files(wd) == before
+
+
+def test_failed_or_repeated_train_keeps_the_finished_run(tabular, capsys, tmp_path):
+  root, data, wd0, _ = tabular
+  wd = tmp_path / "run"
+  shutil.copytree(wd0, wd)
+  before = _files(wd)
+  argv = ["train", "--workdir", wd, "--data", f"csv:{data}?split=part", "--target", "target",
+          *FAST]
+  rc, out, err = _hypuc(capsys, *argv)                     # identical config: nothing to redo
+  assert rc == 0, err
+  assert _files(wd) == before
+  moved = tmp_path / "elsewhere.csv"
+  shutil.move(data, moved)                                 # the same config, its data gone
+  try:
+    rc, _, err = _hypuc(capsys, *argv)
+  finally:
+    shutil.move(moved, data)
+  assert data.name in _one_line_error(rc, err)
+  assert _files(wd) == before
+  rc, _, err = _hypuc(capsys, *argv[:4], f"csv:{tmp_path / 'gone.csv'}?split=part", *argv[5:],
+                      "--overwrite")
+  assert "gone.csv" in _one_line_error(rc, err)
+  assert _files(wd) == before
+
+
+def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
+  _, data, _, _ = tabular
+  for spec, target, needle in ((f"csv:{data}?target=target", "a", "conflicts"),
+                               ("simulated:potassium?n=64", "K", "csv and wfdb")):
+    wd = tmp_path / needle.replace(" ", "_")
+    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", spec, "--target", target,
+                        *FAST)
+    line = _one_line_error(rc, err)
+    assert "data.target" in line and needle in line
+    assert not (wd / workflow.TASK).exists()
+
+
+def test_damaged_run_files_are_named(tabular, capsys, tmp_path):
+  _, data, wd0, _ = tabular
+  cases = {"task.json": lambda p: p.write_text("{}"),
+           "corrections/models.joblib": lambda p: p.write_bytes(b"garbage"),
+           "labels_train.npy": lambda p: p.unlink()}
+  for name, damage in cases.items():
+    wd = tmp_path / name.replace("/", "_")
+    shutil.copytree(wd0, wd)
+    damage(wd / name)
+    rc, _, err = _hypuc(capsys, "evaluate", "--workdir", wd)
+    assert name.split("/")[-1] in _one_line_error(rc, err), name
