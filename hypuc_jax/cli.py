@@ -212,9 +212,9 @@ def _cmd_evaluate(a) -> None:
 
 
 def _cmd_predict(a) -> None:
-    from hypuc_jax import workflow
+    from hypuc_jax import inference
 
-    n = workflow.predict_stage(a.workdir, a.data, a.output)
+    n = inference.predict_stage(a.workdir, a.data, a.output)
     print(f"{n} predictions -> {a.output}")
 
 

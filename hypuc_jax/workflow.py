@@ -7,8 +7,8 @@ Each stage reads and writes one run directory (layout in
     calibrate_stage  -> calibration.json        (validation split only)
     correct_stage    -> corrections/            (validation split only)
     evaluate_stage   -> eval.json, outputs_{split}.npz
-    predict_stage    -> a CSV of per-record predictions for new data
 
+``hypuc predict`` (new data through a finished run) is :mod:`hypuc_jax.inference`;
 ``hypuc run`` (baseline vs HypUC + the report) is :mod:`hypuc_jax.comparison`.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from hypuc_jax import config as config_lib
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, _remove, _tmp_in, base_config, load_config, load_npy, load_npz,
+    WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
     load_task, make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
 
 
@@ -334,88 +334,6 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                 feature_names=tuple(ds.feature_names) if ds.kind == "tabular" else ())
     write_json(workdir / TASK, dict(task.to_dict(), constant_sigma=const))
     return task
-
-
-def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLike) -> int:
-    """Predicts every record of data ``spec`` with a trained, calibrated, corrected run.
-
-    Writes a CSV with one row per record, in the data's order: mu, sigma,
-    sigma_cal, lower_95, upper_95 (calibrated central 95% interval),
-    corrected, p_<threshold> (boosted decision probabilities), entropy and
-    flag (entropy above the 90th percentile of the validation predictions),
-    plus y first when the data hold labels (empty where a label is missing).
-
-    Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
-    target column, and csv features are taken by the training column names
-    (in the training order). Records with NaN/inf inputs are refused, not
-    dropped, so every output row belongs to the record in the same position.
-
-    Returns:
-      The number of rows written.
-
-    Raises:
-      WorkflowError / ValueError: unreadable data, records of another shape
-        or other feature columns than in training, non-finite inputs, or an
-        ``output`` that is not a ``.csv`` file path.
-    """
-    from hypuc_jax import data as data_lib
-    from hypuc_jax import flagging
-    from hypuc_jax import train as train_lib
-    from hypuc_jax._predictions import central_z
-
-    workdir, output = Path(workdir), Path(output)
-    _check_output(output)
-    cfg = load_config(workdir)
-    task = load_task(workdir)
-    meta = read_json(workdir / TASK, "task description")
-    cal = _calibrator(workdir)
-    corrector = _load_corrector(workdir, cal.dof)
-    ds = data_lib.load(spec, labels_optional=True, defaults={
-        "target": cfg.data.target or task.target, "features": task.feature_names})
-    shape = tuple(int(v) for v in np.shape(ds.x)[1:])
-    if shape != task.input_shape:
-        raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "
-                            f"training), got {shape} from {spec!r}")
-    names = tuple(ds.feature_names)
-    if task.feature_names and ds.kind == "tabular" and names != task.feature_names:
-        raise WorkflowError(f"--data: expected the feature columns {list(task.feature_names)} "
-                            f"(as in training, in that order), got {list(ds.feature_names)}")
-    mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x))
-    mu = np.asarray(mu, np.float64)
-    sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"))
-    sigma_cal = cal(mu, sigma)
-    corrected, probs = corrector.predict(mu, sigma_cal)
-    val = _predictions(workdir, "val")
-    cut = float(np.quantile(cal(val["mu"], val["sigma"]), 0.9))
-    z = central_z(0.95, dof=cal.dof)
-    cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu - z * sigma_cal,
-            "upper_95": mu + z * sigma_cal, "corrected": corrected,
-            **{f"p_{k}": v for k, v in probs.items()},
-            "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
-            "flag": (sigma_cal > cut).astype(int)}
-    if np.isfinite(ds.y).any():
-        cols = {"y": np.asarray(ds.y, np.float64), **cols}
-    tmp = _tmp_in(output, ".csv")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(",".join(cols) + "\n")
-            for row in zip(*cols.values()):
-                f.write(",".join(repr(int(v)) if isinstance(v, (np.integer, int))
-                                 else f"{float(v):.6g}" if np.isfinite(v) else ""
-                                 for v in row) + "\n")
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return len(mu)
-
-
-def _check_output(output: Path) -> None:
-    """``--output`` must name a .csv file (so it can never replace a run file)."""
-    if not str(output) or output.suffix.lower() != ".csv":
-        raise WorkflowError(f"--output: expected a path ending in .csv, got {str(output)!r}")
-    if output.is_dir():
-        raise WorkflowError(f"--output: {output} is a directory; expected a .csv file path")
 
 
 # ----------------------------------------------------------------------------- end to end
