@@ -122,14 +122,20 @@ def val_score(workdir: Path) -> dict:
     return {"balanced_mae": ev["overall"]["balanced_mae"], "mae": ev["overall"]["mae"]}
 
 
-def tail_maes(workdir: Path, split: str = "test") -> dict:
-    """MAE of mu on ``split`` beyond each decision threshold, {"mae[y>5.5]": ...}."""
-    out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions")
-    res = {}
-    for name, value, direction in workflow.load_task(workdir).thresholds:
-        sel = out["y"] > value if direction == "above" else out["y"] < value
-        key = f"mae[y{'>' if direction == 'above' else '<'}{value:g}]"
-        res[key] = float(np.mean(np.abs(out["y"] - out["mu"])[sel])) if sel.any() else None
+def tail_maes(workdir: Path, split: str = "test", value: str = "mu") -> dict:
+    """MAE on ``split`` overall and beyond each decision threshold, {"mae": ...,
+    "mae[y>5.5]": ...}, of mu (``predictions_<split>.npz``) or of the corrected
+    value (``value="corrected"``: ``outputs_<split>.npz``, written by evaluate)."""
+    if value == "mu":
+        out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions")
+    else:
+        out = workflow.load_npz(workdir / f"outputs_{split}.npz", f"evaluated {split} outputs")
+    err = np.abs(out["y"] - out[value])
+    res = {"mae": float(np.mean(err))}
+    for name, value_, direction in workflow.load_task(workdir).thresholds:
+        sel = out["y"] > value_ if direction == "above" else out["y"] < value_
+        key = f"mae[y{'>' if direction == 'above' else '<'}{value_:g}]"
+        res[key] = float(np.mean(err[sel])) if sel.any() else None
     return res
 
 
@@ -237,7 +243,9 @@ def main(argv=None) -> int:
         ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
                          log=lambda s: print(s, flush=True), split_per_seed=a.split_per_seed,
                          recalibrate=a.recalibrate)
-        rows.append(rows_of(name, seed, ev, tail_maes(wd)))
+        tails = tail_maes(wd)
+        tails.pop("mae")                                   # rows_of has it from eval.json
+        rows.append(rows_of(name, seed, ev, tails))
         if v.startswith("hypuc-"):
             val.setdefault(name, []).append(val_score(wd))
     cols, summary = summarize(rows)

@@ -4,7 +4,8 @@ Reads the run directories an ablation left (``VARIANT_DIR/seed*/``: the
 best checkpoint's ``predictions_val.npz`` / ``predictions_test.npz``) and
 prints mean ± sd over seeds of the MAE of mu overall and beyond each of the
 task's thresholds, for both splits, with the change of each mean against the
-reference variant. It trains nothing; variants made by separate ablation
+reference variant. ``--value corrected`` reports the boosted corrected value
+instead (test split only: the corrections are fitted on validation). It trains nothing; variants made by separate ablation
 commands (other ``--set`` overrides, other workdirs) can be compared as long
 as they share the data split protocol. Usage::
 
@@ -23,17 +24,17 @@ import numpy as np
 
 from _results import publish
 from ablation import tail_maes
-from hypuc_jax import workflow
 
 SPLITS = ("val", "test")
 
 
-def variant_maes(directory: Path, seeds=None,
-                 arg: str = "--runs") -> tuple[list[int], dict[str, list[float]]]:
+def variant_maes(directory: Path, seeds=None, arg: str = "--runs",
+                 value: str = "mu") -> tuple[list[int], dict[str, list[float]]]:
     """Seeds and ``{"test mae": [...], "val mae[y>5.5]": [...], ...}`` of one variant.
 
     ``seeds``: only these seeds (each must exist); default every ``seed<N>/``.
     ``arg``: the command-line argument that named ``directory`` (for errors).
+    ``value``: "mu", or "corrected" (test split only).
     """
     found = {int(d.name[4:]): d for d in Path(directory).glob("seed*")
              if d.is_dir() and re.fullmatch(r"seed\d+", d.name)}
@@ -48,23 +49,22 @@ def variant_maes(directory: Path, seeds=None,
     seeds, cols = [], {}
     for d in seed_dirs:
         seeds.append(int(d.name[4:]))
-        for split in SPLITS:
-            p = workflow.load_npz(d / f"predictions_{split}.npz", f"{split} predictions")
-            row = {"mae": float(np.mean(np.abs(p["y"] - p["mu"]))), **tail_maes(d, split)}
-            for k, v in row.items():
+        for split in SPLITS if value == "mu" else ("test",):
+            for k, v in tail_maes(d, split, value).items():
                 cols.setdefault(f"{split} {k}", []).append(np.nan if v is None else v)
     return seeds, cols
 
 
-def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None) -> str:
+def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
+          value: str = "mu") -> str:
     """Markdown: one row per variant (the reference first), mean ± sd (% vs reference)."""
     names = [ref[0]] + [name for name, _ in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"--runs: labels must differ from each other and from --ref, "
                          f"got {dup} more than once")
-    data = {ref[0]: variant_maes(ref[1], seeds, "--ref")}
-    data.update({name: variant_maes(d, seeds) for name, d in runs})
+    data = {ref[0]: variant_maes(ref[1], seeds, "--ref", value)}
+    data.update({name: variant_maes(d, seeds, value=value) for name, d in runs})
     keys = list(dict.fromkeys(k for _, cols in data.values() for k in cols))
     base = {k: np.nanmean(data[ref[0]][1][k]) for k in keys}
     lines = ["| variant | seeds | " + " | ".join(keys) + " |",
@@ -98,10 +98,13 @@ def main(argv=None) -> None:
                    help="LABEL=VARIANT_DIR of each compared variant")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="only these seeds of every variant (default: all of each)")
+    p.add_argument("--value", choices=("mu", "corrected"), default="mu",
+                   help="the prediction scored: mu (val and test) or the boosted corrected "
+                   "value (test only)")
     p.add_argument("--out", type=Path, help="markdown file to write (with the command)")
     a = p.parse_args(argv)
     try:
-        text = table(a.ref, a.runs, a.seeds)
+        text = table(a.ref, a.runs, a.seeds, a.value)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     publish(text, a.out, "compare_runs.py", sys.argv[1:] if argv is None else list(argv))

@@ -50,6 +50,27 @@ def test_variant_maes_and_table_match_numpy(tmp_path):
     assert "%" not in rows["none"]                            # the reference has no change
 
 
+def test_corrected_value_scores_the_evaluated_test_outputs(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = _variant(tmp_path / "v", [0, 1], 0.2, rng)
+    corrected = {}
+    for s in (0, 1):
+        y, mu = arrays[(s, "test")]
+        corrected[s] = mu - 0.15 + 0.05 * rng.normal(size=y.size)
+        np.savez(tmp_path / "v" / f"seed{s}" / "outputs_test.npz", y=y, mu=mu,
+                 corrected=corrected[s])
+    seeds, cols = compare_runs.variant_maes(tmp_path / "v", value="corrected")
+    assert seeds == [0, 1] and not any(k.startswith("val") for k in cols)
+    for i, s in enumerate(seeds):
+        y, _ = arrays[(s, "test")]
+        err = np.abs(y - corrected[s])
+        assert cols["test mae"][i] == pytest.approx(np.mean(err))
+        assert cols["test mae[y>5.5]"][i] == pytest.approx(np.mean(err[y > 5.5]))
+    (tmp_path / "v" / "seed1" / "outputs_test.npz").unlink()     # not evaluated yet
+    with pytest.raises(ValueError, match="outputs_test.npz: no evaluated test outputs"):
+        compare_runs.variant_maes(tmp_path / "v", value="corrected")
+
+
 def test_seed_selection(tmp_path):
     rng = np.random.default_rng(1)
     runs = _variant(tmp_path / "v", [1, 2, 3], 0.2, rng)
