@@ -63,6 +63,8 @@ class CheckpointStore:
       fingerprint later: on both sides a key at its listed value counts as
       absent, so fingerprints written before (without it) and after (with
       it at that value) match.
+    read_only: open existing checkpoints for restoring only: nothing in
+      ``directory`` is written (the fingerprint is checked, not rewritten).
 
   Raises:
     ValueError: ``keep`` < 1, or the directory holds checkpoints from a
@@ -70,11 +72,14 @@ class CheckpointStore:
   """
 
   def __init__(self, directory: str, *, keep: int, fingerprint: dict,
-               overwrite: bool = False, optional_defaults: dict | None = None):
+               overwrite: bool = False, optional_defaults: dict | None = None,
+               read_only: bool = False):
     if not isinstance(keep, int) or keep < 1:
       raise ValueError(f"keep: expected an int >= 1, got {keep!r}")
     self.directory = os.path.abspath(directory)
-    self.is_writer = jax.process_index() == 0
+    self.is_writer = jax.process_index() == 0 and not read_only
+    if read_only and overwrite:
+      raise ValueError("overwrite: a read-only store cannot delete checkpoints")
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
     if os.path.isdir(self.directory) and os.listdir(self.directory):
@@ -103,7 +108,8 @@ class CheckpointStore:
                  keep_checkpoints_without_metrics=False),
     ])
     # best_fn makes orbax store the metrics with each step (the policy ranks by them).
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+                                           read_only=read_only,
                                            best_fn=lambda m: float(m[METRIC]), best_mode="min",
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options,

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
-from hypuc_jax.workflow import _calibrator, _load_corrector, _predictions, _sigma_or_constant
+from hypuc_jax.workflow import (_calibrator, _load_corrector, _named_columns, _predictions,
+                                _sigma_or_constant)
 
 
 def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLike) -> int:
@@ -50,14 +51,15 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     meta = read_json(workdir / TASK, "task description")
     cal = _calibrator(workdir)
     corrector = _load_corrector(workdir, cal.dof)
+    by_name = task.feature_names if _named_columns(spec) else ()   # npz columns: by position
     ds = data_lib.load(spec, labels_optional=True, defaults={
-        "target": cfg.data.target or task.target, "features": task.feature_names})
+        "target": cfg.data.target or task.target, "features": by_name})
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
         raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "
                             f"training), got {shape} from {spec!r}")
     names = tuple(ds.feature_names)
-    if task.feature_names and ds.kind == "tabular" and names != task.feature_names:
+    if task.feature_names and _named_columns(spec) and names != task.feature_names:
         raise WorkflowError(f"--data: expected the feature columns {list(task.feature_names)} "
                             f"(as in training, in that order), got {list(ds.feature_names)}")
     mu, sigma = train_lib.predict(str(workdir), np.asarray(ds.x))

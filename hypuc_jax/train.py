@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable
 
@@ -210,10 +211,11 @@ class TrainResult:
   paths: dict
 
 
-def _open_store(config: Config, directory: str, overwrite: bool = False):
+def _open_store(config: Config, directory: str, overwrite: bool = False,
+                read_only: bool = False):
   return checkpoints.CheckpointStore(directory, keep=config.train.keep_checkpoints,
                                      fingerprint=fingerprint(config), overwrite=overwrite,
-                                     optional_defaults=FINGERPRINT_DEFAULTS)
+                                     optional_defaults=FINGERPRINT_DEFAULTS, read_only=read_only)
 
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
@@ -380,7 +382,9 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
   check_finite(x, "x")
   graphdef, template, schedule = create_train_state(config, run.input_shape, 1)
   paths = train_data.run_paths(workdir)
-  store = _open_store(config, paths["checkpoints"])
+  if not os.path.isdir(paths["checkpoints"]):
+    raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")
+  store = _open_store(config, paths["checkpoints"], read_only=True)   # writes nothing
   step = store.best_step() or store.latest_step()
   if step is None:
     raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")

@@ -231,13 +231,17 @@ def _dataset(cfg: config_lib.Config):
 
     ``hypuc run`` and the ablation train several models on one data set;
     this keeps the train stage from reloading (re-simulating) it for the
-    task description and training labels. One entry is kept at a time, keyed
-    by the data section and the source file's modification time and size.
+    task description and training labels. One entry is kept at a time. Only
+    sources that a spec pins down are kept: simulated and diabetes data, and
+    csv / npz files keyed by their modification time and size. wfdb
+    directories (labels and records in many files) are always read again.
     """
     from hypuc_jax import data as data_lib
     from hypuc_jax import train_data
 
-    _, arg, _ = data_lib.parse_spec(cfg.data.spec)
+    kind, arg, _ = data_lib.parse_spec(cfg.data.spec)
+    if kind == "wfdb":
+        return train_data.load_dataset(cfg)
     stamp = None                       # a changed, moved or deleted file is loaded again
     if arg and os.path.exists(arg):
         st = os.stat(arg)
@@ -260,15 +264,23 @@ def _sigma_or_constant(mu, sigma, const: float | None) -> np.ndarray:
     return np.asarray(sigma, dtype=np.float64)
 
 
+def _named_columns(spec: str) -> bool:
+    """Whether the features of ``spec`` have real names (csv, diabetes), not x0, x1, ..."""
+    from hypuc_jax import data as data_lib
+
+    return data_lib.parse_spec(spec)[0] in ("csv", "diabetes")
+
+
 def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                     overwrite: bool = False):
     """Everything ``train_stage`` checks before it changes ``workdir``.
 
     Validates ``cfg``, refuses a run of a different config in ``workdir``
-    (unless ``overwrite``) and loads the data.
+    (unless ``overwrite``), loads the data, splits it and checks that the
+    model takes its records.
 
     Returns:
-      ``(stored config or None, dataset)``.
+      The dataset.
 
     Raises:
       ValueError / WorkflowError: naming the bad key, file or directory.
@@ -276,18 +288,21 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     import jax
 
     from hypuc_jax import train as train_lib
+    from hypuc_jax import train_data
 
     workdir = Path(workdir)
     if not str(workdir) or str(workdir) == ".":
         raise WorkflowError(f"--workdir: expected a run directory, got {str(workdir)!r}")
     config_lib.validate(cfg, n_devices=jax.device_count())
-    old = None
     if (workdir / CONFIG).exists() and not overwrite:
         old = config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
         if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
             raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
                                 "--workdir or pass --overwrite")
-    return old, _dataset(cfg)
+    ds = _dataset(cfg)
+    train_data.split_for(cfg, ds)
+    train_lib.check_model_fits(cfg, tuple(int(v) for v in np.shape(ds.x)[1:]))
+    return ds
 
 
 def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
@@ -304,19 +319,19 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
       cfg: the resolved config.
       workdir: run directory.
       overwrite: replace a run of a different config in ``workdir``
-        (otherwise refused; a run of the same config resumes, and a finished
-        run of the identical config is left as it is, later stages included).
+        (otherwise refused; a run of the same config resumes).
 
-    The data are loaded before anything in ``workdir`` is removed, so a bad
-    ``--data`` leaves a finished run intact.
+    Everything :func:`check_trainable` checks (config, data, split, model
+    fit) is checked before anything in ``workdir`` is removed, so bad input
+    leaves a finished run intact. A re-run that passes the checks re-predicts
+    and drops the later stages (calibration, corrections, eval), which were
+    fitted to the previous predictions.
     """
     from hypuc_jax import train as train_lib
     from hypuc_jax import train_data
 
     workdir = Path(workdir)
-    old, ds = check_trainable(cfg, workdir, overwrite=overwrite)
-    if old == cfg and (workdir / TASK).exists():
-        return load_task(workdir)  # finished run of this exact config: keep its later stages
+    ds = check_trainable(cfg, workdir, overwrite=overwrite)
     for name in _DOWNSTREAM:
         _remove(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite)
@@ -331,7 +346,7 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),
                 kind=ds.kind, input_shape=tuple(int(v) for v in np.shape(ds.x)[1:]),
-                feature_names=tuple(ds.feature_names) if ds.kind == "tabular" else ())
+                feature_names=tuple(ds.feature_names) if _named_columns(cfg.data.spec) else ())
     write_json(workdir / TASK, dict(task.to_dict(), constant_sigma=const))
     return task
 

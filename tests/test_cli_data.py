@@ -152,16 +152,23 @@ def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
   assert _files(wd) == before
 
 
-def test_failed_or_repeated_train_keeps_the_finished_run(tabular, capsys, tmp_path):
-  root, data, wd0, _ = tabular
+def test_failed_train_keeps_the_finished_run(tabular, capsys, tmp_path):
+  """Unreadable data, an empty split or a model that does not take the records:
+  refused before anything in the run directory changes, --overwrite or not."""
+  root, data, wd0, (x, y, split) = tabular
   wd = tmp_path / "run"
   shutil.copytree(wd0, wd)
   before = _files(wd)
   argv = ["train", "--workdir", wd, "--data", f"csv:{data}?split=part", "--target", "target",
           *FAST]
-  rc, out, err = _hypuc(capsys, *argv)                     # identical config: nothing to redo
-  assert rc == 0, err
-  assert _files(wd) == before
+  no_val = tmp_path / "no_val.csv"
+  _write_csv(no_val, [*FEATURES, "target", "part"],
+             [[*r.tolist(), float(t), "test" if s == "val" else s] for r, t, s in zip(x, y, split)])
+  for bad, needle in (([*argv[:4], f"csv:{no_val}?split=part", *argv[5:]], "'val' empty"),
+                      ([*argv, "--set", "model.kind=resnet1d"], "model")):
+    rc, _, err = _hypuc(capsys, *bad, "--overwrite")
+    assert needle in _one_line_error(rc, err)
+    assert _files(wd) == before
   moved = tmp_path / "elsewhere.csv"
   shutil.move(data, moved)                                 # the same config, its data gone
   try:
@@ -176,6 +183,58 @@ def test_failed_or_repeated_train_keeps_the_finished_run(tabular, capsys, tmp_pa
   assert _files(wd) == before
 
 
+def test_retrain_on_changed_data_drops_the_stale_stages(tabular, capsys, tmp_path):
+  """The identical config on data edited in place: re-predicted from the new
+  data (training resumes at its last step), later stages dropped."""
+  _, data0, _, (x, y, split) = tabular
+  data = tmp_path / "d.csv"
+  shutil.copy(data0, data)
+  wd = tmp_path / "run"
+  argv = ["train", "--workdir", wd, "--data", f"csv:{data}?split=part", "--target", "target",
+          *FAST]
+  assert _hypuc(capsys, *argv)[0] == 0
+  for cmd in ("calibrate", "correct", "evaluate"):
+    assert _hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+  _write_csv(data, [*FEATURES, "target", "part"],
+             [[*r.tolist(), 2 * float(t), s] for r, t, s in zip(x, y, split)])
+  rc, _, err = _hypuc(capsys, *argv)
+  assert rc == 0, err
+  np.testing.assert_allclose(np.load(wd / workflow.TRAIN_LABELS),
+                             2 * y[split == "train"].astype(np.float32), rtol=1e-6)
+  val = np.load(wd / "predictions_val.npz")
+  np.testing.assert_allclose(val["y"], 2 * y[split == "val"], rtol=1e-6)
+  for stale in (workflow.CALIBRATION, workflow.CORRECTIONS, workflow.EVAL):
+    assert not (wd / stale).exists()
+
+
+def test_predict_writes_nothing_into_the_run_and_takes_npz_by_position(tabular, capsys,
+                                                                        tmp_path):
+  """An older run directory (fingerprint without loss.beta) stays byte-identical;
+  an npz's columns (x0, x1, ...) are taken in the training order."""
+  _, _, wd0, _ = tabular
+  wd = tmp_path / "run"
+  shutil.copytree(wd0, wd)
+  fp = wd / "checkpoints" / "fingerprint.json"
+  stored = json.loads(fp.read_text())
+  del stored["loss"]["beta"]
+  fp.write_text(json.dumps(stored))
+  wd.chmod(0o555)                                           # a read-only run directory
+  try:
+    before = _files(wd)
+    x, _, _ = _table(12, 3)
+    np.savez(tmp_path / "new.npz", x=x.astype(np.float32))
+    want, _ = train.predict(str(wd), x.astype(np.float32))
+    out = tmp_path / "p.csv"
+    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+                        f"npz:{tmp_path / 'new.npz'}", "--output", out)
+    assert rc == 0, err
+    np.testing.assert_allclose([float(r["mu"]) for r in _read(out)], want, rtol=1e-5,
+                               atol=1e-6)
+    assert _files(wd) == before
+  finally:
+    wd.chmod(0o755)
+
+
 def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
   _, data, _, _ = tabular
   for spec, target, needle in ((f"csv:{data}?target=target", "a", "conflicts"),
@@ -185,14 +244,15 @@ def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
                         *FAST)
     line = _one_line_error(rc, err)
     assert "data.target" in line and needle in line
-    assert not (wd / workflow.TASK).exists()
+    assert not wd.exists()
 
 
 def test_damaged_run_files_are_named(tabular, capsys, tmp_path):
   _, data, wd0, _ = tabular
   cases = {"task.json": lambda p: p.write_text("{}"),
            "corrections/models.joblib": lambda p: p.write_bytes(b"garbage"),
-           "labels_train.npy": lambda p: p.unlink()}
+           "labels_train.npy": lambda p: p.unlink(),
+           "predictions_test.npz": lambda p: p.write_bytes(p.read_bytes()[:300])}
   for name, damage in cases.items():
     wd = tmp_path / name.replace("/", "_")
     shutil.copytree(wd0, wd)

@@ -220,10 +220,21 @@ def test_beta_nll_values_and_gradients_match_closed_form(beta):
 
 
 def test_beta_laplace_uses_the_laplace_variance():
-    mu, b, y = _data(22)
+    """Factor (2 b^2)^beta held constant: d/dmu = (2 b^2)^beta sign(mu - y) / b,
+    d/db = (2 b^2)^beta (1/b - |y - mu| / b^2)."""
+    mu, b, y = (a.astype(np.float64) for a in _data(22))
     got = losses.per_example_loss("laplace", Pred(mu, b), y, beta=0.5)
-    want = np.sqrt(2.0) * b.astype(np.float64) * -stats.laplace.logpdf(y, mu, b)
+    want = np.sqrt(2.0) * b * -stats.laplace.logpdf(y, mu, b)
     np.testing.assert_allclose(got, want, rtol=1e-4)
+
+    def total(m, s):
+        return jnp.sum(losses.per_example_loss("laplace", Pred(m, s), jnp.asarray(y), beta=0.5))
+
+    with jax.enable_x64(True):
+        g_mu, g_b = jax.jit(jax.grad(total, argnums=(0, 1)))(jnp.asarray(mu), jnp.asarray(b))
+    factor = np.sqrt(2.0 * b * b)
+    np.testing.assert_allclose(g_mu, factor * np.sign(mu - y) / b, rtol=1e-10)
+    np.testing.assert_allclose(g_b, factor * (1 / b - np.abs(y - mu) / b ** 2), rtol=1e-10)
 
 
 def test_beta_bad_values_raise():

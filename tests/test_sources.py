@@ -324,3 +324,16 @@ def test_config_target_must_apply_and_agree(tmp_path):
     cfg = apply_overrides(get_config("tiny"), ["data.target=K"])
     with pytest.raises(ValueError, match="data.target.*csv and wfdb data only"):
         load_for_config(cfg)
+
+
+def test_wfdb_labels_optional(tmp_path):
+    sig = np.ones((FS, 12)) * 0.25
+    _write_records(tmp_path, [sig, sig])
+    write_csv(tmp_path / "records.csv", ["record"], [["r0"], ["r1"]])        # no label column
+    spec = f"wfdb:{tmp_path}?labels={tmp_path}/records.csv&rate=100"
+    ds = load(spec, labels_optional=True)
+    assert ds.x.shape == (2, 100, 12) and np.isnan(ds.y).all()
+    with pytest.raises(ValueError, match="cannot tell the target column"):
+        load(spec)
+    ds = load(spec + "&target=K", labels_optional=True)                       # named, absent
+    assert np.isnan(ds.y).all()

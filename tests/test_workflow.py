@@ -179,3 +179,19 @@ def test_fitted_tail_flows_through_every_stage(rundir):
     ev_g = workflow.evaluate_stage(rundir, "test")
     assert ev_g["calibrated"]["overall"]["coverage_95"] == pytest.approx(c["coverage_95"])
     assert c["uce"] < ev_g["calibrated"]["overall"]["uce"]
+
+
+def test_dataset_cache_follows_the_file(tmp_path):
+    """The train stage's dataset cache reloads a csv edited in place (new mtime/size)."""
+    import os
+
+    path = tmp_path / "d.csv"
+    path.write_text("a,y\n1,2\n3,4\n")
+    cfg = workflow.make_config("tiny", data=f"csv:{path}", target="y")
+    first = workflow._dataset(cfg)
+    assert workflow._dataset(cfg) is first                      # unchanged file: kept
+    np.testing.assert_array_equal(first.y, [2, 4])
+    path.write_text("a,y\n1,20\n3,40\n")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(workflow._dataset(cfg).y, [20, 40])

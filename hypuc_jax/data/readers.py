@@ -284,8 +284,8 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
 
     Returns:
       ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
-      with ``labels_optional`` (and a named ``target``) a table without the
-      target column has NaN y.
+      with ``labels_optional`` a table without the target column (or, with
+      no ``target`` given, with no column besides record and split) has NaN y.
     """
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: WFDB directory not found")
@@ -294,10 +294,13 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
         raise ValueError(f"{labels_path}: record column {record_col!r} not found; columns: {list(cols)}")
     if target is None:
         others = [c for c in cols if c not in (record_col, split_col)]
-        if len(others) != 1:
+        if labels_optional and not others:
+            target = ""                          # a label table of records only: no labels
+        elif len(others) != 1:
             raise ValueError(f"{labels_path}: cannot tell the target column among {others}; "
                              "add the option target=COLUMN")
-        target = others[0]
+        else:
+            target = others[0]
     y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional)
     n_time = None if duration is None else int(round(duration * rate))
     signals = []

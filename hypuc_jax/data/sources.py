@@ -290,7 +290,7 @@ def _load_wfdb(arg, options, spec, labels_optional=False):
     x, y, split, target = readers.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
         split_col=options.get("split"), rate=rate, duration=duration,
-        labels_optional=labels_optional and options.get("target") is not None)
+        labels_optional=labels_optional)
     return Dataset(x, y, _task(target, target, options, spec), "signal", rate, split, LEAD_NAMES,
                    spec)
 
