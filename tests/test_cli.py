@@ -11,25 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
+from cli_helpers import hypuc, one_line_error
 from hypuc_jax import cli, comparison, config as config_lib, workflow
 
 TINY = config_lib.get_config("tiny").data.spec
 METRIC_KEYS = ("n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "nll", "crps",
                "coverage_68", "coverage_90", "coverage_95", "width_95", "uce", "ence")
 FAST = ["--set", "corrections.n_estimators=10"]
-
-
-def _hypuc(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _one_line_error(rc, err):
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc != 0 and len(lines) == 1 and "error" in lines[0], err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +61,7 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
     ev_before = json.loads((trained / "eval.json").read_text())
     for argv in (["calibrate", "--workdir", trained, "--method", "global"],
                  ["correct", "--workdir", trained], ["evaluate", "--workdir", trained]):
-        rc, out, err = _hypuc(capsys, *argv)
+        rc, out, err = hypuc(capsys, *argv)
         assert rc == 0, err
     assert "eval ->" in out and "calibrated" in out
     ev = json.loads((trained / "eval.json").read_text())
@@ -81,13 +69,13 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
     cal = json.loads((trained / "calibration.json").read_text())
     assert cal["method"] == "global"
     for tail in ("gaussian", "auto"):  # the tiny run's validation set keeps the Gaussian
-        rc, out, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--tail", tail)
+        rc, out, err = hypuc(capsys, "calibrate", "--workdir", trained, "--tail", tail)
         assert rc == 0 and "Gaussian tail" in out, err
         cal = json.loads((trained / "calibration.json").read_text())
         assert cal["tail"] == tail and cal["dof"] is None
-    rc, _, err = _hypuc(capsys, "calibrate", "--workdir", trained, "--method", "global",
+    rc, _, err = hypuc(capsys, "calibrate", "--workdir", trained, "--method", "global",
                         "--tail", "auto")
-    assert "--tail" in _one_line_error(rc, err)
+    assert "--tail" in one_line_error(rc, err)
     for argv in (["calibrate", "--workdir", trained], ["correct", "--workdir", trained],
                  ["evaluate", "--workdir", trained]):  # back to the config's hyperfine
         assert cli.main([str(a) for a in argv]) == 0
@@ -96,7 +84,7 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
 def test_predict_writes_every_column(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     spec = TINY.replace("n=256", "n=40")
-    rc, stdout, err = _hypuc(capsys, "predict", "--workdir", trained, "--data", spec,
+    rc, stdout, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec,
                              "--output", out)
     assert rc == 0, err
     with open(out) as f:
@@ -120,20 +108,20 @@ def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
     wd = tmp_path / "run"
     shutil.copytree(trained, wd)
     workflow.calibrate_stage(wd, "hyperfine", 5.0)
-    rc, _, err = _hypuc(capsys, "evaluate", "--workdir", wd)  # calibration removed them
-    assert "hypuc correct" in _one_line_error(rc, err)
+    rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd)  # calibration removed them
+    assert "hypuc correct" in one_line_error(rc, err)
     workflow.calibrate_stage(wd, "hyperfine", "gaussian")
     workflow.correct_stage(wd)
     (wd / workflow.CORRECTIONS).rename(wd / "stale")
     workflow.correct_stage(wd)
     workflow.calibrate_stage(wd, "hyperfine", 5.0)
     (wd / "stale").rename(wd / workflow.CORRECTIONS)  # fitted for the Gaussian
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", TINY, "--output",
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", TINY, "--output",
                         tmp_path / "p.csv")
-    assert "dof" in _one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
+    assert "dof" in one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
     workflow.correct_stage(wd)
     out = tmp_path / "preds.csv"
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
                         TINY.replace("n=256", "n=40"), "--output", out)
     assert rc == 0, err
     with open(out) as f:
@@ -150,8 +138,8 @@ def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
 def test_predict_refuses_other_shape(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     spec = TINY.replace("duration=2", "duration=3").replace("n=256", "n=20")
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", trained, "--data", spec, "--output", out)
-    assert "shape" in _one_line_error(rc, err)
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec, "--output", out)
+    assert "shape" in one_line_error(rc, err)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -190,7 +178,7 @@ def test_unknown_flag_is_a_usage_error(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
-        line = _one_line_error(2, capsys.readouterr().err)    # no usage block
+        line = one_line_error(2, capsys.readouterr().err)    # no usage block
         assert needle in line and "--help" in line, line
     with pytest.raises(SystemExit) as e:
         cli.main(["calibrate", "--workdir", "x", "--method", "magic"])
@@ -217,23 +205,23 @@ def test_help_documents_every_flag(command, capsys):
 
 @pytest.mark.parametrize("command", ["calibrate", "correct", "evaluate"])
 def test_commands_need_a_trained_workdir(command, tmp_path, capsys):
-    rc, _, err = _hypuc(capsys, command, "--workdir", tmp_path)
-    assert "no trained model" in _one_line_error(rc, err)
+    rc, _, err = hypuc(capsys, command, "--workdir", tmp_path)
+    assert "no trained model" in one_line_error(rc, err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_predict_needs_a_trained_workdir(tmp_path, capsys):
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", tmp_path / "w", "--data", TINY,
+    rc, _, err = hypuc(capsys, "predict", "--workdir", tmp_path / "w", "--data", TINY,
                         "--output", tmp_path / "p.csv")
-    assert "no trained model" in _one_line_error(rc, err)
+    assert "no trained model" in one_line_error(rc, err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unreadable_data_spec(tmp_path, capsys):
     wd = tmp_path / "w"
-    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data",
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data",
                         f"csv:{tmp_path / 'missing.csv'}", "--preset", "tiny")
-    assert "missing.csv" in _one_line_error(rc, err)
+    assert "missing.csv" in one_line_error(rc, err)
     assert not (wd / workflow.TASK).exists() and not (wd / "eval.json").exists()
 
 
@@ -243,9 +231,9 @@ def test_missing_target_column(tmp_path, capsys):
     rows = ["a,b,y"] + [f"{x:.3f},{z:.3f},{x + z:.3f}" for x, z in rng.normal(size=(60, 2))]
     data.write_text("\n".join(rows) + "\n")
     wd = tmp_path / "w"
-    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}",
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}",
                         "--target", "nope", "--preset", "tiny")
-    assert "nope" in _one_line_error(rc, err)
+    assert "nope" in one_line_error(rc, err)
     assert not (wd / workflow.TASK).exists()
 
 
@@ -257,9 +245,9 @@ def test_missing_target_column(tmp_path, capsys):
 ])
 def test_bad_config_values(tmp_path, capsys, argv, needle):
     wd = tmp_path / "w"
-    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
                         *argv)
-    assert needle in _one_line_error(rc, err)
+    assert needle in one_line_error(rc, err)
     assert not wd.exists() or not (wd / workflow.TASK).exists()
 
 
@@ -282,12 +270,12 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
                           (["--set", "train.lr=0.5"], "--overwrite"),
                           (["--data", f"csv:{tmp_path / 'gone.csv'}", "--overwrite"],
                            "gone.csv")):
-        rc, _, err = _hypuc(capsys, *base, *extra)
-        assert needle in _one_line_error(rc, err)
+        rc, _, err = hypuc(capsys, *base, *extra)
+        assert needle in one_line_error(rc, err)
         assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before
-    rc, _, err = _hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "new", "--data",
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "new", "--data",
                         f"csv:{tmp_path / 'gone.csv'}")
-    assert "gone.csv" in _one_line_error(rc, err) and not (tmp_path / "new").exists()
+    assert "gone.csv" in one_line_error(rc, err) and not (tmp_path / "new").exists()
 
 
 def test_run_defaults_and_data_flag(monkeypatch, capsys):

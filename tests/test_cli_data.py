@@ -11,25 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
+from cli_helpers import hypuc, one_line_error
 from hypuc_jax import cli, train, workflow
 
 FEATURES = ("a", "b", "c")
 FAST = ["--preset", "tiny", "--set", "model.kind=mlp", "--set", "model.widths=8,8",
         "--set", "train.steps=20", "--set", "corrections.n_estimators=10",
         "--set", "train.parallel=none"]
-
-
-def _hypuc(capsys, *argv):
-  rc = cli.main([str(a) for a in argv])
-  out = capsys.readouterr()
-  return rc, out.out, out.err
-
-
-def _one_line_error(rc, err):
-  lines = [ln for ln in err.splitlines() if ln.strip()]
-  assert rc != 0 and len(lines) == 1 and "error" in lines[0], err
-  assert "Traceback" not in err
-  return lines[0]
 
 
 def _write_csv(path, columns, rows):
@@ -96,7 +84,7 @@ def test_predict_new_unlabeled_data_by_column_name(tabular, capsys):
   for name, path in (("labelled", labelled), ("unlabelled", unlabelled),
                      ("shuffled", shuffled)):
     out = root / f"p_{name}.csv"
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{path}",
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{path}",
                         "--output", out)                        # no target=: the run's
     assert rc == 0, err
     outs[name] = _read(out)
@@ -109,7 +97,7 @@ def test_predict_new_unlabeled_data_by_column_name(tabular, capsys):
   _write_csv(partial, [*FEATURES, "target"],
              [[*r.tolist(), "" if i % 3 == 0 else float(t)] for i, (r, t) in enumerate(zip(x, y))])
   out = root / "p_partial.csv"
-  assert _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{partial}",
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{partial}",
                 "--output", out)[0] == 0
   got = [r["y"] for r in _read(out)]
   assert [v == "" for v in got] == [i % 3 == 0 for i in range(30)]
@@ -123,32 +111,32 @@ def test_predict_refuses_rows_it_cannot_score(tabular, capsys):
   rows[4][1] = "nan"
   _write_csv(bad, FEATURES, rows)
   out = root / "p_nan.csv"
-  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{bad}",
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{bad}",
                       "--output", out)
-  assert "row 4" in _one_line_error(rc, err) and not out.exists()
+  assert "row 4" in one_line_error(rc, err) and not out.exists()
   missing = root / "missing.csv"
   _write_csv(missing, ["a", "c"], x[:, [0, 2]].tolist())
-  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{missing}",
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{missing}",
                       "--output", out)
-  assert "['b']" in _one_line_error(rc, err) and not out.exists()
+  assert "['b']" in one_line_error(rc, err) and not out.exists()
   complete = root / "complete.csv"
   _write_csv(complete, FEATURES, x.tolist())
-  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
                       f"csv:{complete}?features=b,a,c", "--output", out)
-  assert "feature columns ['a', 'b', 'c']" in _one_line_error(rc, err) and not out.exists()
+  assert "feature columns ['a', 'b', 'c']" in one_line_error(rc, err) and not out.exists()
 
 
 def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
   root, data, wd, _ = tabular
   before = _files(wd)
   for output in (wd / "config.json", wd / "task.json", tmp_path):
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
                         "--output", output)
-    assert "--output" in _one_line_error(rc, err)
+    assert "--output" in one_line_error(rc, err)
   (tmp_path / "dir.csv").mkdir()
-  rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
                       "--output", tmp_path / "dir.csv")
-  assert "--output" in _one_line_error(rc, err)
+  assert "--output" in one_line_error(rc, err)
   assert _files(wd) == before
 
 
@@ -166,20 +154,20 @@ def test_failed_train_keeps_the_finished_run(tabular, capsys, tmp_path):
              [[*r.tolist(), float(t), "test" if s == "val" else s] for r, t, s in zip(x, y, split)])
   for bad, needle in (([*argv[:4], f"csv:{no_val}?split=part", *argv[5:]], "'val' empty"),
                       ([*argv, "--set", "model.kind=resnet1d"], "model")):
-    rc, _, err = _hypuc(capsys, *bad, "--overwrite")
-    assert needle in _one_line_error(rc, err)
+    rc, _, err = hypuc(capsys, *bad, "--overwrite")
+    assert needle in one_line_error(rc, err)
     assert _files(wd) == before
   moved = tmp_path / "elsewhere.csv"
   shutil.move(data, moved)                                 # the same config, its data gone
   try:
-    rc, _, err = _hypuc(capsys, *argv)
+    rc, _, err = hypuc(capsys, *argv)
   finally:
     shutil.move(moved, data)
-  assert data.name in _one_line_error(rc, err)
+  assert data.name in one_line_error(rc, err)
   assert _files(wd) == before
-  rc, _, err = _hypuc(capsys, *argv[:4], f"csv:{tmp_path / 'gone.csv'}?split=part", *argv[5:],
+  rc, _, err = hypuc(capsys, *argv[:4], f"csv:{tmp_path / 'gone.csv'}?split=part", *argv[5:],
                       "--overwrite")
-  assert "gone.csv" in _one_line_error(rc, err)
+  assert "gone.csv" in one_line_error(rc, err)
   assert _files(wd) == before
 
 
@@ -192,12 +180,12 @@ def test_retrain_on_changed_data_drops_the_stale_stages(tabular, capsys, tmp_pat
   wd = tmp_path / "run"
   argv = ["train", "--workdir", wd, "--data", f"csv:{data}?split=part", "--target", "target",
           *FAST]
-  assert _hypuc(capsys, *argv)[0] == 0
+  assert hypuc(capsys, *argv)[0] == 0
   for cmd in ("calibrate", "correct", "evaluate"):
-    assert _hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+    assert hypuc(capsys, cmd, "--workdir", wd)[0] == 0
   _write_csv(data, [*FEATURES, "target", "part"],
              [[*r.tolist(), 2 * float(t), s] for r, t, s in zip(x, y, split)])
-  rc, _, err = _hypuc(capsys, *argv)
+  rc, _, err = hypuc(capsys, *argv)
   assert rc == 0, err
   np.testing.assert_allclose(np.load(wd / workflow.TRAIN_LABELS),
                              2 * y[split == "train"].astype(np.float32), rtol=1e-6)
@@ -225,7 +213,7 @@ def test_predict_writes_nothing_into_the_run_and_takes_npz_by_position(tabular, 
     np.savez(tmp_path / "new.npz", x=x.astype(np.float32))
     want, _ = train.predict(str(wd), x.astype(np.float32))
     out = tmp_path / "p.csv"
-    rc, _, err = _hypuc(capsys, "predict", "--workdir", wd, "--data",
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
                         f"npz:{tmp_path / 'new.npz'}", "--output", out)
     assert rc == 0, err
     np.testing.assert_allclose([float(r["mu"]) for r in _read(out)], want, rtol=1e-5,
@@ -240,9 +228,9 @@ def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
   for spec, target, needle in ((f"csv:{data}?target=target", "a", "conflicts"),
                                ("simulated:potassium?n=64", "K", "csv and wfdb")):
     wd = tmp_path / needle.replace(" ", "_")
-    rc, _, err = _hypuc(capsys, "train", "--workdir", wd, "--data", spec, "--target", target,
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", spec, "--target", target,
                         *FAST)
-    line = _one_line_error(rc, err)
+    line = one_line_error(rc, err)
     assert "data.target" in line and needle in line
     assert not wd.exists()
 
@@ -257,5 +245,5 @@ def test_damaged_run_files_are_named(tabular, capsys, tmp_path):
     wd = tmp_path / name.replace("/", "_")
     shutil.copytree(wd0, wd)
     damage(wd / name)
-    rc, _, err = _hypuc(capsys, "evaluate", "--workdir", wd)
-    assert name.split("/")[-1] in _one_line_error(rc, err), name
+    rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd)
+    assert name.split("/")[-1] in one_line_error(rc, err), name
