@@ -29,7 +29,6 @@ from flax import nnx
 
 from hypuc_jax import checkpoints, losses, parallel, train_data, train_logging
 from hypuc_jax import data as data_lib
-from hypuc_jax._validation import as_array, check_finite
 from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model are the
 # Flax-examples entry points.
@@ -364,7 +363,8 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
 
   Args:
     workdir: a run directory written by :func:`train_and_evaluate`.
-    x: raw inputs ``[n, time, leads]`` or ``[n, features]`` (unscaled).
+    x: raw inputs ``[n, time, leads]`` or ``[n, features]`` (unscaled); a
+      memory map (or ``data.RowView``) is read in batches, never whole.
     batch_size: forward-pass chunk size.
 
   Returns:
@@ -375,11 +375,7 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
       shape for the model.
   """
   config, run = train_data.load_run(workdir)
-  x = as_array(x, "x", ndim=len(run.input_shape) + 1)
-  if tuple(x.shape[1:]) != tuple(run.input_shape):
-    raise ValueError(f"x: expected shape [n, {', '.join(map(str, run.input_shape))}], "
-                     f"got {tuple(x.shape)}")
-  check_finite(x, "x")
+  x = train_data.check_inputs(x, run.input_shape)
   graphdef, template, schedule = create_train_state(config, run.input_shape, 1)
   paths = train_data.run_paths(workdir)
   if not os.path.isdir(paths["checkpoints"]):

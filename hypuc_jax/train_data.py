@@ -19,6 +19,8 @@ import numpy as np
 
 from hypuc_jax import data as data_lib
 from hypuc_jax import weights as weights_lib
+from hypuc_jax._validation import as_array
+from hypuc_jax.data import readers
 from hypuc_jax.config import WEIGHT_APPLY, Config
 
 SPLITS = ("train", "val", "test")
@@ -179,6 +181,26 @@ class _XOnly:
 
   def transform_y(self, y):
     return y
+
+
+def check_inputs(x, input_shape: tuple) -> Any:
+  """``x`` [n, *input_shape] for prediction: checked, memory maps kept as they are.
+
+  Finiteness is checked in row blocks (``data.readers.finite_rows``), so a
+  memory-mapped ``x`` is never loaded whole.
+
+  Raises:
+    ValueError: naming ``x``: not numeric, wrong shape, empty, or a row with NaN/inf.
+  """
+  x = as_array(x, "x", ndim=len(input_shape) + 1)
+  if tuple(x.shape[1:]) != tuple(input_shape):
+    raise ValueError(f"x: expected shape [n, {', '.join(map(str, input_shape))}], "
+                     f"got {tuple(x.shape)}")
+  ok = readers.finite_rows(x)
+  if not ok.all():
+    raise ValueError(f"x: expected finite values, found {int(ok.size - ok.sum())} rows with "
+                     f"NaN/inf (first: row {int(np.flatnonzero(~ok)[0])})")
+  return x
 
 
 def predict_scaled(placement, eval_fn, state, run: RunData, x, indices,

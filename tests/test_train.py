@@ -201,6 +201,14 @@ def test_predict_checks_its_input(tmp_path, npz_spec):
     train.predict(str(tmp_path / "run"), np.zeros((3, TIME, 5), np.float32))
   with pytest.raises(ValueError, match="workdir"):
     train.predict(str(tmp_path / "nothing"), np.zeros((3, TIME, LEADS), np.float32))
+  x = np.random.default_rng(0).normal(size=(5, TIME, LEADS)).astype(np.float32)
+  np.save(tmp_path / "x.npy", x)
+  mapped = np.load(tmp_path / "x.npy", mmap_mode="r")       # read in batches, as is
+  np.testing.assert_array_equal(train.predict(str(tmp_path / "run"), mapped)[0],
+                                train.predict(str(tmp_path / "run"), x)[0])
+  x[3, 2, 1] = np.nan
+  with pytest.raises(ValueError, match=r"x: .* 1 rows with NaN/inf \(first: row 3\)"):
+    train.predict(str(tmp_path / "run"), x)
 
 
 def test_pmap_run_matches_sharding_run(tmp_path, npz_spec):
