@@ -64,7 +64,9 @@ def check_positive(x: Any, name: str, *, strict: bool = True) -> None:
         ok = np.all(np.isfinite(arr)) and (np.all(arr > 0) if strict else np.all(arr >= 0))
         if not ok:
             rel = "> 0" if strict else ">= 0"
-            shown = arr if arr.size <= 4 else f"array with min {np.nanmin(arr)!r}"
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            shown = (arr if arr.size <= 4 else f"{bad} NaN/inf entries" if bad
+                     else f"array with min {np.min(arr)!r}")
             raise ValueError(f"{name}: expected finite values {rel}, got {shown}")
 
 

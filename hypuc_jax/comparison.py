@@ -50,7 +50,8 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
         thresholds=[t for t in task.thresholds if f"prob__{t[0]}" in out],
         train_labels=train_labels, regions=_named_regions(cfg, task),
         label_density=label_curves(cfg, train_labels), unit=task.unit,
-        mu_bins=out.get("mu_bin"), dof=float(out.get("dof", math.inf)))
+        mu_bins=out.get("mu_bin"), dof=float(out.get("dof", math.inf)),
+        tails=tuple(task.thresholds))
 
 
 #: ``hypuc run`` without --preset: the potassium preset with a budget that fits

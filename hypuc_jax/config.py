@@ -29,6 +29,7 @@ MODEL_KINDS = ("auto", "resnet1d", "mlp")
 CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
 CALIBRATION_TAILS = ("auto", "gaussian")
 CORRECTION_TARGETS = ("residual", "label")   # corrections.TARGETS
+SHOT_REGION_NAMES = ("many", "medium", "few")  # regions.SHOT_REGIONS: not for named regions
 BANDWIDTH_RULES = ("scott", "silverman")
 KDE_METHODS = ("binned", "exact")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
@@ -156,6 +157,9 @@ class CalibrationConfig:
 @dataclasses.dataclass(frozen=True)
 class CorrectionsConfig:
   """Gradient-boosted corrections and decisions (validation split only).
+
+  ``enabled`` must stay true: the stage always runs (the key is kept so that
+  configs written before it lost its meaning still load).
 
   ``target``: the value regressors fit the residual ``y - mu`` ("residual",
   corrected = mu + the fit) or the label itself ("label");
@@ -357,6 +361,12 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   for i, region in enumerate(config.regions):
     _check(len(region) == 3 and region[1] < region[2], f"regions[{i}]",
            "(name, low, high) with low < high", region)
+    _check(region[0] not in SHOT_REGION_NAMES
+           and [r[0] for r in config.regions].count(region[0]) == 1, f"regions[{i}]",
+           f"a name used once and not one of the shot regions {SHOT_REGION_NAMES}", region[0])
+  _check(config.corrections.enabled, "corrections.enabled",
+         "true (the corrections stage always runs; this key is kept so older configs load)",
+         config.corrections.enabled)
   return config
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from hypuc_jax._predictions import as_vector
+from hypuc_jax.config import SHOT_REGION_NAMES
 
-SHOT_REGIONS = ("many", "medium", "few")
+SHOT_REGIONS = SHOT_REGION_NAMES
 
 
 def validate_regions(regions: Any) -> dict[str, tuple[float, float]]:

@@ -57,14 +57,13 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
         mm = float(np.mean(np.abs(method.y - method.mu)))
         add("overall MAE no more than 5% above baseline",
             f"{mm:.4f} vs {mb:.4f} ({(mm / mb - 1) * 100:+.1f}%)", mm <= 1.05 * mb)
-        for name, value, direction in method.thresholds:
-            if direction != "above":
-                continue
+        for name, value, direction in method.tails or method.thresholds:
             n, tm = tail_mae(method, value, direction)
             _, tb = tail_mae(baseline, value, direction)
-            ok = None if n == 0 else tm <= 0.8 * tb
-            add(f"MAE for y > {value:g} at least 20% below baseline",
-                f"{tm:.4f} vs {tb:.4f} ({(tm / tb - 1) * 100:+.1f}%, n={n})", ok)
+            side = ">" if direction == "above" else "<"
+            add(f"MAE for y {side} {value:g} at least 20% below baseline",
+                f"{tm:.4f} vs {tb:.4f} ({(tm / tb - 1) * 100:+.1f}%, n={n})" if n
+                else f"no test records with y {side} {value:g}", None if n == 0 else tm <= 0.8 * tb)
     cal = method.eval["calibrated"]["overall"]
     unc = method.eval["uncalibrated"]["overall"]
     c95 = cal.get("coverage_95")
@@ -75,7 +74,8 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
     big = counts >= min_bin
     worst = float(np.max(np.abs(cov[big] - 0.95))) if big.any() else float("nan")
     add(f"calibrated 95% coverage within ±2 pp in every mu-bin with >= {min_bin} samples",
-        f"worst gap {worst * 100:.1f} pp over {int(big.sum())} bins", None if not big.any()
+        f"worst gap {worst * 100:.1f} pp over {int(big.sum())} bins" if big.any()
+        else f"no mu-bin with >= {min_bin} test records", None if not big.any()
         else worst <= 0.02)
     u0, u1 = unc.get("uce"), cal.get("uce")
     floor, floor_sd = unc_scores.uce_noise_floor(method.y.size)
@@ -143,9 +143,12 @@ def render_markdown(runs: Sequence[RunOutputs], figures: Mapping[str, Path],
         res = {True: "met", False: "**missed**", None: "n/a"}[row["passed"]]
         out.append(f"| {row['claim']} | {row['measured']} | {res} |")
     out += ["", "## Overall metrics (eval.json)", "", *_metrics_table(runs), "",
-            "## Per region", "", *_region_table(runs), "", "## Decisions", "",
-            "| run | decision | boosted AUROC | boosted AUPRC | threshold-mu AUROC |",
-            "| --- | --- | --- | --- | --- |"]
+            "## Per region", "", *_region_table(runs), "", "## Decisions", ""]
+    if any(run.eval.get("decisions") for run in runs):
+        out += ["| run | decision | boosted AUROC | boosted AUPRC | threshold-mu AUROC |",
+                "| --- | --- | --- | --- | --- |"]
+    else:
+        out.append("No decision thresholds with both outcomes in validation for this task.")
     for run in runs:
         for name, d in run.eval.get("decisions", {}).items():
             out.append(f"| {run.name} | {name} | {_fmt(d.get('auroc'))} | "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from hypuc_jax import flagging, uncertainty  # noqa: E402
+from hypuc_jax._files import temp_file  # noqa: E402
 from hypuc_jax._predictions import ThresholdSpec, central_z, exceed_prob  # noqa: E402
 
 FIGURES = ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
@@ -38,7 +38,8 @@ class RunOutputs:
       eval: the run's eval.json as a dict.
       y, mu, sigma, sigma_cal, corrected: test-split arrays [n] in label units.
       decision_probs: {threshold name: boosted probability [n]}.
-      thresholds: ((name, value, direction "above"/"below"), ...).
+      thresholds: ((name, value, direction "above"/"below"), ...) with a
+        boosted decision (``decision_probs``).
       train_labels: training labels [n_train] (label histogram, shot regions).
       regions: named clinical regions {name: (low, high)}.
       label_density: (grid [g], kde density [g], weight [g]) of the run's
@@ -48,6 +49,8 @@ class RunOutputs:
         quantile bins of test mu are used for the per-bin coverage).
       dof: family of the calibrated predictive mu + sigma_cal Z (inf:
         Gaussian; finite: the unit-variance Student-t of a fitted tail).
+      tails: every threshold of the task, decision or not (the rare ranges
+        whose MAE the report checks); empty: ``thresholds``.
     """
     name: str
     eval: Mapping[str, Any]
@@ -64,11 +67,11 @@ class RunOutputs:
     unit: str = ""
     mu_bins: np.ndarray | None = None
     dof: float = math.inf
+    tails: Sequence[tuple[str, float, str]] = ()
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path.parent, suffix=".png")
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         os.replace(tmp, path)
@@ -81,9 +84,9 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` via a temporary file and ``os.replace``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    tmp = temp_file(path.parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
@@ -318,7 +321,8 @@ def write_figures(runs: Sequence[RunOutputs], fig_dir: str | os.PathLike) -> dic
       fig_dir: output folder (created).
 
     Returns:
-      {figure name: path of the PNG}.
+      {figure name: path of the PNG}; no "roc" when no run has a decision
+      (a task without thresholds), and a stale roc.png is removed.
     """
     if not runs:
         raise ValueError("runs: expected at least one evaluated run, got none")
@@ -326,6 +330,9 @@ def write_figures(runs: Sequence[RunOutputs], fig_dir: str | os.PathLike) -> dic
     fig_dir.mkdir(parents=True, exist_ok=True)
     drawers = dict(zip(FIGURES, (_fig_labels, _fig_scatter, _fig_mae_regions, _fig_reliability,
                                  _fig_bin_coverage, _fig_selective, _fig_roc)))
+    if not any(r.decision_probs for r in runs):
+        del drawers["roc"]
+        (fig_dir / "roc.png").unlink(missing_ok=True)
     out = {}
     for name, draw in drawers.items():
         out[name] = fig_dir / f"{name}.png"

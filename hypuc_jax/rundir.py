@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hypuc_jax import config as config_lib
+from hypuc_jax._files import temp_file
 
 CONFIG = "config.json"
 TASK = "task.json"
@@ -47,9 +47,7 @@ class WorkflowError(ValueError):
 
 def _tmp_in(path: Path, suffix: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
+    return temp_file(path.parent, prefix=f".{path.name}.", suffix=suffix)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

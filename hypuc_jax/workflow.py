@@ -18,12 +18,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hypuc_jax import config as config_lib
+from hypuc_jax._files import temp_dir
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
     WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
@@ -31,6 +31,9 @@ from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and exper
 
 
 # ----------------------------------------------------------------------------- stages
+
+#: What ``evaluate_stage`` writes: stale once the calibration or corrections change.
+_EVALUATED = (EVAL, "outputs_test.npz", "outputs_val.npz")
 
 
 def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
@@ -78,8 +81,8 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
         d = calibration.fit_calibrator(method, val["mu"], val["sigma"], val["y"],
                                        **kwargs).to_dict()
     # Corrections and evaluation depend on the calibration: drop stale ones first.
-    _remove(workdir / CORRECTIONS)
-    _remove(workdir / EVAL)
+    for name in _EVALUATED + (CORRECTIONS,):
+        _remove(workdir / name)
     write_json(workdir / CALIBRATION, d)
     return d
 
@@ -132,8 +135,9 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
         max_leaf_nodes=2 ** c.max_depth, learning_rate=c.learning_rate, seed=c.seed,
         min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name,
         target=c.target)
-    _remove(workdir / EVAL)  # scored with the old corrections
-    tmp = Path(tempfile.mkdtemp(prefix=".corrections.", dir=workdir))
+    for name in _EVALUATED:  # scored with the old corrections
+        _remove(workdir / name)
+    tmp = Path(temp_dir(workdir, prefix=".corrections."))
     try:
         corrector.save(tmp)
         _remove(workdir / CORRECTIONS)
@@ -254,7 +258,7 @@ def _dataset(cfg: config_lib.Config):
 
 
 _DOWNSTREAM = (TASK, TRAIN_LABELS, "predictions_val.npz", "predictions_test.npz", CALIBRATION,
-               CORRECTIONS, EVAL, "outputs_test.npz", "outputs_val.npz")
+               CORRECTIONS, *_EVALUATED)
 
 
 def _sigma_or_constant(mu, sigma, const: float | None) -> np.ndarray:

@@ -247,3 +247,27 @@ def test_damaged_run_files_are_named(tabular, capsys, tmp_path):
     damage(wd / name)
     rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd)
     assert name.split("/")[-1] in one_line_error(rc, err), name
+
+
+def test_results_get_the_umask_permissions(tabular, capsys, tmp_path):
+  """Files written through temporary names get open()'s mode (0666 & ~umask), not 0600."""
+  import os
+  import stat
+
+  _, data, wd0, _ = tabular
+  wd = tmp_path / "run"
+  shutil.copytree(wd0, wd)
+  old = os.umask(0o027)
+  try:
+    for cmd in ("calibrate", "correct", "evaluate"):
+      assert hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+    assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                 "--output", tmp_path / "p.csv")[0] == 0
+  finally:
+    os.umask(old)
+  mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+  for name in (workflow.CALIBRATION, workflow.EVAL, "outputs_test.npz",
+               "corrections/manifest.json"):
+    assert mode(wd / name) == 0o640, name
+  assert mode(wd / workflow.CORRECTIONS) == 0o750
+  assert mode(tmp_path / "p.csv") == 0o640

@@ -96,6 +96,9 @@ def test_override_without_equals():
     ("weighting.lam=inf", "weighting.lam"),
     ("train.lr=nan", "train.lr"),
     ("data.split=0.8,0.2,0", "data.split"),
+    ("regions=[('few', 1.0, 2.0)]", r"regions\[0\]"),
+    ("regions=[('a', 1.0, 2.0), ('a', 3.0, 4.0)]", r"regions\[0\]"),
+    ("corrections.enabled=false", "corrections.enabled"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("regions=[('bad', 5.0, 1.0)]", r"regions\[0\]"),
 ])

@@ -166,6 +166,8 @@ def test_output_is_json_serialisable_and_point_models_get_none():
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.r_[1.0, 1, 1, 1, 0]), "sigma"),
     (dict(y=np.ones(5), mu=np.ones(5), sigma=-np.ones(5)), "sigma"),
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.r_[1.0, 1, 1, 1, np.inf]), "sigma"),
+    (dict(y=np.ones(9), mu=np.ones(9), sigma=np.r_[np.ones(8), np.nan]),
+     "sigma: expected finite values > 0, got 1 NaN/inf entries"),
     (dict(y=np.r_[1.0, 1, np.nan, 1, 1], mu=np.ones(5), sigma=np.ones(5)), "y"),
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"e": (4.0, 4.0)}), "regions"),
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"e": (5.0, 4.0)}), "regions"),

@@ -1,4 +1,6 @@
 """Tests for hypuc_jax.report: figures, report.md and the claim checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -50,6 +52,12 @@ def test_write_report_makes_every_figure_and_markdown(tmp_path, runs):
     assert "Data: synthetic." in text and "| hypuc | calibrated |" in text
     # no temporary files left behind
     assert not [p for p in tmp_path.rglob("*") if p.suffix == ".tmp" or p.name.startswith(".")]
+    # a task without decisions: no ROC figure (the old one removed), a sentence instead
+    bare = [dataclasses.replace(r, decision_probs={}, thresholds=(),
+                                eval={**r.eval, "decisions": {}}) for r in runs]
+    text = report.write_report(tmp_path, bare).read_text()
+    assert not (tmp_path / "figures" / "roc.png").exists() and "roc.png" not in text
+    assert "No decision thresholds" in text and "threshold-mu AUROC |" not in text
 
 
 def test_mu_bin_coverage_matches_direct_loop():
@@ -75,8 +83,19 @@ def test_checks_against_hand_computed_numbers(runs):
     row = rows["MAE for y > 5.5 at least 20% below baseline"]
     assert row["passed"] == (mae_m <= 0.8 * mae_b)
     assert f"{mae_m:.4f} vs {mae_b:.4f}" in row["measured"]
-    # the "below" threshold is not an over-the-threshold MAE claim
+    # the "below" threshold is checked on its own side (a low-tail rare range)
+    low = meth.y < 3.5
+    mae_bl = np.mean(np.abs(base.y[base.y < 3.5] - base.mu[base.y < 3.5]))
+    mae_ml = np.mean(np.abs(meth.y[low] - meth.mu[low]))
+    row = rows["MAE for y < 3.5 at least 20% below baseline"]
+    assert row["passed"] == (mae_ml <= 0.8 * mae_bl) and f"n={int(low.sum())}" in row["measured"]
     assert not any("y > 3.5" in c for c in rows)
+    # a tail without a boosted decision (tails) is still checked; an empty one is undefined
+    extra = dataclasses.replace(meth, tails=(*THRESHOLDS, ("K>99", 99.0, "above")))
+    rows = {r["claim"]: r for r in report.checks(base, extra)}
+    assert rows["MAE for y > 99 at least 20% below baseline"] == {
+        "claim": "MAE for y > 99 at least 20% below baseline",
+        "measured": "no test records with y > 99", "passed": None}
     cov = meth.eval["calibrated"]["overall"]["coverage_95"]
     assert rows["calibrated 95% coverage within ±2 pp overall"]["passed"] == (abs(cov - 0.95) <= 0.02)
     u0 = meth.eval["uncalibrated"]["overall"]["uce"]

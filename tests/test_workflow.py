@@ -96,9 +96,15 @@ def test_recalibration_drops_stale_downstream_results(rundir):
     workflow.calibrate_stage(rundir, "global")
     workflow.correct_stage(rundir)
     workflow.evaluate_stage(rundir)
+    assert (rundir / "outputs_test.npz").exists()
     d = workflow.calibrate_stage(rundir, "isotonic")
     assert d["method"] == "isotonic"
-    assert not (rundir / workflow.CORRECTIONS).exists() and not (rundir / workflow.EVAL).exists()
+    for stale in (workflow.CORRECTIONS, workflow.EVAL, "outputs_test.npz"):
+        assert not (rundir / stale).exists(), stale
+    workflow.correct_stage(rundir)
+    workflow.evaluate_stage(rundir)
+    workflow.correct_stage(rundir)                 # new corrections: the scores are stale
+    assert not (rundir / workflow.EVAL).exists() and not (rundir / "outputs_test.npz").exists()
 
 
 def test_thresholds_with_one_outcome_are_skipped(rundir):

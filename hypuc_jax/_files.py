@@ -1,0 +1,32 @@
+"""Temporary files and folders for atomic writes, with the permissions of a plain open().
+
+``tempfile.mkstemp`` / ``mkdtemp`` create 0600 files and 0700 folders
+whatever the umask; renamed into place, results would be private to their
+writer. These helpers give them the mode ``open()`` / ``os.makedirs`` would
+(0666 / 0777 minus the umask).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(directory: str | os.PathLike, prefix: str = "", suffix: str = "") -> str:
+    """Creates an empty file in ``directory`` (mode 0666 & ~umask); returns its path."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    os.close(fd)
+    os.chmod(path, 0o666 & ~_umask())
+    return path
+
+
+def temp_dir(directory: str | os.PathLike, prefix: str = "") -> str:
+    """Creates an empty folder in ``directory`` (mode 0777 & ~umask); returns its path."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=directory)
+    os.chmod(path, 0o777 & ~_umask())
+    return path
