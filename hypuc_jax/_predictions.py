@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import special, stats
 
-from hypuc_jax._validation import as_array, check_finite, check_positive, check_same_length
+from hypuc_jax._validation import (as_array, check_finite, check_positive, check_same_length,
+                                   is_concrete)
 
 
 def as_vector(x: Any, name: str) -> np.ndarray:
@@ -36,8 +37,12 @@ def as_vector(x: Any, name: str) -> np.ndarray:
       np.ndarray [n], float64.
 
     Raises:
-      ValueError: not 1-D, empty, or holding NaN/inf.
+      ValueError: not 1-D, empty, holding NaN/inf, or traced (inside
+        ``jax.jit``: the numpy-based stages take concrete arrays).
     """
+    if not is_concrete(x):
+        raise ValueError(f"{name}: got a traced array; this function runs on concrete "
+                         "(numpy) values, call it outside jax.jit / vmap")
     arr = np.asarray(as_array(x, name, ndim=1), dtype=np.float64)
     check_finite(arr, name)
     return arr

@@ -31,13 +31,17 @@ def as_array(x: Any, name: str, *, ndim: tuple[int, ...] | int | None = None,
       allow_empty: whether a zero-size array is accepted.
 
     Raises:
-      ValueError: wrong number of dimensions, or empty when not allowed.
+      ValueError: not real numbers (strings, objects, complex), wrong number
+        of dimensions, or empty when not allowed.
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__}") from e
+    if not (jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)
+            or jnp.issubdtype(x.dtype, jnp.bool_)):
+        raise ValueError(f"{name}: expected a real numeric array, got dtype {x.dtype}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
@@ -61,6 +65,10 @@ def check_positive(x: Any, name: str, *, strict: bool = True) -> None:
     """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict)."""
     if is_concrete(x):
         arr = np.asarray(x)
+        if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+                or jnp.issubdtype(arr.dtype, jnp.floating)) or np.iscomplexobj(arr):
+            raise ValueError(f"{name}: expected real numbers, got {type(x).__name__} "
+                             f"of dtype {arr.dtype}")
         ok = np.all(np.isfinite(arr)) and (np.all(arr > 0) if strict else np.all(arr >= 0))
         if not ok:
             rel = "> 0" if strict else ">= 0"

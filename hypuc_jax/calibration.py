@@ -177,6 +177,12 @@ def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: floa
     return scale, edges, etas, counts
 
 
+def _check_folds(folds, n: int) -> None:
+    if not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+        raise ValueError(f"folds: expected an integer in [2, {n}] (the number of samples), "
+                         f"got {folds!r}")
+
+
 def cross_fit(mu, sigma, y, folds: int = 5, seed: int = 0,
               **fit_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold hyperfine calibration of one split.
@@ -195,6 +201,7 @@ def cross_fit(mu, sigma, y, folds: int = 5, seed: int = 0,
       (held-out calibrated sigma [n], dof of the fit that calibrated each sample [n]).
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
+    _check_folds(folds, mu.size)
     parts = np.array_split(np.random.default_rng(seed).permutation(mu.size), folds)
     held, dofs = np.empty(mu.size), np.empty(mu.size)
     for k, test in enumerate(parts):
@@ -257,8 +264,7 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
         raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
     if not isinstance(min_count, (int, np.integer)) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
-    if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+    _check_folds(folds, mu.size)
     if mu.size < max(n_bins, min_count):
         raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
                          f"validation samples, got {mu.size}")

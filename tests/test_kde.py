@@ -208,6 +208,7 @@ GOOD = np.array([4.0, 4.2, 4.5, 6.0])
     (GOOD, GOOD, {"method": "fast"}, "method"),
     (GOOD, GOOD, {"grid_size": 1}, "grid_size"),
     (GOOD, GOOD, {"chunk_size": 0}, "chunk_size"),
+    (np.array(["a", "b"]), GOOD, {}, "samples: expected a real numeric array"),
 ])
 def test_bad_input_raises_value_error_naming_argument(samples, points, kwargs, arg):
     with pytest.raises(ValueError, match=arg):

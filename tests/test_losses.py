@@ -335,6 +335,16 @@ def test_bad_values_raise():
         losses.weighted_sums(z, np.array([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="positive total weight"):
         losses.weighted_mean(z, np.ones(3), np.zeros(3))
+    # not real numbers: named, not a numpy TypeError
+    with pytest.raises(ValueError, match="y: expected a real numeric array, got dtype <U1"):
+        losses.mse(z, np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="sigma: expected a real numeric array, got dtype complex"):
+        losses.gaussian_nll(z, z + 1j, z)
+    with pytest.raises(ValueError, match="delta: expected"):
+        losses.huber(z, z, delta="1")
+    # bfloat16 (a model dtype) stays accepted: value equals the float32 loss, rounded
+    got = losses.gaussian_nll(*(jnp.asarray(a, jnp.bfloat16) for a in (z, z + 1, z)))
+    np.testing.assert_allclose(np.asarray(got, np.float32), 0.5 * np.log(2 * np.pi), rtol=1e-2)
 
 
 # --- weighted reduction --------------------------------------------------------

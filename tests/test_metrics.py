@@ -228,3 +228,16 @@ def test_uce_noise_floor_matches_binomial_closed_form():
         assert 0 < sd < mean
     with pytest.raises(ValueError, match="n and draws"):
         uncertainty.uce_noise_floor(0)
+
+
+def test_numpy_stages_refuse_traced_inputs_with_a_named_error():
+    import jax
+
+    from hypuc_jax import calibration, corrections
+
+    y = np.linspace(3.0, 6.0, 50)
+    for fn in (lambda a: metrics.evaluate(a, a, a + 1.0)["overall"]["mae"],
+               lambda a: calibration.fit_global(a, a + 1.0, a).scale,
+               lambda a: corrections.fit_corrections(a, a + 1.0, a, n_models=1)):
+        with pytest.raises(ValueError, match="traced array.*outside jax.jit"):
+            jax.jit(fn)(y)

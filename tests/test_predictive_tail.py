@@ -225,12 +225,17 @@ def test_small_validation_sets_keep_the_gaussian():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"tail": "student"}, "tail"), ({"tail": 2.0}, "tail"),
-                                           ({"tail": True}, "tail"), ({"folds": 1}, "folds")])
+                                           ({"tail": True}, "tail"), ({"folds": 1}, "folds"),
+                                           ({"tail": "auto", "folds": 301},
+                                            r"folds: expected an integer in \[2, 300\]")])
 def test_bad_tail_arguments(kwargs, match):
     rng = np.random.default_rng(9)
     y, mu, sigma = _draw(rng, 300, 5.0)
     with pytest.raises(ValueError, match=match):
         calibration.fit_hyperfine(mu, sigma, y, n_bins=2, min_count=30, **kwargs)
+    if "folds" in kwargs:
+        with pytest.raises(ValueError, match="folds"):
+            calibration.cross_fit(mu, sigma, y, folds=kwargs["folds"])
 
 
 def test_corrector_keeps_its_dof(tmp_path):

@@ -228,6 +228,8 @@ def test_none_scheme_gives_ones():
     (Y, {"bandwidth": 0.0}, "bandwidth"),
     (Y, {"bandwidth": float("nan")}, "bandwidth"),
     (Y, {"method": "approx"}, "method"),
+    (Y, {"lam": "0.5"}, "lam: expected real numbers"),
+    (np.array(["4.0", "5.0"]), {}, "labels: expected a real numeric array"),
 ])
 def test_kde_weights_bad_input(labels, kwargs, arg):
     with pytest.raises(ValueError, match=arg):
