@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hypuc_jax._validation import as_array, check_finite, check_positive
+from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
 
 RULES = ("scott", "silverman")
 METHODS = ("binned", "exact")
@@ -81,8 +81,8 @@ def _as_samples(samples, name: str = "samples") -> jax.Array:
                          f"got shape {tuple(samples.shape)}")
     check_finite(samples, name)
     x = jnp.asarray(samples)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.result_type(float))     # ints, float16/bfloat16: the FFT needs f32+
     return x.reshape(x.shape[0], -1)
 
 
@@ -92,7 +92,11 @@ def _resolve_bandwidth(samples2d: jax.Array, rule) -> jax.Array:
     if isinstance(rule, str):
         if rule not in RULES:
             raise ValueError(f"bandwidth: expected one of {RULES} or a positive float, got {rule!r}")
-        return _rule_bandwidth(samples2d, rule)
+        h = _rule_bandwidth(samples2d, rule)
+        if is_concrete(h) and not bool(jnp.all(jnp.isfinite(h))):
+            raise ValueError(f"samples: the spread of the labels overflows {samples2d.dtype} in "
+                             f"the {rule!r} bandwidth; rescale the labels (e.g. standardise)")
+        return h
     h = as_array(rule, "bandwidth", ndim=(0, 1))
     if h.ndim == 1 and h.shape[0] not in (1, d):
         raise ValueError(f"bandwidth: expected a scalar or {d} values (one per label "
