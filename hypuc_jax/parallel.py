@@ -200,3 +200,22 @@ def _first_replica(x: jax.Array) -> jax.Array:
   No host round trip (safe under a "disallow" transfer guard).
   """
   return x.addressable_data(0).reshape(x.shape[1:])
+
+
+def _is_key(x) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def fold_device_keys(state: Any, axis_name: str) -> Any:
+  """Inside ``pmap``: every PRNG-key leaf of ``state`` (the models' ``nnx.Rngs``
+  streams, e.g. dropout) folded with the device index, so devices draw
+  different masks from a replicated state. Pair with :func:`restore_keys`."""
+  index = jax.lax.axis_index(axis_name)
+  return jax.tree.map(lambda x: jax.random.fold_in(x, index) if _is_key(x) else x, state)
+
+
+def restore_keys(new_state: Any, old_state: Any) -> Any:
+  """``new_state`` with its PRNG-key leaves taken from ``old_state`` (same tree):
+  the replicated keys return, while the streams' counters advance as usual."""
+  return jax.tree.map(lambda new, old: old if _is_key(old) else new, new_state, old_state)

@@ -101,6 +101,8 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
   chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1)
   chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]])
   old_leaves = jax.tree.leaves(state)     # before merge: updates mutate in place
+  if axis_name is not None:               # pmap: each device its own dropout stream
+    state = parallel.fold_device_keys(state, axis_name)
   model, optimizer = nnx.merge(graphdef, state)
   model.train()
 
@@ -123,6 +125,9 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
   step = optimizer.step[...]
   optimizer.update(model, grads)
   new_state = nnx.state((model, optimizer))
+  if axis_name is not None:               # keys back to the replicated ones
+    new_state = parallel.restore_keys(new_state, jax.tree.unflatten(
+        jax.tree.structure(state), old_leaves))
   leaves, treedef = jax.tree.flatten(new_state)
   leaves = jax.lax.cond(finite, lambda: leaves, lambda: old_leaves)
   new_state = jax.tree.unflatten(treedef, leaves)
@@ -299,8 +304,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         jax.block_until_ready(metrics)
         tick, tick_step = time.perf_counter(), step
         logger.start(step)
-      do_eval = step % t.eval_every == 0 or step == end
-      do_ckpt = do_eval or step % t.checkpoint_every == 0
+      do_eval = step % t.eval_every == 0 or step == total   # not at a stop_after: a
+      do_ckpt = do_eval or step % t.checkpoint_every == 0 or step == end  # resumed run equals
       if step % t.log_every == 0 or do_ckpt:
         host = jax.device_get(pending)
         pending = []

@@ -191,3 +191,41 @@ def test_nonfinite_step_keeps_state_and_flags():
 def test_placement_rejects_unknown_mode():
   with pytest.raises(ValueError, match="mode"):
     parallel.Placement("data_parallel")
+
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_pmap_devices_draw_their_own_dropout_masks(n_devices, dropout):
+  """Every device gets the same examples. Were the replicated dropout key used as
+  is, every device would draw the same mask and the pmap step would equal a plain
+  step on one copy of the examples (as it must without dropout: the control).
+  Folded with the device index, the masks differ, so the steps differ; the keys in
+  the returned state stay replicated."""
+  config = _config(**{"model.dropout": dropout})
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  rng = np.random.default_rng(5)
+  per = BATCH // n_devices
+  one = {"x": rng.normal(size=(per, FEATURES)).astype(np.float32),
+         "y": rng.normal(size=per).astype(np.float32),
+         "w": np.ones(per, np.float32), "mask": np.ones(per, np.float32)}
+  tiled = {k: np.concatenate([v] * n_devices) for k, v in one.items()}
+  want = [jax.random.key_data(k) for k in jax.tree.leaves(state) if parallel._is_key(k)]
+  out = {}
+  for mode, batch in (("pmap", tiled), ("none", one)):
+    placement = parallel.Placement(mode)
+    step = placement.compile_step(train.bind_train_step(
+        graphdef, train.LossSpec.from_config(config), schedule))
+    fresh = jax.tree.map(lambda a: a.copy(), state)          # steps donate their input
+    new, _ = step(placement.put_state(fresh), placement.put_batch(batch))
+    out[mode] = jax.device_get(placement.get_state(new))
+  params = [jax.tree.leaves(nnx.state(nnx.merge(graphdef, out[m])[0], nnx.Param))
+            for m in ("pmap", "none")]
+  diff = max(float(np.max(np.abs(a - b))) for a, b in zip(*params))
+  if dropout == 0.0:
+    assert diff < 1e-6
+  else:
+    assert diff > 1e-4
+  keys = [jax.random.key_data(k) for k in jax.tree.leaves(out["pmap"]) if parallel._is_key(k)]
+  assert len(keys) == len(want) and (len(want) == 1 or dropout == 0.0)   # dropout stream
+  for a, b in zip(keys, want):
+    np.testing.assert_array_equal(a, b)

@@ -104,6 +104,27 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, npz_spec, apply):
              for a, b in zip(jax.tree.leaves(p_mid), jax.tree.leaves(p_full)))
 
 
+def test_stop_between_evaluations_adds_no_evaluation(tmp_path, npz_spec):
+  """Stopping at a step that is not an evaluation step saves a checkpoint there but
+  evaluates nothing, so best step, early stopping and the result equal an
+  uninterrupted run (here early stopping after one evaluation without progress)."""
+  config = _npz_config(npz_spec, "train.eval_every=3", "train.checkpoint_every=7",
+                       "train.early_stopping_patience=1", "train.lr=3e-2")
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  first = train.train_and_evaluate(config, str(tmp_path / "part"), stop_after=5)
+  assert first.steps == 5 and _params(str(tmp_path / "part"), config)[2] == 5
+  val_steps = [r["step"] for r in map(json.loads, open(tmp_path / "part" / "metrics.jsonl"))
+               if r["split"] == "val"]
+  assert val_steps == [3]                                   # none at the stop (step 5)
+  part = train.train_and_evaluate(config, str(tmp_path / "part"))
+  assert (part.steps, part.best_step, part.stopped_early) == (
+      full.steps, full.best_step, full.stopped_early)
+  p_full, _, _ = _params(str(tmp_path / "full"), config, full.best_step)
+  p_part, _, _ = _params(str(tmp_path / "part"), config, part.best_step)
+  for a, b in zip(jax.tree.leaves(p_part), jax.tree.leaves(p_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_resampled_training_batches_follow_the_weights(npz_spec):
   """apply=resample: unit loss weights, rows drawn in proportion to the KDE
   weights (so the weighted label mean matches, reference computed here);
