@@ -66,22 +66,34 @@ def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
     data = {ref[0]: variant_maes(ref[1], seeds, "--ref", value)}
     data.update({name: variant_maes(d, seeds, value=value) for name, d in runs})
     keys = list(dict.fromkeys(k for _, cols in data.values() for k in cols))
-    base = {k: np.nanmean(data[ref[0]][1][k]) for k in keys}
+    base = {k: _mean(data[ref[0]][1].get(k, [])) for k in keys}
     lines = ["| variant | seeds | " + " | ".join(keys) + " |",
              "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
     for name, (seeds, cols) in data.items():
         cells = []
         for k in keys:
-            v = np.asarray(cols.get(k, [np.nan]), float)
-            m = np.nanmean(v)
-            sd = np.nanstd(v, ddof=1) if np.sum(np.isfinite(v)) > 1 else float("nan")
-            rel = "" if name == ref[0] else f" ({100 * (m / base[k] - 1):+.0f}%)"
-            cells.append(f"{m:.3f} ± {sd:.3f}{rel}")
+            v = np.asarray(cols.get(k, []), float)
+            v = v[np.isfinite(v)]                  # a seed without records there: skipped
+            if v.size == 0:
+                cells.append("—")
+                continue
+            m = float(np.mean(v))
+            sd = f"{np.std(v, ddof=1):.3f}" if v.size > 1 else "—"
+            rel = ("" if name == ref[0] or not np.isfinite(base[k])
+                   else f" ({100 * (m / base[k] - 1):+.0f}%)")
+            cells.append(f"{m:.3f} ± {sd}{rel}")
         lines.append(f"| {name} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     tails = [k for k in keys if k.startswith("test mae[")]
-    per_seed = [f"- {name}, {k} per seed: " + ", ".join(f"{v:.3f}" for v in cols[k])
+    per_seed = [f"- {name}, {k} per seed: "
+                + ", ".join(f"{v:.3f}" if np.isfinite(v) else "—" for v in cols[k])
                 for k in tails[:1] for name, (seeds, cols) in data.items() if k in cols]
     return "\n".join(lines) + "\n\n" + "\n".join(per_seed) + "\n"
+
+
+def _mean(values) -> float:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return float(np.mean(v)) if v.size else float("nan")
 
 
 def _pair(text: str) -> tuple[str, Path]:

@@ -93,3 +93,19 @@ def test_bad_arguments_are_one_clear_error(tmp_path):
         compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"b={tmp_path / 'empty'}"])
     with pytest.raises(SystemExit, match="--runs: labels must differ.*\\['a'\\]"):
         compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"a={tmp_path / 'v'}"])
+
+
+def test_empty_tails_show_a_dash_not_nan(tmp_path):
+    rng = np.random.default_rng(4)
+    for name in ("none", "hypuc"):
+        _variant(tmp_path / name, [0, 1], 0.1, rng)
+        for s in (0, 1):                                     # no label beyond 5.5 or below 3.5
+            y = rng.uniform(4.0, 5.0, 50)
+            for split in ("val", "test"):
+                np.savez(tmp_path / name / f"seed{s}" / f"predictions_{split}.npz", y=y,
+                         mu=y + 0.1, sigma=np.ones_like(y))
+    text = compare_runs.table(("none", tmp_path / "none"), [("hypuc", tmp_path / "hypuc")])
+    assert "nan" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| hypuc |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "0.100 ± 0.000 (+0%)" and cells[3] == "—"   # val mae, val mae[y>5.5]
