@@ -25,6 +25,7 @@ LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
 WEIGHT_APPLY = ("loss", "resample")
 PARALLEL = ("auto", "none", "sharding", "pmap")
+SELECT_ON = ("weighted_nll", "nll")
 MODEL_KINDS = ("auto", "resnet1d", "mlp")
 CALIBRATIONS = ("none", "global", "hyperfine", "isotonic")
 CALIBRATION_TAILS = ("auto", "gaussian")
@@ -116,8 +117,15 @@ class TrainConfig:
   """Optimisation and loop. ``steps > 0`` overrides ``epochs``.
 
   ``eval_every`` / ``checkpoint_every`` / ``log_every`` count optimiser steps;
-  ``early_stopping_patience`` counts evaluations without a better val NLL
-  (0 disables early stopping).
+  ``early_stopping_patience`` counts evaluations without a better validation
+  score (0 disables early stopping).
+
+  ``select_on`` is the validation score that ranks checkpoints (the best
+  one is the run's model) and drives early stopping: "weighted_nll" is the
+  training objective on the validation split, ``sum w*l / sum w`` with the
+  run's label weighting (fitted on the training labels) applied to the
+  validation labels; "nll" is the plain mean. They coincide for
+  ``weighting.scheme=none``.
   """
   batch_size: int = 64
   eval_batch_size: int = 256
@@ -133,6 +141,7 @@ class TrainConfig:
   checkpoint_every: int = 200
   keep_checkpoints: int = 3
   early_stopping_patience: int = 5
+  select_on: str = "weighted_nll"
   prefetch: int = 2
   transfer_guard: bool = True
   seed: int = 0
@@ -195,6 +204,30 @@ class Config:
   def from_dict(cls, d: dict) -> "Config":
     """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
     return typed_fields.from_dict(cls, d, "")
+
+  @classmethod
+  def from_stored(cls, d: dict) -> "Config":
+    """``from_dict`` for a config written by a run (``DIR/config.json``).
+
+    A key in ``LEGACY_DEFAULTS`` that the stored dict lacks was written
+    before the key existed; it is read at its legacy value (the behaviour
+    the run was trained with), not at today's default.
+    """
+    d = json.loads(json.dumps(d))
+    for section, keys in LEGACY_DEFAULTS.items():
+      if isinstance(d.get(section), dict):
+        for key, value in keys.items():
+          d[section].setdefault(key, value)
+    return cls.from_dict(d)
+
+
+# Keys added after run directories were first written, with the value that
+# reproduces the older behaviour. ``Config.from_stored`` reads a stored
+# config without such a key at that value, and ``CheckpointStore(
+# optional_defaults=)`` treats a fingerprint key at that value like an absent
+# one, so run directories trained before the key existed still open.
+LEGACY_DEFAULTS = {"weighting": {"apply": "loss"}, "loss": {"beta": 0.0},
+                   "train": {"select_on": "nll"}}
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -284,6 +317,7 @@ _CHOICES = {"model.kind": MODEL_KINDS, "model.activation": ACTIVATIONS, "model.d
             "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS,
             "weighting.apply": WEIGHT_APPLY, "weighting.method": KDE_METHODS,
             "weighting.lds_kernel": LDS_KERNELS, "train.parallel": PARALLEL,
+            "train.select_on": SELECT_ON,
             "calibration.method": CALIBRATIONS, "calibration.tail": CALIBRATION_TAILS,
             "corrections.target": CORRECTION_TARGETS}
 _AT_LEAST = {"model.stem_stride": 1, "model.groups": 1, "loss.bni_bins": 2, "weighting.bins": 2,

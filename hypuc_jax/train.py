@@ -199,7 +199,8 @@ class TrainResult:
   Attributes:
     workdir: run directory.
     steps: optimiser steps done in total (including a resumed part).
-    best_step: step of the best checkpoint (lowest validation NLL).
+    best_step: step of the best checkpoint (lowest ``train.select_on``
+      validation score).
     best_metrics: validation metrics at ``best_step``.
     final_metrics: last logged train metrics and last validation metrics.
     stopped_early: whether early stopping ended training.
@@ -224,7 +225,7 @@ def _open_store(config: Config, directory: str, overwrite: bool = False,
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                        stop_after: int | None = None) -> TrainResult:
-  """Trains on ``config.data.spec``, early-stops on validation NLL, writes the run dir.
+  """Trains on ``config.data.spec``, early-stops on the validation score, writes the run dir.
 
   Resumes from the latest checkpoint in ``workdir/checkpoints`` when there
   is one (same config fingerprint); the batch order is a function of the
@@ -288,11 +289,14 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     end = start
   tick, tick_step = None, start
 
+  y_val = run.y[run.idx["val"]]
+  w_val = np.asarray(run.weighting(np.asarray(y_val, np.float32)), np.float64)
+
   def evaluate(state_):
     loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(state_),
                                            run, run.x, run.idx["val"], t.eval_batch_size)
     mu, sigma = train_data.to_label_units(run, loc, scale, head)
-    return train_data.val_score(head, run.y[run.idx["val"]], mu, sigma)
+    return train_data.val_score(head, y_val, mu, sigma, w_val)
 
   try:
     for step in range(start + 1, end + 1):
@@ -330,12 +334,13 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         val = evaluate(state)
         logger.log(step, val, prefix="val")
         meta["val"] = val
-        if val["nll"] < meta["best_nll"]:
-          meta.update(best_nll=val["nll"], best_step=step, bad_evals=0)
+        score = val[t.select_on]
+        if score < meta["best_nll"]:            # "best_nll": the best train.select_on score
+          meta.update(best_nll=score, best_step=step, bad_evals=0)
         else:
           meta["bad_evals"] += 1
       if do_ckpt:
-        store.save(step, placement.get_state(state), meta, None if val is None else val["nll"])
+        store.save(step, placement.get_state(state), meta, None if val is None else score)
       if t.early_stopping_patience and meta["bad_evals"] >= t.early_stopping_patience:
         stopped_early = True
         break

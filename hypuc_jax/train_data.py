@@ -140,7 +140,7 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
     if not os.path.exists(paths[key]):
       raise ValueError(f"workdir: {workdir} is not a trained run (missing {paths[key]})")
   with open(paths["config"]) as f:
-    config = Config.from_dict(json.load(f))
+    config = Config.from_stored(json.load(f))
   with open(paths["scaler"]) as f:
     d = json.load(f)
   shape = tuple(d.pop("input_shape"))
@@ -241,23 +241,33 @@ def to_label_units(run, loc, scale, head):
   return mu, (np.sqrt(2.0) * sigma if head == "laplace" else sigma)
 
 
-def val_score(head: str, y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None) -> dict:
-  """Validation metrics in label units; ``nll`` ranks checkpoints.
+def val_score(head: str, y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None,
+              weights: np.ndarray | None = None) -> dict:
+  """Validation metrics in label units; ``nll`` or ``weighted_nll`` ranks checkpoints.
 
-  ``sigma`` is the predictive standard deviation (Laplace: ``sqrt(2) b``).
-  A point head has no likelihood: its ``nll`` is the MSE.
+  Args:
+    head: "gaussian", "laplace" or "point".
+    y, mu: [n] labels and predicted locations.
+    sigma: [n] predictive standard deviation (Laplace: ``sqrt(2) b``); None
+      for a point head, whose likelihood is replaced by the squared error.
+    weights: [n] label weights of the validation examples (the run's
+      weighting applied to ``y``); None means all ones.
+
+  Returns:
+    ``{"mae", "mse", "nll", "weighted_nll"}``; ``weighted_nll`` is
+    ``sum w*l / sum w`` of the per-example ``l`` whose mean is ``nll``.
   """
   err = np.asarray(y, np.float64) - mu
-  out = {"mae": float(np.mean(np.abs(err))), "mse": float(np.mean(err ** 2))}
   if head == "gaussian":
-    out["nll"] = float(np.mean(0.5 * np.log(2 * np.pi) + np.log(sigma)
-                               + 0.5 * (err / sigma) ** 2))
+    per = 0.5 * np.log(2 * np.pi) + np.log(sigma) + 0.5 * (err / sigma) ** 2
   elif head == "laplace":
     b = sigma / np.sqrt(2.0)
-    out["nll"] = float(np.mean(np.log(2 * b) + np.abs(err) / b))
+    per = np.log(2 * b) + np.abs(err) / b
   else:
-    out["nll"] = out["mse"]
-  return out
+    per = err ** 2
+  w = np.ones_like(per) if weights is None else np.asarray(weights, np.float64)
+  return {"mae": float(np.mean(np.abs(err))), "mse": float(np.mean(err ** 2)),
+          "nll": float(np.mean(per)), "weighted_nll": float(np.sum(w * per) / np.sum(w))}
 
 
 def _json_default(v):

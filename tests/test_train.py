@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from scipy import stats
 
 from hypuc_jax import checkpoints, train, train_data
 from hypuc_jax.config import apply_overrides, get_config
@@ -80,6 +81,62 @@ def test_end_to_end_tiny_simulated(tmp_path, capsys):
   z = (val["y"] - val["mu"]) / val["sigma"]
   nll = np.mean(0.5 * np.log(2 * np.pi) + np.log(val["sigma"]) + 0.5 * z ** 2)
   np.testing.assert_allclose(result.best_metrics["nll"], nll, rtol=1e-4)
+
+
+def test_val_score_matches_scipy_likelihoods():
+  rng = np.random.default_rng(0)
+  y, mu = rng.normal(5, 1, 50), rng.normal(5, 1, 50)
+  sigma, w = rng.uniform(0.2, 2, 50), rng.uniform(0.1, 5, 50)
+  for head, per in (("gaussian", -stats.norm.logpdf(y, mu, sigma)),
+                    ("laplace", -stats.laplace.logpdf(y, mu, sigma / np.sqrt(2))),
+                    ("point", (y - mu) ** 2)):
+    got = train_data.val_score(head, y, mu, None if head == "point" else sigma, w)
+    assert got["nll"] == pytest.approx(np.mean(per), rel=1e-12)
+    assert got["weighted_nll"] == pytest.approx(np.average(per, weights=w), rel=1e-12)
+    assert got["mae"] == pytest.approx(np.mean(np.abs(y - mu)), rel=1e-12)
+    unweighted = train_data.val_score(head, y, mu, None if head == "point" else sigma)
+    assert unweighted["weighted_nll"] == pytest.approx(unweighted["nll"], rel=1e-12)
+
+
+def _scipy_hypuc_weights(y_train, y, lam):
+  """SPEC weights 1/rho^lam (Scott bandwidth, exact KDE via scipy), mean 1 on
+  the training labels; labels outside the training range take the edge's weight."""
+  s = np.std(y_train, ddof=1)
+  kde = stats.gaussian_kde(y_train, bw_method=1.06 * len(y_train) ** -0.2)
+  assert kde.factor * s == pytest.approx(1.06 * s * len(y_train) ** -0.2)
+  raw = lambda v: kde(np.clip(v, y_train.min(), y_train.max())) ** -lam
+  return raw(y) / np.mean(raw(y_train))
+
+
+def test_checkpoint_selection_follows_select_on(tmp_path, npz_spec):
+  """The best checkpoint minimises the chosen validation score over every
+  evaluation; the weighted score is the training objective on validation
+  (scipy KDE weights on the validation labels, recomputed here)."""
+  from hypuc_jax import data
+  ds = data.load(npz_spec)
+  base = _npz_config(npz_spec, "weighting.lam=1.0", "train.steps=24", "train.eval_every=2",
+                     "train.checkpoint_every=2", "train.keep_checkpoints=1", "train.lr=1e-2")
+  parts = data.split_indices(len(ds.y), base.data.seed, base.data.split)
+  y_train = np.asarray(ds.y[parts["train"]], np.float64)
+  best = {}
+  for select_on in ("weighted_nll", "nll"):
+    wd = tmp_path / select_on
+    result = train.train_and_evaluate(apply_overrides(base, [f"train.select_on={select_on}"]),
+                                      str(wd))
+    val = [r for r in map(json.loads, open(wd / "metrics.jsonl")) if r["split"] == "val"]
+    assert [r["step"] for r in val] == list(range(2, 25, 2))
+    scores = [r[select_on] for r in val]
+    assert result.best_step == val[int(np.argmin(scores))]["step"]
+    assert result.best_metrics[select_on] == pytest.approx(min(scores))
+    # The stored val predictions come from the best checkpoint; its scores, recomputed.
+    pred = np.load(wd / "predictions_val.npz")
+    per = -stats.norm.logpdf(pred["y"], pred["mu"], pred["sigma"])
+    w = _scipy_hypuc_weights(y_train, np.asarray(pred["y"], np.float64), 1.0)
+    assert result.best_metrics["nll"] == pytest.approx(np.mean(per), rel=1e-4)
+    assert result.best_metrics["weighted_nll"] == pytest.approx(np.average(per, weights=w),
+                                                                rel=2e-3, abs=2e-3)
+    best[select_on] = result.best_step
+  assert best["weighted_nll"] != best["nll"]        # the two criteria disagree in this run
 
 
 @pytest.mark.parametrize("apply", ["loss", "resample"])
@@ -162,18 +219,27 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
-  # weighting.apply and loss.beta came later: a stored fingerprint without
-  # them (an older run directory) opens at their defaults ("loss", 0.0) and
-  # is refused for "resample".
+  # weighting.apply, loss.beta and train.select_on came later: a run directory
+  # written before them (no key in config.json or the fingerprint) opens at
+  # their legacy values ("loss", 0.0, "nll") and is refused for others.
   fp_path = os.path.join(tmp_path, "checkpoints", "fingerprint.json")
-  stored = json.load(open(fp_path))
+  cfg_path = os.path.join(tmp_path, "config.json")
+  stored, stored_cfg = json.load(open(fp_path)), json.load(open(cfg_path))
   assert stored["weighting"].pop("apply") == "loss"
   assert stored["loss"].pop("beta") == 0.0
+  assert stored["train"].pop("select_on") == "weighted_nll"
+  del stored_cfg["train"]["select_on"]
   json.dump(stored, open(fp_path, "w"))
-  resampled = apply_overrides(config, ["weighting.apply=resample"])
+  json.dump(stored_cfg, open(cfg_path, "w"))
+  legacy = apply_overrides(config, ["train.select_on=nll"])
+  resampled = apply_overrides(legacy, ["weighting.apply=resample"])
   with pytest.raises(ValueError, match="different model or config \\(weighting.apply: "
                                        "stored None, now 'resample'\\)"):
     train.train_and_evaluate(resampled, str(tmp_path))
+  with pytest.raises(ValueError, match="different model or config \\(train.select_on: "
+                                       "stored None, now 'weighted_nll'\\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert train.train_and_evaluate(legacy, str(tmp_path)).steps == 8     # resumes: done
   mu, _ = train.predict(str(tmp_path), np.zeros((2, TIME, LEADS), np.float32))
   assert mu.shape == (2,) and np.all(np.isfinite(mu))
   result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
