@@ -156,7 +156,7 @@ def load_config(workdir: str | os.PathLike) -> config_lib.Config:
     if not (workdir / CONFIG).exists() or not (workdir / TASK).exists():
         raise WorkflowError(f"{workdir}: no trained model found (expected {CONFIG} and "
                             f"{TASK}); run `hypuc train --workdir {workdir} --data ...` first")
-    return config_lib.Config.from_stored(read_json(workdir / CONFIG, "config"))
+    return config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
 
 
 def parse_region(text: str) -> tuple[str, float, float]:

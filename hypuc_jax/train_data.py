@@ -140,7 +140,7 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
     if not os.path.exists(paths[key]):
       raise ValueError(f"workdir: {workdir} is not a trained run (missing {paths[key]})")
   with open(paths["config"]) as f:
-    config = Config.from_stored(json.load(f))
+    config = Config.from_dict(json.load(f))
   with open(paths["scaler"]) as f:
     d = json.load(f)
   shape = tuple(d.pop("input_shape"))

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from hypuc_jax import losses, models
-from hypuc_jax.config import LEGACY_DEFAULTS, Config
+from hypuc_jax.config import Config
 
 
 def make_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTransformation,
@@ -131,8 +131,12 @@ _NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
                                 "transfer_guard", "parallel", "eval_batch_size")}
 
 
-# Fingerprint keys added later, at the value that reproduces older runs.
-FINGERPRINT_DEFAULTS = LEGACY_DEFAULTS
+# Keys added to the config after checkpoints were first written, with the value
+# that reproduces the older behaviour: ``CheckpointStore(optional_defaults=)``
+# treats such a key at that value like an absent one, so run directories
+# trained before the key existed still match.
+FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss"}, "loss": {"beta": 0.0},
+                        "train": {"select_on": "nll"}}
 
 
 def fingerprint(config: Config) -> dict:

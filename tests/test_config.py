@@ -139,19 +139,6 @@ def test_from_dict_rejects_unknown_keys():
     config_lib.Config.from_dict(d)
 
 
-def test_stored_config_reads_a_missing_later_key_at_its_legacy_value():
-  """A run's config.json written before train.select_on existed was trained
-  selecting on the plain NLL: from_stored reads it so; from_dict (a user's
-  config) takes today's default; a stored value is never replaced."""
-  d = get_config("tiny").to_dict()
-  assert d["train"].pop("select_on") == "weighted_nll"
-  assert config_lib.Config.from_stored(d).train.select_on == "nll"
-  assert config_lib.Config.from_dict(d).train.select_on == "weighted_nll"
-  assert "select_on" not in d["train"]                       # the input is not changed
-  d["train"]["select_on"] = "weighted_nll"
-  assert config_lib.Config.from_stored(d).train.select_on == "weighted_nll"
-
-
 def test_resolve_parallel():
   assert config_lib.resolve_parallel("auto", 1) == "none"
   assert config_lib.resolve_parallel("auto", 8) == "sharding"

@@ -219,27 +219,21 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
-  # weighting.apply, loss.beta and train.select_on came later: a run directory
-  # written before them (no key in config.json or the fingerprint) opens at
-  # their legacy values ("loss", 0.0, "nll") and is refused for others.
+  # weighting.apply, loss.beta and train.select_on came later: a stored
+  # fingerprint without them (an older run directory) opens at their defaults
+  # ("loss", 0.0, "nll") and is refused for other values.
   fp_path = os.path.join(tmp_path, "checkpoints", "fingerprint.json")
-  cfg_path = os.path.join(tmp_path, "config.json")
-  stored, stored_cfg = json.load(open(fp_path)), json.load(open(cfg_path))
+  stored = json.load(open(fp_path))
   assert stored["weighting"].pop("apply") == "loss"
   assert stored["loss"].pop("beta") == 0.0
-  assert stored["train"].pop("select_on") == "weighted_nll"
-  del stored_cfg["train"]["select_on"]
+  assert stored["train"].pop("select_on") == "nll"
   json.dump(stored, open(fp_path, "w"))
-  json.dump(stored_cfg, open(cfg_path, "w"))
-  legacy = apply_overrides(config, ["train.select_on=nll"])
-  resampled = apply_overrides(legacy, ["weighting.apply=resample"])
-  with pytest.raises(ValueError, match="different model or config \\(weighting.apply: "
-                                       "stored None, now 'resample'\\)"):
-    train.train_and_evaluate(resampled, str(tmp_path))
-  with pytest.raises(ValueError, match="different model or config \\(train.select_on: "
-                                       "stored None, now 'weighted_nll'\\)"):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert train.train_and_evaluate(legacy, str(tmp_path)).steps == 8     # resumes: done
+  for override, now in (("weighting.apply=resample", "weighting.apply: stored None, now 'resample'"),
+                        ("train.select_on=weighted_nll",
+                         "train.select_on: stored None, now 'weighted_nll'")):
+    with pytest.raises(ValueError, match=f"different model or config \\({now}\\)"):
+      train.train_and_evaluate(apply_overrides(config, [override]), str(tmp_path))
+  assert train.train_and_evaluate(config, str(tmp_path)).steps == 8     # resumes: done
   mu, _ = train.predict(str(tmp_path), np.zeros((2, TIME, LEADS), np.float32))
   assert mu.shape == (2,) and np.all(np.isfinite(mu))
   result = train.train_and_evaluate(other, str(tmp_path), overwrite=True)
