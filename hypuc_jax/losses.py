@@ -88,6 +88,12 @@ def laplace_nll(mu, scale, y) -> jax.Array:
     return math.log(2.0) + jnp.log(scale) + jnp.abs(y - mu) / scale
 
 
+def _as_float(*arrays: jax.Array) -> list[jax.Array]:
+    """Integer / bool arrays promoted to float32 (their differences would wrap)."""
+    return [x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+            for x in arrays]
+
+
 def mse(pred, y) -> jax.Array:
     """Squared error ``(pred - y)^2`` per example.
 
@@ -98,7 +104,7 @@ def mse(pred, y) -> jax.Array:
     Returns:
       Squared errors, shape ``[batch]``.
     """
-    pred, y = as_vectors(pred=pred, y=y)
+    pred, y = _as_float(*as_vectors(pred=pred, y=y))
     return jnp.square(pred - y)
 
 
@@ -112,7 +118,7 @@ def l1(pred, y) -> jax.Array:
     Returns:
       Absolute errors, shape ``[batch]``.
     """
-    pred, y = as_vectors(pred=pred, y=y)
+    pred, y = _as_float(*as_vectors(pred=pred, y=y))
     return jnp.abs(pred - y)
 
 
@@ -133,7 +139,7 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
     References:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
-    pred, y = as_vectors(pred=pred, y=y)
+    pred, y = _as_float(*as_vectors(pred=pred, y=y))
     if not isinstance(delta, (int, float)):
         raise ValueError(f"delta: expected a float > 0, got {delta!r}")
     check_positive(delta, "delta")

@@ -87,6 +87,17 @@ def test_point_losses_match_numpy(delta):
                                rtol=RTOL, atol=1e-6)
 
 
+def test_point_losses_promote_integer_inputs():
+    """Integer / bool differences would wrap (uint8 1 - 2 = 255); they are
+    computed in float, as numpy's float64 reference."""
+    a, b = np.array([50000, 1], np.int32), np.array([0, 2], np.int32)
+    np.testing.assert_allclose(losses.mse(a, b), (a.astype(float) - b) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(losses.l1(np.uint8([1]), np.uint8([2])), [1.0])
+    np.testing.assert_allclose(losses.mse(np.array([True]), np.array([False])), [1.0])
+    np.testing.assert_allclose(losses.huber(np.int32([0, 5]), np.int32([0, 0]), 1.0),
+                               [0.0, 4.5])
+
+
 def test_huber_limits():
     # Small errors: e^2 / 2; large errors: delta * (|e| - delta / 2).
     e = np.array([0.01, -0.2, 50.0, -80.0], np.float32)
