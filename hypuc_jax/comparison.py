@@ -63,9 +63,23 @@ DEFAULT_RUN = ("potassium", ("data.spec=simulated:potassium?n=8000", "train.epoc
                              "corrections.n_estimators=100", "corrections.max_depth=2"))
 
 
+PER_ARM_KEYS = ("weighting.scheme", "loss.name")
+
+
 def comparison_configs(preset: str = "potassium", *, data: str | None = None, seed: int | None
                        = None, overrides: Sequence[str] = ()) -> dict[str, config_lib.Config]:
-    """The two configs of ``hypuc run``: unweighted NLL baseline and HypUC, same budget."""
+    """The two configs of ``hypuc run``: unweighted NLL baseline and HypUC, same budget.
+
+    Raises:
+      ValueError: an override of a key that tells the two arms apart
+        (``PER_ARM_KEYS``): it would turn the baseline into a second HypUC.
+    """
+    for item in overrides:
+        key = str(item).partition("=")[0].strip()
+        if key in PER_ARM_KEYS:
+            raise ValueError(f"--set {key}: `hypuc run` fixes it per arm (baseline: unweighted "
+                             "NLL; HypUC: KDE weights, NLL); train other losses or weightings "
+                             "with `hypuc train --loss/--weighting`")
     common = dict(data=data, seed=seed, loss="nll", overrides=overrides)
     return {"baseline": make_config(preset, weighting="none", **common),
             "hypuc": make_config(preset, weighting="hypuc", **common)}

@@ -278,6 +278,15 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
     assert "gone.csv" in one_line_error(rc, err) and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("override", ["weighting.scheme=inverse", "loss.name=mse"])
+def test_run_refuses_overrides_that_merge_the_two_arms(override, capsys, tmp_path):
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "r", "--set",
+                       override)
+    line = one_line_error(rc, err)
+    assert f"--set {override.split('=')[0]}" in line and "per arm" in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_run_defaults_and_data_flag(monkeypatch, capsys):
     calls = []
 
