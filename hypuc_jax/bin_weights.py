@@ -22,11 +22,15 @@ LDS_KERNELS = ("gaussian", "triang", "laplace")
 
 
 def _labels_1d(labels, name: str = "labels") -> jax.Array:
-    """Validates labels [n] (finite, non-empty) and returns a float jax array."""
+    """Validates labels [n] (finite, non-empty) and returns a float jax array
+    (integer and half-precision labels as float32: bin counts above 65504
+    overflow float16, and bfloat16 rounds counts above 256)."""
     labels = as_array(labels, name, ndim=1)
     check_finite(labels, name)
     y = jnp.asarray(labels)
-    return y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(jnp.result_type(float))
+    if jnp.issubdtype(y.dtype, jnp.floating) and jnp.finfo(y.dtype).bits >= 32:
+        return y
+    return y.astype(jnp.float32)
 
 
 def _bin_grid(y: jax.Array, bins: int, value_range):
@@ -78,11 +82,13 @@ def _lds_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
 def _bin_table(y, bins, value_range, clip, power, window):
     """(lo, width, table [bins]) of processed counts: clip, ^power, smooth."""
     if clip is not None:
-        if len(clip) != 2:
+        if not isinstance(clip, (tuple, list)) or len(clip) != 2:
             raise ValueError(f"clip: expected None or (low, high) with None for no bound, got {clip!r}")
         for v in clip:
             if v is not None:
                 check_positive(v, "clip", strict=False)
+        if None not in clip and clip[0] > clip[1]:
+            raise ValueError(f"clip: expected low <= high, got {tuple(clip)!r}")
     lo, width = _bin_grid(y, bins, value_range)
     counts = jnp.bincount(_bin_index(y, lo, width, bins), length=bins).astype(y.dtype)
     if clip is not None:

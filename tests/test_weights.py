@@ -136,6 +136,20 @@ def test_inverse_and_sqrt_inverse_match_numpy():
     np.testing.assert_allclose(sq, mean_one(1 / np.sqrt(counts[idx])), rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16])
+def test_bin_weights_of_half_precision_labels_count_in_float32(dtype):
+    """70000 labels in one bin: a float16 count overflows (inf -> weight 0 /
+    NaN), a bfloat16 one rounds; the weights equal the float64 reference."""
+    y = np.r_[np.zeros(70000), np.ones(1001)]
+    counts = np.array([70000.0, 1001.0])[(y > 0.5).astype(int)]
+    for fn, ref in ((weights.inverse_weights, 1 / counts),
+                    (weights.sqrt_inverse_weights, 1 / np.sqrt(counts))):
+        got = np.asarray(fn(jnp.asarray(y, dtype), bins=2, clip=None), np.float64)
+        np.testing.assert_allclose(got, mean_one(ref), rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(weights.lds_weights(jnp.asarray(y, dtype), bins=2),
+                                         np.float64)))
+
+
 def dir_window(kernel, ks, sigma):
     """DIR's get_lds_kernel_window (Yang et al. 2021, imbalanced-regression)."""
     half = (ks - 1) // 2
@@ -241,6 +255,8 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
     (lambda: weights.inverse_weights(Y, bins=0), "bins"),
     (lambda: weights.inverse_weights(Y, value_range=(5.0, 1.0)), "value_range"),
     (lambda: weights.sqrt_inverse_weights(Y, clip=(-1.0, None)), "clip"),
+    (lambda: weights.inverse_weights(Y, clip=(1000, 5)), "clip: expected low <= high"),
+    (lambda: weights.inverse_weights(Y, clip=5), "clip: expected None or"),
     (lambda: weights.lds_weights(Y, ks=4), "ks"),
     (lambda: weights.lds_weights(Y, kernel="box"), "kernel"),
     (lambda: weights.lds_weights(Y, sigma=0.0), "sigma"),
