@@ -13,7 +13,9 @@ differs, unless ``overwrite=True`` (which deletes the old checkpoints).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 from typing import Any
@@ -107,13 +109,17 @@ class CheckpointStore:
         cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,
                  keep_checkpoints_without_metrics=False),
     ])
-    # best_fn makes orbax store the metrics with each step (the policy ranks by them).
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                           read_only=read_only,
-                                           best_fn=lambda m: float(m[METRIC]), best_mode="min",
-                                           enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    # A read-only manager makes orbax log two warnings that restate the
+    # request ("read_only=True", "directory is read only"); keep stderr clean.
+    quiet = _absl_level(logging.ERROR) if read_only else contextlib.nullcontext()
+    with quiet:
+      # best_fn makes orbax store the metrics with each step (the policy ranks by them).
+      options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+                                             read_only=read_only,
+                                             best_fn=lambda m: float(m[METRIC]), best_mode="min",
+                                             enable_async_checkpointing=False)
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:
     """Step of the most recent checkpoint, or None."""
@@ -162,6 +168,17 @@ class CheckpointStore:
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _absl_level(level: int):
+  logger = logging.getLogger("absl")
+  old = logger.level
+  logger.setLevel(level)
+  try:
+    yield
+  finally:
+    logger.setLevel(old)
 
 
 def _drop_defaults(fp: Any, defaults: dict) -> Any:

@@ -118,3 +118,27 @@ def test_optional_defaults_match_a_key_absent_on_the_other_side(tmp_path):
   with pytest.raises(ValueError, match=r"w.apply: stored 'loss', now 'resample'"):
     checkpoints.CheckpointStore(str(tmp_path), keep=1, optional_defaults=defaults,
                                 fingerprint={"w": {"lam": 0.5, "apply": "resample"}})
+
+
+def test_read_only_store_restores_without_writing_or_warning(tmp_path, caplog):
+  """predict opens runs read-only: the state comes back exactly, nothing in the
+  directory changes, and orbax's restating warnings stay off stderr."""
+  import logging
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint={"m": 1})
+  store.save(1, _state(1), {"step": 1}, 2.0)
+  store.close()
+  before = sorted((p, os.path.getmtime(os.path.join(r, p))) for r, _, fs in os.walk(tmp_path)
+                  for p in fs)
+  level = logging.getLogger("absl").level
+  with caplog.at_level(logging.WARNING):
+    ro = checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint={"m": 1},
+                                     read_only=True)
+    state, meta = ro.restore(ro.best_step(), _state(0))
+    ro.close()
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+  np.testing.assert_array_equal(state["params"]["w"], _state(1)["params"]["w"])
+  assert meta == {"step": 1}
+  after = sorted((p, os.path.getmtime(os.path.join(r, p))) for r, _, fs in os.walk(tmp_path)
+                 for p in fs)
+  assert after == before
+  assert logging.getLogger("absl").level == level          # restored afterwards
