@@ -5,8 +5,10 @@ The predictive entropy of the calibrated predictive (Gaussian:
 predictions by uncertainty; for one calibration it is increasing in sigma.
 Flagging the top-q fraction and scoring the rest gives a selective-risk
 curve: MAE of the kept predictions as q grows.
-The number flagged is floor(q n); ties in entropy keep the earlier sample
-(stable order), so the curve is deterministic.
+The number flagged is floor(q n). Predictions with tied entropy are
+interchangeable: where the cut falls inside a tie, the kept MAE is its
+expectation over the order of the tied predictions, so the curve does not
+depend on record order (a constant sigma gives a flat curve).
 """
 from __future__ import annotations
 
@@ -47,11 +49,20 @@ def _fractions(fractions) -> np.ndarray:
 def _curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
            fractions: np.ndarray) -> dict[float, float | None]:
     order = np.argsort(-sigma, kind="stable")  # most uncertain first (entropy is monotone in sigma)
-    err = np.abs(y - mu)[order]
+    s, err = sigma[order], np.abs(y - mu)[order]
+    n = y.size
+    tail = np.concatenate([np.cumsum(err[::-1])[::-1], [0.0]])     # tail[i] = sum(err[i:])
     out = {}
     for q in fractions:
-        kept = err[int(np.floor(q * y.size + 1e-9)):]
-        out[_key(q)] = float(kept.mean()) if kept.size else None
+        k = int(np.floor(q * n + 1e-9))                     # flagged
+        if k >= n:
+            out[_key(q)] = None
+            continue
+        # The tie group [a, b) around the cut: keep (b - k) of its members, on average.
+        a = int(np.searchsorted(-s, -s[k], side="left")) if k else 0
+        b = int(np.searchsorted(-s, -s[k], side="right"))
+        kept_sum = tail[b] + (b - k) / (b - a) * (tail[a] - tail[b])
+        out[_key(q)] = float(kept_sum / (n - k))
     return out
 
 

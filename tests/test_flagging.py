@@ -47,6 +47,28 @@ def test_selective_risk_against_reference_and_paper_check():
     assert got[0.1] < got[0.0]  # dropping the 10% most uncertain lowers MAE
 
 
+def test_tied_entropies_share_the_cut_whatever_the_record_order():
+    """Where the cut splits predictions of equal sigma, the kept MAE is the
+    mean over every order of the tied ones (enumerated here); a constant
+    sigma gives a flat curve, not one decided by record order."""
+    import itertools
+    y = np.array([1.0, 4.0, 2.0, 9.0, 3.0, 5.0, 0.5])
+    mu = np.zeros(7)
+    sigma = np.array([2.0, 1.0, 2.0, 1.0, 1.0, 3.0, 1.0])
+    fractions = [0.0, 1 / 7, 2 / 7, 3 / 7, 4 / 7, 5 / 7, 6 / 7]
+    got = flagging.selective_risk(y, mu, sigma, fractions)
+    for q in fractions:
+        k = int(np.floor(q * 7 + 1e-9))
+        kept = [np.mean(np.abs(y - mu)[np.lexsort((perm, -sigma))[k:]])
+                for perm in itertools.permutations(range(7))]
+        assert got[flagging._key(q)] == pytest.approx(np.mean(kept), rel=1e-12)
+    flat = flagging.selective_risk(y, mu, np.ones(7), fractions)
+    assert all(v == pytest.approx(np.mean(y)) for v in flat.values())
+    perm = np.random.default_rng(0).permutation(7)
+    shuffled = flagging.selective_risk(y[perm], mu[perm], sigma[perm], fractions)
+    assert shuffled == pytest.approx(got)
+
+
 def test_selective_risk_by_region():
     y, mu, sigma = heteroscedastic(1, 600)
     regions = {"low": (2.0, 5.0), "high": (5.0, 8.0), "tiny": (7.999, 8.0)}
