@@ -147,13 +147,13 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
     if not isinstance(min_count, (int, np.integer)) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
     named = validate_regions(regions)
+    clash = sorted(set(named) & set(SHOT_REGIONS))     # reserved, with or without train_labels
+    if clash:
+        raise ValueError(f"regions: names {clash} clash with the shot regions {SHOT_REGIONS}")
     masks: dict[str, np.ndarray] = {}
     if train_labels is not None:
         train_labels = as_vector(train_labels, "train_labels")
         masks.update(shot_masks(y, train_labels, shot_bins, many_shot, few_shot))
-        clash = sorted(set(named) & set(SHOT_REGIONS))
-        if clash:
-            raise ValueError(f"regions: names {clash} clash with the shot regions {SHOT_REGIONS}")
     masks.update(region_masks(y, named))
     edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins)
     return {"overall": _block(y, mu, sigma, edges, min_count, dof),

@@ -174,6 +174,8 @@ def test_output_is_json_serialisable_and_point_models_get_none():
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions=[(1, 2)]), "regions"),
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), train_labels=np.ones(3),
           regions={"few": (0.0, 1.0)}), "regions"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"many": (0.0, 1.0)}),
+     "regions: names \\['many'\\] clash"),
     (dict(y=np.ones((5, 1)), mu=np.ones(5), sigma=np.ones(5)), "y"),
 ])
 def test_bad_inputs_raise(kwargs, match):
