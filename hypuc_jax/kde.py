@@ -34,23 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from hypuc_jax._kde_grid import (DEFAULT_GRID_SIZE, MAX_GRID_POINTS, PAD_BANDWIDTHS,  # noqa: F401
+                                 STEPS_PER_BANDWIDTH, fitted_grid_shape, grid_shape)
 from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
 
 RULES = ("scott", "silverman")
 METHODS = ("binned", "exact")
 MAX_DIM = 3
-# Default binned grid size per dimension, by label dimension d.
-DEFAULT_GRID_SIZE = {1: 4096, 2: 512, 3: 128}
-# With the default grid size, the grid grows (concrete inputs only) until its
-# step is at most h / STEPS_PER_BANDWIDTH (relative L1 error ~1e-5 to 5e-4 against
-# the exact sum, ~1e-3 where the labels crowd into a few cells), up to
-# MAX_GRID_POINTS nodes in all (d = 3 reaches ~2e-3 at that cap); a grid whose step would
-# still exceed h / MIN_STEPS_PER_BANDWIDTH (error ~1e-2 and more) is refused.
-STEPS_PER_BANDWIDTH = 16
-MIN_STEPS_PER_BANDWIDTH = 2
-MAX_GRID_POINTS = 2 ** 22
-# The binned grid extends this many bandwidths beyond the extreme samples.
-PAD_BANDWIDTHS = 4.0
 # Zero-spread fallback: the scale used by a rule when a column has no spread.
 MIN_RELATIVE_SCALE = 1e-3
 DEFAULT_CHUNK_SIZE = 2048
@@ -232,54 +222,9 @@ def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
     return jnp.maximum(smooth, 0.0)  # FFT round-off can leave tiny negatives
 
 
-def _grid_shape(d: int, grid_size) -> tuple[int, ...]:
-    if grid_size is None:
-        return (DEFAULT_GRID_SIZE[d],) * d
-    if isinstance(grid_size, (bool, np.bool_)) or not isinstance(
-            grid_size, (int, np.integer, tuple, list)):
-        raise ValueError(f"grid_size: expected None, an int >= 2 or {d} ints >= 2, "
-                         f"got {grid_size!r}")
-    sizes = (grid_size,) * d if isinstance(grid_size, (int, np.integer)) else tuple(grid_size)
-    if len(sizes) != d or not all(isinstance(g, (int, np.integer)) and g >= 2 for g in sizes):
-        raise ValueError(f"grid_size: expected None, an int >= 2 or {d} ints >= 2, got {grid_size!r}")
-    return tuple(int(g) for g in sizes)
-
-
 # --------------------------------------------------------------------------- #
 # Evaluators (jittable; inputs already validated)
 # --------------------------------------------------------------------------- #
-def _fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
-    """``_grid_shape``; for the default size and concrete inputs, a grid fine
-    enough for the bandwidth (step <= h / STEPS_PER_BANDWIDTH, within
-    MAX_GRID_POINTS). Traced inputs keep the default (shapes must be static).
-
-    Raises:
-        ValueError: the labels span so many bandwidths that no allowed grid
-            resolves the kernel (step > h / MIN_STEPS_PER_BANDWIDTH).
-    """
-    d = x.shape[1]
-    shape = _grid_shape(d, grid_size)
-    if grid_size is not None or not (is_concrete(x) and is_concrete(h)):
-        return shape
-    span = (np.asarray(jnp.max(x, axis=0) - jnp.min(x, axis=0), np.float64)
-            / np.asarray(h, np.float64) + 2 * PAD_BANDWIDTHS)          # in bandwidths, [d]
-    need = [max(g, int(np.ceil(sp * STEPS_PER_BANDWIDTH)) + 1) for g, sp in zip(shape, span)]
-    if math.prod(need) > MAX_GRID_POINTS:
-        scale = (MAX_GRID_POINTS / math.prod(need)) ** (1 / d)
-        need = [max(g, int(n * scale)) for g, n in zip(shape, need)]
-        worst = float(np.max(span / (np.asarray(need) - 1)))
-        if worst > 1 / MIN_STEPS_PER_BANDWIDTH:
-            raise ValueError(
-                f"bandwidth: the labels span {float(np.max(span)):.3g} bandwidths, so the "
-                f"binned grid (at most {MAX_GRID_POINTS} nodes) would have a step of "
-                f"{worst:.2g} bandwidths (at most {1 / MIN_STEPS_PER_BANDWIDTH:g} keeps the "
-                "density accurate); use method='exact' (gaussian_kde), a larger bandwidth, "
-                "or transform the labels (e.g. log) first")
-    # Powers of two keep the FFT fast and the compiled shapes few.
-    pow2 = tuple(g if g == g0 else 2 ** math.ceil(math.log2(g)) for g, g0 in zip(need, shape))
-    return pow2 if math.prod(pow2) <= MAX_GRID_POINTS else tuple(need)
-
-
 def _grid_extent(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
     """Grid origin [d] and spacing [d] covering the samples +- PAD_BANDWIDTHS * h."""
     lo = jnp.min(samples, axis=0) - PAD_BANDWIDTHS * h
@@ -372,7 +317,7 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
-    shape = _fitted_grid_shape(x, h, grid_size)
+    shape = fitted_grid_shape(x, h, grid_size)
     if method == "binned":
         return _binned_grid(x, h, shape)
     lo, step = _grid_extent(x, h, shape)
@@ -427,11 +372,12 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
     if method == "exact":
-        _grid_shape(x.shape[1], grid_size)                       # still checked
+        grid_shape(x.shape[1], grid_size)                       # still checked
         return _exact_density(x, p, h, chunk_size)
-    shape = _fitted_grid_shape(x, h, grid_size)
+    shape = fitted_grid_shape(x, h, grid_size)
     return _binned_density(x, p, h, shape)
 
 
 __all__ = ["bandwidth", "gaussian_kde", "density_grid", "interpolate_grid",
-           "DEFAULT_GRID_SIZE", "PAD_BANDWIDTHS", "MIN_RELATIVE_SCALE"]
+           "DEFAULT_GRID_SIZE", "PAD_BANDWIDTHS", "MIN_RELATIVE_SCALE", "MAX_GRID_POINTS",
+           "STEPS_PER_BANDWIDTH"]
