@@ -25,22 +25,19 @@ PAD_BANDWIDTHS = 4.0
 
 
 def grid_shape(d: int, grid_size) -> tuple[int, ...]:
+    """Checked ``grid_size`` (None, an int, or d ints, each >= 2) as d node counts."""
     if grid_size is None:
         return (DEFAULT_GRID_SIZE[d],) * d
-    if isinstance(grid_size, (bool, np.bool_)) or not isinstance(
-            grid_size, (int, np.integer, tuple, list)):
-        raise ValueError(f"grid_size: expected None, an int >= 2 or {d} ints >= 2, "
-                         f"got {grid_size!r}")
-    sizes = (grid_size,) * d if isinstance(grid_size, (int, np.integer)) else tuple(grid_size)
-    if len(sizes) != d or not all(isinstance(g, (int, np.integer)) and g >= 2 for g in sizes):
+    sizes = ((grid_size,) * d if isinstance(grid_size, (int, np.integer))
+             else tuple(grid_size) if isinstance(grid_size, (tuple, list)) else ())
+    if (isinstance(grid_size, (bool, np.bool_)) or len(sizes) != d
+            or not all(isinstance(g, (int, np.integer)) and g >= 2 for g in sizes)):
         raise ValueError(f"grid_size: expected None, an int >= 2 or {d} ints >= 2, got {grid_size!r}")
     return tuple(int(g) for g in sizes)
 
 
-
-
 def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
-    """``_grid_shape``; for the default size and concrete inputs, a grid fine
+    """``grid_shape``; for the default size and concrete inputs, a grid fine
     enough for the bandwidth (step <= h / STEPS_PER_BANDWIDTH, within
     MAX_GRID_POINTS). Traced inputs keep the default (shapes must be static).
 

@@ -59,7 +59,7 @@ def _curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
             out[_key(q)] = None
             continue
         # The tie group [a, b) around the cut: keep (b - k) of its members, on average.
-        a = int(np.searchsorted(-s, -s[k], side="left")) if k else 0
+        a = int(np.searchsorted(-s, -s[k], side="left"))
         b = int(np.searchsorted(-s, -s[k], side="right"))
         kept_sum = tail[b] + (b - k) / (b - a) * (tail[a] - tail[b])
         out[_key(q)] = float(kept_sum / (n - k))
