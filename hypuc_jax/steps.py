@@ -1,0 +1,179 @@
+"""The pure step functions: ``train_step``, ``eval_step`` and their compiled forms.
+
+The train state is the NNX state of ``(model, nnx.Optimizer)`` split into
+``(graphdef, state)``, so one pure step function serves every execution mode
+of :mod:`hypuc_jax.parallel` ("none", "sharding", "pmap"). The step computes
+the per-example loss, the weighted sums ``(sum w*l, sum w)`` and the
+gradient of ``sum w*l``; under pmap all three are ``psum``-ed across
+devices, then the gradient is divided by the GLOBAL ``sum w`` (under
+"sharding" the jitted sums already are global). A step whose loss or
+gradient norm is not finite leaves the state unchanged and reports it in
+its metrics (``finite`` = 0); the loop in :mod:`hypuc_jax.train` acts on it.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from hypuc_jax import losses, parallel
+from hypuc_jax.config import Config
+
+__all__ = ["LossSpec", "TRACE_COUNTS", "bind_eval_step", "bind_train_step", "compiled_steps",
+           "eval_step", "train_step"]
+
+#: Python-side trace counter per step function (incremented while tracing).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """Static description of the training loss (closed over by the step).
+
+  Attributes:
+    name: loss name (``losses.LOSS_NAMES``).
+    beta: beta-NLL exponent (``losses.variance_weighted``; 0 = plain NLL).
+    huber_delta: Huber delta.
+    noise_sigma: fixed Balanced-MSE noise scale (used unless the model owns
+      a learnable one).
+    bni_prior: histogram prior of the scaled training labels for "bni".
+  """
+  name: str = "nll"
+  huber_delta: float = 1.0
+  noise_sigma: float = 1.0
+  bni_prior: Any = None
+  beta: float = 0.0
+
+  @classmethod
+  def from_config(cls, config: Config, train_labels: np.ndarray | None = None) -> "LossSpec":
+    """Builds the spec; ``train_labels`` (scaled) give the BNI prior."""
+    prior = None
+    if config.loss.name == "bni":
+      if train_labels is None:
+        raise ValueError("train_labels: loss 'bni' needs the training labels for its prior")
+      centers, probs = losses.histogram_prior(train_labels, config.loss.bni_bins)
+      prior = losses.HistogramPrior(jnp.asarray(centers), jnp.asarray(probs))
+    return cls(config.loss.name, config.loss.huber_delta, config.loss.noise_sigma, prior,
+               float(config.loss.beta))
+
+
+def _noise(model, spec: LossSpec):
+  learned = model.noise_sigma() if spec.name in ("bmc", "bni") else None
+  return spec.noise_sigma if learned is None else learned
+
+
+def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
+               state: nnx.State, batch: dict[str, jax.Array],
+               axis_name: str | None = None) -> tuple[nnx.State, dict[str, jax.Array]]:
+  """One optimiser step on the weighted loss sum(w*l)/sum(w) of the global batch.
+
+  Args:
+    graphdef, spec, schedule: static parts (bind with ``functools.partial``).
+    state: the ``(model, optimizer)`` state.
+    batch: ``x [b, ...]``, ``y [b]`` (scaled labels), ``w [b]`` weights,
+      ``mask [b]`` (0 for padding); under pmap ``b`` is the per-device part.
+    axis_name: pmap axis to ``psum`` over, or None (jit / sharding).
+
+  Returns:
+    ``(new_state, metrics)`` with scalar metrics ``loss`` (global weighted
+    mean), ``grad_norm``, ``lr``, ``weight_sum`` and ``finite`` (1 when the
+    update was applied, 0 when it was skipped as non-finite).
+  """
+  TRACE_COUNTS["train_step"] += 1
+  chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1)
+  chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]])
+  old_leaves = jax.tree.leaves(state)     # before merge: updates mutate in place
+  if axis_name is not None:               # pmap: each device its own dropout stream
+    state = parallel.fold_device_keys(state, axis_name)
+  model, optimizer = nnx.merge(graphdef, state)
+  model.train()
+
+  def weighted_sum(model):
+    pred = model(batch["x"])
+    per_example = losses.per_example_loss(
+        spec.name, pred, batch["y"], huber_delta=spec.huber_delta,
+        noise_sigma=_noise(model, spec), bni_prior=spec.bni_prior, mask=batch["mask"],
+        beta=spec.beta)
+    return losses.weighted_sums(per_example, batch["w"], batch["mask"])
+
+  (num, den), grads = nnx.value_and_grad(weighted_sum, has_aux=True)(model)
+  if axis_name is not None:
+    num, den, grads = jax.lax.psum((num, den, grads), axis_name)
+  den_safe = jnp.where(den > 0, den, 1.0)
+  grads = jax.tree.map(lambda g: g / den_safe, grads)
+  loss = num / den_safe
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  step = optimizer.step[...]
+  optimizer.update(model, grads)
+  new_state = nnx.state((model, optimizer))
+  if axis_name is not None:               # keys back to the replicated ones
+    new_state = parallel.restore_keys(new_state, jax.tree.unflatten(
+        jax.tree.structure(state), old_leaves))
+  leaves, treedef = jax.tree.flatten(new_state)
+  leaves = jax.lax.cond(finite, lambda: leaves, lambda: old_leaves)
+  new_state = jax.tree.unflatten(treedef, leaves)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
+             "weight_sum": den, "finite": finite.astype(jnp.float32)}
+  return new_state, metrics
+
+
+def eval_step(graphdef: nnx.GraphDef, state: nnx.State,
+              batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Deterministic forward pass (dropout off).
+
+  Returns:
+    ``{"loc": [b], "scale": [b]}`` in scaled label units (scale 0 for a
+    point head).
+  """
+  TRACE_COUNTS["eval_step"] += 1
+  model, _ = nnx.merge(graphdef, state)
+  model.eval()
+  pred = model(batch["x"])
+  scale = jnp.zeros_like(pred.loc) if pred.scale is None else pred.scale
+  return {"loc": pred.loc, "scale": scale}
+
+
+def bind_train_step(graphdef, spec: LossSpec, schedule) -> Callable:
+  """``train_step`` with its static parts bound: ``fn(state, batch, axis_name)``."""
+  return functools.partial(train_step, graphdef, spec, schedule)
+
+
+def bind_eval_step(graphdef) -> Callable:
+  """``eval_step`` with the graphdef bound: ``fn(state, batch)``."""
+  return functools.partial(eval_step, graphdef)
+
+
+def compiled_steps(placement: parallel.Placement, graphdef, spec: LossSpec,
+                   schedule) -> tuple[Callable, Callable]:
+  """``(train_step, eval_step)`` compiled for ``placement``, cached per process.
+
+  Runs with the same model, loss and schedule objects (``create_train_state``
+  caches them per config: a resumed run, predict after training) reuse the
+  compiled functions. GraphDefs are unhashable, so the key holds their id and
+  the cache keeps them alive.
+  """
+  try:
+    key = (placement.mode, placement.n_devices, id(graphdef), hash(spec), id(schedule))
+  except TypeError:                               # unhashable spec (a BNI prior)
+    key = None
+  if key is not None and key in _STEP_CACHE:
+    return _STEP_CACHE[key][1]
+  fns = (placement.compile_step(bind_train_step(graphdef, spec, schedule)),
+         placement.compile_eval(bind_eval_step(graphdef)))
+  if key is not None:
+    if len(_STEP_CACHE) >= 16:
+      _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+    _STEP_CACHE[key] = ((graphdef, spec, schedule), fns)
+  return fns
+
+
+_STEP_CACHE: dict = {}
