@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from hypuc_jax._predictions import check_predictions
+from hypuc_jax._validation import is_real
 
 FORMAT_VERSION = 2  # 2: hyperfine's predictive tail (dof); version-1 files read as Gaussian
 _READABLE_VERSIONS = (1, 2)
@@ -31,6 +32,45 @@ def check_task(saved: str | None, task: str | None, name: str = "task") -> None:
     if task is not None and saved != task:
         raise ValueError(f"{name}: expected an object fitted for task {task!r}, "
                          f"got one fitted for task {saved!r}")
+
+
+def positive_factor(value, name: str) -> float:
+    """``value`` as a float, checked finite and > 0 (a fitted or loaded scale factor)."""
+    if not is_real(value) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def unit_level(value, name: str) -> float:
+    """``value`` as a float in (0, 1) (a nominal coverage)."""
+    if not is_real(value) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name}: expected a coverage in (0, 1), got {value!r}")
+    return float(value)
+
+
+def float_list(value, name: str, length: int | None = None, *, increasing: bool = False,
+               low: float = -math.inf, high: float = math.inf) -> list:
+    """``value`` as a list of finite floats in [low, high], checked for length and order.
+
+    Args:
+      value: a sequence of numbers.
+      name: argument name used in the error message.
+      length: required length, or None for any.
+      increasing: require strictly increasing values.
+      low, high: bounds every value must lie within.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    expected = (f"a list of{'' if length is None else f' {length}'} finite numbers"
+                f"{' in [%g, %g]' % (low, high) if math.isfinite(low) or math.isfinite(high) else ''}"
+                f"{', strictly increasing' if increasing else ''}")
+    if (arr is None or arr.ndim != 1 or (length is not None and arr.size != length)
+            or not np.all(np.isfinite(arr)) or np.any(arr < low) or np.any(arr > high)
+            or (increasing and np.any(np.diff(arr) <= 0))):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return arr.tolist()
 
 
 class _Calibrator:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import is_concrete
+from hypuc_jax._validation import is_concrete, is_int
 
 # Default binned grid size per dimension, by label dimension d.
 DEFAULT_GRID_SIZE = {1: 4096, 2: 512, 3: 128}
@@ -28,10 +28,10 @@ def grid_shape(d: int, grid_size) -> tuple[int, ...]:
     """Checked ``grid_size`` (None, an int, or d ints, each >= 2) as d node counts."""
     if grid_size is None:
         return (DEFAULT_GRID_SIZE[d],) * d
-    sizes = ((grid_size,) * d if isinstance(grid_size, (int, np.integer))
+    sizes = ((grid_size,) * d if is_int(grid_size)
              else tuple(grid_size) if isinstance(grid_size, (tuple, list)) else ())
     if (isinstance(grid_size, (bool, np.bool_)) or len(sizes) != d
-            or not all(isinstance(g, (int, np.integer)) and g >= 2 for g in sizes)):
+            or not all(is_int(g) and g >= 2 for g in sizes)):
         raise ValueError(f"grid_size: expected None, an int >= 2 or {d} ints >= 2, got {grid_size!r}")
     return tuple(int(g) for g in sizes)
 

@@ -112,6 +112,7 @@ def _t_scale(dof: float) -> float:
 
 def std_cdf(z, dof: float = math.inf) -> np.ndarray:
     """P(Z <= z) for the unit-variance family member with ``dof``."""
+    dof = check_dof(dof)
     if math.isinf(dof):
         return stats.norm.cdf(z)
     return stats.t.cdf(np.asarray(z) / _t_scale(dof), dof)
@@ -119,6 +120,7 @@ def std_cdf(z, dof: float = math.inf) -> np.ndarray:
 
 def std_ppf(q, dof: float = math.inf) -> np.ndarray:
     """Quantile of Z at level(s) q in [0, 1] (+-inf at 0 and 1)."""
+    dof = check_dof(dof)
     if math.isinf(dof):
         return stats.norm.ppf(q)
     return _t_scale(dof) * stats.t.ppf(q, dof)
@@ -126,6 +128,7 @@ def std_ppf(q, dof: float = math.inf) -> np.ndarray:
 
 def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """(log P(Z > z), log P(Z <= z)), accurate far in both tails."""
+    dof = check_dof(dof)
     if math.isinf(dof):
         return stats.norm.logsf(z), stats.norm.logcdf(z)
     u = np.asarray(z) / _t_scale(dof)
@@ -134,6 +137,7 @@ def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
 
 def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
     """log density of Z at z (closed form; no scipy distribution call)."""
+    dof = check_dof(dof)
     z = np.asarray(z, dtype=np.float64)
     if math.isinf(dof):
         return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
@@ -145,6 +149,7 @@ def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
 
 def std_entropy(dof: float = math.inf) -> float:
     """Differential entropy of Z; the entropy of mu + sigma Z adds log(sigma)."""
+    dof = check_dof(dof)
     if math.isinf(dof):
         return 0.5 * math.log(2 * math.pi * math.e)
     return float((dof + 1) / 2 * (special.digamma((dof + 1) / 2) - special.digamma(dof / 2))

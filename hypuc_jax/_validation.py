@@ -15,6 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def is_int(x: Any) -> bool:
+    """True for a python or numpy integer scalar (not a bool)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def is_real(x: Any) -> bool:
+    """True for a python or numpy real scalar: int or float (not a bool)."""
+    return is_int(x) or isinstance(x, (float, np.floating))
+
+
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds concrete values (not a tracer under jit/vmap)."""
     return not isinstance(x, jax.core.Tracer)

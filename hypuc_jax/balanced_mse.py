@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypuc_jax._validation import (as_array, as_positive_scalar, as_vectors, check_finite,
-                                  check_positive, is_concrete)
+                                  check_positive, is_concrete, is_int)
 
 
 class HistogramPrior(NamedTuple):
@@ -157,7 +157,7 @@ def histogram_prior(labels, n_bins: int = 100) -> HistogramPrior:
     """
     labels = np.asarray(as_array(labels, "labels", ndim=1), dtype=np.float64)
     check_finite(labels, "labels")
-    if not isinstance(n_bins, int) or n_bins < 1:
+    if not is_int(n_bins) or n_bins < 1:
         raise ValueError(f"n_bins: expected an int >= 1, got {n_bins!r}")
     counts, edges = np.histogram(labels, bins=n_bins)
     centers = 0.5 * (edges[:-1] + edges[1:])

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete, is_int
 
 BIN_SCHEMES = ("inverse", "sqrt_inv", "lds")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
@@ -35,7 +35,7 @@ def _labels_1d(labels, name: str = "labels") -> jax.Array:
 
 def _bin_grid(y: jax.Array, bins: int, value_range):
     """(lo, width) of ``bins`` equal bins over value_range or [min y, max y]."""
-    if not isinstance(bins, (int, np.integer)) or bins < 1:
+    if not is_int(bins) or bins < 1:
         raise ValueError(f"bins: expected an int >= 1, got {bins!r}")
     if value_range is None:
         lo, hi = jnp.min(y), jnp.max(y)
@@ -112,7 +112,7 @@ def _bin_weights(y, lo, width, table):
 def _check_lds(kernel, ks, sigma, reweight):
     if kernel not in LDS_KERNELS:
         raise ValueError(f"kernel: expected one of {LDS_KERNELS}, got {kernel!r}")
-    if not isinstance(ks, (int, np.integer)) or ks < 1 or ks % 2 == 0:
+    if not is_int(ks) or ks < 1 or ks % 2 == 0:
         raise ValueError(f"ks: expected an odd int >= 1, got {ks!r}")
     check_positive(sigma, "sigma")
     if reweight not in ("inverse", "sqrt_inv"):

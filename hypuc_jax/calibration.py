@@ -34,11 +34,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hypuc_jax._calibrator import FORMAT_VERSION, _Calibrator, check_task  # noqa: F401
+from hypuc_jax._calibrator import (FORMAT_VERSION, _Calibrator, check_task,  # noqa: F401
+                                   float_list, positive_factor, unit_level)
 from hypuc_jax._predictions import central_z, check_dof, check_predictions, dof_to_json
+from hypuc_jax._validation import is_int
 from hypuc_jax.config import CALIBRATION_TAILS as TAILS
 from hypuc_jax.isotonic import IsotonicCalibrator, fit_isotonic
 from hypuc_jax.uncertainty import uce
+
 #: Candidate dofs of ``fit_hyperfine(tail="auto")`` (inf: the Gaussian).
 DOF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)
 #: Fewest validation samples for which ``tail="auto"`` searches a dof.
@@ -56,6 +59,9 @@ class GlobalCalibrator(_Calibrator):
     scale: float
     task: str | None = None
     method: ClassVar[str] = "global"
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", positive_factor(self.scale, "scale"))
 
     def apply(self, mu, sigma) -> np.ndarray:
         """Calibrated sigma [n] for predictions mu [n], sigma [n]."""
@@ -96,6 +102,20 @@ class HyperfineCalibrator(_Calibrator):
     method: ClassVar[str] = "hyperfine"
 
     def __post_init__(self):
+        object.__setattr__(self, "global_scale", positive_factor(self.global_scale, "global_scale"))
+        edges = float_list(self.edges, "edges", increasing=True)
+        object.__setattr__(self, "edges", edges)
+        etas = float_list(self.etas, "etas", len(edges) + 1, low=0.0)
+        if not all(e > 0 for e in etas):
+            raise ValueError(f"etas: expected {len(edges) + 1} numbers > 0, got {self.etas!r}")
+        object.__setattr__(self, "etas", etas)
+        counts = self.counts
+        if (not isinstance(counts, (list, tuple)) or len(counts) != len(etas)
+                or not all(is_int(c) and c >= 0 for c in counts)):
+            raise ValueError(f"counts: expected {len(etas)} integers >= 0 (one per bin), "
+                             f"got {counts!r}")
+        object.__setattr__(self, "counts", [int(c) for c in counts])
+        object.__setattr__(self, "xi", unit_level(self.xi, "xi"))
         object.__setattr__(self, "dof", dof_to_json(check_dof(self.dof)))
         if self.tail not in TAILS + ("fixed",):
             raise ValueError(f"tail: expected one of {TAILS + ('fixed',)}, got {self.tail!r}")
@@ -178,7 +198,7 @@ def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: floa
 
 
 def _check_folds(folds, n: int) -> None:
-    if not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+    if not is_int(folds) or not 2 <= folds <= n:
         raise ValueError(f"folds: expected an integer in [2, {n}] (the number of samples), "
                          f"got {folds!r}")
 
@@ -260,9 +280,9 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
         an unknown tail, or a bin whose residuals are (almost all) zero.
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
-    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+    if not is_int(n_bins) or n_bins < 1:
         raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
-    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+    if not is_int(min_count) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
     _check_folds(folds, mu.size)
     if mu.size < max(n_bins, min_count):

@@ -40,6 +40,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
                                     check_threshold_in_range, dof_to_json)
+from hypuc_jax._validation import is_int
 from hypuc_jax.calibration import check_task
 from hypuc_jax.config import CORRECTION_TARGETS as TARGETS
 from hypuc_jax.decisions import (PRIOR_STRENGTH, baseline_scores, feature_names, features,
@@ -210,7 +211,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     dof = check_dof(dof)
     for t in specs:
         check_threshold_in_range(t, y)
-    if not isinstance(n_models, (int, np.integer)) or n_models < 1:
+    if not is_int(n_models) or n_models < 1:
         raise ValueError(f"n_models: expected a positive integer, got {n_models!r}")
     if not 0.0 < max_features <= 1.0:
         raise ValueError(f"max_features: expected a fraction in (0, 1], got {max_features!r}")

@@ -44,8 +44,9 @@ import numpy as np
 from scipy import special
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_predictions, event,
-                                    exceed_prob, std_logsf_logcdf)
+from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
+                                    event, exceed_prob, std_logsf_logcdf)
+from hypuc_jax._validation import is_real
 
 # Pseudo-count n0 of the shrinkage to the Gaussian log-odds; chosen by 5-fold CV
 # (x4 repeats) inside the validation split, experiments/results/decisions_study.md.
@@ -74,7 +75,8 @@ def features(mu, sigma, thresholds=(), z: float = 1.96, dof: float = math.inf) -
       mu + z sigma, then the event probability of each threshold.
     """
     mu, sigma, _ = check_predictions(mu, sigma)
-    if not (np.isfinite(z) and z > 0):
+    dof = check_dof(dof)
+    if not (is_real(z) and np.isfinite(z) and z > 0):
         raise ValueError(f"z: expected a finite value > 0, got {z!r}")
     cols = [mu, sigma, mu - z * sigma, mu + z * sigma]
     cols += [exceed_prob(mu, sigma, t, dof) for t in as_thresholds(thresholds)]

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 
-from hypuc_jax._calibrator import _Calibrator
+from hypuc_jax._calibrator import _Calibrator, float_list, unit_level
 from hypuc_jax._predictions import central_z, check_predictions
 
 
@@ -42,6 +42,16 @@ class IsotonicCalibrator(_Calibrator):
     xi: float = 0.95
     task: str | None = None
     method: ClassVar[str] = "isotonic"
+
+    def __post_init__(self):
+        levels = float_list(self.levels, "levels", low=0.0, high=1.0, increasing=True)
+        freqs = float_list(self.freqs, "freqs", len(levels), low=0.0, high=1.0)
+        if len(levels) < 2 or np.any(np.diff(freqs) < 0):
+            raise ValueError(f"freqs: expected >= 2 non-decreasing levels in [0, 1], one per knot "
+                             f"of levels, got {self.freqs!r}")
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "freqs", freqs)
+        object.__setattr__(self, "xi", unit_level(self.xi, "xi"))
 
     def recalibrate_level(self, p) -> np.ndarray:
         """R(p): calibrated CDF level for predicted level(s) p in [0, 1]."""

@@ -36,7 +36,7 @@ from jax import lax
 
 from hypuc_jax._kde_grid import (DEFAULT_GRID_SIZE, MAX_GRID_POINTS, PAD_BANDWIDTHS,  # noqa: F401
                                  STEPS_PER_BANDWIDTH, fitted_grid_shape, grid_shape)
-from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete
+from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete, is_int
 
 RULES = ("scott", "silverman")
 METHODS = ("binned", "exact")
@@ -289,7 +289,7 @@ def _check_method(method: str) -> None:
 
 
 def _check_chunk(chunk_size) -> None:
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
 
 

@@ -267,7 +267,9 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
     each device computes this pair on its shard, the pairs are summed
     across devices (``psum``, or automatically in a one-jit sharded step),
     and the global weighted mean is ``num / den``. Masked-out entries
-    (padding) contribute exactly zero even if their loss is NaN or inf.
+    (padding) contribute exactly zero, to the value and to the gradients
+    with respect to ``losses`` and ``weights``, even if their loss is NaN
+    or inf.
 
     Args:
       losses: per-example losses, shape ``[batch]``.
@@ -292,7 +294,9 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
     if is_concrete(losses) and is_concrete(valid):
         check_finite(np.asarray(losses)[np.asarray(valid)], "losses (unmasked entries)")
     w = jnp.where(valid, weights, 0.0)
-    num = jnp.sum(jnp.where(valid, w * losses, 0.0))
+    # Zero the masked losses BEFORE the product: where(valid, w * l, 0) has a
+    # NaN gradient in w wherever a masked l is NaN or inf (0 * NaN).
+    num = jnp.sum(w * jnp.where(valid, losses, 0.0))
     return num, jnp.sum(w)
 
 

@@ -31,9 +31,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
                                     event)
+from hypuc_jax._validation import is_int
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
                                shot_masks, validate_regions)
 
@@ -144,7 +146,7 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
     """
     mu, sigma, y = check_predictions(mu, sigma, y, sigma_required=False)
     dof = check_dof(dof)
-    if not isinstance(min_count, (int, np.integer)) or min_count < 1:
+    if not is_int(min_count) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
     named = validate_regions(regions)
     clash = sorted(set(named) & set(SHOT_REGIONS))     # reserved, with or without train_labels

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hypuc_jax._validation import check_positive
+from hypuc_jax._validation import check_positive, is_int, is_real
 from hypuc_jax.layers import GroupNorm, ResidualBlock
 
 __all__ = ["Prediction", "ResNet1D", "MLP", "create_model", "GroupNorm", "ResidualBlock",
@@ -63,22 +63,26 @@ class Prediction(NamedTuple):
 
 
 def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     check_positive(value, name)
     return float(value)
 
 
 def _int_tuple(value, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) or not all(isinstance(v, int) and v >= 1 for v in value) or not value:
+    try:
+        items = tuple(value) if not isinstance(value, str) else None
+    except TypeError:                     # a scalar
+        items = None
+    if not items or not all(is_int(v) and v >= 1 for v in items):
         raise ValueError(f"{name}: expected a non-empty sequence of ints >= 1, got {value!r}")
-    return tuple(value)
+    return tuple(int(v) for v in items)
 
 
 def _odd_kernel(value, name: str) -> int:
-    if not isinstance(value, int) or value < 1 or value % 2 == 0:
+    if not is_int(value) or value < 1 or value % 2 == 0:
         raise ValueError(f"{name}: expected an odd int >= 1 (symmetric padding), got {value!r}")
-    return value
+    return int(value)
 
 
 class _Head(nnx.Module):

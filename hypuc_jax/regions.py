@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hypuc_jax._predictions import as_vector
+from hypuc_jax._validation import is_int
 from hypuc_jax.config import SHOT_REGION_NAMES
 
 SHOT_REGIONS = SHOT_REGION_NAMES
@@ -64,7 +65,7 @@ def label_bin_edges(labels, bins: Any = 100) -> np.ndarray:
       np.ndarray [B + 1] of increasing edges.
     """
     labels = as_vector(labels, "labels")
-    if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
+    if is_int(bins):
         if bins < 1:
             raise ValueError(f"bins: expected a positive number of bins, got {bins}")
         lo, hi = float(labels.min()), float(labels.max())

@@ -4,8 +4,9 @@ Z is the unit-variance predictive family of ``hypuc_jax._predictions``:
 standard normal at ``dof=inf`` (the default: N(mu, sigma^2)), or a Student-t
 with ``dof`` degrees of freedom rescaled to unit variance, so ``sigma`` is
 always the predictive standard deviation. Each function takes validated
-numpy vectors y [n], mu [n], sigma [n] and returns a python float.
-``metrics.evaluate`` validates the inputs and assembles these per region.
+vectors y [n], mu [n], sigma [n] (checked: 1-D, one length, finite, sigma
+> 0, dof > 2 or inf; a ``ValueError`` names the argument) and returns a
+python float. ``metrics.evaluate`` assembles these per region.
 
 - NLL: mean of -log p(y); Gaussian: 0.5 log(2 pi sigma^2) + (y - mu)^2 / (2 sigma^2).
 - CRPS, closed forms: Gaussian (Gneiting & Raftery 2007)
@@ -33,14 +34,22 @@ import math
 import numpy as np
 from scipy import special, stats
 
-from hypuc_jax._predictions import std_logpdf, std_ppf
+from hypuc_jax._predictions import check_dof, check_predictions, std_logpdf, std_ppf
+from hypuc_jax._validation import as_array, check_positive, is_int, is_real
 
 CAL_LEVELS = np.linspace(0.0, 1.0, 100)
 INF = math.inf
 
 
+def _checked(y, mu, sigma, dof):
+    """(y [n], mu [n], sigma [n], dof) validated, as float64 vectors and a float."""
+    mu, sigma, y = check_predictions(mu, sigma, y)
+    return y, mu, sigma, check_dof(dof)
+
+
 def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf)."""
+    y, mu, sigma, dof = _checked(y, mu, sigma, dof)
     if math.isinf(dof):
         return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2)
                              + (y - mu) ** 2 / (2 * sigma ** 2)))
@@ -49,6 +58,7 @@ def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> f
 
 def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean closed-form CRPS of mu + sigma Z at y."""
+    y, mu, sigma, dof = _checked(y, mu, sigma, dof)
     if math.isinf(dof):
         z = (y - mu) / sigma
         per = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
@@ -64,8 +74,15 @@ def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> 
 
 def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
                    levels: np.ndarray = CAL_LEVELS, dof: float = INF) -> np.ndarray:
-    """Observed coverage of the central interval at each nominal level, [len(levels)]."""
-    half = std_ppf(0.5 + np.asarray(levels) / 2.0, dof)  # inf at level 1
+    """Observed coverage of the central interval at each nominal level, [len(levels)].
+
+    ``levels`` are nominal coverages in [0, 1].
+    """
+    y, mu, sigma, dof = _checked(y, mu, sigma, dof)
+    levels = np.asarray(levels, dtype=np.float64)
+    if levels.ndim != 1 or not np.all((levels >= 0) & (levels <= 1)):
+        raise ValueError(f"levels: expected a 1-D array of coverages in [0, 1], got {levels!r}")
+    half = std_ppf(0.5 + levels / 2.0, dof)  # inf at level 1
     r = np.sort(np.abs(y - mu) / sigma)
     return np.searchsorted(r, half, side="right") / r.size
 
@@ -77,7 +94,11 @@ def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
 
 
 def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
-    """Mean width 2 z_level sigma of the central ``level`` interval."""
+    """Mean width 2 z_level sigma of the central ``level`` interval; ``level`` in (0, 1)."""
+    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    check_positive(sigma, "sigma")
+    if not (is_real(level) and 0.0 < level < 1.0):
+        raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
     return float(np.mean(2 * std_ppf(0.5 + level / 2.0, dof) * sigma))
 
 
@@ -120,6 +141,9 @@ def ence(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_bins: int = 10) -> 
 
     Returns None when there are fewer samples than bins.
     """
+    y, mu, sigma, _ = _checked(y, mu, sigma, INF)
+    if not is_int(n_bins) or n_bins < 1:
+        raise ValueError(f"n_bins: expected an int >= 1, got {n_bins!r}")
     if y.size < n_bins:
         return None
     order = np.argsort(sigma, kind="stable")

@@ -192,3 +192,43 @@ def test_apply_checks_inputs_and_dispatcher_checks_method(val):
         g.apply(np.ones(3), np.r_[1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="method"):
         cal.fit_calibrator("platt", *val)
+
+
+@pytest.mark.parametrize("method, change, match", [
+    ("global", {"scale": -1.0}, "scale"),
+    ("global", {"scale": float("nan")}, "scale"),
+    ("global", {"scale": "2"}, "scale"),
+    ("hyperfine", {"global_scale": 0.0}, "global_scale"),
+    ("hyperfine", {"etas": [1.0]}, "etas"),                 # 3 bins need 3 factors
+    ("hyperfine", {"etas": [1.0, -0.5, 1.0]}, "etas"),
+    ("hyperfine", {"etas": [1.0, 0.0, 1.0]}, "etas"),
+    ("hyperfine", {"etas": [1.0, float("inf"), 1.0]}, "etas"),
+    ("hyperfine", {"edges": [1.0, 0.5]}, "edges"),          # not increasing
+    ("hyperfine", {"counts": [10, 10]}, "counts"),
+    ("hyperfine", {"xi": 1.5}, "xi"),
+    ("hyperfine", {"dof": 1.0}, "dof"),
+    ("isotonic", {"freqs": [0.0, 0.7, 0.4, 1.0]}, "freqs"),  # R must be non-decreasing
+    ("isotonic", {"levels": [0.0, 0.5, 0.5, 1.0]}, "levels"),
+    ("isotonic", {"levels": [0.0, 1.0], "freqs": [0.0, 1.2]}, "freqs"),
+    ("isotonic", {"freqs": [0.0, 1.0]}, "freqs"),           # one per knot
+])
+def test_from_dict_refuses_corrupt_parameters_by_name(method, change, match):
+    """A hand-edited or corrupt calibration.json gets a named error, not a calibrator
+    that returns negative, NaN or mis-binned sigmas."""
+    good = {"global": {"scale": 1.3},
+            "hyperfine": {"global_scale": 1.2, "edges": [0.0, 1.0], "etas": [0.9, 1.1, 1.0],
+                          "counts": [40, 40, 40]},
+            "isotonic": {"levels": [0.0, 0.3, 0.6, 1.0], "freqs": [0.0, 0.2, 0.7, 1.0]}}[method]
+    d = {"method": method, "format_version": 2, **good}
+    cal.calibrator_from_dict(d)                             # the unchanged dict loads
+    with pytest.raises(ValueError, match=match):
+        cal.calibrator_from_dict({**d, **change})
+
+
+def test_hyperfine_accepts_numpy_integer_sizes_and_refuses_bool(val):
+    mu, sigma, y = (a[:2000] for a in val)
+    ref = cal.fit_hyperfine(mu, sigma, y, n_bins=4, min_count=50)
+    got = cal.fit_hyperfine(mu, sigma, y, n_bins=np.int64(4), min_count=np.int32(50))
+    assert got.etas == ref.etas and got.edges == ref.edges
+    with pytest.raises(ValueError, match="n_bins"):
+        cal.fit_hyperfine(mu, sigma, y, n_bins=True)

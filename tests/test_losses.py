@@ -373,6 +373,20 @@ def test_weighted_sums_with_mask_ignores_padding_even_if_nan():
     assert float(jax.jit(losses.weighted_mean)(l, w, np.zeros(5, np.float32))) == 0.0
 
 
+def test_weighted_mean_gradients_ignore_nan_padding():
+    """Closed form: d/dl_i = w_i m_i / W and d/dw_i = m_i (l_i - mean) / W, with
+    W = sum w m; masked entries get exactly 0 even where their loss is NaN or inf."""
+    l = np.array([1.0, 2.0, np.nan, 4.0, np.inf], np.float32)
+    w = np.array([0.5, 2.0, 3.0, 1.0, 9.0], np.float32)
+    m = np.array([1, 1, 0, 1, 0], np.float32)
+    g_l, g_w = jax.jit(jax.grad(losses.weighted_mean, argnums=(0, 1)))(l, w, m)
+    total = 3.5
+    mean = (0.5 * 1.0 + 2.0 * 2.0 + 4.0) / total
+    np.testing.assert_allclose(g_l, [0.5 / total, 2.0 / total, 0.0, 1.0 / total, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(g_w, [(1.0 - mean) / total, (2.0 - mean) / total, 0.0,
+                                     (4.0 - mean) / total, 0.0], rtol=1e-6)
+
+
 @settings(max_examples=25, deadline=None)
 @given(n_dev=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2 ** 16))
 def test_sharded_sums_equal_global_weighted_mean(n_dev, seed):

@@ -17,6 +17,7 @@ from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from hypuc_jax import metrics
+from hypuc_jax import uncertainty as unc
 from hypuc_jax.regions import shot_masks
 
 KEYS = ["n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "balanced_mae", "nll", "crps",
@@ -243,3 +244,33 @@ def test_numpy_stages_refuse_traced_inputs_with_a_named_error():
                lambda a: corrections.fit_corrections(a, a + 1.0, a, n_models=1)):
         with pytest.raises(ValueError, match="traced array.*outside jax.jit"):
             jax.jit(fn)(y)
+
+
+_Y3, _MU3, _S3 = np.r_[1.0, 2.0, 3.0], np.r_[1.5, 2.0, 2.5], np.r_[0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: unc.nll(np.r_[1.0, np.nan, 3.0], _MU3, _S3), "y"),
+    (lambda: unc.crps(_Y3, _MU3[:2], _S3), "mu"),
+    (lambda: unc.uce(_Y3, _MU3, np.r_[0.5, 0.0, 0.5]), "sigma"),
+    (lambda: unc.coverage(_Y3[:, None], _MU3, _S3, 0.9), "y"),
+    (lambda: unc.coverage_curve(_Y3, _MU3, _S3, np.r_[0.5, 1.2]), "levels"),
+    (lambda: unc.width(_S3, 1.5), "level"),
+    (lambda: unc.width(-_S3, 0.9), "sigma"),
+    (lambda: unc.miscalibration_area(_Y3, np.r_[1.0, np.inf, 2.0], _S3), "mu"),
+    (lambda: unc.ence(_Y3, _MU3, _S3, n_bins=0), "n_bins"),
+    (lambda: unc.ence(["a", "b", "c"], _MU3, _S3), "y"),
+])
+def test_uncertainty_scores_name_bad_inputs(call, match):
+    """The scores are public: bad inputs get a named error, never a NaN score."""
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_uncertainty_scores_take_lists_and_ints():
+    """Plain lists and integer arrays score like the float arrays (scipy reference)."""
+    y, mu, s = [1, 2, 3], np.array([1, 2, 2]), [1, 1, 2]
+    ref = -np.mean(stats.norm.logpdf(y, loc=mu, scale=s))
+    assert unc.nll(y, mu, s) == pytest.approx(ref, rel=1e-12)
+    assert unc.coverage(y, mu, s, 0.5) == pytest.approx(np.mean(
+        np.abs(np.subtract(y, mu)) / np.asarray(s, float) <= stats.norm.ppf(0.75)))

@@ -272,3 +272,24 @@ def test_bad_head_and_input_raise():
         model(jnp.ones((2, 40, 4)))
     with pytest.raises(ValueError, match="^x"):
         jax.jit(lambda x: model(x))(jnp.ones((40, 3)))
+
+
+def test_numpy_integer_sizes_build_the_same_model():
+    """Sizes read from numpy (np.int64 widths, a shape from an array) are ints too."""
+    ref = models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0), **SMALL)
+    got = models.create_model("resnet1d", np.array(SIG_SHAPE), "gaussian", rngs=nnx.Rngs(0),
+                              widths=np.array([4, 8]), blocks=(np.int64(1), np.int32(2)),
+                              kernel_size=np.int64(5), stem_kernel=7, groups=2,
+                              sigma_min=np.float32(1e-3))
+    x = _signal()
+    np.testing.assert_array_equal(got(x).loc, ref(x).loc)
+    for kwargs, match in [(dict(kernel_size=np.int64(4)), "kernel_size"),
+                          (dict(widths=(4.0, 8.0)), "widths"), (dict(widths=8), "widths"),
+                          (dict(blocks=(True, 1)), "blocks")]:
+        with pytest.raises(ValueError, match=match):
+            models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0),
+                                **{**SMALL, **kwargs})
+    with pytest.raises(ValueError, match="n_bins"):
+        losses.histogram_prior(np.arange(10.0), n_bins=True)
+    np.testing.assert_array_equal(losses.histogram_prior(np.arange(10.0), n_bins=np.int64(5)).probs,
+                                  np.full(5, 0.2, np.float32))

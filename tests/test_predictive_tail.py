@@ -54,6 +54,33 @@ def test_check_dof_rejects(bad):
         pred.check_dof(bad)
 
 
+_Y, _MU, _SIGMA = np.r_[1.0, 2.0, 3.5], np.r_[1.1, 2.2, 3.0], np.r_[0.5, 0.4, 0.6]
+
+
+@pytest.mark.parametrize("bad", [2.0, 1, -3.0, float("nan"), "5"])
+@pytest.mark.parametrize("score", [
+    lambda dof: uncertainty.nll(_Y, _MU, _SIGMA, dof=dof),
+    lambda dof: uncertainty.crps(_Y, _MU, _SIGMA, dof=dof),
+    lambda dof: uncertainty.coverage(_Y, _MU, _SIGMA, 0.9, dof=dof),
+    lambda dof: uncertainty.width(_SIGMA, 0.9, dof=dof),
+    lambda dof: uncertainty.uce(_Y, _MU, _SIGMA, dof=dof),
+    lambda dof: decisions.features(_MU, _SIGMA, dof=dof),
+    lambda dof: pred.central_z(0.9, dof=dof),
+    lambda dof: pred.std_entropy(dof),
+    lambda dof: pred.std_cdf(0.3, dof),
+])
+def test_every_score_names_a_bad_dof(score, bad):
+    """Below 2 the t has no variance: a named error, not 'math domain error' or inf."""
+    with pytest.raises(ValueError, match="dof: expected"):
+        score(bad)
+
+
+@pytest.mark.parametrize("dof", [np.float32(9.0), np.int64(9)])
+def test_numpy_scalar_dofs_are_accepted(dof):
+    assert uncertainty.nll(_Y, _MU, _SIGMA, dof=dof) == pytest.approx(
+        -np.mean(stats.t.logpdf(_Y, 9.0, loc=_MU, scale=_SIGMA * _scale(9.0))), rel=1e-12)
+
+
 def _draw(rng, n, dof):
     mu = rng.normal(5.0, 1.0, n)
     sigma = rng.uniform(0.2, 1.5, n)
