@@ -17,8 +17,9 @@ import numpy as np
 from hypuc_jax._predictions import check_predictions
 from hypuc_jax._validation import is_real
 
-FORMAT_VERSION = 2  # 2: hyperfine's predictive tail (dof); version-1 files read as Gaussian
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: hyperfine's predictive tail (dof), version 1 reads as Gaussian;
+# 3: isotonic knots in z (version-2 levels p convert on reading)
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 def check_task(saved: str | None, task: str | None, name: str = "task") -> None:

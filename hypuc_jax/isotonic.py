@@ -8,76 +8,145 @@ import dataclasses
 from typing import ClassVar
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from sklearn.isotonic import IsotonicRegression
 
 from hypuc_jax._calibrator import _Calibrator, float_list, unit_level
 from hypuc_jax._predictions import central_z, check_predictions
 
 
+def _segment_fraction(z, za, zb) -> np.ndarray:
+    """(Phi(z) - Phi(za)) / (Phi(zb) - Phi(za)) for za <= z <= zb, without cancellation.
+
+    Computed from log Phi (segments in the lower half) or log(1 - Phi)
+    (upper half), so knots far in either tail, where Phi rounds to 0 or 1
+    (|z| > 8) or underflows (|z| > 38), stay distinct.
+    """
+    upper = za >= 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # Lower half: e^(l_z - l_b) - e^(l_a - l_b) over 1 - e^(l_a - l_b), l = log Phi.
+        la, lb, lz = stats.norm.logcdf(za), stats.norm.logcdf(zb), stats.norm.logcdf(z)
+        ra = np.exp(la - lb)
+        lower_t = (np.exp(lz - lb) - ra) / -np.expm1(la - lb)
+        # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
+        sa, sb, sz = stats.norm.logsf(za), stats.norm.logsf(zb), stats.norm.logsf(z)
+        upper_t = np.expm1(sz - sa) / np.expm1(sb - sa)
+    t = np.where(upper, upper_t, lower_t)
+    return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
+
+
+def _segment_point(t, za, zb) -> np.ndarray:
+    """The z in [za, zb] at fraction t of the segment's Gaussian probability (inverse of above)."""
+    upper = za >= 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        la, lb = stats.norm.logcdf(za), stats.norm.logcdf(zb)
+        ra = np.exp(la - lb)
+        z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
+        sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
+        z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(sb - sa)))
+    z = np.where(upper, z_upper, z_lower)
+    return np.where(t >= 1.0, zb, np.where(t <= 0.0, za, np.clip(z, za, zb)))
+
+
 @dataclasses.dataclass(frozen=True)
 class IsotonicCalibrator(_Calibrator):
     """Isotonic recalibration of the predicted Gaussian CDF (Kuleshov et al. 2018).
 
-    The fitted map R sends a predicted CDF level p = Phi((y - mu) / sigma) to
-    the fraction of validation samples whose level is <= p. The recalibrated
-    predictive distribution has CDF R(Phi((y - mu) / sigma)) and quantiles
-    mu + sigma * Phi^-1(R^-1(q)). Because R acts on the standardised level,
-    the recalibrated distribution is a location-scale family in (mu, sigma),
-    generally not Gaussian. ``apply`` therefore returns a Gaussian-equivalent
-    sigma: the scale whose Gaussian central ``xi`` interval has the same width
-    as the recalibrated central ``xi`` interval. Use ``interval`` / ``quantile``
-    for the exact recalibrated endpoints and ``cdf`` for calibrated levels.
-    The pipeline's later stages score that Gaussian-equivalent sigma as a
-    Gaussian (``predictive_dof`` is inf), not the recalibrated CDF itself.
+    The fitted map R sends a predicted CDF level p = Phi(z), z = (y - mu) /
+    sigma, to the fraction of validation samples whose level is <= p. The
+    recalibrated predictive distribution has CDF R(Phi((y - mu) / sigma)) and
+    quantiles mu + sigma * Phi^-1(R^-1(q)). Because R acts on the
+    standardised residual, the recalibrated distribution is a location-scale
+    family in (mu, sigma), generally not Gaussian. ``apply`` therefore
+    returns a Gaussian-equivalent sigma: the scale whose Gaussian central
+    ``xi`` interval has the same width as the recalibrated central ``xi``
+    interval. Use ``interval`` / ``quantile`` for the exact recalibrated
+    endpoints and ``cdf`` for calibrated levels. The pipeline's later stages
+    score that Gaussian-equivalent sigma as a Gaussian (``predictive_dof`` is
+    inf), not the recalibrated CDF itself.
+
+    R is stored at knots of the standardised residual z (not of p = Phi(z),
+    which rounds to 0 or 1 beyond |z| ~ 8 and would merge the knots of a
+    badly over-confident model) and is linear in p between knots, with
+    R(p=0) = 0 and R(p=1) = 1 (the same interpolation as
+    uncertainty-toolbox's isotonic recalibration).
 
     Attributes:
-      levels: knots of R (predicted levels), increasing, in [0, 1].
+      knots: standardised residuals z at the knots of R, strictly increasing, finite.
       freqs: R at those knots (observed frequencies), non-decreasing, in [0, 1].
       xi: coverage used for the Gaussian-equivalent sigma of ``apply``.
       task: task the calibrator was fitted on, or None.
     """
-    levels: list
+    knots: list
     freqs: list
     xi: float = 0.95
     task: str | None = None
     method: ClassVar[str] = "isotonic"
 
     def __post_init__(self):
-        levels = float_list(self.levels, "levels", low=0.0, high=1.0, increasing=True)
-        freqs = float_list(self.freqs, "freqs", len(levels), low=0.0, high=1.0)
-        if len(levels) < 2 or np.any(np.diff(freqs) < 0):
-            raise ValueError(f"freqs: expected >= 2 non-decreasing levels in [0, 1], one per knot "
-                             f"of levels, got {self.freqs!r}")
-        object.__setattr__(self, "levels", levels)
+        knots = float_list(self.knots, "knots", increasing=True)
+        freqs = float_list(self.freqs, "freqs", len(knots), low=0.0, high=1.0)
+        if not knots or np.any(np.diff(freqs) < 0):
+            raise ValueError(f"freqs: expected non-decreasing frequencies in [0, 1], one per "
+                             f"knot, got {self.freqs!r}")
+        object.__setattr__(self, "knots", knots)
         object.__setattr__(self, "freqs", freqs)
         object.__setattr__(self, "xi", unit_level(self.xi, "xi"))
 
+    @classmethod
+    def from_dict(cls, d: dict, task: str | None = None) -> "IsotonicCalibrator":
+        """Rebuilds the calibrator; format-2 dicts (knots as levels p in [0, 1]) convert to z."""
+        if isinstance(d, dict) and "levels" in d and "knots" not in d:
+            levels = np.asarray(float_list(d["levels"], "levels", low=0.0, high=1.0,
+                                           increasing=True))
+            freqs = np.asarray(float_list(d.get("freqs"), "freqs", levels.size, low=0.0, high=1.0))
+            inner = (levels > 0) & (levels < 1)    # the p = 0 / 1 anchors are implicit now
+            d = {k: v for k, v in d.items() if k != "levels"}
+            d.update(knots=stats.norm.ppf(levels[inner]).tolist(), freqs=freqs[inner].tolist())
+        return super().from_dict(d, task=task)
+
+    def _extended(self) -> tuple[np.ndarray, np.ndarray]:
+        """Knots and frequencies with the anchors R(-inf) = 0 and R(+inf) = 1."""
+        return (np.concatenate([[-np.inf], self.knots, [np.inf]]),
+                np.concatenate([[0.0], self.freqs, [1.0]]))
+
+    def recalibrate_z(self, z) -> np.ndarray:
+        """R(Phi(z)): calibrated CDF level for standardised residual(s) z, in [0, 1]."""
+        z = np.asarray(z, dtype=np.float64)
+        knots, freqs = self._extended()
+        j = np.clip(np.searchsorted(knots, z, side="right"), 1, knots.size - 1)
+        t = _segment_fraction(z, knots[j - 1], knots[j])
+        return freqs[j - 1] + t * (freqs[j] - freqs[j - 1])
+
+    def quantile_z(self, q) -> np.ndarray:
+        """R^-1: the smallest standardised residual z with R(Phi(z)) >= q, for q in [0, 1]."""
+        q = np.asarray(q, dtype=np.float64)
+        knots, freqs = self._extended()
+        # R is non-decreasing and piecewise monotone: find the first segment reaching q.
+        j = np.clip(np.searchsorted(freqs, q, side="left"), 1, freqs.size - 1)
+        f0, f1 = freqs[j - 1], freqs[j]
+        t = np.where(f1 > f0, (q - f0) / np.where(f1 > f0, f1 - f0, 1.0), 1.0)
+        return _segment_point(np.clip(t, 0.0, 1.0), knots[j - 1], knots[j])
+
     def recalibrate_level(self, p) -> np.ndarray:
         """R(p): calibrated CDF level for predicted level(s) p in [0, 1]."""
-        return np.interp(np.asarray(p, dtype=np.float64), self.levels, self.freqs)
+        return self.recalibrate_z(stats.norm.ppf(np.asarray(p, dtype=np.float64)))
 
     def inverse_level(self, q) -> np.ndarray:
         """R^-1(q) = inf{p : R(p) >= q}: the predicted level to ask for to get level q."""
-        q = np.asarray(q, dtype=np.float64)
-        levels, freqs = np.asarray(self.levels), np.asarray(self.freqs)
-        # R is piecewise linear and non-decreasing: find the first segment reaching q.
-        j = np.clip(np.searchsorted(freqs, q, side="left"), 1, len(freqs) - 1)
-        f0, f1, p0, p1 = freqs[j - 1], freqs[j], levels[j - 1], levels[j]
-        t = np.where(f1 > f0, (q - f0) / np.where(f1 > f0, f1 - f0, 1.0), 1.0)
-        return np.clip(p0 + np.clip(t, 0.0, 1.0) * (p1 - p0), 0.0, 1.0)
+        return stats.norm.cdf(self.quantile_z(q))
 
     def cdf(self, mu, sigma, y) -> np.ndarray:
         """Calibrated CDF levels R(Phi((y - mu) / sigma)), [n] in [0, 1]."""
         mu, sigma, y = check_predictions(mu, sigma, y)
-        return self.recalibrate_level(stats.norm.cdf((y - mu) / sigma))
+        return self.recalibrate_z((y - mu) / sigma)
 
     def quantile(self, mu, sigma, q: float) -> np.ndarray:
-        """Recalibrated quantile at level q in (0, 1): mu + sigma Phi^-1(R^-1(q)), [n]."""
+        """Recalibrated quantile at level q in (0, 1): mu + sigma R^-1(q), [n]."""
         mu, sigma = self._inputs(mu, sigma)
         if not 0.0 < float(q) < 1.0:
             raise ValueError(f"q: expected a level in (0, 1), got {q!r}")
-        return mu + sigma * stats.norm.ppf(self.inverse_level(float(q)))
+        return mu + sigma * self.quantile_z(float(q))
 
     def interval(self, mu, sigma, level: float) -> tuple[np.ndarray, np.ndarray]:
         """Recalibrated central interval: quantiles at (1 -+ level) / 2, each [n]."""
@@ -89,10 +158,11 @@ class IsotonicCalibrator(_Calibrator):
         """Width of the recalibrated central interval over that of N(0, 1)'s."""
         level = self.xi if level is None else level
         z = central_z(level)
-        lo, hi = stats.norm.ppf(self.inverse_level(np.array([0.5 - level / 2, 0.5 + level / 2])))
+        lo, hi = self.quantile_z(np.array([0.5 - level / 2, 0.5 + level / 2]))
         width = hi - lo
-        if not np.isfinite(width):
-            raise ValueError(f"level: recalibrated {level} interval is unbounded; use a smaller level")
+        if not (np.isfinite(width) and width > 0):
+            raise ValueError(f"level: the recalibrated {level} interval has width {width}; "
+                             "refit on more validation samples or use a smaller level")
         return float(width / (2.0 * z))
 
     def apply(self, mu, sigma) -> np.ndarray:
@@ -104,10 +174,12 @@ class IsotonicCalibrator(_Calibrator):
 def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> IsotonicCalibrator:
     """Fits isotonic recalibration of the predicted CDF (Kuleshov et al. 2018).
 
-    The training pairs are (p_i, P_hat(p_i)) with p_i = Phi((y_i - mu_i) / sigma_i)
-    and P_hat(p) = |{j : p_j <= p}| / n, fitted with sklearn's
-    ``IsotonicRegression`` (bounded to [0, 1]); the knots of the fitted
-    piecewise-linear map, anchored at (0, 0) and (1, 1), are stored.
+    The training pairs are (p_i, P_hat(p_i)) with p_i = Phi(z_i), z_i = (y_i -
+    mu_i) / sigma_i, and P_hat(p) = |{j : p_j <= p}| / n, fitted with
+    sklearn's ``IsotonicRegression`` (bounded to [0, 1]) on z_i, which orders
+    the pairs exactly as p_i does without rounding p near 0 or 1. The knots
+    (in z) and fitted frequencies are stored; R(0) = 0 and R(1) = 1 are
+    implicit anchors.
 
     Args:
       mu: validation predicted locations [n].
@@ -121,10 +193,10 @@ def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> 
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
     central_z(xi, "xi")
-    p = np.sort(stats.norm.cdf((y - mu) / sigma))
-    p_hat = np.searchsorted(p, p, side="right") / p.size
+    z = np.sort((y - mu) / sigma)
+    p_hat = np.searchsorted(z, z, side="right") / z.size
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    iso.fit(np.concatenate([[0.0], p, [1.0]]), np.concatenate([[0.0], p_hat, [1.0]]))
-    levels = np.asarray(iso.X_thresholds_, dtype=np.float64)
-    freqs = np.asarray(iso.y_thresholds_, dtype=np.float64)
-    return IsotonicCalibrator(levels=levels.tolist(), freqs=freqs.tolist(), xi=float(xi), task=task)
+    iso.fit(z, p_hat)
+    return IsotonicCalibrator(knots=np.asarray(iso.X_thresholds_, np.float64).tolist(),
+                              freqs=np.asarray(iso.y_thresholds_, np.float64).tolist(),
+                              xi=float(xi), task=task)

@@ -232,3 +232,43 @@ def test_hyperfine_accepts_numpy_integer_sizes_and_refuses_bool(val):
     assert got.etas == ref.etas and got.edges == ref.edges
     with pytest.raises(ValueError, match="n_bins"):
         cal.fit_hyperfine(mu, sigma, y, n_bins=True)
+
+
+@pytest.mark.parametrize("ratio", [5.0, 20.0])
+def test_isotonic_recalibrates_a_badly_overconfident_model(ratio):
+    """Residuals 5-20x the predicted sigma put standardised levels at Phi(z) with
+    |z| up to ~80, where Phi rounds to 0 / 1. The recalibrated quantiles must still
+    be the empirical quantiles of z (between neighbouring order statistics), the
+    CDF a CDF, and apply() the interval-equivalent sigma."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    mu, sigma = np.zeros(n), np.ones(n)
+    y = ratio * rng.normal(size=n)
+    iso = cal.fit_isotonic(mu, sigma, y)
+    z = np.sort(y)
+    for q in (0.001, 0.025, 0.5, 0.975, 0.999):
+        got = float(iso.quantile(mu[:1], sigma[:1], q)[0])
+        k = q * n                                  # the empirical q-quantile lies near z[k-1]
+        lo, hi = z[max(int(np.floor(k)) - 2, 0)], z[min(int(np.ceil(k)) + 1, n - 1)]
+        assert lo <= got <= hi, (q, got, lo, hi)
+    lo95, hi95 = np.quantile(z, [0.025, 0.975])
+    assert iso.apply(mu[:1], sigma[:1])[0] == pytest.approx((hi95 - lo95) / (2 * Z95), rel=0.02)
+    levels = iso.cdf(np.zeros(4), np.ones(4), np.r_[-1e6, z[0] - 1e-9, z[-1], 1e6])
+    np.testing.assert_allclose(levels[[0, 3]], [0.0, 1.0], atol=1e-12)
+    assert levels[1] <= 1.0 / n + 1e-12 and levels[2] == pytest.approx(1.0)
+    ecdf = np.searchsorted(z, z[::50], side="right") / n
+    np.testing.assert_allclose(iso.cdf(np.zeros(40), np.ones(40), z[::50]), ecdf, atol=1e-12)
+
+
+def test_isotonic_reads_format_2_levels(val):
+    """Version-2 files stored R at knots p = Phi(z) with explicit (0, 0) and (1, 1)
+    anchors; they read into the same map (compared on the stored knots)."""
+    levels = [0.0, 0.1, 0.4, 0.5, 0.9, 1.0]
+    freqs = [0.0, 0.05, 0.3, 0.55, 0.93, 1.0]
+    old = cal.calibrator_from_dict({"method": "isotonic", "format_version": 2,
+                                    "levels": levels, "freqs": freqs, "xi": 0.9})
+    np.testing.assert_allclose(old.recalibrate_level(levels), freqs, atol=1e-12)
+    mid = np.array([0.05, 0.25, 0.7, 0.95])          # linear in p between the knots
+    np.testing.assert_allclose(old.recalibrate_level(mid), np.interp(mid, levels, freqs),
+                               atol=1e-12)
+    assert cal.calibrator_from_dict(old.to_dict()) == old
