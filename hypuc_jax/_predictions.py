@@ -20,7 +20,7 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from hypuc_jax._validation import (as_array, check_finite, check_positive, check_same_length,
                                    is_concrete)
@@ -40,12 +40,17 @@ def as_vector(x: Any, name: str) -> np.ndarray:
       ValueError: not 1-D, empty, holding NaN/inf, or traced (inside
         ``jax.jit``: the numpy-based stages take concrete arrays).
     """
+    arr = _concrete_vector(x, name)
+    check_finite(arr, name)
+    return arr
+
+
+def _concrete_vector(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 numpy vector; a named error for a tracer (no value check)."""
     if not is_concrete(x):
         raise ValueError(f"{name}: got a traced array; this function runs on concrete "
                          "(numpy) values, call it outside jax.jit / vmap")
-    arr = np.asarray(as_array(x, name, ndim=1), dtype=np.float64)
-    check_finite(arr, name)
-    return arr
+    return np.asarray(as_array(x, name, ndim=1), dtype=np.float64)
 
 
 def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
@@ -74,7 +79,7 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
         if sigma_required:
             raise ValueError(f"{sigma_name}: expected an array of predicted scales, got None")
     else:
-        sigma = np.asarray(as_array(sigma, sigma_name, ndim=1), dtype=np.float64)
+        sigma = _concrete_vector(sigma, sigma_name)
         check_same_length(mu_name, mu, sigma_name, sigma)
         check_positive(sigma, sigma_name)
     if y is not None:
@@ -136,15 +141,13 @@ def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
 
 
 def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
-    """log density of Z at z (closed form; no scipy distribution call)."""
+    """log density of Z at z (scipy's t.logpdf, accurate up to dof ~ 1e17)."""
     dof = check_dof(dof)
     z = np.asarray(z, dtype=np.float64)
     if math.isinf(dof):
         return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
     c = _t_scale(dof)
-    const = (special.gammaln((dof + 1) / 2) - special.gammaln(dof / 2)
-             - 0.5 * math.log(dof * math.pi) - math.log(c))
-    return const - (dof + 1) / 2 * np.log1p((z / c) ** 2 / dof)
+    return stats.t.logpdf(z / c, dof) - math.log(c)
 
 
 def std_entropy(dof: float = math.inf) -> float:
@@ -152,8 +155,7 @@ def std_entropy(dof: float = math.inf) -> float:
     dof = check_dof(dof)
     if math.isinf(dof):
         return 0.5 * math.log(2 * math.pi * math.e)
-    return float((dof + 1) / 2 * (special.digamma((dof + 1) / 2) - special.digamma(dof / 2))
-                 + math.log(math.sqrt(dof) * special.beta(dof / 2, 0.5)) + math.log(_t_scale(dof)))
+    return float(stats.t.entropy(dof)) + math.log(_t_scale(dof))
 
 
 def central_z(level: float, name: str = "level", dof: float = math.inf) -> float:

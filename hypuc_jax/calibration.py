@@ -266,7 +266,8 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
       tail: family of the calibrated predictive. "gaussian": the SPEC's
         Gaussian; "auto": the Student-t dof in ``DOF_GRID`` (inf included)
         with the lowest ``folds``-fold cross-fitted UCE on these samples, or
-        the Gaussian when there are fewer than ``MIN_TAIL_SAMPLES``; a number
+        the Gaussian when there are fewer than ``MIN_TAIL_SAMPLES``, or too
+        few for ``n_bins`` / ``min_count`` in each fold's fit; a number
         > 2: that dof. The central ``xi`` intervals are the same for every tail.
       folds: folds of the ``tail="auto"`` search (>= 2).
       seed: seed of the fold assignment.
@@ -284,17 +285,20 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
         raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
     if not is_int(min_count) or min_count < 1:
         raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
-    _check_folds(folds, mu.size)
     if mu.size < max(n_bins, min_count):
         raise ValueError(f"mu: expected at least n_bins={n_bins} and min_count={min_count} "
                          f"validation samples, got {mu.size}")
+    if not is_int(folds) or folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
     central_z(xi, "xi")
     search = None
     if isinstance(tail, str):
         if tail not in TAILS:
             raise ValueError(f"tail: expected one of {TAILS} or a number > 2, got {tail!r}")
         dof = math.inf
-        if tail == "auto" and mu.size >= MIN_TAIL_SAMPLES:
+        smallest_fit = mu.size - -(-mu.size // folds)   # samples in each fold's fit
+        if (tail == "auto" and mu.size >= MIN_TAIL_SAMPLES
+                and smallest_fit >= max(n_bins, min_count)):
             dof, search = _select_dof(mu, sigma, y, int(n_bins), int(min_count), float(xi),
                                       int(folds), int(seed))
     else:

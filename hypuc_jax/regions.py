@@ -28,8 +28,8 @@ def validate_regions(regions: Any) -> dict[str, tuple[float, float]]:
     """Checks named regions and returns them as {name: (low, high)} floats.
 
     Raises:
-      ValueError: not a mapping, a bad entry, a NaN bound, or an empty range
-        (low >= high).
+      ValueError: not a mapping, a bad entry, a NaN bound, an empty range
+        (low >= high), or two names equal as strings (1 and "1").
     """
     if regions is None:
         return {}
@@ -44,6 +44,8 @@ def validate_regions(regions: Any) -> dict[str, tuple[float, float]]:
         if np.isnan(low) or np.isnan(high) or not low < high:
             raise ValueError(f"regions: region {name!r} is empty or invalid: expected low < high, "
                              f"got [{low}, {high})")
+        if str(name) in out:
+            raise ValueError(f"regions: two regions are named {str(name)!r}; expected unique names")
         out[str(name)] = (low, high)
     return out
 

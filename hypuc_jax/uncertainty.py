@@ -50,25 +50,31 @@ def _checked(y, mu, sigma, dof):
 def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf)."""
     y, mu, sigma, dof = _checked(y, mu, sigma, dof)
-    if math.isinf(dof):
-        return float(np.mean(0.5 * np.log(2 * np.pi * sigma ** 2)
-                             + (y - mu) ** 2 / (2 * sigma ** 2)))
+    # log(sigma) - log p(z): no sigma ** 2, which overflows beyond ~1e154 and
+    # underflows below ~1e-162.
     return float(np.mean(np.log(sigma) - std_logpdf((y - mu) / sigma, dof)))
 
 
 def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
     """Mean closed-form CRPS of mu + sigma Z at y."""
     y, mu, sigma, dof = _checked(y, mu, sigma, dof)
+    # Written as e (2 F(u) - 1) + s (...) with e = y - mu, so a tiny sigma
+    # (u = e / s overflowing to +-inf) still gives |e|, the point-mass CRPS.
+    e = y - mu
     if math.isinf(dof):
-        z = (y - mu) / sigma
-        per = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+        with np.errstate(over="ignore"):
+            z = e / sigma
+        per = e * (2 * stats.norm.cdf(z) - 1) + sigma * (2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
         return float(np.mean(per))
     s = sigma * math.sqrt((dof - 2.0) / dof)
-    u = (y - mu) / s
+    with np.errstate(over="ignore"):
+        u = e / s
     const = (2 * math.sqrt(dof) * special.beta(0.5, dof - 0.5)
              / ((dof - 1) * special.beta(0.5, dof / 2) ** 2))
-    per = s * (u * (2 * stats.t.cdf(u, dof) - 1)
-               + 2 * stats.t.pdf(u, dof) * (dof + u * u) / (dof - 1) - const)
+    finite = np.isfinite(u)
+    uf = np.where(finite, u, 0.0)
+    density_term = np.where(finite, 2 * stats.t.pdf(uf, dof) * (dof + uf * uf) / (dof - 1), 0.0)
+    per = e * (2 * stats.t.cdf(u, dof) - 1) + s * (density_term - const)
     return float(np.mean(per))
 
 
@@ -136,6 +142,12 @@ def miscalibration_area(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
     return float(np.sum(area))
 
 
+def _rms(v: np.ndarray) -> float:
+    """sqrt(mean(v ** 2)) scaled by max |v|, so it neither overflows nor underflows."""
+    m = float(np.max(np.abs(v)))
+    return m * float(np.sqrt(np.mean((v / m) ** 2))) if m > 0 else 0.0
+
+
 def ence(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_bins: int = 10) -> float | None:
     """Expected normalised calibration error over equal-count bins of sigma.
 
@@ -149,7 +161,6 @@ def ence(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_bins: int = 10) -> 
     order = np.argsort(sigma, kind="stable")
     terms = []
     for idx in np.array_split(order, n_bins):
-        rmv = np.sqrt(np.mean(sigma[idx] ** 2))
-        rmse = np.sqrt(np.mean((y[idx] - mu[idx]) ** 2))
-        terms.append(abs(rmv - rmse) / rmv)
+        rmv = _rms(sigma[idx])
+        terms.append(abs(rmv - _rms(y[idx] - mu[idx])) / rmv)
     return float(np.mean(terms))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from hypuc_jax import metrics
+from hypuc_jax import flagging, metrics
 from hypuc_jax import uncertainty as unc
 from hypuc_jax.regions import shot_masks
 
@@ -178,6 +178,8 @@ def test_output_is_json_serialisable_and_point_models_get_none():
     (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={"many": (0.0, 1.0)}),
      "regions: names \\['many'\\] clash"),
     (dict(y=np.ones((5, 1)), mu=np.ones(5), sigma=np.ones(5)), "y"),
+    (dict(y=np.ones(5), mu=np.ones(5), sigma=np.ones(5), regions={1: (0.0, 1.0), "1": (1.0, 2.0)}),
+     "regions: two regions are named '1'"),
 ])
 def test_bad_inputs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -244,6 +246,8 @@ def test_numpy_stages_refuse_traced_inputs_with_a_named_error():
                lambda a: corrections.fit_corrections(a, a + 1.0, a, n_models=1)):
         with pytest.raises(ValueError, match="traced array.*outside jax.jit"):
             jax.jit(fn)(y)
+    with pytest.raises(ValueError, match="sigma: got a traced array"):   # sigma alone traced
+        jax.jit(lambda s: calibration.fit_global(y, s, y + 0.1).scale)(np.ones(50))
 
 
 _Y3, _MU3, _S3 = np.r_[1.0, 2.0, 3.0], np.r_[1.5, 2.0, 2.5], np.r_[0.5, 0.5, 0.5]
@@ -274,3 +278,34 @@ def test_uncertainty_scores_take_lists_and_ints():
     assert unc.nll(y, mu, s) == pytest.approx(ref, rel=1e-12)
     assert unc.coverage(y, mu, s, 0.5) == pytest.approx(np.mean(
         np.abs(np.subtract(y, mu)) / np.asarray(s, float) <= stats.norm.ppf(0.75)))
+
+
+def test_scores_stay_finite_for_extreme_but_valid_sigmas():
+    """sigma ** 2 overflows beyond ~1e154 and underflows below ~1e-162; the scores must not."""
+    y = np.array([0.0, 1.0, -1.0, 2.0, 0.5, -0.3, 1.2, -2.0, 0.1, 0.7])
+    mu = np.zeros(10)
+    huge = np.full(10, 1e155)
+    out = metrics.evaluate(y, mu, huge)["overall"]
+    assert out["nll"] == pytest.approx(-np.mean(stats.norm.logpdf(y, 0.0, 1e155)), rel=1e-12)
+    assert out["ence"] == pytest.approx(1.0, rel=1e-12)   # |RMV - RMSE| / RMV, RMSE << RMV
+    tiny = np.full(10, 1e-170)
+    assert unc.nll(np.zeros(10), mu, tiny) == pytest.approx(-stats.norm.logpdf(0.0, 0.0, 1e-170),
+                                                             rel=1e-12)
+    # CRPS of a point mass is the absolute error (Gneiting & Raftery 2007).
+    for dof in (math.inf, 5.0):
+        assert unc.crps(y, mu, np.full(10, 1e-310), dof=dof) == pytest.approx(np.mean(np.abs(y)),
+                                                                             rel=1e-12)
+
+
+@pytest.mark.parametrize("dof", [1e8, 1e12, 1e15])
+def test_student_t_scores_approach_the_gaussian_at_large_dof(dof):
+    """The log-gamma difference of the t density cancels catastrophically at large dof;
+    the scores must match scipy's t (and so the Gaussian) there."""
+    rng = np.random.default_rng(0)
+    y, mu, s = rng.normal(size=1000), np.zeros(1000), np.ones(1000)
+    c = math.sqrt((dof - 2) / dof)
+    assert unc.nll(y, mu, s, dof=dof) == pytest.approx(
+        -np.mean(stats.t.logpdf(y, dof, scale=c)), abs=1e-9)
+    assert unc.nll(y, mu, s, dof=dof) == pytest.approx(unc.nll(y, mu, s), abs=1e-6)
+    np.testing.assert_allclose(flagging.predictive_entropy(np.r_[1.0, 2.0], dof),
+                               stats.t.entropy(dof, scale=c * np.r_[1.0, 2.0]), atol=1e-9)

@@ -251,6 +251,20 @@ def test_small_validation_sets_keep_the_gaussian():
     assert cal.dof is None and cal.dof_search is None and cal.tail == "auto"
 
 
+def test_auto_tail_keeps_the_gaussian_when_the_folds_are_too_small_for_the_bins():
+    """300 samples in 300 bins of one: each 5-fold fit holds 240, too few for the
+    bins, so "auto" cannot search and gives the Gaussian fit (which 300 samples allow)."""
+    rng = np.random.default_rng(8)
+    y, mu, sigma = _draw(rng, 300, 3.0)
+    auto = calibration.fit_hyperfine(mu, sigma, y, n_bins=300, min_count=1, tail="auto")
+    gauss = calibration.fit_hyperfine(mu, sigma, y, n_bins=300, min_count=1)
+    assert auto.dof is None and auto.dof_search is None
+    assert auto.etas == gauss.etas and len(auto.etas) == 300
+    # Two validation samples: the folds of the (unused) tail search are not the error.
+    with pytest.raises(ValueError, match="mu: expected at least n_bins=10"):
+        calibration.fit_hyperfine(mu[:2], sigma[:2], y[:2], tail="auto")
+
+
 @pytest.mark.parametrize("kwargs, match", [({"tail": "student"}, "tail"), ({"tail": 2.0}, "tail"),
                                            ({"tail": True}, "tail"), ({"folds": 1}, "folds"),
                                            ({"tail": "auto", "folds": 301},
