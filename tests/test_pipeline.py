@@ -137,11 +137,12 @@ def test_eval_batches_cover_in_order_with_padding_mask_weights_and_scaler():
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.tolist() == [1, 1, 1, 1, 1, 0]
     got_y = np.concatenate([b["y"] for b in batches])[:5]
-    # rows in increasing index order inside each batch: (2, 9), (0, 4), (7)
-    order = np.array([2, 9, 0, 4, 7])
+    # rows in the order of idx, also inside a batch: (9, 2), (4, 0), (7)
+    order = idx
     np.testing.assert_allclose(got_y, (y[order] - sc.y_mean) / sc.y_std, rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([b["w"] for b in batches])[:5], 10 * y[order], rtol=1e-6)
-    np.testing.assert_allclose(batches[0]["x"][1], (x[9] - sc.x_mean) / sc.x_std, rtol=1e-5)
+    got_x = np.concatenate([b["x"] for b in batches])[:5]
+    np.testing.assert_allclose(got_x, (x[order] - sc.x_mean) / sc.x_std, rtol=1e-5)
     last = batches[-1]
     assert last["w"][1] == 0 and last["y"][1] == 0 and not last["x"][1].any()
 

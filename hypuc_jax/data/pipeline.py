@@ -38,6 +38,21 @@ def _check_int(value, name: str, *, minimum: int) -> int:
     return int(value)
 
 
+def _check_indices(indices, n: int) -> np.ndarray:
+    """``indices`` as a non-empty 1-D int64 array of row numbers in ``[0, n)``."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"indices: expected a non-empty 1-D index array, got shape {idx.shape}")
+    if idx.dtype == np.bool_:
+        raise ValueError("indices: expected integer row numbers, got a boolean mask; use "
+                         "np.flatnonzero(mask)")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices: expected integer row numbers, got dtype {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"indices: expected values in [0, {n}), got [{idx.min()}, {idx.max()}]")
+    return idx.astype(np.int64)
+
+
 def split_indices(n: int, seed: int, fractions=(0.6, 0.2, 0.2), fixed=None) -> dict[str, np.ndarray]:
     """Deterministic train / val / test row indices.
 
@@ -104,17 +119,21 @@ class Scaler:
     def fit(cls, x, y, indices=None) -> "Scaler":
         """Fits on rows ``indices`` (default all) of ``x`` [n, ..., c] and ``y`` [n].
 
-        Reads ``x`` in row blocks (float64 sums), so a memory map is fine. A
-        constant channel (or label) gets std 1.
+        ``indices`` [m] are integer row numbers in ``[0, n)`` (a boolean mask
+        is refused: use ``np.flatnonzero(mask)``). Reads ``x`` in row blocks
+        (float64 sums), so a memory map is fine. A constant channel (or
+        label) gets std 1.
 
         Raises:
-          ValueError: empty / mismatched / non-finite inputs.
+          ValueError: empty / mismatched / non-finite inputs, indices that are
+            not integer row numbers in range.
         """
         V.as_array(y, "y", ndim=1)
         V.check_same_length("x", x, "y", y)
-        idx = np.arange(len(y)) if indices is None else np.sort(np.asarray(indices, np.int64))
-        if idx.size == 0:
+        if indices is not None and np.size(indices) == 0:
             raise ValueError("indices: expected at least one row to fit the scaler on")
+        idx = (np.arange(len(y)) if indices is None
+               else np.sort(_check_indices(indices, len(y))))
         count, mean, m2 = 0, 0.0, 0.0
         for s in range(0, idx.size, _BLOCK):
             block = np.asarray(x[idx[s:s + _BLOCK]], np.float64)
@@ -179,7 +198,9 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
       x: [n, ...] inputs (numpy array, memory map or anything indexable by
         an integer array); only the rows of each batch are read.
       y: [n] labels in label units.
-      indices: rows to iterate over (default all), e.g. a split part.
+      indices: [m] integer rows in ``[0, n)`` to iterate over (default
+        all), e.g. a split part; a boolean mask is refused (use
+        ``np.flatnonzero(mask)``).
       batch_size: GLOBAL batch size, divisible by ``process_count``.
       train: True: shuffle per epoch with ``np.random.default_rng([seed,
         epoch])`` and drop the remainder (needs >= batch_size rows); False:
@@ -204,16 +225,14 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
     Yields:
       ``{"x": [b, ...] float32, "y": [b] float32, "w": [b] float32,
       "mask": [b] float32}`` with ``b = batch_size // process_count``;
-      padded rows have x = y = w = mask = 0. Rows within a batch come in
-      increasing index order (cheap reads from a memory map).
+      padded rows have x = y = w = mask = 0. Training batches hold their
+      rows in increasing index order; evaluation batches hold them in the
+      order of ``indices``. Either way ``x`` is read in increasing row order
+      (cheap reads from a memory map).
     """
     V.as_array(y, "y", ndim=1)
     V.check_same_length("x", x, "y", y)
-    idx = np.arange(len(y), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
-    if idx.ndim != 1 or idx.size == 0:
-        raise ValueError(f"indices: expected a non-empty 1-D index array, got shape {idx.shape}")
-    if idx.min() < 0 or idx.max() >= len(y):
-        raise ValueError(f"indices: expected values in [0, {len(y)}), got [{idx.min()}, {idx.max()}]")
+    idx = np.arange(len(y), dtype=np.int64) if indices is None else _check_indices(indices, len(y))
     batch_size = _check_int(batch_size, "batch_size", minimum=1)
     pcount = _check_int(jax.process_count() if process_count is None else process_count,
                         "process_count", minimum=1)
@@ -264,8 +283,9 @@ def _batches(x, y, idx, batch_size, train, seed, epoch, num_epochs, weight_fn, p
             order = idx[np.random.default_rng([seed, e]).choice(idx.size, size=idx.size, p=prob)]
         n_batches = idx.size // batch_size if train else math.ceil(idx.size / batch_size)
         for b in range(n_batches):
-            rows = np.sort(order[b * batch_size:(b + 1) * batch_size][pindex * local:(pindex + 1) * local])
-            yield _assemble(x, y, rows, local, row_shape, weight_fn, scaler)
+            rows = order[b * batch_size:(b + 1) * batch_size][pindex * local:(pindex + 1) * local]
+            yield _assemble(x, y, np.sort(rows) if train else rows, local, row_shape, weight_fn,
+                            scaler)
         e += 1
 
 
@@ -274,7 +294,12 @@ def _assemble(x, y, rows, local, row_shape, weight_fn, scaler):
     xb = np.zeros((local,) + row_shape, np.float32)
     yb, wb, mb = (np.zeros(local, np.float32) for _ in range(3))
     if valid:
-        xr = np.asarray(x[rows], np.float32)
+        if np.all(rows[1:] >= rows[:-1]):             # training batches: already in row order
+            xr = np.asarray(x[rows], np.float32)
+        else:                                         # read x in row order, keep rows' order
+            ascending = np.argsort(rows, kind="stable")
+            xr = np.empty((valid,) + row_shape, np.float32)
+            xr[ascending] = np.asarray(x[rows[ascending]], np.float32)
         yr = np.asarray(y[rows], np.float32)
         if weight_fn is not None:  # may be a jitted weighting: its transfers are intended
             with jax.transfer_guard("allow"):

@@ -25,8 +25,11 @@ _ROW_BLOCK = 4096
 class RowView:
     """Rows ``rows`` of a (memory-mapped) array, without copying it.
 
-    Supports ``shape``, ``dtype``, ``ndim``, ``len``, indexing by int, slice
-    or integer array (mapped through ``rows``) and ``np.asarray``.
+    Supports ``shape``, ``dtype``, ``ndim``, ``len``, ``np.asarray`` and
+    indexing like the numpy array ``base[rows]`` [len(rows), ...]: the first
+    index (int, slice, integer or boolean array) is mapped through ``rows``
+    and only the selected rows are read; further indices (a tuple) apply to
+    the remaining axes with numpy's rules.
     """
 
     def __init__(self, base, rows):
@@ -48,12 +51,18 @@ class RowView:
         return len(self.rows)
 
     def __getitem__(self, index):
-        if isinstance(index, tuple):
-            return np.asarray(self[index[0]])[(slice(None),) + index[1:]]
-        picked = self.rows[index]
+        index = index if isinstance(index, tuple) else (index,)
+        if not index or index[0] is None or index[0] is Ellipsis:
+            return np.asarray(self)[index]          # the first index is not a row selection
+        first, rest = index[0], index[1:]
+        picked = self.rows[first]
+        if isinstance(first, slice):                # a slice keeps its axis: index the rows read
+            return np.asarray(self.base[picked])[(slice(None),) + rest]
         if np.ndim(picked) == 0:
-            return np.asarray(self.base[int(picked)])
-        return np.asarray(self.base[picked])
+            picked = int(picked)
+        # an int or integer array: base[rows[i], ...] is element for element base[rows][i, ...]
+        # (the same broadcasting with the other advanced indices)
+        return np.asarray(self.base[(picked,) + rest])
 
     def __array__(self, dtype=None, copy=None):
         out = np.asarray(self.base[self.rows])
@@ -92,7 +101,7 @@ def read_csv_columns(path: str) -> dict[str, list[str]]:
     """Header + rows of a CSV file as ``{column: [str]}``."""
     _check_file(path, "CSV file")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # drops a UTF-8 BOM
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{path}: unreadable CSV file ({e})") from e
@@ -123,13 +132,27 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
     return None, 0  # unreachable: astype failed so some value failed above
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(path, name, col) -> None:
+    """Raises unless the finite values of float64 ``col`` [n] fit in float32."""
+    over = np.flatnonzero(np.isfinite(col) & (np.abs(col) > _F32_MAX))
+    if over.size:
+        raise ValueError(f"{path}: column {name!r}: values exceed the float32 range "
+                         f"(|value| <= {_F32_MAX:.4g}), first: row {int(over[0])} = "
+                         f"{col[over[0]]:g}; rescale the column (e.g. change its unit)")
+
+
 def _target_and_split(path, cols, target, split_col, labels_optional=False):
     """Numeric target column and optional split column of a CSV table.
 
     Returns:
       ``(y [n] float64, split [n] or None)``; a missing or non-numeric column
-      raises ValueError naming ``path`` and the column. With
-      ``labels_optional`` a missing target column gives NaN labels.
+      raises ValueError naming ``path`` and the column, and so does a target
+      column without any value (unless ``labels_optional``) or with values
+      beyond the float32 range. With ``labels_optional`` a missing target
+      column gives NaN labels.
     """
     for what, name in (("target", target), ("split", split_col)):
         if name is not None and name not in cols and not (labels_optional and what == "target"):
@@ -142,6 +165,10 @@ def _target_and_split(path, cols, target, split_col, labels_optional=False):
     if y is None:
         raise ValueError(f"{path}: target column {target!r} is not numeric (row {bad}: "
                          f"{cols[target][bad]!r})")
+    if not labels_optional and not any(cols[target]):
+        raise ValueError(f"{path}: target column {target!r} is empty: expected numeric labels, "
+                         f"got no value in any of its {len(y)} rows")
+    _check_float32_range(path, target, y)
     split = None if split_col is None else normalise_split(cols[split_col], f"{path}: column {split_col!r}")
     return y, split
 
@@ -152,6 +179,12 @@ def read_csv_table(path, target, features, split_col, labels_optional=False):
     Returns:
       ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``;
       with ``labels_optional`` a table without the target column has NaN y.
+      Without ``features``, non-numeric and empty (no value in any row)
+      columns are skipped with a log line; listed in ``features`` they raise.
+
+    Raises:
+      ValueError: naming ``path`` and the column, also for a value beyond
+        the float32 range (|value| > 3.4e38).
     """
     cols = read_csv_columns(path)
     y, split = _target_and_split(path, cols, target, split_col, labels_optional)
@@ -172,6 +205,13 @@ def read_csv_table(path, target, features, split_col, labels_optional=False):
                                  f"{cols[name][bad]!r})")
             skipped.append(name)
             continue
+        if not any(cols[name]):                  # no value at all: nothing numeric to learn from
+            if features is not None:
+                raise ValueError(f"{path}: feature column {name!r} is empty: expected numbers, "
+                                 f"got no value in any of its {len(col)} rows")
+            skipped.append(name)
+            continue
+        _check_float32_range(path, name, col)
         names.append(name)
         xs.append(col)
     if skipped:
@@ -191,16 +231,35 @@ def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:
             raise ValueError(f"{path}: corrupt zip entry {info.filename!r}")
         n_name, n_extra = struct.unpack("<HH", local[26:30])
         f.seek(info.header_offset + 30 + n_name + n_extra)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: member {info.filename!r} is not a .npy array ({e}); "
+                             "save the arrays with np.savez") from e
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError(f"{path}: array {info.filename!r} holds Python objects; expected numbers")
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
                      order="F" if fortran else "C")
+
+
+def _check_array_float32_range(path, name, a) -> None:
+    """Raises unless the finite values of array ``a`` [n, ...] fit in float32 (row blocks)."""
+    if not np.issubdtype(a.dtype, np.floating) or np.finfo(a.dtype).max <= _F32_MAX:
+        return
+    for s in range(0, a.shape[0], _ROW_BLOCK):
+        block = np.asarray(a[s:s + _ROW_BLOCK])
+        flat = block.reshape(len(block), -1)
+        over = np.isfinite(flat) & (np.abs(flat) > _F32_MAX)
+        if over.any():
+            r, c = np.argwhere(over)[0]
+            raise ValueError(f"{path}: array {name!r} ({a.dtype}): values exceed the float32 "
+                             f"range (|value| <= {_F32_MAX:.4g}), first: row {s + int(r)} = "
+                             f"{flat[r, c]:g}; rescale it before saving")
 
 
 def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
@@ -210,7 +269,8 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
 
     Raises:
       ValueError: missing/not-a-zip file, compressed ``x`` with ``mmap``,
-        missing arrays, bad shapes, x/y length mismatch.
+        missing or non-.npy arrays, bad or empty shapes, x/y length
+        mismatch, values beyond the float32 range.
     """
     _check_file(path, "npz file")
     if not zipfile.is_zipfile(path):
@@ -235,12 +295,20 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{path}: expected numeric x of shape [n, time, leads] or [n, features], "
                          f"got {x.dtype} {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: expected at least one row, got x of shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{path}: expected x with at least one "
+                         f"{'time sample and lead' if x.ndim == 3 else 'feature'} per row, got "
+                         f"shape {tuple(x.shape)}")
+    _check_array_float32_range(path, "x", x)
     if y is None:
         y = np.full(x.shape[0], np.nan, np.float32)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{path}: expected numeric y of shape [n], got {y.dtype} {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{path}: x and y: expected the same length, got {x.shape[0]} and {y.shape[0]}")
+    _check_array_float32_range(path, "y", y)
     if split is not None:
         if split.shape != y.shape:
             raise ValueError(f"{path}: expected split of shape {y.shape}, got {split.shape}")
@@ -274,7 +342,12 @@ def _read_record(path: str, rate: float):
     sig = sig * scale
     if rec.fs != rate:
         frac = fractions.Fraction(float(rate) / float(rec.fs)).limit_denominator(1000)
+        if frac.numerator < 1:
+            raise ValueError(f"{path}: rate: expected at least 1/1000 of the record's "
+                             f"{float(rec.fs):g} Hz to resample to, got {rate:g} Hz")
         sig = scipy.signal.resample_poly(sig, frac.numerator, frac.denominator, axis=0)
+    if sig.shape[0] < 1:
+        raise ValueError(f"{path}: expected at least one sample at {rate:g} Hz, got none")
     return sig.astype(np.float32)
 
 
@@ -282,11 +355,26 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
                   labels_optional=False):
     """WFDB records listed in a label table.
 
+    Args:
+      rate: sampling rate in Hz (finite, > 0) every record is resampled to.
+      duration: seconds (finite, > 0, at least one sample at ``rate``) every
+        record is cut to; None: the first record's length.
+
     Returns:
       ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
       with ``labels_optional`` a table without the target column (or, with
       no ``target`` given, with no column besides record and split) has NaN y.
     """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) \
+            or not np.isfinite(rate) or rate <= 0:
+        raise ValueError(f"rate: expected a finite sampling rate > 0 Hz, got {rate!r}")
+    if duration is not None:
+        if isinstance(duration, bool) or not isinstance(duration, (int, float, np.number)) \
+                or not np.isfinite(duration) or duration <= 0:
+            raise ValueError(f"duration: expected a finite number of seconds > 0, got {duration!r}")
+        if not np.isfinite(duration * rate) or round(duration * rate) < 1:
+            raise ValueError(f"duration: expected round(duration * rate) to be a finite number "
+                             f">= 1 of samples, got {duration:g} s at {rate:g} Hz")
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: WFDB directory not found")
     cols = read_csv_columns(labels_path)

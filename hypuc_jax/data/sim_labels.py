@@ -45,10 +45,18 @@ def _effective_chunk(key, indices, preset):
     return y.astype(jnp.float32), eff.astype(jnp.float32)
 
 
+MAX_SEED = 2**32   # jax.random.key keeps only the low 32 bits of a seed without jax_enable_x64
+
+
 def check_seed(seed) -> None:
-    """Raises ValueError unless ``seed`` is a non-negative integer (not a bool)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    """Raises ValueError unless ``seed`` is an integer (not a bool) in ``[0, 2**32)``.
+
+    Larger seeds would overflow (>= 2**63) or, without ``jax_enable_x64``,
+    silently give the records of ``seed % 2**32``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
 
 
 def effective_labels(seed: int, indices, preset: str = "potassium") -> tuple[np.ndarray, np.ndarray]:

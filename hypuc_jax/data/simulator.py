@@ -302,7 +302,7 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
     """Simulates ``n`` 12-lead ECG records and their labels.
 
     Args:
-      seed: non-negative integer seed; record ``i`` depends only on ``(seed, start + i)``.
+      seed: integer seed in [0, 2**32); record ``i`` depends only on ``(seed, start + i)``.
       n: number of records (> 0).
       preset: ``"potassium"`` or ``"lvef"`` (see :mod:`hypuc_jax.data.tasks`).
       rate: sampling rate in Hz (> 0), e.g. 100 or 500.

@@ -38,8 +38,11 @@ Spec syntax (one shell word; quote it because of ``&``)::
 Options for every kind: ``strict=1`` turns dropped rows (NaN/inf in features
 or label) into an error; ``task=potassium`` (a simulator preset) borrows its
 named regions and thresholds; ``above=5.5,6.5`` / ``below=3.5`` add decision
-thresholds; ``cuts=3.5,5.5,6.5`` defines regions between cut points;
-``unit=mmol/L``. Paths may not contain ``?`` or ``&``.
+thresholds (finite, each at most once, none repeating one of ``task``);
+``cuts=3.5,5.5,6.5`` defines regions between cut points; ``unit=mmol/L``
+names the label unit (simulated labels are always in the preset's unit, so
+there it may only repeat that unit). ``rate`` and ``duration`` are finite
+numbers > 0. Paths may not contain ``?`` or ``&``.
 
 Every problem raises ``ValueError`` naming the spec's source (file, record or
 option) and what was expected; loading never writes a file.
@@ -138,6 +141,15 @@ def _opt(options, key, cast: Callable, default, spec):
                          f"{cast.__name__}") from e
 
 
+def _positive(options, key, default, spec):
+    """Option ``key`` as a finite float > 0 (``default`` when absent)."""
+    value = _opt(options, key, float, default, spec)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"spec {spec!r}: option {key}: expected a finite number > 0, "
+                         f"got {options[key]!r}")
+    return value
+
+
 def _flag(value: str) -> bool:
     if value.lower() in ("1", "true", "yes"):
         return True
@@ -168,10 +180,21 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
             raise ValueError(f"spec {spec!r}: option task: {e}") from e
         regions, thresholds = dict(base.regions), list(base.thresholds)
         unit = options.get("unit", base.unit)
-    for v in _opt(options, "above", _floats, [], spec):
-        thresholds.append(Threshold(f"{target}>{v:g}", v, "above"))
-    for v in _opt(options, "below", _floats, [], spec):
-        thresholds.append(Threshold(f"{target}<{v:g}", v, "below"))
+    base_thresholds = tuple(thresholds)
+    for direction, sign in (("above", ">"), ("below", "<")):
+        for v in _opt(options, direction, _floats, [], spec):
+            if not math.isfinite(v):
+                raise ValueError(f"spec {spec!r}: option {direction}: expected finite numbers, "
+                                 f"got {options[direction]!r}")
+            new = Threshold(f"{target}{sign}{v:g}", v, direction)
+            for t in thresholds:
+                if t.name == new.name or (t.direction, t.value) == (direction, v):
+                    source = (f"of the task {options['task']!r}" if t in base_thresholds
+                              else "given before")
+                    raise ValueError(f"spec {spec!r}: option {direction}: expected distinct "
+                                     f"thresholds, but {v:g} ({new.name!r}) repeats the threshold "
+                                     f"{t.name!r} ({t.direction} {t.value:g}) {source}")
+            thresholds.append(new)
     cuts = _opt(options, "cuts", _floats, None, spec)
     if cuts is not None:
         if not cuts or any(not math.isfinite(c) for c in cuts) or sorted(set(cuts)) != cuts:
@@ -231,16 +254,21 @@ def _load_simulated(arg, options, spec, labels_optional=False):
         task = get_preset(preset).task
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
+    if options.get("unit", task.unit) != task.unit:
+        raise ValueError(f"spec {spec!r}: option unit: simulated {preset} labels are in "
+                         f"{task.unit} and the simulator does not convert them, got "
+                         f"{options['unit']!r}")
     n = _opt(options, "n", int, 2000, spec)
-    rate = _opt(options, "rate", float, 100.0, spec)
+    rate = _positive(options, "rate", 100.0, spec)
     seed = _opt(options, "seed", int, 0, spec)
-    duration = _opt(options, "duration", float, 10.0, spec)
+    duration = _positive(options, "duration", 10.0, spec)
+    if any(k in options for k in ("task", "above", "below", "cuts")):  # checked before simulating
+        task = _task(task.name, task.target, dict(options, task=options.get("task", preset),
+                                                  unit=task.unit), spec)
     try:
         x, y = simulate(seed, n, preset=preset, rate=rate, duration=duration)
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
-    if any(k in options for k in ("task", "above", "below", "cuts")):
-        task = _task(task.name, task.target, dict(options, task=options.get("task", preset)), spec)
     return Dataset(x, y, task, "signal", rate, None, LEAD_NAMES, spec)
 
 
@@ -270,7 +298,7 @@ def _load_csv(arg, options, spec, labels_optional=False):
 
 def _load_npz(arg, options, spec, labels_optional=False):
     mmap = _opt(options, "mmap", _flag, True, spec)
-    rate = _opt(options, "rate", float, None, spec)
+    rate = _positive(options, "rate", None, spec)
     leads = _opt(options, "leads", int, None, spec)
     x, y, split = readers.read_npz(arg, mmap=mmap, labels_optional=labels_optional)
     kind = "signal" if x.ndim == 3 else "tabular"
@@ -284,8 +312,12 @@ def _load_npz(arg, options, spec, labels_optional=False):
 
 
 def _load_wfdb(arg, options, spec, labels_optional=False):
-    rate = _opt(options, "rate", float, 100.0, spec)
-    duration = _opt(options, "duration", float, None, spec)
+    rate = _positive(options, "rate", 100.0, spec)
+    duration = _positive(options, "duration", None, spec)
+    if duration is not None and not (math.isfinite(duration * rate)
+                                     and round(duration * rate) >= 1):
+        raise ValueError(f"spec {spec!r}: option duration: expected at least one sample, got "
+                         f"{duration:g} s at rate {rate:g} Hz")
     labels = options.get("labels", os.path.join(arg, "labels.csv"))
     x, y, split, target = readers.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
