@@ -7,6 +7,7 @@ directory through :mod:`hypuc_jax.workflow` and never writes into it.
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
                             f"(as in training, in that order), got {list(ds.feature_names)}")
     mu, sigma = train_lib.predict(str(workdir), ds.x)     # a memory map stays one
     mu = np.asarray(mu, np.float64)
-    sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"))
+    sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"), f"--data {spec!r}")
     sigma_cal = cal(mu, sigma)
     corrected, probs = corrector.predict(mu, sigma_cal)
     val = _predictions(workdir, "val")
@@ -79,12 +80,12 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
         cols = {"y": np.asarray(ds.y, np.float64), **cols}
     tmp = _tmp_in(output, ".csv")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(",".join(cols) + "\n")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)            # quotes a threshold name holding a comma
+            writer.writerow(cols)
             for row in zip(*cols.values()):
-                f.write(",".join(repr(int(v)) if isinstance(v, (np.integer, int))
-                                 else f"{float(v):.6g}" if np.isfinite(v) else ""
-                                 for v in row) + "\n")
+                writer.writerow(repr(int(v)) if isinstance(v, (np.integer, int))
+                                else f"{float(v):.6g}" if np.isfinite(v) else "" for v in row)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):

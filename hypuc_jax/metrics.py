@@ -132,7 +132,8 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
       shot_bins: label bins for shot regions and balanced MAE: a number of
         equal-width bins over the training-label range (over y's range
         without ``train_labels``), or explicit edges.
-      min_count: regions with fewer samples report n and None metrics.
+      min_count: regions with fewer samples report n and None metrics (the
+        overall block is computed for any n >= 1).
       many_shot, few_shot: shot-region count limits (> many_shot, < few_shot).
       dof: predictive family of (mu, sigma): inf (Gaussian) or a Student-t
         dof > 2 (``calibrator.dof`` of a hyperfine calibration).
@@ -158,7 +159,7 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
         masks.update(shot_masks(y, train_labels, shot_bins, many_shot, few_shot))
     masks.update(region_masks(y, named))
     edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins)
-    return {"overall": _block(y, mu, sigma, edges, min_count, dof),
+    return {"overall": _block(y, mu, sigma, edges, 1, dof),    # min_count is for regions
             "regions": {name: _block(y[m], mu[m], None if sigma is None else sigma[m],
                                      edges, min_count, dof)
                         for name, m in masks.items()}}

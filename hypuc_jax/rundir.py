@@ -111,25 +111,36 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; a missing, unreadable (bad JSON, not UTF-8) or
+    non-object file raises a ``WorkflowError`` naming ``path`` and ``what``."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            obj = json.load(f)
     except FileNotFoundError:
         raise WorkflowError(f"{path}: no {what} found") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:            # ValueError: bad JSON or not UTF-8
         raise WorkflowError(f"{path}: cannot read {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise WorkflowError(f"{path}: expected a JSON object ({what}), got a "
+                            f"{type(obj).__name__}")
+    return obj
 
 
-def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """Arrays of ``path`` (.npz); missing or unreadable files name ``path`` and ``what``."""
+def load_npz(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Arrays of ``path`` (.npz), {name: array}; missing or unreadable files, and
+    files without every array named in ``keys``, raise naming ``path`` and ``what``."""
     if not path.exists():
         raise WorkflowError(f"{path}: no {what} found")
     try:
         with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+            out = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise WorkflowError(f"{path}: cannot read {what} ({e})") from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise WorkflowError(f"{path}: {what} lack the arrays {missing} (found {sorted(out)})")
+    return out
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:
@@ -156,7 +167,11 @@ def load_config(workdir: str | os.PathLike) -> config_lib.Config:
     if not (workdir / CONFIG).exists() or not (workdir / TASK).exists():
         raise WorkflowError(f"{workdir}: no trained model found (expected {CONFIG} and "
                             f"{TASK}); run `hypuc train --workdir {workdir} --data ...` first")
-    return config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
+    d = read_json(workdir / CONFIG, "config")
+    try:
+        return config_lib.Config.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorkflowError(f"{workdir / CONFIG}: not a valid run config ({e})") from None
 
 
 def parse_region(text: str) -> tuple[str, float, float]:
@@ -244,6 +259,7 @@ class Task:
     feature_names: tuple[str, ...] = ()   # tabular: training columns, in order
 
     def to_dict(self) -> dict:
+        """JSON-ready dict (infinite region bounds as null)."""
         d = dataclasses.asdict(self)
         d["regions"] = {k: [None if np.isinf(v) else v for v in b]
                         for k, b in self.regions.items()}
@@ -251,6 +267,7 @@ class Task:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Task":
+        """Inverse of :meth:`to_dict` (KeyError / TypeError / ValueError on a bad dict)."""
         return cls(name=d["name"], target=d["target"], unit=d.get("unit", ""),
                    regions={k: (-np.inf if a is None else float(a), np.inf if b is None
                                 else float(b)) for k, (a, b) in d["regions"].items()},
@@ -260,6 +277,8 @@ class Task:
 
 
 def load_task(workdir: str | os.PathLike) -> Task:
+    """The run's :class:`Task` (DIR/task.json); a ``WorkflowError`` names a missing
+    or invalid file."""
     load_config(workdir)  # same "no trained model" error when missing
     path = Path(workdir) / TASK
     try:

@@ -133,18 +133,27 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
   """Config and scaling of a finished run (no data loaded).
 
   Raises:
-    ValueError: ``workdir`` lacks config.json or scaler.json.
+    ValueError: ``workdir`` lacks config.json or scaler.json, or either is
+      unreadable or invalid (the message names the file).
   """
   paths = run_paths(workdir)
   for key in ("config", "scaler"):
     if not os.path.exists(paths[key]):
       raise ValueError(f"workdir: {workdir} is not a trained run (missing {paths[key]})")
-  with open(paths["config"]) as f:
-    config = Config.from_dict(json.load(f))
-  with open(paths["scaler"]) as f:
-    d = json.load(f)
-  shape = tuple(d.pop("input_shape"))
-  return config, RunData(None, np.zeros((0,)), {}, data_lib.Scaler.from_dict(d), None, shape)
+  try:
+    with open(paths["config"], encoding="utf-8") as f:
+      config = Config.from_dict(json.load(f))
+  except (OSError, KeyError, TypeError, ValueError) as e:     # ValueError: JSON, UTF-8
+    raise ValueError(f"{paths['config']}: not a valid run config ({e})") from None
+  try:
+    with open(paths["scaler"], encoding="utf-8") as f:
+      d = json.load(f)
+    shape = tuple(int(v) for v in d.pop("input_shape"))
+    scaler = data_lib.Scaler.from_dict(d)
+  except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+    raise ValueError(f"{paths['scaler']}: not a valid scaler file "
+                     f"({type(e).__name__}: {e}); re-run training") from None
+  return config, RunData(None, np.zeros((0,)), {}, scaler, None, shape)
 
 
 def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
+from hypuc_jax import losses
 from hypuc_jax._files import temp_dir
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
@@ -42,9 +43,9 @@ def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
     if not path.exists():
         raise WorkflowError(f"{path}: no {split} predictions; the training run did not finish "
                             f"(re-run `hypuc train --workdir {workdir}`)")
-    p = load_npz(path, f"{split} predictions")
+    p = load_npz(path, f"{split} predictions", keys=("y", "mu", "sigma"))
     const = read_json(workdir / TASK, "task description").get("constant_sigma")
-    p["sigma"] = _sigma_or_constant(p["mu"], p["sigma"], const)
+    p["sigma"] = _sigma_or_constant(p["mu"], p["sigma"], const, str(path))
     return p
 
 
@@ -74,6 +75,13 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
     else:
         kwargs = {"task": task.name}
         if method == "hyperfine":
+            need = max(cfg.calibration.bins, cfg.calibration.min_count)
+            if val["mu"].size < need:
+                raise WorkflowError(
+                    f"{workdir}: {val['mu'].size} validation predictions are too few for "
+                    f"hyperfine calibration (calibration.bins={cfg.calibration.bins} and "
+                    f"calibration.min_count={cfg.calibration.min_count} need {need}); use "
+                    "--method global, or a larger validation split")
             kwargs.update(n_bins=cfg.calibration.bins, min_count=cfg.calibration.min_count,
                           xi=cfg.calibration.xi, tail=tail or cfg.calibration.tail)
         elif method == "isotonic":
@@ -98,8 +106,12 @@ def _calibrator(workdir: Path):
         raise WorkflowError(f"{workdir}: not calibrated; run `hypuc calibrate --workdir "
                             f"{workdir}` first")
     d = read_json(path, "calibration")
-    cal = None if d.get("method") == "none" else calibration.calibrator_from_dict(
-        d, task=load_task(workdir).name)
+    task = load_task(workdir).name
+    try:
+        cal = None if d.get("method") == "none" else calibration.calibrator_from_dict(d, task=task)
+    except ValueError as e:
+        raise WorkflowError(f"{path}: not a valid calibration ({e}); re-run `hypuc calibrate "
+                            f"--workdir {workdir}`") from None
 
     def apply(mu, sigma):
         return np.asarray(sigma if cal is None else cal.apply(mu, sigma), dtype=np.float64)
@@ -261,11 +273,33 @@ _DOWNSTREAM = (TASK, TRAIN_LABELS, "predictions_val.npz", "predictions_test.npz"
                CORRECTIONS, *_EVALUATED)
 
 
-def _sigma_or_constant(mu, sigma, const: float | None) -> np.ndarray:
-    """Point models: sigma None (or NaN) becomes the run's constant sigma."""
-    if sigma is None or not np.all(np.isfinite(sigma)):
+def _sigma_or_constant(mu, sigma, const: float | None, source: str) -> np.ndarray:
+    """The predicted sigma [n], checked finite; a point model's is its constant sigma.
+
+    Args:
+      mu, sigma: predictions [n] (sigma None or NaN for a point model).
+      const: the run's constant sigma (task.json), None for a probabilistic model.
+      source: where the predictions come from, for the error message.
+
+    Raises:
+      WorkflowError: a NaN/inf mu, or a NaN/inf sigma of a probabilistic model.
+    """
+    _check_finite_predictions(mu, "mu", source)
+    if const is not None:
         return np.full(np.shape(mu), float(const))
+    if sigma is None:
+        raise WorkflowError(f"{source}: no predicted sigma, expected one per record")
+    _check_finite_predictions(sigma, "sigma", source)
     return np.asarray(sigma, dtype=np.float64)
+
+
+def _check_finite_predictions(values, name: str, source: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=np.float64)))
+    if bad.size:
+        raise WorkflowError(
+            f"{source}: {bad.size} of {np.size(values)} predicted {name} values are NaN/inf "
+            f"(records {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}); their inputs are "
+            "probably far outside the training data")
 
 
 def _named_columns(spec: str) -> bool:
@@ -341,9 +375,10 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite)
     y = np.asarray(ds.y, dtype=np.float64)
     parts = train_data.split_for(cfg, ds)   # the fixed split column too, as in training
-    val = load_npz(workdir / "predictions_val.npz", "val predictions")
-    const = None
-    if not np.all(np.isfinite(val["sigma"])):
+    val = load_npz(workdir / "predictions_val.npz", "val predictions", keys=("y", "mu"))
+    const = None                                    # point models: the validation RMSE
+    if losses.head_for_loss(cfg.loss.name) == "point":
+        _check_finite_predictions(val["mu"], "mu", str(workdir / "predictions_val.npz"))
         const = float(np.sqrt(np.mean((val["y"] - val["mu"]) ** 2)))
     save_npy(workdir / TRAIN_LABELS, y[np.sort(np.asarray(parts["train"]))])
     info = ds.task

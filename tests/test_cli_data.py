@@ -237,16 +237,100 @@ def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
 
 def test_damaged_run_files_are_named(tabular, capsys, tmp_path):
   _, data, wd0, _ = tabular
+  def rewrite_npz(path, **change):
+    with np.load(path) as z:
+      arrays = {k: z[k] for k in z.files}
+    arrays.update(change)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+
+  def corrupt_etas(path):
+    d = json.loads(path.read_text())
+    d["etas"] = d["etas"][:-1] + [-1.0]
+    path.write_text(json.dumps(d))
+
+  def nan_sigma(path):
+    with np.load(path) as z:
+      sigma = z["sigma"].copy()
+    sigma[3] = np.nan
+    rewrite_npz(path, sigma=sigma)
+
   cases = {"task.json": lambda p: p.write_text("{}"),
            "corrections/models.joblib": lambda p: p.write_bytes(b"garbage"),
            "labels_train.npy": lambda p: p.unlink(),
-           "predictions_test.npz": lambda p: p.write_bytes(p.read_bytes()[:300])}
-  for name, damage in cases.items():
-    wd = tmp_path / name.replace("/", "_")
+           "predictions_test.npz": lambda p: p.write_bytes(p.read_bytes()[:300]),
+           "config.json": lambda p: p.write_bytes(b"\xff\xfe{not utf-8"),
+           "calibration.json": lambda p: p.write_text("[1]"),
+           "calibration.json ": corrupt_etas,                      # a negative bin factor
+           "predictions_test.npz ": lambda p: rewrite_npz(p, sigma=None),
+           "predictions_test.npz  ": nan_sigma}                    # one NaN sigma (Gaussian)
+  for key, damage in cases.items():
+    name = key.strip()
+    wd = tmp_path / f"{name.replace('/', '_')}_{len(key)}"
     shutil.copytree(wd0, wd)
     damage(wd / name)
     rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd)
-    assert name.split("/")[-1] in one_line_error(rc, err), name
+    line = one_line_error(rc, err)
+    assert name.split("/")[-1] in line, (key, line)
+    if key == "predictions_test.npz  ":
+      assert "1 of" in line and "sigma" in line and "[3]" in line
+  wd = tmp_path / "scaler"
+  shutil.copytree(wd0, wd)
+  (wd / "scaler.json").write_text("{}")
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                      "--output", tmp_path / "p.csv")
+  assert "scaler.json" in one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
+
+
+def test_predict_refuses_non_finite_predictions(tabular, capsys, monkeypatch):
+  """Inputs far outside the training data can overflow the model to NaN/inf (the
+  review's case: 3e38 in a column of std 0.5); the records are named, nothing is written."""
+  root, data, wd, _ = tabular
+  real = train.predict
+
+  def overflowing(workdir, x, **kwargs):
+    mu, sigma = real(workdir, x, **kwargs)
+    mu, sigma = np.array(mu), np.array(sigma)
+    mu[2], sigma[7] = np.nan, np.inf
+    return mu, sigma
+
+  monkeypatch.setattr(train, "predict", overflowing)
+  out = root / "p_overflow.csv"
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                      "--output", out)
+  line = one_line_error(rc, err)
+  assert "--data" in line and "1 of 400 predicted mu" in line and "[2]" in line
+  assert not out.exists()
+  with pytest.raises(workflow.WorkflowError, match=r"x.npz: 1 of 3 predicted sigma .*\[1\]"):
+    workflow._sigma_or_constant(np.zeros(3), np.r_[1.0, np.nan, 1.0], None, "x.npz")
+  # A point model's sigma is its constant, whatever the file holds.
+  np.testing.assert_array_equal(
+      workflow._sigma_or_constant(np.zeros(3), np.full(3, np.nan), 0.5, "x.npz"), np.full(3, 0.5))
+
+
+def test_predict_csv_quotes_a_threshold_name_with_a_comma(tmp_path, capsys):
+  """The target column "k, mmol" names the threshold column "p_k, mmol>4.5"; the CSV
+  must read back (csv module) with one value per column."""
+  x, y, split = _table(200, 4)
+  data = tmp_path / "c.csv"
+  _write_csv(data, [*FEATURES, "k, mmol", "part"],
+             [[*r.tolist(), float(t), s] for r, t, s in zip(x, y, split)])
+  wd = tmp_path / "run"
+  assert hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}?split=part&above=4.5",
+               "--target", "k, mmol", *FAST)[0] == 0
+  for cmd in ("calibrate", "correct"):
+    assert hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+  out = tmp_path / "p.csv"
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                      "--output", out)
+  assert rc == 0, err
+  with open(out, newline="") as f:
+    header, *rows = list(csv.reader(f))
+  assert "p_k, mmol>4.5" in header and header[-2:] == ["entropy", "flag"]
+  assert all(len(r) == len(header) for r in rows) and len(rows) == 200
+  flags = [r[header.index("flag")] for r in rows]
+  assert set(flags) <= {"0", "1"}
+  probs = np.array([float(r[header.index("p_k, mmol>4.5")]) for r in rows])
+  assert np.all((probs >= 0) & (probs <= 1))
 
 
 def test_results_get_the_umask_permissions(tabular, capsys, tmp_path):

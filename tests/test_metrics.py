@@ -309,3 +309,13 @@ def test_student_t_scores_approach_the_gaussian_at_large_dof(dof):
     assert unc.nll(y, mu, s, dof=dof) == pytest.approx(unc.nll(y, mu, s), abs=1e-6)
     np.testing.assert_allclose(flagging.predictive_entropy(np.r_[1.0, 2.0], dof),
                                stats.t.entropy(dof, scale=c * np.r_[1.0, 2.0]), atol=1e-9)
+
+
+def test_overall_metrics_are_computed_below_the_region_min_count():
+    """min_count blanks sparse regions only: 3 test records still get an overall MAE."""
+    y, mu, s = np.r_[1.0, 2.0, 4.0], np.r_[1.5, 2.0, 3.0], np.r_[0.5, 1.0, 2.0]
+    out = metrics.evaluate(y, mu, s, regions={"high": (3.0, np.inf)})
+    assert out["overall"]["mae"] == pytest.approx(np.mean(np.abs(y - mu)))
+    assert out["overall"]["nll"] == pytest.approx(-np.mean(stats.norm.logpdf(y, mu, s)))
+    assert out["overall"]["ence"] is None                 # fewer records than its 10 bins
+    assert out["regions"]["high"] == {**{k: None for k in metrics.METRIC_KEYS}, "n": 1}

@@ -205,3 +205,18 @@ def test_dataset_cache_follows_the_file(tmp_path):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     np.testing.assert_array_equal(workflow._dataset(cfg).y, [20, 40])
+
+
+def test_small_validation_split_gets_a_hyperfine_error_naming_the_settings(rundir):
+    """Three validation predictions cannot fill calibration.min_count=30: the error says
+    so in the config's terms (global scaling still fits), and nothing is written."""
+    rng = np.random.default_rng(1)
+    y, mu, sigma = _split(rng, 3)
+    workflow.save_npz(rundir / "predictions_val.npz", y=y, mu=mu, sigma=sigma)
+    with pytest.raises(workflow.WorkflowError, match=r"3 validation predictions are too few "
+                       r"for hyperfine calibration \(calibration.bins=5 and "
+                       r"calibration.min_count=30 need 30\)"):
+        workflow.calibrate_stage(rundir, "hyperfine")
+    assert not (rundir / workflow.CALIBRATION).exists()
+    d = workflow.calibrate_stage(rundir, "global")
+    assert d["scale"] == pytest.approx(np.sqrt(np.mean(((y - mu) / sigma) ** 2)))
