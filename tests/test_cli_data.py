@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from cli_helpers import hypuc, one_line_error
+from csv_files import write_csv as _write_csv
 from hypuc_jax import cli, train, workflow
 
 FEATURES = ("a", "b", "c")
 FAST = ["--preset", "tiny", "--set", "model.kind=mlp", "--set", "model.widths=8,8",
         "--set", "train.steps=20", "--set", "corrections.n_estimators=10",
         "--set", "train.parallel=none"]
-
-
-def _write_csv(path, columns, rows):
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(columns)
-    w.writerows(rows)
 
 
 def _table(n, seed):

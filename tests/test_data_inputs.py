@@ -4,7 +4,6 @@ Bad options and files must raise ValueError naming the option or file;
 good inputs must load what an independent reader sees (pandas, numpy
 indexing of the array that was written, closed forms).
 """
-import csv
 import logging
 import zipfile
 
@@ -13,16 +12,9 @@ import pandas as pd
 import pytest
 import wfdb
 
+from csv_files import write_csv
 from hypuc_jax.data import LEAD_NAMES, RowView, Scaler, batch_iterator, load, simulate
 from hypuc_jax.data import readers
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return str(path)
 
 
 # ------------------------------------------------------------------ wfdb options

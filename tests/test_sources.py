@@ -14,15 +14,8 @@ import wfdb
 from scipy import signal as sps
 from sklearn.datasets import load_diabetes
 
+from csv_files import write_csv
 from hypuc_jax.data import LEAD_NAMES, RowView, load, parse_spec, simulate
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return str(path)
 
 
 def listing(directory):
