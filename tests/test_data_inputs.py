@@ -14,7 +14,7 @@ import wfdb
 
 from csv_files import write_csv
 from hypuc_jax.data import LEAD_NAMES, RowView, Scaler, batch_iterator, load, simulate
-from hypuc_jax.data import readers
+from hypuc_jax.data import wfdb_records
 
 
 # ------------------------------------------------------------------ wfdb options
@@ -70,7 +70,7 @@ def test_wfdb_reader_checks_its_arguments_and_too_low_rates(wfdb_dir):
                                   (0, None, "rate: expected a finite sampling rate > 0"),
                                   (float("inf"), None, "rate: expected a finite sampling rate")):
         with pytest.raises(ValueError, match=match):
-            readers.read_wfdb_dir(str(wfdb_dir), str(wfdb_dir / "labels.csv"), rate=rate,
+            wfdb_records.read_wfdb_dir(str(wfdb_dir), str(wfdb_dir / "labels.csv"), rate=rate,
                                   duration=duration, **kw)
     with pytest.raises(ValueError, match=r"r0: rate: expected at least 1/1000 of the record's 100 Hz"):
         load(f"wfdb:{wfdb_dir}?rate=0.01")

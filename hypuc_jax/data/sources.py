@@ -57,7 +57,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hypuc_jax.data import readers
+from hypuc_jax.data import readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
 
@@ -319,7 +319,7 @@ def _load_wfdb(arg, options, spec, labels_optional=False):
         raise ValueError(f"spec {spec!r}: option duration: expected at least one sample, got "
                          f"{duration:g} s at rate {rate:g} Hz")
     labels = options.get("labels", os.path.join(arg, "labels.csv"))
-    x, y, split, target = readers.read_wfdb_dir(
+    x, y, split, target = wfdb_records.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
         split_col=options.get("split"), rate=rate, duration=duration,
         labels_optional=labels_optional)

@@ -1,0 +1,103 @@
+"""WFDB records behind ``wfdb:`` data specs: a directory of records and a label table.
+
+Records are read with the ``wfdb`` package, put in the standard lead order,
+converted to mV and resampled to the requested rate. Errors name the record
+or the label table; nothing is written.
+"""
+from __future__ import annotations
+
+import fractions
+import os
+
+import numpy as np
+
+from hypuc_jax.data.readers import _target_and_split, read_csv_columns
+from hypuc_jax.data.simulator import LEAD_NAMES
+
+
+def _finite_positive(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+            and bool(np.isfinite(value)) and value > 0)
+
+
+_LEAD_KEYS = {name.upper(): name for name in LEAD_NAMES}
+
+
+def _read_record(path: str, rate: float):
+    """One WFDB record as [time, 12] float32 mV at ``rate`` Hz, standard lead order."""
+    import scipy.signal
+    import wfdb
+    if not os.path.exists(path + ".hea"):
+        raise ValueError(f"{path}: WFDB header {path}.hea not found")
+    try:
+        rec = wfdb.rdrecord(path)
+    except Exception as e:  # wfdb raises many types for corrupt files
+        raise ValueError(f"{path}: unreadable WFDB record ({type(e).__name__}: {e})") from e
+    names = [str(s).strip().upper() for s in rec.sig_name]
+    if len(names) != 12 or sorted(names) != sorted(_LEAD_KEYS):
+        raise ValueError(f"{path}: expected the 12 standard leads {list(LEAD_NAMES)}, got "
+                         f"{len(names)} signals {list(rec.sig_name)}")
+    order = [names.index(k) for k in _LEAD_KEYS]
+    sig = np.asarray(rec.p_signal, np.float64)[:, order]
+    units = [str(rec.units[i]).strip().lower() for i in order]
+    scale = np.array([1e-3 if u in ("uv", "µv") else 1.0 for u in units])
+    sig = sig * scale
+    if rec.fs != rate:
+        frac = fractions.Fraction(float(rate) / float(rec.fs)).limit_denominator(1000)
+        if frac.numerator < 1:
+            raise ValueError(f"{path}: rate: expected at least 1/1000 of the record's "
+                             f"{float(rec.fs):g} Hz to resample to, got {rate:g} Hz")
+        sig = scipy.signal.resample_poly(sig, frac.numerator, frac.denominator, axis=0)
+    if sig.shape[0] < 1:
+        raise ValueError(f"{path}: expected at least one sample at {rate:g} Hz, got none")
+    return sig.astype(np.float32)
+
+
+def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate, duration,
+                  labels_optional=False):
+    """WFDB records listed in a label table.
+
+    Args:
+      rate: sampling rate in Hz (finite, > 0) every record is resampled to.
+      duration: seconds (finite, > 0, at least one sample at ``rate``) every
+        record is cut to; None: the first record's length.
+
+    Returns:
+      ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
+      with ``labels_optional`` a table without the target column (or, with
+      no ``target`` given, with no column besides record and split) has NaN y.
+    """
+    if not _finite_positive(rate):
+        raise ValueError(f"rate: expected a finite sampling rate > 0 Hz, got {rate!r}")
+    if duration is not None:
+        if not _finite_positive(duration):
+            raise ValueError(f"duration: expected a finite number of seconds > 0, got {duration!r}")
+        if not np.isfinite(duration * rate) or round(duration * rate) < 1:
+            raise ValueError(f"duration: expected round(duration * rate) to be a finite number "
+                             f">= 1 of samples, got {duration:g} s at {rate:g} Hz")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory}: WFDB directory not found")
+    cols = read_csv_columns(labels_path)
+    if record_col not in cols:
+        raise ValueError(f"{labels_path}: record column {record_col!r} not found; columns: {list(cols)}")
+    if target is None:
+        others = [c for c in cols if c not in (record_col, split_col)]
+        if labels_optional and not others:
+            target = ""                          # a label table of records only: no labels
+        elif len(others) != 1:
+            raise ValueError(f"{labels_path}: cannot tell the target column among {others}; "
+                             "add the option target=COLUMN")
+        else:
+            target = others[0]
+    y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional)
+    n_time = None if duration is None else int(round(duration * rate))
+    signals = []
+    for name in cols[record_col]:
+        sig = _read_record(os.path.join(directory, name), rate)
+        if n_time is None:
+            n_time = sig.shape[0]
+        if sig.shape[0] < n_time:
+            raise ValueError(f"{os.path.join(directory, name)}: expected at least {n_time} samples "
+                             f"at {rate:g} Hz, got {sig.shape[0]}")
+        signals.append(sig[:n_time])
+    return np.stack(signals), y.astype(np.float32), split, target
