@@ -38,6 +38,7 @@ from hypuc_jax._calibrator import (FORMAT_VERSION, _Calibrator, check_task,  # n
                                    float_list, positive_factor, unit_level)
 from hypuc_jax._predictions import central_z, check_dof, check_predictions, dof_to_json
 from hypuc_jax._validation import is_int
+from hypuc_jax.config import CALIBRATION_QUANTILES as QUANTILES
 from hypuc_jax.config import CALIBRATION_TAILS as TAILS
 from hypuc_jax.isotonic import IsotonicCalibrator, fit_isotonic
 from hypuc_jax.uncertainty import uce
@@ -89,6 +90,8 @@ class HyperfineCalibrator(_Calibrator):
         ``DOF_GRID`` when the dof was chosen by ``tail="auto"``, else None
         (also for "auto" below ``MIN_TAIL_SAMPLES`` validation samples).
       tail: the tail asked for: "gaussian", "auto" or "fixed" (a given dof).
+      quantile: how the bin factors were taken, "linear" or "conformal"
+        (:func:`bin_quantile`); files written before it read as "linear".
     """
     global_scale: float
     edges: list
@@ -99,6 +102,7 @@ class HyperfineCalibrator(_Calibrator):
     dof: float | None = None
     dof_search: list | None = None
     tail: str = "gaussian"
+    quantile: str = "linear"
     method: ClassVar[str] = "hyperfine"
 
     def __post_init__(self):
@@ -117,6 +121,8 @@ class HyperfineCalibrator(_Calibrator):
         object.__setattr__(self, "counts", [int(c) for c in counts])
         object.__setattr__(self, "xi", unit_level(self.xi, "xi"))
         object.__setattr__(self, "dof", dof_to_json(check_dof(self.dof)))
+        if self.quantile not in QUANTILES:
+            raise ValueError(f"quantile: expected one of {QUANTILES}, got {self.quantile!r}")
         if self.tail not in TAILS + ("fixed",):
             raise ValueError(f"tail: expected one of {TAILS + ('fixed',)}, got {self.tail!r}")
 
@@ -178,7 +184,24 @@ def _quantile_bins(mu: np.ndarray, n_bins: int, min_count: int) -> np.ndarray:
     return edges
 
 
-def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: float):
+def bin_quantile(scores: np.ndarray, xi: float, kind: str = "linear") -> float:
+    """The ``xi`` quantile of one bin's scores [n] that hyperfine calibration uses.
+
+    "linear": numpy's interpolated quantile (the SPEC's). "conformal": the
+    ceil((n + 1) xi)-th smallest score (the split-conformal quantile: a new
+    exchangeable score falls at or below it with probability >= xi); when
+    ceil((n + 1) xi) > n, the largest score (no finite-sample guarantee).
+    """
+    if kind == "linear":
+        return float(np.quantile(scores, xi))
+    if kind != "conformal":
+        raise ValueError(f"quantile: expected one of {QUANTILES}, got {kind!r}")
+    k = min(math.ceil((scores.size + 1) * xi), scores.size)
+    return float(np.partition(scores, k - 1)[k - 1])
+
+
+def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: float,
+                 quantile: str = "linear"):
     """(global scale, inner edges, etas, counts) of a hyperfine fit for family ``dof``."""
     z = central_z(xi, "xi", dof)
     scale = fit_global(mu, sigma, y).scale
@@ -188,7 +211,7 @@ def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: floa
     etas, counts = [], []
     for b in range(edges.size + 1):
         r = ratio[idx == b]
-        eta = float(np.quantile(r, xi))
+        eta = bin_quantile(r, xi, quantile)
         if not eta > 0:
             raise ValueError(f"y: residuals in mu bin {b} are zero for at least {xi:.0%} of "
                              "its samples; the bin factor is undefined")
@@ -233,7 +256,7 @@ def cross_fit(mu, sigma, y, folds: int = 5, seed: int = 0,
 
 
 def _select_dof(mu, sigma, y, n_bins: int, min_count: int, xi: float, folds: int,
-                seed: int) -> tuple[float, list]:
+                seed: int, quantile: str) -> tuple[float, list]:
     """The dof in ``DOF_GRID`` with the lowest K-fold cross-fitted UCE, and every score.
 
     Each fold's calibrated sigma comes from a hyperfine fit with that dof on
@@ -244,7 +267,7 @@ def _select_dof(mu, sigma, y, n_bins: int, min_count: int, xi: float, folds: int
     search = []
     for dof in DOF_GRID:
         held, _ = cross_fit(mu, sigma, y, folds, seed, n_bins=n_bins, min_count=min_count,
-                            xi=xi, tail=dof)
+                            xi=xi, tail=dof, quantile=quantile)
         search.append([dof_to_json(dof), uce(y, mu, held, dof)])
     best = min(range(len(DOF_GRID)), key=lambda i: (search[i][1], -DOF_GRID[i]))
     return DOF_GRID[best], search
@@ -252,7 +275,7 @@ def _select_dof(mu, sigma, y, n_bins: int, min_count: int, xi: float, folds: int
 
 def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float = 0.95, *,
                   tail: str | float = "gaussian", folds: int = 5, seed: int = 0,
-                  task: str | None = None) -> HyperfineCalibrator:
+                  quantile: str = "linear", task: str | None = None) -> HyperfineCalibrator:
     """Fits hyperfine (per-bin) calibration on top of global scaling.
 
     Args:
@@ -271,6 +294,9 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
         > 2: that dof. The central ``xi`` intervals are the same for every tail.
       folds: folds of the ``tail="auto"`` search (>= 2).
       seed: seed of the fold assignment.
+      quantile: how each bin's ``xi`` quantile is taken (:func:`bin_quantile`):
+        "linear" (the SPEC's) or "conformal" (covers >= ``xi`` in
+        expectation on bins of any size).
       task: task name stored with the calibrator.
 
     Returns:
@@ -291,6 +317,8 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
     if not is_int(folds) or folds < 2:
         raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
     central_z(xi, "xi")
+    if quantile not in QUANTILES:
+        raise ValueError(f"quantile: expected one of {QUANTILES}, got {quantile!r}")
     search = None
     if isinstance(tail, str):
         if tail not in TAILS:
@@ -300,14 +328,14 @@ def fit_hyperfine(mu, sigma, y, n_bins: int = 10, min_count: int = 30, xi: float
         if (tail == "auto" and mu.size >= MIN_TAIL_SAMPLES
                 and smallest_fit >= max(n_bins, min_count)):
             dof, search = _select_dof(mu, sigma, y, int(n_bins), int(min_count), float(xi),
-                                      int(folds), int(seed))
+                                      int(folds), int(seed), quantile)
     else:
         dof = check_dof(tail, "tail")
-    scale, edges, etas, counts = _bin_factors(mu, sigma, y, n_bins, min_count, xi, dof)
+    scale, edges, etas, counts = _bin_factors(mu, sigma, y, n_bins, min_count, xi, dof, quantile)
     return HyperfineCalibrator(global_scale=scale, edges=edges.tolist(), etas=etas,
                                counts=counts, xi=float(xi), task=task, dof=dof_to_json(dof),
                                dof_search=search,
-                               tail=tail if isinstance(tail, str) else "fixed")
+                               tail=tail if isinstance(tail, str) else "fixed", quantile=quantile)
 
 
 CALIBRATORS = {"global": GlobalCalibrator, "hyperfine": HyperfineCalibrator,

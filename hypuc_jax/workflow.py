@@ -83,7 +83,8 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
                     f"calibration.min_count={cfg.calibration.min_count} need {need}); use "
                     "--method global, or a larger validation split")
             kwargs.update(n_bins=cfg.calibration.bins, min_count=cfg.calibration.min_count,
-                          xi=cfg.calibration.xi, tail=tail or cfg.calibration.tail)
+                          xi=cfg.calibration.xi, tail=tail or cfg.calibration.tail,
+                          quantile=cfg.calibration.quantile)
         elif method == "isotonic":
             kwargs.update(xi=cfg.calibration.xi)
         d = calibration.fit_calibrator(method, val["mu"], val["sigma"], val["y"],

@@ -5,9 +5,11 @@ predictions (a known sigma misspecification, a known bias) tests calibrate,
 correct and evaluate without training a network.
 """
 import json
+import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import workflow
@@ -220,3 +222,25 @@ def test_small_validation_split_gets_a_hyperfine_error_naming_the_settings(rundi
     assert not (rundir / workflow.CALIBRATION).exists()
     d = workflow.calibrate_stage(rundir, "global")
     assert d["scale"] == pytest.approx(np.sqrt(np.mean(((y - mu) / sigma) ** 2)))
+
+
+def test_calibration_quantile_flows_from_the_config(rundir):
+    """calibration.quantile=conformal in the run config reaches the fitted factors:
+    each bin's eta is the ceil((n + 1) xi)-th smallest score (numpy reference)."""
+    from hypuc_jax import calibration
+
+    cfg = workflow.load_config(rundir)
+    cfg = config_lib.apply_overrides(cfg, ["calibration.quantile=conformal",
+                                           "calibration.tail=gaussian"])
+    workflow.write_json(rundir / workflow.CONFIG, cfg.to_dict())
+    d = workflow.calibrate_stage(rundir, "hyperfine")
+    assert d["quantile"] == "conformal"
+    val = np.load(rundir / "predictions_val.npz")
+    y, mu, sigma = val["y"], val["mu"], val["sigma"]
+    s = np.sqrt(np.mean(((y - mu) / sigma) ** 2))
+    ratio = np.abs(y - mu) / (stats.norm.ppf(0.975) * s * sigma)
+    idx = np.searchsorted(d["edges"], mu, side="right")
+    for b, eta in enumerate(d["etas"]):
+        r = np.sort(ratio[idx == b])
+        assert eta == pytest.approx(r[min(math.ceil((r.size + 1) * 0.95), r.size) - 1])
+    assert calibration.calibrator_from_dict(d).quantile == "conformal"
