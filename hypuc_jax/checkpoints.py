@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from hypuc_jax._files import temp_file
+
 FINGERPRINT_FILE = "fingerprint.json"
 METRIC = "val_nll"
 
@@ -49,6 +51,20 @@ def unflatten_state(template: Any, flat: dict[str, Any]) -> Any:
       value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
     leaves.append(value)
   return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _read_fingerprint(path: str) -> dict:
+  """The stored fingerprint; a damaged file is a ``ValueError`` naming it."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable checkpoint fingerprint ({e}); the checkpoints "
+                     "cannot be matched to a config: train again with --overwrite") from None
+  if not isinstance(stored, dict):
+    raise ValueError(f"{path}: expected a JSON object (the checkpoint fingerprint), got "
+                     f"{type(stored).__name__}")
+  return stored
 
 
 class CheckpointStore:
@@ -85,10 +101,7 @@ class CheckpointStore:
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
     if os.path.isdir(self.directory) and os.listdir(self.directory):
-      stored = None
-      if os.path.exists(fp_path):
-        with open(fp_path) as f:
-          stored = json.load(f)
+      stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
       stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
                             for f in (stored, fingerprint))
       if stored_n != wanted_n:
@@ -102,8 +115,15 @@ class CheckpointStore:
           shutil.rmtree(self.directory)
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
-      with open(fp_path, "w") as f:
-        json.dump(fingerprint, f, indent=1, sort_keys=True)
+      if not os.path.exists(fp_path) or _read_fingerprint(fp_path) != fingerprint:
+        tmp = temp_file(self.directory, prefix=".fingerprint-", suffix=".json")
+        try:                                 # atomic: a crash never leaves a torn file
+          with open(tmp, "w") as f:
+            json.dump(fingerprint, f, indent=1, sort_keys=True)
+          os.replace(tmp, fp_path)
+        finally:
+          if os.path.exists(tmp):
+            os.remove(tmp)
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,

@@ -193,10 +193,14 @@ class ResNet1D(_Regressor):
                              f"got {blocks}")
         kernel_size = _odd_kernel(kernel_size, "kernel_size")
         stem_kernel = _odd_kernel(stem_kernel, "stem_kernel")
-        if not isinstance(stem_stride, int) or stem_stride < 1:
+        if not is_int(stem_stride) or stem_stride < 1:
             raise ValueError(f"stem_stride: expected an int >= 1, got {stem_stride!r}")
-        if not isinstance(groups, int) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ValueError(f"groups: expected an int >= 1, got {groups!r}")
+        uneven = [w for w in widths if w % min(groups, w)]
+        if uneven:
+            raise ValueError(f"groups: expected a number of GroupNorm groups that divides every "
+                             f"width (capped at the width), got {groups} for widths {uneven}")
         dropout = _dropout(dropout)
         dt = _dtype(dtype)
         time, leads = input_shape

@@ -161,8 +161,11 @@ def compiled_steps(placement: parallel.Placement, graphdef, spec: LossSpec,
   compiled functions. GraphDefs are unhashable, so the key holds their id and
   the cache keeps them alive.
   """
+  # The spec itself (not its hash) is in the key: dict lookup then compares the
+  # fields, so specs whose floats merely hash alike (1.0 and 2**61) stay apart.
+  key = (placement.mode, placement.n_devices, id(graphdef), spec, id(schedule))
   try:
-    key = (placement.mode, placement.n_devices, id(graphdef), hash(spec), id(schedule))
+    hash(key)
   except TypeError:                               # unhashable spec (a BNI prior)
     key = None
   if key is not None and key in _STEP_CACHE:

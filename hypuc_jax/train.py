@@ -120,11 +120,11 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
   logger = train_logging.TrainLogger(workdir, total, fresh=start == 0)
   end = total if stop_after is None else min(total, start + stop_after)
-  host_batches = map(placement.host_layout,
-                     train_data.train_batches(run, start, t.batch_size, t.seed,
-                                              config.weighting.apply))
-  batches = (data_lib.prefetch_to_device(host_batches, t.prefetch, placement.data_sharding)
-             if t.prefetch else map(placement.put_batch, host_batches))
+  host_batches = train_data.train_batches(run, start, t.batch_size, t.seed,
+                                          config.weighting.apply)
+  batches = (data_lib.prefetch_to_device(map(placement.host_layout, host_batches), t.prefetch,
+                                         placement.data_sharding)
+             if t.prefetch else map(placement.put_batch, host_batches))  # put_batch lays out
   guard_level = "disallow" if t.transfer_guard else "allow"
   pending, last_train, step = [], {}, start
   stopped_early = bool(t.early_stopping_patience

@@ -199,7 +199,8 @@ def check_inputs(x, input_shape: tuple) -> Any:
   memory-mapped ``x`` is never loaded whole.
 
   Raises:
-    ValueError: naming ``x``: not numeric, wrong shape, empty, or a row with NaN/inf.
+    ValueError: naming ``x``: not numeric, wrong shape, empty, or a row with NaN/inf
+      (in float32, the model's dtype).
   """
   x = as_array(x, "x", ndim=len(input_shape) + 1)
   if tuple(x.shape[1:]) != tuple(input_shape):
@@ -207,8 +208,8 @@ def check_inputs(x, input_shape: tuple) -> Any:
                      f"got {tuple(x.shape)}")
   ok = readers.finite_rows(x)
   if not ok.all():
-    raise ValueError(f"x: expected finite values, found {int(ok.size - ok.sum())} rows with "
-                     f"NaN/inf (first: row {int(np.flatnonzero(~ok)[0])})")
+    raise ValueError(f"x: expected finite float32 values, found {int(ok.size - ok.sum())} rows "
+                     f"with NaN/inf or |value| > 3.4e38 (first: row {int(np.flatnonzero(~ok)[0])})")
   return x
 
 

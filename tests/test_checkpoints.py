@@ -74,6 +74,28 @@ def test_foreign_fingerprint_is_refused_unless_overwrite(tmp_path):
   fresh.close()
 
 
+def test_fingerprint_is_written_atomically_and_a_torn_one_is_named(tmp_path):
+  """Reopening a run with the same config leaves fingerprint.json untouched (no window
+  in which a crash could tear it); a torn one (what a crash mid-write used to leave)
+  is a ValueError naming the file, for writers and readers alike."""
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1})
+  store.save(1, _state(1), {}, 1.0)
+  store.close()
+  fp = tmp_path / checkpoints.FINGERPRINT_FILE
+  before = (fp.stat().st_ino, fp.stat().st_mtime_ns, fp.read_text())
+  checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1}).close()
+  assert (fp.stat().st_ino, fp.stat().st_mtime_ns, fp.read_text()) == before
+  assert json.loads(fp.read_text()) == {"m": 1}
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".fingerprint-")]
+  fp.write_text("")
+  for kwargs in ({}, {"read_only": True}):
+    with pytest.raises(ValueError, match="fingerprint.json: unreadable checkpoint fingerprint"):
+      checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1}, **kwargs)
+  fp.write_text("[1]")
+  with pytest.raises(ValueError, match="fingerprint.json: expected a JSON object"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1})
+
+
 def test_bad_keep():
   with pytest.raises(ValueError, match="keep"):
     checkpoints.CheckpointStore("/tmp/unused", keep=0, fingerprint={})

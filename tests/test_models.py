@@ -293,3 +293,18 @@ def test_numpy_integer_sizes_build_the_same_model():
         losses.histogram_prior(np.arange(10.0), n_bins=True)
     np.testing.assert_array_equal(losses.histogram_prior(np.arange(10.0), n_bins=np.int64(5)).probs,
                                   np.full(5, 0.2, np.float32))
+
+
+def test_groups_must_divide_every_width():
+    """GroupNorm groups are capped at the width; a width they do not divide is named."""
+    from hypuc_jax import train
+    from hypuc_jax.config import apply_overrides, get_config
+
+    with pytest.raises(ValueError, match=r"groups: .* got 8 for widths \[12\]"):
+        models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0),
+                            **{**SMALL, "widths": (12, 16), "groups": 8})
+    models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(0),
+                        **{**SMALL, "widths": (4, 16), "groups": 8})   # 4 < 8: 4 groups of 1
+    cfg = apply_overrides(get_config("tiny"), ["model.widths=12,24", "model.groups=8"])
+    with pytest.raises(ValueError, match=r"^model\.groups: .*got 8 for widths \[12\]"):
+        train.check_model_fits(cfg, (100, 12))

@@ -4,12 +4,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from scipy import stats
 
-from hypuc_jax import checkpoints, train, train_data
+from hypuc_jax import checkpoints, parallel, train, train_data
 from hypuc_jax.config import apply_overrides, get_config
 
 N, TIME, LEADS = 160, 64, 12
@@ -288,23 +289,32 @@ def test_predict_checks_its_input(tmp_path, npz_spec):
   np.testing.assert_array_equal(train.predict(str(tmp_path / "run"), mapped)[0],
                                 train.predict(str(tmp_path / "run"), x)[0])
   x[3, 2, 1] = np.nan
-  with pytest.raises(ValueError, match=r"x: .* 1 rows with NaN/inf \(first: row 3\)"):
+  with pytest.raises(ValueError, match=r"x: .* 1 rows with NaN/inf .*\(first: row 3\)"):
     train.predict(str(tmp_path / "run"), x)
+  big = np.asarray(x, np.float64)                          # finite in float64, inf in float32
+  big[3, 2, 1], big[1, 0, 0] = 0.0, 1e39
+  with pytest.raises(ValueError, match=r"x: .* 1 rows with NaN/inf or \|value\| > 3.4e\+?38 "
+                                       r"\(first: row 1\)"):
+    train.predict(str(tmp_path / "run"), big)
 
 
 def test_pmap_run_matches_sharding_run(tmp_path, npz_spec):
-  """The whole loop (data, weights, eval, checkpoints) under pmap equals sharding."""
+  """The whole loop (data, weights, eval, checkpoints) under pmap equals sharding,
+  with batches prefetched on a thread and without prefetching."""
   results = {}
-  for mode in ("sharding", "pmap"):
-    config = _npz_config(npz_spec, f"train.parallel={mode}")
-    result = train.train_and_evaluate(config, str(tmp_path / mode))
-    params, _, _ = _params(str(tmp_path / mode), config)
-    results[mode] = (params, result)
-  (p_s, r_s), (p_p, r_p) = results["sharding"], results["pmap"]
-  for a, b in zip(jax.tree.leaves(p_p), jax.tree.leaves(p_s)):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(r_p.best_metrics["nll"], r_s.best_metrics["nll"], rtol=1e-4)
+  for name, mode, prefetch in (("sharding", "sharding", 2), ("pmap", "pmap", 2),
+                               ("pmap_direct", "pmap", 0)):
+    config = _npz_config(npz_spec, f"train.parallel={mode}", f"train.prefetch={prefetch}")
+    result = train.train_and_evaluate(config, str(tmp_path / name))
+    params, _, _ = _params(str(tmp_path / name), config)
+    results[name] = (params, result)
+  p_s, r_s = results["sharding"]
+  for name in ("pmap", "pmap_direct"):
+    p_p, r_p = results[name]
+    for a, b in zip(jax.tree.leaves(p_p), jax.tree.leaves(p_s)):
+      assert a.shape == b.shape
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r_p.best_metrics["nll"], r_s.best_metrics["nll"], rtol=1e-4)
 
 
 def test_bni_loss_spec_prior_is_the_training_label_histogram():
@@ -317,3 +327,26 @@ def test_bni_loss_spec_prior_is_the_training_label_histogram():
     np.testing.assert_allclose(np.asarray(spec.bni_prior.probs), counts / counts.sum(), rtol=1e-6)
     with pytest.raises(ValueError, match="train_labels"):
         train.LossSpec.from_config(cfg, None)
+
+
+def test_compiled_steps_keep_specs_with_colliding_hashes_apart():
+  """hash(1.0) == hash(2.0 ** 61) in Python: two Huber specs differing only there must
+  get their own compiled step. Reference: the Huber loss of the step's own (mu, y), in numpy."""
+  cfg = apply_overrides(get_config("tiny"), ["model.kind=mlp", "model.widths=8",
+                                             "loss.name=huber", "train.parallel=none"])
+  graphdef, state, schedule = train.create_train_state(cfg, (6,), 10)
+  placement = parallel.Placement("none")
+  specs = [train.LossSpec("huber", huber_delta=1.0), train.LossSpec("huber", huber_delta=2.0 ** 61)]
+  assert hash(specs[0]) == hash(specs[1]) and specs[0] != specs[1]
+  fns = [train.compiled_steps(placement, graphdef, s, schedule) for s in specs]
+  assert fns[0][0] is not fns[1][0]
+  rng = np.random.default_rng(0)
+  batch = {"x": rng.normal(size=(4, 6)).astype(np.float32), "y": np.full(4, 10.0, np.float32),
+           "w": np.ones(4, np.float32), "mask": np.ones(4, np.float32)}
+  mu = np.asarray(fns[0][1](state, batch)["loc"], np.float64)
+  err = np.abs(mu - 10.0)
+  for spec, (step_fn, _) in zip(specs, fns):
+    d = spec.huber_delta
+    want = np.mean(np.where(err <= d, 0.5 * err ** 2, d * (err - 0.5 * d)))
+    _, metrics = step_fn(jax.tree.map(jnp.copy, state), batch)
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)

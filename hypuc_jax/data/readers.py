@@ -68,12 +68,15 @@ class RowView:
 
 
 def finite_rows(x) -> np.ndarray:
-    """[n] bool: rows of ``x`` [n, ...] with only finite values (row blocks)."""
+    """[n] bool: rows of ``x`` [n, ...] whose values are all finite in float32 (the
+    model's dtype: a finite float64 beyond 3.4e38 counts as inf), read in row blocks."""
     n = x.shape[0]
     ok = np.empty(n, bool)
     for s in range(0, n, _ROW_BLOCK):
         block = np.asarray(x[s:s + _ROW_BLOCK])
-        ok[s:s + len(block)] = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        with np.errstate(over="ignore"):
+            block = block.reshape(len(block), -1).astype(np.float32, copy=False)
+        ok[s:s + len(block)] = np.isfinite(block).all(axis=1)
     return ok
 
 
