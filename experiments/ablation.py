@@ -27,16 +27,21 @@ files)::
         --seeds 0 1 2 --out experiments/results/ablation_potassium \\
         --workdir runs/ablation_potassium [--set train.epochs=4 ...]
 
-Finished variants are reused (their eval.json is read back), so an
-interrupted ablation resumes where it stopped. ``--recalibrate`` keeps the
-trained models of finished variants and re-runs their calibrate, correct and
-evaluate stages with the current code (training is deterministic given the
-seed, so this equals a fresh run of the current code).
+Finished variants of the same config are reused (their test eval.json is
+read back), so an interrupted ablation resumes where it stopped; a finished
+run of another config in the same place is refused (use another
+``--workdir``). ``--recalibrate`` keeps the trained models of finished
+variants and re-runs their calibrate, correct and evaluate stages with the
+current code and the given ``calibration`` / ``corrections`` / ``regions``
+settings (training is deterministic given the seed, so this equals a fresh
+run of the current code). Simulated data are cached once per data spec as
+WORKDIR/<task>-<hash>.npz.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import sys
 import time
@@ -44,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hypuc_jax import config as config_lib
 from hypuc_jax import metrics, workflow
 
 LAMS = (0.25, 0.5, 0.75, 1.0)
@@ -65,7 +71,7 @@ def variant_overrides(variant: str, bandwidth: str = "scott") -> list[str]:
 
 
 def cache_simulated(config: str, overrides, root: Path) -> list[str]:
-    """Simulates a ``simulated:`` data set once into ROOT/<preset>.npz.
+    """Simulates a ``simulated:`` data set once into ROOT/<preset>-<hash of the spec>.npz.
 
     Every variant then loads the same records memory-mapped (``npz:`` spec
     with the preset's regions and thresholds) instead of re-simulating them.
@@ -80,7 +86,8 @@ def cache_simulated(config: str, overrides, root: Path) -> list[str]:
     if kind != "simulated":
         return []
     preset = preset or "potassium"
-    path = root / f"{preset}.npz"
+    digest = hashlib.sha1(cfg.data.spec.encode()).hexdigest()[:10]   # n, seed, rate, ...
+    path = root / f"{preset}-{digest}.npz"
     if not path.exists():
         ds = data.load(cfg.data.spec)
         workflow.save_npz(path, x=np.asarray(ds.x, np.float32), y=np.asarray(ds.y, np.float32))
@@ -96,20 +103,54 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
     ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
     ``recalibrate``: a finished run's post-training stages run again.
     """
-    if (workdir / workflow.EVAL).exists():
-        if not recalibrate:
-            return workflow.read_json(workdir / workflow.EVAL, "evaluation")
-        workflow.calibrate_stage(workdir)
-        workflow.correct_stage(workdir)
-        return workflow.evaluate_stage(workdir, "test")
     split = [f"data.seed={seed}"] if split_per_seed else []
     cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
                                + variant_overrides(variant, bandwidth))
+    if (workdir / workflow.EVAL).exists():
+        stored = workflow.load_config(workdir)
+        changed = _changed_sections(stored, cfg)
+        if changed - POST_TRAINING:
+            raise workflow.WorkflowError(
+                f"{workdir}: holds a finished run of another config (differs in "
+                f"{sorted(changed)}); use another --workdir")
+        if changed and not recalibrate:
+            raise workflow.WorkflowError(
+                f"{workdir}: the finished run was calibrated/corrected/evaluated with other "
+                f"{sorted(changed)} settings; pass --recalibrate to redo those stages")
+        if not recalibrate:
+            ev = workflow.read_json(workdir / workflow.EVAL, "evaluation")
+            if ev.get("split") != "test":
+                raise workflow.WorkflowError(f"{workdir / workflow.EVAL}: expected the test "
+                                             f"split's evaluation, got split {ev.get('split')!r}")
+            return ev
+        workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
+        workflow.calibrate_stage(workdir)
+        workflow.correct_stage(workdir)
+        return workflow.evaluate_stage(workdir, "test")
     t0 = time.time()
     ev = workflow.pipeline(cfg, workdir)
     log(f"  {variant:<14} seed {seed}: test MAE {ev['uncalibrated']['overall']['mae']:.4f} "
         f"({time.time() - t0:.0f} s)")
     return ev
+
+
+#: Config sections that only the calibrate / correct / evaluate stages read.
+POST_TRAINING = frozenset({"calibration", "corrections", "regions"})
+
+
+def _changed_sections(stored, cfg) -> set[str]:
+    """Top-level config sections that differ between a stored run and ``cfg``.
+
+    A simulated data set cached under another ``--workdir`` (same file name,
+    so the same spec) counts as the same data.
+    """
+    a, b = stored.to_dict(), cfg.to_dict()
+    for d in (a, b):
+        spec = d["data"]["spec"]
+        if spec.startswith("npz:"):
+            path, _, query = spec[4:].partition("?")
+            d["data"]["spec"] = f"npz:{Path(path).name}?{query}"
+    return {k for k in a if a[k] != b[k]}
 
 
 def val_score(workdir: Path) -> dict:
@@ -151,10 +192,11 @@ def rows_of(variant: str, seed: int, ev: dict, tails: dict | None = None) -> dic
 
 
 def _mean_sd(values) -> tuple[float, float]:
+    """(mean, sample sd) of the non-null values; NaN where undefined (sd of one value)."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")
 
 
 def summarize(rows: list[dict]) -> tuple[list[str], list[dict]]:
@@ -166,7 +208,8 @@ def summarize(rows: list[dict]) -> tuple[list[str], list[dict]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == variant]
         out.append({"variant": variant, "n_seeds": len(rs),
-                    **{c: _mean_sd(r.get(c) for r in rs) for c in cols}})
+                    **{c: _mean_sd(r.get(c) for r in rs) for c in cols},
+                    "counts": {c: sum(r.get(c) is not None for r in rs) for c in cols}})
     return cols, out
 
 
@@ -177,7 +220,11 @@ def markdown(cols: list[str], summary: list[dict], best: dict[str, str] | None =
         cells = []
         for c in cols:
             m, sd = s[c]
-            text = "—" if not np.isfinite(m) else f"{m:.3f} ± {sd:.3f}"
+            k = s.get("counts", {}).get(c, s["n_seeds"])
+            text = ("—" if not np.isfinite(m) else f"{m:.3f}" + (f" ± {sd:.3f}" if np.isfinite(sd)
+                                                                   else " ± —"))
+            if np.isfinite(m) and k < s["n_seeds"]:
+                text += f" (n={k})"                  # seeds where the value is defined
             if best and best.get(c) == s["variant"] and lower_better[c]:
                 text = f"**{text}**"
             cells.append(text)
@@ -225,10 +272,8 @@ def main(argv=None) -> int:
                    help="re-run calibrate/correct/evaluate of finished runs with the current "
                    "code (their trained models are kept)")
     a = p.parse_args(argv)
+    a.seeds = list(dict.fromkeys(a.seeds))                 # a repeated seed is one run
     out, root = Path(a.out), Path(a.workdir)
-    if not a.no_cache:
-        a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows, val = [], {}
     jobs = []
@@ -237,6 +282,15 @@ def main(argv=None) -> int:
         for bw in bws:
             name = v if bw == "scott" or not v.startswith("hypuc-") else f"{v}-bw{bw}"
             jobs += [(name, v, bw, s) for s in a.seeds]
+    for name, v, bw, _ in jobs:                # every config checked before anything runs
+        try:
+            config_lib.validate(workflow.make_config(
+                a.config, overrides=list(a.overrides) + variant_overrides(v, bw)))
+        except ValueError as e:
+            p.error(f"variant {name!r}: {e}")
+    if not a.no_cache:
+        a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs: {a.config} {' '.join(a.overrides)}", flush=True)
     for name, v, bw, seed in jobs:
         wd = root / name / f"seed{seed}"

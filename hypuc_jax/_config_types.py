@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Optional, Union
 
 from hypuc_jax import _typed_fields as typed_fields
@@ -199,10 +200,19 @@ class Config:
   regions: tuple[tuple[str, float, float], ...] = ()
 
   def to_dict(self) -> dict:
-    """JSON-compatible nested dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(self)))
+    """JSON-compatible nested dict (tuples become lists; an open region bound,
+    -inf or +inf, becomes null, as JSON has no infinity)."""
+    d = json.loads(json.dumps(dataclasses.asdict(self)))
+    d["regions"] = [[name, None if math.isinf(lo) else lo, None if math.isinf(hi) else hi]
+                    for name, lo, hi in d["regions"]]
+    return d
 
   @classmethod
   def from_dict(cls, d: dict) -> "Config":
     """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
+    if isinstance(d, dict) and isinstance(d.get("regions"), (list, tuple)):
+      d = dict(d, regions=[[r[0], -math.inf if r[1] is None else r[1],
+                            math.inf if r[2] is None else r[2]]
+                           if isinstance(r, (list, tuple)) and len(r) == 3 else r
+                           for r in d["regions"]])
     return typed_fields.from_dict(cls, d, "")

@@ -64,11 +64,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace runs of a different config in --workdir instead of refusing")
     p.add_argument("--data", default=None,
                    help="data spec (default: the preset's, the simulated potassium task)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny data and model (the 'tiny' preset): about a minute, for smoke tests")
-    p.add_argument("--preset", default=None,
-                   help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
-                   "records, 10 epochs, 5 calibration bins; tiny with --quick)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="tiny data and model (the 'tiny' preset): about a minute, for smoke "
+                      "tests; not with --preset")
+    size.add_argument("--preset", default=None,
+                      help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
+                      "records, 10 epochs, 5 calibration bins; tiny with --quick)")
     p.add_argument("--seed", type=int, default=None, help="training seed for both runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both runs, e.g. train.epochs=3 (repeatable)")
@@ -122,11 +124,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="a trained and calibrated run directory")
     _add_common(p)
 
-    p = sub.add_parser("evaluate", help="score a run and write DIR/eval.json")
+    p = sub.add_parser("evaluate", help="score a run and write DIR/eval.json "
+                       "(DIR/eval_val.json for --split val)")
     p.add_argument("--workdir", required=True, type=_path,
                    help="a trained, calibrated, corrected run directory")
     p.add_argument("--split", choices=("test", "val"), default="test",
-                   help="split to evaluate (default: test)")
+                   help="split to evaluate (default: test, written to DIR/eval.json; val is "
+                   "written to DIR/eval_val.json)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="predict new data with a finished run",
@@ -208,7 +212,7 @@ def _cmd_evaluate(a) -> None:
 
     ev = workflow.evaluate_stage(a.workdir, a.split)
     print(_summary_table({Path(a.workdir).name or "run": ev}))
-    print(f"eval -> {Path(a.workdir) / workflow.EVAL}")
+    print(f"eval -> {workflow.eval_path(a.workdir, a.split)}")
 
 
 def _cmd_predict(a) -> None:

@@ -195,12 +195,19 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   _check(config.loss.name != "bmc" or mode != "pmap", "train.parallel",
          "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global batch)",
          t.parallel)
+  for key in ("data.seed", "train.seed"):             # numpy, jax and scikit-learn seeds
+    _check(0 <= get(key) < 2 ** 32, key, "an integer in [0, 2**32)", get(key))
+  c = config.corrections                                # members are seeded seed + k
+  _check(0 <= c.seed and c.seed + c.n_models - 1 < 2 ** 32, "corrections.seed",
+         "an integer >= 0 with seed + n_models - 1 < 2**32", c.seed)
+  reserved = SHOT_REGION_NAMES + ("overall",)
   for i, region in enumerate(config.regions):
     _check(len(region) == 3 and region[1] < region[2], f"regions[{i}]",
            "(name, low, high) with low < high", region)
-    _check(region[0] not in SHOT_REGION_NAMES
+    _check(region[0] not in reserved
            and [r[0] for r in config.regions].count(region[0]) == 1, f"regions[{i}]",
-           f"a name used once and not one of the shot regions {SHOT_REGION_NAMES}", region[0])
+           f"a name used once and not one of {reserved} (the shot regions and the overall block)",
+           region[0])
   _check(config.corrections.enabled, "corrections.enabled",
          "true (the corrections stage always runs; this key is kept so older configs load)",
          config.corrections.enabled)

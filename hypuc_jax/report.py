@@ -85,7 +85,8 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
         None if u0 is None or u1 is None else u1 <= 0.5 * u0)
     for name, d in method.eval.get("decisions", {}).items():
         a, b = d.get("auroc"), d.get("baseline_auroc")
-        add(f"decision {name}: boosted AUROC >= thresholding-mu AUROC", f"{_fmt(a)} vs {_fmt(b)}",
+        measured = f"no classifier ({d['skipped']})" if d.get("skipped") else f"{_fmt(a)} vs {_fmt(b)}"
+        add(f"decision {name}: boosted AUROC >= thresholding-mu AUROC", measured,
             None if a is None or b is None else a >= b)
     sel = selective_mae(method.y, method.mu, method.sigma_cal, (0.0, 0.1))
     add("flagging the 10% highest-entropy predictions lowers the MAE of the rest",

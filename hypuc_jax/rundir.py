@@ -51,12 +51,20 @@ def _tmp_in(path: Path, suffix: str) -> str:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON via a temporary file and ``os.replace``."""
+    """Writes ``obj`` as strict JSON via a temporary file and ``os.replace``.
+
+    Raises:
+      WorkflowError: ``obj`` holds NaN or +-inf (JSON has no such numbers;
+        undefined values are written as null by the stages); nothing is written.
+    """
     path = Path(path)
     tmp = _tmp_in(path, ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
+            try:
+                json.dump(obj, f, indent=2, default=_json_default, allow_nan=False)
+            except ValueError as e:
+                raise WorkflowError(f"{path}: not written, it would hold NaN/inf ({e})") from None
             f.write("\n")
         os.replace(tmp, path)
     finally:
@@ -202,10 +210,16 @@ def base_config(name: str) -> config_lib.Config:
                                 f"an experiment .json file, got {name!r}")
         return config_lib.get_config(name)
     d = read_json(Path(name), "experiment config")
-    if not isinstance(d, dict) or not isinstance(d.get("overrides", []), list):
-        raise WorkflowError(f"{name}: expected {{\"preset\": NAME, \"overrides\": [...]}}")
-    return config_lib.apply_overrides(config_lib.get_config(d.get("preset", "potassium")),
-                                      d.get("overrides", []))
+    unknown = sorted(set(d) - {"preset", "overrides", "description"})
+    if unknown or not isinstance(d.get("overrides", []), list):
+        raise WorkflowError(f"{name}: expected {{\"preset\": NAME, \"overrides\": [...], "
+                            f"\"description\": TEXT}}"
+                            + (f", got unknown keys {unknown}" if unknown else ""))
+    try:
+        return config_lib.apply_overrides(config_lib.get_config(d.get("preset", "potassium")),
+                                          d.get("overrides", []))
+    except ValueError as e:
+        raise WorkflowError(f"{name}: {e}") from None
 
 
 def make_config(base: str | config_lib.Config = "potassium", *, data: str | None = None,

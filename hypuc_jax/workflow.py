@@ -34,7 +34,7 @@ from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and exper
 # ----------------------------------------------------------------------------- stages
 
 #: What ``evaluate_stage`` writes: stale once the calibration or corrections change.
-_EVALUATED = (EVAL, "outputs_test.npz", "outputs_val.npz")
+_EVALUATED = (EVAL, "eval_val.json", "outputs_test.npz", "outputs_val.npz")
 
 
 def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
@@ -75,13 +75,7 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
     else:
         kwargs = {"task": task.name}
         if method == "hyperfine":
-            need = max(cfg.calibration.bins, cfg.calibration.min_count)
-            if val["mu"].size < need:
-                raise WorkflowError(
-                    f"{workdir}: {val['mu'].size} validation predictions are too few for "
-                    f"hyperfine calibration (calibration.bins={cfg.calibration.bins} and "
-                    f"calibration.min_count={cfg.calibration.min_count} need {need}); use "
-                    "--method global, or a larger validation split")
+            _check_hyperfine_fits(cfg, val["mu"].size, workdir)
             kwargs.update(n_bins=cfg.calibration.bins, min_count=cfg.calibration.min_count,
                           xi=cfg.calibration.xi, tail=tail or cfg.calibration.tail,
                           quantile=cfg.calibration.quantile)
@@ -94,6 +88,17 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
         _remove(workdir / name)
     write_json(workdir / CALIBRATION, d)
     return d
+
+
+def _check_hyperfine_fits(cfg: config_lib.Config, n_val: int, where) -> None:
+    """Raises unless ``n_val`` validation records fill calibration.bins / min_count."""
+    need = max(cfg.calibration.bins, cfg.calibration.min_count)
+    if n_val < need:
+        raise WorkflowError(
+            f"{where}: {n_val} validation predictions are too few for hyperfine calibration "
+            f"(calibration.bins={cfg.calibration.bins} and calibration.min_count="
+            f"{cfg.calibration.min_count} need {need}); use --method global, or a larger "
+            "validation split")
 
 
 def _calibrator(workdir: Path):
@@ -183,8 +188,15 @@ def _named_regions(cfg: config_lib.Config, task: Task) -> dict[str, tuple[float,
     return regions
 
 
+def eval_path(workdir: str | os.PathLike, split: str = "test") -> Path:
+    """Where ``evaluate_stage`` writes: DIR/eval.json for the test split (the
+    results every reader takes), DIR/eval_<split>.json for another split."""
+    return Path(workdir) / (EVAL if split == "test" else f"eval_{split}.json")
+
+
 def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
-    """Scores the run on ``split``; writes DIR/eval.json and DIR/outputs_{split}.npz.
+    """Scores the run on ``split``; writes :func:`eval_path` (DIR/eval.json for
+    the test split, DIR/eval_val.json for validation) and DIR/outputs_{split}.npz.
 
     eval.json: {"split", "n", "calibration": {"method", "dof"}, "uncalibrated",
     "calibrated", "corrected", "decisions": {name: {"auroc", "auprc",
@@ -216,14 +228,18 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
                                "corrected": (corrected, sigma_cal, cal.dof)}.items():
         ev[stage] = metrics.evaluate(y, m, s, train_labels=train_labels, regions=regions,
                                      shot_bins=cfg.weighting.bins, dof=dof)
-    ev["decisions"] = {}
-    ths = [t for t in task.thresholds if t[0] in probs]
+    ev["decisions"] = {}          # every task threshold: stable keys, null where undefined
+    ths = list(task.thresholds)
     base = corrections.baseline_scores(mu, sigma_cal, ths, dof=cal.dof) if ths else {}
     spec = cfg.corrections.specificity
     for name, value, direction in ths:
         event = y > value if direction == "above" else y < value
-        d = metrics.decision_metrics(event, np.asarray(probs[name]), specificity=spec)
         by_mu = metrics.decision_metrics(event, base[name]["threshold_mu"], specificity=spec)
+        if name in probs:
+            d = metrics.decision_metrics(event, np.asarray(probs[name]), specificity=spec)
+        else:                     # no classifier: one outcome only in the validation split
+            d = {k: (v if k in ("n", "n_positive") else None) for k, v in by_mu.items()}
+            d["skipped"] = "only one outcome in the validation split: no classifier fitted"
         gauss = metrics.decision_metrics(event, base[name]["gaussian"], specificity=spec)
         d.update(baseline_auroc=by_mu["auroc"], baseline_auprc=by_mu["auprc"],
                  gaussian_auroc=gauss["auroc"], gaussian_auprc=gauss["auprc"])
@@ -234,7 +250,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     save_npz(workdir / f"outputs_{split}.npz", y=y, mu=mu, sigma=sigma, sigma_cal=sigma_cal,
              dof=np.float64(cal.dof), corrected=corrected, **({} if bins is None else {"mu_bin": bins}),
              **{f"prob__{k}": v for k, v in probs.items()})
-    write_json(workdir / EVAL, ev)
+    write_json(eval_path(workdir, split), ev)
     return ev
 
 
@@ -316,7 +332,8 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
 
     Validates ``cfg``, refuses a run of a different config in ``workdir``
     (unless ``overwrite``), loads the data, splits it and checks that the
-    model takes its records.
+    model takes its records, that a training batch fits in the training
+    split and that hyperfine calibration's bins fit in the validation split.
 
     Returns:
       The dataset.
@@ -339,7 +356,13 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
                                 "--workdir or pass --overwrite")
     ds = _dataset(cfg)
-    train_data.split_for(cfg, ds)
+    parts = train_data.split_for(cfg, ds)
+    n_train = len(parts["train"])
+    if n_train < cfg.train.batch_size:      # train_and_evaluate's check, before any change
+        raise ValueError(f"train.batch_size: expected <= the {n_train} training examples, "
+                         f"got {cfg.train.batch_size}")
+    if cfg.calibration.method == "hyperfine":
+        _check_hyperfine_fits(cfg, len(parts["val"]), f"--data {cfg.data.spec!r}")
     train_lib.check_model_fits(cfg, tuple(int(v) for v in np.shape(ds.x)[1:]))
     return ds
 

@@ -174,7 +174,8 @@ def test_unknown_flag_is_a_usage_error(capsys):
                          (["evaluate", "--workdir", "x", "--split", "train"], "--split"),
                          (["train", "--workdir", "", "--data", TINY], "--workdir"),
                          (["predict", "--workdir", "x", "--data", TINY, "--output", ""],
-                          "--output")):
+                          "--output"),
+                         (["run", "--quick", "--preset", "potassium"], "not allowed with")):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
@@ -269,8 +270,16 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
                           (["--preset", "nope"], "--preset"),
                           (["--set", "train.lr=0.5"], "--overwrite"),
                           (["--data", f"csv:{tmp_path / 'gone.csv'}", "--overwrite"],
-                           "gone.csv")):
-        rc, _, err = hypuc(capsys, *base, *extra)
+                           "gone.csv"),
+                          # found only by the later stages before: refused up front now
+                          (["--set", "calibration.min_count=1000"], "calibration.min_count=1000"),
+                          (["--set", "corrections.seed=-1"], "corrections.seed"),
+                          (["--set", "train.batch_size=1000", "--overwrite"],
+                           "train.batch_size"),
+                          (["--seed", "-1", "--overwrite"], "train.seed"),
+                          (["--seed", "99999999999999999999", "--overwrite"], "train.seed")):
+        argv = [a for a in base if a != "--quick"] if "--preset" in extra else base
+        rc, _, err = hypuc(capsys, *argv, *extra)
         assert needle in one_line_error(rc, err)
         assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()} == before
     rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "new", "--data",

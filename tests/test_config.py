@@ -98,6 +98,11 @@ def test_override_without_equals():
     ("train.lr=nan", "train.lr"),
     ("data.split=0.8,0.2,0", "data.split"),
     ("regions=[('few', 1.0, 2.0)]", r"regions\[0\]"),
+    ("regions=[('overall', 1.0, 2.0)]", r"regions\[0\]"),
+    ("train.seed=-1", "train.seed"),
+    ("data.seed=4294967296", "data.seed"),
+    ("corrections.seed=4294967296", "corrections.seed"),
+    ("calibration.quantile=exact", "calibration.quantile"),
     ("regions=[('a', 1.0, 2.0), ('a', 3.0, 4.0)]", r"regions\[0\]"),
     ("corrections.enabled=false", "corrections.enabled"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
@@ -156,3 +161,27 @@ def test_override_round_trip(lr, bs, widths):
   assert (cfg.train.lr, cfg.train.batch_size, cfg.model.widths) == (lr, bs, tuple(widths))
   assert config_lib.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
   validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_batch_size=bs)), 8)
+
+
+def test_corrections_seed_counts_every_member():
+  """Members are seeded seed, ..., seed + n_models - 1: all must be valid seeds."""
+  last = 2 ** 32 - 1
+  validate(apply_overrides(get_config("tiny"), [f"corrections.seed={last}"]))
+  with pytest.raises(ValueError, match=r"corrections\.seed: .*seed \+ n_models - 1"):
+    validate(apply_overrides(get_config("tiny"), [f"corrections.seed={last}",
+                                                  "corrections.n_models=2"]))
+
+
+def test_open_region_bounds_round_trip_as_strict_json():
+  """+-inf bounds become null (JSON has no Infinity) and come back as +-inf; a file
+  written before (with the non-standard Infinity token) still loads."""
+  import math
+
+  cfg = dataclasses.replace(get_config("tiny"),
+                            regions=(("low", -math.inf, 3.5), ("high", 5.5, math.inf)))
+  text = json.dumps(cfg.to_dict(), allow_nan=False)          # raises on NaN / Infinity
+  assert json.loads(text)["regions"] == [["low", None, 3.5], ["high", 5.5, None]]
+  back = config_lib.Config.from_dict(json.loads(text))
+  assert back == cfg and back.regions[0][1] == -math.inf and back.regions[1][2] == math.inf
+  old = json.loads(json.dumps(dataclasses.asdict(cfg)))        # Infinity tokens, as before
+  assert config_lib.Config.from_dict(old) == cfg

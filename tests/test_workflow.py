@@ -121,7 +121,23 @@ def test_thresholds_with_one_outcome_are_skipped(rundir):
     out = workflow.correct_stage(rundir)
     assert out["skipped"] == ["K>50"] and "K>5.5" in out["thresholds"]
     ev = workflow.evaluate_stage(rundir)
-    assert "K>50" not in ev["decisions"]
+    skipped = ev["decisions"]["K>50"]                       # kept: stable keys, null scores
+    assert set(skipped) == set(ev["decisions"]["K>5.5"]) | {"skipped"}
+    assert skipped["n"] == 1200 and skipped["n_positive"] == 0
+    assert all(skipped[k] is None for k in skipped if k not in ("n", "n_positive", "skipped"))
+    y_test = np.load(rundir / "predictions_test.npz")["y"]
+    assert ev["decisions"]["K>5.5"]["n_positive"] == int(np.sum(y_test > 5.5))
+
+
+def test_validation_evaluation_does_not_replace_the_test_one(rundir):
+    workflow.calibrate_stage(rundir)
+    workflow.correct_stage(rundir)
+    test = workflow.evaluate_stage(rundir)
+    val = workflow.evaluate_stage(rundir, "val")
+    assert val["split"] == "val" and json.loads((rundir / "eval_val.json").read_text()) == val
+    assert json.loads((rundir / workflow.EVAL).read_text()) == test
+    workflow.calibrate_stage(rundir, "global")                 # both are stale now
+    assert not (rundir / workflow.EVAL).exists() and not (rundir / "eval_val.json").exists()
 
 
 @pytest.mark.parametrize("text,expected", [("hyper=5.5:6.5", ("hyper", 5.5, 6.5)),
@@ -154,6 +170,9 @@ def test_atomic_writers_leave_no_temp_files(tmp_path):
     workflow.save_npz(tmp_path / "b.npz", a=np.ones(3))
     with pytest.raises(TypeError):
         workflow.write_json(tmp_path / "c.json", {"x": object()})
+    for bad in (float("nan"), np.float64(np.inf)):          # JSON has neither: never written
+        with pytest.raises(workflow.WorkflowError, match="d.json: not written, it would hold"):
+            workflow.write_json(tmp_path / "d.json", {"x": [1.0, bad]})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.npz"]
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1.5, "y": [0, 1]}
 
@@ -244,3 +263,20 @@ def test_calibration_quantile_flows_from_the_config(rundir):
         r = np.sort(ratio[idx == b])
         assert eta == pytest.approx(r[min(math.ceil((r.size + 1) * 0.95), r.size) - 1])
     assert calibration.calibrator_from_dict(d).quantile == "conformal"
+
+
+def test_experiment_files_refuse_typos_and_name_themselves(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"description": "x", "preset": "tiny",
+                                "overrides": ["train.steps=3"]}))
+    assert workflow.make_config(str(good)).train.steps == 3
+    for content, needle in (({"preset": "tiny", "overides": ["train.steps=3"]},
+                             r"unknown keys \['overides'\]"),
+                            ({"preset": "tinyy"}, "name: expected one of"),
+                            ({"preset": "tiny", "overrides": ["train.stepz=3"]}, "train.stepz"),
+                            ([1], "expected a JSON object")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(workflow.WorkflowError, match=needle) as e:
+            workflow.make_config(str(bad))
+        assert str(e.value).startswith(str(bad))

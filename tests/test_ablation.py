@@ -1,0 +1,81 @@
+"""experiments/ablation.py: the mean ± sd tables against numpy, and which finished runs
+it may reuse (a run of another config must never be reported under a new command)."""
+import csv
+
+import numpy as np
+import pytest
+
+from experiment_scripts import load
+from hypuc_jax import workflow
+
+ablation = load("ablation")
+
+FAST = ["--config", "tiny", "--set", "train.steps=4", "--set", "corrections.n_estimators=5",
+        "--set", "train.parallel=none"]
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_statistics_match_numpy():
+    rows = [{"variant": "a", "seed": 0, "mae": 1.0, "mae[r]": 0.5},
+            {"variant": "a", "seed": 1, "mae": 2.0, "mae[r]": None},
+            {"variant": "a", "seed": 2, "mae": 4.0, "mae[r]": None},
+            {"variant": "b", "seed": 0, "mae": 3.0, "mae[r]": 1.0}]
+    cols, summary = ablation.summarize(rows)
+    a, b = summary
+    assert a["mae"] == pytest.approx((np.mean([1, 2, 4]), np.std([1, 2, 4], ddof=1)))
+    assert a["mae[r]"][0] == 0.5 and np.isnan(a["mae[r]"][1])   # sd of one value: undefined
+    table = ablation.markdown(cols, summary)
+    assert "| a | 3 | 2.333 ± 1.528 | 0.500 ± — (n=1) |" in table
+    assert "| b | 1 | 3.000 ± — | 1.000 ± — |" in table
+
+
+def test_runs_tables_and_reuse(tmp_path, capsys):
+    root, out = tmp_path / "wd", tmp_path / "out" / "abl"
+    argv = [*FAST, "--seeds", "0", "1", "1", "--variants", "none", "hypuc-0.5",
+            "--workdir", str(root), "--out", str(out)]
+    assert ablation.main(argv) == 0
+    assert sorted(p.name for p in (root / "none").iterdir()) == ["seed0", "seed1"]  # 1 once
+    runs = _read_csv(str(out) + "_runs.csv")
+    summary = {r["variant"]: r for r in _read_csv(out.with_suffix(".csv"))}
+    for variant in ("none", "hypuc-0.5"):
+        maes = [float(r["mae"]) for r in runs if r["variant"] == variant]
+        assert len(maes) == 2
+        assert float(summary[variant]["mae_mean"]) == pytest.approx(np.mean(maes))
+        assert float(summary[variant]["mae_sd"]) == pytest.approx(np.std(maes, ddof=1))
+    caches = sorted(p.name for p in root.glob("*.npz"))
+    assert len(caches) == 1 and caches[0].startswith("potassium-")
+
+    # A changed training setting is another experiment: refused, nothing rewritten.
+    before = (root / "none" / "seed0" / workflow.EVAL).read_bytes()
+    with pytest.raises(workflow.WorkflowError, match=r"another config .*'train'"):
+        ablation.main([*argv, "--set", "train.lr=0.01"])
+    # A changed calibration needs --recalibrate, which then applies it.
+    with pytest.raises(workflow.WorkflowError, match=r"--recalibrate"):
+        ablation.main([*argv, "--set", "calibration.bins=2"])
+    assert (root / "none" / "seed0" / workflow.EVAL).read_bytes() == before
+    assert ablation.main([*argv, "--set", "calibration.bins=2", "--recalibrate"]) == 0
+    assert workflow.load_config(root / "none" / "seed0").calibration.bins == 2
+    # Other simulated data (n) get their own cache file, not the first one.
+    other = [*argv[:-4], "--set", "data.spec=simulated:potassium?n=300&duration=2&rate=50",
+             "--workdir", str(tmp_path / "wd2"), "--out", str(tmp_path / "abl2")]
+    assert ablation.main(other) == 0
+    ev = workflow.read_json(tmp_path / "wd2" / "none" / "seed0" / workflow.EVAL, "eval")
+    assert ev["n"] == 60                                       # 20% of 300 records
+    # An evaluation of the validation split is never read as the test one.
+    workflow.write_json(root / "none" / "seed0" / workflow.EVAL, {**workflow.read_json(
+        root / "none" / "seed0" / workflow.EVAL, "eval"), "split": "val"})
+    with pytest.raises(workflow.WorkflowError, match="expected the test split"):
+        ablation.main([*argv, "--set", "calibration.bins=2"])
+    capsys.readouterr()
+
+
+def test_a_bad_variant_is_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*FAST, "--seeds", "0", "--variants", "none", "hypuc-O.5",
+                       "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "hypuc-O.5" in capsys.readouterr().err
+    assert not (tmp_path / "wd").exists()
