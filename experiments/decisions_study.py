@@ -80,7 +80,8 @@ def fit_all(mu, sigma, y, specs, seed, dof=math.inf):
 
 
 def cross_validate(mu, sigma, y, specs, folds, repeats, seed, dof=math.inf):
-    strata = sum((i + 1) * event(y, t) for i, t in enumerate(specs))  # disjoint events here
+    # One stratum per joint outcome of all events (they overlap: y > 6.5 implies y > 5.5).
+    strata = sum(2 ** i * event(y, t).astype(np.int64) for i, t in enumerate(specs))
     aucs = {}
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     oof = None
