@@ -16,7 +16,8 @@ import numpy as np
 from hypuc_jax import config as config_lib
 from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, _remove, load_config, load_npy, load_npz,
                               load_task, make_config, read_json)
-from hypuc_jax.workflow import _named_regions, check_trainable, pipeline
+from hypuc_jax.stages import _named_regions
+from hypuc_jax.workflow import check_trainable, pipeline
 
 
 def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
-from hypuc_jax.workflow import (_calibrator, _load_corrector, _named_columns, _predictions,
-                                _sigma_or_constant)
+from hypuc_jax.stages import _calibrator, _load_corrector, _predictions, _sigma_or_constant
+from hypuc_jax.workflow import _named_columns
 
 
 def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLike) -> int:
