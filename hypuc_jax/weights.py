@@ -65,37 +65,54 @@ def _check_floor(floor) -> None:
 # --------------------------------------------------------------------------- #
 @partial(jax.jit, static_argnames=("capped",))
 def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
-    """w = scale * max(rho, rho_min)^-lam, capped; returns (w [n], scale, rho_min).
+    """w = c * max(rho, rho_min)^-lam, capped; returns (w [n], log c', rho_min, rho_ref).
 
-    With a cap M >= 1 the scale c solves mean(min(c * w0, M)) = 1 (the fixed point
-    of "cap, renormalise, repeat"). g(c) = mean(min(c w0, M)) is concave and
-    piecewise linear, so Newton's method started left of the root (at the
-    uncapped scale, where g <= 1) increases monotonically and ends in a few steps.
+    Computed in logs relative to rho_ref = max rho, so no power of a tiny
+    density overflows: w = n * softmax(-lam * log(max(rho, rho_min) / rho_ref)),
+    and a new label's weight is exp(log c' - lam * log(max(rho, rho_min) / rho_ref)).
+
+    With a cap M >= 1 the scale solves mean(min(s u, M)) = 1 for the uncapped
+    weights u (the fixed point of "cap, renormalise, repeat"). g(s) is concave
+    and piecewise linear, so Newton's method from s = 1 (where g <= 1) increases
+    monotonically and ends in a few steps. The loop only finds which weights
+    are capped; the scale is then the closed form for that set,
+    s = (1 - M mean(capped)) / mean(u [not capped]), so the weights stay
+    differentiable in lam, the labels and M (no gradient through a while_loop).
     """
     chex.assert_rank(rho, 1)
-    rho_min = floor * jnp.max(rho)
-    w0 = jnp.exp(-lam * jnp.log(jnp.maximum(rho, rho_min)))
-    c = 1.0 / jnp.mean(w0)
+    rho_ref = jnp.max(rho)
+    rho_min = floor * rho_ref
+    logw0 = -lam * jnp.log(jnp.maximum(rho, rho_min) / rho_ref)       # >= 0
+    log_c = jnp.log(rho.shape[0]) - jax.scipy.special.logsumexp(logw0)
+    u = jnp.exp(logw0 + log_c)                                         # mean 1
     if capped:
-        def g(c):
-            return jnp.mean(jnp.minimum(c * w0, cap))
+        u_fixed = jax.lax.stop_gradient(u)
+
+        def g(s):
+            return jnp.mean(jnp.minimum(s * u_fixed, cap))
 
         def cond(state):
-            _, gc, it, moved = state
-            return (gc < 1.0) & moved & (it < 100)
+            _, gs, it, moved = state
+            return (gs < 1.0) & moved & (it < 100)
 
         def body(state):
-            c, gc, it, _ = state
-            slope = jnp.mean(jnp.where(c * w0 < cap, w0, 0.0))
-            new_c = c + jnp.where(slope > 0, (1.0 - gc) / jnp.where(slope > 0, slope, 1.0), 0.0)
-            return new_c, g(new_c), it + 1, new_c > c * (1.0 + _CAP_STEP_TOL)
+            s, gs, it, _ = state
+            slope = jnp.mean(jnp.where(s * u_fixed < cap, u_fixed, 0.0))
+            new_s = s + jnp.where(slope > 0, (1.0 - gs) / jnp.where(slope > 0, slope, 1.0), 0.0)
+            return new_s, g(new_s), it + 1, new_s > s * (1.0 + _CAP_STEP_TOL)
 
-        c, _, _, _ = jax.lax.while_loop(cond, body, (c, g(c), 0, jnp.array(True)))
-        w = jnp.minimum(c * w0, cap)
+        s, _, _, _ = jax.lax.while_loop(cond, body, (jnp.ones_like(log_c), g(1.0), 0,
+                                                     jnp.array(True)))
+        at_cap = jax.lax.stop_gradient(s * u_fixed >= cap)
+        free = jnp.mean(jnp.where(at_cap, 0.0, u))
+        s = jnp.where(free > 0, (1.0 - cap * jnp.mean(at_cap)) / jnp.where(free > 0, free, 1.0),
+                      s)
+        w = jnp.where(at_cap, cap, jnp.minimum(s * u, cap))
+        log_c = log_c + jnp.log(s)
     else:
-        w = c * w0
+        w = u
     chex.assert_equal_shape([w, rho])
-    return w, c, rho_min
+    return w, log_c, rho_min, rho_ref
 
 
 def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
@@ -129,7 +146,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
     x = kde._as_samples(labels, "labels")
     rho = kde._density(x, x, bandwidth, method, grid_size, chunk_size)
     cap = jnp.inf if max_weight is None else max_weight
-    w, _, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+    w, _, _, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
     return w
 
 
@@ -145,10 +162,17 @@ def _dense_from_density(rho, alpha, eps):
     return raw * scale, scale, rho_lo, rho_hi
 
 
+#: DenseWeight treats the density as flat when it varies by less than this
+#: fraction of its maximum over the labels (above the binned KDE's ~1e-4 error,
+#: whose round-off min-max scaling would otherwise blow up to the full range).
+_DENSE_FLAT_TOL = 1e-3
+
+
 def _dense_raw(rho, alpha, eps, rho_lo, rho_hi):
     """max(1 - alpha * p', eps) with p' the min-max scaled density (0 if flat)."""
     span = rho_hi - rho_lo
-    p = jnp.where(span > 0, (rho - rho_lo) / jnp.where(span > 0, span, 1.0), 0.0)
+    varies = span > _DENSE_FLAT_TOL * rho_hi
+    p = jnp.where(varies, (rho - rho_lo) / jnp.where(varies, span, 1.0), 0.0)
     return jnp.maximum(1.0 - alpha * p, eps)
 
 
@@ -158,7 +182,8 @@ def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
     """DenseWeight (Steininger et al. 2021): max(1 - alpha * p', eps), mean 1.
 
     p' is the KDE density at each label min-max scaled over the labels to
-    [0, 1] (all 0 when the density is flat). The denseweight package uses
+    [0, 1] (all 0 when the density is flat: it varies by less than 0.1% of its
+    maximum). The denseweight package uses
     1.06 * std(ddof=0) * n^(-1/5); pass that as a float ``bandwidth`` to match
     it exactly ("scott" here uses ddof=1).
 
@@ -223,8 +248,11 @@ class LabelWeighting:
             return p["scale"] / self.table[_bin_index(y, self.lo, self.step, self.table.shape[0])]
         rho = kde.interpolate_grid(y[:, None], self.lo[None], self.step[None], self.table)
         if self.scheme == "hypuc":
-            w0 = jnp.exp(-p["lam"] * jnp.log(jnp.maximum(rho, p["rho_min"])))
-            return jnp.minimum(p["scale"] * w0, p["cap"])
+            if "log_scale" not in p:                     # written before session 8
+                w0 = jnp.exp(-p["lam"] * jnp.log(jnp.maximum(rho, p["rho_min"])))
+                return jnp.minimum(p["scale"] * w0, p["cap"])
+            rel = jnp.maximum(rho, p["rho_min"]) / p["rho_ref"]
+            return jnp.minimum(jnp.exp(p["log_scale"] - p["lam"] * jnp.log(rel)), p["cap"])
         return p["scale"] * _dense_raw(rho, p["alpha"], p["eps"], p["rho_lo"], p["rho_hi"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,8 +330,10 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
         floor = options.get("floor", 1e-12)
         _check_lam(lam), _check_max_weight(max_weight), _check_floor(floor)
         cap = jnp.inf if max_weight is None else max_weight
-        _, scale, rho_min = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
-        params = {"lam": f(lam), "rho_min": rho_min, "scale": scale, "cap": f(cap)}
+        _, log_scale, rho_min, rho_ref = _hypuc_from_density(rho, lam, floor, cap,
+                                                             max_weight is not None)
+        params = {"lam": f(lam), "rho_min": rho_min, "rho_ref": rho_ref, "log_scale": log_scale,
+                  "cap": f(cap)}
     else:
         _reject_options(scheme, options, ("alpha", "eps"))
         alpha, eps = options.get("alpha", 1.0), options.get("eps", 1e-6)

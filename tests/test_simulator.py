@@ -234,3 +234,35 @@ def test_effective_labels_reproduce_labels_and_drive_the_waveform():
         effective_labels(0, np.array([-1, 2]))
     with pytest.raises(ValueError, match="seed"):
         effective_labels(-1, np.arange(3))
+
+
+def test_numpy_integer_start_and_n_do_not_wrap():
+    """start + n is checked in Python ints: numpy scalars neither wrap past 2**32
+    (which would repeat records 0, 1, ...) nor overflow a valid request."""
+    with pytest.raises(ValueError, match="start: expected start \\+ n <= 2\\*\\*32"):
+        simulate(0, 4, duration=0.05, start=np.uint32(2**32 - 2))
+    with pytest.raises(ValueError, match="start: expected start \\+ n <= 2\\*\\*32"):
+        simulate(0, np.uint32(4), duration=0.05, start=2**32 - 2)
+    a = simulate(0, 20, duration=0.05, start=np.int32(2**31 - 10), chunk_size=8)
+    b = simulate(0, 20, duration=0.05, start=2**31 - 10, chunk_size=8)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_a_large_chunk_gives_the_same_records():
+    """chunk_size above n is capped (no padding records simulated); records unchanged."""
+    a = simulate(3, 2, duration=0.5, chunk_size=512)
+    b = simulate(3, 2, duration=0.5, chunk_size=2)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_task_info_to_dict_is_json_for_numpy_thresholds():
+    import json
+
+    from hypuc_jax.data.tasks import TaskInfo, Threshold
+
+    info = TaskInfo("a", "a", thresholds=(Threshold("x", np.float32(1.5), "above"),))
+    d = json.loads(json.dumps(info.to_dict()))
+    assert d["thresholds"] == [{"name": "x", "value": 1.5, "direction": "above"}]
+    assert TaskInfo.from_dict(d).thresholds[0].value == 1.5

@@ -74,6 +74,38 @@ def test_kde_weights_binned_and_cap_match_numpy():
     np.testing.assert_allclose(weights.kde_weights(Y, lam=1.0, max_weight=1.0), 1.0, rtol=1e-4)
 
 
+def test_kde_weights_survive_tiny_densities_and_large_lam():
+    """Labels in units of 1e9 have densities ~1e-10; rho^-4 overflows float32. The
+    weights are scale-invariant, so they must equal those of the unscaled labels
+    (float64 numpy reference), finite, mean 1."""
+    rng = np.random.default_rng(0)
+    base = np.r_[rng.normal(0, 1, 900), 2 + rng.exponential(1, 100)].astype(np.float32)
+    h = float(kde.bandwidth(base.astype(np.float64)))
+    ref = numpy_hypuc(scipy_density(base.astype(np.float64), h), 4.0)
+    for scale in (1.0, 1e9, 1e-9):
+        w = np.asarray(weights.kde_weights(base * np.float32(scale), lam=4.0, method="exact"))
+        assert np.all(np.isfinite(w)) and w.mean() == pytest.approx(1.0, rel=1e-4)
+        np.testing.assert_allclose(w, ref, rtol=2e-3, atol=1e-6)
+    fitted = weights.fit_weighting("hypuc", base * np.float32(1e9), lam=4.0)
+    assert np.all(np.isfinite(np.asarray(fitted(base * np.float32(1e9)))))
+
+
+def test_capped_weights_have_gradients_matching_finite_differences():
+    """The cap's scale is found by a while_loop; the weights must still be
+    differentiable in lam (central finite difference in float64 as reference)."""
+    y = Y[:1000]
+    with jax.enable_x64(True):
+        f = lambda lam: jnp.sum(weights.kde_weights(y, lam=lam, max_weight=3.0,
+                                                    method="exact") ** 2)
+        grad = float(jax.grad(f)(0.5))
+        eps = 1e-5
+        fd = (float(f(0.5 + eps)) - float(f(0.5 - eps))) / (2 * eps)
+        assert grad == pytest.approx(fd, rel=1e-4)
+        w = weights.kde_weights(y, lam=0.5, max_weight=3.0, method="exact")
+        np.testing.assert_allclose(w, numpy_hypuc(scipy_density(y, float(kde.bandwidth(y))),
+                                                  0.5, max_weight=3.0), rtol=1e-7)
+
+
 def test_kde_weights_2d_labels_match_numpy_product_kernel():
     rng = np.random.default_rng(3)
     x = np.stack([skewed_labels(400, seed=3), rng.exponential(1.0, 400)], axis=1)
@@ -190,6 +222,18 @@ def test_dense_weights_match_numpy(alpha):
     assert np.abs(binned - ref).sum() / Y.size < 1e-3
 
 
+@pytest.mark.parametrize("labels, bandwidth", [([1.0, 2.0], "silverman"), ([1.0, 5.0, 9.0], 0.5)])
+def test_dense_weights_of_a_flat_density_are_ones(labels, bandwidth):
+    """Symmetric labels have the same density at every label (closed form), so p' = 0
+    and every weight is 1; the binned KDE's round-off must not be min-max scaled up."""
+    y = np.asarray(labels, np.float32)
+    for method in ("binned", "exact"):
+        np.testing.assert_allclose(weights.dense_weights(y, method=method, bandwidth=bandwidth),
+                                   1.0, rtol=1e-5)
+    np.testing.assert_allclose(weights.fit_weighting("denseweight", y, bandwidth=bandwidth)(y),
+                               1.0, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- #
 # Fitted weighting
 # --------------------------------------------------------------------------- #
@@ -218,6 +262,22 @@ def test_fitted_weighting_reproduces_direct_function_under_jit(scheme, direct, o
     lo, hi = y.min(), y.max()
     out = fitted(np.array([lo - 5.0, hi + 5.0]))
     np.testing.assert_allclose(out, fitted(np.array([lo, hi])), rtol=1e-6)
+
+
+def test_weighting_files_of_the_old_hypuc_format_still_apply():
+    """Before session 8 the hypuc params were (lam, rho_min, scale, cap) with
+    w = min(scale * max(rho, rho_min)^-lam, cap); such a dict still gives the weights."""
+    y = Y[:1000]
+    fitted = weights.fit_weighting("hypuc", y, lam=0.5)
+    d = fitted.to_dict()
+    rho = np.asarray(kde.interpolate_grid(jnp.asarray(y)[:, None], fitted.lo[None],
+                                          fitted.step[None], fitted.table), np.float64)
+    w0 = np.maximum(rho, d["params"]["rho_min"]) ** -0.5
+    d["params"] = {"lam": 0.5, "rho_min": d["params"]["rho_min"], "scale": 1.0 / w0.mean(),
+                   "cap": None}
+    old = weights.LabelWeighting.from_dict(d)
+    np.testing.assert_allclose(old(y), fitted(y), rtol=1e-4)
+    np.testing.assert_allclose(old(y), w0 / w0.mean(), rtol=1e-4)
 
 
 def test_none_scheme_gives_ones():

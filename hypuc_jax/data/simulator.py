@@ -30,7 +30,7 @@ record's effective potassium ``k``:
 * then slows ventricular conduction: wider QRS,
   ``QRS width x (1 + 0.35 ramp(k - 6.5))``;
 * hypokalemia delays and flattens repolarisation: the T term above makes
-  the T wave flat near 3.0 and inverted below ~2.9; U waves grow
+  the T wave flat at about 3.04 mmol/L and inverted below it; U waves grow
   ``x (1 + 3 ramp(3.9 - k))``, ST depression ``-0.08 mV x ramp(3.9 - k)``,
   T and U later by ``50 ms x ramp(3.9 - k)`` (longer QT(U)).
 
@@ -312,8 +312,9 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
       labels: optional [n] labels to condition on instead of drawing them
         from the preset's distribution (same label units).
       start: index of the first record (draw records ``start .. start+n-1``).
-      chunk_size: records per jitted call (default: :func:`default_chunk_size`);
-        does not change the result.
+      chunk_size: records per jitted call (default: :func:`default_chunk_size`;
+        at most the power of two at or above n, at least 8); does not change
+        the result.
 
     Returns:
       ``(x [n, time, 12] float32 in mV, leads in LEAD_NAMES order, y [n] float32)``.
@@ -323,6 +324,7 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise ValueError(f"start: expected a non-negative integer, got {start!r}")
     check_seed(seed)
+    seed, start, n = int(seed), int(start), int(n)   # numpy scalars would wrap in the sums below
     if start + n > 2**32:
         raise ValueError(f"start: expected start + n <= 2**32 record indices, got {start + n}")
     dist = get_preset(preset).labels
@@ -349,8 +351,9 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
         chunk = min(default_chunk_size(n_time), max(8, 1 << (int(n) - 1).bit_length()))
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    else:  # a 1-record chunk lets XLA drop the batch axis and round differently
-        chunk = max(2, int(chunk_size))
+    else:  # a 1-record chunk lets XLA drop the batch axis and round differently; a chunk
+        # beyond the default's power of two above n would only simulate padding
+        chunk = max(2, min(int(chunk_size), max(8, 1 << (n - 1).bit_length())))
     n_beats = beats_needed(duration)
     key = jax.random.key(int(seed))
 

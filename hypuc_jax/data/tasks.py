@@ -90,7 +90,8 @@ class TaskInfo:
         return {
             "name": self.name, "target": self.target, "unit": self.unit,
             "regions": {k: [enc(lo), enc(hi)] for k, (lo, hi) in self.regions.items()},
-            "thresholds": [dataclasses.asdict(t) for t in self.thresholds],
+            "thresholds": [{**dataclasses.asdict(t), "value": float(t.value)}
+                           for t in self.thresholds],
         }
 
     @classmethod
