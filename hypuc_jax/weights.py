@@ -65,26 +65,36 @@ def _check_floor(floor) -> None:
 # --------------------------------------------------------------------------- #
 @partial(jax.jit, static_argnames=("capped",))
 def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
-    """w = c * max(rho, rho_min)^-lam, capped; returns (w [n], log c', rho_min, rho_ref).
+    """w = c * max(rho, rho_min)^-lam, capped.
 
-    Computed in logs relative to rho_ref = max rho, so no power of a tiny
-    density overflows: w = n * softmax(-lam * log(max(rho, rho_min) / rho_ref)),
-    and a new label's weight is exp(log c' - lam * log(max(rho, rho_min) / rho_ref)).
+    Returns ``(w [n], params)`` with the constants a new label's weight needs:
+    ``rho_min``, ``scale`` (c), ``log_scale`` (log c) and ``fine``.
 
-    With a cap M >= 1 the scale solves mean(min(s u, M)) = 1 for the uncapped
-    weights u (the fixed point of "cap, renormalise, repeat"). g(s) is concave
-    and piecewise linear, so Newton's method from s = 1 (where g <= 1) increases
-    monotonically and ends in a few steps. The loop only finds which weights
-    are capped; the scale is then the closed form for that set,
-    s = (1 - M mean(capped)) / mean(u [not capped]), so the weights stay
-    differentiable in lam, the labels and M (no gradient through a while_loop).
+    The raw weights exp(a_i), a_i = -lam log max(rho_i, rho_min), are
+    normalised as c = 1 / mean(exp(a)) while exp(a) and its sum stay normal
+    float32 numbers (``fine``: the usual case, computed exactly as before).
+    Otherwise (tiny or huge densities, e.g. labels in units of 1e9 with a
+    large lam) they are normalised in logs, w = exp(a + log c) with log c =
+    log n - logsumexp(a), which never overflows.
+
+    With a cap M >= 1 the scale s of the mean-1 weights u solves
+    mean(min(s u, M)) = 1 (the fixed point of "cap, renormalise, repeat").
+    g(s) is concave and piecewise linear, so Newton's method from s = 1
+    (where g <= 1) increases monotonically and ends in a few steps. The loop
+    only finds which weights are capped; the scale is then the closed form for
+    that set, s = (1 - M mean(capped)) / mean(u [not capped]), so the weights
+    stay differentiable in lam, the labels and M (no gradient through a
+    while_loop).
     """
     chex.assert_rank(rho, 1)
-    rho_ref = jnp.max(rho)
-    rho_min = floor * rho_ref
-    logw0 = -lam * jnp.log(jnp.maximum(rho, rho_min) / rho_ref)       # >= 0
-    log_c = jnp.log(rho.shape[0]) - jax.scipy.special.logsumexp(logw0)
-    u = jnp.exp(logw0 + log_c)                                         # mean 1
+    n = rho.shape[0]
+    rho_min = floor * jnp.max(rho)
+    a = -lam * jnp.log(jnp.maximum(rho, rho_min))                     # log raw weights
+    fine = (jnp.max(a) + jnp.log(n) < 85.0) & (jnp.min(a) > -80.0)    # exp(a), sum: normal f32
+    w0 = jnp.exp(jnp.where(fine, a, 0.0))
+    c = 1.0 / jnp.mean(w0)
+    log_c = jnp.log(n) - jax.scipy.special.logsumexp(a)
+    u = jnp.where(fine, c * w0, jnp.exp(a + log_c))                     # mean 1
     if capped:
         u_fixed = jax.lax.stop_gradient(u)
 
@@ -101,18 +111,19 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
             new_s = s + jnp.where(slope > 0, (1.0 - gs) / jnp.where(slope > 0, slope, 1.0), 0.0)
             return new_s, g(new_s), it + 1, new_s > s * (1.0 + _CAP_STEP_TOL)
 
-        s, _, _, _ = jax.lax.while_loop(cond, body, (jnp.ones_like(log_c), g(1.0), 0,
+        s, _, _, _ = jax.lax.while_loop(cond, body, (jnp.ones_like(c), g(1.0), 0,
                                                      jnp.array(True)))
         at_cap = jax.lax.stop_gradient(s * u_fixed >= cap)
         free = jnp.mean(jnp.where(at_cap, 0.0, u))
         s = jnp.where(free > 0, (1.0 - cap * jnp.mean(at_cap)) / jnp.where(free > 0, free, 1.0),
                       s)
         w = jnp.where(at_cap, cap, jnp.minimum(s * u, cap))
-        log_c = log_c + jnp.log(s)
+        c, log_c = c * s, log_c + jnp.log(s)
     else:
         w = u
     chex.assert_equal_shape([w, rho])
-    return w, log_c, rho_min, rho_ref
+    return w, {"rho_min": rho_min, "scale": c, "log_scale": log_c,
+               "fine": fine.astype(rho.dtype)}
 
 
 def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
@@ -146,7 +157,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
     x = kde._as_samples(labels, "labels")
     rho = kde._density(x, x, bandwidth, method, grid_size, chunk_size)
     cap = jnp.inf if max_weight is None else max_weight
-    w, _, _, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+    w, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
     return w
 
 
@@ -247,12 +258,14 @@ class LabelWeighting:
         if self.scheme in BIN_SCHEMES:
             return p["scale"] / self.table[_bin_index(y, self.lo, self.step, self.table.shape[0])]
         rho = kde.interpolate_grid(y[:, None], self.lo[None], self.step[None], self.table)
-        if self.scheme == "hypuc":
-            if "log_scale" not in p:                     # written before session 8
-                w0 = jnp.exp(-p["lam"] * jnp.log(jnp.maximum(rho, p["rho_min"])))
-                return jnp.minimum(p["scale"] * w0, p["cap"])
-            rel = jnp.maximum(rho, p["rho_min"]) / p["rho_ref"]
-            return jnp.minimum(jnp.exp(p["log_scale"] - p["lam"] * jnp.log(rel)), p["cap"])
+        if self.scheme == "hypuc":                       # as _hypuc_from_density
+            a = -p["lam"] * jnp.log(jnp.maximum(rho, p["rho_min"]))
+            if "fine" not in p:                          # written before session 8
+                return jnp.minimum(p["scale"] * jnp.exp(a), p["cap"])
+            fine = p["fine"] > 0
+            w = jnp.where(fine, p["scale"] * jnp.exp(jnp.where(fine, a, 0.0)),
+                          jnp.exp(a + p["log_scale"]))
+            return jnp.minimum(w, p["cap"])
         return p["scale"] * _dense_raw(rho, p["alpha"], p["eps"], p["rho_lo"], p["rho_hi"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,10 +343,8 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
         floor = options.get("floor", 1e-12)
         _check_lam(lam), _check_max_weight(max_weight), _check_floor(floor)
         cap = jnp.inf if max_weight is None else max_weight
-        _, log_scale, rho_min, rho_ref = _hypuc_from_density(rho, lam, floor, cap,
-                                                             max_weight is not None)
-        params = {"lam": f(lam), "rho_min": rho_min, "rho_ref": rho_ref, "log_scale": log_scale,
-                  "cap": f(cap)}
+        _, consts = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+        params = {"lam": f(lam), "cap": f(cap), **consts}
     else:
         _reject_options(scheme, options, ("alpha", "eps"))
         alpha, eps = options.get("alpha", 1.0), options.get("eps", 1e-6)
