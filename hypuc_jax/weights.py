@@ -91,10 +91,17 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
     rho_min = floor * jnp.max(rho)
     a = -lam * jnp.log(jnp.maximum(rho, rho_min))                     # log raw weights
     fine = (jnp.max(a) + jnp.log(n) < 85.0) & (jnp.min(a) > -80.0)    # exp(a), sum: normal f32
-    w0 = jnp.exp(jnp.where(fine, a, 0.0))
-    c = 1.0 / jnp.mean(w0)
-    log_c = jnp.log(n) - jax.scipy.special.logsumexp(a)
-    u = jnp.where(fine, c * w0, jnp.exp(a + log_c))                     # mean 1
+
+    def direct(a):
+        w0 = jnp.exp(a)
+        c = 1.0 / jnp.mean(w0)
+        return c * w0, c, jnp.log(c)
+
+    def in_logs(a):
+        log_c = jnp.log(n) - jax.scipy.special.logsumexp(a)
+        return jnp.exp(a + log_c), jnp.exp(log_c), log_c
+
+    u, c, log_c = jax.lax.cond(fine, direct, in_logs, a)               # u: mean 1
     if capped:
         u_fixed = jax.lax.stop_gradient(u)
 
