@@ -1,8 +1,10 @@
-"""Orbax checkpoints of the train state: last N + best by validation NLL.
+"""Orbax checkpoints of the train state: last N + best by the validation score.
 
 ``CheckpointStore(DIR/checkpoints, keep=N, fingerprint=...)`` wraps an orbax
 ``CheckpointManager`` whose preservation policy keeps the latest ``keep``
-checkpoints and the single best one (lowest ``val_nll``). Each checkpoint
+checkpoints and the single best one (lowest ``val_nll``: the metric name
+under which the loop stores its ``train.select_on`` score, the plain
+validation NLL by default). Each checkpoint
 holds the state (a pytree flattened to ``{path: array}``; PRNG key arrays
 stored as their raw key data) and a JSON ``meta`` dict (loop position,
 early-stopping counters).
@@ -163,7 +165,8 @@ class CheckpointStore:
       state: the state pytree (device or host arrays; a replicated state is
         copied to the host first, which is the cheapest path for orbax).
       meta: JSON-able loop position / counters.
-      val_nll: validation NLL of this state (ranks the best checkpoint);
+      val_nll: validation score of this state (``train.select_on``; ranks the
+        best checkpoint);
         None when not evaluated at this step.
     """
     metrics = None if val_nll is None else {METRIC: float(val_nll)}

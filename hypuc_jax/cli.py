@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="data spec (default: the preset's, the simulated potassium task)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="tiny data and model (the 'tiny' preset): about a minute, for smoke "
+                      help="tiny data and model (the 'tiny' preset): about 15-20 s, for smoke "
                       "tests; not with --preset")
     size.add_argument("--preset", default=None,
                       help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra named evaluation region [LOW, HIGH); a bound may be empty "
                    "(repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. train.lr=1e-3 or model.widths=16,32 "
+                   help="any config key, e.g. train.lr=1e-3 or model.widths=16,32,64 "
                    "(repeatable, applied after the flags above)")
     _add_common(p)
 

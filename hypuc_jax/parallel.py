@@ -14,7 +14,8 @@ A train step is written once as a pure function
   ``axis_name="data"`` before dividing.
 
 All modes donate the state buffers. Multi-host: each process feeds its own
-slice of the global batch; ``global_batch`` assembles the global array.
+slice of the global batch; ``Placement.put_batch`` (and ``data.prefetch_to_device``)
+assemble the global array.
 """
 from __future__ import annotations
 
@@ -44,16 +45,28 @@ def maybe_initialize_distributed() -> bool:
   """
   if jax.distributed.is_initialized():
     return jax.process_count() > 1
-  n = int(os.environ.get("HYPUC_NUM_PROCESSES", "1"))
+  n = _env_int("HYPUC_NUM_PROCESSES", "1")
   if n > 1:
-    jax.distributed.initialize(coordinator_address=os.environ["HYPUC_COORDINATOR"],
-                               num_processes=n,
-                               process_id=int(os.environ["HYPUC_PROCESS_ID"]))
+    coordinator = os.environ.get("HYPUC_COORDINATOR")
+    if not coordinator:
+      raise ValueError("HYPUC_COORDINATOR: expected host:port of process 0 when "
+                       f"HYPUC_NUM_PROCESSES={n}, got nothing")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=n,
+                               process_id=_env_int("HYPUC_PROCESS_ID", None))
     return True
   if os.environ.get("HYPUC_DISTRIBUTED") == "1":
     jax.distributed.initialize()
     return jax.process_count() > 1
   return False
+
+
+def _env_int(name: str, default: str | None) -> int:
+  """Environment variable ``name`` as an int; a ValueError names it when missing or malformed."""
+  text = os.environ.get(name, default)
+  try:
+    return int(text)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}: expected an integer, got {text!r}") from None
 
 
 def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
