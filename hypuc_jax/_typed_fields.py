@@ -84,7 +84,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
       raise ValueError(f"{key}: expected an int, got {value!r}")
     try:
       return int(value) if not isinstance(value, str) else int(value.strip())
-    except ValueError as e:
+    except (TypeError, ValueError) as e:                # None, lists, dicts, complex
       raise ValueError(f"{key}: expected an int, got {value!r}") from e
   if tp is float:
     if isinstance(value, bool):
@@ -103,7 +103,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls, d: dict, prefix: str = ""):
   """Builds dataclass ``cls`` from nested dict ``d``; unknown keys raise ValueError."""
   if not isinstance(d, dict):
-    raise ValueError(f"{prefix or 'config'}: expected a dict, got {type(d).__name__}")
+    raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a dict, got "
+                     f"{type(d).__name__}")
   fields = {f.name: f for f in dataclasses.fields(cls)}
   hints = typing.get_type_hints(cls)
   kwargs = {}

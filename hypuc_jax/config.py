@@ -157,10 +157,15 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   for section in dataclasses.fields(config):
     value = getattr(config, section.name)
     if dataclasses.is_dataclass(value):
+      hints = typing.get_type_hints(type(value))
       for f in dataclasses.fields(value):
-        v = getattr(value, f.name)
-        _check(not isinstance(v, float) or math.isfinite(v), f"{section.name}.{f.name}",
-               "a finite number", v)
+        v, key = getattr(value, f.name), f"{section.name}.{f.name}"
+        # A config built in Python (dataclasses.replace) skips the coercion of
+        # overrides: its values must already have the field's type.
+        as_typed = typed_fields.coerce(v, hints[f.name], key)
+        _check(as_typed == v and (hints[f.name] is not int or isinstance(v, int)), key,
+               f"a value of type {hints[f.name]}", v)
+        _check(not isinstance(v, float) or math.isfinite(v), key, "a finite number", v)
   for key, choices in _CHOICES.items():
     _check(get(key) in choices, key, f"one of {choices}", get(key))
   for key, low in _AT_LEAST.items():
@@ -174,10 +179,14 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   _check(bool(d.spec), "data.spec", "a non-empty string", d.spec)
   _check(len(d.split) == 3 and all(f > 0 for f in d.split) and abs(sum(d.split) - 1.0) < 1e-6,
          "data.split", "3 positive fractions (train, val, test) summing to 1", d.split)
-  _check(len(m.widths) > 0 and all(v > 0 for v in m.widths), "model.widths",
-         "a non-empty tuple of positive ints", m.widths)
-  _check(len(m.blocks) == len(m.widths) and all(v > 0 for v in m.blocks), "model.blocks",
-         f"{len(m.widths)} positive ints (one per width)", m.blocks)
+  # resnet1d needs one block count per width; an MLP ignores blocks and may have no
+  # hidden layer (a linear model). "auto" is checked by train.check_model_fits on the data.
+  resnet = m.kind == "resnet1d"
+  _check((not resnet or len(m.widths) > 0) and all(v > 0 for v in m.widths), "model.widths",
+         "positive ints (at least one for resnet1d)", m.widths)
+  _check(all(v > 0 for v in m.blocks) and (not resnet or len(m.blocks) == len(m.widths)),
+         "model.blocks", f"positive ints, one per width ({len(m.widths)}) for resnet1d",
+         m.blocks)
   _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
   _check(0.0 <= config.loss.beta <= 1.0, "loss.beta", "a float in [0, 1]", config.loss.beta)
   _check(config.loss.beta == 0.0 or config.loss.name in ("nll", "laplace"), "loss.beta",
@@ -188,8 +197,9 @@ def validate(config: Config, n_devices: int = 1) -> Config:
          "None or a float >= 1 (weights have mean 1)", w.max_weight)
   _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)
   mode = resolve_parallel(t.parallel, n_devices)
-  for key in ("batch_size", "eval_batch_size"):
-    _check(mode == "none" or getattr(t, key) % n_devices == 0, f"train.{key}",
+  # pmap evaluates with one jit on one device: only sharding splits eval batches.
+  for key, modes in (("batch_size", ("sharding", "pmap")), ("eval_batch_size", ("sharding",))):
+    _check(mode not in modes or getattr(t, key) % n_devices == 0, f"train.{key}",
            f"a multiple of the device count {n_devices}", getattr(t, key))
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", "> 0 when train.steps is 0", t.epochs)
   _check(config.loss.name != "bmc" or mode != "pmap", "train.parallel",

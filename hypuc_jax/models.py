@@ -264,7 +264,8 @@ class MLP(_Regressor):
         input_shape = _int_tuple(input_shape, "input_shape")
         if len(input_shape) != 1:
             raise ValueError(f"input_shape: MLP expects (features,), got {input_shape}")
-        hidden = () if len(hidden) == 0 else _int_tuple(hidden, "hidden")
+        hidden = () if isinstance(hidden, (tuple, list)) and len(hidden) == 0 else _int_tuple(
+            hidden, "hidden")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {', '.join(_ACTIVATIONS)}, "
                              f"got {activation!r}")
@@ -293,7 +294,7 @@ class MLP(_Regressor):
 
 
 def _dropout(rate) -> float:
-    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: expected a rate in [0, 1), got {rate!r}")
     return float(rate)
 

@@ -118,7 +118,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   placement = parallel.Placement(mode)
   state = placement.put_state(state)
   step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
-  logger = train_logging.TrainLogger(workdir, total, fresh=start == 0)
+  logger = train_logging.TrainLogger(workdir, total, fresh=start == 0, resume_step=start)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = train_data.train_batches(run, start, t.batch_size, t.seed,
                                           config.weighting.apply)

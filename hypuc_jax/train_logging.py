@@ -27,10 +27,13 @@ class TrainLogger:
     progress: force the bar on/off (default: only when ``stream`` is a TTY).
     fresh: start new logs (a run from step 0) instead of appending to a
       resumed run's.
+    resume_step: when appending, the checkpoint step the run resumes from:
+      records of later steps (logged before a crash, and about to be logged
+      again) are dropped from metrics.jsonl and purged from TensorBoard.
   """
 
   def __init__(self, workdir: str, total_steps: int, *, stream: TextIO | None = None,
-               progress: bool | None = None, fresh: bool = False):
+               progress: bool | None = None, fresh: bool = False, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.total_steps = int(total_steps)
     self.stream = stream or sys.stdout
@@ -45,9 +48,12 @@ class TrainLogger:
       tb_dir = os.path.join(workdir, "tb")
       if fresh and os.path.isdir(tb_dir):
         shutil.rmtree(tb_dir)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "w" if fresh else "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if not fresh and os.path.exists(path):
+        _truncate_after(path, int(resume_step))
+      self._jsonl = open(path, "w" if fresh else "a")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(tb_dir)
+      self._tb = SummaryWriter(tb_dir, purge_step=None if fresh else int(resume_step) + 1)
 
   def start(self, step: int) -> None:
     """Marks the wall-clock start at ``step`` (after the first compiled step)."""
@@ -109,3 +115,22 @@ def _jsonable(v: Any) -> Any:
 def _format_seconds(s: float) -> str:
   s = int(round(s))
   return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the records of metrics.jsonl up to ``step`` (atomically rewritten)."""
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):      # a torn last line from a crash
+      continue
+  if len(keep) == len(lines):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)

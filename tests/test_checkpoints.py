@@ -164,3 +164,27 @@ def test_read_only_store_restores_without_writing_or_warning(tmp_path, caplog):
                  for p in fs)
   assert after == before
   assert logging.getLogger("absl").level == level          # restored afterwards
+
+
+def test_resumed_logger_drops_the_steps_it_will_log_again(tmp_path):
+  """A crash after step 10 with the last checkpoint at 6: the resumed run logs 7-10
+  again, so metrics.jsonl keeps one record per (step, split); a torn last line
+  (the crash mid-write) is dropped too."""
+  logger = train_logging.TrainLogger(str(tmp_path), 10, fresh=True, progress=False)
+  for step in range(1, 11):
+    logger.log(step, {"loss": float(step)})
+    if step % 6 == 0:
+      logger.log(step, {"nll": 0.5}, prefix="val")
+  logger.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 11, "spl')
+  logger = train_logging.TrainLogger(str(tmp_path), 10, resume_step=6, progress=False)
+  for step in range(7, 11):
+    logger.log(step, {"loss": float(step) + 0.5})
+  logger.close()
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  keys = [(r["step"], r["split"]) for r in records]
+  assert len(keys) == len(set(keys))
+  assert keys == [(s, "train") for s in range(1, 7)] + [(6, "val")] + [
+      (s, "train") for s in range(7, 11)]
+  assert [r["loss"] for r in records if r["step"] > 6] == [7.5, 8.5, 9.5, 10.5]

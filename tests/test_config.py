@@ -82,7 +82,7 @@ def test_override_without_equals():
     ("weighting.apply=sample", "weighting.apply"),
     ("train.parallel=fsdp", "train.parallel"),
     ("model.kind=transformer", "model.kind"),
-    ("model.blocks=1", "model.blocks"),
+    ("model.blocks=0,1", "model.blocks"),
     ("model.kernel_size=4", "model.kernel_size"),
     ("model.dropout=1.0", "model.dropout"),
     ("loss.beta=1.5", "loss.beta"),
@@ -185,3 +185,48 @@ def test_open_region_bounds_round_trip_as_strict_json():
   assert back == cfg and back.regions[0][1] == -math.inf and back.regions[1][2] == math.inf
   old = json.loads(json.dumps(dataclasses.asdict(cfg)))        # Infinity tokens, as before
   assert config_lib.Config.from_dict(old) == cfg
+
+
+def test_model_shape_checks_follow_the_backbone():
+  """blocks must match widths for resnet1d (here or, for kind=auto, once the data
+  are known); an MLP ignores blocks and may have no hidden layer (a linear model)."""
+  from hypuc_jax import train
+
+  base = get_config("tiny")
+  with pytest.raises(ValueError, match=r"model\.blocks"):
+    validate(apply_overrides(base, ["model.kind=resnet1d", "model.blocks=1"]))
+  auto = validate(apply_overrides(base, ["model.blocks=1"]))          # kind=auto: data decide
+  with pytest.raises(ValueError, match=r"^model\.blocks"):
+    train.check_model_fits(auto, (100, 12))                             # signals: a ResNet
+  diabetes = get_config("diabetes")
+  validate(apply_overrides(diabetes, ["model.widths=128,64,32"]))
+  linear = validate(apply_overrides(diabetes, ["model.widths=()", "model.blocks=()"]))
+  train.check_model_fits(linear, (10,))
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", "64"), ("lr", "1e-3"),
+                                          ("batch_size", 64.5), ("seed", 1.5),
+                                          ("batch_size", True), ("epochs", None)])
+def test_configs_built_in_python_are_type_checked(field, value):
+  """dataclasses.replace skips the override coercion; validate names the key."""
+  base = get_config("tiny")
+  cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, **{field: value}))
+  with pytest.raises(ValueError, match=rf"train\.{field}"):
+    validate(cfg)
+
+
+def test_from_dict_names_keys_of_wrongly_typed_values():
+  for d, key in (({"train": {"batch_size": None}}, "train.batch_size"),
+                 ({"train": {"batch_size": [1]}}, "train.batch_size"),
+                 ({"train": None}, "train:")):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+      config_lib.Config.from_dict(d)
+  with pytest.raises(ValueError, match=r"model\.widths"):
+    apply_overrides(get_config("tiny"), ["model.widths=(32, None)"])
+
+
+def test_eval_batch_needs_the_device_multiple_only_when_sharded():
+  cfg = apply_overrides(get_config("tiny"), ["train.parallel=pmap", "train.eval_batch_size=63"])
+  validate(cfg, n_devices=2)                       # pmap evaluates on one device
+  with pytest.raises(ValueError, match=r"train\.eval_batch_size"):
+    validate(apply_overrides(cfg, ["train.parallel=sharding"]), n_devices=2)

@@ -308,3 +308,27 @@ def test_groups_must_divide_every_width():
     cfg = apply_overrides(get_config("tiny"), ["model.widths=12,24", "model.groups=8"])
     with pytest.raises(ValueError, match=r"^model\.groups: .*got 8 for widths \[12\]"):
         train.check_model_fits(cfg, (100, 12))
+
+
+def test_group_norm_defers_to_nnx_for_the_options_it_does_not_fuse():
+    """use_fast_variance=False (two-pass variance, accurate for large offsets) and the
+    output dtype follow nnx.GroupNorm; float64 numpy reference."""
+    x = (1000 + np.random.default_rng(0).normal(0, 1e-2, (2, 5, 4))).astype(np.float32)
+    xg = x.astype(np.float64).reshape(2, 5, 2, 2)
+    mean = xg.mean(axis=(1, 3), keepdims=True)
+    ref = ((xg - mean) / np.sqrt(xg.var(axis=(1, 3), keepdims=True) + 1e-6)).reshape(2, 5, 4)
+    exact = models.GroupNorm(4, num_groups=2, use_fast_variance=False, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(exact(jnp.asarray(x)), ref, atol=0.5)   # fast form: off by ~13
+    out = models.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 4), jnp.bfloat16))
+    assert out.dtype == nnx.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))(
+        jnp.ones((1, 3, 4), jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_mlp_options_are_checked_by_name():
+    model = models.create_model("mlp", (5,), "gaussian", rngs=nnx.Rngs(0), hidden=(8,),
+                                dropout=np.float32(0.1))
+    assert model.dropout is not None
+    for kwargs, match in ((dict(hidden=8), "hidden"), (dict(dropout=True), "dropout"),
+                          (dict(dropout=1.0), "dropout")):
+        with pytest.raises(ValueError, match=match):
+            models.create_model("mlp", (5,), "gaussian", rngs=nnx.Rngs(0), **kwargs)

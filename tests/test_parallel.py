@@ -229,3 +229,17 @@ def test_pmap_devices_draw_their_own_dropout_masks(n_devices, dropout):
   assert len(keys) == len(want) and (len(want) == 1 or dropout == 0.0)   # dropout stream
   for a, b in zip(keys, want):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"HYPUC_NUM_PROCESSES": "2"}, "HYPUC_COORDINATOR"),
+    ({"HYPUC_NUM_PROCESSES": "two"}, "HYPUC_NUM_PROCESSES: expected an integer, got 'two'"),
+    ({"HYPUC_NUM_PROCESSES": "2", "HYPUC_COORDINATOR": "h:1"}, "HYPUC_PROCESS_ID"),
+])
+def test_multi_process_environment_errors_name_the_variable(monkeypatch, env, match):
+    for name in ("HYPUC_NUM_PROCESSES", "HYPUC_COORDINATOR", "HYPUC_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=match):
+        parallel.maybe_initialize_distributed()
