@@ -123,6 +123,8 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
                 raise workflow.WorkflowError(f"{workdir / workflow.EVAL}: expected the test "
                                              f"split's evaluation, got split {ev.get('split')!r}")
             return ev
+        for name in workflow._EVALUATED:     # a failed re-run must not leave the old result
+            workflow._remove(workdir / name)   # next to the new config
         workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
         workflow.calibrate_stage(workdir)
         workflow.correct_stage(workdir)

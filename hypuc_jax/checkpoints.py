@@ -103,7 +103,12 @@ class CheckpointStore:
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
     if os.path.isdir(self.directory) and os.listdir(self.directory):
-      stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
+      try:
+        stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
+      except ValueError:
+        if not overwrite:                    # a damaged fingerprint: --overwrite replaces it
+          raise
+        stored = None
       stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
                             for f in (stored, fingerprint))
       if stored_n != wanted_n:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any
 
@@ -137,6 +138,28 @@ _ODD = ("model.kernel_size", "model.stem_kernel", "weighting.lds_ks")
 _OPEN_UNIT = ("calibration.xi", "corrections.specificity")
 
 
+def _has_type(value: Any, tp: Any) -> bool:
+  """Whether ``value`` is of field type ``tp`` (ints for floats allowed, bools never numbers)."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (typing.Union, types.UnionType):
+    return any(_has_type(value, a) for a in args)
+  if origin is tuple:
+    if not isinstance(value, tuple):
+      return False
+    if len(args) == 2 and args[1] is Ellipsis:
+      return all(_has_type(v, args[0]) for v in value)
+    return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+  if tp is type(None):
+    return value is None
+  if tp is bool:
+    return isinstance(value, bool)
+  if tp is int:
+    return type(value) is int
+  if tp is float:
+    return type(value) in (int, float)
+  return isinstance(value, tp)
+
+
 def validate(config: Config, n_devices: int = 1) -> Config:
   """Checks every value before training; returns ``config`` unchanged.
 
@@ -161,10 +184,9 @@ def validate(config: Config, n_devices: int = 1) -> Config:
       for f in dataclasses.fields(value):
         v, key = getattr(value, f.name), f"{section.name}.{f.name}"
         # A config built in Python (dataclasses.replace) skips the coercion of
-        # overrides: its values must already have the field's type.
-        as_typed = typed_fields.coerce(v, hints[f.name], key)
-        _check(as_typed == v and (hints[f.name] is not int or isinstance(v, int)), key,
-               f"a value of type {hints[f.name]}", v)
+        # overrides: its values must already have the field's (JSON) type.
+        _check(_has_type(v, hints[f.name]), key,
+               f"a value of type {hints[f.name]} (plain Python: the config is JSON)", v)
         _check(not isinstance(v, float) or math.isfinite(v), key, "a finite number", v)
   for key, choices in _CHOICES.items():
     _check(get(key) in choices, key, f"one of {choices}", get(key))

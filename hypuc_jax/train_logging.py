@@ -128,7 +128,7 @@ def _truncate_after(path: str, step: int) -> None:
         keep.append(line if line.endswith("\n") else line + "\n")
     except (ValueError, KeyError, TypeError):      # a torn last line from a crash
       continue
-  if len(keep) == len(lines):
+  if keep == lines:                            # nothing dropped, last line complete
     return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:

@@ -71,7 +71,7 @@ def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> 
         u = e / s
     const = (2 * math.sqrt(dof) * special.beta(0.5, dof - 0.5)
              / ((dof - 1) * special.beta(0.5, dof / 2) ** 2))
-    finite = np.isfinite(u)
+    finite = np.abs(u) < 1e150                 # beyond: u * u overflows; the limit is |e|
     uf = np.where(finite, u, 0.0)
     density_term = np.where(finite, 2 * stats.t.pdf(uf, dof) * (dof + uf * uf) / (dof - 1), 0.0)
     per = e * (2 * stats.t.cdf(u, dof) - 1) + s * (density_term - const)

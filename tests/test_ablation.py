@@ -79,3 +79,14 @@ def test_a_bad_variant_is_refused_before_any_run(tmp_path, capsys):
                        "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "hypuc-O.5" in capsys.readouterr().err
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_failed_recalibration_leaves_no_result_to_reuse(tmp_path, capsys):
+    root = tmp_path / "wd"
+    argv = [*FAST, "--seeds", "0", "--variants", "none", "--workdir", str(root),
+            "--out", str(tmp_path / "abl")]
+    assert ablation.main(argv) == 0
+    with pytest.raises(workflow.WorkflowError, match="too few"):
+        ablation.main([*argv, "--set", "calibration.min_count=100000", "--recalibrate"])
+    assert not (root / "none" / "seed0" / workflow.EVAL).exists()   # nothing to mistake
+    capsys.readouterr()

@@ -94,6 +94,10 @@ def test_fingerprint_is_written_atomically_and_a_torn_one_is_named(tmp_path):
   fp.write_text("[1]")
   with pytest.raises(ValueError, match="fingerprint.json: expected a JSON object"):
     checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1})
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1},
+                                      overwrite=True)          # what the error advises
+  assert store.latest_step() is None and json.loads(fp.read_text()) == {"m": 1}
+  store.close()
 
 
 def test_bad_keep():
@@ -188,3 +192,16 @@ def test_resumed_logger_drops_the_steps_it_will_log_again(tmp_path):
   assert keys == [(s, "train") for s in range(1, 7)] + [(6, "val")] + [
       (s, "train") for s in range(7, 11)]
   assert [r["loss"] for r in records if r["step"] > 6] == [7.5, 8.5, 9.5, 10.5]
+
+
+def test_resumed_logger_completes_a_last_line_cut_before_its_newline(tmp_path):
+  logger = train_logging.TrainLogger(str(tmp_path), 30, fresh=True, progress=False)
+  logger.log(10, {"loss": 1.0})
+  logger.log(20, {"loss": 2.0})
+  logger.close()
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(path.read_text().rstrip("\n"))             # crash before the newline
+  logger = train_logging.TrainLogger(str(tmp_path), 30, resume_step=20, progress=False)
+  logger.log(21, {"loss": 3.0})
+  logger.close()
+  assert [json.loads(line)["step"] for line in open(path)] == [10, 20, 21]

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -206,7 +207,8 @@ def test_model_shape_checks_follow_the_backbone():
 
 @pytest.mark.parametrize("field, value", [("batch_size", "64"), ("lr", "1e-3"),
                                           ("batch_size", 64.5), ("seed", 1.5),
-                                          ("batch_size", True), ("epochs", None)])
+                                          ("batch_size", True), ("epochs", None),
+                                          ("seed", np.int64(3))])
 def test_configs_built_in_python_are_type_checked(field, value):
   """dataclasses.replace skips the override coercion; validate names the key."""
   base = get_config("tiny")
@@ -230,3 +232,11 @@ def test_eval_batch_needs_the_device_multiple_only_when_sharded():
   validate(cfg, n_devices=2)                       # pmap evaluates on one device
   with pytest.raises(ValueError, match=r"train\.eval_batch_size"):
     validate(apply_overrides(cfg, ["train.parallel=sharding"]), n_devices=2)
+
+
+def test_tuple_fields_are_type_checked_element_wise():
+  base = get_config("tiny")
+  cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, widths=(8.0, 16.0)))
+  with pytest.raises(ValueError, match=r"model\.widths"):
+    validate(cfg)
+  validate(dataclasses.replace(base, train=dataclasses.replace(base.train, lr=1)))  # int for float

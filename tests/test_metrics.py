@@ -293,8 +293,9 @@ def test_scores_stay_finite_for_extreme_but_valid_sigmas():
                                                              rel=1e-12)
     # CRPS of a point mass is the absolute error (Gneiting & Raftery 2007).
     for dof in (math.inf, 5.0):
-        assert unc.crps(y, mu, np.full(10, 1e-310), dof=dof) == pytest.approx(np.mean(np.abs(y)),
-                                                                             rel=1e-12)
+        for s in (1e-160, 1e-310):
+            assert unc.crps(y, mu, np.full(10, s), dof=dof) == pytest.approx(np.mean(np.abs(y)),
+                                                                            rel=1e-12)
 
 
 @pytest.mark.parametrize("dof", [1e8, 1e12, 1e15])

@@ -334,3 +334,18 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
 def test_baselines_and_fit_bad_input(call, arg):
     with pytest.raises(ValueError, match=arg):
         call()
+
+
+def test_weight_gradients_at_large_lam_match_float64():
+    """lam = 8 on potassium-like labels: mean(exp(a)) is ~1e20, whose square in the
+    gradient of 1 / mean overflowed float32 (a gradient of 33 for 0.0025)."""
+    y = np.random.default_rng(0).normal(4.5, 0.6, 3000)
+
+    def grad(dtype):
+        yy = jnp.asarray(y, dtype)
+        f = lambda lam: jnp.mean(weights.kde_weights(yy, lam=lam) * (yy - 4.5) ** 2)
+        return float(jax.grad(f)(jnp.asarray(8.0, dtype)))
+
+    with jax.enable_x64(True):
+        ref = grad(jnp.float64)
+    assert grad(jnp.float32) == pytest.approx(ref, rel=2e-2)
