@@ -100,6 +100,29 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
   raise ValueError(f"{key}: unsupported field type {tp}")
 
 
+def has_type(value: Any, tp: Any) -> bool:
+  """Whether ``value`` already is of field type ``tp`` (plain Python values: ints
+  for floats allowed, bools never numbers, tuples element-wise), with no coercion."""
+  origin, args = typing.get_origin(tp), typing.get_args(tp)
+  if origin in (Union, types.UnionType):
+    return any(has_type(value, a) for a in args)
+  if origin is tuple:
+    if not isinstance(value, tuple):
+      return False
+    if len(args) == 2 and args[1] is Ellipsis:
+      return all(has_type(v, args[0]) for v in value)
+    return len(value) == len(args) and all(has_type(v, a) for v, a in zip(value, args))
+  if tp is type(None):
+    return value is None
+  if tp is bool:
+    return isinstance(value, bool)
+  if tp is int:
+    return type(value) is int
+  if tp is float:
+    return type(value) in (int, float)
+  return isinstance(value, tp)
+
+
 def from_dict(cls, d: dict, prefix: str = ""):
   """Builds dataclass ``cls`` from nested dict ``d``; unknown keys raise ValueError."""
   if not isinstance(d, dict):

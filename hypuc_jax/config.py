@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from typing import Any
 
@@ -138,28 +137,6 @@ _ODD = ("model.kernel_size", "model.stem_kernel", "weighting.lds_ks")
 _OPEN_UNIT = ("calibration.xi", "corrections.specificity")
 
 
-def _has_type(value: Any, tp: Any) -> bool:
-  """Whether ``value`` is of field type ``tp`` (ints for floats allowed, bools never numbers)."""
-  origin, args = typing.get_origin(tp), typing.get_args(tp)
-  if origin in (typing.Union, types.UnionType):
-    return any(_has_type(value, a) for a in args)
-  if origin is tuple:
-    if not isinstance(value, tuple):
-      return False
-    if len(args) == 2 and args[1] is Ellipsis:
-      return all(_has_type(v, args[0]) for v in value)
-    return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
-  if tp is type(None):
-    return value is None
-  if tp is bool:
-    return isinstance(value, bool)
-  if tp is int:
-    return type(value) is int
-  if tp is float:
-    return type(value) in (int, float)
-  return isinstance(value, tp)
-
-
 def validate(config: Config, n_devices: int = 1) -> Config:
   """Checks every value before training; returns ``config`` unchanged.
 
@@ -185,7 +162,7 @@ def validate(config: Config, n_devices: int = 1) -> Config:
         v, key = getattr(value, f.name), f"{section.name}.{f.name}"
         # A config built in Python (dataclasses.replace) skips the coercion of
         # overrides: its values must already have the field's (JSON) type.
-        _check(_has_type(v, hints[f.name]), key,
+        _check(typed_fields.has_type(v, hints[f.name]), key,
                f"a value of type {hints[f.name]} (plain Python: the config is JSON)", v)
         _check(not isinstance(v, float) or math.isfinite(v), key, "a finite number", v)
   for key, choices in _CHOICES.items():

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import jax
 
+from hypuc_jax._files import temp_file
+
 
 class TrainLogger:
   """Writes one JSON line + TensorBoard scalars per logged step.
@@ -130,7 +132,11 @@ def _truncate_after(path: str, step: int) -> None:
       continue
   if keep == lines:                            # nothing dropped, last line complete
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  tmp = temp_file(os.path.dirname(path), prefix=".metrics-", suffix=".jsonl")
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

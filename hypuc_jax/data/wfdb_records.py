@@ -7,17 +7,18 @@ or the label table; nothing is written.
 from __future__ import annotations
 
 import fractions
+import math
 import os
 
 import numpy as np
 
+from hypuc_jax._validation import is_real
 from hypuc_jax.data.readers import _target_and_split, read_csv_columns
 from hypuc_jax.data.simulator import LEAD_NAMES
 
 
 def _finite_positive(value) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
-            and bool(np.isfinite(value)) and value > 0)
+    return is_real(value) and math.isfinite(value) and value > 0
 
 
 _LEAD_KEYS = {name.upper(): name for name in LEAD_NAMES}
