@@ -30,6 +30,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 from hypuc_jax._files import temp_file
 
 FINGERPRINT_FILE = "fingerprint.json"
+_FINGERPRINT_TMP = ".fingerprint-"
 METRIC = "val_nll"
 
 
@@ -102,7 +103,10 @@ class CheckpointStore:
       raise ValueError("overwrite: a read-only store cannot delete checkpoints")
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
-    if os.path.isdir(self.directory) and os.listdir(self.directory):
+    # Process 0's fingerprint temp file is not a checkpoint (another process may
+    # look while it is being written).
+    if os.path.isdir(self.directory) and [e for e in os.listdir(self.directory)
+                                          if not e.startswith(_FINGERPRINT_TMP)]:
       try:
         stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
       except ValueError:
@@ -123,7 +127,7 @@ class CheckpointStore:
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
       if not os.path.exists(fp_path) or _read_fingerprint(fp_path) != fingerprint:
-        tmp = temp_file(self.directory, prefix=".fingerprint-", suffix=".json")
+        tmp = temp_file(self.directory, prefix=_FINGERPRINT_TMP, suffix=".json")
         try:                                 # atomic: a crash never leaves a torn file
           with open(tmp, "w") as f:
             json.dump(fingerprint, f, indent=1, sort_keys=True)
