@@ -8,13 +8,18 @@ change. A seed sets initialisation, batch order and boosting; with
 so that the mean over seeds also averages over which rare records land in
 the test split. Variants:
 
-    none          unweighted Gaussian NLL (the baseline)
+    none          unweighted, the config's loss (Gaussian NLL: the baseline)
     inverse       inverse label frequency (binned)
     sqrt_inv      square-root inverse frequency
     lds           label distribution smoothing (Yang et al. 2021)
     denseweight   DenseWeight (Steininger et al. 2021)
     bmc           Balanced MSE, batch Monte-Carlo form (Ren et al. 2022), point model
     hypuc-0.25 .. hypuc-1.0   KDE weights 1/rho^lam (HypUC)
+
+Every variant but bmc trains the config's loss (``--set loss.name=laplace``
+ablates the weightings under the Laplace NLL). A ``--set`` of a key the
+ablation sets per run (the seed, the split seed with ``--split-per-seed``,
+the variants' weighting keys, the bandwidth) is refused.
 
 lam and bandwidth are selected on the VALIDATION split (lowest mean
 balanced MAE over seeds, from predictions_val.npz; the test split is never
@@ -61,13 +66,35 @@ OVERALL = (("mae", "mae", "uncalibrated"), ("rmse", "rmse", "uncalibrated"),
 
 
 def variant_overrides(variant: str, bandwidth: str = "scott") -> list[str]:
-    """Config overrides of one ablation variant."""
+    """Config overrides of one ablation variant.
+
+    Only the weighting changes, so every variant trains the config's loss
+    (Gaussian NLL in the shipped presets); "bmc" replaces the loss by
+    Balanced MSE, unweighted.
+    """
     if variant == "bmc":
         return ["loss.name=bmc", "weighting.scheme=none"]
     if variant.startswith("hypuc-"):
-        return ["loss.name=nll", "weighting.scheme=hypuc", f"weighting.lam={variant[6:]}",
+        return ["weighting.scheme=hypuc", f"weighting.lam={variant[6:]}",
                 f"weighting.bandwidth={bandwidth}"]
-    return ["loss.name=nll", f"weighting.scheme={variant}"]
+    return [f"weighting.scheme={variant}"]
+
+
+def owned_keys(variants, split_per_seed: bool) -> dict[str, str]:
+    """Config keys the ablation sets per run -> the option that sets them.
+
+    A ``--set`` of one of them would silently replace (or be replaced by)
+    the per-run value, so ``main`` refuses it.
+    """
+    owned = {"train.seed": "--seeds"}
+    if split_per_seed:
+        owned["data.seed"] = "--split-per-seed"
+    for v in variants:
+        for item in variant_overrides(v):
+            owned.setdefault(item.split("=", 1)[0], f"variant {v!r}")
+    if any(v.startswith("hypuc-") for v in variants):
+        owned["weighting.bandwidth"] = "--bandwidths"
+    return owned
 
 
 def cache_simulated(config: str, overrides, root: Path) -> list[str]:
@@ -284,6 +311,12 @@ def main(argv=None) -> int:
         for bw in bws:
             name = v if bw == "scott" or not v.startswith("hypuc-") else f"{v}-bw{bw}"
             jobs += [(name, v, bw, s) for s in a.seeds]
+    owned = owned_keys(a.variants, a.split_per_seed)
+    for item in a.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in owned:
+            p.error(f"--set {item}: {key} is set per run by {owned[key]}; "
+                    "use that option (or another --variants) instead")
     for name, v, bw, _ in jobs:                # every config checked before anything runs
         try:
             config_lib.validate(workflow.make_config(

@@ -90,3 +90,33 @@ def test_a_failed_recalibration_leaves_no_result_to_reuse(tmp_path, capsys):
         ablation.main([*argv, "--set", "calibration.min_count=100000", "--recalibrate"])
     assert not (root / "none" / "seed0" / workflow.EVAL).exists()   # nothing to mistake
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, owner", [
+    (["--set", "train.seed=3"], "--seeds"),
+    (["--set", "weighting.lam=1.0"], "hypuc-0.5"),
+    (["--set", "weighting.bandwidth=0.1"], "--bandwidths"),
+    (["--split-per-seed", "--set", "data.seed=1"], "--split-per-seed"),
+])
+def test_a_set_of_a_key_the_ablation_sets_per_run_is_refused(tmp_path, capsys, extra, owner):
+    # these --set values used to be silently replaced by (or to replace) the per-run value
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*FAST, "--seeds", "0", "--variants", "none", "hypuc-0.5", *extra,
+                       "--workdir", str(tmp_path / "wd"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and owner in capsys.readouterr().err
+    assert not (tmp_path / "wd").exists()
+
+
+def test_variants_train_the_loss_given_with_set(tmp_path):
+    # --set loss.name=laplace used to be overridden by the variants' loss.name=nll
+    wd = tmp_path / "wd"
+    ablation.main([*FAST, "--seeds", "0", "--variants", "none", "hypuc-0.5",
+                   "--set", "loss.name=laplace", "--workdir", str(wd), "--out", str(tmp_path / "o")])
+    for variant in ("none", "hypuc-0.5"):
+        cfg = workflow.load_config(wd / variant / "seed0")
+        assert cfg.loss.name == "laplace"
+    assert workflow.load_config(wd / "hypuc-0.5" / "seed0").weighting.scheme == "hypuc"
+    with pytest.raises(SystemExit) as e:      # bmc replaces the loss: a --set of it conflicts
+        ablation.main([*FAST, "--seeds", "0", "--variants", "bmc", "--set", "loss.name=laplace",
+                       "--workdir", str(tmp_path / "wd2"), "--out", str(tmp_path / "o2")])
+    assert e.value.code == 2
