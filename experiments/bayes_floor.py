@@ -10,7 +10,9 @@ with numpy only, what such an oracle reader achieves:
 
 which is the population minimiser of the rho^-lam weighted squared error
 (lam = 0: the unweighted Bayes posterior mean, what an unweighted model
-approaches; lam > 0: what KDE weighting aims for). Its MAE per region is a
+approaches; lam > 0: what KDE weighting aims for); with ``--statistics
+median`` also the median of q, the minimiser of the weighted absolute error
+(what a Laplace NLL's location fits). Its MAE per region is a
 floor for a network of that weighting up to the extra noise of reading ``e``
 from the ECG (T-wave amplitude factors, baseline wander, muscle noise), which
 only raises the floor.
@@ -76,11 +78,21 @@ class OracleReader:
         p = np.exp(logp - logp.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)
 
-    def __call__(self, e: np.ndarray, lam: float, chunk: int = 4096) -> np.ndarray:
-        """Estimates [n] for effective labels e [n]."""
+    def __call__(self, e: np.ndarray, lam: float, statistic: str = "mean",
+                 chunk: int = 4096) -> np.ndarray:
+        """Estimates [n] for effective labels e [n]: the mean or the median of q(y | e)."""
         out = np.empty(e.shape)
         for i in range(0, e.size, chunk):
-            out[i:i + chunk] = self.weights(e[i:i + chunk], lam) @ self.grid
+            q = self.weights(e[i:i + chunk], lam)
+            if statistic == "mean":
+                out[i:i + chunk] = q @ self.grid
+            else:        # q_k spread evenly over grid cell k: the cdf is piecewise linear
+                cdf = np.cumsum(q, axis=1)
+                k = np.argmax(cdf >= 0.5, axis=1)
+                rows = np.arange(k.size)
+                step = self.grid[1] - self.grid[0]
+                out[i:i + chunk] = (self.grid[k] + step / 2
+                                    - (cdf[rows, k] - 0.5) / q[rows, k] * step)
         return out
 
 
@@ -103,11 +115,12 @@ def region_mae(y, pred, regs) -> dict:
     return per_region(np.abs(y - pred), y, regs)
 
 
-def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs) -> dict:
+def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs, statistic="mean") -> dict:
     """E over e | y of |y - f_lam(e)|, averaged per region over the given labels y [n]."""
     yy = np.repeat(y, draws)
     e = yy + noise_sd(dist, yy) * rng.standard_normal(yy.size)
-    return per_region(np.abs(yy - reader(e, lam)).reshape(y.size, draws).mean(axis=1), y, regs)
+    err = np.abs(yy - reader(e, lam, statistic))
+    return per_region(err.reshape(y.size, draws).mean(axis=1), y, regs)
 
 
 def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz") -> tuple[dict, np.ndarray]:
@@ -143,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-seed", type=int, help="simulate() seed of the runs' data")
     ap.add_argument("--sim-n", type=int, help="simulate() record count of the runs' data")
+    ap.add_argument("--statistics", nargs="+", choices=("mean", "median"), default=["mean"],
+                    help="oracle estimates: the lam-weighted posterior mean (squared-error "
+                    "minimiser) and/or median (absolute-error minimiser, what a Laplace NLL fits)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     preset = get_preset(a.preset)
@@ -157,9 +173,13 @@ def main(argv=None) -> int:
     def row(label, m):
         return f"| {label} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |"
 
+    oracles = [(("" if stat == "mean" else "median, ") + f"lam {lam:g}", stat, lam)
+               for stat in a.statistics for lam in a.lams]
+
     lines = [f"Oracle floor, preset `{a.preset}` ({a.samples} label draws): MAE of f_lam(e)",
              "", "| lam | " + head[0][len("| predictor | "):], head[1]]
-    lines += [row(f"{lam:g}", region_mae(y, reader(e, lam), regs)) for lam in a.lams]
+    lines += [row(name.replace("lam ", ""), region_mae(y, reader(e, lam, stat), regs))
+              for name, stat, lam in oracles]
     splits = (("test", "outputs_test.npz"), ("val", "predictions_val.npz"))
     runs = {split: [run_mae(run, regs, name) for run in a.runs] for split, name in splits}
     for run, (_, ys) in zip(a.runs, runs["test"]):
@@ -172,8 +192,8 @@ def main(argv=None) -> int:
                   + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
                   + f"); oracle = expectation over e given each label, {a.draws} draws;"
                   " runs = MAE of mu, mean over seeds", "", *head]
-        lines += [row(f"oracle lam {lam:g}", expected_mae_given_labels(
-            reader, dist, test_y, lam, a.draws, rng, regs)) for lam in a.lams]
+        lines += [row(f"oracle {name}", expected_mae_given_labels(
+            reader, dist, test_y, lam, a.draws, rng, regs, stat)) for name, stat, lam in oracles]
         lines += [row(run, m) for run, (m, _) in zip(a.runs, runs["test"])]
     if a.runs and a.sim_seed is not None and a.sim_n is not None:
         for split, _ in splits:
@@ -182,8 +202,8 @@ def main(argv=None) -> int:
             lines += ["", f"{split} split, oracle on the REALIZED effective labels of its "
                       f"{ys.size} records (`simulate({a.sim_seed}, {a.sim_n})`); runs = MAE of mu, "
                       "mean over seeds", "", *head]
-            lines += [row(f"oracle lam {lam:g}", region_mae(ys, reader(eff.astype(np.float64), lam),
-                                                            regs)) for lam in a.lams]
+            lines += [row(f"oracle {name}", region_mae(
+                ys, reader(eff.astype(np.float64), lam, stat), regs)) for name, stat, lam in oracles]
             lines += [row(run, m) for run, (m, _) in zip(a.runs, runs[split])]
     publish("\n".join(lines) + "\n", a.out, "bayes_floor.py", argv or sys.argv[1:])
     return 0

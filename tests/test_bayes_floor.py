@@ -22,6 +22,32 @@ def test_oracle_reader_matches_conjugate_gaussian_posterior(lam):
     prior_prec, noise_prec = (1.0 - lam) / s0 ** 2, 1.0 / s ** 2
     closed = (noise_prec * e + prior_prec * m) / (noise_prec + prior_prec)
     np.testing.assert_allclose(reader(e, lam), closed, atol=5e-3)
+    # the posterior is Gaussian, so its median is the same closed form
+    np.testing.assert_allclose(reader(e, lam, "median"), closed, atol=5e-3)
+
+
+def test_oracle_median_matches_scipy_for_a_skewed_posterior():
+    # Uniform prior (no tail) and noise growing with |y - m|: the posterior
+    # q(y | e) ~ N(e; y, s(y)^2) is skewed; its median from scipy's quadrature.
+    from scipy import integrate, optimize
+    m, s0 = 4.0, 0.5
+    dist = LabelDistribution(mean=m, sd=s0, tail_weight=0.0, tail_start=0.0, tail_scale=1.0,
+                             tail_sign=1.0, clip=(m - 8 * s0, m + 8 * s0), noise_base=0.1,
+                             noise_slope=0.3)
+    reader = bayes_floor.OracleReader(dist, np.random.default_rng(0))
+    e, lam = np.array([4.6, 5.2]), 0.5
+
+    def density(y, ei):
+        sd = 0.1 + 0.3 * abs(y - m)
+        prior = np.exp(-0.5 * ((y - m) / s0) ** 2) ** (1 - lam)
+        return np.exp(-0.5 * ((ei - y) / sd) ** 2) / sd * prior
+
+    lo, hi = dist.clip
+    for ei, got in zip(e, reader(e, lam, "median")):
+        total = integrate.quad(density, lo, hi, args=(ei,), points=[m, ei], limit=200)[0]
+        med = optimize.brentq(lambda t: integrate.quad(density, lo, t, args=(ei,), points=[m],
+                                                       limit=200)[0] - total / 2, lo, hi)
+        assert got == pytest.approx(med, abs=5e-3)
 
 
 def test_sampled_labels_follow_the_mixture_and_regions_use_thresholds():
