@@ -1,12 +1,18 @@
-"""Size of the binned KDE grid (``kde`` method "binned"): the default node
-counts, and the grid grown to resolve the bandwidth (``fitted_grid_shape``)."""
+"""The binned KDE (``kde`` method "binned"): the grid's size (the default node
+counts, grown to resolve the bandwidth: ``fitted_grid_shape``) and the
+evaluator on it (linear binning, FFT smoothing, multilinear interpolation)."""
 from __future__ import annotations
 
 import math
+import warnings
+from functools import partial
+from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from hypuc_jax._validation import is_concrete, is_int
 
@@ -39,7 +45,8 @@ def grid_shape(d: int, grid_size) -> tuple[int, ...]:
 def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
     """``grid_shape``; for the default size and concrete inputs, a grid fine
     enough for the bandwidth (step <= h / STEPS_PER_BANDWIDTH, within
-    MAX_GRID_POINTS). Traced inputs keep the default (shapes must be static).
+    MAX_GRID_POINTS). Traced inputs keep the default (shapes must be static)
+    and warn, since nothing then checks that the default resolves the kernel.
 
     Raises:
         ValueError: the labels span so many bandwidths that no allowed grid
@@ -47,7 +54,15 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
     """
     d = x.shape[1]
     shape = grid_shape(d, grid_size)
-    if grid_size is not None or not (is_concrete(x) and is_concrete(h)):
+    if grid_size is not None:
+        return shape
+    if not (is_concrete(x) and is_concrete(h)):
+        warnings.warn(
+            f"binned KDE under jit/vmap: the grid keeps the default {shape} nodes (shapes must "
+            f"be static), accurate only while the labels span at most about "
+            f"{(shape[0] - 1) // STEPS_PER_BANDWIDTH - 2 * PAD_BANDWIDTHS:g} bandwidths; pass "
+            "grid_size=kde.grid_size_for(labels, bandwidth) computed outside the transform, or "
+            "method='exact'", UserWarning, stacklevel=4)
         return shape
     span = (np.asarray(jnp.max(x, axis=0) - jnp.min(x, axis=0), np.float64)
             / np.asarray(h, np.float64) + 2 * PAD_BANDWIDTHS)          # in bandwidths, [d]
@@ -66,3 +81,115 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
     # Powers of two keep the FFT fast and the compiled shapes few.
     pow2 = tuple(g if g == g0 else 2 ** math.ceil(math.log2(g)) for g, g0 in zip(need, shape))
     return pow2 if math.prod(pow2) <= MAX_GRID_POINTS else tuple(need)
+
+
+# --------------------------------------------------------------------------- #
+# Binned evaluator: linear binning, FFT smoothing, interpolation (jittable)
+# --------------------------------------------------------------------------- #
+def _corner_weights(frac: jax.Array) -> jax.Array:
+    """frac [m, d] -> multilinear corner weights [m, 2, ..., 2] (d twos)."""
+    m, d = frac.shape
+    w = jnp.stack([1.0 - frac[:, 0], frac[:, 0]], axis=-1)
+    for k in range(1, d):
+        wk = jnp.stack([1.0 - frac[:, k], frac[:, k]], axis=-1)
+        w = w[..., None] * wk.reshape((m,) + (1,) * k + (2,))
+    return w
+
+
+def _cell_and_fraction(points: jax.Array, lo: jax.Array, step: jax.Array,
+                       shape: Sequence[int]):
+    """Lower grid cell [m, d] (int32, clipped to the grid) and fraction in it."""
+    t = (points - lo) / step
+    upper = jnp.asarray(shape, dtype=jnp.int32) - 2
+    cell = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, upper)
+    return t, cell, t - cell
+
+
+@jax.jit
+def interpolate_grid(points: jax.Array, lo: jax.Array, step: jax.Array,
+                     values: jax.Array) -> jax.Array:
+    """(Multi)linear interpolation of values on a regular grid; 0 outside it.
+
+    Args:
+        points: query points [m, d].
+        lo: grid origin [d].
+        step: grid spacing [d], > 0.
+        values: grid values [G_1, ..., G_d], each G_k >= 2.
+
+    Returns:
+        Interpolated values [m]; points outside [lo, lo + (G - 1) * step] get 0.
+    """
+    m, d = points.shape
+    chex.assert_rank(values, d)
+    chex.assert_shape([lo, step], (d,))
+    t, cell, frac = _cell_and_fraction(points, lo, step, values.shape)
+    dnums = lax.GatherDimensionNumbers(offset_dims=tuple(range(1, d + 1)),
+                                       collapsed_slice_dims=(),
+                                       start_index_map=tuple(range(d)))
+    corners = lax.gather(values, cell, dnums, slice_sizes=(2,) * d,
+                         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    out = jnp.sum((corners * _corner_weights(frac)).reshape(m, -1), axis=1)
+    inside = jnp.all((t >= 0) & (t <= jnp.asarray(values.shape, t.dtype) - 1), axis=1)
+    chex.assert_shape(out, (m,))
+    return jnp.where(inside, out, 0.0)
+
+
+def _linear_binning(samples: jax.Array, lo: jax.Array, step: jax.Array,
+                    shape: tuple[int, ...]) -> jax.Array:
+    """Linear binning counts [G_1..G_d] (sum n) of samples [n, d] on the grid."""
+    n, d = samples.shape
+    _, cell, frac = _cell_and_fraction(samples, lo, step, shape)
+    dnums = lax.ScatterDimensionNumbers(update_window_dims=tuple(range(1, d + 1)),
+                                        inserted_window_dims=(),
+                                        scatter_dims_to_operand_dims=tuple(range(d)))
+    return lax.scatter_add(jnp.zeros(shape, samples.dtype), cell, _corner_weights(frac),
+                           dnums, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
+    """Convolves grid counts [G_1..G_d] with the sampled Gaussian kernel N(0, h^2).
+
+    The counts are zero-padded to 2 G_k per axis and the kernel is sampled at
+    every offset in (-G_k, G_k), so the circular FFT convolution equals the
+    linear one on the grid. The kernel is separable, so its transform is the
+    outer product of 1-D transforms (rfft on the last axis, fft on the others).
+    """
+    shape = counts.shape
+    d = len(shape)
+    padded = tuple(2 * g for g in shape)
+    spectrum = jnp.fft.rfftn(counts, s=padded)
+    for k, (g, p) in enumerate(zip(shape, padded)):
+        offsets = jnp.concatenate([jnp.arange(g), jnp.arange(-g, 0)]).astype(counts.dtype)
+        u = offsets * step[k] / h[k]
+        kernel = jnp.exp(-0.5 * u * u) / (math.sqrt(2 * math.pi) * h[k])
+        kf = jnp.fft.rfft(kernel) if k == d - 1 else jnp.fft.fft(kernel)
+        spectrum = spectrum * kf.reshape((1,) * k + (-1,) + (1,) * (d - k - 1))
+    smooth = jnp.fft.irfftn(spectrum, s=padded)[tuple(slice(0, g) for g in shape)]
+    return jnp.maximum(smooth, 0.0)  # FFT round-off can leave tiny negatives
+
+
+# --------------------------------------------------------------------------- #
+def grid_extent(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
+    """Grid origin [d] and spacing [d] covering the samples +- PAD_BANDWIDTHS * h."""
+    lo = jnp.min(samples, axis=0) - PAD_BANDWIDTHS * h
+    hi = jnp.max(samples, axis=0) + PAD_BANDWIDTHS * h
+    step = (hi - lo) / (jnp.asarray(shape, samples.dtype) - 1)
+    return lo, step
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
+    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
+    n, d = samples.shape
+    chex.assert_shape(h, (d,))
+    lo, step = grid_extent(samples, h, shape)
+    counts = _linear_binning(samples, lo, step, shape)
+    return lo, step, _fft_smooth(counts, step, h) / n
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def binned_density(samples: jax.Array, points: jax.Array, h: jax.Array,
+                    shape: tuple[int, ...]) -> jax.Array:
+    """Binned density of samples [n, d] at points [m, d] -> [m] (one program)."""
+    lo, step, dens = binned_grid(samples, h, shape)
+    return interpolate_grid(points, lo, step, dens)

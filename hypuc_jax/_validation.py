@@ -40,6 +40,9 @@ def as_array(x: Any, name: str, *, ndim: tuple[int, ...] | int | None = None,
       ndim: allowed number(s) of dimensions, or None for any.
       allow_empty: whether a zero-size array is accepted.
 
+    numpy integers beyond the int32 range come back as float64 when jax's
+    64-bit mode is off (jax would silently wrap them to int32).
+
     Raises:
       ValueError: not real numbers (strings, objects, complex), wrong number
         of dimensions, or empty when not allowed.
@@ -52,6 +55,10 @@ def as_array(x: Any, name: str, *, ndim: tuple[int, ...] | int | None = None,
     if not (jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)
             or jnp.issubdtype(x.dtype, jnp.bool_)):
         raise ValueError(f"{name}: expected a real numeric array, got dtype {x.dtype}")
+    if (isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.integer) and x.size
+            and not jax.config.jax_enable_x64
+            and (x.max() > np.iinfo(np.int32).max or x.min() < np.iinfo(np.int32).min)):
+        x = x.astype(np.float64)     # jax would wrap them to int32 without a word
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:

@@ -95,7 +95,10 @@ def _bin_table(y, bins, value_range, clip, power, window):
         counts = jnp.clip(counts, clip[0], clip[1])
     table = counts ** power
     if window is not None:
-        table = jnp.convolve(table, jnp.asarray(window, y.dtype), mode="same")
+        # Zero-padded ("full") convolution, then the centred ``bins`` entries:
+        # numpy's mode="same" returns max(bins, ks) entries when ks > bins.
+        half = (len(window) - 1) // 2
+        table = jnp.convolve(table, jnp.asarray(window, y.dtype), mode="full")[half:half + bins]
     # Bins with a zero value are reachable only by new labels: use the smallest
     # positive value so that no weight is infinite.
     smallest = jnp.min(jnp.where(table > 0, table, jnp.inf))

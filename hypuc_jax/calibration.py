@@ -27,6 +27,7 @@ shared base lives in ``hypuc_jax._calibrator`` and the isotonic baseline in
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import json
 import math
 import os
@@ -196,7 +197,9 @@ def bin_quantile(scores: np.ndarray, xi: float, kind: str = "linear") -> float:
         return float(np.quantile(scores, xi))
     if kind != "conformal":
         raise ValueError(f"quantile: expected one of {QUANTILES}, got {kind!r}")
-    k = min(math.ceil((scores.size + 1) * xi), scores.size)
+    # xi as the decimal it prints as (0.68, not 0.68000000000000005):
+    # 75 * 0.68 is 51.00000000000001 in floats, whose ceil is one rank too high.
+    k = min(math.ceil((scores.size + 1) * fractions.Fraction(str(float(xi)))), scores.size)
     return float(np.partition(scores, k - 1)[k - 1])
 
 

@@ -20,7 +20,11 @@ Everything below the public functions is jittable with static ``rule``,
 work under ``jax.jit`` and ``jax.vmap`` (value checks are skipped on tracers,
 see ``hypuc_jax._validation``), e.g. several label sets of several tasks::
 
-    jax.vmap(lambda s, p: gaussian_kde(s, p))(samples_k_n, points_k_m)  # [k, m]
+    g = max(grid_size_for(s) for s in samples_k_n)   # d = 1; outside the transform
+    jax.vmap(lambda s, p: gaussian_kde(s, p, grid_size=g))(samples_k_n, points_k_m)  # [k, m]
+
+(the binned grid cannot grow with the data under a transform, hence the
+static ``grid_size``; without it the default grid is used, with a warning).
 """
 from __future__ import annotations
 
@@ -31,11 +35,11 @@ from typing import Sequence
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from hypuc_jax._kde_grid import (DEFAULT_GRID_SIZE, MAX_GRID_POINTS, PAD_BANDWIDTHS,  # noqa: F401
-                                 STEPS_PER_BANDWIDTH, fitted_grid_shape, grid_shape)
+                                 STEPS_PER_BANDWIDTH, binned_density, binned_grid,
+                                 fitted_grid_shape, grid_extent, grid_shape, interpolate_grid)
 from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete, is_int
 
 RULES = ("scott", "silverman")
@@ -138,119 +142,8 @@ def bandwidth(samples, rule: str | float = "scott") -> jax.Array:
 
 
 # --------------------------------------------------------------------------- #
-# Grid helpers (shared with hypuc_jax.weights)
+# Exact evaluator (jittable; inputs already validated)
 # --------------------------------------------------------------------------- #
-def _corner_weights(frac: jax.Array) -> jax.Array:
-    """frac [m, d] -> multilinear corner weights [m, 2, ..., 2] (d twos)."""
-    m, d = frac.shape
-    w = jnp.stack([1.0 - frac[:, 0], frac[:, 0]], axis=-1)
-    for k in range(1, d):
-        wk = jnp.stack([1.0 - frac[:, k], frac[:, k]], axis=-1)
-        w = w[..., None] * wk.reshape((m,) + (1,) * k + (2,))
-    return w
-
-
-def _cell_and_fraction(points: jax.Array, lo: jax.Array, step: jax.Array,
-                       shape: Sequence[int]):
-    """Lower grid cell [m, d] (int32, clipped to the grid) and fraction in it."""
-    t = (points - lo) / step
-    upper = jnp.asarray(shape, dtype=jnp.int32) - 2
-    cell = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, upper)
-    return t, cell, t - cell
-
-
-@jax.jit
-def interpolate_grid(points: jax.Array, lo: jax.Array, step: jax.Array,
-                     values: jax.Array) -> jax.Array:
-    """(Multi)linear interpolation of values on a regular grid; 0 outside it.
-
-    Args:
-        points: query points [m, d].
-        lo: grid origin [d].
-        step: grid spacing [d], > 0.
-        values: grid values [G_1, ..., G_d], each G_k >= 2.
-
-    Returns:
-        Interpolated values [m]; points outside [lo, lo + (G - 1) * step] get 0.
-    """
-    m, d = points.shape
-    chex.assert_rank(values, d)
-    chex.assert_shape([lo, step], (d,))
-    t, cell, frac = _cell_and_fraction(points, lo, step, values.shape)
-    dnums = lax.GatherDimensionNumbers(offset_dims=tuple(range(1, d + 1)),
-                                       collapsed_slice_dims=(),
-                                       start_index_map=tuple(range(d)))
-    corners = lax.gather(values, cell, dnums, slice_sizes=(2,) * d,
-                         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-    out = jnp.sum((corners * _corner_weights(frac)).reshape(m, -1), axis=1)
-    inside = jnp.all((t >= 0) & (t <= jnp.asarray(values.shape, t.dtype) - 1), axis=1)
-    chex.assert_shape(out, (m,))
-    return jnp.where(inside, out, 0.0)
-
-
-def _linear_binning(samples: jax.Array, lo: jax.Array, step: jax.Array,
-                    shape: tuple[int, ...]) -> jax.Array:
-    """Linear binning counts [G_1..G_d] (sum n) of samples [n, d] on the grid."""
-    n, d = samples.shape
-    _, cell, frac = _cell_and_fraction(samples, lo, step, shape)
-    dnums = lax.ScatterDimensionNumbers(update_window_dims=tuple(range(1, d + 1)),
-                                        inserted_window_dims=(),
-                                        scatter_dims_to_operand_dims=tuple(range(d)))
-    return lax.scatter_add(jnp.zeros(shape, samples.dtype), cell, _corner_weights(frac),
-                           dnums, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-
-
-def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
-    """Convolves grid counts [G_1..G_d] with the sampled Gaussian kernel N(0, h^2).
-
-    The counts are zero-padded to 2 G_k per axis and the kernel is sampled at
-    every offset in (-G_k, G_k), so the circular FFT convolution equals the
-    linear one on the grid. The kernel is separable, so its transform is the
-    outer product of 1-D transforms (rfft on the last axis, fft on the others).
-    """
-    shape = counts.shape
-    d = len(shape)
-    padded = tuple(2 * g for g in shape)
-    spectrum = jnp.fft.rfftn(counts, s=padded)
-    for k, (g, p) in enumerate(zip(shape, padded)):
-        offsets = jnp.concatenate([jnp.arange(g), jnp.arange(-g, 0)]).astype(counts.dtype)
-        u = offsets * step[k] / h[k]
-        kernel = jnp.exp(-0.5 * u * u) / (math.sqrt(2 * math.pi) * h[k])
-        kf = jnp.fft.rfft(kernel) if k == d - 1 else jnp.fft.fft(kernel)
-        spectrum = spectrum * kf.reshape((1,) * k + (-1,) + (1,) * (d - k - 1))
-    smooth = jnp.fft.irfftn(spectrum, s=padded)[tuple(slice(0, g) for g in shape)]
-    return jnp.maximum(smooth, 0.0)  # FFT round-off can leave tiny negatives
-
-
-# --------------------------------------------------------------------------- #
-# Evaluators (jittable; inputs already validated)
-# --------------------------------------------------------------------------- #
-def _grid_extent(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
-    """Grid origin [d] and spacing [d] covering the samples +- PAD_BANDWIDTHS * h."""
-    lo = jnp.min(samples, axis=0) - PAD_BANDWIDTHS * h
-    hi = jnp.max(samples, axis=0) + PAD_BANDWIDTHS * h
-    step = (hi - lo) / (jnp.asarray(shape, samples.dtype) - 1)
-    return lo, step
-
-
-@partial(jax.jit, static_argnames=("shape",))
-def _binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
-    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
-    n, d = samples.shape
-    chex.assert_shape(h, (d,))
-    lo, step = _grid_extent(samples, h, shape)
-    counts = _linear_binning(samples, lo, step, shape)
-    return lo, step, _fft_smooth(counts, step, h) / n
-
-
-@partial(jax.jit, static_argnames=("shape",))
-def _binned_density(samples: jax.Array, points: jax.Array, h: jax.Array,
-                    shape: tuple[int, ...]) -> jax.Array:
-    """Binned density of samples [n, d] at points [m, d] -> [m] (one program)."""
-    lo, step, dens = _binned_grid(samples, h, shape)
-    return interpolate_grid(points, lo, step, dens)
-
-
 @partial(jax.jit, static_argnames=("chunk_size",))
 def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
                    chunk_size: int) -> jax.Array:
@@ -260,12 +153,17 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     chex.assert_shape([h, points[0]], (d,))
     cs, cp = min(chunk_size, n), min(chunk_size, m)
     ns, mp = -(-n // cs), -(-m // cp)
+    # Only differences matter: centring first keeps float32 labels far from 0
+    # (e.g. 1e6 +- 1) exact to a fraction of a bandwidth (the shift cancels, so
+    # it is held constant under differentiation).
+    centre = lax.stop_gradient(jnp.mean(samples, axis=0))
+    samples, points = (samples - centre) / h, (points - centre) / h
     # Padded samples sit far away (finite, so gradients stay finite): their
     # kernel underflows to exactly 0; padded points are dropped.
-    far = jnp.max(jnp.abs(points / h)) + jnp.max(jnp.abs(samples / h)) + 100.0
-    s = jnp.concatenate([samples / h, jnp.full((ns * cs - n, d), 1.0, samples.dtype)
+    far = jnp.max(jnp.abs(points)) + jnp.max(jnp.abs(samples)) + 100.0
+    s = jnp.concatenate([samples, jnp.full((ns * cs - n, d), 1.0, samples.dtype)
                          * lax.stop_gradient(far)])
-    p = jnp.concatenate([points / h, jnp.zeros((mp * cp - m, d), points.dtype)])
+    p = jnp.concatenate([points, jnp.zeros((mp * cp - m, d), points.dtype)])
     s_blocks, p_blocks = s.reshape(ns, cs, d), p.reshape(mp, cp, d)
 
     def point_block(pb):
@@ -319,11 +217,37 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     h = _resolve_bandwidth(x, bandwidth)
     shape = fitted_grid_shape(x, h, grid_size)
     if method == "binned":
-        return _binned_grid(x, h, shape)
-    lo, step = _grid_extent(x, h, shape)
+        return binned_grid(x, h, shape)
+    lo, step = grid_extent(x, h, shape)
     axes = [lo[k] + step[k] * jnp.arange(g, dtype=x.dtype) for k, g in enumerate(shape)]
     nodes = jnp.stack([a.reshape(-1) for a in jnp.meshgrid(*axes, indexing="ij")], axis=1)
     return lo, step, _exact_density(x, nodes, h, chunk_size).reshape(shape)
+
+
+def grid_size_for(samples, bandwidth: str | float = "scott") -> tuple[int, ...]:
+    """The binned grid's node counts that ``gaussian_kde`` uses for these labels.
+
+    Under ``jax.jit`` / ``jax.vmap`` the grid cannot grow with the data (shapes
+    must be static), so compute this outside the transform and pass it as
+    ``grid_size`` (static); for several label sets, take the element-wise
+    maximum over the sets.
+
+    Args:
+        samples: concrete labels [n] or [n, d], d <= 3, finite.
+        bandwidth: rule name or positive float(s), as in ``gaussian_kde``.
+
+    Returns:
+        d node counts per dimension (each a power of two or the default).
+
+    Raises:
+        ValueError: traced samples, or the checks of ``gaussian_kde``
+            (including labels spanning too many bandwidths for any grid).
+    """
+    x = _as_samples(samples)
+    if not is_concrete(x):
+        raise ValueError("samples: grid_size_for needs concrete labels; call it outside "
+                         "jax.jit / jax.vmap")
+    return fitted_grid_shape(x, _resolve_bandwidth(x, bandwidth), None)
 
 
 def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str = "binned",
@@ -344,6 +268,8 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
             512 (d=2), 128 (d=3), enlarged for concrete inputs until the step
             is at most h / STEPS_PER_BANDWIDTH (at most MAX_GRID_POINTS
             nodes; labels spanning too many bandwidths for that are refused).
+            Traced inputs keep the default and warn: under jit / vmap pass
+            ``grid_size_for(labels, bandwidth)``.
         chunk_size: exact-method tile size; peak memory O(chunk_size^2).
 
     Returns:
@@ -375,9 +301,9 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
         grid_shape(x.shape[1], grid_size)                       # still checked
         return _exact_density(x, p, h, chunk_size)
     shape = fitted_grid_shape(x, h, grid_size)
-    return _binned_density(x, p, h, shape)
+    return binned_density(x, p, h, shape)
 
 
-__all__ = ["bandwidth", "gaussian_kde", "density_grid", "interpolate_grid",
+__all__ = ["bandwidth", "gaussian_kde", "grid_size_for", "density_grid", "interpolate_grid",
            "DEFAULT_GRID_SIZE", "PAD_BANDWIDTHS", "MIN_RELATIVE_SCALE", "MAX_GRID_POINTS",
            "STEPS_PER_BANDWIDTH"]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import as_vectors, check_finite, check_positive, is_concrete
+from hypuc_jax._validation import as_vectors, check_finite, check_positive, is_concrete, is_real
 from hypuc_jax.balanced_mse import HistogramPrior, bmc, bni, histogram_prior
 
 LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
@@ -140,7 +140,7 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
     pred, y = _as_float(*as_vectors(pred=pred, y=y))
-    if not isinstance(delta, (int, float)):
+    if not is_real(delta):
         raise ValueError(f"delta: expected a float > 0, got {delta!r}")
     check_positive(delta, "delta")
     abs_err = jnp.abs(pred - y)
@@ -183,18 +183,20 @@ def variance_weighted(nll, variance, beta: float) -> jax.Array:
       The weighted losses, shape ``[batch]``.
 
     Raises:
-      ValueError: ``beta`` outside ``[0, 1]`` or shapes that differ.
+      ValueError: ``beta`` outside ``[0, 1]``, shapes that differ, or (for
+        concrete values and beta > 0) a variance that is not finite and > 0.
 
     References:
       Seitzer et al., `On the Pitfalls of Heteroscedastic Uncertainty
       Estimation with Probabilistic Neural Networks
       <https://arxiv.org/abs/2203.09168>`_, ICLR 2022.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+    if not is_real(beta) or not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta: expected a float in [0, 1], got {beta!r}")
     nll, variance = as_vectors(nll=nll, variance=variance, finite=False)
     if beta == 0.0:
         return nll
+    check_positive(variance, "variance")           # concrete values only
     return jax.lax.stop_gradient(variance ** beta) * nll
 
 

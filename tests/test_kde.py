@@ -99,6 +99,18 @@ def test_exact_1d_matches_scipy_float64():
     assert rel_l1(ours, ref) < 1e-5
 
 
+@pytest.mark.parametrize("offset, spread", [(1e6, 0.5), (1e4, 0.05), (-3e5, 0.2)])
+def test_float32_labels_far_from_zero_match_scipy(offset, spread):
+    # The exact sum used to scale raw coordinates by 1/h before differencing:
+    # at |y| / h ~ 1e7 a float32 step is about a bandwidth (relative L1 ~1e-2).
+    y = (offset + spread * np.random.default_rng(0).standard_normal(500)).astype(np.float32)
+    h = float(kde.bandwidth(y))
+    y64 = y.astype(np.float64)
+    ref = scipy.stats.gaussian_kde(y64, bw_method=h / np.std(y64, ddof=1))(y64)
+    for method in kde.METHODS:
+        assert rel_l1(kde.gaussian_kde(y, y, method=method), ref) < 1e-5, method
+
+
 def test_exact_2d_and_3d_match_scipy_float64():
     for d, n in ((2, 600), (3, 300)):
         x = diagonal_cov_sample(n, d, stds=[1.0, 0.4, 2.0][:d])
@@ -210,7 +222,8 @@ def test_jit_and_vmap_over_label_sets(method):
     sets = np.stack([skewed_labels(300, seed=s) for s in range(3)])
     sets[1] *= 2.0  # different spreads -> different rule bandwidths per set
     pts = np.stack([np.linspace(2, 12, 50)] * 3)
-    fn = partial(kde.gaussian_kde, method=method)
+    grid = max(kde.grid_size_for(s) for s in sets)        # static, outside the transform
+    fn = partial(kde.gaussian_kde, method=method, grid_size=grid)
     batched = jax.vmap(fn)(jnp.asarray(sets), jnp.asarray(pts))
     assert batched.shape == (3, 50)
     for k in range(3):
@@ -222,6 +235,23 @@ def test_jit_and_vmap_over_label_sets(method):
     two_d = jax.vmap(partial(fn, bandwidth=0.5))(jnp.asarray(sets[:, :, None]),
                                                  jnp.asarray(pts[:, :, None]))
     assert two_d.shape == (3, 50)
+
+
+def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():
+    # Under jit the grid cannot grow with the data: labels spanning ~1e5
+    # bandwidths were silently off by ~15% with the default 4096 nodes.
+    y = np.random.default_rng(0).uniform(0, 100, 2000).astype(np.float32)
+    pts, h = y[:50], 1e-3
+    ref = scipy.stats.gaussian_kde(y.astype(np.float64), bw_method=h / np.std(y, ddof=1))(pts)
+    with pytest.warns(UserWarning, match="grid_size_for"):
+        jax.jit(lambda s, p: kde.gaussian_kde(s, p, bandwidth=h))(y, pts)
+    grid = kde.grid_size_for(y, h)
+    assert grid == (2 ** 21,)                  # 1e5 bandwidths x 16 steps, a power of two
+    jitted = jax.jit(lambda s, p: kde.gaussian_kde(s, p, bandwidth=h, grid_size=grid))(y, pts)
+    np.testing.assert_allclose(jitted, kde.gaussian_kde(y, pts, bandwidth=h), rtol=1e-6)
+    assert rel_l1(jitted, ref) < 1e-3
+    with pytest.raises(ValueError, match="outside"):
+        jax.jit(kde.grid_size_for)(y)
 
 
 # --------------------------------------------------------------------------- #

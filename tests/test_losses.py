@@ -353,6 +353,20 @@ def test_bad_values_raise():
         losses.gaussian_nll(z, z + 1j, z)
     with pytest.raises(ValueError, match="delta: expected"):
         losses.huber(z, z, delta="1")
+    with pytest.raises(ValueError, match="delta: expected"):
+        losses.huber(z, z, delta=True)
+    # numpy scalars are real numbers too (they were refused as "not a float")
+    np.testing.assert_allclose(losses.huber(z + 2.0, z, delta=np.float32(0.5)),
+                               _np_huber(np.full(3, 2.0), 0.5), rtol=1e-6)
+    np.testing.assert_allclose(losses.variance_weighted(z + 1.0, z + 4.0, np.float64(0.5)),
+                               np.full(3, 2.0), rtol=1e-6)
+    # an invalid variance used to give silent NaN
+    with pytest.raises(ValueError, match="variance"):
+        losses.variance_weighted(z + 1.0, -np.ones(3), 0.5)
+    # int64 labels beyond int32 (64-bit mode off) used to wrap to int32 silently
+    big = np.array([3_000_000_000, 0], np.int64)
+    np.testing.assert_allclose(losses.mse(big, np.zeros(2, np.int64)), [9e18, 0.0],
+                               rtol=1e-6)
     # bfloat16 (a model dtype) stays accepted: value equals the float32 loss, rounded
     got = losses.gaussian_nll(*(jnp.asarray(a, jnp.bfloat16) for a in (z, z + 1, z)))
     np.testing.assert_allclose(np.asarray(got, np.float32), 0.5 * np.log(2 * np.pi), rtol=1e-2)

@@ -209,6 +209,19 @@ def test_lds_matches_scipy_ndimage_convolution(kernel, ks, sigma, reweight):
     np.testing.assert_allclose(ours, mean_one(1 / smoothed[idx]), rtol=1e-10)
 
 
+@pytest.mark.parametrize("bins, ks", [(1, 5), (2, 5), (3, 9), (4, 5)])
+def test_lds_with_fewer_bins_than_the_window_matches_scipy(bins, ks):
+    # numpy's convolve(mode="same") returned max(bins, ks) entries, so labels
+    # were looked up in the wrong bins when ks > bins.
+    y = np.array([0.0, 1.0, 2.0, 3.0, 3.5, 7.0])
+    counts, idx = numpy_bins(y, bins)
+    smoothed = scipy.ndimage.convolve1d(np.sqrt(counts), dir_window("gaussian", ks, 2.0),
+                                        mode="constant")
+    with jax.enable_x64(True):
+        ours = weights.lds_weights(y, bins=bins, ks=ks)
+    np.testing.assert_allclose(ours, mean_one(1 / smoothed[idx]), rtol=1e-10)
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_dense_weights_match_numpy(alpha):
     h = 1.06 * np.std(Y) * Y.size ** -0.2  # denseweight's own rule (ddof=0)
