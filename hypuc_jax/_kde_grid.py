@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hypuc_jax._validation import is_concrete, is_int
+from hypuc_jax._validation import concrete_values, is_int
 
 # Default binned grid size per dimension, by label dimension d.
 DEFAULT_GRID_SIZE = {1: 4096, 2: 512, 3: 128}
@@ -43,10 +43,11 @@ def grid_shape(d: int, grid_size) -> tuple[int, ...]:
 
 
 def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
-    """``grid_shape``; for the default size and concrete inputs, a grid fine
-    enough for the bandwidth (step <= h / STEPS_PER_BANDWIDTH, within
-    MAX_GRID_POINTS). Traced inputs keep the default (shapes must be static)
-    and warn, since nothing then checks that the default resolves the kernel.
+    """``grid_shape``; for the default size and known inputs (concrete, or
+    under ``jax.grad``), a grid fine enough for the bandwidth (step <= h /
+    STEPS_PER_BANDWIDTH, within MAX_GRID_POINTS). Under jit / vmap the values
+    are unknown: the default is kept (shapes must be static), with a warning,
+    since nothing then checks that it resolves the kernel.
 
     Raises:
         ValueError: the labels span so many bandwidths that no allowed grid
@@ -56,7 +57,8 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
     shape = grid_shape(d, grid_size)
     if grid_size is not None:
         return shape
-    if not (is_concrete(x) and is_concrete(h)):
+    x_known, h_known = concrete_values(x), concrete_values(h)
+    if x_known is None or h_known is None:
         warnings.warn(
             f"binned KDE under jit/vmap: the grid keeps the default {shape} nodes (shapes must "
             f"be static), accurate only while the labels span at most about "
@@ -64,8 +66,8 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
             "grid_size=kde.grid_size_for(labels, bandwidth) computed outside the transform, or "
             "method='exact'", UserWarning, stacklevel=4)
         return shape
-    span = (np.asarray(jnp.max(x, axis=0) - jnp.min(x, axis=0), np.float64)
-            / np.asarray(h, np.float64) + 2 * PAD_BANDWIDTHS)          # in bandwidths, [d]
+    span = (np.asarray(np.max(x_known, axis=0) - np.min(x_known, axis=0), np.float64)
+            / np.asarray(h_known, np.float64) + 2 * PAD_BANDWIDTHS)    # in bandwidths, [d]
     need = [max(g, int(np.ceil(sp * STEPS_PER_BANDWIDTH)) + 1) for g, sp in zip(shape, span)]
     if math.prod(need) > MAX_GRID_POINTS:
         scale = (MAX_GRID_POINTS / math.prod(need)) ** (1 / d)
@@ -119,6 +121,7 @@ def interpolate_grid(points: jax.Array, lo: jax.Array, step: jax.Array,
     Returns:
         Interpolated values [m]; points outside [lo, lo + (G - 1) * step] get 0.
     """
+    chex.assert_rank(points, 2, custom_message="points: expected shape [m, d]")
     m, d = points.shape
     chex.assert_rank(values, d)
     chex.assert_shape([lo, step], (d,))

@@ -30,6 +30,18 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def concrete_values(x: Any) -> np.ndarray | None:
+    """``x`` as a numpy array when its values are known, else None.
+
+    Known: not a tracer, or a tracer of ``jax.grad`` / ``jax.linearize`` on
+    concrete inputs (its primal values). Unknown under jit and vmap.
+    """
+    if is_concrete(x):
+        return np.asarray(x)
+    value = getattr(x, "to_concrete_value", lambda: None)()
+    return None if value is None else np.asarray(value)
+
+
 def as_array(x: Any, name: str, *, ndim: tuple[int, ...] | int | None = None,
              allow_empty: bool = False):
     """Returns ``x`` as an array (numpy or jax, unchanged if already one).

@@ -59,7 +59,8 @@ def _rule_bandwidth(samples: jax.Array, rule: str) -> jax.Array:
     n, d = samples.shape
     mean = jnp.mean(samples, axis=0)
     var = jnp.sum(jnp.square(samples - mean), axis=0) / max(n - 1, 1)
-    s = jnp.sqrt(var)
+    positive = var > 0                       # sqrt'(0) is inf: its gradient would be NaN
+    s = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
     if rule == "scott":
         scale, const = s, 1.06
     else:
@@ -268,8 +269,8 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
             512 (d=2), 128 (d=3), enlarged for concrete inputs until the step
             is at most h / STEPS_PER_BANDWIDTH (at most MAX_GRID_POINTS
             nodes; labels spanning too many bandwidths for that are refused).
-            Traced inputs keep the default and warn: under jit / vmap pass
-            ``grid_size_for(labels, bandwidth)``.
+            Under jit / vmap the default is kept, with a warning: pass
+            ``grid_size_for(labels, bandwidth)`` there.
         chunk_size: exact-method tile size; peak memory O(chunk_size^2).
 
     Returns:

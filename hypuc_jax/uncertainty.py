@@ -95,7 +95,9 @@ def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
 
 def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
              dof: float = INF) -> float:
-    """Fraction of y inside the central ``level`` interval."""
+    """Fraction of y inside the central ``level`` interval; ``level`` in [0, 1]."""
+    if not (is_real(level) and 0.0 <= level <= 1.0):
+        raise ValueError(f"level: expected a coverage in [0, 1], got {level!r}")
     return float(coverage_curve(y, mu, sigma, np.array([level]), dof)[0])
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hypuc_jax import kde
+from hypuc_jax import kde, weights
 
 
 def skewed_labels(n, seed=0):
@@ -235,6 +235,21 @@ def test_jit_and_vmap_over_label_sets(method):
     two_d = jax.vmap(partial(fn, bandwidth=0.5))(jnp.asarray(sets[:, :, None]),
                                                  jnp.asarray(pts[:, :, None]))
     assert two_d.shape == (3, 50)
+
+
+@pytest.mark.parametrize("method", kde.METHODS)
+def test_gradient_at_all_equal_labels_is_finite(method):
+    # the rule bandwidth's sqrt(var = 0) used to make every gradient NaN
+    y = jnp.full(5, 4.0)
+    g = jax.grad(lambda s: kde.gaussian_kde(s, jnp.array([4.0, 4.001]), method=method).sum())(y)
+    assert np.all(np.isfinite(g))
+    g = jax.grad(lambda s: weights.kde_weights(s).sum())(y)
+    assert np.all(np.isfinite(g))
+
+
+def test_interpolate_grid_names_a_wrong_points_shape():
+    with pytest.raises(AssertionError, match="points: expected shape"):
+        kde.interpolate_grid(jnp.ones(3), jnp.zeros(1), jnp.ones(1), jnp.ones(4))
 
 
 def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():

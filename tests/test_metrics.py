@@ -260,6 +260,7 @@ _Y3, _MU3, _S3 = np.r_[1.0, 2.0, 3.0], np.r_[1.5, 2.0, 2.5], np.r_[0.5, 0.5, 0.5
     (lambda: unc.coverage(_Y3[:, None], _MU3, _S3, 0.9), "y"),
     (lambda: unc.coverage_curve(_Y3, _MU3, _S3, np.r_[0.5, 1.2]), "levels"),
     (lambda: unc.width(_S3, 1.5), "level"),
+    (lambda: unc.coverage(_Y3, _MU3, _S3, float("nan")), "level: "),
     (lambda: unc.width(-_S3, 0.9), "sigma"),
     (lambda: unc.miscalibration_area(_Y3, np.r_[1.0, np.inf, 2.0], _S3), "mu"),
     (lambda: unc.ence(_Y3, _MU3, _S3, n_bins=0), "n_bins"),
