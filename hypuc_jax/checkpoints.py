@@ -9,9 +9,11 @@ holds the state (a pytree flattened to ``{path: array}``; PRNG key arrays
 stored as their raw key data) and a JSON ``meta`` dict (loop position,
 early-stopping counters).
 
-A workdir belongs to one model/config: the store writes a fingerprint next
+A workdir belongs to one model/config and one data set: the store writes a
+fingerprint (the config, and a stamp of the training data when given) next
 to the checkpoints and refuses to open a directory whose fingerprint
-differs, unless ``overwrite=True`` (which deletes the old checkpoints).
+differs. ``overwrite=True`` deletes whatever checkpoints the directory holds
+and starts afresh.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 from hypuc_jax._files import temp_file
 
 FINGERPRINT_FILE = "fingerprint.json"
+DATA_STAMP_KEY = "data_stamp"      # top-level fingerprint key: the training data's stamp
 _FINGERPRINT_TMP = ".fingerprint-"
 METRIC = "val_nll"
 
@@ -78,8 +81,12 @@ class CheckpointStore:
     keep: number of most recent checkpoints kept (>= 1).
     fingerprint: JSON-able description of the model/config that produced
       the checkpoints; a directory with another fingerprint is refused.
-    overwrite: delete an existing directory with another fingerprint
-      instead of refusing it.
+    data_stamp: a digest of the training data (``train_data.data_stamp``),
+      stored with the fingerprint; a directory whose checkpoints were
+      trained on data with another stamp is refused. None (readers) skips
+      the check.
+    overwrite: delete the checkpoints the directory holds (of any
+      fingerprint) and start afresh, instead of resuming or refusing.
     optional_defaults: ``{section: {key: value}}`` of keys added to the
       fingerprint later: on both sides a key at its listed value counts as
       absent, so fingerprints written before (without it) and after (with
@@ -93,8 +100,8 @@ class CheckpointStore:
   """
 
   def __init__(self, directory: str, *, keep: int, fingerprint: dict,
-               overwrite: bool = False, optional_defaults: dict | None = None,
-               read_only: bool = False):
+               data_stamp: str | None = None, overwrite: bool = False,
+               optional_defaults: dict | None = None, read_only: bool = False):
     if not isinstance(keep, int) or keep < 1:
       raise ValueError(f"keep: expected an int >= 1, got {keep!r}")
     self.directory = os.path.abspath(directory)
@@ -103,27 +110,33 @@ class CheckpointStore:
       raise ValueError("overwrite: a read-only store cannot delete checkpoints")
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
+    if DATA_STAMP_KEY in fingerprint:
+      raise ValueError(f"fingerprint: {DATA_STAMP_KEY!r} is reserved for the data_stamp argument")
     # Process 0's fingerprint temp file is not a checkpoint (another process may
     # look while it is being written).
     if os.path.isdir(self.directory) and [e for e in os.listdir(self.directory)
                                           if not e.startswith(_FINGERPRINT_TMP)]:
-      try:
+      if overwrite:
+        if self.is_writer:
+          shutil.rmtree(self.directory)
+      else:
         stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
-      except ValueError:
-        if not overwrite:                    # a damaged fingerprint: --overwrite replaces it
-          raise
-        stored = None
-      stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
-                            for f in (stored, fingerprint))
-      if stored_n != wanted_n:
-        if not overwrite:
+        stored_stamp = stored.pop(DATA_STAMP_KEY, None) if stored else None
+        stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
+                              for f in (stored, fingerprint))
+        if stored_n != wanted_n:
           diff = _first_difference(stored_n, wanted_n, (stored, fingerprint))
           raise ValueError(
               f"workdir: {self.directory} holds checkpoints from a different model or "
               f"config ({diff}); use another workdir or pass overwrite=True "
               "(CLI: --overwrite) to delete them")
-        if self.is_writer:
-          shutil.rmtree(self.directory)
+        if data_stamp is not None and stored_stamp not in (None, data_stamp):
+          raise ValueError(
+              f"workdir: {self.directory} holds checkpoints trained on other data (the "
+              "labels, split or records differ); use another workdir or pass overwrite=True "
+              "(CLI: --overwrite) to delete them")
+    if data_stamp is not None:
+      fingerprint[DATA_STAMP_KEY] = data_stamp
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
       if not os.path.exists(fp_path) or _read_fingerprint(fp_path) != fingerprint:
@@ -211,6 +224,14 @@ def _absl_level(level: int):
     yield
   finally:
     logger.setLevel(old)
+
+
+def stored_data_stamp(directory: str) -> str | None:
+  """The training-data stamp stored with the checkpoints in ``directory``, or None."""
+  fp_path = os.path.join(directory, FINGERPRINT_FILE)
+  if not os.path.exists(fp_path):
+    return None
+  return _read_fingerprint(fp_path).get(DATA_STAMP_KEY)
 
 
 def _drop_defaults(fp: Any, defaults: dict) -> Any:

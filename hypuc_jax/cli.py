@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="output directory (default: ./runs/main; a finished run of the same "
                    "config there is reused)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace runs of a different config in --workdir instead of refusing")
+                   help="train both arms from scratch, replacing what --workdir holds (by "
+                   "default a run of the same config and data resumes or is reused, and one "
+                   "of another config or data is refused)")
     p.add_argument("--data", default=None,
                    help="data spec (default: the preset's, the simulated potassium task)")
     size = p.add_mutually_exclusive_group()
@@ -83,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run directory (created; a finished or interrupted run of the same "
                    "config resumes from its latest checkpoint)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a run of a different config in --workdir instead of refusing")
+                   help="train from scratch, replacing what --workdir holds (by default a run "
+                   "of the same config and data resumes, and one of another config or data "
+                   "is refused)")
     p.add_argument("--data", required=True, help="data spec, e.g. simulated:potassium, csv:PATH")
     p.add_argument("--preset", default="potassium",
                    help=f"config preset the flags below modify, one of {_PRESETS} "

@@ -61,10 +61,11 @@ class TrainResult:
 
 
 def _open_store(config: Config, directory: str, overwrite: bool = False,
-                read_only: bool = False):
+                read_only: bool = False, data_stamp: str | None = None):
   return checkpoints.CheckpointStore(directory, keep=config.train.keep_checkpoints,
-                                     fingerprint=fingerprint(config), overwrite=overwrite,
-                                     optional_defaults=FINGERPRINT_DEFAULTS, read_only=read_only)
+                                     fingerprint=fingerprint(config), data_stamp=data_stamp,
+                                     overwrite=overwrite, optional_defaults=FINGERPRINT_DEFAULTS,
+                                     read_only=read_only)
 
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
@@ -78,8 +79,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   Args:
     config: run configuration (validated here).
     workdir: run directory (created).
-    overwrite: replace checkpoints from a different model/config instead
-      of refusing the workdir.
+    overwrite: delete the checkpoints ``workdir`` holds and train from
+      scratch (otherwise a run of the same config and data resumes, and
+      one of another config or data is refused).
     stop_after: stop (as if interrupted) after this many steps of THIS
       call, right after saving a checkpoint; None runs to the end.
 
@@ -88,7 +90,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
 
   Raises:
     ValueError: invalid config (naming the key), a model that does not fit
-      the data, or a workdir holding another run's checkpoints.
+      the data, or a workdir holding the checkpoints of another config or
+      of other training data.
     FloatingPointError: the loss or gradient became NaN/inf; the last good
       checkpoint is kept.
   """
@@ -105,7 +108,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                      f"examples, got {t.batch_size}")
   total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
   paths = train_data.run_paths(workdir)
-  store = _open_store(config, paths["checkpoints"], overwrite)
+  store = _open_store(config, paths["checkpoints"], overwrite,
+                      data_stamp=train_data.data_stamp(run.x, run.y, run.idx))
   graphdef, state, schedule = create_train_state(config, run.input_shape, total)
   head = losses.head_for_loss(config.loss.name)
   spec = LossSpec.from_config(config, run.y_scaled("train"))

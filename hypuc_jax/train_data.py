@@ -10,6 +10,7 @@ has one shape), which makes a resumed run identical to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Iterator
@@ -113,6 +114,39 @@ def prepare(config: Config) -> RunData:
   weighting = weights_lib.fit_weighting(config.weighting.scheme, y[idx["train"]],
                                         **weighting_options(config))
   return RunData(ds.x, y, idx, scaler, weighting, tuple(int(v) for v in ds.x.shape[1:]))
+
+
+#: Records hashed by ``data_stamp`` (spread evenly over the data set).
+STAMP_RECORDS = 64
+
+
+def data_stamp(x: Any, y: Any, idx: dict) -> str:
+  """A digest of what training reads: labels, split and a sample of the records.
+
+  Hashes every label (float64), the sorted indices of each split, the
+  records' shape and dtype, and ``STAMP_RECORDS`` records spread evenly over
+  the data (all of them when fewer), so changed labels, another split or
+  other signals of the same shape are told apart without reading a large
+  memory-mapped data set whole.
+
+  Args:
+    x: records [n, ...] (array, memory map or row view).
+    y: labels [n].
+    idx: {split: row indices}.
+
+  Returns:
+    A hex digest.
+  """
+  h = hashlib.sha1()
+  h.update(np.ascontiguousarray(np.asarray(y, np.float64)).tobytes())
+  for name in sorted(idx):
+    h.update(name.encode())
+    h.update(np.sort(np.asarray(idx[name], np.int64)).tobytes())
+  n = int(np.shape(x)[0])
+  h.update(repr((tuple(int(v) for v in np.shape(x)), str(x.dtype))).encode())
+  rows = np.unique(np.linspace(0, n - 1, min(n, STAMP_RECORDS)).astype(np.int64))
+  h.update(np.ascontiguousarray(np.asarray(x[rows])).tobytes())
+  return h.hexdigest()
 
 
 def save_run_files(paths: dict[str, str], config: Config, run: RunData) -> None:

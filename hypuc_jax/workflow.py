@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
-from hypuc_jax import losses
+from hypuc_jax import checkpoints, losses
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
     WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
@@ -81,7 +81,7 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     """Everything ``train_stage`` checks before it changes ``workdir``.
 
     Validates ``cfg``, refuses a run of a different config in ``workdir``
-    (unless ``overwrite``), loads the data, splits it and checks that the
+    or checkpoints trained on other data (unless ``overwrite``), loads the data, splits it and checks that the
     model takes its records, that a training batch fits in the training
     split and that hyperfine calibration's bins fit in the validation split.
 
@@ -107,6 +107,12 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                                 "--workdir or pass --overwrite")
     ds = _dataset(cfg)
     parts = train_data.split_for(cfg, ds)
+    ckpt = train_data.run_paths(str(workdir))["checkpoints"]
+    if not overwrite and checkpoints.stored_data_stamp(ckpt) not in (
+            None, train_data.data_stamp(ds.x, np.asarray(ds.y, np.float64), parts)):
+        raise WorkflowError(f"{workdir}: its checkpoints were trained on other data (the labels, "
+                            f"split or records of --data {cfg.data.spec!r} differ); choose "
+                            "another --workdir or pass --overwrite to train from scratch")
     n_train = len(parts["train"])
     if n_train < cfg.train.batch_size:      # train_and_evaluate's check, before any change
         raise ValueError(f"train.batch_size: expected <= the {n_train} training examples, "
@@ -130,8 +136,9 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     Args:
       cfg: the resolved config.
       workdir: run directory.
-      overwrite: replace a run of a different config in ``workdir``
-        (otherwise refused; a run of the same config resumes).
+      overwrite: train from scratch, replacing whatever ``workdir`` holds
+        (otherwise a run of another config or data is refused, and one of
+        the same config and data resumes).
 
     Everything :func:`check_trainable` checks (config, data, split, model
     fit) is checked before anything in ``workdir`` is removed, so bad input

@@ -74,6 +74,27 @@ def test_foreign_fingerprint_is_refused_unless_overwrite(tmp_path):
   fresh.close()
 
 
+def test_checkpoints_of_other_training_data_are_refused_and_overwrite_starts_afresh(tmp_path):
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1},
+                                      data_stamp="aaa")
+  store.save(1, _state(1), {}, 1.0)
+  store.close()
+  assert checkpoints.stored_data_stamp(str(tmp_path)) == "aaa"
+  with pytest.raises(ValueError, match="trained on other data"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1}, data_stamp="bbb")
+  for kwargs in ({"data_stamp": "aaa"}, {"read_only": True}):   # same data; readers: no check
+    same = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1}, **kwargs)
+    assert same.latest_step() == 1
+    same.close()
+  # --overwrite used to resume a run of the same config (so new data was never trained)
+  fresh = checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1},
+                                      data_stamp="aaa", overwrite=True)
+  assert fresh.latest_step() is None
+  fresh.close()
+  with pytest.raises(ValueError, match="reserved"):
+    checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"data_stamp": 1})
+
+
 def test_fingerprint_is_written_atomically_and_a_torn_one_is_named(tmp_path):
   """Reopening a run with the same config leaves fingerprint.json untouched (no window
   in which a crash could tear it); a torn one (what a crash mid-write used to leave)

@@ -165,9 +165,11 @@ def test_failed_train_keeps_the_finished_run(tabular, capsys, tmp_path):
   assert _files(wd) == before
 
 
-def test_retrain_on_changed_data_drops_the_stale_stages(tabular, capsys, tmp_path):
-  """The identical config on data edited in place: re-predicted from the new
-  data (training resumes at its last step), later stages dropped."""
+def test_retrain_on_changed_data_is_refused_unless_overwrite(tabular, capsys, tmp_path):
+  """The identical config on data edited in place: the checkpoints were trained
+  on the old data, so a plain re-run is refused with nothing changed (it used
+  to resume at the last step, i.e. keep the old model and re-predict);
+  --overwrite trains from scratch on the new data and drops the later stages."""
   _, data0, _, (x, y, split) = tabular
   data = tmp_path / "d.csv"
   shutil.copy(data0, data)
@@ -177,16 +179,27 @@ def test_retrain_on_changed_data_drops_the_stale_stages(tabular, capsys, tmp_pat
   assert hypuc(capsys, *argv)[0] == 0
   for cmd in ("calibrate", "correct", "evaluate"):
     assert hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+  old_mu = np.load(wd / "predictions_val.npz")["mu"]
   _write_csv(data, [*FEATURES, "target", "part"],
-             [[*r.tolist(), 2 * float(t), s] for r, t, s in zip(x, y, split)])
+             [[*r.tolist(), 8.0 - float(t), s] for r, t, s in zip(x, y, split)])
+  before = _files(wd)
   rc, _, err = hypuc(capsys, *argv)
+  assert "trained on other data" in one_line_error(rc, err)
+  assert _files(wd) == before
+  rc, _, err = hypuc(capsys, *argv, "--overwrite")
   assert rc == 0, err
   np.testing.assert_allclose(np.load(wd / workflow.TRAIN_LABELS),
-                             2 * y[split == "train"].astype(np.float32), rtol=1e-6)
+                             8.0 - y[split == "train"].astype(np.float32), atol=1e-6)
   val = np.load(wd / "predictions_val.npz")
-  np.testing.assert_allclose(val["y"], 2 * y[split == "val"], rtol=1e-6)
+  np.testing.assert_allclose(val["y"], 8.0 - y[split == "val"], atol=1e-6)
+  # retrained (the old model on the same records would give old_mu exactly): the new
+  # model follows the flipped labels, the old one anti-correlates with them
+  assert not np.allclose(val["mu"], old_mu)
+  assert np.corrcoef(val["y"], val["mu"])[0, 1] > 0 > np.corrcoef(val["y"], old_mu)[0, 1]
   for stale in (workflow.CALIBRATION, workflow.CORRECTIONS, workflow.EVAL):
     assert not (wd / stale).exists()
+  rc, _, err = hypuc(capsys, *argv)            # the same config and data now: resumes
+  assert rc == 0, err
 
 
 def test_predict_writes_nothing_into_the_run_and_takes_npz_by_position(tabular, capsys,
