@@ -91,7 +91,9 @@ def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
 
   Values are coerced to the field's type: ints, floats, bools
   (true/false/1/0/yes/no), ``none`` for optional fields, tuples as
-  ``32,64`` or a Python literal ``(32, 64)``.
+  ``32,64`` or a Python literal ``(32, 64)``. ``train.epochs`` given
+  without ``train.steps`` also sets ``train.steps=0``, so that the epochs
+  take effect (``steps > 0`` overrides them, and some presets set steps).
 
   Args:
     config: the base configuration.
@@ -107,6 +109,9 @@ def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
       raise ValueError(f"overrides: expected 'section.key=value', got {item!r}")
     key, raw = item.split("=", 1)
     pairs.append((key.strip(), raw.strip()))
+  keys = {k for k, _ in pairs}
+  if "train.epochs" in keys and "train.steps" not in keys:
+    pairs.append(("train.steps", "0"))
   return typed_fields.replace_many(config, pairs)
 
 

@@ -28,8 +28,10 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     plus y first when the data hold labels (empty where a label is missing).
 
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
-    target column, and csv features are taken by the training column names
-    (in the training order). Records with NaN/inf inputs are refused, not
+    target column (a ``target=`` it names must exist), and csv features are
+    taken by the training column names (in the training order). Signals are
+    read at the training data's sampling rate unless the spec sets ``rate=``,
+    which must then equal it. Records with NaN/inf inputs are refused, not
     dropped, so every output row belongs to the record in the same position.
 
     Returns:
@@ -54,7 +56,12 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     corrector = _load_corrector(workdir, cal.dof)
     by_name = task.feature_names if _named_columns(spec) else ()   # npz columns: by position
     ds = data_lib.load(spec, labels_optional=True, defaults={
-        "target": cfg.data.target or task.target, "features": by_name})
+        "target": cfg.data.target or task.target, "features": by_name, "rate": task.rate})
+    if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
+        raise WorkflowError(f"--data: records at {float(ds.rate):g} Hz, but the model was "
+                            f"trained at {task.rate:g} Hz (records of the same shape at another "
+                            f"rate would be misread); omit rate= from {spec!r} to use "
+                            f"{task.rate:g} Hz")
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
         raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "
@@ -99,3 +106,9 @@ def _check_output(output: Path) -> None:
         raise WorkflowError(f"--output: expected a path ending in .csv, got {str(output)!r}")
     if output.is_dir():
         raise WorkflowError(f"--output: {output} is a directory; expected a .csv file path")
+    for parent in output.parents:                        # the nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                raise WorkflowError(f"--output: {parent} is a file, not a directory; expected "
+                                    "a .csv path in a directory")
+            break

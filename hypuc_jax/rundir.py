@@ -254,7 +254,11 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
     if regions:
         cfg = dataclasses.replace(cfg, regions=tuple(cfg.regions) + tuple(
             parse_region(r) for r in regions))
-    return config_lib.apply_overrides(cfg, list(overrides))
+    cfg = config_lib.apply_overrides(cfg, list(overrides))
+    if lam is not None and cfg.weighting.scheme != "hypuc":    # stored, fingerprinted, unused
+        raise ValueError(f"--lam: applies to --weighting hypuc only, got weighting "
+                         f"{cfg.weighting.scheme!r}")
+    return cfg
 
 
 # ----------------------------------------------------------------------------- task
@@ -271,6 +275,7 @@ class Task:
     kind: str
     input_shape: tuple[int, ...]
     feature_names: tuple[str, ...] = ()   # tabular: training columns, in order
+    rate: float | None = None             # signals: the training records' sampling rate (Hz)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (infinite region bounds as null)."""
@@ -287,7 +292,8 @@ class Task:
                                 else float(b)) for k, (a, b) in d["regions"].items()},
                    thresholds=tuple((n, float(v), s) for n, v, s in d["thresholds"]),
                    kind=d["kind"], input_shape=tuple(int(v) for v in d["input_shape"]),
-                   feature_names=tuple(str(v) for v in d.get("feature_names", ())))
+                   feature_names=tuple(str(v) for v in d.get("feature_names", ())),
+                   rate=None if d.get("rate") is None else float(d["rate"]))
 
 
 def load_task(workdir: str | os.PathLike) -> Task:

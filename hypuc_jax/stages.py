@@ -90,8 +90,9 @@ def _check_hyperfine_fits(cfg: config_lib.Config, n_val: int, where) -> None:
         raise WorkflowError(
             f"{where}: {n_val} validation predictions are too few for hyperfine calibration "
             f"(calibration.bins={cfg.calibration.bins} and calibration.min_count="
-            f"{cfg.calibration.min_count} need {need}); use --method global, or a larger "
-            "validation split")
+            f"{cfg.calibration.min_count} need {need}); calibrate with the global scale "
+            "(`hypuc calibrate --method global`; `--set calibration.method=global` for train "
+            "and run), fewer calibration.bins, or a larger validation split")
 
 
 def _calibrator(workdir: Path):

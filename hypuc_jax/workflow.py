@@ -99,9 +99,19 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     workdir = Path(workdir)
     if not str(workdir) or str(workdir) == ".":
         raise WorkflowError(f"--workdir: expected a run directory, got {str(workdir)!r}")
+    for parent in (workdir, *workdir.parents):           # the nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                raise WorkflowError(f"--workdir: {parent} is a file; expected a directory")
+            break
     config_lib.validate(cfg, n_devices=jax.device_count())
     if (workdir / CONFIG).exists() and not overwrite:
-        old = config_lib.Config.from_dict(read_json(workdir / CONFIG, "config"))
+        stored = read_json(workdir / CONFIG, "config")       # names the file itself
+        try:
+            old = config_lib.Config.from_dict(stored)
+        except (KeyError, TypeError, ValueError) as e:
+            raise WorkflowError(f"{workdir / CONFIG}: not a valid run config ({e}); pass "
+                                "--overwrite to replace the run") from None
         if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
             raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
                                 "--workdir or pass --overwrite")
@@ -166,7 +176,8 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),
                 kind=ds.kind, input_shape=tuple(int(v) for v in np.shape(ds.x)[1:]),
-                feature_names=tuple(ds.feature_names) if _named_columns(cfg.data.spec) else ())
+                feature_names=tuple(ds.feature_names) if _named_columns(cfg.data.spec) else (),
+                rate=None if ds.rate is None else float(ds.rate))
     write_json(workdir / TASK, dict(task.to_dict(), constant_sigma=const))
     return task
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cli_helpers import hypuc, one_line_error
-from hypuc_jax import cli, comparison, config as config_lib, workflow
+from hypuc_jax import cli, comparison, config as config_lib, train, workflow
+from hypuc_jax import data as data_lib
 
 TINY = config_lib.get_config("tiny").data.spec
 METRIC_KEYS = ("n", "mae", "mse", "rmse", "gm", "pearson", "spearman", "nll", "crps",
@@ -141,6 +142,24 @@ def test_predict_refuses_other_shape(trained, tmp_path, capsys):
     rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec, "--output", out)
     assert "shape" in one_line_error(rc, err)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
+    """Records of the training shape at another rate were accepted and misread; a spec
+    without rate= now reads at the training rate, and another rate is refused."""
+    assert "rate=50" in TINY and json.loads((trained / "task.json").read_text())["rate"] == 50
+    out = tmp_path / "preds.csv"
+    other = "simulated:potassium?n=8&duration=1&rate=100&seed=3"      # 100 x 12, like training
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", other, "--output", out)
+    assert "trained at 50 Hz" in one_line_error(rc, err) and not out.exists()
+    same = "simulated:potassium?n=8&duration=2&seed=3"                 # no rate=: the run's
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", same, "--output", out)
+    assert rc == 0, err
+    ds = data_lib.load(same + "&rate=50")
+    want, _ = train.predict(str(trained), ds.x)
+    with open(out) as f:
+        got = [float(r["mu"]) for r in csv.DictReader(f)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("parallel", ["sharding", "pmap"])
@@ -273,6 +292,9 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
                            "gone.csv"),
                           # found only by the later stages before: refused up front now
                           (["--set", "calibration.min_count=1000"], "calibration.min_count=1000"),
+                          # and names the option `run` takes (it said "--method global")
+                          (["--set", "calibration.min_count=1000"],
+                           "--set calibration.method=global"),
                           (["--set", "corrections.seed=-1"], "corrections.seed"),
                           (["--set", "train.batch_size=1000", "--overwrite"],
                            "train.batch_size"),

@@ -95,6 +95,16 @@ def test_predict_new_unlabeled_data_by_column_name(tabular, capsys):
                 "--output", out)[0] == 0
   got = [r["y"] for r in _read(out)]
   assert [v == "" for v in got] == [i % 3 == 0 for i in range(30)]
+  # the same with target= named in the spec: per-row gaps are fine ...
+  out = root / "p_partial_named.csv"
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{partial}?target=target",
+                "--output", out)[0] == 0
+  assert [r["y"] == "" for r in _read(out)] == [i % 3 == 0 for i in range(30)]
+  # ... but a column the spec names must exist (it was silently read as "no labels")
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{labelled}?target=zz",
+                     "--output", root / "p_zz.csv")
+  assert "'zz' not found" in one_line_error(rc, err)
+  assert not (root / "p_zz.csv").exists()
 
 
 def test_predict_refuses_rows_it_cannot_score(tabular, capsys):
@@ -131,6 +141,13 @@ def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
   rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
                       "--output", tmp_path / "dir.csv")
   assert "--output" in one_line_error(rc, err)
+  (tmp_path / "afile").write_text("")           # an OSError "[Errno 17] File exists" before
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                     "--output", tmp_path / "afile" / "sub" / "p.csv")
+  assert "--output" in one_line_error(rc, err) and "is a file" in err
+  rc, _, err = hypuc(capsys, "train", "--workdir", tmp_path / "afile", "--data",
+                     f"csv:{data}?split=part", "--target", "target", *FAST)
+  assert "--workdir" in one_line_error(rc, err) and "is a file" in err
   assert _files(wd) == before
 
 
@@ -240,6 +257,19 @@ def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
     line = one_line_error(rc, err)
     assert "data.target" in line and needle in line
     assert not wd.exists()
+
+
+def test_train_names_a_damaged_config_in_the_workdir(tabular, capsys, tmp_path):
+  _, data, wd0, _ = tabular
+  wd = tmp_path / "run"
+  shutil.copytree(wd0, wd)
+  d = json.loads((wd / "config.json").read_text())
+  d["train"]["foo"] = 1
+  (wd / "config.json").write_text(json.dumps(d))
+  rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}?split=part",
+                     "--target", "target", *FAST)
+  line = one_line_error(rc, err)       # it read like a bad --set ("train.foo: unknown key")
+  assert "config.json: not a valid run config" in line and "train.foo" in line
 
 
 def test_damaged_run_files_are_named(tabular, capsys, tmp_path):

@@ -47,6 +47,17 @@ def test_overrides_coerce_types():
   assert apply_overrides(cfg, ["weighting.bandwidth=silverman"]).weighting.bandwidth == "silverman"
 
 
+def test_epochs_override_takes_effect_over_a_preset_step_count():
+  # the tiny preset sets train.steps=12, which silently beat --set train.epochs=N
+  tiny = get_config("tiny")
+  assert tiny.train.steps == 12
+  cfg = apply_overrides(tiny, ["train.epochs=3"])
+  assert (cfg.train.epochs, cfg.train.steps) == (3, 0)
+  both = apply_overrides(tiny, ["train.epochs=3", "train.steps=7"])   # both given: as written
+  assert (both.train.epochs, both.train.steps) == (3, 7)
+  assert apply_overrides(tiny, ["train.lr=0.1"]).train.steps == 12
+
+
 def test_overrides_leave_the_input_unchanged():
   cfg = get_config("tiny")
   apply_overrides(cfg, ["train.lr=1.0"])

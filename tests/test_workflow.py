@@ -154,15 +154,21 @@ def test_parse_region_rejects(text):
 
 
 def test_make_config_applies_flags_then_overrides():
-    cfg = workflow.make_config("tiny", data="diabetes", loss="laplace", weighting="lds", lam=0.25,
+    cfg = workflow.make_config("tiny", data="diabetes", loss="laplace", weighting="hypuc", lam=0.25,
                                epochs=3, batch_size=16, seed=7, parallel="none",
                                regions=["r=1:2"], overrides=["train.lr=0.01", "weighting.lam=0.75"])
-    assert (cfg.data.spec, cfg.loss.name, cfg.weighting.scheme) == ("diabetes", "laplace", "lds")
+    assert (cfg.data.spec, cfg.loss.name, cfg.weighting.scheme) == ("diabetes", "laplace", "hypuc")
     assert (cfg.train.epochs, cfg.train.steps, cfg.train.batch_size, cfg.train.seed) == (3, 0, 16, 7)
     assert cfg.weighting.lam == 0.75 and cfg.train.lr == 0.01 and cfg.train.parallel == "none"
     assert cfg.regions[-1] == ("r", 1.0, 2.0)
     with pytest.raises(ValueError, match="train.nope"):
         workflow.make_config("tiny", overrides=["train.nope=1"])
+    # --lam only means something to the KDE weights (it was stored and fingerprinted, unused)
+    for scheme in ("none", "lds"):
+        with pytest.raises(ValueError, match="--lam: applies to --weighting hypuc only"):
+            workflow.make_config("tiny", weighting=scheme, lam=2.0)
+    assert workflow.make_config("tiny", weighting="none", lam=0.5,
+                                overrides=["weighting.scheme=hypuc"]).weighting.lam == 0.5
 
 
 def test_atomic_writers_leave_no_temp_files(tmp_path):

@@ -342,9 +342,10 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
       strict: default for the ``strict`` option when the spec does not set
         it (False: drop NaN/inf rows with a log line).
       labels_optional: for prediction: a csv/npz/wfdb source without its
-        label column / array loads with NaN labels, labels may be missing
-        per row, and no row is ever dropped (a row with NaN/inf inputs
-        raises instead, so outputs line up with the records).
+        label column / array loads with NaN labels (unless the spec itself
+        names the column with ``target=``), labels may be missing per row,
+        and no row is ever dropped (a row with NaN/inf inputs raises
+        instead, so outputs line up with the records).
       defaults: options used where the spec does not set them (those its
         kind accepts; others are ignored), e.g. a run's ``target`` and, for
         csv, its training ``features`` as a tuple of column names (names may
@@ -358,10 +359,12 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
       ValueError: naming the file/option and the problem.
     """
     kind, arg, options = parse_spec(spec)
+    # A label column the spec names must exist; only a default one may be absent.
+    column_optional = labels_optional and "target" not in options
     options = {**{k: v for k, v in (defaults or {}).items()
                   if k in _OPTIONS[kind] and v not in (None, "", ())}, **options}
     strict = _opt(options, "strict", _flag, bool(strict), spec)
-    ds = _LOADERS[kind](arg, options, spec, labels_optional)
+    ds = _LOADERS[kind](arg, options, spec, column_optional)
     where = arg if arg else spec
     if labels_optional:
         check_finite_inputs(ds.x, where=where)
