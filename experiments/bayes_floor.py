@@ -24,8 +24,13 @@ given each test label, ``--draws`` per label); and, with ``--sim-seed`` /
 REALIZED effective labels of those test records
 (``hypuc_jax.data.effective_labels``), i.e. what a perfect reader
 scores on exactly this test set. The same is done for the validation records,
-where lam and checkpoints are chosen. Runs are shown by the MAE of mu. The
-label density rho is a fine histogram of 2e6 draws.
+where lam and checkpoints are chosen. Runs are shown by the MAE of mu, mean
+over their ``seed<N>/`` runs (``--seeds``: only these); every seed of every
+run must have the same test and validation labels (one data split, which the
+oracle rows are computed on; a split per seed is refused). A region a seed
+has no records in is averaged over the seeds that have (the cell says
+``(n=k)``), "—" where none has. The label density rho is a fine histogram
+of 2e6 draws.
 
 Usage::
 
@@ -41,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import publish
+from _results import check_out, publish, seed_dirs, seeds_per_run
 from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
 from hypuc_jax.rundir import load_config
@@ -123,26 +128,52 @@ def expected_mae_given_labels(reader, dist, y, lam, draws, rng, regs, statistic=
     return per_region(err.reshape(y.size, draws).mean(axis=1), y, regs)
 
 
-def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz") -> tuple[dict, np.ndarray]:
-    """Mean over seed*/NAME of the MAE of mu per region, and the split's labels."""
-    files = sorted(run_dir.glob(f"seed*/{name}")) or [run_dir / name]
-    if not files[0].exists():
-        raise FileNotFoundError(f"--runs {run_dir}: no {name} (a finished `hypuc` run "
-                                "directory or an ablation variant folder was expected)")
-    per = [region_mae(z["y"], z["mu"], regs) for z in map(np.load, files)]
-    return {k: float(np.mean([p[k] for p in per])) for k in regs}, np.load(files[0])["y"]
+def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz",
+            seeds=None) -> tuple[dict, dict, list[tuple[Path, np.ndarray]]]:
+    """MAE of mu per region over the seed runs' NAME: (mean over seeds, seeds with records
+    there, [(seed directory, its labels)]).
+
+    A region a seed has no records in is left out of that region's mean
+    (the count says over how many seeds it is; NaN where none has records).
+    ``seeds``: only these seeds (default: every ``seed<N>/``; a folder
+    without any is itself the run directory).
+    """
+    dirs = seed_dirs(run_dir, seeds, plain=True)
+    for d in dirs:
+        if not (d / name).exists():
+            raise FileNotFoundError(f"--runs {run_dir}: no {d / name} (a finished `hypuc` run "
+                                    "directory or an ablation variant folder was expected)")
+    ys = [(d, np.load(d / name)["y"]) for d in dirs]
+    per = [region_mae(y, np.load(d / name)["mu"], regs) for d, y in ys]
+    counts = {k: sum(bool(np.isfinite(p[k])) for p in per) for k in regs}
+    means = {k: float(np.mean([p[k] for p in per if np.isfinite(p[k])])) if counts[k]
+             else float("nan") for k in regs}
+    return means, counts, ys
+
+
+def check_one_split(runs: list, split: str) -> tuple[Path, np.ndarray]:
+    """The reference (first seed of the first run) directory and labels of ``split``;
+    refuses any seed of any run (``run_mae`` results) whose labels differ: the oracle
+    rows hold for one split only."""
+    ref_dir, ref = runs[0][2][0]
+    for _, _, ys in runs:                  # every seed of every run, not each run's first
+        for d, y in ys:
+            if y.shape != ref.shape or not np.allclose(y, ref):
+                raise ValueError(f"--runs {d}: {split} labels differ from {ref_dir}'s (one data "
+                                 "split expected; a split per seed cannot share the oracle rows)")
+    return ref_dir, ref
 
 
 def realized_effective(run_dir: Path, split: str, labels: np.ndarray, preset: str,
                        sim_seed: int, sim_n: int) -> np.ndarray:
-    """Effective labels [n] of the records of ``split``, checked against the run's labels."""
-    first = (sorted(run_dir.glob("seed*")) or [run_dir])[0]
-    data = load_config(str(first)).data
+    """Effective labels [n] of the records of ``split`` of the run directory ``run_dir``
+    (one seed's), checked against its labels."""
+    data = load_config(str(run_dir)).data
     idx = split_indices(sim_n, data.seed, data.split)[split]
     y, eff = effective_labels(sim_seed, idx, preset)
     if y.shape != labels.shape or not np.allclose(y, labels, atol=1e-5):
         raise ValueError(f"--sim-seed {sim_seed} --sim-n {sim_n}: the simulated {split} labels "
-                         f"differ from {first}'s (another simulate call made that data)")
+                         f"differ from {run_dir}'s (another simulate call made that data)")
     return eff
 
 
@@ -153,6 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=400_000)
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--runs", type=Path, nargs="*", default=[])
+    ap.add_argument("--seeds", type=int, nargs="+", action="append",
+                    help="only these seeds of the --runs folders (default: all of each); once "
+                    "for every run or once per --runs folder, in order")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-seed", type=int, help="simulate() seed of the runs' data")
     ap.add_argument("--sim-n", type=int, help="simulate() record count of the runs' data")
@@ -161,17 +195,41 @@ def main(argv=None) -> int:
                     "minimiser) and/or median (absolute-error minimiser, what a Laplace NLL fits)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if (a.sim_seed is None) != (a.sim_n is None):
+        ap.error("--sim-seed and --sim-n: give both (the simulate call of the runs' data) or "
+                 "neither")
+    if a.sim_seed is not None and not a.runs:
+        ap.error("--sim-seed/--sim-n: need --runs (the realized labels are the runs' records)")
+    seeds = seeds_per_run(ap, a.seeds, a.runs)
+    check_out(ap, a.out)
     preset = get_preset(a.preset)
-    dist, rng = preset.labels, np.random.default_rng(a.seed)
     regs = regions(preset.task)
+    splits = (("test", "outputs_test.npz"), ("val", "predictions_val.npz"))
+    try:                          # the runs first: a bad --runs fails before the slow oracle
+        runs = {split: [run_mae(run, regs, name, s) for run, s in zip(a.runs, seeds)]
+                for split, name in splits}
+        ref = {split: check_one_split(runs[split], split) for split, _ in splits} if a.runs else {}
+        eff = {}
+        if a.sim_seed is not None:        # cheap too: labels only, no ECG
+            eff = {split: realized_effective(ref[split][0], split, ref[split][1], a.preset,
+                                             a.sim_seed, a.sim_n) for split, _ in splits}
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    dist, rng = preset.labels, np.random.default_rng(a.seed)
     reader = OracleReader(dist, rng)
     y = sample_labels(dist, a.samples, rng)
     e = y + noise_sd(dist, y) * rng.standard_normal(y.size)
     cols = list(regs)
     head = ["| predictor | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
 
-    def row(label, m):
-        return f"| {label} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |"
+    def row(label, m, counts=None, n=0):
+        """(n=k): mean over the k of the n seeds with records in that region; —: none."""
+        return f"| {label} | " + " | ".join(
+            ("—" if not np.isfinite(m[c]) else f"{m[c]:.3f}"
+             + (f" (n={counts[c]})" if counts and counts[c] < n else "")) for c in cols) + " |"
+
+    def run_rows(split):
+        return [row(run, m, counts, len(ys)) for run, (m, counts, ys) in zip(a.runs, runs[split])]
 
     oracles = [(("" if stat == "mean" else "median, ") + f"lam {lam:g}", stat, lam)
                for stat in a.statistics for lam in a.lams]
@@ -180,13 +238,8 @@ def main(argv=None) -> int:
              "", "| lam | " + head[0][len("| predictor | "):], head[1]]
     lines += [row(name.replace("lam ", ""), region_mae(y, reader(e, lam, stat), regs))
               for name, stat, lam in oracles]
-    splits = (("test", "outputs_test.npz"), ("val", "predictions_val.npz"))
-    runs = {split: [run_mae(run, regs, name) for run in a.runs] for split, name in splits}
-    for run, (_, ys) in zip(a.runs, runs["test"]):
-        if ys.shape != runs["test"][0][1].shape or not np.allclose(ys, runs["test"][0][1]):
-            raise ValueError(f"--runs {run}: test labels differ from {a.runs[0]} (one data split expected)")
     if a.runs:
-        test_y = runs["test"][0][1]
+        test_y = ref["test"][1]
         counts = {c: int(regs[c](test_y).sum()) for c in cols}
         lines += ["", f"On the runs' test labels (n = {test_y.size}; "
                   + ", ".join(f"{c}: {counts[c]}" for c in cols[1:])
@@ -194,17 +247,17 @@ def main(argv=None) -> int:
                   " runs = MAE of mu, mean over seeds", "", *head]
         lines += [row(f"oracle {name}", expected_mae_given_labels(
             reader, dist, test_y, lam, a.draws, rng, regs, stat)) for name, stat, lam in oracles]
-        lines += [row(run, m) for run, (m, _) in zip(a.runs, runs["test"])]
-    if a.runs and a.sim_seed is not None and a.sim_n is not None:
+        lines += run_rows("test")
+    if a.runs and a.sim_seed is not None:
         for split, _ in splits:
-            ys = runs[split][0][1]
-            eff = realized_effective(a.runs[0], split, ys, a.preset, a.sim_seed, a.sim_n)
+            ys = ref[split][1]
             lines += ["", f"{split} split, oracle on the REALIZED effective labels of its "
                       f"{ys.size} records (`simulate({a.sim_seed}, {a.sim_n})`); runs = MAE of mu, "
                       "mean over seeds", "", *head]
             lines += [row(f"oracle {name}", region_mae(
-                ys, reader(eff.astype(np.float64), lam, stat), regs)) for name, stat, lam in oracles]
-            lines += [row(run, m) for run, (m, _) in zip(a.runs, runs[split])]
+                ys, reader(eff[split].astype(np.float64), lam, stat), regs))
+                for name, stat, lam in oracles]
+            lines += run_rows(split)
     publish("\n".join(lines) + "\n", a.out, "bayes_floor.py", argv or sys.argv[1:])
     return 0
 

@@ -25,12 +25,14 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hypuc_jax import data  # noqa: E402
+from _results import check_out, command_line, write_result  # noqa: E402
 
 BATCH = 64
 
@@ -68,8 +70,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    check_out(p, args.out)                    # before the benchmark, not after it
     load = os.getloadavg()[0]
     x, y = data.simulate(0, args.n, rate=100, duration=10.0)
     parts = data.split_indices(args.n, 0)
@@ -104,9 +107,9 @@ def main(argv=None):
         lines.append(f"| {source} | {kind} | {rate:,.0f} | {rate * BATCH:,.0f} |")
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("# bench_pipeline\n\n`python experiments/bench_pipeline.py`\n\n" + text + "\n")
+    if args.out:                              # the command as run, arguments included
+        cmd = command_line("bench_pipeline.py", sys.argv[1:] if argv is None else list(argv))
+        write_result(args.out, f"# bench_pipeline\n\n`{cmd}`\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

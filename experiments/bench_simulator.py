@@ -22,11 +22,13 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hypuc_jax.data import simulate  # noqa: E402
+from _results import check_out, command_line, write_result  # noqa: E402
 
 DURATION = 10.0
 
@@ -65,8 +67,10 @@ def main(argv=None):
     p.add_argument("--n500", type=int, default=1024, help="hypuc_jax records at 500 Hz")
     p.add_argument("--nk", type=int, default=3, help="neurokit2 records per rate")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the table to this markdown file")
     args = p.parse_args(argv)
+    check_out(p, args.out)                    # before the benchmark, not after it
     load = os.getloadavg()[0]
     rows = []
     for rate, n in ((100, args.n100), (500, args.n500)):
@@ -87,9 +91,9 @@ def main(argv=None):
     ]
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("# bench_simulator\n\n`python experiments/bench_simulator.py`\n\n" + text + "\n")
+    if args.out:                              # the command as run, arguments included
+        cmd = command_line("bench_simulator.py", sys.argv[1:] if argv is None else list(argv))
+        write_result(args.out, f"# bench_simulator\n\n`{cmd}`\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

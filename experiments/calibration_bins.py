@@ -1,6 +1,8 @@
 """How many hyperfine bins, which tail? Choose on validation by cross-validated UCE; check on test.
 
-For each finished run (``RUN/seed*/predictions_val.npz`` + ``outputs_test.npz``),
+For each finished run (``RUN/seed<N>/predictions_val.npz`` + ``outputs_test.npz``;
+``--seeds``: only these N; a point model's NaN sigma is its task.json
+``constant_sigma``, as in the pipeline),
 each tail ("gaussian": the SPEC's; "auto": a Student-t dof fitted on
 validation) and each bin count, hyperfine calibration
 (``calibration.fit_hyperfine``, min_count 20) is scored two ways:
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import publish
+from _results import check_out, predictions, publish, seed_dirs, seeds_per_run
 from scipy import stats
 
 from hypuc_jax import calibration, uncertainty
@@ -57,19 +59,27 @@ def main(argv=None) -> int:
     ap.add_argument("--tails", nargs="+", default=["gaussian", "auto"],
                     choices=["gaussian", "auto"])
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", action="append",
+                    help="only these seeds (default: all of each run); once for every run or "
+                    "once per --runs folder, in order")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    check_out(ap, a.out)
+    try:                                       # every run's files before any fit
+        runs = [(run, seed_dirs(run, s))
+                for run, s in zip(a.runs, seeds_per_run(ap, a.seeds, a.runs))]
+        data = {d: (predictions(d, "predictions_val.npz"), predictions(d, "outputs_test.npz"))
+                for _, dirs in runs for d in dirs}
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     lines = ["| run | tail | bins | dof per seed | CV-val UCE | test UCE uncalibrated | "
              "test UCE calibrated | change | oracle (fitted on test) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for run in a.runs:
-        seeds = sorted(run.glob("seed*"))
-        if not seeds:
-            raise FileNotFoundError(f"--runs {run}: no seed*/ run directories")
+    for run, seeds in runs:
         for tail, b in ((t, b) for t in a.tails for b in a.bins):
             cv, unc, cal, dofs, oracle = [], [], [], [], []
             for d in seeds:
-                va, te = np.load(d / "predictions_val.npz"), np.load(d / "outputs_test.npz")
+                va, te = data[d]
                 cv.append(cv_uce(va["mu"], va["sigma"], va["y"], b, tail=tail))
                 fit = calibration.fit_hyperfine(va["mu"], va["sigma"], va["y"], n_bins=b,
                                                 min_count=20, tail=tail)

@@ -27,6 +27,10 @@ Decisions: population AUROC of ``y > t`` (``y < t``) when ranking by the
 reading ``e``, by the exact posterior probability ``P(y > t | e)`` (the
 Bayes-optimal score) and by ``f_lam(e)``.
 
+Measured runs (``--runs``: ablation variant folders, their
+``seed<N>/outputs_test.npz``; ``--seeds``: only these N) are shown beside
+the floor, checked before the population is computed.
+
 Usage::
 
     python experiments/calibration_floor.py --preset potassium \\
@@ -42,7 +46,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from _results import publish
+from _results import check_out, publish, seed_dirs, seeds_per_run
 from bayes_floor import OracleReader, noise_sd, sample_labels
 from hypuc_jax import uncertainty
 from hypuc_jax.data.tasks import get_preset
@@ -164,12 +168,14 @@ def per_bin_pass_probability(n: int, bins: int, level: float = 0.95, tol: float 
     return float(one ** bins)
 
 
-def run_uce_row(run: Path) -> str:
-    """Markdown row: test UCE before / after calibration over RUN/seed*/outputs_test.npz."""
-    files = sorted(run.glob("seed*/outputs_test.npz"))
-    if not files:
-        raise FileNotFoundError(f"--runs {run}: no seed*/outputs_test.npz (an ablation variant "
-                                "folder was expected)")
+def run_uce_row(run: Path, seeds=None) -> str:
+    """Markdown row: test UCE before / after calibration over RUN/seed<N>/outputs_test.npz
+    (``seeds``: only these N; default all)."""
+    files = [d / "outputs_test.npz" for d in seed_dirs(run, seeds)]
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"--runs {run}: no {f} (an ablation variant folder of "
+                                    "evaluated runs was expected)")
     u = np.array([[uncertainty.uce(d["y"], d["mu"], d["sigma"]),
                    uncertainty.uce(d["y"], d["mu"], d["sigma_cal"], float(d.get("dof", np.inf)))]
                   for d in map(np.load, files)])
@@ -186,9 +192,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-test", type=int, default=1600, help="test size for the finite-sample floor")
     ap.add_argument("--runs", type=Path, nargs="*", default=[],
-                    help="ablation variant folders (seed*/outputs_test.npz) to show beside the floor")
+                    help="ablation variant folders (seed<N>/outputs_test.npz) to show beside the "
+                    "floor")
+    ap.add_argument("--seeds", type=int, nargs="+", action="append",
+                    help="only these seeds of the --runs folders (default: all of each); once "
+                    "for every run or once per --runs folder, in order")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    check_out(ap, a.out)
+    try:                        # the runs first (cheap): a bad --runs fails before the population
+        run_rows = [run_uce_row(run, s)
+                    for run, s in zip(a.runs, seeds_per_run(ap, a.seeds, a.runs))]
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     preset = get_preset(a.preset)
     dist, rng = preset.labels, np.random.default_rng(a.seed)
     reader = OracleReader(dist, rng)
@@ -223,7 +239,7 @@ def main(argv=None) -> int:
                   "after the run's calibration (`sigma_cal`, scored under its fitted tail)", "",
                   "| run | seeds | UCE uncalibrated | UCE calibrated | change |",
                   "| --- | --- | --- | --- | --- |"]
-        lines += [run_uce_row(run) for run in a.runs]
+        lines += run_rows
     publish("\n".join(lines) + "\n", a.out, "calibration_floor.py", argv or sys.argv[1:])
     return 0
 

@@ -1,13 +1,17 @@
 """Side-by-side validation and test MAE of finished variants, against a reference.
 
-Reads the run directories an ablation left (``VARIANT_DIR/seed*/``: the
+Reads the run directories an ablation left (``VARIANT_DIR/seed<N>/``: the
 best checkpoint's ``predictions_val.npz`` / ``predictions_test.npz``) and
 prints mean ± sd over seeds of the MAE of mu overall and beyond each of the
 task's thresholds, for both splits, with the change of each mean against the
-reference variant. ``--value corrected`` reports the boosted corrected value
+reference variant. A cell averaged over fewer seeds than its row lists (a
+seed without records beyond that threshold) says ``(n=k)``.
+``--value corrected`` reports the boosted corrected value
 instead (test split only: the corrections are fitted on validation). It trains nothing; variants made by separate ablation
 commands (other ``--set`` overrides, other workdirs) can be compared as long
-as they share the data split protocol. Usage::
+as they share the data split protocol: seed k of every variant must have the
+labels of the reference's seed k (or, for a seed the reference lacks, of its
+one shared split), else the variant is refused. Usage::
 
     python experiments/compare_runs.py --ref none=runs/ablation_potassium_full/none \\
         --runs hypuc-0.5=runs/ablation_potassium_full/hypuc-0.5 \\
@@ -16,13 +20,12 @@ as they share the data split protocol. Usage::
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from _results import publish
+from _results import check_out, publish, seed_dirs
 from ablation import tail_maes
 
 SPLITS = ("val", "test")
@@ -36,28 +39,53 @@ def variant_maes(directory: Path, seeds=None, arg: str = "--runs",
     ``arg``: the command-line argument that named ``directory`` (for errors).
     ``value``: "mu", or "corrected" (test split only).
     """
-    found = {int(d.name[4:]): d for d in Path(directory).glob("seed*")
-             if d.is_dir() and re.fullmatch(r"seed\d+", d.name)}
-    if seeds is not None:
-        missing = sorted(set(seeds) - set(found))
-        if missing:
-            raise ValueError(f"--seeds: {directory} ({arg}) has no run for seeds {missing}")
-        found = {s: d for s, d in found.items() if s in set(seeds)}
-    if not found:
-        raise ValueError(f"{arg}: no seed<N>/ run directories in {directory}")
-    seed_dirs = [found[s] for s in sorted(found)]
-    seeds, cols = [], {}
-    for d in seed_dirs:
-        seeds.append(int(d.name[4:]))
+    dirs, cols = seed_dirs(directory, seeds, arg), {}
+    for d in dirs:
         for split in SPLITS if value == "mu" else ("test",):
             for k, v in tail_maes(d, split, value).items():
                 cols.setdefault(f"{split} {k}", []).append(np.nan if v is None else v)
-    return seeds, cols
+    return [int(d.name[4:]) for d in dirs], cols
+
+
+def _labels(d: Path, split: str, value: str) -> np.ndarray:
+    name = f"predictions_{split}.npz" if value == "mu" else f"outputs_{split}.npz"
+    with np.load(d / name) as z:
+        return z["y"]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b))
+
+
+def check_splits(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
+                 value: str = "mu") -> None:
+    """Refuses a variant whose seed-k labels (each split scored) differ from the reference's
+    seed k; a seed the reference lacks is checked against the reference's split when all
+    its seeds share one, and refused when the reference draws a split per seed."""
+    splits = SPLITS if value == "mu" else ("test",)
+    ref_dirs = {int(d.name[4:]): d for d in seed_dirs(ref[1], seeds, "--ref")}
+    for split in splits:
+        ref_y = {k: _labels(d, split, value) for k, d in ref_dirs.items()}
+        first = next(iter(ref_y.values()))
+        shared = all(_same(first, y) for y in ref_y.values())
+        for name, directory in runs:
+            for d in seed_dirs(directory, seeds):
+                k = int(d.name[4:])
+                if k not in ref_y and not shared:
+                    raise ValueError(f"--runs {name}: seed {k} has no reference seed to check its "
+                                     f"{split} split against (--ref {ref[0]} has a split per "
+                                     "seed); compare common --seeds")
+                if not _same(_labels(d, split, value), ref_y.get(k, first)):
+                    raise ValueError(f"--runs {name}: seed {k}'s {split} labels differ from the "
+                                     f"reference's (--ref {ref[0]}): another data split "
+                                     "(compare variants of one split protocol)")
 
 
 def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
           value: str = "mu") -> str:
-    """Markdown: one row per variant (the reference first), mean ± sd (% vs reference)."""
+    """Markdown: one row per variant (the reference first), mean ± sd (% vs reference),
+    ``(n=k)`` where only k of the row's seeds have records; refuses (ValueError) a
+    variant of another data split (:func:`check_splits`)."""
     names = [ref[0]] + [name for name, _ in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -65,6 +93,7 @@ def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
                          f"got {dup} more than once")
     data = {ref[0]: variant_maes(ref[1], seeds, "--ref", value)}
     data.update({name: variant_maes(d, seeds, value=value) for name, d in runs})
+    check_splits(ref, runs, seeds, value)
     keys = list(dict.fromkeys(k for _, cols in data.values() for k in cols))
     base = {k: _mean(data[ref[0]][1].get(k, [])) for k in keys}
     lines = ["| variant | seeds | " + " | ".join(keys) + " |",
@@ -79,9 +108,10 @@ def table(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None,
                 continue
             m = float(np.mean(v))
             sd = f"{np.std(v, ddof=1):.3f}" if v.size > 1 else "—"
+            fewer = f" (n={v.size})" if v.size < len(seeds) else ""   # seeds with records
             rel = ("" if name == ref[0] or not np.isfinite(base[k])
                    else f" ({100 * (m / base[k] - 1):+.0f}%)")
-            cells.append(f"{m:.3f} ± {sd}{rel}")
+            cells.append(f"{m:.3f} ± {sd}{fewer}{rel}")
         lines.append(f"| {name} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     tails = [k for k in keys if k.startswith("test mae[")]
     per_seed = [f"- {name}, {k} per seed: "
@@ -115,10 +145,11 @@ def main(argv=None) -> None:
                    "value (test only)")
     p.add_argument("--out", type=Path, help="markdown file to write (with the command)")
     a = p.parse_args(argv)
+    check_out(p, a.out)
     try:
         text = table(a.ref, a.runs, a.seeds, a.value)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        p.error(str(e))
     publish(text, a.out, "compare_runs.py", sys.argv[1:] if argv is None else list(argv))
 
 

@@ -4,15 +4,18 @@ Fits the decision classifiers of ``hypuc_jax.corrections`` on the validation
 split of a run directory and scores AUROC per clinical threshold:
 
 - CV: repeated stratified K-fold inside the validation split (out-of-fold
-  probabilities pooled per repeat, AUROC per repeat, mean and sd over
-  repeats). Defaults are chosen on these numbers only.
+  probabilities pooled per repeat, AUROC per repeat, mean and sample sd
+  (ddof=1; "—" for one repeat) over repeats). Defaults are chosen on these
+  numbers only.
 - test: fitted on the whole validation split, scored on the test split; a
   final check, never used for a choice.
 
 Variants: a fit configuration (monotone constraints, class weighting,
 regularisation, ensemble size) crossed with the prior strength n0 of the
 shrinkage to the Gaussian log-odds (applied after the fit, so one fit serves
-every n0). Baselines: thresholding mu, and the calibrated Gaussian.
+every n0). Baselines: thresholding mu, and the calibrated Gaussian. A point
+model's run (NaN predicted sigma) uses its task.json ``constant_sigma``, as
+the pipeline does.
 
 Usage:
   python experiments/decisions_study.py --workdir runs/main/hypuc --folds 5 --repeats 4
@@ -34,6 +37,8 @@ from hypuc_jax import decisions as dec
 from hypuc_jax._predictions import as_thresholds, event
 from hypuc_jax.calibration import load_calibrator
 
+from _results import check_out, predictions, write_result
+
 # Shared HGB settings as the workflow passes them (config defaults, 1600 val rows).
 BASE = dict(max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
             early_stopping=False)
@@ -51,7 +56,8 @@ PRIORS = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # n0 = inf is the "gaussian" r
 
 
 def load(workdir: Path, split: str, cal):
-    d = np.load(workdir / f"predictions_{split}.npz")
+    """(mu, calibrated sigma, y) of ``split``; a point model's sigma is its constant."""
+    d = predictions(workdir, f"predictions_{split}.npz", "--workdir")
     return d["mu"], cal.apply(d["mu"], d["sigma"]), d["y"]
 
 
@@ -97,22 +103,34 @@ def cross_validate(mu, sigma, y, specs, folds, repeats, seed, dof=math.inf):
             for (key, name), s in oof.items():
                 spec = next(t for t in specs if t.name == name)
                 aucs.setdefault((key, name), []).append(roc_auc_score(event(y, spec), s))
-    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in aucs.items()}
+    # sample sd (ddof=1) over repeats, as the other scripts report; NaN for one repeat
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else math.nan)
+            for k, v in aucs.items()}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=Path("runs/main/hypuc"))
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_out(p, args.out)
     start = time.time()
-    task = json.loads((args.workdir / "task.json").read_text())
-    specs = as_thresholds(task["thresholds"])
-    cal = load_calibrator(args.workdir / "calibration.json", task=task["name"])
-    val, test = load(args.workdir, "val", cal), load(args.workdir, "test", cal)
+    if not args.workdir.is_dir():
+        p.error(f"--workdir {args.workdir}: no such folder")
+    for name in ("task.json", "calibration.json"):
+        if not (args.workdir / name).is_file():
+            p.error(f"--workdir {args.workdir}: no {name} (a calibrated `hypuc` run directory "
+                    "was expected)")
+    try:
+        task = json.loads((args.workdir / "task.json").read_text())
+        specs = as_thresholds(task["thresholds"])
+        cal = load_calibrator(args.workdir / "calibration.json", task=task["name"])
+        val, test = load(args.workdir, "val", cal), load(args.workdir, "test", cal)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     with threadpool_limits(1):
         dof = cal.predictive_dof
         cv = cross_validate(*val, specs, args.folds, args.repeats, args.seed, dof)
@@ -134,14 +152,15 @@ def main() -> None:
         rows.append((gap, key, cvs, tests))
     for gap, (name, n0), cvs, tests in sorted(rows, key=lambda r: -r[0]):
         lines.append(f"| {name} | {'-' if n0 is None else f'{n0:g}'} | "
-                     + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in cvs)
+                     + " | ".join(f"{m:.4f} ± " + (f"{s:.4f}" if np.isfinite(s) else "—")
+                                  for m, s in cvs)
                      + f" | {gap:+.4f} | " + " | ".join(f"{a:.4f}" for a in tests) + " |")
-    lines += ["", f"folds={args.folds} repeats={args.repeats} seed={args.seed}; "
-              f"{time.time() - start:.0f} s"]
+    lines += ["", f"CV: mean ± sample sd (ddof=1) over repeats; folds={args.folds} "
+              f"repeats={args.repeats} seed={args.seed}; {time.time() - start:.0f} s"]
     text = "\n".join(lines)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_result(args.out, text + "\n")
 
 
 if __name__ == "__main__":

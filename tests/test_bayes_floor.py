@@ -64,3 +64,100 @@ def test_sampled_labels_follow_the_mixture_and_regions_use_thresholds():
 def test_runs_without_outputs_are_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--runs"):
         bayes_floor.run_mae(tmp_path, bayes_floor.regions(get_task("potassium")))
+
+
+def _run(root, seeds, labels, rng, shift=0.2):
+    """Fake variant folder: seed k's labels labels(k, split), mu = y + shift + noise."""
+    out = {}
+    for s in seeds:
+        d = root / f"seed{s}"
+        d.mkdir(parents=True)
+        for split, name in (("test", "outputs_test.npz"), ("val", "predictions_val.npz")):
+            y = labels(s, split)
+            mu = y + shift + 0.05 * rng.standard_normal(y.size)
+            np.savez(d / name, y=y, mu=mu, sigma=np.ones_like(y))
+            out[(s, split)] = (y, mu)
+    return out
+
+
+def _shared(s, split):
+    return np.random.default_rng(0 if split == "test" else 1).uniform(3.0, 7.0, 300)
+
+
+@pytest.fixture
+def no_oracle(monkeypatch):
+    """Argument errors must come before the slow oracle: building it fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the oracle was built before the arguments were checked")
+    monkeypatch.setattr(bayes_floor, "OracleReader", refuse)
+
+
+def _error(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        bayes_floor.main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2
+    return err
+
+
+def test_every_seed_of_every_run_must_have_the_reference_labels(tmp_path, capsys, no_oracle):
+    rng = np.random.default_rng(0)
+    _run(tmp_path / "a", [0, 1], _shared, rng)
+    # b: seed 0 shares the split, seed 1 has its own test split (split per seed)
+    _run(tmp_path / "b", [0, 1], lambda s, sp: _shared(s, sp) + (0.1 if s == 1 and sp == "test"
+                                                                  else 0.0), rng)
+    err = _error(capsys, ["--runs", tmp_path / "a", tmp_path / "b"])
+    assert "--runs" in err and str(tmp_path / "b" / "seed1") in err and "test labels" in err
+    # the first run's own later seed counts too, and the validation labels as well
+    _run(tmp_path / "c", [0, 1], lambda s, sp: _shared(s, sp) + (0.1 if s == 1 and sp == "val"
+                                                                  else 0.0), rng)
+    err = _error(capsys, ["--runs", tmp_path / "c"])
+    assert str(tmp_path / "c" / "seed1") in err and "val labels" in err
+
+
+def test_run_mae_averages_over_the_seeds_with_records_and_skips_non_seed_folders(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = {0: np.array([4.0, 4.5, 6.0, 7.0]), 1: np.array([3.6, 4.0, 4.5, 5.0])}  # 1: no y > 5.5
+    runs = _run(tmp_path / "v", [0, 1], lambda s, sp: labels[s], rng)
+    old = tmp_path / "v" / "seed1_old"                       # a leftover folder, not a seed
+    old.mkdir()
+    np.savez(old / "outputs_test.npz", y=labels[1], mu=labels[1] + 9.0)
+    regs = bayes_floor.regions(get_task("potassium"))
+    means, counts, ys = bayes_floor.run_mae(tmp_path / "v", regs)
+    err = {s: np.abs(runs[(s, "test")][0] - runs[(s, "test")][1]) for s in (0, 1)}
+    assert [d.name for d, _ in ys] == ["seed0", "seed1"]
+    assert means["overall"] == pytest.approx(np.mean([err[0].mean(), err[1].mean()]))
+    assert means["y > 5.5"] == pytest.approx(err[0][labels[0] > 5.5].mean())
+    assert (counts["overall"], counts["y > 5.5"]) == (2, 1)
+    assert np.isnan(means["y < 3.5"]) and counts["y < 3.5"] == 0
+    means, counts, _ = bayes_floor.run_mae(tmp_path / "v", regs, seeds=[1])
+    assert means["overall"] == pytest.approx(err[1].mean()) and counts["overall"] == 1
+
+
+def test_main_prints_dashes_for_empty_regions_and_creates_the_out_folder(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    runs = _run(tmp_path / "v", [1, 2], lambda s, sp: np.linspace(4.0, 6.0, 50), rng)
+    out = tmp_path / "new" / "floor.md"
+    argv = ["--samples", "2000", "--draws", "2", "--lams", "0", "--runs", str(tmp_path / "v"),
+            "--seeds", "2", "--out", str(out)]
+    assert bayes_floor.main(argv) == 0
+    text = out.read_text()
+    assert text.startswith(f"Command: `python experiments/bayes_floor.py {' '.join(argv)}`")
+    row = next(line for line in text.splitlines() if line.startswith(f"| {tmp_path / 'v'} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    y, mu = runs[(2, "test")]                                # --seeds 2: seed 2 only
+    assert cells[1] == f"{np.mean(np.abs(y - mu)):.3f}"
+    assert cells[4] == "—" and "nan" not in text             # no label below 3.5
+
+
+def test_argument_errors_are_one_line_and_come_first(tmp_path, capsys, no_oracle):
+    _run(tmp_path / "v", [0], _shared, np.random.default_rng(3))
+    assert "--sim-n" in _error(capsys, ["--sim-seed", "0", "--runs", tmp_path / "v"])
+    assert "--sim-seed" in _error(capsys, ["--sim-n", "8000", "--runs", tmp_path / "v"])
+    assert "need --runs" in _error(capsys, ["--sim-seed", "0", "--sim-n", "8000"])
+    err = _error(capsys, ["--runs", tmp_path / "missing"])
+    assert err.endswith(f"--runs {tmp_path / 'missing'}: no such folder")
+    assert "no run for seeds [4]" in _error(capsys, ["--runs", tmp_path / "v", "--seeds", "4"])
+    (tmp_path / "file").write_text("")
+    err = _error(capsys, ["--runs", tmp_path / "v", "--out", tmp_path / "file" / "x.md"])
+    assert "--out" in err

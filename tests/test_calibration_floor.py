@@ -98,6 +98,30 @@ def test_run_rows_score_saved_outputs_and_name_missing_runs(tmp_path):
     assert f"| {np.mean(ref):.4f} ± {np.std(ref, ddof=1):.4f} |" in row
     with pytest.raises(FileNotFoundError, match="--runs"):
         floor.run_uce_row(tmp_path / "missing")
+    # a leftover seed1_old/ is not a seed; --seeds picks seeds
+    old = tmp_path / "v" / "seed1_old"
+    old.mkdir()
+    np.savez(old / "outputs_test.npz", y=np.zeros(10), mu=np.zeros(10), sigma=np.ones(10),
+             sigma_cal=np.ones(10))
+    assert floor.run_uce_row(tmp_path / "v") == row
+    assert f"| {tmp_path / 'v'} | 1 | {ref[1]:.4f} ± 0.0000 |" in floor.run_uce_row(
+        tmp_path / "v", seeds=[1])
+    with pytest.raises(ValueError, match=r"--seeds: .* no run for seeds \[2\]"):
+        floor.run_uce_row(tmp_path / "v", seeds=[2])
+
+
+def test_bad_runs_fail_before_the_population_computation(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the population was computed before --runs was checked")
+    monkeypatch.setattr(floor, "OracleReader", refuse)
+    (tmp_path / "v" / "seed0").mkdir(parents=True)              # no outputs_test.npz yet
+    for argv, message in ((["--runs", tmp_path / "missing"], "--runs"),
+                          (["--runs", tmp_path / "v"], "--runs"),
+                          (["--runs", tmp_path / "v", "--seeds", "3"], "no run for seeds [3]"),
+                          (["--out", tmp_path / "v"], f"--out {tmp_path / 'v'}: is a folder")):
+        with pytest.raises(SystemExit) as e:
+            floor.main([str(a) for a in argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("n,bins", [(1600, 5), (1600, 10), (400, 4)])

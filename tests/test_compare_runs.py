@@ -11,7 +11,16 @@ compare_runs = load("compare_runs")
 THRESHOLDS = (("K>5.5", 5.5, "above"), ("K<3.5", 3.5, "below"))
 
 
-def _variant(root, seeds, shift, rng):
+def _labels(seed, split, per_seed=False, n=200):
+    """The split's labels: one data split for every seed, or (``per_seed``) one per seed."""
+    key = [seed if per_seed else 0, SPLITS.index(split), 7]
+    return np.random.default_rng(key).uniform(2.5, 7.5, n)
+
+
+SPLITS = ("val", "test")
+
+
+def _variant(root, seeds, shift, rng, per_seed=False, labels=_labels):
     """Fake finished runs: labels and mu = y + shift + noise per split; returns the arrays."""
     arrays = {}
     for s in seeds:
@@ -21,8 +30,8 @@ def _variant(root, seeds, shift, rng):
         rundir.write_json(d / rundir.TASK, rundir.Task(
             name="potassium", target="K", unit="mmol/L", regions={}, thresholds=THRESHOLDS,
             kind="signal", input_shape=(64, 12)).to_dict())
-        for split in ("val", "test"):
-            y = rng.uniform(2.5, 7.5, 200)
+        for split in SPLITS:
+            y = labels(s, split, per_seed)
             mu = y + shift + 0.1 * rng.normal(size=y.size)
             np.savez(d / f"predictions_{split}.npz", y=y, mu=mu, sigma=np.ones_like(y))
             arrays[(s, split)] = (y, mu)
@@ -84,23 +93,37 @@ def test_seed_selection(tmp_path):
     assert compare_runs.variant_maes(tmp_path / "v")[0] == [1, 2, 3]
 
 
-def test_bad_arguments_are_one_clear_error(tmp_path):
+def _error(capsys, argv):
+    """The one-line argparse error (exit code 2) of compare_runs.main(argv)."""
+    with pytest.raises(SystemExit) as e:
+        compare_runs.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2
+    return err[-1]
+
+
+def test_bad_arguments_are_one_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     _variant(tmp_path / "v", [0], 0.1, np.random.default_rng(2))
-    with pytest.raises(SystemExit, match="--ref: no seed<N>/ run directories"):
-        compare_runs.main(["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path / 'v'}"])
-    with pytest.raises(SystemExit, match="--runs: no seed<N>/ run directories"):
-        compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"b={tmp_path / 'empty'}"])
-    with pytest.raises(SystemExit, match="--runs: labels must differ.*\\['a'\\]"):
-        compare_runs.main(["--ref", f"a={tmp_path / 'v'}", "--runs", f"a={tmp_path / 'v'}"])
+    assert "--ref: no seed<N>/ run directories" in _error(
+        capsys, ["--ref", f"a={tmp_path / 'empty'}", "--runs", f"b={tmp_path / 'v'}"])
+    assert "--runs: no seed<N>/ run directories" in _error(
+        capsys, ["--ref", f"a={tmp_path / 'v'}", "--runs", f"b={tmp_path / 'empty'}"])
+    assert "--runs: labels must differ" in _error(
+        capsys, ["--ref", f"a={tmp_path / 'v'}", "--runs", f"a={tmp_path / 'v'}"])
+    assert f"--ref {tmp_path / 'missing'}: no such folder" in _error(
+        capsys, ["--ref", f"a={tmp_path / 'missing'}", "--runs", f"b={tmp_path / 'v'}"])
+    (tmp_path / "file").write_text("")
+    assert "--out" in _error(capsys, ["--ref", f"a={tmp_path / 'v'}", "--runs",
+                                      f"b={tmp_path / 'v'}", "--out", str(tmp_path / "file" / "x")])
 
 
 def test_empty_tails_show_a_dash_not_nan(tmp_path):
     rng = np.random.default_rng(4)
+    y = np.random.default_rng(5).uniform(4.0, 5.0, 50)      # no label beyond 5.5 or below 3.5
     for name in ("none", "hypuc"):
         _variant(tmp_path / name, [0, 1], 0.1, rng)
-        for s in (0, 1):                                     # no label beyond 5.5 or below 3.5
-            y = rng.uniform(4.0, 5.0, 50)
+        for s in (0, 1):
             for split in ("val", "test"):
                 np.savez(tmp_path / name / f"seed{s}" / f"predictions_{split}.npz", y=y,
                          mu=y + 0.1, sigma=np.ones_like(y))
@@ -109,3 +132,41 @@ def test_empty_tails_show_a_dash_not_nan(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| hypuc |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "0.100 ± 0.000 (+0%)" and cells[3] == "—"   # val mae, val mae[y>5.5]
+
+
+def test_a_variant_of_another_split_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    _variant(tmp_path / "shared", [0, 1, 2], 0.3, rng)
+    _variant(tmp_path / "splits", [0, 1, 2], 0.2, rng, per_seed=True)
+    # seed 0 of the split-per-seed variant has the shared split; seed 1 does not
+    err = _error(capsys, ["--ref", f"none={tmp_path / 'shared'}",
+                          "--runs", f"spl={tmp_path / 'splits'}"])
+    assert err.endswith("--runs spl: seed 1's val labels differ from the reference's "
+                        "(--ref none): another data split (compare variants of one split "
+                        "protocol)")
+    # the same seeds of one protocol compare; a seed the per-seed reference lacks cannot
+    _variant(tmp_path / "splits2", [1, 2, 5], 0.1, rng, per_seed=True)
+    text = compare_runs.table(("a", tmp_path / "splits"), [("b", tmp_path / "splits2")],
+                              seeds=[1, 2])
+    assert "| b | 1 2 |" in text
+    with pytest.raises(ValueError, match="--runs b: seed 5 has no reference seed"):
+        compare_runs.table(("a", tmp_path / "splits"), [("b", tmp_path / "splits2")])
+
+
+def test_a_mean_over_fewer_seeds_than_the_row_is_marked(tmp_path):
+    def labels(s, split, per_seed):                          # seed 1: no label above 5.5
+        return np.linspace(3.6, 5.4 if s == 1 else 7.0, 40)
+    rng = np.random.default_rng(7)
+    ref = _variant(tmp_path / "none", [0, 1], 0.3, rng, labels=labels)
+    other = _variant(tmp_path / "hypuc", [0, 1], 0.1, rng, labels=labels)
+    text = compare_runs.table(("none", tmp_path / "none"), [("hypuc", tmp_path / "hypuc")])
+    row = next(line for line in text.splitlines() if line.startswith("| hypuc |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    keys = text.splitlines()[0].strip("|").split("|")
+    col = [k.strip() for k in keys].index("test mae[y>5.5]")
+    y, mu = other[(0, "test")]
+    m = np.mean(np.abs(y - mu)[y > 5.5])
+    y0, mu0 = ref[(0, "test")]
+    m_ref = np.mean(np.abs(y0 - mu0)[y0 > 5.5])
+    assert cells[col] == f"{m:.3f} ± — (n=1) ({100 * (m / m_ref - 1):+.0f}%)"
+    assert "(n=" not in cells[col - 1]                       # test mae: both seeds
