@@ -269,11 +269,13 @@ def test_labels_optional_loads_unlabelled_csv_and_npz(tmp_path):
         w = csv.writer(f)
         w.writerow(["p", "q"])
         w.writerows(x.tolist())
-    ds = load(f"csv:{path}?target=K", labels_optional=True)
+    ds = load(f"csv:{path}", labels_optional=True, defaults={"target": "K"})   # the run's
     np.testing.assert_array_equal(ds.x, x)
     assert np.isnan(ds.y).all() and ds.y.shape == (6,)
     with pytest.raises(ValueError, match="target column 'K' not found"):
         load(f"csv:{path}?target=K")
+    with pytest.raises(ValueError, match="target column 'K' not found"):   # named: must exist
+        load(f"csv:{path}?target=K", labels_optional=True)
     np.savez(tmp_path / "u.npz", x=x)
     ds = load(f"npz:{tmp_path / 'u.npz'}", labels_optional=True)
     np.testing.assert_array_equal(np.asarray(ds.x), x)
@@ -328,5 +330,7 @@ def test_wfdb_labels_optional(tmp_path):
     assert ds.x.shape == (2, 100, 12) and np.isnan(ds.y).all()
     with pytest.raises(ValueError, match="cannot tell the target column"):
         load(spec)
-    ds = load(spec + "&target=K", labels_optional=True)                       # named, absent
+    ds = load(spec, labels_optional=True, defaults={"target": "K"})           # the run's, absent
     assert np.isnan(ds.y).all()
+    with pytest.raises(ValueError, match="target column 'K' not found"):      # named, absent
+        load(spec + "&target=K", labels_optional=True)

@@ -145,7 +145,7 @@ def _check_float32_range(path, name, col) -> None:
                          f"{col[over[0]]:g}; rescale the column (e.g. change its unit)")
 
 
-def _target_and_split(path, cols, target, split_col, labels_optional=False):
+def _target_and_split(path, cols, target, split_col, labels_optional=False, named_target=False):
     """Numeric target column and optional split column of a CSV table.
 
     Returns:
@@ -153,10 +153,11 @@ def _target_and_split(path, cols, target, split_col, labels_optional=False):
       raises ValueError naming ``path`` and the column, and so does a target
       column without any value (unless ``labels_optional``) or with values
       beyond the float32 range. With ``labels_optional`` a missing target
-      column gives NaN labels.
+      column gives NaN labels, unless ``named_target`` (the spec named it).
     """
+    absent_ok = labels_optional and not named_target
     for what, name in (("target", target), ("split", split_col)):
-        if name is not None and name not in cols and not (labels_optional and what == "target"):
+        if name is not None and name not in cols and not (absent_ok and what == "target"):
             raise ValueError(f"{path}: {what} column {name!r} not found; columns: {list(cols)}")
     if target not in cols:
         n = len(next(iter(cols.values()))) if cols else 0
@@ -174,12 +175,13 @@ def _target_and_split(path, cols, target, split_col, labels_optional=False):
     return y, split
 
 
-def read_csv_table(path, target, features, split_col, labels_optional=False):
+def read_csv_table(path, target, features, split_col, labels_optional=False, named_target=False):
     """Features, target and split of a table.
 
     Returns:
       ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``;
-      with ``labels_optional`` a table without the target column has NaN y.
+      with ``labels_optional`` a table without the target column has NaN y
+      (unless ``named_target``: a column the spec names must exist).
       Without ``features``, non-numeric and empty (no value in any row)
       columns are skipped with a log line; listed in ``features`` they raise.
 
@@ -188,7 +190,7 @@ def read_csv_table(path, target, features, split_col, labels_optional=False):
         the float32 range (|value| > 3.4e38).
     """
     cols = read_csv_columns(path)
-    y, split = _target_and_split(path, cols, target, split_col, labels_optional)
+    y, split = _target_and_split(path, cols, target, split_col, labels_optional, named_target)
     if features is not None:
         missing = [c for c in features if c not in cols]
         if missing:

@@ -282,7 +282,7 @@ def _load_diabetes(arg, options, spec, labels_optional=False):
     return Dataset(x, y, task, "tabular", None, None, tuple(bunch.feature_names), spec)
 
 
-def _load_csv(arg, options, spec, labels_optional=False):
+def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
     target = options.get("target")
     if not target:
         raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
@@ -290,7 +290,7 @@ def _load_csv(arg, options, spec, labels_optional=False):
     if isinstance(features, str):
         features = features.split(",")
     x, y, split, names = readers.read_csv_table(arg, target, features, options.get("split"),
-                                                labels_optional)
+                                                labels_optional, named_target)
     stem = os.path.splitext(os.path.basename(arg))[0]
     return Dataset(x, y, _task(stem, target, options, spec), "tabular", None, split,
                    tuple(names), spec)
@@ -311,7 +311,7 @@ def _load_npz(arg, options, spec, labels_optional=False):
                    split, names, spec)
 
 
-def _load_wfdb(arg, options, spec, labels_optional=False):
+def _load_wfdb(arg, options, spec, labels_optional=False, named_target=False):
     rate = _positive(options, "rate", 100.0, spec)
     duration = _positive(options, "duration", None, spec)
     if duration is not None and not (math.isfinite(duration * rate)
@@ -322,7 +322,7 @@ def _load_wfdb(arg, options, spec, labels_optional=False):
     x, y, split, target = wfdb_records.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
         split_col=options.get("split"), rate=rate, duration=duration,
-        labels_optional=labels_optional)
+        labels_optional=labels_optional, named_target=named_target)
     return Dataset(x, y, _task(target, target, options, spec), "signal", rate, split, LEAD_NAMES,
                    spec)
 
@@ -359,12 +359,11 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
       ValueError: naming the file/option and the problem.
     """
     kind, arg, options = parse_spec(spec)
-    # A label column the spec names must exist; only a default one may be absent.
-    column_optional = labels_optional and "target" not in options
+    named = {"named_target": "target" in options} if kind in ("csv", "wfdb") else {}
     options = {**{k: v for k, v in (defaults or {}).items()
                   if k in _OPTIONS[kind] and v not in (None, "", ())}, **options}
     strict = _opt(options, "strict", _flag, bool(strict), spec)
-    ds = _LOADERS[kind](arg, options, spec, column_optional)
+    ds = _LOADERS[kind](arg, options, spec, labels_optional, **named)
     where = arg if arg else spec
     if labels_optional:
         check_finite_inputs(ds.x, where=where)

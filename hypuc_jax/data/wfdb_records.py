@@ -55,7 +55,7 @@ def _read_record(path: str, rate: float):
 
 
 def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate, duration,
-                  labels_optional=False):
+                  labels_optional=False, named_target=False):
     """WFDB records listed in a label table.
 
     Args:
@@ -66,7 +66,8 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
     Returns:
       ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
       with ``labels_optional`` a table without the target column (or, with
-      no ``target`` given, with no column besides record and split) has NaN y.
+      no ``target`` given, with no column besides record and split) has NaN y;
+      a ``target`` the spec names (``named_target``) must be a column.
     """
     if not _finite_positive(rate):
         raise ValueError(f"rate: expected a finite sampling rate > 0 Hz, got {rate!r}")
@@ -90,7 +91,8 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
                              "add the option target=COLUMN")
         else:
             target = others[0]
-    y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional)
+    y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional,
+                                 named_target)
     n_time = None if duration is None else int(round(duration * rate))
     signals = []
     for name in cols[record_col]:
