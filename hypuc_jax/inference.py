@@ -70,7 +70,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     if task.feature_names and _named_columns(spec) and names != task.feature_names:
         raise WorkflowError(f"--data: expected the feature columns {list(task.feature_names)} "
                             f"(as in training, in that order), got {list(ds.feature_names)}")
-    mu, sigma = train_lib.predict(str(workdir), ds.x)     # a memory map stays one
+    mu, sigma = train_lib.predict(str(workdir), ds.x,     # a memory map stays one
+                                  finite_checked=True)    # load() checked every row
     mu = np.asarray(mu, np.float64)
     sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"), f"--data {spec!r}")
     sigma_cal = cal(mu, sigma)

@@ -69,7 +69,7 @@ def _open_store(config: Config, directory: str, overwrite: bool = False,
 
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
-                       stop_after: int | None = None) -> TrainResult:
+                       stop_after: int | None = None, dataset=None) -> TrainResult:
   """Trains on ``config.data.spec``, early-stops on the validation score, writes the run dir.
 
   Resumes from the latest checkpoint in ``workdir/checkpoints`` when there
@@ -84,6 +84,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
       one of another config or data is refused).
     stop_after: stop (as if interrupted) after this many steps of THIS
       call, right after saving a checkpoint; None runs to the end.
+    dataset: the ``data.Dataset`` of ``config.data.spec`` if already loaded
+      (``workflow.train_stage`` passes the one it checked), else loaded here.
 
   Returns:
     A :class:`TrainResult`.
@@ -100,7 +102,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   validate(config, n_devices)
   mode = resolve_parallel(config.train.parallel, n_devices)
   t = config.train
-  run = train_data.prepare(config)
+  run = train_data.prepare(config, dataset)
   check_model_fits(config, run.input_shape)
   steps_per_epoch = len(run.idx["train"]) // t.batch_size
   if steps_per_epoch < 1:
@@ -216,7 +218,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                      {"train": last_train, "val": meta["val"]}, stopped_early, paths)
 
 
-def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+def predict(workdir: str, x, *, batch_size: int = 256,
+            finite_checked: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
   """Predictions of the best checkpoint of a run, in label units.
 
   Args:
@@ -224,6 +227,8 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
     x: raw inputs ``[n, time, leads]`` or ``[n, features]`` (unscaled); a
       memory map (or ``data.RowView``) is read in batches, never whole.
     batch_size: forward-pass chunk size.
+    finite_checked: ``x`` comes from ``data.load(..., labels_optional=True)``,
+      which has checked every row finite: skip the second full scan.
 
   Returns:
     ``(mu [n], sigma [n])``; sigma is None for a point head.
@@ -233,7 +238,7 @@ def predict(workdir: str, x, *, batch_size: int = 256) -> tuple[np.ndarray, np.n
       shape for the model.
   """
   config, run = train_data.load_run(workdir)
-  x = train_data.check_inputs(x, run.input_shape)
+  x = train_data.check_inputs(x, run.input_shape, finite_checked=finite_checked)
   graphdef, template, schedule = create_train_state(config, run.input_shape, 1)
   paths = train_data.run_paths(workdir)
   if not os.path.isdir(paths["checkpoints"]):

@@ -101,13 +101,16 @@ def split_for(config: Config, ds) -> dict[str, np.ndarray]:
     raise ValueError(f"{where} ({config.data.spec}): {e}") from e
 
 
-def prepare(config: Config) -> RunData:
+def prepare(config: Config, dataset=None) -> RunData:
   """Loads and splits the data; fits the scaler and the weighting on train only.
+
+  ``dataset``: the ``data.Dataset`` of ``config.data.spec`` when the caller
+  has loaded it already (it is then not read again).
 
   Raises:
     ValueError: from the data source or the split.
   """
-  ds = load_dataset(config)
+  ds = load_dataset(config) if dataset is None else dataset
   y = np.asarray(ds.y, np.float64)
   idx = {s: np.sort(np.asarray(i, np.int64)) for s, i in split_for(config, ds).items()}
   scaler = data_lib.Scaler.fit(ds.x, y, idx["train"])
@@ -197,20 +200,18 @@ def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,
   ``data.batch_iterator`` shuffles (``apply="loss"``) or resamples by weight
   (``apply="resample"``; the plain shuffle for scheme "none") epoch ``e``
   with ``(seed, e)`` and drops the remainder; resuming starts at the step's
-  epoch and skips the batches already seen, so the sequence equals an
-  uninterrupted run's.
+  epoch and skips the batches already seen (without reading them), so the
+  sequence equals an uninterrupted run's.
   """
   if apply not in WEIGHT_APPLY:
     raise ValueError(f"apply: expected one of {WEIGHT_APPLY}, got {apply!r}")
   per_epoch = len(run.idx["train"]) // batch_size
   epoch, pos = divmod(start_step, per_epoch)
   resample = apply == "resample" and run.weighting.scheme != "none"
-  it = data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
-                               seed=seed, epoch=epoch, num_epochs=None,
-                               weight_fn=run.weighting, resample=resample, scaler=run.scaler)
-  for _ in range(pos):
-    next(it)
-  return it
+  return data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
+                                 seed=seed, epoch=epoch, num_epochs=None,
+                                 weight_fn=run.weighting, resample=resample, scaler=run.scaler,
+                                 start_batch=pos)
 
 
 class _XOnly:
@@ -226,11 +227,12 @@ class _XOnly:
     return y
 
 
-def check_inputs(x, input_shape: tuple) -> Any:
+def check_inputs(x, input_shape: tuple, *, finite_checked: bool = False) -> Any:
   """``x`` [n, *input_shape] for prediction: checked, memory maps kept as they are.
 
   Finiteness is checked in row blocks (``data.readers.finite_rows``), so a
-  memory-mapped ``x`` is never loaded whole.
+  memory-mapped ``x`` is never loaded whole; ``finite_checked`` skips that
+  scan for inputs ``data.load(..., labels_optional=True)`` has just checked.
 
   Raises:
     ValueError: naming ``x``: not numeric, wrong shape, empty, or a row with NaN/inf
@@ -240,7 +242,7 @@ def check_inputs(x, input_shape: tuple) -> Any:
   if tuple(x.shape[1:]) != tuple(input_shape):
     raise ValueError(f"x: expected shape [n, {', '.join(map(str, input_shape))}], "
                      f"got {tuple(x.shape)}")
-  ok = readers.finite_rows(x)
+  ok = np.ones(1, bool) if finite_checked else readers.finite_rows(x)
   if not ok.all():
     raise ValueError(f"x: expected finite float32 values, found {int(ok.size - ok.sum())} rows "
                      f"with NaN/inf or |value| > 3.4e38 (first: row {int(np.flatnonzero(~ok)[0])})")

@@ -163,7 +163,7 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     ds = check_trainable(cfg, workdir, overwrite=overwrite)
     for name in _DOWNSTREAM:
         _remove(workdir / name)
-    train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite)
+    train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)
     y = np.asarray(ds.y, dtype=np.float64)
     parts = train_data.split_for(cfg, ds)   # the fixed split column too, as in training
     val = load_npz(workdir / "predictions_val.npz", "val predictions", keys=("y", "mu"))

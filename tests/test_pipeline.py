@@ -127,6 +127,61 @@ def test_train_batches_fixed_shape_shuffled_per_epoch_remainder_dropped():
     np.testing.assert_array_equal(two[2]["y"], epochs[1][0]["y"])
 
 
+class _CountingRows:
+    """x that counts the rows read (a memory map's reads, as far as the iterator goes)."""
+
+    def __init__(self, x):
+        self.x, self.rows = x, 0
+        self.shape, self.dtype = x.shape, x.dtype
+
+    def __getitem__(self, index):
+        out = self.x[index]
+        self.rows += len(out)
+        return out
+
+
+def test_a_resumed_epoch_skips_its_first_batches_without_reading_them():
+    x, y = _data()
+    idx = np.arange(1, 11)
+    full = list(batch_iterator(x, y, idx, 2, seed=5, epoch=0, num_epochs=2))   # 5 per epoch
+    counting = _CountingRows(x)
+    resumed = list(batch_iterator(counting, y, idx, 2, seed=5, epoch=0, num_epochs=2,
+                                  start_batch=3))
+    assert len(resumed) == len(full) - 3
+    for a, b in zip(resumed, full[3:]):
+        np.testing.assert_array_equal(a["x"], b["x"])
+        np.testing.assert_array_equal(a["y"], b["y"])
+    assert counting.rows == 2 * len(resumed)      # skipping used to build every skipped batch
+    with pytest.raises(ValueError, match="start_batch"):
+        batch_iterator(x, y, idx, 2, start_batch=-1)
+
+
+def test_scaler_on_long_records_reads_small_blocks_and_matches_numpy(monkeypatch):
+    # Blocks were 2048 rows whatever the record length: two float64 copies of
+    # 2048 x 5000 x 12 values (~2 GB) for a 500 Hz, 10 s ECG.
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(40, 3000, 3)) * [1e-3, 1.0, 1e2] + [1e4, 0.0, -5.0]).astype(np.float32)
+    y = rng.normal(size=40)
+    assert pipeline.row_block(x, 2048, itemsize=8, max_bytes=2 ** 20) == 14   # 72 kB a row
+    small = pipeline.row_block
+    monkeypatch.setattr(pipeline, "row_block",
+                        lambda x, m, itemsize, max_bytes: small(x, m, itemsize=itemsize,
+                                                                max_bytes=2 ** 20))
+    reads = []
+
+    class Rows(_CountingRows):
+        def __getitem__(self, index):
+            out = super().__getitem__(index)
+            reads.append(len(out))
+            return out
+
+    sc = Scaler.fit(Rows(x), y, np.arange(40))
+    assert reads == [14, 14, 12]
+    flat = x.astype(np.float64).reshape(-1, 3)
+    np.testing.assert_allclose(sc.x_mean, flat.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(sc.x_std, flat.std(axis=0), rtol=1e-6)
+
+
 def test_eval_batches_cover_in_order_with_padding_mask_weights_and_scaler():
     x, y = _data()
     sc = Scaler.fit(x, y, np.arange(8))

@@ -11,6 +11,7 @@ from flax import nnx
 from scipy import stats
 
 from hypuc_jax import checkpoints, parallel, train, train_data
+from hypuc_jax import data as data_lib
 from hypuc_jax.config import apply_overrides, get_config
 
 N, TIME, LEADS = 160, 64, 12
@@ -287,6 +288,10 @@ def test_predict_checks_its_input(tmp_path, npz_spec):
   np.save(tmp_path / "x.npy", x)
   mapped = np.load(tmp_path / "x.npy", mmap_mode="r")       # read in batches, as is
   np.testing.assert_array_equal(train.predict(str(tmp_path / "run"), mapped)[0],
+                                train.predict(str(tmp_path / "run"), x)[0])
+  view = data_lib.RowView(np.concatenate([x[:1], x]), np.arange(1, 6))   # a cleaned npz's x
+  assert (view.size, view.nbytes) == (x.size, x.nbytes)   # AttributeError 'size' before
+  np.testing.assert_array_equal(train.predict(str(tmp_path / "run"), view)[0],
                                 train.predict(str(tmp_path / "run"), x)[0])
   x[3, 2, 1] = np.nan
   with pytest.raises(ValueError, match=r"x: .* 1 rows with NaN/inf .*\(first: row 3\)"):

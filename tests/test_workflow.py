@@ -234,6 +234,21 @@ def test_dataset_cache_follows_the_file(tmp_path):
     np.testing.assert_array_equal(workflow._dataset(cfg).y, [20, 40])
 
 
+def test_train_stage_reads_the_data_once(tmp_path, monkeypatch):
+    """check_trainable's dataset is the one trained on: train_and_evaluate used to load
+    (and finite-scan) the whole data set a second time."""
+    from hypuc_jax import train_data
+
+    calls = []
+    real = train_data.load_dataset
+    monkeypatch.setattr(train_data, "load_dataset", lambda cfg: calls.append(1) or real(cfg))
+    cfg = workflow.make_config("tiny", overrides=[
+        "data.spec=simulated:potassium?n=200&duration=2&rate=50&seed=31337",
+        "train.steps=2", "train.parallel=none"])
+    workflow.train_stage(cfg, tmp_path / "run")
+    assert len(calls) == 1
+
+
 def test_small_validation_split_gets_a_hyperfine_error_naming_the_settings(rundir):
     """Three validation predictions cannot fill calibration.min_count=30: the error says
     so in the config's terms (global scaling still fits), and nothing is written."""

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from hypuc_jax import _validation as V
-from hypuc_jax.data.readers import SPLIT_NAMES, normalise_split
+from hypuc_jax.data.readers import SPLIT_NAMES, normalise_split, row_block
 
 _BLOCK = 2048
 
@@ -135,12 +135,16 @@ class Scaler:
         idx = (np.arange(len(y)) if indices is None
                else np.sort(_check_indices(indices, len(y))))
         count, mean, m2 = 0, 0.0, 0.0
-        for s in range(0, idx.size, _BLOCK):
-            block = np.asarray(x[idx[s:s + _BLOCK]], np.float64)
+        # float64 scratch of at most 256 MB: long records get fewer rows (2048 rows of
+        # 1000 x 12 still fit, so the sums of existing runs are unchanged)
+        step = row_block(x, _BLOCK, itemsize=8, max_bytes=2 ** 28)
+        for s in range(0, idx.size, step):
+            block = np.array(x[idx[s:s + step]], np.float64)      # a copy: squared in place
             block = block.reshape(-1, block.shape[-1])
             V.check_finite(block, "x")
             b_n, b_mean = block.shape[0], block.mean(axis=0)
-            b_m2 = ((block - b_mean) ** 2).sum(axis=0)
+            block -= b_mean
+            b_m2 = np.square(block, out=block).sum(axis=0)
             delta, total = b_mean - mean, count + b_n
             mean = mean + delta * b_n / total               # Chan et al. pairwise update
             m2 = m2 + b_m2 + delta ** 2 * count * b_n / total
@@ -191,7 +195,8 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
                    seed: int = 0, epoch: int = 0, num_epochs: int | None = 1,
                    weight_fn: Callable | None = None, resample: bool = False,
                    scaler: Scaler | None = None, process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                   process_count: int | None = None,
+                   start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-shape host batches of rows ``indices`` of ``(x, y)``.
 
     Args:
@@ -221,6 +226,9 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
       scaler: optional fitted :class:`Scaler` applied to x and y.
       process_index, process_count: this process's slice of every global
         batch (default ``jax.process_index()``, ``jax.process_count()``).
+      start_batch: skip the first ``start_batch`` batches of the first epoch
+        without reading them (a resumed run continues mid-epoch; the
+        epoch's shuffle is the same, so the batches that follow are too).
 
     Yields:
       ``{"x": [b, ...] float32, "y": [b] float32, "w": [b] float32,
@@ -246,6 +254,7 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
                          f"batch_size={batch_size} rows, got {idx.size}")
     if num_epochs is not None:
         _check_int(num_epochs, "num_epochs", minimum=1)
+    start_batch = _check_int(start_batch, "start_batch", minimum=0)
     if not isinstance(resample, (bool, np.bool_)):
         raise ValueError(f"resample: expected a bool, got {resample!r}")
     prob = None
@@ -256,7 +265,7 @@ def batch_iterator(x, y, indices=None, batch_size: int = 64, *, train: bool = Tr
         prob = _sampling_probabilities(weight_fn, np.asarray(y)[idx])
         weight_fn = None                       # the draw carries the weights
     return _batches(x, np.asarray(y), idx, batch_size, train, seed, epoch, num_epochs, weight_fn,
-                    prob, scaler, int(pindex), pcount)
+                    prob, scaler, int(pindex), pcount, start_batch)
 
 
 def _sampling_probabilities(weight_fn, labels) -> np.ndarray:
@@ -270,7 +279,7 @@ def _sampling_probabilities(weight_fn, labels) -> np.ndarray:
 
 
 def _batches(x, y, idx, batch_size, train, seed, epoch, num_epochs, weight_fn, prob, scaler,
-             pindex, pcount):
+             pindex, pcount, start_batch=0):
     local = batch_size // pcount
     row_shape = tuple(x.shape[1:])
     e = epoch
@@ -282,7 +291,7 @@ def _batches(x, y, idx, batch_size, train, seed, epoch, num_epochs, weight_fn, p
         else:
             order = idx[np.random.default_rng([seed, e]).choice(idx.size, size=idx.size, p=prob)]
         n_batches = idx.size // batch_size if train else math.ceil(idx.size / batch_size)
-        for b in range(n_batches):
+        for b in range(start_batch if e == epoch else 0, n_batches):
             rows = order[b * batch_size:(b + 1) * batch_size][pindex * local:(pindex + 1) * local]
             yield _assemble(x, y, np.sort(rows) if train else rows, local, row_shape, weight_fn,
                             scaler)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import struct
 import zipfile
@@ -18,6 +19,15 @@ SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test"}
 _ROW_BLOCK = 4096
+_BLOCK_BYTES = 64 * 2 ** 20      # scratch per block: long records get fewer rows
+
+
+def row_block(x, max_rows: int = _ROW_BLOCK, itemsize: int | None = None,
+              max_bytes: int = _BLOCK_BYTES) -> int:
+    """Rows per block when scanning ``x`` [n, ...]: at most ``max_rows``, and at most
+    ``max_bytes`` of ``itemsize``-byte values (default: x's own itemsize)."""
+    per_row = math.prod(x.shape[1:]) * (itemsize or np.dtype(x.dtype).itemsize)
+    return max(1, min(max_rows, max_bytes // max(per_row, 1)))
 
 
 class RowView:
@@ -62,6 +72,14 @@ class RowView:
         # (the same broadcasting with the other advanced indices)
         return np.asarray(self.base[(picked,) + rest])
 
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self):
+        return self.size * np.dtype(self.dtype).itemsize
+
     def __array__(self, dtype=None, copy=None):
         out = np.asarray(self.base[self.rows])
         return out if dtype is None else out.astype(dtype)
@@ -70,10 +88,10 @@ class RowView:
 def finite_rows(x) -> np.ndarray:
     """[n] bool: rows of ``x`` [n, ...] whose values are all finite in float32 (the
     model's dtype: a finite float64 beyond 3.4e38 counts as inf), read in row blocks."""
-    n = x.shape[0]
+    n, step = x.shape[0], row_block(x)
     ok = np.empty(n, bool)
-    for s in range(0, n, _ROW_BLOCK):
-        block = np.asarray(x[s:s + _ROW_BLOCK])
+    for s in range(0, n, step):
+        block = np.asarray(x[s:s + step])
         with np.errstate(over="ignore"):
             block = block.reshape(len(block), -1).astype(np.float32, copy=False)
         ok[s:s + len(block)] = np.isfinite(block).all(axis=1)
@@ -254,8 +272,9 @@ def _check_array_float32_range(path, name, a) -> None:
     """Raises unless the finite values of array ``a`` [n, ...] fit in float32 (row blocks)."""
     if not np.issubdtype(a.dtype, np.floating) or np.finfo(a.dtype).max <= _F32_MAX:
         return
-    for s in range(0, a.shape[0], _ROW_BLOCK):
-        block = np.asarray(a[s:s + _ROW_BLOCK])
+    step = row_block(a)
+    for s in range(0, a.shape[0], step):
+        block = np.asarray(a[s:s + step])
         flat = block.reshape(len(block), -1)
         over = np.isfinite(flat) & (np.abs(flat) > _F32_MAX)
         if over.any():
