@@ -42,12 +42,15 @@ def grid_shape(d: int, grid_size) -> tuple[int, ...]:
     return tuple(int(g) for g in sizes)
 
 
-def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
+def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size, stacklevel: int = 4
+                      ) -> tuple[int, ...]:
     """``grid_shape``; for the default size and known inputs (concrete, or
     under ``jax.grad``), a grid fine enough for the bandwidth (step <= h /
     STEPS_PER_BANDWIDTH, within MAX_GRID_POINTS). Under jit / vmap the values
     are unknown: the default is kept (shapes must be static), with a warning,
     since nothing then checks that it resolves the kernel.
+
+    ``stacklevel``: of the warning, so that it points at the user's call.
 
     Raises:
         ValueError: the labels span so many bandwidths that no allowed grid
@@ -64,7 +67,7 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size) -> tuple[int, ...]:
             f"be static), accurate only while the labels span at most about "
             f"{(shape[0] - 1) // STEPS_PER_BANDWIDTH - 2 * PAD_BANDWIDTHS:g} bandwidths; pass "
             "grid_size=kde.grid_size_for(labels, bandwidth) computed outside the transform, or "
-            "method='exact'", UserWarning, stacklevel=4)
+            "method='exact'", UserWarning, stacklevel=stacklevel)
         return shape
     span = (np.asarray(np.max(x_known, axis=0) - np.min(x_known, axis=0), np.float64)
             / np.asarray(h_known, np.float64) + 2 * PAD_BANDWIDTHS)    # in bandwidths, [d]

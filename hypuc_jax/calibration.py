@@ -197,9 +197,10 @@ def bin_quantile(scores: np.ndarray, xi: float, kind: str = "linear") -> float:
         return float(np.quantile(scores, xi))
     if kind != "conformal":
         raise ValueError(f"quantile: expected one of {QUANTILES}, got {kind!r}")
-    # xi as the decimal it prints as (0.68, not 0.68000000000000005):
-    # 75 * 0.68 is 51.00000000000001 in floats, whose ceil is one rank too high.
-    k = min(math.ceil((scores.size + 1) * fractions.Fraction(str(float(xi)))), scores.size)
+    # xi as the decimal it prints as (0.68, not 0.68000000000000005; str of a
+    # numpy float32 prints its own shortest form): 75 * 0.68 is 51.00000000000001
+    # in floats, whose ceil is one rank too high.
+    k = min(math.ceil((scores.size + 1) * fractions.Fraction(str(xi))), scores.size)
     return float(np.partition(scores, k - 1)[k - 1])
 
 

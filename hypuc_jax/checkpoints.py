@@ -10,10 +10,11 @@ stored as their raw key data) and a JSON ``meta`` dict (loop position,
 early-stopping counters).
 
 A workdir belongs to one model/config and one data set: the store writes a
-fingerprint (the config, and a stamp of the training data when given) next
-to the checkpoints and refuses to open a directory whose fingerprint
-differs. ``overwrite=True`` deletes whatever checkpoints the directory holds
-and starts afresh.
+fingerprint of the config (``fingerprint.json``) and, when given, a stamp of
+the training data (``data_stamp.json``, a separate file so that readers of
+the fingerprint alone are unaffected) next to the checkpoints, and refuses
+to open a directory whose fingerprint or stamp differs. ``overwrite=True``
+deletes whatever checkpoints the directory holds and starts afresh.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from orbax.checkpoint import checkpoint_managers as cm
 from hypuc_jax._files import temp_file
 
 FINGERPRINT_FILE = "fingerprint.json"
-DATA_STAMP_KEY = "data_stamp"      # top-level fingerprint key: the training data's stamp
+DATA_STAMP_FILE = "data_stamp.json"
+_DATA_STAMP_KEY = "data_stamp"
 _FINGERPRINT_TMP = ".fingerprint-"
 METRIC = "val_nll"
 
@@ -95,8 +97,9 @@ class CheckpointStore:
       ``directory`` is written (the fingerprint is checked, not rewritten).
 
   Raises:
-    ValueError: ``keep`` < 1, or the directory holds checkpoints from a
-      different model/config and ``overwrite`` is False.
+    ValueError: ``keep`` < 1, or (unless ``overwrite``) the directory holds
+      checkpoints from a different model/config or, given ``data_stamp``,
+      trained on other data.
   """
 
   def __init__(self, directory: str, *, keep: int, fingerprint: dict,
@@ -110,8 +113,6 @@ class CheckpointStore:
       raise ValueError("overwrite: a read-only store cannot delete checkpoints")
     fp_path = os.path.join(self.directory, FINGERPRINT_FILE)
     fingerprint = json.loads(json.dumps(fingerprint))
-    if DATA_STAMP_KEY in fingerprint:
-      raise ValueError(f"fingerprint: {DATA_STAMP_KEY!r} is reserved for the data_stamp argument")
     # Process 0's fingerprint temp file is not a checkpoint (another process may
     # look while it is being written).
     if os.path.isdir(self.directory) and [e for e in os.listdir(self.directory)
@@ -121,7 +122,9 @@ class CheckpointStore:
           shutil.rmtree(self.directory)
       else:
         stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
-        stored_stamp = stored.pop(DATA_STAMP_KEY, None) if stored else None
+        if stored:                       # written inside the fingerprint by an earlier build
+          stored.pop(_DATA_STAMP_KEY, None)
+        stored_stamp = stored_data_stamp(self.directory)
         stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
                               for f in (stored, fingerprint))
         if stored_n != wanted_n:
@@ -135,19 +138,13 @@ class CheckpointStore:
               f"workdir: {self.directory} holds checkpoints trained on other data (the "
               "labels, split or records differ); use another workdir or pass overwrite=True "
               "(CLI: --overwrite) to delete them")
-    if data_stamp is not None:
-      fingerprint[DATA_STAMP_KEY] = data_stamp
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
       if not os.path.exists(fp_path) or _read_fingerprint(fp_path) != fingerprint:
-        tmp = temp_file(self.directory, prefix=_FINGERPRINT_TMP, suffix=".json")
-        try:                                 # atomic: a crash never leaves a torn file
-          with open(tmp, "w") as f:
-            json.dump(fingerprint, f, indent=1, sort_keys=True)
-          os.replace(tmp, fp_path)
-        finally:
-          if os.path.exists(tmp):
-            os.remove(tmp)
+        _write_json_atomic(self.directory, fp_path, fingerprint)
+      stamp_path = os.path.join(self.directory, DATA_STAMP_FILE)
+      if data_stamp is not None and stored_data_stamp(self.directory) != data_stamp:
+        _write_json_atomic(self.directory, stamp_path, {_DATA_STAMP_KEY: data_stamp})
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,
@@ -227,11 +224,35 @@ def _absl_level(level: int):
 
 
 def stored_data_stamp(directory: str) -> str | None:
-  """The training-data stamp stored with the checkpoints in ``directory``, or None."""
-  fp_path = os.path.join(directory, FINGERPRINT_FILE)
-  if not os.path.exists(fp_path):
+  """The training-data stamp stored with the checkpoints in ``directory``, or None.
+
+  Raises:
+    ValueError: a damaged ``data_stamp.json`` (named).
+  """
+  path = os.path.join(directory, DATA_STAMP_FILE)
+  if not os.path.exists(path):
     return None
-  return _read_fingerprint(fp_path).get(DATA_STAMP_KEY)
+  try:
+    with open(path, encoding="utf-8") as f:
+      stamp = json.load(f)[_DATA_STAMP_KEY]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: unreadable training-data stamp ({e}); train again with "
+                     "--overwrite") from None
+  if not isinstance(stamp, str):
+    raise ValueError(f"{path}: expected a string stamp, got {type(stamp).__name__}")
+  return stamp
+
+
+def _write_json_atomic(directory: str, path: str, obj: dict) -> None:
+  """Writes ``obj`` to ``path`` via a temp file: a crash never leaves a torn file."""
+  tmp = temp_file(directory, prefix=_FINGERPRINT_TMP, suffix=".json")
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def _drop_defaults(fp: Any, defaults: dict) -> Any:

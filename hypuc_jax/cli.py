@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                        "and validation/test predictions in --workdir.")
     p.add_argument("--workdir", required=True, type=_path,
                    help="run directory (created; a finished or interrupted run of the same "
-                   "config resumes from its latest checkpoint)")
+                   "config and data resumes from its latest checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="train from scratch, replacing what --workdir holds (by default a run "
                    "of the same config and data resumes, and one of another config or data "

@@ -29,9 +29,10 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
 
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
     target column (a ``target=`` it names must exist), and csv features are
-    taken by the training column names (in the training order). Signals are
-    read at the training data's sampling rate unless the spec sets ``rate=``,
-    which must then equal it. Records with NaN/inf inputs are refused, not
+    taken by the training column names (in the training order). Simulated
+    and wfdb signals are read at the training data's sampling rate unless
+    the spec sets ``rate=``, which must then equal it; npz arrays are taken
+    as they are (their ``rate=``, if given, must equal it). Records with NaN/inf inputs are refused, not
     dropped, so every output row belongs to the record in the same position.
 
     Returns:
@@ -58,10 +59,12 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": cfg.data.target or task.target, "features": by_name, "rate": task.rate})
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
+        kind = data_lib.parse_spec(spec)[0]
+        fix = (f"save records sampled at {task.rate:g} Hz (npz arrays are not resampled)"
+               if kind == "npz" else f"omit rate= from {spec!r} to read them at {task.rate:g} Hz")
         raise WorkflowError(f"--data: records at {float(ds.rate):g} Hz, but the model was "
                             f"trained at {task.rate:g} Hz (records of the same shape at another "
-                            f"rate would be misread); omit rate= from {spec!r} to use "
-                            f"{task.rate:g} Hz")
+                            f"rate would be misread); {fix}")
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
         raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "

@@ -157,7 +157,9 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     # Only differences matter: centring first keeps float32 labels far from 0
     # (e.g. 1e6 +- 1) exact to a fraction of a bandwidth (the shift cancels, so
     # it is held constant under differentiation).
-    centre = lax.stop_gradient(jnp.mean(samples, axis=0))
+    lo, hi = jnp.min(samples, axis=0), jnp.max(samples, axis=0)
+    # lo + half the span: a mean (or XLA's rewrite of lo / 2 + hi / 2) overflows near 3.4e38
+    centre = lax.stop_gradient(lo + 0.5 * (hi - lo))
     samples, points = (samples - centre) / h, (points - centre) / h
     # Padded samples sit far away (finite, so gradients stay finite): their
     # kernel underflows to exactly 0; padded points are dropped.
@@ -216,7 +218,7 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
-    shape = fitted_grid_shape(x, h, grid_size)
+    shape = fitted_grid_shape(x, h, grid_size, stacklevel=3)
     if method == "binned":
         return binned_grid(x, h, shape)
     lo, step = grid_extent(x, h, shape)

@@ -286,7 +286,8 @@ def test_bin_quantile_conformal_is_the_order_statistic():
     # (n + 1) xi is an integer in exact arithmetic, one ulp above it in floats
     # (75 * 0.68 = 51.00000000000001): the rank is 51, not 52.
     for n, xi, rank in ((74, 0.68, 51), (149, 0.68, 102), (19, 0.95, 19)):
-        assert cal.bin_quantile(np.arange(1.0, n + 1), xi, "conformal") == rank
+        for x in (xi, np.float64(xi), np.float32(xi)):        # float32 0.68 is 0.6800000072
+            assert cal.bin_quantile(np.arange(1.0, n + 1), x, "conformal") == rank
     with pytest.raises(ValueError, match="quantile"):
         cal.bin_quantile(scores, 0.9, "median")
     with pytest.raises(ValueError, match="quantile"):

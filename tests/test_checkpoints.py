@@ -80,6 +80,9 @@ def test_checkpoints_of_other_training_data_are_refused_and_overwrite_starts_afr
   store.save(1, _state(1), {}, 1.0)
   store.close()
   assert checkpoints.stored_data_stamp(str(tmp_path)) == "aaa"
+  # in its own file: a reader that compares fingerprint.json alone (the previous build's
+  # predict) still sees the config's fingerprint only
+  assert json.loads((tmp_path / checkpoints.FINGERPRINT_FILE).read_text()) == {"m": 1}
   with pytest.raises(ValueError, match="trained on other data"):
     checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"m": 1}, data_stamp="bbb")
   for kwargs in ({"data_stamp": "aaa"}, {"read_only": True}):   # same data; readers: no check
@@ -91,8 +94,9 @@ def test_checkpoints_of_other_training_data_are_refused_and_overwrite_starts_afr
                                       data_stamp="aaa", overwrite=True)
   assert fresh.latest_step() is None
   fresh.close()
-  with pytest.raises(ValueError, match="reserved"):
-    checkpoints.CheckpointStore(str(tmp_path), keep=2, fingerprint={"data_stamp": 1})
+  (tmp_path / checkpoints.DATA_STAMP_FILE).write_text("{")
+  with pytest.raises(ValueError, match="data_stamp.json: unreadable"):
+    checkpoints.stored_data_stamp(str(tmp_path))
 
 
 def test_fingerprint_is_written_atomically_and_a_torn_one_is_named(tmp_path):

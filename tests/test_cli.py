@@ -160,6 +160,12 @@ def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
     with open(out) as f:
         got = [float(r["mu"]) for r in csv.DictReader(f)]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # npz arrays are not resampled: the advice is to save them at the training rate
+    np.savez(tmp_path / "r.npz", x=ds.x, y=ds.y)
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data",
+                       f"npz:{tmp_path / 'r.npz'}?rate=100", "--output", tmp_path / "n.csv")
+    line = one_line_error(rc, err)
+    assert "save records sampled at 50 Hz" in line and "omit rate=" not in line
 
 
 @pytest.mark.parametrize("parallel", ["sharding", "pmap"])

@@ -111,6 +111,15 @@ def test_float32_labels_far_from_zero_match_scipy(offset, spread):
         assert rel_l1(kde.gaussian_kde(y, y, method=method), ref) < 1e-5, method
 
 
+def test_exact_density_near_the_float32_maximum_is_finite():
+    # centring by the mean overflowed to inf (NaN densities) where the uncentred sum did not
+    y = np.array([2e38, 2.5e38, 3e38], np.float32)
+    got = np.asarray(kde.gaussian_kde(y, y, bandwidth=1e37, method="exact"), np.float64)
+    d = (y[:, None].astype(np.float64) - y[None, :]) / 1e37
+    ref = np.exp(-0.5 * d ** 2).sum(axis=1) / (3 * np.sqrt(2 * np.pi) * 1e37)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
 def test_exact_2d_and_3d_match_scipy_float64():
     for d, n in ((2, 600), (3, 300)):
         x = diagonal_cov_sample(n, d, stds=[1.0, 0.4, 2.0][:d])
@@ -267,6 +276,10 @@ def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():
     assert rel_l1(jitted, ref) < 1e-3
     with pytest.raises(ValueError, match="outside"):
         jax.jit(kde.grid_size_for)(y)
+    for fn in (lambda s: kde.gaussian_kde(s, s), lambda s: kde.density_grid(s)):
+        with pytest.warns(UserWarning) as record:      # attributed to this file, not to jax
+            jax.jit(fn)(y)
+        assert record[0].filename == __file__
 
 
 # --------------------------------------------------------------------------- #
