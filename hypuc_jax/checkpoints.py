@@ -119,7 +119,7 @@ class CheckpointStore:
                                           if not e.startswith(_FINGERPRINT_TMP)]:
       if overwrite:
         if self.is_writer:
-          shutil.rmtree(self.directory)
+          _clear(self.directory)
       else:
         stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
         if stored:                       # written inside the fingerprint by an earlier build
@@ -241,6 +241,19 @@ def stored_data_stamp(directory: str) -> str | None:
   if not isinstance(stamp, str):
     raise ValueError(f"{path}: expected a string stamp, got {type(stamp).__name__}")
   return stamp
+
+
+def _clear(directory: str) -> None:
+  """Deletes ``directory``; a symlink (checkpoints kept on another disk) keeps the
+  link and its target folder and loses only what the target holds."""
+  if not os.path.islink(directory):
+    shutil.rmtree(directory)
+    return
+  for entry in os.scandir(directory):
+    if entry.is_dir(follow_symlinks=False):
+      shutil.rmtree(entry.path)
+    else:
+      os.remove(entry.path)
 
 
 def _write_json_atomic(directory: str, path: str, obj: dict) -> None:

@@ -99,6 +99,23 @@ def test_checkpoints_of_other_training_data_are_refused_and_overwrite_starts_afr
     checkpoints.stored_data_stamp(str(tmp_path))
 
 
+def test_overwrite_clears_a_symlinked_checkpoint_folder(tmp_path):
+  # checkpoints on another disk behind a symlink: rmtree refused the link itself
+  target, link = tmp_path / "scratch", tmp_path / "ckpt"
+  target.mkdir()
+  link.symlink_to(target)
+  store = checkpoints.CheckpointStore(str(link), keep=2, fingerprint={"m": 1})
+  store.save(1, _state(1), {}, 1.0)
+  store.close()
+  assert os.listdir(target)
+  fresh = checkpoints.CheckpointStore(str(link), keep=2, fingerprint={"m": 1}, overwrite=True)
+  assert fresh.latest_step() is None and link.is_symlink() and target.is_dir()
+  fresh.save(2, _state(2), {}, 1.0)
+  fresh.close()
+  assert sorted(checkpoints.CheckpointStore(str(link), keep=2, fingerprint={"m": 1},
+                                            read_only=True).all_steps()) == [2]
+
+
 def test_fingerprint_is_written_atomically_and_a_torn_one_is_named(tmp_path):
   """Reopening a run with the same config leaves fingerprint.json untouched (no window
   in which a crash could tear it); a torn one (what a crash mid-write used to leave)
