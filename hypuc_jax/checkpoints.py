@@ -147,7 +147,7 @@ class CheckpointStore:
         _write_json_atomic(self.directory, stamp_path, {_DATA_STAMP_KEY: data_stamp})
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
-        cm.BestN(get_metric_fn=lambda m: -float(m[METRIC]), n=1,
+        cm.BestN(get_metric_fn=lambda m: -_score(m), n=1,
                  keep_checkpoints_without_metrics=False),
     ])
     # A read-only manager makes orbax log two warnings that restate the
@@ -157,7 +157,7 @@ class CheckpointStore:
       # best_fn makes orbax store the metrics with each step (the policy ranks by them).
       options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
                                              read_only=read_only,
-                                             best_fn=lambda m: float(m[METRIC]), best_mode="min",
+                                             best_fn=_score, best_mode="min",
                                              enable_async_checkpointing=False)
       self._manager = ocp.CheckpointManager(self.directory, options=options,
                                             item_names=("state", "meta"))
@@ -221,6 +221,13 @@ def _absl_level(level: int):
     yield
   finally:
     logger.setLevel(old)
+
+
+def _score(metrics: dict) -> float:
+  """A checkpoint's rank (lower is better); a NaN score ranks last, as +inf (NaN
+  compares false both ways, and orbax's best-N policy then deleted the real best)."""
+  value = float(metrics[METRIC])
+  return value if not np.isnan(value) else float("inf")
 
 
 def stored_data_stamp(directory: str) -> str | None:

@@ -142,7 +142,7 @@ _ODD = ("model.kernel_size", "model.stem_kernel", "weighting.lds_ks")
 _OPEN_UNIT = ("calibration.xi", "corrections.specificity")
 
 
-def validate(config: Config, n_devices: int = 1) -> Config:
+def validate(config: Config, n_devices: int = 1, n_processes: int | None = None) -> Config:
   """Checks every value before training; returns ``config`` unchanged.
 
   Whether the model fits the data shape is checked by
@@ -151,6 +151,8 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   Args:
     config: the configuration to check.
     n_devices: number of devices the batch is split over (global count).
+    n_processes: number of JAX processes (default ``jax.process_count()``);
+      each reads its slice of every batch.
 
   Raises:
     ValueError: naming the first offending key and what was expected.
@@ -205,6 +207,15 @@ def validate(config: Config, n_devices: int = 1) -> Config:
   for key, modes in (("batch_size", ("sharding", "pmap")), ("eval_batch_size", ("sharding",))):
     _check(mode not in modes or getattr(t, key) % n_devices == 0, f"train.{key}",
            f"a multiple of the device count {n_devices}", getattr(t, key))
+  if n_processes is None:
+    import jax
+    n_processes = jax.process_count()
+  _check(mode != "none" or n_processes == 1, "train.parallel",
+         f"'sharding' or 'pmap' with {n_processes} processes ('none' would train each "
+         "process alone on its slice of the batch)", t.parallel)
+  for key in ("batch_size", "eval_batch_size"):       # every process reads its slice
+    _check(getattr(t, key) % n_processes == 0, f"train.{key}",
+           f"a multiple of the process count {n_processes}", getattr(t, key))
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", "> 0 when train.steps is 0", t.epochs)
   _check(config.loss.name != "bmc" or mode != "pmap", "train.parallel",
          "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global batch)",

@@ -101,7 +101,7 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
     per_example = losses.per_example_loss(
         spec.name, pred, batch["y"], huber_delta=spec.huber_delta,
         noise_sigma=_noise(model, spec), bni_prior=spec.bni_prior, mask=batch["mask"],
-        beta=spec.beta)
+        beta=spec.beta, axis_name=axis_name)   # in-batch losses (BMC) see the global batch
     return losses.weighted_sums(per_example, batch["w"], batch["mask"])
 
   (num, den), grads = nnx.value_and_grad(weighted_sum, has_aux=True)(model)

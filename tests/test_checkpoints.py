@@ -30,6 +30,15 @@ def test_keeps_last_n_plus_best(tmp_path):
   store.close()
 
 
+def test_a_nan_validation_score_never_evicts_the_best(tmp_path):
+  # NaN compares false both ways: the best-N policy used to delete the real best (step 1)
+  store = checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint={"m": 1})
+  for step, v in ((1, 0.5), (2, float("nan")), (3, 0.7)):
+    store.save(step, _state(step), {}, v)
+  assert sorted(store.all_steps()) == [1, 3] and store.best_step() == 1
+  store.close()
+
+
 def test_steps_without_validation_are_kept_only_as_latest(tmp_path):
   store = checkpoints.CheckpointStore(str(tmp_path), keep=1, fingerprint={"m": 1})
   store.save(1, _state(1), {}, 2.0)

@@ -142,6 +142,20 @@ def test_batch_divisibility_only_matters_when_data_parallel():
     validate(apply_overrides(cfg, ["train.parallel=pmap"]), n_devices=8)
 
 
+def test_several_processes_need_data_parallel_training_and_divisible_batches():
+  # parallel=none trained each process alone (and hung at the first evaluation); an eval
+  # batch not divisible by the process count failed only at the first evaluation
+  cfg = apply_overrides(get_config("tiny"), ["train.batch_size=16", "train.eval_batch_size=16"])
+  with pytest.raises(ValueError, match=r"train\.parallel: expected 'sharding' or 'pmap' with 2"):
+    validate(apply_overrides(cfg, ["train.parallel=none"]), n_devices=4, n_processes=2)
+  with pytest.raises(ValueError, match=r"train\.eval_batch_size: expected a multiple of the "
+                                       r"process count 2"):
+    validate(apply_overrides(cfg, ["train.parallel=pmap", "train.eval_batch_size=25"]),
+             n_devices=4, n_processes=2)
+  validate(apply_overrides(cfg, ["train.parallel=pmap"]), n_devices=4, n_processes=2)
+  validate(apply_overrides(cfg, ["train.parallel=none"]), n_devices=1)   # one process: fine
+
+
 def test_bmc_needs_the_global_batch():
   cfg = apply_overrides(get_config("tiny"), ["loss.name=bmc", "train.parallel=pmap"])
   with pytest.raises(ValueError, match="train.parallel"):

@@ -243,3 +243,25 @@ def test_multi_process_environment_errors_name_the_variable(monkeypatch, env, ma
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=match):
         parallel.maybe_initialize_distributed()
+
+
+def test_pmap_step_gives_an_in_batch_loss_the_global_batch():
+  """BMC's logits span the whole batch (Ren et al. 2022). The pmap step used to compute
+  it on each device's slice; the step API must equal the single-device step (the CLI
+  refuses bmc with pmap in `validate` either way)."""
+  cfg = config_lib.apply_overrides(config_lib.get_config("tiny"), [
+      "model.kind=mlp", "model.widths=16,16", "train.warmup_steps=0", "train.lr=1e-2",
+      "loss.name=bmc"])
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 6)).astype(np.float32)
+  batch = {"x": x, "y": (2 * x[:, 0] + rng.normal(size=32)).astype(np.float32),
+           "w": rng.uniform(0.5, 2.0, 32).astype(np.float32), "mask": np.ones(32, np.float32)}
+  out = {}
+  for mode in ("none", "pmap"):
+    graphdef, state, schedule = train.create_train_state(cfg, (6,), 10)
+    placement = parallel.Placement(mode)
+    step = placement.compile_step(train.bind_train_step(graphdef, train.LossSpec.from_config(cfg),
+                                                        schedule))
+    _, metrics = step(placement.put_state(state), placement.put_batch(batch))
+    out[mode] = (float(metrics["loss"]), float(metrics["grad_norm"]))
+  np.testing.assert_allclose(out["pmap"], out["none"], rtol=1e-5)
