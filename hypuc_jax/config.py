@@ -217,9 +217,6 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
     _check(getattr(t, key) % n_processes == 0, f"train.{key}",
            f"a multiple of the process count {n_processes}", getattr(t, key))
   _check(t.steps > 0 or t.epochs > 0, "train.epochs", "> 0 when train.steps is 0", t.epochs)
-  _check(config.loss.name != "bmc" or mode != "pmap", "train.parallel",
-         "'sharding' or 'none' for loss.name=bmc (the in-batch loss needs the global batch)",
-         t.parallel)
   for key in ("data.seed", "train.seed"):             # numpy, jax and scikit-learn seeds
     _check(0 <= get(key) < 2 ** 32, key, "an integer in [0, 2**32)", get(key))
   c = config.corrections                                # members are seeded seed + k

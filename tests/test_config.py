@@ -156,11 +156,12 @@ def test_several_processes_need_data_parallel_training_and_divisible_batches():
   validate(apply_overrides(cfg, ["train.parallel=none"]), n_devices=1)   # one process: fine
 
 
-def test_bmc_needs_the_global_batch():
-  cfg = apply_overrides(get_config("tiny"), ["loss.name=bmc", "train.parallel=pmap"])
-  with pytest.raises(ValueError, match="train.parallel"):
-    validate(cfg, n_devices=8)
-  validate(apply_overrides(cfg, ["train.parallel=sharding"]), n_devices=8)
+def test_bmc_trains_in_every_parallel_mode():
+  # refused under pmap while its step saw only each device's slice; the pmap step now
+  # gathers the global batch (tests/test_parallel.py checks it equals the single device)
+  cfg = apply_overrides(get_config("tiny"), ["loss.name=bmc"])
+  for mode in ("none", "sharding", "pmap"):
+    validate(apply_overrides(cfg, [f"train.parallel={mode}"]), n_devices=8)
 
 
 def test_from_dict_rejects_unknown_keys():

@@ -247,8 +247,7 @@ def test_multi_process_environment_errors_name_the_variable(monkeypatch, env, ma
 
 def test_pmap_step_gives_an_in_batch_loss_the_global_batch():
   """BMC's logits span the whole batch (Ren et al. 2022). The pmap step used to compute
-  it on each device's slice; the step API must equal the single-device step (the CLI
-  refuses bmc with pmap in `validate` either way)."""
+  it on each device's slice; it must equal the single-device step."""
   cfg = config_lib.apply_overrides(config_lib.get_config("tiny"), [
       "model.kind=mlp", "model.widths=16,16", "train.warmup_steps=0", "train.lr=1e-2",
       "loss.name=bmc"])
