@@ -32,8 +32,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     taken by the training column names (in the training order). Simulated
     and wfdb signals are read at the training data's sampling rate unless
     the spec sets ``rate=``, which must then equal it; npz arrays are taken
-    as they are (their ``rate=``, if given, must equal it). Records with NaN/inf inputs are refused, not
-    dropped, so every output row belongs to the record in the same position.
+    as they are (their ``rate=``, if given, must equal it). Records with
+    NaN/inf inputs are refused, not dropped, so every output row belongs to
+    the record in the same position.
 
     Returns:
       The number of rows written.
