@@ -172,7 +172,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
               f"training stopped, last good checkpoint: step {last} in {paths['checkpoints']}"
               " (try a lower train.lr or train.grad_clip)")
         now = time.perf_counter()
+        # loss, grad norm, weight sum: means since the last record; lr: at this step
         last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        last_train["lr"] = float(host[-1]["lr"])
         last_train.pop("finite")
         last_train["examples_per_s"] = train_logging.throughput(
             (step - tick_step) * t.batch_size, now - tick) if step > tick_step else 0.0

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from hypuc_jax import checkpoints, parallel, train, train_data
+from hypuc_jax import checkpoints, parallel, train, train_data, train_state
 from hypuc_jax import data as data_lib
 from hypuc_jax.config import apply_overrides, get_config
 
@@ -62,9 +62,12 @@ def test_end_to_end_tiny_simulated(tmp_path, capsys):
   records = [json.loads(line) for line in open(result.paths["metrics"])]
   train_records = [r for r in records if r["split"] == "train"]
   assert [r["step"] for r in train_records] == [4, 6, 8, 12]     # log_every 4 + eval steps
+  _, schedule = train_state.make_optimizer(config, config.train.steps)   # optax's schedule
   for r in train_records:
     assert {"loss", "lr", "grad_norm", "examples_per_s"} <= set(r)
     assert np.isfinite(r["loss"]) and r["lr"] > 0
+    # the lr of the logged step (step k applies schedule(k - 1)), not a window mean
+    assert r["lr"] == pytest.approx(float(schedule(r["step"] - 1)), rel=1e-5)   # f32 vs f64
   assert [r["step"] for r in records if r["split"] == "val"] == [6, 12]
   # Predictions are in label units and cover the split (reference: load + split here).
   from hypuc_jax import data
