@@ -3,7 +3,6 @@ predictions, print a result, save it with its command."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -111,14 +110,11 @@ def command_line(script: str, argv: list[str]) -> str:
 
 def write_result(out: Path, text: str) -> None:
     """Writes ``text`` to ``out`` whole or not at all (temp file + rename), making its folder."""
+    from hypuc_jax.report import write_text_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(out, text)
 
 
 def publish(text: str, out: Path | None, script: str, argv: list[str], intro: str = "") -> None:

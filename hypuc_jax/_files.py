@@ -30,3 +30,17 @@ def temp_dir(directory: str | os.PathLike, prefix: str = "") -> str:
     path = tempfile.mkdtemp(prefix=prefix, dir=directory)
     os.chmod(path, 0o777 & ~_umask())
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, prefix: str = "") -> None:
+    """Writes ``text`` to ``path`` via a temporary file in its folder and ``os.replace``:
+    readers see the old file or the new one, never a torn one. ``prefix``: of the
+    temporary file's name (for readers that must skip it)."""
+    tmp = temp_file(os.path.dirname(os.path.abspath(path)), prefix=prefix, suffix=".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from hypuc_jax._files import temp_file
+from hypuc_jax._files import write_text_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 DATA_STAMP_FILE = "data_stamp.json"
@@ -141,10 +141,10 @@ class CheckpointStore:
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
       if not os.path.exists(fp_path) or _read_fingerprint(fp_path) != fingerprint:
-        _write_json_atomic(self.directory, fp_path, fingerprint)
+        _write_json_atomic(fp_path, fingerprint)
       stamp_path = os.path.join(self.directory, DATA_STAMP_FILE)
       if data_stamp is not None and stored_data_stamp(self.directory) != data_stamp:
-        _write_json_atomic(self.directory, stamp_path, {_DATA_STAMP_KEY: data_stamp})
+        _write_json_atomic(stamp_path, {_DATA_STAMP_KEY: data_stamp})
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: -_score(m), n=1,
@@ -263,16 +263,10 @@ def _clear(directory: str) -> None:
       os.remove(entry.path)
 
 
-def _write_json_atomic(directory: str, path: str, obj: dict) -> None:
-  """Writes ``obj`` to ``path`` via a temp file: a crash never leaves a torn file."""
-  tmp = temp_file(directory, prefix=_FINGERPRINT_TMP, suffix=".json")
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+def _write_json_atomic(path: str, obj: dict) -> None:
+  """Writes ``obj`` to ``path`` atomically; the temp file's prefix marks it for
+  other processes listing the directory (not a checkpoint)."""
+  write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True), prefix=_FINGERPRINT_TMP)
 
 
 def _drop_defaults(fp: Any, defaults: dict) -> Any:

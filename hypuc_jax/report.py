@@ -16,9 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hypuc_jax import uncertainty as unc_scores
+from hypuc_jax._files import write_text_atomic  # noqa: F401  (re-exported: report.write_text_atomic)
 from hypuc_jax.report_figures import (  # noqa: F401  (re-exported)
     FIGURES, RunOutputs, _region_names, central_coverage, mu_bin_coverage, selective_mae,
-    write_figures, write_text_atomic)
+    write_figures)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -81,19 +81,6 @@ def _save(fig: plt.Figure, path: Path) -> None:
             os.remove(tmp)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = temp_file(path.parent, suffix=".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def central_coverage(y, mu, sigma, level: float, dof: float = math.inf) -> float:
     """Fraction of ``y`` inside the central ``level`` interval of mu + sigma Z (family ``dof``)."""
     return float(uncertainty.coverage(y, mu, sigma, level, dof))

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import jax
 
-from hypuc_jax._files import temp_file
+from hypuc_jax._files import write_text_atomic
 
 
 class TrainLogger:
@@ -132,11 +132,4 @@ def _truncate_after(path: str, step: int) -> None:
       continue
   if keep == lines:                            # nothing dropped, last line complete
     return
-  tmp = temp_file(os.path.dirname(path), prefix=".metrics-", suffix=".jsonl")
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  write_text_atomic(path, "".join(keep), prefix=".metrics-")

@@ -117,9 +117,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                                 "--workdir or pass --overwrite")
     ds = _dataset(cfg)
     parts = train_data.split_for(cfg, ds)
-    ckpt = train_data.run_paths(str(workdir))["checkpoints"]
-    if not overwrite and checkpoints.stored_data_stamp(ckpt) not in (
-            None, train_data.data_stamp(ds.x, np.asarray(ds.y, np.float64), parts)):
+    stored = None if overwrite else checkpoints.stored_data_stamp(
+        train_data.run_paths(str(workdir))["checkpoints"])
+    if stored is not None and stored != train_data.data_stamp(
+            ds.x, np.asarray(ds.y, np.float64), parts):
         raise WorkflowError(f"{workdir}: its checkpoints were trained on other data (the labels, "
                             f"split or records of --data {cfg.data.spec!r} differ); choose "
                             "another --workdir or pass --overwrite to train from scratch")
