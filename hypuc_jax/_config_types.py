@@ -90,9 +90,19 @@ class WeightingConfig:
   and averages their losses unweighted: the same objective in expectation,
   with lower-variance gradients (``data.batch_iterator``). Scheme "none"
   always shuffles plainly.
+
+  ``defer`` (deferred re-weighting, Cao et al., NeurIPS 2019): the first
+  ``round(defer * steps)`` optimiser steps train unweighted (every weight
+  1) and the rest with the scheme's weights, so the features are learnt
+  from the natural label distribution and the weighting adjusts the fit
+  late, at a lower learning rate. Checkpoints of the unweighted phase are
+  not candidates for the run's model, and early stopping starts counting
+  after it. 0 (default) weights every step; needs ``apply="loss"``; no
+  effect with scheme "none".
   """
   scheme: str = "hypuc"
   apply: str = "loss"
+  defer: float = 0.0
   lam: float = 0.5
   bandwidth: Union[str, float] = "scott"
   method: str = "binned"

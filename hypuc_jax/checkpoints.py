@@ -189,9 +189,12 @@ class CheckpointStore:
         None when not evaluated at this step.
     """
     metrics = None if val_nll is None else {METRIC: float(val_nll)}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(jax.device_get(flatten_state(state))),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+    # Without a score orbax warns "Requested `tracked_metric`; did not provide
+    # metrics" on every save: intended here (not a candidate), so kept quiet.
+    with _absl_level(logging.ERROR) if metrics is None else contextlib.nullcontext():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(jax.device_get(flatten_state(state))),
+          meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
     self._manager.wait_until_finished()
 
   def restore(self, step: int, template: Any) -> tuple[Any, dict]:

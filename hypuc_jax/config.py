@@ -199,6 +199,9 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
          "0 unless loss.name is nll or laplace", config.loss.beta)
   _check(w.bandwidth in BANDWIDTH_RULES if isinstance(w.bandwidth, str) else w.bandwidth > 0,
          "weighting.bandwidth", f"a float > 0 or one of {BANDWIDTH_RULES}", w.bandwidth)
+  _check(0.0 <= w.defer < 1.0, "weighting.defer", "a fraction of the steps in [0, 1)", w.defer)
+  _check(w.defer == 0.0 or w.apply == "loss", "weighting.defer",
+         "0 unless weighting.apply is loss", w.defer)
   _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",
          "None or a float >= 1 (weights have mean 1)", w.max_weight)
   _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)

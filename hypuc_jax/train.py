@@ -109,6 +109,11 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     raise ValueError(f"train.batch_size: expected <= the {len(run.idx['train'])} training "
                      f"examples, got {t.batch_size}")
   total = t.steps if t.steps > 0 else t.epochs * steps_per_epoch
+  # weighting.defer: steps 1..unweighted train unweighted and are not candidates
+  # (no effect without a weighting, so `hypuc run --set weighting.defer=F` keeps
+  # the plain baseline)
+  unweighted = (min(int(round(config.weighting.defer * total)), total - 1)
+                if config.weighting.scheme != "none" else 0)
   paths = train_data.run_paths(workdir)
   store = _open_store(config, paths["checkpoints"], overwrite,
                       data_stamp=train_data.data_stamp(run.x, run.y, run.idx))
@@ -127,7 +132,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   logger = train_logging.TrainLogger(workdir, total, fresh=start == 0, resume_step=start)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = train_data.train_batches(run, start, t.batch_size, t.seed,
-                                          config.weighting.apply)
+                                          config.weighting.apply, unweighted)
   batches = (data_lib.prefetch_to_device(map(placement.host_layout, host_batches), t.prefetch,
                                          placement.data_sharding)
              if t.prefetch else map(placement.put_batch, host_batches))  # put_batch lays out
@@ -181,18 +186,19 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         tick, tick_step = now, step
         logger.log(step, last_train)
         logger.progress_bar(step, last_train["loss"])
-      val = None
+      score = None
       if do_eval:
         val = evaluate(state)
         logger.log(step, val, prefix="val")
         meta["val"] = val
-        score = val[t.select_on]
-        if score < meta["best_nll"]:            # "best_nll": the best train.select_on score
-          meta.update(best_nll=score, best_step=step, bad_evals=0)
-        else:
-          meta["bad_evals"] += 1
+        if step > unweighted:                   # a candidate for the run's model
+          score = val[t.select_on]
+          if score < meta["best_nll"]:          # "best_nll": the best train.select_on score
+            meta.update(best_nll=score, best_step=step, bad_evals=0)
+          else:
+            meta["bad_evals"] += 1
       if do_ckpt:
-        store.save(step, placement.get_state(state), meta, None if val is None else score)
+        store.save(step, placement.get_state(state), meta, score)
       if t.early_stopping_patience and meta["bad_evals"] >= t.early_stopping_patience:
         stopped_early = True
         break

@@ -194,24 +194,40 @@ def load_run(workdir: str) -> tuple[Config, RunData]:
 
 
 def train_batches(run: RunData, start_step: int, batch_size: int, seed: int,
-                  apply: str = "loss") -> Iterator[dict[str, np.ndarray]]:
+                  apply: str = "loss", unweighted_steps: int = 0
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """Host batches for steps ``start_step + 1, ...`` (this process's slice).
 
   ``data.batch_iterator`` shuffles (``apply="loss"``) or resamples by weight
   (``apply="resample"``; the plain shuffle for scheme "none") epoch ``e``
   with ``(seed, e)`` and drops the remainder; resuming starts at the step's
   epoch and skips the batches already seen (without reading them), so the
-  sequence equals an uninterrupted run's.
+  sequence equals an uninterrupted run's. The batches of steps
+  ``1..unweighted_steps`` carry weight 1 (``weighting.defer``; loss weights
+  only), the same rows in the same order.
   """
   if apply not in WEIGHT_APPLY:
     raise ValueError(f"apply: expected one of {WEIGHT_APPLY}, got {apply!r}")
+  if unweighted_steps and apply != "loss":
+    raise ValueError(f"unweighted_steps: expected 0 with apply={apply!r} (loss weights only), "
+                     f"got {unweighted_steps}")
   per_epoch = len(run.idx["train"]) // batch_size
   epoch, pos = divmod(start_step, per_epoch)
   resample = apply == "resample" and run.weighting.scheme != "none"
-  return data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
-                                 seed=seed, epoch=epoch, num_epochs=None,
-                                 weight_fn=run.weighting, resample=resample, scaler=run.scaler,
-                                 start_batch=pos)
+  batches = data_lib.batch_iterator(run.x, run.y, run.idx["train"], batch_size, train=True,
+                                    seed=seed, epoch=epoch, num_epochs=None,
+                                    weight_fn=run.weighting, resample=resample,
+                                    scaler=run.scaler, start_batch=pos)
+  if start_step >= unweighted_steps:
+    return batches
+  return _unweighted_until(batches, start_step, unweighted_steps)
+
+
+def _unweighted_until(batches, start_step: int, unweighted_steps: int):
+  for step, batch in enumerate(batches, start_step + 1):
+    if step <= unweighted_steps:
+      batch["w"] = np.ones_like(batch["w"])
+    yield batch
 
 
 class _XOnly:

@@ -135,7 +135,7 @@ _NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
 # that reproduces the older behaviour: ``CheckpointStore(optional_defaults=)``
 # treats such a key at that value like an absent one, so run directories
 # trained before the key existed still match.
-FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss"}, "loss": {"beta": 0.0},
+FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss", "defer": 0.0}, "loss": {"beta": 0.0},
                         "train": {"select_on": "nll"}}
 
 

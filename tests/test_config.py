@@ -134,6 +134,18 @@ def test_beta_needs_a_likelihood_loss():
     validate(cfg)
 
 
+def test_defer_needs_loss_weights():
+  for scheme in ("hypuc", "none"):                    # none: no effect (train.py)
+    validate(apply_overrides(get_config("tiny"), ["weighting.defer=0.5",
+                                                  f"weighting.scheme={scheme}"]))
+  for extra, expected in ((["weighting.defer=1.0"], "a fraction of the steps in \\[0, 1\\)"),
+                          (["weighting.defer=-0.1"], "a fraction of the steps in \\[0, 1\\)"),
+                          (["weighting.defer=0.5", "weighting.apply=resample"],
+                           "0 unless weighting.apply is loss")):
+    with pytest.raises(ValueError, match=f"weighting\\.defer.*{expected}"):
+      validate(apply_overrides(get_config("tiny"), extra))
+
+
 def test_batch_divisibility_only_matters_when_data_parallel():
   cfg = apply_overrides(get_config("tiny"), ["train.batch_size=12", "train.eval_batch_size=12"])
   validate(cfg, n_devices=1)

@@ -215,6 +215,73 @@ def test_resampled_training_batches_follow_the_weights(npz_spec):
     train_data.train_batches(run, 0, 16, seed=0, apply="Resample")
 
 
+def test_deferred_weighting_batches(npz_spec):
+  """weighting.defer: the batches of steps 1..k carry weight 1, the rest the
+  KDE weights of the same rows (scipy reference); a resume at any step
+  continues the same sequence."""
+  config = _npz_config(npz_spec, "weighting.lam=1.0")
+  run = train_data.prepare(config)
+  y_train = np.asarray(run.y[run.idx["train"]], np.float64)
+  n, k = 20, 7                                        # 2+ epochs of 9 batches
+  plain = train_data.train_batches(run, 0, 16, seed=3)
+  plain = [next(plain) for _ in range(n)]
+  deferred = train_data.train_batches(run, 0, 16, seed=3, unweighted_steps=k)
+  deferred = [next(deferred) for _ in range(n)]
+  for step, (a, b) in enumerate(zip(plain, deferred), 1):
+    np.testing.assert_array_equal(a["y"], b["y"])
+    np.testing.assert_array_equal(a["x"], b["x"])
+    y = np.asarray(run.inverse_y(b["y"]), np.float64)
+    expected = np.ones(16) if step <= k else _scipy_hypuc_weights(y_train, y, 1.0)
+    np.testing.assert_allclose(b["w"], expected, rtol=2e-3)
+  for start in (3, 7, 12):
+    resumed = train_data.train_batches(run, start, 16, seed=3, unweighted_steps=k)
+    for b in deferred[start:]:
+      np.testing.assert_array_equal(next(resumed)["w"], b["w"])
+  with pytest.raises(ValueError, match="unweighted_steps: expected 0 with apply='resample'"):
+    train_data.train_batches(run, 0, 16, seed=3, apply="resample", unweighted_steps=k)
+
+
+def test_deferred_weighting_trains_unweighted_then_weighted(tmp_path, npz_spec):
+  """defer 0.5 of 8 steps: the parameters at step 4 equal an unweighted run's
+  (the same batches, weight 1), later ones differ; the evaluations of the
+  unweighted phase are logged but never the run's model, and a resume
+  inside that phase equals the uninterrupted run. Without a weighting (scheme
+  none) defer has no effect."""
+  common = ["weighting.lam=1.0", "train.eval_every=2", "train.checkpoint_every=2",
+            "train.keep_checkpoints=8", "train.lr=3e-2"]
+  deferred = _npz_config(npz_spec, *common, "weighting.defer=0.5")
+  plain = _npz_config(npz_spec, *common, "weighting.scheme=none")
+  weighted = _npz_config(npz_spec, *common)
+  result = train.train_and_evaluate(deferred, str(tmp_path / "d"))
+  plain_result = train.train_and_evaluate(plain, str(tmp_path / "p"))
+  # without a weighting defer changes nothing, the selection included
+  none_deferred = apply_overrides(plain, ["weighting.defer=0.5"])
+  assert plain_result.best_step <= 4                   # inside the deferred phase
+  assert (train.train_and_evaluate(none_deferred, str(tmp_path / "n")).best_metrics
+          == plain_result.best_metrics)
+  train.train_and_evaluate(weighted, str(tmp_path / "w"))
+  for step, same_as_plain in ((2, True), (4, True), (6, False), (8, False)):
+    p_d = jax.tree.leaves(_params(str(tmp_path / "d"), deferred, step)[0])
+    p_p = jax.tree.leaves(_params(str(tmp_path / "p"), plain, step)[0])
+    p_w = jax.tree.leaves(_params(str(tmp_path / "w"), weighted, step)[0])
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(p_d, p_p))
+    assert (gap < 1e-6) == same_as_plain, (step, gap)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(p_d, p_w)) > 1e-4
+  val = [r for r in map(json.loads, open(tmp_path / "d" / "metrics.jsonl"))
+         if r["split"] == "val"]
+  assert [r["step"] for r in val] == [2, 4, 6, 8]
+  later = [r for r in val if r["step"] > 4]
+  assert min(r["nll"] for r in val) < min(r["nll"] for r in later)   # step 4 was better
+  assert result.best_step == later[int(np.argmin([r["nll"] for r in later]))]["step"]
+  part = tmp_path / "part"
+  train.train_and_evaluate(deferred, str(part), stop_after=3)
+  resumed = train.train_and_evaluate(deferred, str(part))
+  assert resumed.best_step == result.best_step
+  for a, b in zip(jax.tree.leaves(_params(str(part), deferred)[0]),
+                  jax.tree.leaves(_params(str(tmp_path / "d"), deferred)[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   config = _npz_config(npz_spec)
   train.train_and_evaluate(config, str(tmp_path))
@@ -224,16 +291,18 @@ def test_workdir_from_another_config_is_refused(tmp_path, npz_spec):
   other = apply_overrides(config, ["weighting.lam=0.25"])
   with pytest.raises(ValueError, match="different model or config.*weighting.lam"):
     train.train_and_evaluate(other, str(tmp_path))
-  # weighting.apply, loss.beta and train.select_on came later: a stored
+  # weighting.apply / defer, loss.beta and train.select_on came later: a stored
   # fingerprint without them (an older run directory) opens at their defaults
-  # ("loss", 0.0, "nll") and is refused for other values.
+  # ("loss", 0.0, 0.0, "nll") and is refused for other values.
   fp_path = os.path.join(tmp_path, "checkpoints", "fingerprint.json")
   stored = json.load(open(fp_path))
   assert stored["weighting"].pop("apply") == "loss"
+  assert stored["weighting"].pop("defer") == 0.0
   assert stored["loss"].pop("beta") == 0.0
   assert stored["train"].pop("select_on") == "nll"
   json.dump(stored, open(fp_path, "w"))
   for override, now in (("weighting.apply=resample", "weighting.apply: stored None, now 'resample'"),
+                        ("weighting.defer=0.5", "weighting.defer: stored None, now 0.5"),
                         ("train.select_on=weighted_nll",
                          "train.select_on: stored None, now 'weighted_nll'")):
     with pytest.raises(ValueError, match=f"different model or config \\({now}\\)"):
