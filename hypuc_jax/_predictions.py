@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from hypuc_jax._validation import (as_array, check_finite, check_positive, check_same_length,
-                                   is_concrete)
+                                   is_concrete, is_real)
 
 
 def as_vector(x: Any, name: str) -> np.ndarray:
@@ -169,7 +169,9 @@ def central_z(level: float, name: str = "level", dof: float = math.inf) -> float
     Returns:
       z such that mu +- z * sigma is the central ``level`` interval.
     """
-    if not 0.0 < float(level) < 1.0:
+    if hasattr(level, "dtype") and np.ndim(level) == 0:
+        level = level.item()                     # numpy / jax scalars
+    if not is_real(level) or not 0.0 < level < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
     return float(std_ppf(0.5 + float(level) / 2.0, dof))
 

@@ -42,7 +42,7 @@ from hypuc_jax._validation import is_int
 from hypuc_jax.config import CALIBRATION_QUANTILES as QUANTILES
 from hypuc_jax.config import CALIBRATION_TAILS as TAILS
 from hypuc_jax.isotonic import IsotonicCalibrator, fit_isotonic
-from hypuc_jax.uncertainty import uce
+from hypuc_jax.uncertainty import _rms, _squares_unsafe, uce
 
 #: Candidate dofs of ``fit_hyperfine(tail="auto")`` (inf: the Gaussian).
 DOF_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, math.inf)
@@ -160,7 +160,12 @@ def fit_global(mu, sigma, y, *, task: str | None = None) -> GlobalCalibrator:
       ValueError: bad inputs, or all residuals zero (no scale to fit).
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
-    scale = float(np.sqrt(np.mean(((y - mu) / sigma) ** 2)))
+    with np.errstate(over="ignore"):
+        z = (y - mu) / sigma
+    if not np.all(np.isfinite(z)):
+        raise ValueError("sigma: (y - mu) / sigma overflows float64; expected scales within "
+                         "float range of the residuals")
+    scale = _rms(z) if _squares_unsafe(z) else float(np.sqrt(np.mean(z ** 2)))
     if not scale > 0:
         raise ValueError("y: all residuals y - mu are zero; the global scale is undefined")
     return GlobalCalibrator(scale=scale, task=task)

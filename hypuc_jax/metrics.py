@@ -35,7 +35,7 @@ import numpy as np
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
                                     event)
-from hypuc_jax._validation import is_int
+from hypuc_jax._validation import is_int, is_real
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
                                shot_masks, validate_regions)
 
@@ -71,6 +71,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     da, db = a - a.mean(), b - b.mean()
+    # r is scale-free: bring extreme magnitudes to ~1 so the squares stay exact
+    da, db = [d / np.max(np.abs(d)) if unc._squares_unsafe(d) else d for d in (da, db)]
     r = np.sum(da * db) / np.sqrt(np.sum(da ** 2) * np.sum(db ** 2))
     return _clean(np.clip(r, -1.0, 1.0))
 
@@ -156,9 +158,13 @@ def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: A
     masks: dict[str, np.ndarray] = {}
     if train_labels is not None:
         train_labels = as_vector(train_labels, "train_labels")
+        for key, value in (("many_shot", many_shot), ("few_shot", few_shot)):
+            if not is_int(value):
+                raise ValueError(f"{key}: expected an int count, got {value!r}")
         masks.update(shot_masks(y, train_labels, shot_bins, many_shot, few_shot))
     masks.update(region_masks(y, named))
-    edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins)
+    edges = label_bin_edges(train_labels if train_labels is not None else y, shot_bins,
+                            "shot_bins")
     return {"overall": _block(y, mu, sigma, edges, 1, dof),    # min_count is for regions
             "regions": {name: _block(y[m], mu[m], None if sigma is None else sigma[m],
                                      edges, min_count, dof)
@@ -189,7 +195,7 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
         raise ValueError("y_binary: expected only 0/1 or boolean outcomes")
     score, _, yb = check_predictions(score, None, yb, names=("score", "sigma", "y_binary"),
                                      sigma_required=False)
-    if not 0.0 < specificity < 1.0:
+    if not is_real(specificity) or not 0.0 < specificity < 1.0:
         raise ValueError(f"specificity: expected a value in (0, 1), got {specificity!r}")
     key = f"sensitivity_at_{round(specificity * 100)}_specificity"
     pos = yb == 1

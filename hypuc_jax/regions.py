@@ -56,12 +56,13 @@ def region_masks(y, regions) -> dict[str, np.ndarray]:
     return {name: (y >= lo) & (y < hi) for name, (lo, hi) in validate_regions(regions).items()}
 
 
-def label_bin_edges(labels, bins: Any = 100) -> np.ndarray:
+def label_bin_edges(labels, bins: Any = 100, name: str = "bins") -> np.ndarray:
     """Edges of equal-width bins over the range of ``labels``, or explicit edges.
 
     Args:
       labels: reference labels [n] (training labels for shot regions).
       bins: number of equal-width bins (int >= 1), or increasing edges [B + 1].
+      name: the argument's name in error messages.
 
     Returns:
       np.ndarray [B + 1] of increasing edges.
@@ -69,14 +70,17 @@ def label_bin_edges(labels, bins: Any = 100) -> np.ndarray:
     labels = as_vector(labels, "labels")
     if is_int(bins):
         if bins < 1:
-            raise ValueError(f"bins: expected a positive number of bins, got {bins}")
+            raise ValueError(f"{name}: expected a positive number of bins, got {bins}")
         lo, hi = float(labels.min()), float(labels.max())
         if hi == lo:
             hi = lo + 1.0
         return np.linspace(lo, hi, int(bins) + 1)
-    edges = as_vector(bins, "bins")
+    if np.ndim(bins) != 1:
+        raise ValueError(f"{name}: expected an int number of bins or increasing edges [B + 1], "
+                         f"got {bins!r}")
+    edges = as_vector(bins, name)
     if edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bins: expected an int or at least 2 increasing edges, got {edges}")
+        raise ValueError(f"{name}: expected an int or at least 2 increasing edges, got {edges}")
     return edges
 
 
@@ -103,9 +107,12 @@ def shot_masks(y, train_labels, shot_bins: Any = 100, many: int = 100,
     """
     y = as_vector(y, "y")
     train_labels = as_vector(train_labels, "train_labels")
+    for key, value in (("many", many), ("few", few)):
+        if not is_int(value):
+            raise ValueError(f"{key}: expected an int count, got {value!r}")
     if not 0 <= few <= many:
         raise ValueError(f"few: expected 0 <= few <= many, got few={few}, many={many}")
-    edges = label_bin_edges(train_labels, shot_bins)
+    edges = label_bin_edges(train_labels, shot_bins, "shot_bins")
     train_idx = bin_index(train_labels, edges)
     counts = np.bincount(train_idx[train_idx >= 0], minlength=edges.size - 1)
     idx = bin_index(y, edges)

@@ -150,10 +150,36 @@ def _rms(v: np.ndarray) -> float:
     return m * float(np.sqrt(np.mean((v / m) ** 2))) if m > 0 else 0.0
 
 
+def _squares_unsafe(v: np.ndarray) -> bool:
+    """True when squares of ``v`` may overflow or lose precision to underflow
+    (max |v| outside [1e-100, 1e100], or 0): scale before squaring."""
+    return not 1e-100 <= float(np.max(np.abs(v))) <= 1e100
+
+
+def _tie_free_cuts(sorted_values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Cut positions of ``n_bins`` equal-count bins (``np.array_split`` sizes) of
+    sorted values, each moved down to the start of its tie group so that
+    equal values share a bin (the bins then do not depend on the input order);
+    cuts that coincide merge their bins."""
+    n = sorted_values.size
+    cuts = np.cumsum([n // n_bins + (k < n % n_bins) for k in range(n_bins)])[:-1]
+    cuts = np.searchsorted(sorted_values, sorted_values[np.minimum(cuts, n - 1)], side="left")
+    return np.unique(cuts[(cuts > 0) & (cuts < n)])
+
+
 def ence(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_bins: int = 10) -> float | None:
     """Expected normalised calibration error over equal-count bins of sigma.
 
-    Returns None when there are fewer samples than bins.
+    Args:
+      y, mu, sigma: labels, predicted means and scales [n] (sigma > 0).
+      n_bins: number of equal-count bins of sigma. Records with equal sigma
+        always share a bin (a cut inside a tie group moves to its start), so
+        the result does not depend on the order of the records; with ties
+        there may be fewer, unequal bins (one for a constant sigma).
+
+    Returns:
+      mean over bins of |RMV - RMSE| / RMV; None when there are fewer
+      samples than bins.
     """
     y, mu, sigma, _ = _checked(y, mu, sigma, INF)
     if not is_int(n_bins) or n_bins < 1:
@@ -162,7 +188,7 @@ def ence(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, n_bins: int = 10) -> 
         return None
     order = np.argsort(sigma, kind="stable")
     terms = []
-    for idx in np.array_split(order, n_bins):
+    for idx in np.split(order, _tie_free_cuts(sigma[order], n_bins)):
         rmv = _rms(sigma[idx])
         terms.append(abs(rmv - _rms(y[idx] - mu[idx])) / rmv)
     return float(np.mean(terms))

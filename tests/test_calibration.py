@@ -160,6 +160,15 @@ def test_save_load_round_trip_and_task_check(tmp_path, val, method, kwargs):
         type(c).load(path, task="lvef")
 
 
+@pytest.mark.parametrize("sigma", [1e170, 1e-170, 1e-100, 1.0])
+def test_global_scale_at_extreme_magnitudes(sigma):
+    """s* = sqrt(mean(r^2)) / sigma in closed form, where squaring r / sigma
+    overflows (sigma 1e-170) or underflows (1e170)."""
+    r = np.array([1.0, -2.0, 3.0])
+    g = cal.fit_global(np.zeros(3), np.full(3, sigma), r)
+    assert g.scale == pytest.approx(math.sqrt(14.0 / 3.0) / sigma, rel=1e-12)
+
+
 def test_from_dict_rejects_other_methods(val):
     d = cal.fit_global(*val).to_dict()
     with pytest.raises(ValueError, match="d:"):
@@ -181,6 +190,12 @@ def test_from_dict_rejects_other_methods(val):
     (cal.fit_hyperfine, (np.arange(50.0), np.ones(50), np.arange(50.0) + 1),
      {"n_bins": 2, "min_count": 5, "xi": 1.0}, "xi"),
     (cal.fit_isotonic, (np.ones(3), -np.ones(3), np.ones(3)), {}, "sigma"),
+    (cal.fit_hyperfine, (np.arange(50.0), np.ones(50), np.arange(50.0) + 1),
+     {"n_bins": 2, "min_count": 5, "xi": "0.9"}, "xi: expected a coverage"),
+    (cal.fit_isotonic, (np.zeros(3), np.ones(3), np.r_[1.0, -2.0, 3.0]), {"xi": "0.9"},
+     "xi: expected a coverage"),
+    (cal.fit_global, (np.zeros(3), np.full(3, 1e-300), np.r_[1e10, -2.0, 3.0]), {},
+     "sigma: \\(y - mu\\) / sigma overflows"),
 ])
 def test_bad_inputs_raise(fn, args, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -207,6 +207,9 @@ def test_version_3_manifest_loads_as_a_label_fit(tmp_path):
     ("hyper", {}, "thresholds"),
     ([], {"n_models": 0}, "n_models"),
     ([], {"max_features": 0.0}, "max_features"),
+    ([], {"max_features": "0.5"}, "max_features: expected a fraction"),
+    ([], {"seed": -1}, "seed: expected an int >= 0"),
+    ([], {"seed": 1.5}, "seed: expected an int >= 0"),
     ([], {"z": -1.0}, "z"),
     ([], {"target": "y"}, "target: expected one of \\('residual', 'label'\\), got 'y'"),
 ])

@@ -71,6 +71,33 @@ def test_spearman_with_ties_matches_scipy():
     assert metrics.pearson(a, np.ones(300)) is None
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e-160, 1.0])
+def test_pearson_is_exact_at_extreme_magnitudes(scale):
+    """Squares of 1e200 overflow and of 1e-200 underflow; r is scale-free (scipy)."""
+    a, b = np.array([1.0, 2.0, 3.0, 7.0]), np.array([1.0, 2.0, 4.0, 5.0])
+    expected = stats.pearsonr(a, b)[0]
+    assert metrics.pearson(a * scale, b) == pytest.approx(expected, rel=1e-12)
+    assert metrics.pearson(a, b * scale) == pytest.approx(expected, rel=1e-12)
+
+
+def test_ence_does_not_depend_on_the_order_of_tied_sigmas():
+    """Equal sigmas share a bin: a constant sigma is one bin (closed form), and
+    tie groups straddling the equal-count cuts give the same ENCE in any order
+    (numpy reference: bins cut at tie-group starts)."""
+    rng = np.random.default_rng(0)
+    y, mu, sigma = rng.standard_normal(40), np.zeros(40), np.ones(40)
+    one_bin = abs(1.0 - math.sqrt(np.mean(y ** 2)))
+    for _ in range(5):
+        p = rng.permutation(40)
+        assert unc.ence(y[p], mu[p], sigma[p]) == pytest.approx(one_bin, rel=1e-12)
+    sigma = rng.integers(1, 6, 40).astype(float)            # 5 tie groups, 10 bins asked
+    values = {round(unc.ence(y[p], mu[p], sigma[p]), 12)
+              for p in [rng.permutation(40) for _ in range(8)]}
+    terms = [abs(math.sqrt(np.mean(sigma[sigma == v] ** 2))
+                 - math.sqrt(np.mean(y[sigma == v] ** 2))) / v for v in np.unique(sigma)]
+    assert values == {round(float(np.mean(terms)), 12)}
+
+
 def test_ence_against_numpy_reference():
     y, mu, sigma = _preds(3, n=1003)
     order = np.argsort(sigma)
@@ -265,6 +292,13 @@ _Y3, _MU3, _S3 = np.r_[1.0, 2.0, 3.0], np.r_[1.5, 2.0, 2.5], np.r_[0.5, 0.5, 0.5
     (lambda: unc.miscalibration_area(_Y3, np.r_[1.0, np.inf, 2.0], _S3), "mu"),
     (lambda: unc.ence(_Y3, _MU3, _S3, n_bins=0), "n_bins"),
     (lambda: unc.ence(["a", "b", "c"], _MU3, _S3), "y"),
+    (lambda: unc.coverage(_Y3, _MU3, _S3, "0.9"), "level: expected a coverage"),
+    (lambda: metrics.decision_metrics(np.r_[0, 1, 1], _Y3, specificity="0.9"), "specificity"),
+    (lambda: metrics.evaluate(_Y3, _MU3, _S3, train_labels=_Y3, many_shot="100"), "many_shot"),
+    (lambda: metrics.evaluate(_Y3, _MU3, _S3, train_labels=_Y3, few_shot=2.5), "few_shot"),
+    (lambda: metrics.evaluate(_Y3, _MU3, _S3, shot_bins=10.0), "shot_bins: expected an int"),
+    (lambda: metrics.evaluate(_Y3, _MU3, _S3, train_labels=_Y3, shot_bins=np.r_[3.0, 1.0]),
+     "shot_bins: expected an int or at least 2 increasing edges"),
 ])
 def test_uncertainty_scores_name_bad_inputs(call, match):
     """The scores are public: bad inputs get a named error, never a NaN score."""
