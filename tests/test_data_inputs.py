@@ -94,6 +94,8 @@ def table(tmp_path):
     ("above=nan", "option above: expected finite numbers, got 'nan'"),
     ("below=inf", "option below: expected finite numbers, got 'inf'"),
     ("above=1,-inf", "option above: expected finite numbers"),
+    ("above=", "option above: expected one or more numbers, got ''"),
+    ("below=,", "option below: expected one or more numbers, got ','"),
 ])
 def test_thresholds_must_be_finite_and_distinct(table, opts, match):
     with pytest.raises(ValueError, match=match) as err:
@@ -230,6 +232,81 @@ def test_npz_float64_beyond_float32_named(tmp_path, mmap):
     np.savez(tmp_path / "c.npz", x=np.ones((2, 3)), y=np.array([1.0, 5e38]))
     with pytest.raises(ValueError, match=r"c.npz: array 'y' \(float64\).*row 1 = 5e\+38"):
         load(f"npz:{tmp_path}/c.npz?mmap={mmap}")
+
+
+@pytest.mark.parametrize("mmap", [0, 1])
+@pytest.mark.parametrize("array, dtype", [("x", np.complex64), ("y", np.complex128),
+                                          ("x", "timedelta64[s]"), ("y", "timedelta64[s]")])
+def test_npz_complex_and_timedelta_arrays_refused(tmp_path, mmap, array, dtype):
+    """Their values are not real numbers: casting would drop the imaginary part
+    or read durations as numbers, silently."""
+    arrays = {"x": np.ones((4, 3)), "y": np.arange(4.0)}
+    arrays[array] = arrays[array].astype(dtype)
+    np.savez(tmp_path / "c.npz", **arrays)
+    with pytest.raises(ValueError, match=f"c.npz: expected numeric {array} of shape"):
+        load(f"npz:{tmp_path}/c.npz?mmap={mmap}")
+
+
+@pytest.mark.parametrize("array", ["x", "y", "split"])
+def test_npz_object_arrays_named(tmp_path, array):
+    arrays = {"x": np.ones((4, 3)), "y": np.arange(4.0),
+              "split": np.array(["train", "train", "val", "test"])}
+    arrays[array] = arrays[array].astype(object)
+    np.savez(tmp_path / "o.npz", **arrays)
+    with pytest.raises(ValueError, match=f"o.npz: array '{array}(.npy)?' holds Python objects"):
+        load(f"npz:{tmp_path}/o.npz?mmap={0 if array == 'x' else 1}")
+
+
+@pytest.mark.parametrize("mmap", [0, 1])
+def test_npz_truncated_member_named(tmp_path, mmap):
+    """A member shorter than its .npy header says: with a memory map the missing
+    bytes would be read from the next zip entry."""
+    x, y = np.arange(40, dtype=np.float32).reshape(10, 4), np.arange(10, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    with zipfile.ZipFile(tmp_path / "t.npz", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.npy", (tmp_path / "x.npy").read_bytes()[:-40])
+        zf.write(tmp_path / "y.npy", "y.npy")
+    match = "t.npz: array 'x'" + (" is truncated" if mmap else ": unreadable")
+    with pytest.raises(ValueError, match=match):
+        load(f"npz:{tmp_path}/t.npz?mmap={mmap}")
+
+
+def test_npz_float16_loads_without_warnings(tmp_path, recwarn):
+    x = np.linspace(-2, 2, 12, dtype=np.float16).reshape(4, 3)
+    np.savez(tmp_path / "h.npz", x=x, y=np.arange(4, dtype=np.float16))
+    ds = load(f"npz:{tmp_path}/h.npz")
+    np.testing.assert_array_equal(np.asarray(ds.x), x)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_csv_features_listed_twice_refused(table):
+    with pytest.raises(ValueError, match=r"tab.csv: feature columns \['a'\] are listed more "
+                                         "than once"):
+        load(f"csv:{table}?target=K&features=a,a")
+
+
+@pytest.mark.parametrize("unit, factor", [("V", 1e3), ("uV", 1e-3), ("\u00b5V", 1e-3),
+                                          ("\u03bcV", 1e-3), ("nV", 1e-6), ("mV", 1.0)])
+def test_wfdb_units_converted_to_millivolts(tmp_path, unit, factor):
+    rng = np.random.default_rng(0)
+    sig = rng.normal(size=(2 * FS, 12)) * 0.3 / factor           # 0.3 mV in the unit
+    wfdb.wrsamp("r0", fs=FS, units=[unit] * 12, sig_name=list(LEAD_NAMES), p_signal=sig,
+                fmt=["32"] * 12, adc_gain=[1e6 * factor] * 12, baseline=[0] * 12,
+                write_dir=str(tmp_path))
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["r0", 4.0]])
+    ds = load(f"wfdb:{tmp_path}")
+    np.testing.assert_allclose(np.asarray(ds.x)[0], sig * factor, rtol=1e-4, atol=1e-6)
+
+
+def test_wfdb_unknown_unit_named(tmp_path):
+    sig = np.random.default_rng(0).normal(size=(2 * FS, 12))
+    wfdb.wrsamp("r0", fs=FS, units=["NU"] * 12, sig_name=list(LEAD_NAMES), p_signal=sig,
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(tmp_path))
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["r0", 4.0]])
+    with pytest.raises(ValueError, match="r0: lead I: unit 'nu': expected mV, uV, V or nV"):
+        load(f"wfdb:{tmp_path}")
 
 
 # -------------------------------------------------------------------- RowView

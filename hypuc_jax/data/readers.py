@@ -215,6 +215,9 @@ def read_csv_table(path, target, features, split_col, labels_optional=False, nam
             raise ValueError(f"{path}: feature columns {missing} not found; columns: {list(cols)}")
         if target in features:
             raise ValueError(f"{path}: the target column {target!r} is also listed as a feature")
+        repeated = sorted({c for c in features if features.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{path}: feature columns {repeated} are listed more than once")
     names, xs, skipped = [], [], []
     for name in (features if features is not None else cols):
         if features is None and name in (target, split_col):
@@ -251,7 +254,8 @@ def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:
         if local[:4] != b"PK\x03\x04":
             raise ValueError(f"{path}: corrupt zip entry {info.filename!r}")
         n_name, n_extra = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + n_name + n_extra)
+        data_start = info.header_offset + 30 + n_name + n_extra
+        f.seek(data_start)
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -264,14 +268,18 @@ def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError(f"{path}: array {info.filename!r} holds Python objects; expected numbers")
+    needed = offset - data_start + math.prod(shape) * dtype.itemsize
+    if needed > info.file_size:
+        raise ValueError(f"{path}: array {info.filename[:-4]!r} is truncated (its header needs "
+                         f"{needed} bytes, the member holds {info.file_size})")
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset,
                      order="F" if fortran else "C")
 
 
 def _check_array_float32_range(path, name, a) -> None:
     """Raises unless the finite values of array ``a`` [n, ...] fit in float32 (row blocks)."""
-    if not np.issubdtype(a.dtype, np.floating) or np.finfo(a.dtype).max <= _F32_MAX:
-        return
+    if not np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize <= 4:
+        return                                   # float16 / float32 always fit
     step = row_block(a)
     for s in range(0, a.shape[0], step):
         block = np.asarray(a[s:s + step])
@@ -282,6 +290,24 @@ def _check_array_float32_range(path, name, a) -> None:
             raise ValueError(f"{path}: array {name!r} ({a.dtype}): values exceed the float32 "
                              f"range (|value| <= {_F32_MAX:.4g}), first: row {s + int(r)} = "
                              f"{flat[r, c]:g}; rescale it before saving")
+
+
+def _is_real_dtype(dtype) -> bool:
+    """Integers or floats: not bool, complex (the imaginary part would be
+    dropped), timedelta (an integer subtype) or objects."""
+    return ((np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+            and not np.issubdtype(dtype, np.timedelta64))
+
+
+def _npz_array(path: str, z, name: str) -> np.ndarray:
+    """Array ``name`` of an open npz, numpy's read errors named with the file and array."""
+    try:
+        return np.asarray(z[name])
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path}: array {name!r} holds Python objects; expected "
+                             "numbers") from e
+        raise ValueError(f"{path}: array {name!r}: unreadable ({e})") from e
 
 
 def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
@@ -309,12 +335,12 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
                                  "with np.savez (not np.savez_compressed) or add ?mmap=0 to "
                                  "load it into memory")
         with np.load(path, allow_pickle=False) as z:
-            y = np.asarray(z["y"]) if "y.npy" in members else None
-            split = np.asarray(z["split"]) if "split.npy" in members else None
-            x = _npz_member_memmap(path, members["x.npy"]) if mmap else np.asarray(z["x"])
+            y = _npz_array(path, z, "y") if "y.npy" in members else None
+            split = _npz_array(path, z, "split") if "split.npy" in members else None
+            x = _npz_member_memmap(path, members["x.npy"]) if mmap else _npz_array(path, z, "x")
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: unreadable npz file ({e})") from e
-    if x.ndim not in (2, 3) or not np.issubdtype(x.dtype, np.number):
+    if x.ndim not in (2, 3) or not _is_real_dtype(x.dtype):
         raise ValueError(f"{path}: expected numeric x of shape [n, time, leads] or [n, features], "
                          f"got {x.dtype} {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -326,7 +352,7 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     _check_array_float32_range(path, "x", x)
     if y is None:
         y = np.full(x.shape[0], np.nan, np.float32)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+    if y.ndim != 1 or not _is_real_dtype(y.dtype):
         raise ValueError(f"{path}: expected numeric y of shape [n], got {y.dtype} {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{path}: x and y: expected the same length, got {x.shape[0]} and {y.shape[0]}")

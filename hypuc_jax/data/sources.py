@@ -182,7 +182,11 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
         unit = options.get("unit", base.unit)
     base_thresholds = tuple(thresholds)
     for direction, sign in (("above", ">"), ("below", "<")):
-        for v in _opt(options, direction, _floats, [], spec):
+        values = _opt(options, direction, _floats, [], spec)
+        if direction in options and not values:
+            raise ValueError(f"spec {spec!r}: option {direction}: expected one or more numbers, "
+                             f"got {options[direction]!r}")
+        for v in values:
             if not math.isfinite(v):
                 raise ValueError(f"spec {spec!r}: option {direction}: expected finite numbers, "
                                  f"got {options[direction]!r}")

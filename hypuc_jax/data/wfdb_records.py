@@ -22,6 +22,22 @@ def _finite_positive(value) -> bool:
 
 
 _LEAD_KEYS = {name.upper(): name for name in LEAD_NAMES}
+# Signal unit (lower case) -> factor to mV; "\u00b5" is the micro sign, "\u03bc" Greek mu.
+_TO_MV = {"mv": 1.0, "v": 1e3, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "nv": 1e-6}
+
+
+def _header_units(path: str, n_signals: int) -> list:
+    """Units as written in ``path.hea`` (the ``gain(baseline)/units`` field of each
+    signal line; None where absent). The wfdb package drops a leading micro
+    sign ("\u00b5V" reads as "V"), so the header text is the reference. A
+    multi-segment header (no signal lines of its own) gives all None."""
+    with open(path + ".hea", encoding="utf-8", errors="replace") as f:
+        lines = [ln.split() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines or "/" in lines[0][0]:
+        return [None] * n_signals
+    units = [ln[2].split("/", 1)[1] if len(ln) > 2 and "/" in ln[2] else None
+             for ln in lines[1:1 + n_signals]]
+    return units + [None] * (n_signals - len(units))
 
 
 def _read_record(path: str, rate: float):
@@ -40,9 +56,13 @@ def _read_record(path: str, rate: float):
                          f"{len(names)} signals {list(rec.sig_name)}")
     order = [names.index(k) for k in _LEAD_KEYS]
     sig = np.asarray(rec.p_signal, np.float64)[:, order]
-    units = [str(rec.units[i]).strip().lower() for i in order]
-    scale = np.array([1e-3 if u in ("uv", "µv") else 1.0 for u in units])
-    sig = sig * scale
+    written = _header_units(path, len(names))
+    units = [str(written[i] or rec.units[i]).strip().lower() for i in order]
+    for name, unit in zip(_LEAD_KEYS, units):
+        if unit not in _TO_MV:
+            raise ValueError(f"{path}: lead {name}: unit {unit!r}: expected mV, uV, V or nV "
+                             "(a voltage; the signals are converted to mV)")
+    sig = sig * np.array([_TO_MV[u] for u in units])
     if rec.fs != rate:
         frac = fractions.Fraction(float(rate) / float(rec.fs)).limit_denominator(1000)
         if frac.numerator < 1:
