@@ -72,7 +72,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     da, db = a - a.mean(), b - b.mean()
     # r is scale-free: bring extreme magnitudes to ~1 so the squares stay exact
-    da, db = [d / np.max(np.abs(d)) if unc._squares_unsafe(d) else d for d in (da, db)]
+    da, db = [d / np.max(np.abs(d)) if unc._squares_unsafe(d, 1e50) else d for d in (da, db)]
     r = np.sum(da * db) / np.sqrt(np.sum(da ** 2) * np.sum(db ** 2))
     return _clean(np.clip(r, -1.0, 1.0))
 

@@ -150,10 +150,11 @@ def _rms(v: np.ndarray) -> float:
     return m * float(np.sqrt(np.mean((v / m) ** 2))) if m > 0 else 0.0
 
 
-def _squares_unsafe(v: np.ndarray) -> bool:
+def _squares_unsafe(v: np.ndarray, limit: float = 1e100) -> bool:
     """True when squares of ``v`` may overflow or lose precision to underflow
-    (max |v| outside [1e-100, 1e100], or 0): scale before squaring."""
-    return not 1e-100 <= float(np.max(np.abs(v))) <= 1e100
+    (max |v| outside [1 / limit, limit], or 0): scale before squaring. A
+    product of two sums of squares needs ``limit=1e50``."""
+    return not 1.0 / limit <= float(np.max(np.abs(v))) <= limit
 
 
 def _tie_free_cuts(sorted_values: np.ndarray, n_bins: int) -> np.ndarray:

@@ -299,6 +299,32 @@ def test_wfdb_units_converted_to_millivolts(tmp_path, unit, factor):
     np.testing.assert_allclose(np.asarray(ds.x)[0], sig * factor, rtol=1e-4, atol=1e-6)
 
 
+def _write_uv_record(directory, name, sig_mv):
+    wfdb.wrsamp(name, fs=FS, units=["\u00b5V"] * 12, sig_name=list(LEAD_NAMES),
+                p_signal=sig_mv * 1e3, fmt=["32"] * 12, adc_gain=[1000.0] * 12,
+                baseline=[0] * 12, write_dir=str(directory))
+
+
+def test_wfdb_multisegment_and_latin1_headers_read_their_units(tmp_path):
+    """wfdb reports "\u00b5V" as "V": the units come from the header text, of the
+    first segment for a multi-segment record, in UTF-8 or Latin-1."""
+    rng = np.random.default_rng(1)
+    seg = [rng.normal(size=(FS, 12)) * 0.3 for _ in range(2)]
+    for k in range(2):
+        _write_uv_record(tmp_path, f"s{k}", seg[k])
+    (tmp_path / "ms.hea").write_text(f"ms/2 12 {FS} {2 * FS}\ns0 {FS}\ns1 {FS}\n")
+    _write_uv_record(tmp_path, "lat", seg[0])
+    hea = tmp_path / "lat.hea"
+    hea.write_bytes(hea.read_bytes().decode("utf-8").encode("latin-1"))
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["ms", 4.0], ["lat", 5.0]])
+    x = np.asarray(load(f"wfdb:{tmp_path}?duration=1").x)
+    np.testing.assert_allclose(x[0], seg[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(x[1], seg[0], rtol=1e-4, atol=1e-6)
+    write_csv(tmp_path / "one.csv", ["record", "K"], [["ms", 4.0]])     # both segments
+    np.testing.assert_allclose(np.asarray(load(f"wfdb:{tmp_path}?labels={tmp_path}/one.csv").x)[0],
+                               np.concatenate(seg), rtol=1e-4, atol=1e-6)
+
+
 def test_wfdb_unknown_unit_named(tmp_path):
     sig = np.random.default_rng(0).normal(size=(2 * FS, 12))
     wfdb.wrsamp("r0", fs=FS, units=["NU"] * 12, sig_name=list(LEAD_NAMES), p_signal=sig,

@@ -30,11 +30,21 @@ def _header_units(path: str, n_signals: int) -> list:
     """Units as written in ``path.hea`` (the ``gain(baseline)/units`` field of each
     signal line; None where absent). The wfdb package drops a leading micro
     sign ("\u00b5V" reads as "V"), so the header text is the reference. A
-    multi-segment header (no signal lines of its own) gives all None."""
-    with open(path + ".hea", encoding="utf-8", errors="replace") as f:
-        lines = [ln.split() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines or "/" in lines[0][0]:
-        return [None] * n_signals
+    multi-segment header takes the units of its first segment header (the
+    layout header of a variable layout), whose signals are in the record's
+    order; UTF-8, else Latin-1 text."""
+    raw = open(path + ".hea", "rb").read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if lines and "/" in lines[0][0]:                   # multi-segment: "name/n_seg ..."
+        segments = [ln[0] for ln in lines[1:] if ln and ln[0] != "~"]
+        first = os.path.join(os.path.dirname(path), segments[0]) if segments else None
+        if first is None or not os.path.exists(first + ".hea"):
+            return [None] * n_signals
+        return _header_units(first, n_signals)
     units = [ln[2].split("/", 1)[1] if len(ln) > 2 and "/" in ln[2] else None
              for ln in lines[1:1 + n_signals]]
     return units + [None] * (n_signals - len(units))
