@@ -34,6 +34,38 @@ def predictive_entropy(sigma, dof: float = float("inf")) -> np.ndarray:
     return np.log(sigma) + std_entropy(check_dof(dof))
 
 
+def flag_unreliable(sigma, reference_sigma, fraction: float = 0.1) -> np.ndarray:
+    """Flags [n] (bool) for the predictions in the top ``fraction`` of uncertainty.
+
+    The cut is the (1 - fraction) quantile of ``reference_sigma`` (the
+    calibrated validation sigmas of the same run; entropy is increasing in
+    sigma for one calibration); a prediction above it is flagged. When the
+    cut falls on a group of equal reference values (a point model's
+    hyperfine bins; a constant sigma), a value equal to the cut is flagged
+    too if that brings the reference's flagged fraction nearer ``fraction``
+    (or as near): a constant sigma flags nothing, five equal bins flag the
+    top one (20%) rather than nothing.
+
+    Args:
+      sigma: calibrated scales of the predictions to flag [n], > 0.
+      reference_sigma: calibrated validation scales [m], > 0.
+      fraction: target flagged fraction in (0, 1).
+    """
+    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    ref = np.asarray(as_array(reference_sigma, "reference_sigma", ndim=1), dtype=np.float64)
+    check_positive(sigma, "sigma")
+    check_positive(ref, "reference_sigma")
+    if ref.size == 0:
+        raise ValueError("reference_sigma: expected at least one value")
+    if not isinstance(fraction, (int, float, np.floating)) or isinstance(fraction, bool) \
+            or not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
+    cut = float(np.quantile(ref, 1.0 - fraction))
+    above, at_or_above = np.mean(ref > cut), np.mean(ref >= cut)
+    inclusive = abs(at_or_above - fraction) <= abs(above - fraction)
+    return sigma >= cut if inclusive else sigma > cut
+
+
 def _key(q: float) -> float:
     """Fraction as a tidy dict key (0.15, not 0.15000000000000002)."""
     return float(round(float(q), 12))

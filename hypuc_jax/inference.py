@@ -24,8 +24,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     Writes a CSV with one row per record, in the data's order: mu, sigma,
     sigma_cal, lower_95, upper_95 (calibrated central 95% interval),
     corrected, p_<threshold> (boosted decision probabilities), entropy and
-    flag (entropy above the 90th percentile of the validation predictions),
-    plus y first when the data hold labels (empty where a label is missing).
+    flag (entropy in the top 10% of the validation predictions,
+    ``flagging.flag_unreliable``), plus y first when the data hold labels
+    (empty where a label is missing).
 
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
     target column (a ``target=`` it names must exist), and csv features are
@@ -35,6 +36,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     as they are (their ``rate=``, if given, must equal it). Records with
     NaN/inf inputs are refused, not dropped, so every output row belongs to
     the record in the same position.
+
+    Floats are written in Python's shortest round-trip form (they read back
+    as the computed float64, at any label magnitude).
 
     Returns:
       The number of rows written.
@@ -81,13 +85,13 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     sigma_cal = cal(mu, sigma)
     corrected, probs = corrector.predict(mu, sigma_cal)
     val = _predictions(workdir, "val")
-    cut = float(np.quantile(cal(val["mu"], val["sigma"]), 0.9))
+    flag = flagging.flag_unreliable(sigma_cal, cal(val["mu"], val["sigma"]), 0.1)
     z = central_z(0.95, dof=cal.dof)
     cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu - z * sigma_cal,
             "upper_95": mu + z * sigma_cal, "corrected": corrected,
             **{f"p_{k}": v for k, v in probs.items()},
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
-            "flag": (sigma_cal > cut).astype(int)}
+            "flag": flag.astype(int)}
     if np.isfinite(ds.y).any():
         cols = {"y": np.asarray(ds.y, np.float64), **cols}
     tmp = _tmp_in(output, ".csv")
@@ -97,7 +101,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             writer.writerow(cols)
             for row in zip(*cols.values()):
                 writer.writerow(repr(int(v)) if isinstance(v, (np.integer, int))
-                                else f"{float(v):.6g}" if np.isfinite(v) else "" for v in row)
+                                else repr(float(v)) if np.isfinite(v) else "" for v in row)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from cli_helpers import hypuc, one_line_error
 from hypuc_jax import cli, comparison, config as config_lib, train, workflow
@@ -95,7 +96,9 @@ def test_predict_writes_every_column(trained, tmp_path, capsys):
     assert {"mu", "sigma", "sigma_cal", "lower_95", "upper_95", "corrected", "entropy",
             "flag"} <= cols and any(c.startswith("p_") for c in cols)
     r = {k: float(v) for k, v in rows[0].items()}
-    assert r["lower_95"] == pytest.approx(r["mu"] - 1.959964 * r["sigma_cal"], rel=1e-4, abs=1e-4)
+    z = stats.norm.ppf(0.975)                   # floats are written exactly (repr)
+    assert r["lower_95"] == pytest.approx(r["mu"] - z * r["sigma_cal"], rel=1e-13, abs=1e-13)
+    assert r["upper_95"] == pytest.approx(r["mu"] + z * r["sigma_cal"], rel=1e-13, abs=1e-13)
     assert r["entropy"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * r["sigma_cal"] ** 2),
                                          rel=1e-4, abs=1e-4)
 
@@ -159,7 +162,7 @@ def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
     want, _ = train.predict(str(trained), ds.x)
     with open(out) as f:
         got = [float(r["mu"]) for r in csv.DictReader(f)]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, np.asarray(want, np.float64))   # round-trip floats
     # npz arrays are not resampled: the advice is to save them at the training rate
     np.savez(tmp_path / "r.npz", x=ds.x, y=ds.y)
     rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data",

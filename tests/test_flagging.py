@@ -69,6 +69,32 @@ def test_tied_entropies_share_the_cut_whatever_the_record_order():
     assert shuffled == pytest.approx(got)
 
 
+def test_flag_unreliable_top_fraction_and_tie_groups():
+    """Continuous sigmas: flagged iff above the 90% quantile of the reference
+    (numpy); tie groups at the cut: flagged when that brings the reference's
+    flagged fraction nearer 10% (five equal bins: the top one), never for a
+    constant sigma."""
+    rng = np.random.default_rng(0)
+    ref, new = rng.lognormal(size=1000), rng.lognormal(size=300)
+    flags = flagging.flag_unreliable(new, ref, 0.1)
+    np.testing.assert_array_equal(flags, new > np.quantile(ref, 0.9))
+    assert abs(flagging.flag_unreliable(ref, ref, 0.1).mean() - 0.1) <= 1e-3
+    bins = np.repeat([0.5, 0.7, 0.9, 1.1, 1.3], 80)            # a point model, 5 bins
+    np.testing.assert_array_equal(flagging.flag_unreliable(bins, bins, 0.1), bins == 1.3)
+    nine = np.r_[np.repeat([0.5, 0.7], 450), np.full(100, 1.3)]
+    assert flagging.flag_unreliable(nine, nine, 0.1).mean() == pytest.approx(0.1)
+    mostly = np.r_[np.full(10, 0.5), np.full(90, 0.9)]          # cut inside a 90% group
+    assert not flagging.flag_unreliable(mostly, mostly, 0.1).any()
+    const = np.full(50, 0.8)
+    assert not flagging.flag_unreliable(const, const, 0.1).any()
+    for kwargs, match in (({"fraction": 0.0}, "fraction"), ({"fraction": "0.1"}, "fraction"),
+                          ({"reference_sigma": np.r_[1.0, -1.0]}, "reference_sigma"),
+                          ({"reference_sigma": np.zeros(0)}, "reference_sigma")):
+        args = {"sigma": np.ones(3), "reference_sigma": np.ones(4), "fraction": 0.1, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            flagging.flag_unreliable(**args)
+
+
 def test_selective_risk_by_region():
     y, mu, sigma = heteroscedastic(1, 600)
     regions = {"low": (2.0, 5.0), "high": (5.0, 8.0), "tiny": (7.999, 8.0)}
