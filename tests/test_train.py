@@ -321,8 +321,8 @@ def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, mon
                        "train.prefetch=0")
   original = train_data.train_batches
 
-  def poisoned(run, start, batch_size, seed, apply):
-    for i, batch in enumerate(original(run, start, batch_size, seed, apply)):
+  def poisoned(run, start, *args):
+    for i, batch in enumerate(original(run, start, *args)):
       if start + i + 1 == 3:                          # step 3 sees a NaN input
         batch = dict(batch, x=np.full_like(batch["x"], np.nan))
       yield batch
