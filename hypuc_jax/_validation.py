@@ -116,6 +116,13 @@ def check_same_length(name_a: str, a: Any, name_b: str, b: Any) -> None:
             f" and {lb[0] if lb else 'scalar'}")
 
 
+def as_float(*arrays: jax.Array) -> list[jax.Array]:
+    """Integer / bool arrays promoted to float32 (their differences would wrap);
+    floating arrays unchanged."""
+    return [x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+            for x in arrays]
+
+
 def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:
     """Checks named 1-D arrays of one length and returns them as jax arrays.
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import (as_array, as_positive_scalar, as_vectors, check_finite,
-                                  check_positive, is_concrete, is_int)
+from hypuc_jax._validation import (as_array, as_float, as_positive_scalar, as_vectors,
+                                  check_finite, check_positive, is_concrete, is_int)
 
 
 class HistogramPrior(NamedTuple):
@@ -76,10 +76,11 @@ def bmc(pred, y, noise_sigma, mask=None, *, axis_name: str | None = None) -> jax
       github.com/jiawei-ren/BalancedMSE.
     """
     if mask is None:
-        pred, y = as_vectors(pred=pred, y=y)
+        pred, y = as_float(*as_vectors(pred=pred, y=y))
         valid = jnp.ones(pred.shape, dtype=bool)
     else:
         pred, y, mask = as_vectors(pred=pred, y=y, mask=mask)
+        pred, y = as_float(pred, y)
         valid = mask > 0
     noise_var = jnp.square(as_positive_scalar(noise_sigma, "noise_sigma"))
     n = pred.shape[0]
@@ -130,7 +131,7 @@ def bni(pred, y, noise_sigma, bin_centers, bin_probs) -> jax.Array:
       <https://arxiv.org/abs/2203.16427>`_, CVPR 2022 (BNI); reference code
       github.com/jiawei-ren/BalancedMSE.
     """
-    pred, y = as_vectors(pred=pred, y=y)
+    pred, y = as_float(*as_vectors(pred=pred, y=y))
     centers, probs = as_vectors(bin_centers=bin_centers, bin_probs=bin_probs)
     check_finite(centers, "bin_centers")
     check_positive(probs, "bin_probs", strict=False)

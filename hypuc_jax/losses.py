@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import as_vectors, check_finite, check_positive, is_concrete, is_real
+from hypuc_jax._validation import (as_float, as_vectors, check_finite, check_positive,
+                                   is_concrete, is_real)
 from hypuc_jax.balanced_mse import HistogramPrior, bmc, bni, histogram_prior
 
 LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
@@ -56,7 +57,7 @@ def gaussian_nll(mu, sigma, y) -> jax.Array:
       probability distribution <https://doi.org/10.1109/ICNN.1994.374138>`_,
       ICNN 1994.
     """
-    mu, sigma, y = as_vectors(mu=mu, sigma=sigma, y=y)
+    mu, sigma, y = as_float(*as_vectors(mu=mu, sigma=sigma, y=y))
     check_positive(sigma, "sigma")
     z = (y - mu) / sigma
     return 0.5 * math.log(2.0 * math.pi) + jnp.log(sigma) + 0.5 * z * z
@@ -83,15 +84,9 @@ def laplace_nll(mu, scale, y) -> jax.Array:
       `Laplace distribution
       <https://en.wikipedia.org/wiki/Laplace_distribution>`_, Wikipedia.
     """
-    mu, scale, y = as_vectors(mu=mu, scale=scale, y=y)
+    mu, scale, y = as_float(*as_vectors(mu=mu, scale=scale, y=y))
     check_positive(scale, "scale")
     return math.log(2.0) + jnp.log(scale) + jnp.abs(y - mu) / scale
-
-
-def _as_float(*arrays: jax.Array) -> list[jax.Array]:
-    """Integer / bool arrays promoted to float32 (their differences would wrap)."""
-    return [x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
-            for x in arrays]
 
 
 def mse(pred, y) -> jax.Array:
@@ -104,7 +99,7 @@ def mse(pred, y) -> jax.Array:
     Returns:
       Squared errors, shape ``[batch]``.
     """
-    pred, y = _as_float(*as_vectors(pred=pred, y=y))
+    pred, y = as_float(*as_vectors(pred=pred, y=y))
     return jnp.square(pred - y)
 
 
@@ -118,7 +113,7 @@ def l1(pred, y) -> jax.Array:
     Returns:
       Absolute errors, shape ``[batch]``.
     """
-    pred, y = _as_float(*as_vectors(pred=pred, y=y))
+    pred, y = as_float(*as_vectors(pred=pred, y=y))
     return jnp.abs(pred - y)
 
 
@@ -139,7 +134,7 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
     References:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
-    pred, y = _as_float(*as_vectors(pred=pred, y=y))
+    pred, y = as_float(*as_vectors(pred=pred, y=y))
     if not is_real(delta):
         raise ValueError(f"delta: expected a float > 0, got {delta!r}")
     check_positive(delta, "delta")

@@ -98,6 +98,26 @@ def test_point_losses_promote_integer_inputs():
                                [0.0, 4.5])
 
 
+def test_likelihood_and_balanced_losses_promote_integer_inputs():
+    """The NLLs and Balanced MSE subtract their inputs too: integer inputs give
+    the float values (scipy / the float call as reference), never a wrapped
+    difference (2e9 - (-2e9) wraps in int32; 50000^2 too)."""
+    mu, y = np.array([2_000_000_000], np.int32), np.array([-2_000_000_000], np.int32)
+    np.testing.assert_allclose(losses.gaussian_nll(mu, np.array([1e9]), y),
+                               -stats.norm.logpdf(-2e9, 2e9, 1e9), rtol=1e-6)
+    np.testing.assert_allclose(losses.laplace_nll(mu, np.array([1e9]), y),
+                               -stats.laplace.logpdf(-2e9, 2e9, 1e9), rtol=1e-6)
+    pred, lab = np.array([50000, 0], np.int32), np.array([0, 1], np.int32)
+    fp, fl = pred.astype(np.float32), lab.astype(np.float32)
+    np.testing.assert_allclose(losses.bmc(pred, lab, 1.0), losses.bmc(fp, fl, 1.0), rtol=1e-6)
+    np.testing.assert_allclose(losses.bmc(pred, lab, 1.0, mask=np.ones(2)),
+                               losses.bmc(fp, fl, 1.0), rtol=1e-6)
+    centers, probs = np.array([0.0, 1.0]), np.array([0.5, 0.5])
+    np.testing.assert_allclose(losses.bni(pred, lab, 1.0, centers, probs),
+                               losses.bni(fp, fl, 1.0, centers, probs), rtol=1e-6)
+    assert np.all(np.asarray(losses.bni(pred, lab, 1.0, centers, probs)) > 0)
+
+
 def test_huber_limits():
     # Small errors: e^2 / 2; large errors: delta * (|e| - delta / 2).
     e = np.array([0.01, -0.2, 50.0, -80.0], np.float32)
