@@ -249,6 +249,38 @@ def test_numpy_integer_start_and_n_do_not_wrap():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_the_last_record_indices_simulate():
+    """start + n == 2**32 is valid; the padded chunk past it must not overflow
+    (uint32 arange did). The label equals effective_labels' for that index."""
+    _, y = simulate(0, 1, duration=0.05, start=2**32 - 1)
+    _, y8 = simulate(0, 9, duration=0.05, start=2**32 - 9, chunk_size=8)
+    expected = effective_labels(0, np.array([2**32 - 1]))[0]
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-6)
+    assert y8[-1] == y[0]
+    with pytest.raises(ValueError, match=r"n: expected start \+ n <= 2\*\*32"):
+        simulate(0, 2**32 + 1, duration=0.05)
+
+
+def test_records_do_not_change_under_jax_enable_x64():
+    """The random draws are float32 whatever the default dtype: a process with
+    jax_enable_x64 simulates the same records (labels included) bit for bit."""
+    import subprocess
+    import sys
+    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
+            "import numpy as np; from hypuc_jax.data import simulate\n"
+            "x, y = simulate(3, 4, duration=1.0)\n"
+            "np.savez(sys.argv[1], x=x, y=y)")
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = f"{d}/x64.npz"
+        subprocess.run([sys.executable, "-c", "import sys\n" + code, out], check=True,
+                       capture_output=True)
+        z = np.load(out)
+        x, y = simulate(3, 4, duration=1.0)
+        np.testing.assert_array_equal(z["x"], x)
+        np.testing.assert_array_equal(z["y"], y)
+
+
 def test_a_large_chunk_gives_the_same_records():
     """chunk_size above n is capped (no padding records simulated); records unchanged."""
     a = simulate(3, 2, duration=0.5, chunk_size=512)

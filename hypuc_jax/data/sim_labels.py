@@ -30,8 +30,8 @@ def _label_draws(key, label, has_label, preset: str):
     """(y, effective label, record normals z [48], remaining keys) of one record's key."""
     dist = get_preset(preset).labels
     k_lab, k_z, k_u, k_beat, k_white = jax.random.split(key, 5)
-    y = jnp.where(has_label, label, _sample_label(jax.random.uniform(k_lab, (3,)), dist))
-    z = jax.random.normal(k_z, (48,))
+    y = jnp.where(has_label, label, _sample_label(jax.random.uniform(k_lab, (3,), jnp.float32), dist))
+    z = jax.random.normal(k_z, (48,), jnp.float32)   # float32 also under jax_enable_x64
     eff = y + (dist.noise_base + dist.noise_slope * jnp.abs(y - dist.mean)) * z[47]
     return y, eff, z, (k_u, k_beat, k_white)
 

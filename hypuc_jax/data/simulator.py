@@ -206,7 +206,7 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
     record normals ``z``, record uniforms ``u``, beat jitter, muscle noise.
     """
     y, eff, z, (k_u, k_beat, k_white) = _label_draws(key, label, has_label, preset)
-    u = jax.random.uniform(k_u, (32,))
+    u = jax.random.uniform(k_u, (32,), jnp.float32)   # float32 also under x64
     fx = EFFECTS[preset](eff)
 
     # record factors
@@ -220,7 +220,7 @@ def _record(key, label, has_label, *, preset: str, rate: float, n_time: int, n_b
 
     # beats: R times [B]
     i = jnp.arange(n_beats, dtype=jnp.float32)
-    eps = jax.random.normal(k_beat, (n_beats,))
+    eps = jax.random.normal(k_beat, (n_beats,), jnp.float32)
     rr = rr_mean * (1.0 + rsa * jnp.sin(2 * jnp.pi * f_resp * i * rr_mean + ph_resp) + jitter * eps)
     rr = jnp.clip(rr, _MIN_RR, 2.0)
     r_time = -_PRE - u[6] * rr_mean + jnp.cumsum(rr) - rr[0]
@@ -326,7 +326,9 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
     check_seed(seed)
     seed, start, n = int(seed), int(start), int(n)   # numpy scalars would wrap in the sums below
     if start + n > 2**32:
-        raise ValueError(f"start: expected start + n <= 2**32 record indices, got {start + n}")
+        name = "n" if start == 0 else "start"
+        raise ValueError(f"{name}: expected start + n <= 2**32 record indices (n={n}, "
+                         f"start={start}), got {start + n}")
     dist = get_preset(preset).labels
     V.check_positive(rate, "rate")
     V.check_positive(duration, "duration")
@@ -359,7 +361,8 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
 
     def launch(s):  # fixed-size chunks (the last one padded): one compilation
         m = min(chunk, n - s)
-        ind = np.arange(start + s, start + s + chunk, dtype=np.uint32)
+        # int64 then uint32: the padding past 2**32 - 1 wraps (discarded), no overflow
+        ind = (np.arange(chunk, dtype=np.int64) + (start + s)).astype(np.uint32)
         l_c, h_c = np.pad(lab[s:s + m], (0, chunk - m)), np.pad(has[s:s + m], (0, chunk - m))
         return m, _simulate_chunk(key, ind, l_c, h_c, preset=preset, rate=float(rate),
                                   n_time=n_time, n_beats=n_beats)

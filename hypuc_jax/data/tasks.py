@@ -14,6 +14,10 @@ are checked against ``scipy.stats`` in ``tests/test_simulator.py``):
   (hypokalemia), 3.7% above 5.5, 0.88% above 6.5 (severe hyperkalemia),
   0.025% at the clip 9.0. Real cohorts are similar: most ED/inpatient K
   values lie in 3.5-5.0, hyperkalemia (> 5.5) in a few percent.
+  Boundaries: regions are half-open ``[low, high)`` (hyperkalemia is
+  ``[5.5, 6.5)``), decision thresholds strict (``K>5.5`` is ``y > 5.5``);
+  they differ only for labels exactly at 5.5 or 6.5 (lab values recorded to
+  0.1 mmol/L).
 * ``lvef`` (left-ventricular ejection fraction, %, rare LOW tail): 85%
   N(60, 6) plus 15% 55 - Exp(scale 10), clipped to [10, 80]. 13% below 50,
   3.4% below 40 (reduced), 1.2% below 30 (severe), 0.17% at the clip 10.
