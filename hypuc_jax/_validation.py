@@ -117,10 +117,11 @@ def check_same_length(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 
 def as_float(*arrays: jax.Array) -> list[jax.Array]:
-    """Integer / bool arrays promoted to float32 (their differences would wrap);
-    floating arrays unchanged."""
-    return [x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
-            for x in arrays]
+    """Integer / bool arrays promoted to the default float (float32; float64
+    under ``jax_enable_x64``, so int64 keeps its precision): their differences
+    would wrap. Floating arrays unchanged."""
+    default = jnp.result_type(float)
+    return [x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(default) for x in arrays]
 
 
 def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:

@@ -12,6 +12,7 @@ depend on record order (a constant sigma gives a flat curve).
 """
 from __future__ import annotations
 
+import fractions
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,11 @@ def flag_unreliable(sigma, reference_sigma, fraction: float = 0.1) -> np.ndarray
             or not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
     cut = float(np.quantile(ref, 1.0 - fraction))
-    above, at_or_above = np.mean(ref > cut), np.mean(ref >= cut)
-    inclusive = abs(at_or_above - fraction) <= abs(above - fraction)
+    # exact comparison of the two flagged counts' distances to fraction * m
+    # (a float comparison breaks exact ties by rounding: 0.4 - 0.3 > 0.3 - 0.2)
+    target = fractions.Fraction(str(fraction)) * ref.size
+    above, at_or_above = int(np.sum(ref > cut)), int(np.sum(ref >= cut))
+    inclusive = abs(at_or_above - target) <= abs(above - target)
     return sigma >= cut if inclusive else sigma > cut
 
 

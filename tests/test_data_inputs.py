@@ -272,6 +272,14 @@ def test_npz_truncated_member_named(tmp_path, mmap):
         load(f"npz:{tmp_path}/t.npz?mmap={mmap}")
 
 
+@pytest.mark.parametrize("mmap", [0, 1])
+def test_npz_with_bytes_before_the_zip_named(tmp_path, mmap):
+    np.savez(tmp_path / "ok.npz", x=np.ones((4, 3)), y=np.arange(4.0))
+    (tmp_path / "p.npz").write_bytes(b"junk" + (tmp_path / "ok.npz").read_bytes())
+    with pytest.raises(ValueError, match="p.npz: unreadable npz file"):
+        load(f"npz:{tmp_path}/p.npz?mmap={mmap}")
+
+
 def test_npz_float16_loads_without_warnings(tmp_path, recwarn):
     x = np.linspace(-2, 2, 12, dtype=np.float16).reshape(4, 3)
     np.savez(tmp_path / "h.npz", x=x, y=np.arange(4, dtype=np.float16))
@@ -323,6 +331,34 @@ def test_wfdb_multisegment_and_latin1_headers_read_their_units(tmp_path):
     write_csv(tmp_path / "one.csv", ["record", "K"], [["ms", 4.0]])     # both segments
     np.testing.assert_allclose(np.asarray(load(f"wfdb:{tmp_path}?labels={tmp_path}/one.csv").x)[0],
                                np.concatenate(seg), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout_units", ["/mV", ""])
+def test_wfdb_variable_layout_takes_units_from_the_data_segments(tmp_path, layout_units):
+    """wfdb scales each segment by its own header; the layout header's units
+    (mV here, or none) are not the data's (uV)."""
+    rng = np.random.default_rng(2)
+    seg = [rng.normal(size=(FS, 12)) * 0.3 for _ in range(2)]
+    for k in range(2):
+        _write_uv_record(tmp_path, f"v{k}", seg[k])
+    (tmp_path / "lay.hea").write_text(f"lay 12 {FS} 0\n" + "".join(
+        f"~ 0 200{layout_units} 16 0 0 0 0 {name}\n" for name in LEAD_NAMES))
+    (tmp_path / "var.hea").write_text(f"var/3 12 {FS} {2 * FS}\nlay 0\nv0 {FS}\nv1 {FS}\n")
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["var", 4.0]])
+    np.testing.assert_allclose(np.asarray(load(f"wfdb:{tmp_path}").x)[0], np.concatenate(seg),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_wfdb_segments_in_different_units_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_uv_record(tmp_path, "u0", rng.normal(size=(FS, 12)) * 0.3)
+    wfdb.wrsamp("m1", fs=FS, units=["mV"] * 12, sig_name=list(LEAD_NAMES),
+                p_signal=rng.normal(size=(FS, 12)) * 0.3, fmt=["16"] * 12,
+                adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    (tmp_path / "mix.hea").write_text(f"mix/2 12 {FS} {2 * FS}\nu0 {FS}\nm1 {FS}\n")
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["mix", 4.0]])
+    with pytest.raises(ValueError, match="mix: lead I: its segments are in different units"):
+        load(f"wfdb:{tmp_path}")
 
 
 def test_wfdb_unknown_unit_named(tmp_path):

@@ -87,6 +87,8 @@ def test_flag_unreliable_top_fraction_and_tie_groups():
     assert not flagging.flag_unreliable(mostly, mostly, 0.1).any()
     const = np.full(50, 0.8)
     assert not flagging.flag_unreliable(const, const, 0.1).any()
+    exact_tie = np.r_[np.full(6, 1.0), np.full(2, 2.0), np.full(2, 3.0)]   # 0.2 or 0.4 vs 0.3
+    assert flagging.flag_unreliable(exact_tie, exact_tie, 0.3).mean() == pytest.approx(0.4)
     for kwargs, match in (({"fraction": 0.0}, "fraction"), ({"fraction": "0.1"}, "fraction"),
                           ({"reference_sigma": np.r_[1.0, -1.0]}, "reference_sigma"),
                           ({"reference_sigma": np.zeros(0)}, "reference_sigma")):

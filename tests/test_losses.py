@@ -116,6 +116,12 @@ def test_likelihood_and_balanced_losses_promote_integer_inputs():
     np.testing.assert_allclose(losses.bni(pred, lab, 1.0, centers, probs),
                                losses.bni(fp, fl, 1.0, centers, probs), rtol=1e-6)
     assert np.all(np.asarray(losses.bni(pred, lab, 1.0, centers, probs)) > 0)
+    with jax.enable_x64(True):             # int64 becomes float64, not float32
+        big = np.array([2**40 + 1]), np.array([1]), np.array([2**40])
+        np.testing.assert_allclose(losses.gaussian_nll(*big), -stats.norm.logpdf(2**40, 2**40 + 1, 1),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(losses.laplace_nll(*big),
+                                   -stats.laplace.logpdf(2**40, 2**40 + 1, 1), rtol=1e-12)
 
 
 def test_huber_limits():

@@ -334,7 +334,11 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
                 raise ValueError(f"{path}: 'x' is compressed and cannot be memory mapped; save "
                                  "with np.savez (not np.savez_compressed) or add ?mmap=0 to "
                                  "load it into memory")
-        with np.load(path, allow_pickle=False) as z:
+        try:
+            npz = np.load(path, allow_pickle=False)
+        except ValueError as e:          # e.g. bytes before the zip: numpy takes it for a pickle
+            raise ValueError(f"{path}: unreadable npz file ({e})") from e
+        with npz as z:
             y = _npz_array(path, z, "y") if "y.npy" in members else None
             split = _npz_array(path, z, "split") if "split.npy" in members else None
             x = _npz_member_memmap(path, members["x.npy"]) if mmap else _npz_array(path, z, "x")

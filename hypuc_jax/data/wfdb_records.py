@@ -26,28 +26,51 @@ _LEAD_KEYS = {name.upper(): name for name in LEAD_NAMES}
 _TO_MV = {"mv": 1.0, "v": 1e3, "uv": 1e-3, "\u00b5v": 1e-3, "\u03bcv": 1e-3, "nv": 1e-6}
 
 
-def _header_units(path: str, n_signals: int) -> list:
-    """Units as written in ``path.hea`` (the ``gain(baseline)/units`` field of each
-    signal line; None where absent). The wfdb package drops a leading micro
-    sign ("\u00b5V" reads as "V"), so the header text is the reference. A
-    multi-segment header takes the units of its first segment header (the
-    layout header of a variable layout), whose signals are in the record's
-    order; UTF-8, else Latin-1 text."""
-    raw = open(path + ".hea", "rb").read()
+def _header_lines(path: str) -> list[list[str]]:
+    """Token lines of ``path.hea`` without comments; UTF-8, else Latin-1 text."""
+    with open(path + ".hea", "rb") as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
-    lines = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if lines and "/" in lines[0][0]:                   # multi-segment: "name/n_seg ..."
-        segments = [ln[0] for ln in lines[1:] if ln and ln[0] != "~"]
-        first = os.path.join(os.path.dirname(path), segments[0]) if segments else None
-        if first is None or not os.path.exists(first + ".hea"):
-            return [None] * n_signals
-        return _header_units(first, n_signals)
+    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _signal_units(lines: list[list[str]], n_signals: int) -> list:
+    """Units of the signal lines (``gain(baseline)/units`` field; None where absent)."""
     units = [ln[2].split("/", 1)[1] if len(ln) > 2 and "/" in ln[2] else None
              for ln in lines[1:1 + n_signals]]
     return units + [None] * (n_signals - len(units))
+
+
+def _header_units(path: str, names: list[str]) -> list:
+    """Units of the signals ``names`` (upper case, the record's order) as written
+    in the header text, None where absent (WFDB's default, mV).
+
+    The wfdb package drops a leading micro sign ("\u00b5V" reads as "V"), so
+    the text is the reference. A multi-segment record takes them from its
+    data segments' headers, by signal name (wfdb scales each segment by its
+    own header; a variable layout's layout header need not state them); a
+    lead recorded in different units by different segments is refused.
+    """
+    lines = _header_lines(path)
+    if not (lines and "/" in lines[0][0]):              # single segment: "name n_sig ..."
+        return _signal_units(lines, len(names))
+    import wfdb
+    found: dict[str, set] = {}
+    for ln in lines[1:]:                                # "segment n_samples"; "~": a gap
+        if len(ln) < 2 or ln[0] == "~" or ln[1] == "0":   # 0 samples: the layout header
+            continue
+        segment = os.path.join(os.path.dirname(path), ln[0])
+        seg_names = [str(v).strip().upper() for v in wfdb.rdheader(segment).sig_name]
+        for name, unit in zip(seg_names, _signal_units(_header_lines(segment), len(seg_names))):
+            found.setdefault(name, set()).add((unit or "mV").strip().lower())
+    for name, units in found.items():
+        if len(units) > 1:
+            raise ValueError(f"{path}: lead {name}: its segments are in different units "
+                             f"{sorted(units)}; expected one unit per lead")
+    return [next(iter(found[n])) if n in found else None for n in names]
 
 
 def _read_record(path: str, rate: float):
@@ -66,7 +89,7 @@ def _read_record(path: str, rate: float):
                          f"{len(names)} signals {list(rec.sig_name)}")
     order = [names.index(k) for k in _LEAD_KEYS]
     sig = np.asarray(rec.p_signal, np.float64)[:, order]
-    written = _header_units(path, len(names))
+    written = _header_units(path, names)
     units = [str(written[i] or rec.units[i]).strip().lower() for i in order]
     for name, unit in zip(_LEAD_KEYS, units):
         if unit not in _TO_MV:
