@@ -13,8 +13,10 @@ family ``dof``).
   boosting that starts from the network's prediction instead of a constant,
   so where the validation split is sparse (a clinical tail, or mu beyond
   its range) the trees' shrunken leaves leave mu nearly as it is rather than
-  pulling it to the average label of the leaf. ``target="label"`` fits y
-  itself (format versions <= 3). sklearn's HGB uses its ``random_state`` only for
+  pulling it to the average label of the leaf. The residuals are rounded to
+  a power-of-two grid near sd / 1024 (:func:`quantize_residuals`), so that
+  predictions equal up to their last bits grow the same trees.
+  ``target="label"`` fits y itself (format versions <= 3). sklearn's HGB uses its ``random_state`` only for
   subsampling, so each member also gets its own randomness: a bootstrap
   resample of the validation rows (``bootstrap=True``) and, if
   ``max_features < 1``, random feature subsampling per split, both seeded by
@@ -231,7 +233,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
                min_samples_leaf=min_samples_leaf, max_features=max_features,
                early_stopping=False)
     clf_hgb = dict(hgb, **(classifier_params or {}))
-    goal = y - x[:, 0] if target == "residual" else y
+    goal = quantize_residuals(y - x[:, 0]) if target == "residual" else y
     regressors = [HistGradientBoostingRegressor(random_state=seed + k, **hgb)
                   .fit(x[rows], goal[rows])
                   for k in range(n_models) for rows in [member_rows(y.size, k, seed, bootstrap)]]
@@ -244,6 +246,29 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     return Corrector(regressors=regressors, classifiers=classifiers, thresholds=specs,
                      z=float(z), task=task, params=params, gaussian_weights=weights, dof=dof,
                      target=target)
+
+
+#: Residual targets are rounded to 2**-RESIDUAL_GRID_BITS of their standard
+#: deviation (a power of two), 0.1% of the noise the trees fit.
+RESIDUAL_GRID_BITS = 10
+
+
+def quantize_residuals(r: np.ndarray) -> np.ndarray:
+    """Residuals ``y - mu`` [n] rounded to a power-of-two grid near ``sd / 1024``.
+
+    The boosted trees decide between splits of equal or nearly equal gain by
+    float rounding of their gradient sums, so on a small validation split a
+    change of mu in its last bits (another device count or data-parallel
+    mode: ~1e-7) grew different trees and moved the corrected values by up
+    to ~0.1. On the grid those inputs give the same targets (unless a
+    residual lies within ~1e-7 of a grid point), hence the same trees. The
+    rounding error, at most sd / 2048, is far below the residual noise.
+    """
+    sd = float(np.std(r))
+    if not sd > 0 or not np.isfinite(sd):
+        return r
+    step = 2.0 ** (math.floor(math.log2(sd)) - RESIDUAL_GRID_BITS)
+    return np.round(r / step) * step
 
 
 def _check_target(target) -> None:

@@ -78,13 +78,16 @@ def test_correction_removes_known_bias():
 
 def test_residual_target_matches_sklearn_on_the_residual():
     """target="residual": one unbootstrapped member equals sklearn's HGB fitted on
-    y - mu, plus mu; target="label" equals HGB fitted on y."""
+    y - mu (rounded to 2**(floor(log2 sd) - 10), numpy here), plus mu;
+    target="label" equals HGB fitted on y."""
     mu, sigma, y = informative_sigma(10, 600)
     tmu, tsig, _ = informative_sigma(11, 300)
     hgb = dict(max_iter=30, max_leaf_nodes=15, learning_rate=0.1, min_samples_leaf=20,
                max_features=1.0, early_stopping=False, random_state=3)
     x, tx = corr.features(mu, sigma), corr.features(tmu, tsig)
-    for target, goal, offset in (("residual", y - mu, tmu), ("label", y, 0.0)):
+    step = 2.0 ** (np.floor(np.log2(np.std(y - mu))) - 10)
+    for target, goal, offset in (("residual", np.round((y - mu) / step) * step, tmu),
+                                 ("label", y, 0.0)):
         c = corr.fit_corrections(mu, sigma, y, n_models=1, seed=3, bootstrap=False,
                                  max_iter=30, max_leaf_nodes=15, target=target)
         want = HistGradientBoostingRegressor(**hgb).fit(x, goal).predict(tx) + offset
@@ -124,11 +127,11 @@ def test_fit_sees_only_the_validation_rows(monkeypatch):
     assert len(seen) == 2 * FAST["n_models"]  # one regressor + one classifier per member
     val_rows = {tuple(r) for r in corr.features(mu_val, sigma_val, [("hyper", 5.5, "above")])}
     # regressors fit the validation residuals, classifiers 0/1 validation outcomes
-    val_targets = set(y_val - mu_val) | {0, 1}
+    val_targets = set(corr.quantize_residuals(y_val - mu_val)) | {0, 1}
     for X, y in seen:
         assert all(tuple(r) in val_rows for r in X)
         assert set(y) <= val_targets
-        assert X[:, 0].max() < mu_tr.min() and not set(y) & set(y_tr - mu_tr)
+        assert X[:, 0].max() < mu_tr.min()
 
 
 def test_seeds_make_members_differ_and_fit_is_deterministic():
@@ -216,6 +219,21 @@ def test_version_3_manifest_loads_as_a_label_fit(tmp_path):
 def test_bad_inputs_raise(thresholds, kwargs, match):
     with pytest.raises(ValueError, match=match):
         corr.fit_corrections(*biased(8, 100), thresholds, **kwargs)
+
+
+def test_residual_targets_are_rounded_to_a_power_of_two_grid():
+    """Grid 2**(floor(log2 sd) - 10) (numpy reference); rounding error at most half
+    a step; a constant residual is kept; a last-bits change of the inputs gives
+    the same targets (the point: the same trees in every parallel mode)."""
+    r = np.random.default_rng(0).normal(0.1, 0.3, 500)
+    step = 2.0 ** (np.floor(np.log2(np.std(r))) - 10)
+    q = corr.quantize_residuals(r)
+    np.testing.assert_array_equal(q / step, np.round(q / step))
+    assert np.max(np.abs(q - r)) <= step / 2
+    np.testing.assert_array_equal(corr.quantize_residuals(np.full(4, 0.25)), np.full(4, 0.25))
+    nudged = r + np.random.default_rng(1).normal(0, 1e-9, r.size)
+    far = np.abs(r / step - np.round(r / step)) < 0.49     # not within 1e-9 of a boundary
+    np.testing.assert_array_equal(corr.quantize_residuals(nudged)[far], q[far])
 
 
 def test_bad_arrays_name_the_argument():
