@@ -3,7 +3,9 @@
 Each command is a thin wrapper over :mod:`hypuc_jax.workflow`; the run
 directory holds the resolved config, so commands after ``train`` need only
 ``--workdir``. Errors print one line on stderr and exit with status 1
-(``--debug`` shows the traceback); argparse usage errors exit with 2.
+(``--debug`` shows the traceback); argparse usage errors exit with 2. A
+command holds a lock on its run directory (``rundir.locked``; shared for
+``predict``), so a second command on a directory in use is refused.
 """
 from __future__ import annotations
 
@@ -61,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="output directory (default: ./runs/main; a finished run of the same "
                    "config there is reused)")
     p.add_argument("--overwrite", action="store_true",
-                   help="train both arms from scratch, replacing what --workdir holds (by "
-                   "default a run of the same config and data resumes or is reused, and one "
-                   "of another config or data is refused)")
+                   help="train both arms from scratch, replacing what --workdir holds (deleted "
+                   "when training starts; by default a run of the same config and data resumes "
+                   "or is reused, and one of another config or data is refused)")
     p.add_argument("--data", default=None,
                    help="data spec (default: the preset's, the simulated potassium task)")
     size = p.add_mutually_exclusive_group()
@@ -85,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run directory (created; a finished or interrupted run of the same "
                    "config and data resumes from its latest checkpoint)")
     p.add_argument("--overwrite", action="store_true",
-                   help="train from scratch, replacing what --workdir holds (by default a run "
-                   "of the same config and data resumes, and one of another config or data "
-                   "is refused)")
+                   help="train from scratch, replacing what --workdir holds (deleted when "
+                   "training starts; by default a run of the same config and data resumes, and "
+                   "one of another config or data is refused)")
     p.add_argument("--data", required=True, help="data spec, e.g. simulated:potassium, csv:PATH")
     p.add_argument("--preset", default="potassium",
                    help=f"config preset the flags below modify, one of {_PRESETS} "
@@ -241,8 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       SystemExit(2) from argparse.
     """
     args = _parser().parse_args(argv)
+    from hypuc_jax import rundir
+
+    dirs = [args.workdir]
+    if args.command == "run":
+        from hypuc_jax.comparison import ARMS
+        dirs += [Path(args.workdir) / arm for arm in ARMS]
     try:
-        _COMMANDS[args.command](args)
+        with rundir.locked(dirs, shared=args.command == "predict"):
+            _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("hypuc: interrupted", file=sys.stderr)
         return 130

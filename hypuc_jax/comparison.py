@@ -65,6 +65,8 @@ DEFAULT_RUN = ("potassium", ("data.spec=simulated:potassium?n=8000", "train.epoc
 
 
 PER_ARM_KEYS = ("weighting.scheme", "loss.name")
+#: The run directories of the two arms, under ``hypuc run``'s workdir.
+ARMS = ("baseline", "hypuc")
 
 
 def comparison_configs(preset: str = "potassium", *, data: str | None = None, seed: int | None
@@ -82,8 +84,8 @@ def comparison_configs(preset: str = "potassium", *, data: str | None = None, se
                              "NLL; HypUC: KDE weights, NLL); train other losses or weightings "
                              "with `hypuc train --loss/--weighting`")
     common = dict(data=data, seed=seed, loss="nll", overrides=overrides)
-    return {"baseline": make_config(preset, weighting="none", **common),
-            "hypuc": make_config(preset, weighting="hypuc", **common)}
+    return dict(zip(ARMS, (make_config(preset, weighting="none", **common),
+                           make_config(preset, weighting="hypuc", **common))))
 
 
 def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",

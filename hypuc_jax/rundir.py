@@ -16,7 +16,9 @@ later command would take for a result.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -325,3 +327,52 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+@contextlib.contextmanager
+def locked(workdirs: Sequence[str | os.PathLike], *, shared: bool = False):
+    """Advisory ``flock`` on run directories for the length of one command.
+
+    Writing commands take it exclusive and ``predict`` (which only reads the
+    run) shared, so a second command on a run directory in use fails at once
+    with one clear line instead of mixing results (a correction fitted to a
+    calibration that changed under it, a torn ``metrics.jsonl``). The lock is
+    on the directory itself (no lock file). A directory that does not exist
+    yet is created to be locked, and removed again (with the parents made for
+    it) if the command leaves it empty, e.g. after refusing its data. A path
+    that is not a directory is skipped: the command names it. Multi-process
+    runs (``HYPUC_NUM_PROCESSES`` > 1 or ``HYPUC_DISTRIBUTED=1``) are not locked.
+
+    Raises:
+      WorkflowError: another command holds a conflicting lock.
+    """
+    if (os.environ.get("HYPUC_NUM_PROCESSES", "1").strip() not in ("", "1")
+            or os.environ.get("HYPUC_DISTRIBUTED", "").strip() == "1"):
+        yield
+        return
+    held, created = [], []
+    try:
+        for d in map(Path, workdirs):
+            missing = [p for p in (d, *d.parents) if not p.exists()]
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue                           # a file in the way: the command says so
+            created.extend(reversed(missing))      # outermost first
+            if not d.is_dir():
+                continue
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise WorkflowError(f"{d}: another hypuc command is using this run directory; "
+                                    "wait for it to finish (or use another --workdir)") from None
+            held.append(fd)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)                           # closing releases the lock
+        for p in reversed(created):                # innermost first
+            with contextlib.suppress(OSError):
+                p.rmdir()                          # only if empty

@@ -196,6 +196,57 @@ def _numbers(tree, prefix=""):
     return {}
 
 
+def _hold(directory, mode):
+    """Another process's lock on a run directory (a separate open file description)."""
+    import fcntl
+    import os
+    fd = os.open(directory, os.O_RDONLY)
+    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_run_directory_in_use_refuses_a_second_command(trained, tmp_path, capsys):
+    """Writers hold an exclusive lock, predict a shared one: a command on a
+    directory another command is writing (or a write while predict reads) is
+    refused with one line, and nothing in the run changes."""
+    import fcntl
+    import os
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    fd = _hold(trained, fcntl.LOCK_EX)
+    try:
+        for argv in (["calibrate", "--workdir", trained], ["evaluate", "--workdir", trained],
+                     ["predict", "--workdir", trained, "--data", TINY.replace("n=256", "n=8"),
+                      "--output", tmp_path / "p.csv"]):
+            rc, _, err = hypuc(capsys, *argv)
+            assert "another hypuc command is using this run directory" in one_line_error(rc, err)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "p.csv").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+    fd = _hold(trained, fcntl.LOCK_SH)            # a reader: predict runs, writers wait
+    try:
+        rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data",
+                           TINY.replace("n=256", "n=8"), "--output", tmp_path / "p.csv")
+        assert rc == 0, err
+        rc, _, err = hypuc(capsys, "correct", "--workdir", trained)
+        assert "another hypuc command" in one_line_error(rc, err)
+    finally:
+        os.close(fd)
+
+
+def test_the_lock_leaves_no_directory_a_refused_command_made(tmp_path):
+    from hypuc_jax import rundir
+    new = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError):
+        with rundir.locked([new, new / "arm"]):
+            assert new.is_dir() and (new / "arm").is_dir()
+            raise RuntimeError("refused")
+    assert not (tmp_path / "a").exists()
+    with rundir.locked([new]):
+        (new / "config.json").write_text("{}")
+    assert (new / "config.json").exists()         # a used directory stays
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
