@@ -243,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       SystemExit(2) from argparse.
     """
     args = _parser().parse_args(argv)
-    from hypuc_jax import rundir
+    from hypuc_jax import _interrupt, rundir
 
+    previous = _interrupt.install()
     dirs = [args.workdir]
     if args.command == "run":
         from hypuc_jax.comparison import ARMS
@@ -261,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"hypuc {args.command}: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        _interrupt.restore(previous)
     return 0
 
 

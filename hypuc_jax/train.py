@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from hypuc_jax import checkpoints, losses, parallel, train_data, train_logging
+from hypuc_jax import _interrupt, checkpoints, losses, parallel, train_data, train_logging
 from hypuc_jax import data as data_lib
 from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model /
@@ -155,6 +155,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
 
   try:
     for step in range(start + 1, end + 1):
+      _interrupt.check()               # a Ctrl-C swallowed by a callback still stops here
       batch = next(batches)            # host work (weights, scaling) outside the guard
       with jax.transfer_guard(guard_level):
         state, metrics = step_fn(state, batch)

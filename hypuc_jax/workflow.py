@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
-from hypuc_jax import checkpoints, losses
+from hypuc_jax import _interrupt, checkpoints, losses
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
     WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
@@ -162,6 +162,7 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
 
     workdir = Path(workdir)
     ds = check_trainable(cfg, workdir, overwrite=overwrite)
+    _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     for name in _DOWNSTREAM:
         _remove(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)

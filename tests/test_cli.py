@@ -234,6 +234,34 @@ def test_a_run_directory_in_use_refuses_a_second_command(trained, tmp_path, caps
         os.close(fd)
 
 
+def test_a_ctrl_c_lost_in_a_callback_still_stops_train_before_it_deletes(trained, tmp_path,
+                                                                          capsys, monkeypatch):
+    """JAX's gc callback can swallow the KeyboardInterrupt of a SIGINT; the
+    recorded interrupt stops `train --overwrite` before the old run is
+    removed (exit 130), and a training loop at its next step."""
+    from hypuc_jax import _interrupt
+    monkeypatch.setattr(_interrupt, "_requested", False)   # teardown restores False
+    wd = tmp_path / "copy"
+    shutil.copytree(trained, wd)
+    before = sorted(p.name for p in wd.iterdir())
+    real_install = _interrupt.install
+
+    def install_then_lose_a_ctrl_c():
+        previous = real_install()
+        _interrupt._requested = True            # the handler ran; its exception was lost
+        return previous
+    monkeypatch.setattr(_interrupt, "install", install_then_lose_a_ctrl_c)
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
+                       "--seed", "5", "--overwrite", *FAST)
+    assert rc == 130 and "interrupted" in err
+    assert sorted(p.name for p in wd.iterdir()) == before and (wd / "eval.json").exists()
+    monkeypatch.setattr(_interrupt, "_requested", True)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config_lib.apply_overrides(
+            config_lib.get_config("tiny"), ["train.parallel=none"]), str(tmp_path / "loop"))
+    assert not list((tmp_path / "loop" / "checkpoints").glob("[0-9]*"))   # no step taken
+
+
 def test_the_lock_leaves_no_directory_a_refused_command_made(tmp_path):
     from hypuc_jax import rundir
     new = tmp_path / "a" / "b"
