@@ -26,18 +26,23 @@ def install():
     """Makes SIGINT record itself (and raise KeyboardInterrupt).
 
     Returns:
-      The previous handler (for :func:`restore`), or None off the main
-      thread, where signals cannot be handled (nothing changes).
+      The previous handler (for :func:`restore`), or None where nothing
+      changes: off the main thread (signals cannot be handled there) and
+      when SIGINT is ignored (e.g. a job started with ``&`` by a script).
     """
     global _requested
     _requested = False
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        return None                    # an ignored SIGINT (a background job) stays ignored
     return signal.signal(signal.SIGINT, _handler)
 
 
 def restore(previous) -> None:
-    """Puts back the handler :func:`install` replaced (None: nothing to do)."""
+    """Puts back the handler :func:`install` replaced (None: nothing to do) and
+    forgets a recorded interrupt, so later library calls are not stopped."""
+    global _requested
+    _requested = False
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
 

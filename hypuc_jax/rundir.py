@@ -338,10 +338,12 @@ def locked(workdirs: Sequence[str | os.PathLike], *, shared: bool = False):
     with one clear line instead of mixing results (a correction fitted to a
     calibration that changed under it, a torn ``metrics.jsonl``). The lock is
     on the directory itself (no lock file). A directory that does not exist
-    yet is created to be locked, and removed again (with the parents made for
-    it) if the command leaves it empty, e.g. after refusing its data. A path
-    that is not a directory is skipped: the command names it. Multi-process
-    runs (``HYPUC_NUM_PROCESSES`` > 1 or ``HYPUC_DISTRIBUTED=1``) are not locked.
+    yet is created to be locked; the directories this call created are
+    removed again, while still locked, if the command leaves them empty (e.g.
+    after refusing its data), and never by a refused command (another
+    command may be using them). A path that is not a directory is skipped:
+    the command names it. Multi-process runs (``HYPUC_NUM_PROCESSES`` > 1 or
+    ``HYPUC_DISTRIBUTED=1``) are not locked.
 
     Raises:
       WorkflowError: another command holds a conflicting lock.
@@ -353,26 +355,42 @@ def locked(workdirs: Sequence[str | os.PathLike], *, shared: bool = False):
     held, created = [], []
     try:
         for d in map(Path, workdirs):
-            missing = [p for p in (d, *d.parents) if not p.exists()]
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-            except OSError:
-                continue                           # a file in the way: the command says so
-            created.extend(reversed(missing))      # outermost first
+            made = _make_dirs(d)
+            created.extend(made)
             if not d.is_dir():
-                continue
+                continue                           # a file in the way: the command says so
             fd = os.open(d, os.O_RDONLY)
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                same = os.stat(d).st_ino == os.fstat(fd).st_ino   # not removed meanwhile
             except BlockingIOError:
+                same = False
+            if not same:
                 os.close(fd)
+                created = []                       # a refused command removes nothing
                 raise WorkflowError(f"{d}: another hypuc command is using this run directory; "
-                                    "wait for it to finish (or use another --workdir)") from None
+                                    "wait for it to finish (or use another --workdir)")
             held.append(fd)
         yield
     finally:
-        for fd in held:
-            os.close(fd)                           # closing releases the lock
-        for p in reversed(created):                # innermost first
+        for p in reversed(created):                # innermost first, still locked
             with contextlib.suppress(OSError):
                 p.rmdir()                          # only if empty
+        for fd in held:
+            os.close(fd)                           # closing releases the lock
+
+
+def _make_dirs(d: Path) -> list[Path]:
+    """Creates ``d`` and its missing parents; returns the ones this call made
+    (outermost first): a concurrent creator's, or an existing path spelt with
+    ``..``, is never listed."""
+    made = []
+    for p in reversed((d, *d.parents)):
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            continue
+        except OSError:
+            return made                            # e.g. a file on the path
+        made.append(p)
+    return made

@@ -273,6 +273,50 @@ def test_the_lock_leaves_no_directory_a_refused_command_made(tmp_path):
     with rundir.locked([new]):
         (new / "config.json").write_text("{}")
     assert (new / "config.json").exists()         # a used directory stays
+    keep = tmp_path / "keep"                      # an existing empty directory, spelt with ..
+    keep.mkdir()
+    with pytest.raises(RuntimeError):
+        with rundir.locked([tmp_path / "typo" / ".." / "keep"]):
+            raise RuntimeError("refused")
+    assert keep.is_dir() and not (tmp_path / "typo").exists()
+
+
+def test_a_refused_lock_removes_nothing(tmp_path):
+    """A command refused because another holds the directory removes no
+    directory, not even those it created itself: the other command may be
+    using them (two commands on a new workdir both see it missing)."""
+    import fcntl
+    import os
+    from hypuc_jax import rundir, workflow
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    fd = _hold(busy, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(workflow.WorkflowError, match="another hypuc command"):
+            with rundir.locked([tmp_path / "new", busy]):
+                pass
+    finally:
+        os.close(fd)
+    assert busy.is_dir() and (tmp_path / "new").is_dir()
+
+
+def test_the_sigint_handler_keeps_an_ignored_sigint_and_forgets_interrupts():
+    import signal
+    from hypuc_jax import _interrupt
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert _interrupt.install() is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+    previous = _interrupt.install()
+    assert previous is old and signal.getsignal(signal.SIGINT) is _interrupt._handler
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt._handler(signal.SIGINT, None)   # what a Ctrl-C runs
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt.check()                         # recorded, even if the first was lost
+    _interrupt.restore(previous)
+    assert signal.getsignal(signal.SIGINT) is old
+    _interrupt.check()                             # forgotten: library calls run on
 
 
 # ---------------------------------------------------------------------------- bad input
