@@ -267,5 +267,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The ``hypuc`` console script: :func:`main`, then exit with its status.
+
+    After an interrupt the process leaves with ``os._exit(130)`` (streams
+    flushed): a Ctrl-C during JAX's start-up otherwise made the interpreter
+    crash at shutdown (SIGSEGV, status 139) after printing "interrupted".
+    """
+    import os
+
+    rc = main()
+    if rc == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

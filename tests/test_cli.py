@@ -262,6 +262,25 @@ def test_a_ctrl_c_lost_in_a_callback_still_stops_train_before_it_deletes(trained
     assert not list((tmp_path / "loop" / "checkpoints").glob("[0-9]*"))   # no step taken
 
 
+def test_a_ctrl_c_during_start_up_exits_130(tmp_path):
+    """A real SIGINT while JAX starts (the console entry point, as `hypuc`):
+    exit status 130 and one line, where the interpreter used to crash at
+    shutdown (SIGSEGV, -11) after printing it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hypuc_jax.cli", "train", "--workdir", str(tmp_path / "w"),
+         "--data", TINY, "--preset", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (proc.returncode, err[-500:])
+    assert err.decode().strip().splitlines()[-1] == "hypuc: interrupted"
+
+
 def test_the_lock_leaves_no_directory_a_refused_command_made(tmp_path):
     from hypuc_jax import rundir
     new = tmp_path / "a" / "b"
