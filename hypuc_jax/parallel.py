@@ -32,6 +32,12 @@ AXIS = "data"
 MODES = ("none", "sharding", "pmap")
 
 
+def launched_multiprocess() -> bool:
+  """True when the environment launches several processes (``HYPUC_NUM_PROCESSES``
+  > 1, or ``HYPUC_DISTRIBUTED=1`` for a cluster JAX detects); reads nothing else."""
+  return _env_int("HYPUC_NUM_PROCESSES", "1") > 1 or os.environ.get("HYPUC_DISTRIBUTED") == "1"
+
+
 def maybe_initialize_distributed() -> bool:
   """Calls ``jax.distributed.initialize()`` when launched multi-process.
 

@@ -348,8 +348,9 @@ def locked(workdirs: Sequence[str | os.PathLike], *, shared: bool = False):
     Raises:
       WorkflowError: another command holds a conflicting lock.
     """
-    if (os.environ.get("HYPUC_NUM_PROCESSES", "1").strip() not in ("", "1")
-            or os.environ.get("HYPUC_DISTRIBUTED", "").strip() == "1"):
+    from hypuc_jax.parallel import launched_multiprocess
+
+    if launched_multiprocess():
         yield
         return
     held, created = [], []
