@@ -106,10 +106,12 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
 
     u, c, log_c = jax.lax.cond(fine, direct, in_logs, a)               # u: mean 1
     if capped:
-        u_fixed = jax.lax.stop_gradient(u)
+        # The loop sees constants only: reverse mode cannot differentiate a
+        # while_loop, and the closed form below carries the gradient.
+        u_fixed, cap_fixed = jax.lax.stop_gradient(u), jax.lax.stop_gradient(cap)
 
         def g(s):
-            return jnp.mean(jnp.minimum(s * u_fixed, cap))
+            return jnp.mean(jnp.minimum(s * u_fixed, cap_fixed))
 
         def cond(state):
             _, gs, it, moved = state
@@ -117,15 +119,16 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
 
         def body(state):
             s, gs, it, _ = state
-            slope = jnp.mean(jnp.where(s * u_fixed < cap, u_fixed, 0.0))
+            slope = jnp.mean(jnp.where(s * u_fixed < cap_fixed, u_fixed, 0.0))
             new_s = s + jnp.where(slope > 0, (1.0 - gs) / jnp.where(slope > 0, slope, 1.0), 0.0)
             return new_s, g(new_s), it + 1, new_s > s * (1.0 + _CAP_STEP_TOL)
 
         s, _, _, _ = jax.lax.while_loop(cond, body, (jnp.ones_like(c), g(1.0), 0,
                                                      jnp.array(True)))
-        at_cap = jax.lax.stop_gradient(s * u_fixed >= cap)
+        at_cap = s * u_fixed >= cap_fixed
         free = jnp.mean(jnp.where(at_cap, 0.0, u))
-        s = jnp.where(free > 0, (1.0 - cap * jnp.mean(at_cap)) / jnp.where(free > 0, free, 1.0),
+        capped_frac = jnp.mean(at_cap.astype(u.dtype))     # a bool mean is float32 under x64
+        s = jnp.where(free > 0, (1.0 - cap * capped_frac) / jnp.where(free > 0, free, 1.0),
                       s)
         w = jnp.where(at_cap, cap, jnp.minimum(s * u, cap))
         c, log_c = c * s, log_c + jnp.log(s)

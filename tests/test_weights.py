@@ -106,6 +106,22 @@ def test_capped_weights_have_gradients_matching_finite_differences():
                                                   0.5, max_weight=3.0), rtol=1e-7)
 
 
+def test_capped_weights_are_reverse_differentiable_in_the_cap():
+    """The docstring promises gradients in M too: jax.grad used to fail on the
+    while_loop that finds the capped set. Reference: a float64 central finite
+    difference of the same objective."""
+    y = Y[:1000].astype(np.float64)
+    with jax.enable_x64(True):
+        f = lambda m: jnp.sum(weights.kde_weights(y, lam=1.0, max_weight=m,
+                                                  method="exact") * y)
+        grad = float(jax.grad(f)(3.0))
+        eps = 1e-5
+        fd = (float(f(3.0 + eps)) - float(f(3.0 - eps))) / (2 * eps)
+        assert fd != 0.0
+        assert grad == pytest.approx(fd, rel=1e-4)
+        assert float(jax.jvp(f, (3.0,), (1.0,))[1]) == pytest.approx(fd, rel=1e-4)
+
+
 def test_kde_weights_2d_labels_match_numpy_product_kernel():
     rng = np.random.default_rng(3)
     x = np.stack([skewed_labels(400, seed=3), rng.exponential(1.0, 400)], axis=1)
