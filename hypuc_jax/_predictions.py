@@ -242,9 +242,17 @@ def exceed_prob(mu: np.ndarray, sigma: np.ndarray, spec: ThresholdSpec,
     return std_cdf(-zt if spec.direction == "above" else zt, dof)
 
 
-def check_threshold_in_range(spec: ThresholdSpec, y: np.ndarray, name: str = "thresholds") -> None:
-    """Raises ValueError unless min(y) < value < max(y) (both outcomes possible)."""
-    lo, hi = float(np.min(y)), float(np.max(y))
-    if not lo < spec.value < hi:
-        raise ValueError(f"{name}: threshold {spec.name!r} value {spec.value} is outside the "
-                         f"label range ({lo}, {hi})")
+def has_both_outcomes(y: np.ndarray, spec: ThresholdSpec) -> bool:
+    """Whether labels ``y`` [n] hold both a positive and a negative of the event."""
+    pos = event(np.asarray(y), spec)
+    return bool(pos.any() and not pos.all())
+
+
+def check_both_outcomes(spec: ThresholdSpec, y: np.ndarray, name: str = "thresholds") -> None:
+    """Raises ValueError unless labels ``y`` [n] hold both outcomes of the event."""
+    if not has_both_outcomes(y, spec):
+        side = ">" if spec.direction == "above" else "<"
+        every = "every" if event(np.asarray(y), spec).all() else "no"
+        raise ValueError(f"{name}: threshold {spec.name!r} (y {side} {spec.value}) needs both "
+                         f"outcomes among the labels, but {every} label is positive (labels in "
+                         f"[{float(np.min(y))}, {float(np.max(y))}])")

@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
-                                    check_threshold_in_range, dof_to_json)
+                                    check_both_outcomes, dof_to_json)
 from hypuc_jax._validation import is_int, is_real
 from hypuc_jax.calibration import check_task
 from hypuc_jax.config import CORRECTION_TARGETS as TARGETS
@@ -176,8 +176,8 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
       mu_val: validation predicted locations [n].
       sigma_val: validation calibrated scales [n], > 0.
       y_val: validation labels [n].
-      thresholds: sequence of thresholds; each value must lie strictly inside
-        the validation label range so both outcomes occur.
+      thresholds: sequence of thresholds; ``y_val`` must hold both outcomes
+        of each event (a positive and a negative).
       n_models: ensemble size K (members seeded seed, seed + 1, ...), for the
         regressors and for each threshold's classifiers.
       seed: base seed.
@@ -203,8 +203,8 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
       Corrector.
 
     Raises:
-      ValueError: bad arrays, n_models < 1, a threshold outside the label
-        range, an unknown target, or a bad classifier setting (named).
+      ValueError: bad arrays, n_models < 1, a threshold whose event has one
+        outcome only among ``y_val``, an unknown target, or a bad classifier setting (named).
     """
     mu, sigma, y = check_predictions(mu_val, sigma_val, y_val,
                                      names=("mu_val", "sigma_val", "y_val"))
@@ -212,7 +212,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     specs = as_thresholds(thresholds)
     dof = check_dof(dof)
     for t in specs:
-        check_threshold_in_range(t, y)
+        check_both_outcomes(t, y)
     if not is_int(n_models) or n_models < 1:
         raise ValueError(f"n_models: expected a positive integer, got {n_models!r}")
     if not is_int(seed) or seed < 0:

@@ -149,7 +149,7 @@ def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0,
 
     Args:
       mu, sigma, y: validation predictions and labels [n] (already checked).
-      thresholds: ThresholdSpec tuple, values inside the label range.
+      thresholds: ThresholdSpec tuple, each event with both outcomes in ``y``.
       n_models, seed, z, dof, bootstrap: as in ``fit_corrections``.
       monotone: impose ``monotone_constraints``.
       class_weight: None or "balanced" (sklearn).

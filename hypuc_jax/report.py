@@ -17,6 +17,7 @@ import numpy as np
 
 from hypuc_jax import uncertainty as unc_scores
 from hypuc_jax._files import write_text_atomic  # noqa: F401  (re-exported: report.write_text_atomic)
+from hypuc_jax._predictions import ThresholdSpec, event
 from hypuc_jax.report_figures import (  # noqa: F401  (re-exported)
     FIGURES, RunOutputs, _region_names, central_coverage, mu_bin_coverage, selective_mae,
     write_figures)
@@ -33,7 +34,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def tail_mae(run: RunOutputs, value: float, direction: str, which: str = "mu") -> tuple[int, float]:
     """(count, MAE) of the test examples beyond a threshold (y > value or y < value)."""
-    sel = run.y > value if direction == "above" else run.y < value
+    sel = event(run.y, ThresholdSpec("tail", value, direction))
     pred = run.mu if which == "mu" else run.corrected
     return int(sel.sum()), (float(np.mean(np.abs(run.y[sel] - pred[sel]))) if sel.any()
                             else float("nan"))

@@ -22,7 +22,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from hypuc_jax import flagging, uncertainty  # noqa: E402
 from hypuc_jax._files import temp_file  # noqa: E402
-from hypuc_jax._predictions import ThresholdSpec, central_z, exceed_prob  # noqa: E402
+from hypuc_jax._predictions import (ThresholdSpec, central_z, event, exceed_prob,  # noqa: E402
+                                    has_both_outcomes)
 
 FIGURES = ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
            "coverage_per_bin", "selective_risk", "roc")
@@ -270,21 +271,19 @@ def _fig_roc(runs: Sequence[RunOutputs], path: Path) -> None:
                              squeeze=False)
     method = runs[-1]
     for ax, (name, value, direction) in zip(axes[0], ths):
+        spec = ThresholdSpec(name, value, direction)
         curves = []
         for run in runs:
-            pos = run.y > value if direction == "above" else run.y < value
-            if pos.all() or not pos.any() or name not in run.decision_probs:
+            if not has_both_outcomes(run.y, spec) or name not in run.decision_probs:
                 continue
             curves.append((run, "boosted", run.decision_probs[name]))
             if run is method:
                 sign = 1.0 if direction == "above" else -1.0
                 curves.append((run, "threshold mu", sign * run.mu))
-                spec = ThresholdSpec(name, value, direction)
                 curves.append((run, "calibrated P",
                                exceed_prob(run.mu, run.sigma_cal, spec, run.dof)))
         for run, label, score in curves:
-            pos = run.y > value if direction == "above" else run.y < value
-            fpr, tpr, _ = roc_curve(pos, score)
+            fpr, tpr, _ = roc_curve(event(run.y, spec), score)
             auc = float(np.trapezoid(tpr, fpr))
             color = {"boosted": "tab:red", "threshold mu": "tab:gray", "calibrated P": "tab:blue"}
             ax.plot(fpr, tpr, ls="-" if run is method else "--", color=color[label], lw=1.2,

@@ -30,6 +30,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import temp_file
+from hypuc_jax._predictions import ThresholdSpec, has_both_outcomes
 
 CONFIG = "config.json"
 TASK = "task.json"
@@ -314,12 +315,7 @@ def load_task(workdir: str | os.PathLike) -> Task:
 
 def usable_thresholds(task: Task, y: np.ndarray) -> tuple[tuple[str, float, str], ...]:
     """The task's thresholds whose event has both outcomes among labels ``y``."""
-    out = []
-    for name, value, direction in task.thresholds:
-        pos = y > value if direction == "above" else y < value
-        if pos.any() and not pos.all():
-            out.append((name, value, direction))
-    return tuple(out)
+    return tuple(t for t in task.thresholds if has_both_outcomes(y, ThresholdSpec(*t)))
 
 
 def _remove(path: Path) -> None:

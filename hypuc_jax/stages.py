@@ -20,6 +20,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import temp_dir
+from hypuc_jax._predictions import ThresholdSpec, event as threshold_event
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
                               Task, WorkflowError, _clean, _remove, load_config, load_npy,
                               load_npz, load_task, read_json, save_npz, usable_thresholds,
@@ -227,7 +228,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     base = corrections.baseline_scores(mu, sigma_cal, ths, dof=cal.dof) if ths else {}
     spec = cfg.corrections.specificity
     for name, value, direction in ths:
-        event = y > value if direction == "above" else y < value
+        event = threshold_event(y, ThresholdSpec(name, value, direction))
         by_mu = metrics.decision_metrics(event, base[name]["threshold_mu"], specificity=spec)
         if name in probs:
             d = metrics.decision_metrics(event, np.asarray(probs[name]), specificity=spec)

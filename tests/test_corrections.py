@@ -221,6 +221,34 @@ def test_bad_inputs_raise(thresholds, kwargs, match):
         corr.fit_corrections(*biased(8, 100), thresholds, **kwargs)
 
 
+@pytest.mark.parametrize("threshold", [("score>0", 0.0, "above"), ("score<5", 5.0, "below")])
+def test_a_threshold_at_a_discrete_label_extreme_is_fitted(threshold):
+    """Integer labels 0..5: "y > 0" and "y < 5" have both outcomes although the
+    value is the smallest / largest label. `hypuc correct` keeps such a threshold
+    (rundir.usable_thresholds), so the fit must accept it, not call it "outside
+    the label range"; its decision must rank like the labels (sklearn AUROC)."""
+    from hypuc_jax.rundir import Task, usable_thresholds
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6.0), 30)
+    mu, sigma = y + rng.normal(0.0, 0.3, y.size), np.full(y.size, 0.3)
+    task = Task("t", "score", "", {}, (threshold,), "tabular", (3,))
+    assert usable_thresholds(task, y) == (threshold,)
+    c = corr.fit_corrections(mu, sigma, y, [threshold], **FAST)
+    name, value, direction = threshold
+    event = y > value if direction == "above" else y < value
+    assert roc_auc_score(event, c.predict(mu, sigma)[1][name]) > 0.95
+
+
+@pytest.mark.parametrize("threshold", [("score>5", 5.0, "above"), ("score<0", 0.0, "below")])
+def test_a_threshold_with_one_outcome_is_refused_and_skipped(threshold):
+    from hypuc_jax.rundir import Task, usable_thresholds
+    y = np.repeat(np.arange(6.0), 30)
+    assert usable_thresholds(Task("t", "score", "", {}, (threshold,), "tabular", (3,)), y) == ()
+    with pytest.raises(ValueError, match=f"thresholds: threshold '{threshold[0]}'.*needs both "
+                                         "outcomes.*no label is positive"):
+        corr.fit_corrections(y, np.ones_like(y), y, [threshold], **FAST)
+
+
 def test_residual_targets_are_rounded_to_a_power_of_two_grid():
     """Grid 2**(floor(log2 sd) - 10) (numpy reference); rounding error at most half
     a step; a constant residual is kept; a last-bits change of the inputs gives
