@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="global batch size (a multiple of the device count when parallel)")
     p.add_argument("--seed", type=int, default=None, help="training seed")
     p.add_argument("--region", action="append", default=[], metavar="NAME=LOW:HIGH",
-                   help="extra named evaluation region [LOW, HIGH); a bound may be empty "
-                   "(repeatable)")
+                   help="extra named evaluation region [LOW, HIGH); a bound may be empty; "
+                   "the name must differ from the task's own regions (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. train.lr=1e-3 or model.widths=16,32,64 "
                    "(repeatable, applied after the flags above)")

@@ -177,9 +177,20 @@ def _load_corrector(workdir: Path, dof: float):
     return corrector
 
 
-def _named_regions(cfg: config_lib.Config, task: Task) -> dict[str, tuple[float, float]]:
+def _named_regions(cfg: config_lib.Config, task) -> dict[str, tuple[float, float]]:
+    """The task's named regions plus the config's ``regions`` (``--region``).
+
+    ``task``: a rundir ``Task`` or a data ``TaskInfo`` (anything with ``name``
+    and ``regions``). A config region may not reuse a task region's name: it
+    would silently replace the clinical range in eval.json and the report.
+    """
     regions = dict(task.regions)
-    regions.update({name: (lo, hi) for name, lo, hi in cfg.regions})
+    for name, lo, hi in cfg.regions:
+        if name in regions:
+            low, high = regions[name]
+            raise ValueError(f"regions: {name!r} is already a region of the {task.name!r} task "
+                             f"([{low:g}, {high:g})); give --region another name")
+        regions[name] = (lo, hi)
     return regions
 
 

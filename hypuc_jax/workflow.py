@@ -29,7 +29,7 @@ from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and exper
     WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
     load_task, make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
-    _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits,
+    _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits, _named_regions,
     _load_corrector, _predictions, _sigma_or_constant, calibrate_stage, correct_stage,
     eval_path, evaluate_stage)
 
@@ -116,6 +116,7 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
                                 "--workdir or pass --overwrite")
     ds = _dataset(cfg)
+    _named_regions(cfg, ds.task)                          # no --region shadows a task region
     parts = train_data.split_for(cfg, ds)
     stored = None if overwrite else checkpoints.stored_data_stamp(
         train_data.run_paths(str(workdir))["checkpoints"])

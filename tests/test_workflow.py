@@ -249,6 +249,29 @@ def test_train_stage_reads_the_data_once(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_region_named_like_a_task_region_is_refused_before_training(tmp_path):
+    """--region normal=0:100 used to replace the potassium task's clinical
+    'normal' range [3.5, 5.5) in eval.json and the report, silently."""
+    cfg = workflow.make_config("tiny", regions=["normal=0:100"], overrides=[
+        "data.spec=simulated:potassium?n=200&duration=2&rate=50&seed=31337",
+        "train.steps=2", "train.parallel=none"])
+    with pytest.raises(ValueError, match=r"regions: 'normal' is already a region of the "
+                                         r"'potassium' task \(\[3.5, 5.5\)\)"):
+        workflow.train_stage(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stored_config_whose_region_shadows_the_task_is_refused(rundir):
+    cfg = config_lib.Config.from_dict(json.loads((rundir / workflow.CONFIG).read_text()))
+    cfg = workflow.make_config(cfg, regions=["hypokalemia=0:9"])
+    workflow.write_json(rundir / workflow.CONFIG, cfg.to_dict())
+    workflow.calibrate_stage(rundir, "hyperfine")
+    workflow.correct_stage(rundir)
+    with pytest.raises(ValueError, match="regions: 'hypokalemia' is already a region"):
+        workflow.evaluate_stage(rundir, "test")
+    assert not (rundir / workflow.EVAL).exists()
+
+
 def test_small_validation_split_gets_a_hyperfine_error_naming_the_settings(rundir):
     """Three validation predictions cannot fill calibration.min_count=30: the error says
     so in the config's terms (global scaling still fits), and nothing is written."""
