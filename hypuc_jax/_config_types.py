@@ -15,6 +15,12 @@ from hypuc_jax import _typed_fields as typed_fields
 LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
 WEIGHT_APPLY = ("loss", "resample")
+#: The ``weighting`` fields each scheme reads (the others are stored, unused;
+#: scheme "none" reads none of them).
+WEIGHTING_FIELDS = {"hypuc": ("lam", "bandwidth", "method", "max_weight"),
+                    "inverse": ("bins",), "sqrt_inv": ("bins",),
+                    "lds": ("bins", "lds_kernel", "lds_ks", "lds_sigma"),
+                    "denseweight": ("dense_alpha", "bandwidth", "method")}
 PARALLEL = ("auto", "none", "sharding", "pmap")
 SELECT_ON = ("nll", "weighted_nll")
 MODEL_KINDS = ("auto", "resnet1d", "mlp")

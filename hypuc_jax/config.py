@@ -20,7 +20,7 @@ from typing import Any
 
 from hypuc_jax import _typed_fields as typed_fields
 from hypuc_jax._config_types import (  # re-exported: config.Config, config.LOSSES, ...
-    LOSSES, WEIGHTINGS, WEIGHT_APPLY, PARALLEL, SELECT_ON, MODEL_KINDS, CALIBRATIONS,
+    LOSSES, WEIGHTINGS, WEIGHTING_FIELDS, WEIGHT_APPLY, PARALLEL, SELECT_ON, MODEL_KINDS, CALIBRATIONS,
     CALIBRATION_TAILS, CALIBRATION_QUANTILES, CORRECTION_TARGETS, SHOT_REGION_NAMES,
     BANDWIDTH_RULES, KDE_METHODS, LDS_KERNELS, ACTIVATIONS, DTYPES, DataConfig, ModelConfig,
     LossConfig, WeightingConfig, TrainConfig, CalibrationConfig, CorrectionsConfig, Config)
@@ -29,7 +29,7 @@ __all__ = ["ACTIVATIONS", "BANDWIDTH_RULES", "CALIBRATIONS", "CALIBRATION_QUANTI
            "CALIBRATION_TAILS", "CORRECTION_TARGETS", "CalibrationConfig", "Config",
            "CorrectionsConfig", "DTYPES", "DataConfig", "KDE_METHODS", "LDS_KERNELS", "LOSSES",
            "LossConfig", "MODEL_KINDS", "ModelConfig", "PARALLEL", "PRESET_NAMES", "SELECT_ON",
-           "SHOT_REGION_NAMES", "TrainConfig", "WEIGHTINGS", "WEIGHT_APPLY", "WeightingConfig",
+           "SHOT_REGION_NAMES", "TrainConfig", "WEIGHTINGS", "WEIGHTING_FIELDS", "WEIGHT_APPLY", "WeightingConfig",
            "apply_overrides", "get_config", "resolve_parallel", "validate"]
 
 _PRESETS: dict[str, dict[str, Any]] = {

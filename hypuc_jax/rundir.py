@@ -258,10 +258,25 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
         cfg = dataclasses.replace(cfg, regions=tuple(cfg.regions) + tuple(
             parse_region(r) for r in regions))
     cfg = config_lib.apply_overrides(cfg, list(overrides))
-    if lam is not None and cfg.weighting.scheme != "hypuc":    # stored, fingerprinted, unused
-        raise ValueError(f"--lam: applies to --weighting hypuc only, got weighting "
-                         f"{cfg.weighting.scheme!r}")
+    scheme = cfg.weighting.scheme
+    if lam is not None and scheme != "hypuc":    # stored, fingerprinted, unused
+        raise ValueError(f"--lam: applies to --weighting hypuc only, got weighting {scheme!r}")
+    _check_weighting_keys(scheme, overrides)
     return cfg
+
+
+def _check_weighting_keys(scheme: str, overrides: Sequence[str]) -> None:
+    """Refuses ``--set weighting.<field>`` that ``scheme`` would ignore (scheme
+    "none" ignores every one: ``hypuc run`` gives its baseline the same keys)."""
+    if scheme == "none":
+        return
+    used = config_lib.WEIGHTING_FIELDS[scheme] + ("bins",)   # bins: also the shot regions'
+    for item in overrides:
+        section, _, field = str(item).partition("=")[0].strip().partition(".")
+        users = [s for s, fields in config_lib.WEIGHTING_FIELDS.items() if field in fields]
+        if section == "weighting" and users and field not in used:
+            raise ValueError(f"--set weighting.{field}: used by --weighting "
+                             f"{' / '.join(users)} only; {scheme!r} would ignore it")
 
 
 # ----------------------------------------------------------------------------- task

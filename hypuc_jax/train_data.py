@@ -22,7 +22,7 @@ from hypuc_jax import data as data_lib
 from hypuc_jax import weights as weights_lib
 from hypuc_jax._validation import as_array
 from hypuc_jax.data import readers
-from hypuc_jax.config import WEIGHT_APPLY, Config
+from hypuc_jax.config import WEIGHT_APPLY, WEIGHTING_FIELDS, Config
 
 SPLITS = ("train", "val", "test")
 
@@ -40,14 +40,12 @@ def run_paths(workdir: str) -> dict[str, str]:
 def weighting_options(config: Config) -> dict[str, Any]:
   """``weights.fit_weighting`` options of ``config.weighting.scheme``."""
   w = config.weighting
-  return {
-      "none": {},
-      "hypuc": dict(lam=w.lam, bandwidth=w.bandwidth, method=w.method, max_weight=w.max_weight),
-      "inverse": dict(bins=w.bins),
-      "sqrt_inv": dict(bins=w.bins),
-      "lds": dict(bins=w.bins, kernel=w.lds_kernel, ks=w.lds_ks, sigma=w.lds_sigma),
-      "denseweight": dict(alpha=w.dense_alpha, bandwidth=w.bandwidth, method=w.method),
-  }[w.scheme]
+  return {_OPTION_NAMES.get(f, f): getattr(w, f) for f in WEIGHTING_FIELDS.get(w.scheme, ())}
+
+
+#: ``weights.fit_weighting`` argument names of the config fields that differ.
+_OPTION_NAMES = {"lds_kernel": "kernel", "lds_ks": "ks", "lds_sigma": "sigma",
+                 "dense_alpha": "alpha"}
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ The post-training stages only read files, so a run directory with synthetic
 predictions (a known sigma misspecification, a known bias) tests calibrate,
 correct and evaluate without training a network.
 """
+import dataclasses
 import json
 import math
 
@@ -169,6 +170,45 @@ def test_make_config_applies_flags_then_overrides():
             workflow.make_config("tiny", weighting=scheme, lam=2.0)
     assert workflow.make_config("tiny", weighting="none", lam=0.5,
                                 overrides=["weighting.scheme=hypuc"]).weighting.lam == 0.5
+
+
+@pytest.mark.parametrize("scheme, key, users", [
+    ("lds", "weighting.max_weight=2", "hypuc"), ("inverse", "weighting.lam=0.9", "hypuc"),
+    ("sqrt_inv", "weighting.lds_ks=7", "lds"), ("hypuc", "weighting.dense_alpha=2", "denseweight"),
+    ("denseweight", "weighting.lds_sigma=1", "lds"),
+    ("hypuc", "weighting.lds_kernel=triang", "lds")])
+def test_a_weighting_key_the_scheme_ignores_is_refused(scheme, key, users):
+    """--set weighting.max_weight=2 with --weighting lds validated, was stored and
+    fingerprinted, and capped nothing (the lds weights reached 30)."""
+    with pytest.raises(ValueError, match=f"--set {key.split('=')[0]}: used by --weighting "
+                                         f"{users} only; {scheme!r} would ignore it"):
+        workflow.make_config("tiny", weighting=scheme, overrides=[key])
+
+
+@pytest.mark.parametrize("scheme, key", [
+    ("none", "weighting.max_weight=3.0"),        # `hypuc run` gives its baseline the same keys
+    ("hypuc", "weighting.bins=50"), ("lds", "weighting.bins=50"),   # bins: the shot regions
+    ("denseweight", "weighting.bandwidth=0.2"), ("hypuc", "weighting.max_weight=3.0"),
+    ("lds", "weighting.apply=resample")])
+def test_a_weighting_key_the_run_reads_is_accepted(scheme, key):
+    field, value = key.split("=")
+    cfg = workflow.make_config("tiny", weighting=scheme, overrides=[key])
+    assert str(getattr(cfg.weighting, field.split(".")[1])) == value
+
+
+def test_weighting_options_pass_each_scheme_its_own_fields():
+    from hypuc_jax import train_data
+    cfg = config_lib.apply_overrides(config_lib.get_config("tiny"), [
+        "weighting.lam=0.7", "weighting.max_weight=4", "weighting.bins=30",
+        "weighting.lds_kernel=triang", "weighting.lds_ks=7", "weighting.lds_sigma=1.5",
+        "weighting.dense_alpha=0.8", "weighting.bandwidth=0.2", "weighting.method=exact"])
+    expected = {"none": {}, "hypuc": dict(lam=0.7, bandwidth=0.2, method="exact", max_weight=4.0),
+                "inverse": dict(bins=30), "sqrt_inv": dict(bins=30),
+                "lds": dict(bins=30, kernel="triang", ks=7, sigma=1.5),
+                "denseweight": dict(alpha=0.8, bandwidth=0.2, method="exact")}
+    for scheme, options in expected.items():
+        c = dataclasses.replace(cfg, weighting=dataclasses.replace(cfg.weighting, scheme=scheme))
+        assert train_data.weighting_options(c) == options
 
 
 def test_atomic_writers_leave_no_temp_files(tmp_path):
