@@ -35,6 +35,15 @@ def _segment_fraction(z, za, zb) -> np.ndarray:
     return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
 
 
+def _levels(p, name: str) -> np.ndarray:
+    """``p`` as float64, every value a level in [0, 1] (ValueError naming ``name``)."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = ~((p >= 0.0) & (p <= 1.0))                      # NaN too
+    if bad.any():
+        raise ValueError(f"{name}: expected levels in [0, 1], got {float(p[bad].flat[0])!r}")
+    return p
+
+
 def _segment_point(t, za, zb) -> np.ndarray:
     """The z in [za, zb] at fraction t of the segment's Gaussian probability (inverse of above)."""
     upper = za >= 0
@@ -111,16 +120,26 @@ class IsotonicCalibrator(_Calibrator):
                 np.concatenate([[0.0], self.freqs, [1.0]]))
 
     def recalibrate_z(self, z) -> np.ndarray:
-        """R(Phi(z)): calibrated CDF level for standardised residual(s) z, in [0, 1]."""
+        """R(Phi(z)): calibrated CDF level for standardised residual(s) z, in [0, 1].
+
+        Raises:
+          ValueError: a NaN z (+-inf give 1 and 0).
+        """
         z = np.asarray(z, dtype=np.float64)
+        if np.isnan(z).any():
+            raise ValueError("z: expected standardised residuals, got NaN")
         knots, freqs = self._extended()
         j = np.clip(np.searchsorted(knots, z, side="right"), 1, knots.size - 1)
         t = _segment_fraction(z, knots[j - 1], knots[j])
         return freqs[j - 1] + t * (freqs[j] - freqs[j - 1])
 
     def quantile_z(self, q) -> np.ndarray:
-        """R^-1: the smallest standardised residual z with R(Phi(z)) >= q, for q in [0, 1]."""
-        q = np.asarray(q, dtype=np.float64)
+        """R^-1: the smallest standardised residual z with R(Phi(z)) >= q, for q in [0, 1].
+
+        Raises:
+          ValueError: a q outside [0, 1] or NaN.
+        """
+        q = _levels(q, "q")
         knots, freqs = self._extended()
         # R is non-decreasing and piecewise monotone: find the first segment reaching q.
         j = np.clip(np.searchsorted(freqs, q, side="left"), 1, freqs.size - 1)
@@ -129,11 +148,12 @@ class IsotonicCalibrator(_Calibrator):
         return _segment_point(np.clip(t, 0.0, 1.0), knots[j - 1], knots[j])
 
     def recalibrate_level(self, p) -> np.ndarray:
-        """R(p): calibrated CDF level for predicted level(s) p in [0, 1]."""
-        return self.recalibrate_z(stats.norm.ppf(np.asarray(p, dtype=np.float64)))
+        """R(p): calibrated CDF level for predicted level(s) p in [0, 1] (ValueError outside)."""
+        return self.recalibrate_z(stats.norm.ppf(_levels(p, "p")))
 
     def inverse_level(self, q) -> np.ndarray:
-        """R^-1(q) = inf{p : R(p) >= q}: the predicted level to ask for to get level q."""
+        """R^-1(q) = inf{p : R(p) >= q}: the predicted level to ask for to get level q in
+        [0, 1] (ValueError outside)."""
         return stats.norm.cdf(self.quantile_z(q))
 
     def cdf(self, mu, sigma, y) -> np.ndarray:

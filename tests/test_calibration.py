@@ -276,6 +276,23 @@ def test_isotonic_recalibrates_a_badly_overconfident_model(ratio):
     np.testing.assert_allclose(iso.cdf(np.zeros(40), np.ones(40), z[::50]), ecdf, atol=1e-12)
 
 
+def test_isotonic_maps_refuse_nan_and_levels_outside_0_1():
+    """A NaN z or level used to come back as level 1.0 (or z = inf): a silent,
+    plausible-looking number. The infinite ends stay defined: R(-inf) = 0,
+    R(+inf) = 1, and the levels 0 / 1 map to 0 / 1 (closed form of the anchors)."""
+    rng = np.random.default_rng(0)
+    iso = cal.fit_isotonic(np.zeros(50), np.ones(50), rng.normal(size=50))
+    for method, arg, value in [("recalibrate_z", "z", np.nan),
+                               ("recalibrate_level", "p", np.nan),
+                               ("recalibrate_level", "p", 2.0),
+                               ("quantile_z", "q", np.nan), ("quantile_z", "q", 1.5),
+                               ("inverse_level", "q", -0.1)]:
+        with pytest.raises(ValueError, match=f"{arg}: expected"):
+            getattr(iso, method)(np.array([0.5, value]))
+    np.testing.assert_array_equal(iso.recalibrate_z([-np.inf, np.inf]), [0.0, 1.0])
+    np.testing.assert_array_equal(iso.recalibrate_level([0.0, 1.0]), [0.0, 1.0])
+
+
 def test_isotonic_reads_format_2_levels(val):
     """Version-2 files stored R at knots p = Phi(z) with explicit (0, 0) and (1, 1)
     anchors; they read into the same map (compared on the stored knots)."""
