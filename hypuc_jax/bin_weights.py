@@ -84,9 +84,9 @@ def _bin_table(y, bins, value_range, clip, power, window):
     if clip is not None:
         if not isinstance(clip, (tuple, list)) or len(clip) != 2:
             raise ValueError(f"clip: expected None or (low, high) with None for no bound, got {clip!r}")
-        for v in clip:
+        for v, strict in zip(clip, (False, True)):   # a high of 0 zeroes every count
             if v is not None:
-                check_positive(v, "clip", strict=False)
+                check_positive(v, "clip", strict=strict)
         if None not in clip and clip[0] > clip[1]:
             raise ValueError(f"clip: expected low <= high, got {tuple(clip)!r}")
     lo, width = _bin_grid(y, bins, value_range)

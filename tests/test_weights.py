@@ -346,6 +346,8 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
     (lambda: weights.sqrt_inverse_weights(Y, clip=(-1.0, None)), "clip"),
     (lambda: weights.inverse_weights(Y, clip=(1000, 5)), "clip: expected low <= high"),
     (lambda: weights.inverse_weights(Y, clip=5), "clip: expected None or"),
+    (lambda: weights.inverse_weights(Y, clip=(0, 0)), "clip.*> 0"),    # all-NaN weights before
+    (lambda: weights.lds_weights(Y, clip=(None, 0.0)), "clip.*> 0"),
     (lambda: weights.lds_weights(Y, ks=4), "ks"),
     (lambda: weights.lds_weights(Y, kernel="box"), "kernel"),
     (lambda: weights.lds_weights(Y, sigma=0.0), "sigma"),
