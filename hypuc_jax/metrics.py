@@ -187,7 +187,8 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
 
     Returns:
       {"n", "n_positive", "auroc", "auprc", "sensitivity_at_90_specificity"}
-      (the last key named after ``specificity``); metrics None when only one
+      (the last key named after ``specificity`` in percent, exactly: 99.9 for
+      0.999); metrics None when only one
       class is present.
     """
     yb = as_vector(y_binary, "y_binary")
@@ -197,7 +198,8 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
                                      sigma_required=False)
     if not is_real(specificity) or not 0.0 < specificity < 1.0:
         raise ValueError(f"specificity: expected a value in (0, 1), got {specificity!r}")
-    key = f"sensitivity_at_{round(specificity * 100)}_specificity"
+    pct = repr(round(float(specificity) * 100, 10))      # 0.9 -> "90", 0.999 -> "99.9"
+    key = f"sensitivity_at_{pct.removesuffix('.0')}_specificity"
     pos = yb == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     out: dict[str, Any] = {"n": int(yb.size), "n_positive": n_pos,

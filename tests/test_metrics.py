@@ -229,6 +229,21 @@ def test_decision_metrics_against_sklearn(seed, n, levels):
     assert got["sensitivity_at_90_specificity"] == pytest.approx(tpr[fpr <= 0.1 + 1e-12].max())
 
 
+@pytest.mark.parametrize("specificity, pct", [(0.9, "90"), (0.95, "95"), (0.999, "99.9"),
+                                              (0.995, "99.5"), (0.004, "0.4")])
+def test_the_sensitivity_key_names_the_specificity_it_was_computed_at(specificity, pct):
+    """0.999 was keyed 'sensitivity_at_100_specificity', a level the value is not
+    for; the value is the sklearn ROC's best sensitivity at that specificity."""
+    rng = np.random.default_rng(0)
+    yb = np.r_[np.zeros(1000, bool), np.ones(10, bool)]
+    score = np.r_[rng.random(1000), np.full(10, 0.9995)]
+    got = metrics.decision_metrics(yb, score, specificity=specificity)
+    fpr, tpr, _ = roc_curve(yb, score, drop_intermediate=False)
+    assert set(got) == {"n", "n_positive", "auroc", "auprc", f"sensitivity_at_{pct}_specificity"}
+    want = tpr[fpr <= 1 - specificity + 1e-12].max()
+    assert got[f"sensitivity_at_{pct}_specificity"] == pytest.approx(want)
+
+
 def test_decision_metrics_single_class_and_bad_input():
     got = metrics.decision_metrics(np.zeros(10), np.arange(10.0))
     assert got["auroc"] is None and got["n_positive"] == 0
