@@ -15,6 +15,10 @@ from hypuc_jax import _typed_fields as typed_fields
 LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
 WEIGHT_APPLY = ("loss", "resample")
+#: Largest HypUC exponent: beyond it float32 weights drift from mean 1 (1e-4 at
+#: 1000, 2% at 1e6, all on one label at 1e8); from lam ~10 on, one rare label
+#: already holds almost the whole weight.
+MAX_LAM = 100.0
 #: The ``weighting`` fields each scheme reads (the others are stored, unused;
 #: scheme "none" reads none of them).
 WEIGHTING_FIELDS = {"hypuc": ("lam", "bandwidth", "method", "max_weight"),

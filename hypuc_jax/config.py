@@ -20,17 +20,19 @@ from typing import Any
 
 from hypuc_jax import _typed_fields as typed_fields
 from hypuc_jax._config_types import (  # re-exported: config.Config, config.LOSSES, ...
-    LOSSES, WEIGHTINGS, WEIGHTING_FIELDS, WEIGHT_APPLY, PARALLEL, SELECT_ON, MODEL_KINDS, CALIBRATIONS,
-    CALIBRATION_TAILS, CALIBRATION_QUANTILES, CORRECTION_TARGETS, SHOT_REGION_NAMES,
-    BANDWIDTH_RULES, KDE_METHODS, LDS_KERNELS, ACTIVATIONS, DTYPES, DataConfig, ModelConfig,
-    LossConfig, WeightingConfig, TrainConfig, CalibrationConfig, CorrectionsConfig, Config)
+    LOSSES, MAX_LAM, WEIGHTINGS, WEIGHTING_FIELDS, WEIGHT_APPLY, PARALLEL, SELECT_ON,
+    MODEL_KINDS, CALIBRATIONS, CALIBRATION_TAILS, CALIBRATION_QUANTILES, CORRECTION_TARGETS,
+    SHOT_REGION_NAMES, BANDWIDTH_RULES, KDE_METHODS, LDS_KERNELS, ACTIVATIONS, DTYPES,
+    DataConfig, ModelConfig, LossConfig, WeightingConfig, TrainConfig, CalibrationConfig,
+    CorrectionsConfig, Config)
 
 __all__ = ["ACTIVATIONS", "BANDWIDTH_RULES", "CALIBRATIONS", "CALIBRATION_QUANTILES",
            "CALIBRATION_TAILS", "CORRECTION_TARGETS", "CalibrationConfig", "Config",
            "CorrectionsConfig", "DTYPES", "DataConfig", "KDE_METHODS", "LDS_KERNELS", "LOSSES",
-           "LossConfig", "MODEL_KINDS", "ModelConfig", "PARALLEL", "PRESET_NAMES", "SELECT_ON",
-           "SHOT_REGION_NAMES", "TrainConfig", "WEIGHTINGS", "WEIGHTING_FIELDS", "WEIGHT_APPLY", "WeightingConfig",
-           "apply_overrides", "get_config", "resolve_parallel", "validate"]
+           "LossConfig", "MAX_LAM", "MODEL_KINDS", "ModelConfig", "PARALLEL", "PRESET_NAMES",
+           "SELECT_ON", "SHOT_REGION_NAMES", "TrainConfig", "WEIGHTINGS", "WEIGHTING_FIELDS",
+           "WEIGHT_APPLY", "WeightingConfig", "apply_overrides", "get_config",
+           "resolve_parallel", "validate"]
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Default CLI job: 2000 simulated ECGs at 100 Hz, a small ResNet, 360
@@ -199,6 +201,7 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
          "0 unless loss.name is nll or laplace", config.loss.beta)
   _check(w.bandwidth in BANDWIDTH_RULES if isinstance(w.bandwidth, str) else w.bandwidth > 0,
          "weighting.bandwidth", f"a float > 0 or one of {BANDWIDTH_RULES}", w.bandwidth)
+  _check(w.lam <= MAX_LAM, "weighting.lam", f"a float in [0, {MAX_LAM:g}]", w.lam)
   _check(0.0 <= w.defer < 1.0, "weighting.defer", "a fraction of the steps in [0, 1)", w.defer)
   _check(w.defer == 0.0 or w.apply == "loss", "weighting.defer",
          "0 unless weighting.apply is loss", w.defer)

@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from hypuc_jax import kde
+from hypuc_jax._config_types import MAX_LAM
 from hypuc_jax._validation import check_positive, is_concrete
 from hypuc_jax.bin_weights import (BIN_SCHEMES, _bin_index, _bin_scheme_table, _bin_weights,
                                    _labels_1d, inverse_weights, lds_weights,
@@ -42,6 +43,9 @@ _CAP_STEP_TOL = 1e-7  # Newton for the cap stops when the scale moves less than 
 # --------------------------------------------------------------------------- #
 def _check_lam(lam) -> None:
     check_positive(lam, "lam", strict=False)
+    if is_concrete(lam) and float(lam) > MAX_LAM:
+        raise ValueError(f"lam: expected 0 <= lam <= {MAX_LAM:g} (beyond, float32 weights lose "
+                         f"their mean of 1), got {lam!r}")
 
 
 def _check_max_weight(max_weight) -> None:
@@ -147,7 +151,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
 
     Args:
       labels: training labels [n] or [n, d] (d <= 3), finite.
-      lam: exponent lambda >= 0; 0 gives all ones.
+      lam: exponent lambda in [0, 100] (``MAX_LAM``); 0 gives all ones.
       bandwidth: KDE bandwidth, rule name or positive float (``kde.bandwidth``).
       method: "binned" or "exact" density (``kde.gaussian_kde``).
       max_weight: optional cap M >= 1. The cap is applied as the fixed point of
@@ -161,7 +165,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
       Weights [n], finite, > 0, mean 1; non-increasing in the density.
 
     Raises:
-      ValueError: bad labels (empty, NaN/inf, d > 3), lam < 0, max_weight <= 0
+      ValueError: bad labels (empty, NaN/inf, d > 3), lam outside [0, 100], max_weight <= 0
         or < 1, floor outside (0, 1], or a bad bandwidth/method.
     """
     _check_lam(lam)

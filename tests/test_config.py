@@ -107,6 +107,7 @@ def test_override_without_equals():
     ("corrections.target=y", "corrections.target"),
     ("train.select_on=mae", "train.select_on"),
     ("weighting.lam=inf", "weighting.lam"),
+    ("weighting.lam=1e8", r"weighting.lam: expected a float in \[0, 100\]"),
     ("train.lr=nan", "train.lr"),
     ("data.split=0.8,0.2,0", "data.split"),
     ("regions=[('few', 1.0, 2.0)]", r"regions\[0\]"),

@@ -347,6 +347,8 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
     (lambda: weights.inverse_weights(Y, clip=(1000, 5)), "clip: expected low <= high"),
     (lambda: weights.inverse_weights(Y, clip=5), "clip: expected None or"),
     (lambda: weights.inverse_weights(Y, clip=(0, 0)), "clip.*> 0"),    # all-NaN weights before
+    (lambda: weights.kde_weights(Y, lam=1e8), r"lam: expected 0 <= lam <= 100"),   # mean 2e-4
+    (lambda: weights.fit_weighting("hypuc", Y, lam=101.0), r"lam: expected 0 <= lam <= 100"),
     (lambda: weights.lds_weights(Y, clip=(None, 0.0)), "clip.*> 0"),
     (lambda: weights.lds_weights(Y, ks=4), "ks"),
     (lambda: weights.lds_weights(Y, kernel="box"), "kernel"),
