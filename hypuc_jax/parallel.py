@@ -155,10 +155,22 @@ class Placement:
     return jax.sharding.SingleDeviceSharding(self.devices[0])
 
   def host_layout(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Under "pmap" reshapes the leading axis to [local devices, batch/devices]."""
-    if self.mode != "pmap":
+    """Under "pmap" reshapes the leading axis to [local devices, batch/devices].
+
+    Raises:
+      ValueError: under "sharding" or "pmap", a leading (batch) axis that is
+        not a multiple of this process's device count.
+    """
+    if self.mode == "none":
       return batch
     n = len(self.local_devices)
+    for x in jax.tree.leaves(batch):
+      if np.ndim(x) == 0 or np.shape(x)[0] % n:
+        raise ValueError(f"batch: parallel mode {self.mode!r} splits the leading (batch) axis "
+                         f"over {n} local devices; expected a multiple of {n}, got shape "
+                         f"{np.shape(x)}")
+    if self.mode != "pmap":
+      return batch
     return jax.tree.map(lambda x: np.reshape(x, (n, -1) + x.shape[1:]), batch)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

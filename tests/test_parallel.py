@@ -193,6 +193,22 @@ def test_placement_rejects_unknown_mode():
     parallel.Placement("data_parallel")
 
 
+@pytest.mark.parametrize("mode", ["sharding", "pmap"])
+def test_a_batch_that_does_not_split_over_the_devices_is_named(mode):
+  """A batch of 12 on 8 devices raised jax's IndivisibleError (sharding) or a
+  numpy reshape error (pmap); a hand-built step now hears what to change."""
+  n = len(jax.local_devices())
+  placement = parallel.Placement(mode)
+  batch = {"x": np.zeros((n + 4, 3), np.float32), "w": np.ones(n + 4, np.float32)}
+  with pytest.raises(ValueError, match=rf"batch: parallel mode '{mode}' splits the leading "
+                                       rf"\(batch\) axis over {n} local devices; expected a "
+                                       rf"multiple of {n}, got shape \({n + 4}"):
+    placement.put_batch(batch)
+  good = placement.put_batch({k: v[:n] for k, v in batch.items()})
+  assert good["x"].size == n * 3
+  assert parallel.Placement("none").put_batch(batch)["x"].shape == (n + 4, 3)
+
+
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_pmap_devices_draw_their_own_dropout_masks(n_devices, dropout):
