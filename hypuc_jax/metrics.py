@@ -198,7 +198,7 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
                                      sigma_required=False)
     if not is_real(specificity) or not 0.0 < specificity < 1.0:
         raise ValueError(f"specificity: expected a value in (0, 1), got {specificity!r}")
-    pct = repr(round(float(specificity) * 100, 10))      # 0.9 -> "90", 0.999 -> "99.9"
+    pct = repr(round(float(specificity) * 100, 5))       # 0.9 -> "90", 0.999 -> "99.9"
     key = f"sensitivity_at_{pct.removesuffix('.0')}_specificity"
     pos = yb == 1
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())

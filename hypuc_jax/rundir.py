@@ -267,8 +267,10 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
 
 def _check_weighting_keys(scheme: str, overrides: Sequence[str]) -> None:
     """Refuses ``--set weighting.<field>`` that ``scheme`` would ignore (scheme
-    "none" ignores every one: ``hypuc run`` gives its baseline the same keys)."""
-    if scheme == "none":
+    "none" ignores every one: ``hypuc run`` gives its baseline the same keys).
+    An experiment JSON's own overrides are not checked: one file serves every
+    variant of an ablation."""
+    if scheme not in config_lib.WEIGHTING_FIELDS:        # "none", or unknown: validate names it
         return
     used = config_lib.WEIGHTING_FIELDS[scheme] + ("bins",)   # bins: also the shot regions'
     for item in overrides:

@@ -189,7 +189,8 @@ def _named_regions(cfg: config_lib.Config, task) -> dict[str, tuple[float, float
         if name in regions:
             low, high = regions[name]
             raise ValueError(f"regions: {name!r} is already a region of the {task.name!r} task "
-                             f"([{low:g}, {high:g})); give --region another name")
+                             f"([{low:g}, {high:g})); name the extra region (--region or the "
+                             f"config's regions) differently")
         regions[name] = (lo, hi)
     return regions
 

@@ -238,6 +238,7 @@ def test_the_sensitivity_key_names_the_specificity_it_was_computed_at(specificit
     yb = np.r_[np.zeros(1000, bool), np.ones(10, bool)]
     score = np.r_[rng.random(1000), np.full(10, 0.9995)]
     got = metrics.decision_metrics(yb, score, specificity=specificity)
+    assert set(metrics.decision_metrics(yb, score, specificity=np.float32(specificity))) == set(got)
     fpr, tpr, _ = roc_curve(yb, score, drop_intermediate=False)
     assert set(got) == {"n", "n_positive", "auroc", "auprc", f"sensitivity_at_{pct}_specificity"}
     want = tpr[fpr <= 1 - specificity + 1e-12].max()

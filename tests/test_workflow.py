@@ -185,6 +185,11 @@ def test_a_weighting_key_the_scheme_ignores_is_refused(scheme, key, users):
         workflow.make_config("tiny", weighting=scheme, overrides=[key])
 
 
+def test_an_unknown_scheme_is_named_by_validation_not_a_key_error():
+    with pytest.raises(ValueError, match=r"weighting.scheme: expected one of \("):
+        config_lib.validate(workflow.make_config("tiny", overrides=["weighting.scheme=hypc"]))
+
+
 @pytest.mark.parametrize("scheme, key", [
     ("none", "weighting.max_weight=3.0"),        # `hypuc run` gives its baseline the same keys
     ("hypuc", "weighting.bins=50"), ("lds", "weighting.bins=50"),   # bins: the shot regions
@@ -307,7 +312,9 @@ def test_a_stored_config_whose_region_shadows_the_task_is_refused(rundir):
     workflow.write_json(rundir / workflow.CONFIG, cfg.to_dict())
     workflow.calibrate_stage(rundir, "hyperfine")
     workflow.correct_stage(rundir)
-    with pytest.raises(ValueError, match="regions: 'hypokalemia' is already a region"):
+    with pytest.raises(ValueError, match="regions: 'hypokalemia' is already a region of the "
+                       r"'potassium' task \(\[-inf, 3.5\)\); name the extra region \(--region "
+                       r"or the config's regions\) differently"):
         workflow.evaluate_stage(rundir, "test")
     assert not (rundir / workflow.EVAL).exists()
 
