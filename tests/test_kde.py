@@ -334,3 +334,23 @@ def test_half_precision_labels_are_computed_in_float32(method):
     got = kde.gaussian_kde(y, y[:7], method=method)
     ref = stats.gaussian_kde(y.astype(np.float64), bw_method=1.06 * 300 ** -0.2)
     np.testing.assert_allclose(np.asarray(got), ref(y[:7].astype(np.float64)), rtol=2e-3)
+
+
+def test_a_capped_coarse_3d_grid_warns_that_it_misses_1e_3():
+  """2000 Gaussian 3-D labels span ~38 bandwidths: the 2**22-node cap leaves a
+  step of ~h/4 and the binned density is ~4e-3 off the exact sum (reference: a
+  numpy product-kernel sum with the same diagonal bandwidth). It must say so;
+  1-D labels at the default grid (step <= h/16) stay quiet."""
+  import warnings
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2000, 3))
+  h = np.asarray(kde.bandwidth(x), np.float64)
+  z = (x[:, None, :] - x[None, :, :]) / h
+  want = np.exp(-0.5 * (z ** 2).sum(-1)).mean(1) / ((2 * np.pi) ** 1.5 * h.prod())
+  with pytest.warns(UserWarning, match=r"binned KDE: the labels span .* bandwidths, so the grid "
+                    r"\(at most 4194304 nodes over 3 dimensions\) has a step of 0\.2\d bandwidths"):
+    got = np.asarray(kde.gaussian_kde(x, x), np.float64)
+  assert np.abs(got - want).sum() / want.sum() > 1e-3        # the warning is warranted
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    kde.gaussian_kde(rng.gamma(9.0, 0.47, 20000), np.linspace(2, 8, 7))
