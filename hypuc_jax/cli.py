@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from hypuc_jax import __version__
 from hypuc_jax import config as config_lib
 
 _EPILOG = """Data specs: simulated:potassium[?n=..&rate=..&seed=..], simulated:lvef,
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback on errors instead of one line")
+    parser.add_argument("--version", action="version", version=f"hypuc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 

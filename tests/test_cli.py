@@ -367,6 +367,21 @@ def test_unknown_flag_is_a_usage_error(capsys):
     assert e.value.code == 2
 
 
+def test_version_is_the_installed_distributions(capsys):
+    """`hypuc --version` and `python -m hypuc_jax --version` print the version the
+    package metadata holds (pyproject reads it from hypuc_jax.__version__)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+    want = f"hypuc {importlib.metadata.version('hypuc_jax')}"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == want
+    proc = subprocess.run([sys.executable, "-m", "hypuc_jax", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == want, proc.stderr[-300:]
+
+
 @pytest.mark.parametrize("command", ["run", "train", "calibrate", "correct", "evaluate",
                                      "predict"])
 def test_help_documents_every_flag(command, capsys):
