@@ -15,7 +15,8 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, _remove, load_config, load_npy, load_npz,
-                              load_task, make_config, read_json)
+                              load_task, read_json)
+from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
 from hypuc_jax.workflow import check_trainable, pipeline
 

@@ -26,8 +26,9 @@ from hypuc_jax import config as config_lib
 from hypuc_jax import _interrupt, checkpoints, losses
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, _remove, base_config, load_config, load_npy, load_npz,
-    load_task, make_config, parse_region, read_json, save_npy, save_npz, usable_thresholds, write_json)
+    WorkflowError, _clean, _remove, load_config, load_npy, load_npz, load_task, read_json,
+    save_npy, save_npz, usable_thresholds, write_json)
+from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
     _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits, _named_regions,
     _load_corrector, _predictions, _sigma_or_constant, calibrate_stage, correct_stage,
