@@ -255,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with rundir.locked(dirs, shared=args.command == "predict"):
             _COMMANDS[args.command](args)
+            _interrupt.check()     # a Ctrl-C swallowed by a callback after the last check
     except KeyboardInterrupt:
         print("hypuc: interrupted", file=sys.stderr)
         return 130

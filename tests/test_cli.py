@@ -262,6 +262,24 @@ def test_a_ctrl_c_lost_in_a_callback_still_stops_train_before_it_deletes(trained
     assert not list((tmp_path / "loop" / "checkpoints").glob("[0-9]*"))   # no step taken
 
 
+def test_a_ctrl_c_lost_after_the_last_check_still_exits_130(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    """A SIGINT swallowed by a callback after the command's last check (here: at
+    the end of `evaluate`) used to end with status 0, as if never pressed."""
+    from hypuc_jax import _interrupt
+    monkeypatch.setattr(_interrupt, "_requested", False)   # teardown restores False
+    wd = tmp_path / "copy"
+    shutil.copytree(trained, wd)
+    real = cli._COMMANDS["evaluate"]
+
+    def evaluate_then_lose_a_ctrl_c(args):
+        real(args)
+        _interrupt._requested = True            # the handler ran; its exception was lost
+    monkeypatch.setitem(cli._COMMANDS, "evaluate", evaluate_then_lose_a_ctrl_c)
+    rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd)
+    assert rc == 130 and err.strip().splitlines()[-1] == "hypuc: interrupted"
+
+
 def test_a_ctrl_c_during_start_up_exits_130(tmp_path):
     """A real SIGINT while JAX starts (the console entry point, as `hypuc`):
     exit status 130 and one line, where the interpreter used to crash at
