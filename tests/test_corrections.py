@@ -320,6 +320,30 @@ def test_boosted_at_least_thresholding_mu_with_few_positives():
     assert auc_boost - auc_mu >= 0.5 * (auc_gauss - auc_mu)
 
 
+def test_decision_mixes_log_odds_at_an_intermediate_weight():
+    """At a finite pseudo-count the probability is expit((1 - w) * mean member
+    log-odds + w * Gaussian log-odds), w = n0 / (n0 + m): reimplemented here with
+    scipy's log survival / log CDF and the members' own decision_function (a mix
+    of probabilities instead of log-odds agrees only at w = 0 and 1)."""
+    from scipy import special
+    data = informative_sigma(13, 600)
+    c = corr.fit_corrections(*data, THRESHOLDS, prior_strength=300.0, **FAST)
+    tmu, tsig, _ = informative_sigma(14, 300)
+    x = dec.features(tmu, tsig, c.thresholds, c.z, c.dof)
+    probs = c.predict(tmu, tsig)[1]
+    for name, value, event, log_odds in [
+            ("hyper", 5.5, data[2] > 5.5,
+             stats.norm.logsf(5.5, tmu, tsig) - stats.norm.logcdf(5.5, tmu, tsig)),
+            ("hypo", 3.5, data[2] < 3.5,
+             stats.norm.logcdf(3.5, tmu, tsig) - stats.norm.logsf(3.5, tmu, tsig))]:
+        m = min(event.sum(), event.size - event.sum())
+        w = 300.0 / (300.0 + m)
+        assert 0.1 < w < 0.9 and c.gaussian_weights[name] == pytest.approx(w)
+        boosted = np.mean([clf.decision_function(x) for clf in c.classifiers[name]], axis=0)
+        want = special.expit((1 - w) * boosted + w * log_odds)
+        np.testing.assert_allclose(probs[name], want, rtol=1e-9, atol=1e-12)
+
+
 def test_gaussian_log_odds_and_full_shrinkage_match_scipy():
     mu, sigma = np.array([3.0, 5.0, 6.0, 40.0]), np.array([0.5, 1.0, 0.3, 0.5])
     spec = corr.as_thresholds([("hyper", 5.5, "above")])[0]
