@@ -114,3 +114,87 @@ def test_checks_report_a_miss():
 def test_write_figures_needs_runs(tmp_path):
     with pytest.raises(ValueError, match="runs"):
         report.write_figures([], tmp_path)
+
+
+def _kept_mae(y, mu, sigma, fraction):
+    """MAE after dropping the ``fraction`` largest-entropy (largest sigma) records."""
+    keep = np.argsort(sigma, kind="stable")[:int(round(len(y) * (1 - fraction)))]
+    return float(np.mean(np.abs(y[keep] - mu[keep])))
+
+
+def test_every_other_claim_row_against_an_independent_recomputation(runs):
+    """The overall-MAE allowance, the per-mu-bin coverage, the decision and the
+    flagging rows, each recomputed here and each shown to flip: a 1.05 factor,
+    a 0.02 gap, a >= and a < that are wrong would otherwise pass."""
+    base, meth = runs
+    assert np.array_equal(base.y, meth.y)
+    err_b = base.mu - base.y
+
+    def row(b, m, start, **kw):
+        return next(r for r in report.checks(b, m, **kw) if r["claim"].startswith(start))
+
+    for factor, ok in ((1.04, True), (1.06, False)):       # overall MAE, 5% allowance
+        scaled = dataclasses.replace(meth, mu=base.y + factor * err_b)
+        assert row(base, scaled, "overall MAE")["passed"] is ok
+    # 95% coverage per quantile bin of test mu (10 bins of 40; min_bin 30 admits them)
+    for sig_scale in (1.0, 0.8):
+        m = dataclasses.replace(meth, sigma_cal=meth.sigma_cal * sig_scale)
+        edges = np.quantile(m.mu, np.linspace(0, 1, 11))
+        gaps = []
+        for b in range(10):
+            sel = (m.mu >= edges[b]) & ((m.mu < edges[b + 1]) if b < 9 else (m.mu <= edges[b + 1]))
+            gaps.append(abs(np.mean(np.abs(m.y[sel] - m.mu[sel])
+                                    <= stats.norm.ppf(0.975) * m.sigma_cal[sel]) - 0.95))
+        r = row(base, m, "calibrated 95% coverage within ±2 pp in every", min_bin=30)
+        assert f"worst gap {max(gaps) * 100:.1f} pp over 10 bins" == r["measured"]
+        assert r["passed"] is bool(max(gaps) <= 0.02)
+    assert row(base, dataclasses.replace(meth, sigma_cal=meth.sigma_cal * 0.8),
+               "calibrated 95% coverage within ±2 pp in every", min_bin=30)["passed"] is False
+    # decisions: boosted AUROC >= thresholding mu, straight from eval.json
+    for auroc, ok in ((0.9, True), (0.8, True), (0.7, False)):
+        ev = {**meth.eval, "decisions": {"K>5.5": {"auroc": auroc, "baseline_auroc": 0.8}}}
+        assert row(base, dataclasses.replace(meth, eval=ev), "decision K>5.5")["passed"] is ok
+    # flagging: the 10% largest sigmas (largest Gaussian entropy) dropped
+    r = row(base, meth, "flagging")
+    kept, full = _kept_mae(meth.y, meth.mu, meth.sigma_cal, 0.1), np.mean(np.abs(meth.mu - meth.y))
+    assert r["measured"] == f"{kept:.4f} vs {full:.4f}" and r["passed"] is bool(kept < full)
+    assert r["passed"] is True
+    upside_down = dataclasses.replace(meth, sigma_cal=1.0 / (np.abs(meth.mu - meth.y) + 0.01))
+    assert row(base, upside_down, "flagging")["passed"] is False
+
+
+def _table(text, heading):
+    """{(first cell, second cell): [cells...]} of the markdown table under ``heading``."""
+    lines = text.split(f"## {heading}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def _close(cell, value):
+    if value is None:
+        return cell == "—"
+    return abs(float(cell) - value) <= 5e-4 * abs(value) + 1e-12       # 4 significant digits
+
+
+def test_report_tables_show_the_eval_numbers_of_each_stage(runs):
+    """report.md's overall table shows each stage's overall block; its region
+    table MAE of mu (uncalibrated) and coverage / NLL after calibration, as the
+    report's text says. Read back from the markdown, compared with eval.json."""
+    text = report.render_markdown(runs, {})
+    keys = ("n", "mae", "rmse", "gm", "pearson", "spearman", "nll", "crps", "coverage_68",
+            "coverage_90", "coverage_95", "width_95", "uce", "ence")
+    rows = _table(text, "Overall metrics (eval.json)")
+    assert len(rows) == 6
+    for run_name, stage, *cells in rows:
+        ev = next(r for r in runs if r.name == run_name).eval[stage]["overall"]
+        assert all(_close(c, ev[k]) for c, k in zip(cells, keys)), (run_name, stage)
+    unc, cal = (runs[1].eval[s]["overall"] for s in ("uncalibrated", "calibrated"))
+    assert unc["nll"] != pytest.approx(cal["nll"], rel=1e-3)          # the stages differ
+    regions = _table(text, "Per region")
+    assert {r[0] for r in regions} >= {"low", "normal", "high", "many", "few"}
+    for reg, *cells in regions:
+        for i, run in enumerate(runs):
+            u = run.eval["uncalibrated"]["regions"][reg]
+            c = run.eval["calibrated"]["regions"][reg]
+            got = cells[4 * i:4 * i + 4]
+            want = (u["n"], u["mae"], c.get("coverage_95"), c.get("nll"))
+            assert all(_close(g, w) for g, w in zip(got, want)), (reg, run.name)
