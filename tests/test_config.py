@@ -169,12 +169,14 @@ def test_several_processes_need_data_parallel_training_and_divisible_batches():
   validate(apply_overrides(cfg, ["train.parallel=none"]), n_devices=1)   # one process: fine
 
 
-def test_bmc_trains_in_every_parallel_mode():
+def test_bmc_validates_in_every_parallel_mode():
   # refused under pmap while its step saw only each device's slice; the pmap step now
-  # gathers the global batch (tests/test_parallel.py checks it equals the single device)
+  # gathers the global batch (tests/test_parallel.py checks it equals the single device,
+  # and test_pmap_step_gives_an_in_batch_loss_the_global_batch that it trains)
   cfg = apply_overrides(get_config("tiny"), ["loss.name=bmc"])
   for mode in ("none", "sharding", "pmap"):
-    validate(apply_overrides(cfg, [f"train.parallel={mode}"]), n_devices=8)
+    checked = validate(apply_overrides(cfg, [f"train.parallel={mode}"]), n_devices=8)
+    assert (checked.loss.name, checked.train.parallel) == ("bmc", mode)
 
 
 def test_from_dict_rejects_unknown_keys():
