@@ -101,6 +101,32 @@ def test_predict_writes_every_column(trained, tmp_path, capsys):
     assert r["upper_95"] == pytest.approx(r["mu"] + z * r["sigma_cal"], rel=1e-13, abs=1e-13)
     assert r["entropy"] == pytest.approx(0.5 * np.log(2 * np.pi * np.e * r["sigma_cal"] ** 2),
                                          rel=1e-4, abs=1e-4)
+    # corrected / p_* / flag, rebuilt from the stored sklearn models and the validation
+    # sigmas: mu + mean residual fit; expit of the log-odds mix (scipy for the
+    # Gaussian's); flagged above the 90% quantile of the calibrated validation sigmas
+    from scipy import special
+    from hypuc_jax import corrections, decisions
+    from hypuc_jax.stages import _calibrator, _predictions
+    col = {k: np.array([float(row[k]) for row in rows]) for k in rows[0]}
+    mu, sig = col["mu"], col["sigma_cal"]
+    c = corrections.load_corrector(trained / "corrections")
+    assert c.target == "residual" and np.isinf(c.dof)
+    x = decisions.features(mu, sig, c.thresholds, c.z, c.dof)
+    np.testing.assert_allclose(col["corrected"],
+                               mu + np.mean([m.predict(x) for m in c.regressors], axis=0),
+                               rtol=1e-12, atol=1e-12)
+    assert np.any(col["corrected"] != mu)
+    for t in c.thresholds:
+        log_sf, log_cdf = stats.norm.logsf(t.value, mu, sig), stats.norm.logcdf(t.value, mu, sig)
+        gauss = log_sf - log_cdf if t.direction == "above" else log_cdf - log_sf
+        w = c.gaussian_weights[t.name]
+        boosted = np.mean([m.decision_function(x) for m in c.classifiers[t.name]], axis=0)
+        np.testing.assert_allclose(col[f"p_{t.name}"],
+                                   special.expit((1 - w) * boosted + w * gauss), rtol=1e-9,
+                                   atol=1e-12)
+    val = _predictions(trained, "val")
+    cut = np.quantile(_calibrator(trained)(val["mu"], val["sigma"]), 0.9)
+    np.testing.assert_array_equal(col["flag"], (sig > cut).astype(float))
 
 
 def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
