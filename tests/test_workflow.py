@@ -72,7 +72,7 @@ def test_calibrate_correct_evaluate_schema(rundir):
     p = np.load(rundir / "predictions_test.npz")
     assert unc["mae"] == pytest.approx(np.mean(np.abs(p["y"] - p["mu"])))
     event = p["y"] > 5.5
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
     assert ev["decisions"]["K>5.5"]["baseline_auroc"] == pytest.approx(
         roc_auc_score(event, p["mu"]))
     out = np.load(rundir / "outputs_test.npz")
@@ -84,6 +84,39 @@ def test_calibrate_correct_evaluate_schema(rundir):
     tie_kept = (len(s) - 120) - np.sum(s < cut)
     kept_sum = err[s < cut].sum() + tie_kept / np.sum(s == cut) * err[s == cut].sum()
     assert ev["flagging"]["mae_kept_at"]["0.1"] == pytest.approx(kept_sum / (len(s) - 120))
+    # the corrected block scores the corrected value (not mu) with the calibrated sigma
+    corr_block = ev["corrected"]["overall"]
+    assert np.any(out["corrected"] != p["mu"])
+    assert corr_block["mae"] == pytest.approx(np.mean(np.abs(p["y"] - out["corrected"])))
+    assert corr_block["coverage_95"] == pytest.approx(np.mean(
+        np.abs(p["y"] - out["corrected"]) <= stats.norm.ppf(0.975) * out["sigma_cal"]))
+    assert corr_block["mae"] != pytest.approx(unc["mae"], rel=1e-6)
+    # the gaussian baseline: the calibrated predictive's exceedance probability (scipy)
+    for name, value, fn in (("K>5.5", 5.5, stats.norm.sf), ("K<3.5", 3.5, stats.norm.cdf)):
+        ev_d, pos = ev["decisions"][name], (p["y"] > value if name[1] == ">" else p["y"] < value)
+        score = fn(value, loc=p["mu"], scale=out["sigma_cal"])
+        assert ev_d["gaussian_auroc"] == pytest.approx(roc_auc_score(pos, score))
+        assert ev_d["gaussian_auprc"] == pytest.approx(average_precision_score(pos, score))
+
+
+def test_the_gaussian_decision_baseline_uses_sigma(rundir):
+    """With test sigmas that vary independently of mu, the calibrated predictive's
+    exceedance probability ranks differently from mu: eval.json's gaussian_auroc
+    must be sklearn's AUROC of scipy's probability, not of mu."""
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(5)
+    p = dict(np.load(rundir / "predictions_test.npz"))
+    p["sigma"] = rng.uniform(0.02, 1.0, p["mu"].size)
+    workflow.save_npz(rundir / "predictions_test.npz", **p)
+    workflow.calibrate_stage(rundir, "global")
+    workflow.correct_stage(rundir)
+    ev = workflow.evaluate_stage(rundir, "test")
+    out = np.load(rundir / "outputs_test.npz")
+    pos = p["y"] > 5.5
+    d = ev["decisions"]["K>5.5"]
+    score = stats.norm.sf(5.5, loc=p["mu"], scale=out["sigma_cal"])
+    assert d["gaussian_auroc"] == pytest.approx(roc_auc_score(pos, score))
+    assert abs(d["gaussian_auroc"] - d["baseline_auroc"]) > 1e-3
 
 
 def test_stages_refuse_missing_prerequisites(rundir, tmp_path_factory):
