@@ -44,6 +44,11 @@ def test_runs_tables_and_reuse(tmp_path, capsys):
     for variant in ("none", "hypuc-0.5"):
         maes = [float(r["mae"]) for r in runs if r["variant"] == variant]
         assert len(maes) == 2
+        for r in (r for r in runs if r["variant"] == variant):   # each run's own predictions
+            p = np.load(root / variant / f"seed{r['seed']}" / "predictions_test.npz")
+            assert float(r["mae"]) == pytest.approx(np.mean(np.abs(p["y"] - p["mu"])), rel=1e-6)
+            assert float(r["rmse"]) == pytest.approx(np.sqrt(np.mean((p["y"] - p["mu"]) ** 2)),
+                                                     rel=1e-6)
         assert float(summary[variant]["mae_mean"]) == pytest.approx(np.mean(maes))
         assert float(summary[variant]["mae_sd"]) == pytest.approx(np.std(maes, ddof=1))
     caches = sorted(p.name for p in root.glob("*.npz"))
