@@ -168,17 +168,32 @@ def test_logger_writes_jsonl_and_tensorboard_without_terminal_output(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert lines[0] == {"step": 5, "split": "train", "loss": 1.25, "lr": 1e-3}
   assert lines[1] == {"step": 5, "split": "val", "nll": "nan"}
-  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+  # the event file read back as TFRecords (length, crc, Event proto, crc)
+  import struct
+  from tensorboardX.proto.event_pb2 import Event
+  (name,) = [n for n in os.listdir(tmp_path / "tb") if n.startswith("events.out.tfevents")]
+  data, pos, scalars = (tmp_path / "tb" / name).read_bytes(), 0, {}
+  while pos < len(data):
+    (length,) = struct.unpack("<Q", data[pos:pos + 8])
+    event = Event.FromString(data[pos + 12:pos + 12 + length])
+    pos += 12 + length + 4
+    for v in event.summary.value:
+      scalars[(v.tag, event.step)] = v.simple_value
+  assert scalars[("train/loss", 5)] == 1.25 and scalars[("train/lr", 5)] == pytest.approx(1e-3)
+  assert ("val/nll", 5) not in scalars          # a NaN goes to metrics.jsonl only, as "nan"
 
 
-def test_progress_bar_on_a_terminal(tmp_path):
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+  """4 of 10 steps in 8 s (a stubbed clock): 2 s a step, so 6 steps = 12 s to go,
+  and 12 of the bar's 30 cells filled."""
+  clock = iter([100.0, 108.0])
+  monkeypatch.setattr(train_logging.time, "perf_counter", lambda: next(clock))
   out = io.StringIO()
   logger = train_logging.TrainLogger(str(tmp_path), 10, stream=out, progress=True)
   logger.start(0)
   logger.progress_bar(4, 0.5)
   logger.close()
-  text = out.getvalue()
-  assert "4/10" in text and "ETA" in text and "loss 0.5000" in text
+  assert out.getvalue() == "\r[" + "#" * 12 + "." * 18 + "] 4/10 ETA 0:12 loss 0.5000   \n"
 
 
 def test_optional_defaults_match_a_key_absent_on_the_other_side(tmp_path):
