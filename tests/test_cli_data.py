@@ -215,8 +215,13 @@ def test_retrain_on_changed_data_is_refused_unless_overwrite(tabular, capsys, tm
   assert np.corrcoef(val["y"], val["mu"])[0, 1] > 0 > np.corrcoef(val["y"], old_mu)[0, 1]
   for stale in (workflow.CALIBRATION, workflow.CORRECTIONS, workflow.EVAL):
     assert not (wd / stale).exists()
-  rc, _, err = hypuc(capsys, *argv)            # the same config and data now: resumes
-  assert rc == 0, err
+  for cmd in ("calibrate", "correct", "evaluate"):
+    assert hypuc(capsys, cmd, "--workdir", wd)[0] == 0
+  rc, _, err = hypuc(capsys, *argv)            # the same config and data now: resumes,
+  assert rc == 0, err                          # re-predicts and drops the later stages
+  for stale in (workflow.CALIBRATION, workflow.CORRECTIONS, workflow.EVAL):
+    assert not (wd / stale).exists()
+  assert (wd / workflow.TASK).exists() and (wd / "predictions_val.npz").exists()
 
 
 def test_predict_writes_nothing_into_the_run_and_takes_npz_by_position(tabular, capsys,
