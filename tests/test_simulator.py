@@ -282,7 +282,8 @@ def test_records_do_not_change_under_jax_enable_x64():
 
 
 def test_a_large_chunk_gives_the_same_records():
-    """chunk_size above n is capped (no padding records simulated); records unchanged."""
+    """A chunk_size far above n gives the same records as a tiny one (the cap on the
+    chunk, which spares simulating padding records, is a cost, not checked here)."""
     a = simulate(3, 2, duration=0.5, chunk_size=512)
     b = simulate(3, 2, duration=0.5, chunk_size=2)
     np.testing.assert_array_equal(a[0], b[0])
