@@ -152,15 +152,28 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+_F32_LOSS = 1e-3       # largest float32 rounding accepted, as a fraction of a column's sd
 
 
-def _check_float32_range(path, name, col) -> None:
-    """Raises unless the finite values of float64 ``col`` [n] fit in float32."""
+def _check_float32_range(path, name, col, what: str = "column") -> None:
+    """Raises unless the finite values of float64 ``col`` [n] fit in float32, and
+    float32 keeps them apart: rounding by more than ``_F32_LOSS`` of their
+    spread (a large offset, e.g. 1e9 +- 100 rounds to steps of 64) would
+    silently train and score on other values."""
     over = np.flatnonzero(np.isfinite(col) & (np.abs(col) > _F32_MAX))
     if over.size:
-        raise ValueError(f"{path}: column {name!r}: values exceed the float32 range "
+        raise ValueError(f"{path}: {what} {name!r}: values exceed the float32 range "
                          f"(|value| <= {_F32_MAX:.4g}), first: row {int(over[0])} = "
-                         f"{col[over[0]]:g}; rescale the column (e.g. change its unit)")
+                         f"{col[over[0]]:g}; rescale the {what} (e.g. change its unit)")
+    v = np.asarray(col, np.float64)
+    v = v[np.isfinite(v)]
+    spread = float(np.std(v)) if v.size else 0.0
+    loss = float(np.max(np.abs(v.astype(np.float32) - v))) if v.size else 0.0
+    if spread > 0 and loss > _F32_LOSS * spread:
+        raise ValueError(f"{path}: {what} {name!r}: float32, the precision the model works in, "
+                         f"rounds its values by up to {loss:.3g}, {loss / spread:.1%} of their "
+                         f"spread (sd {spread:.3g}); subtract an offset first (e.g. the "
+                         f"{what} minus {float(np.median(v)):.10g})")
 
 
 def _target_and_split(path, cols, target, split_col, labels_optional=False, named_target=False):
@@ -361,6 +374,8 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{path}: x and y: expected the same length, got {x.shape[0]} and {y.shape[0]}")
     _check_array_float32_range(path, "y", y)
+    if y.dtype == np.float64:                              # labels fit in memory: checked whole
+        _check_float32_range(path, "y", y, what="array")
     if split is not None:
         if split.shape != y.shape:
             raise ValueError(f"{path}: expected split of shape {y.shape}, got {split.shape}")
