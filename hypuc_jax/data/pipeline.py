@@ -30,6 +30,8 @@ from hypuc_jax import _validation as V
 from hypuc_jax.data.readers import SPLIT_NAMES, normalise_split, row_block
 
 _BLOCK = 2048
+# Scaler: a column whose sd is at most this fraction of |mean| (or _TINY) is constant.
+_CONSTANT_REL, _TINY = 1e-12, float(np.finfo(np.float64).tiny)
 
 
 def _check_int(value, name: str, *, minimum: int) -> int:
@@ -152,9 +154,12 @@ class Scaler:
         x_std = np.sqrt(m2 / count)
         yy = np.asarray(y, np.float64)[idx]
         V.check_finite(yy, "y")
-        y_std = float(yy.std())
-        return cls(mean, np.where(x_std > 1e-12, x_std, 1.0), float(yy.mean()),
-                   y_std if y_std > 1e-12 else 1.0)
+        y_std, y_mean = float(yy.std()), float(yy.mean())
+        # constant = a spread at float64 round-off of the values' size, not an absolute
+        # 1e-12: labels or a predictive feature in units of 1e-13 were left unscaled
+        varies = lambda sd, m: sd > _CONSTANT_REL * np.maximum(np.abs(m), _TINY)
+        return cls(mean, np.where(varies(x_std, mean), x_std, 1.0), y_mean,
+                   y_std if varies(y_std, y_mean) else 1.0)
 
     def transform_x(self, x):
         """``(x - x_mean) / x_std`` over the last axis; float32 (numpy or jax in, same out)."""
