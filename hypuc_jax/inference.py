@@ -8,6 +8,7 @@ directory through :mod:`hypuc_jax.workflow` and never writes into it.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -23,10 +24,14 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
 
     Writes a CSV with one row per record, in the data's order: mu, sigma,
     sigma_cal, lower_95, upper_95 (calibrated central 95% interval),
-    corrected, p_<threshold> (boosted decision probabilities), entropy and
+    corrected, p_<threshold> (boosted decision probabilities), entropy,
     flag (entropy in the top 10% of the validation predictions,
-    ``flagging.flag_unreliable``), plus y first when the data hold labels
-    (empty where a label is missing).
+    ``flagging.flag_unreliable``, or out of range) and out_of_range (tabular:
+    a feature beyond the training range by more than its width,
+    :func:`out_of_range`; the network extrapolates there and its sigma does
+    not say so: seen with inputs x1e30, mu -1e30 at the smallest sigma of
+    the file), plus y first when the data hold labels (empty where a label
+    is missing).
 
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
     target column (a ``target=`` it names must exist), and csv features are
@@ -86,12 +91,18 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     corrected, probs = corrector.predict(mu, sigma_cal)
     val = _predictions(workdir, "val")
     flag = flagging.flag_unreliable(sigma_cal, cal(val["mu"], val["sigma"]), 0.1)
+    outside = out_of_range(ds.x, task.feature_range)
+    if outside.any():
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d records have features beyond the training range by more than its "
+            "width; the model extrapolates there (its sigma does not know): flagged, "
+            "out_of_range = 1", spec, int(outside.sum()), outside.size)
     z = central_z(0.95, dof=cal.dof)
     cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu - z * sigma_cal,
             "upper_95": mu + z * sigma_cal, "corrected": corrected,
             **{f"p_{k}": v for k, v in probs.items()},
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
-            "flag": flag.astype(int)}
+            "flag": (flag | outside).astype(int), "out_of_range": outside.astype(int)}
     if np.isfinite(ds.y).any():
         cols = {"y": np.asarray(ds.y, np.float64), **cols}
     tmp = _tmp_in(output, ".csv")
@@ -107,6 +118,19 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
         if os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
+
+
+def out_of_range(x, feature_range) -> np.ndarray:
+    """[n] bool: tabular records [n, f] with a feature beyond the training range
+    ``(min [f], max [f])`` by more than that range's width (a constant training
+    feature: by more than max(|value|, 1)). All False without a range (signals,
+    runs trained before it was recorded)."""
+    if not feature_range:
+        return np.zeros(len(x), bool)
+    lo, hi = (np.asarray(v, np.float64) for v in feature_range)
+    margin = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
+    x = np.asarray(x, np.float64)
+    return np.any((x < lo - margin) | (x > hi + margin), axis=1)
 
 
 def _check_output(output: Path) -> None:

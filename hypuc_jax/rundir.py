@@ -200,6 +200,8 @@ class Task:
     input_shape: tuple[int, ...]
     feature_names: tuple[str, ...] = ()   # tabular: training columns, in order
     rate: float | None = None             # signals: the training records' sampling rate (Hz)
+    # tabular: (min [f], max [f]) of the training rows' features (predict's range check)
+    feature_range: tuple[tuple[float, ...], ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-ready dict (infinite region bounds as null)."""
@@ -217,7 +219,9 @@ class Task:
                    thresholds=tuple((n, float(v), s) for n, v, s in d["thresholds"]),
                    kind=d["kind"], input_shape=tuple(int(v) for v in d["input_shape"]),
                    feature_names=tuple(str(v) for v in d.get("feature_names", ())),
-                   rate=None if d.get("rate") is None else float(d["rate"]))
+                   rate=None if d.get("rate") is None else float(d["rate"]),
+                   feature_range=tuple(tuple(float(v) for v in row)
+                                       for row in d.get("feature_range", ())))
 
 
 def load_task(workdir: str | os.PathLike) -> Task:

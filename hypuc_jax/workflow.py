@@ -175,13 +175,18 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     if losses.head_for_loss(cfg.loss.name) == "point":
         _check_finite_predictions(val["mu"], "mu", str(workdir / "predictions_val.npz"))
         const = float(np.sqrt(np.mean((val["y"] - val["mu"]) ** 2)))
-    save_npy(workdir / TRAIN_LABELS, y[np.sort(np.asarray(parts["train"]))])
+    train_rows = np.sort(np.asarray(parts["train"]))
+    save_npy(workdir / TRAIN_LABELS, y[train_rows])
+    feature_range = ()
+    if ds.kind == "tabular":                    # predict flags rows far outside these
+        x_train = np.asarray(ds.x[train_rows], np.float64)
+        feature_range = (tuple(x_train.min(axis=0).tolist()), tuple(x_train.max(axis=0).tolist()))
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),
                 kind=ds.kind, input_shape=tuple(int(v) for v in np.shape(ds.x)[1:]),
                 feature_names=tuple(ds.feature_names) if _named_columns(cfg.data.spec) else (),
-                rate=None if ds.rate is None else float(ds.rate))
+                rate=None if ds.rate is None else float(ds.rate), feature_range=feature_range)
     write_json(workdir / TASK, dict(task.to_dict(), constant_sigma=const))
     return task
 

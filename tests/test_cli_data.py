@@ -107,6 +107,32 @@ def test_predict_new_unlabeled_data_by_column_name(tabular, capsys):
   assert not (root / "p_zz.csv").exists()
 
 
+def test_predict_flags_records_far_outside_the_training_features(tabular, capsys, caplog):
+  """Features x1e30 gave mu -1e30 at the smallest sigma of the file, unflagged.
+  Rows with a feature beyond the training range by more than its width get
+  out_of_range = 1 and flag = 1 (reference: the training rows' min / max in
+  numpy); rows inside keep their entropy flag and out_of_range = 0."""
+  root, _, wd, (x0, _, split) = tabular
+  lo, hi = x0[split == "train"].min(axis=0), x0[split == "train"].max(axis=0)
+  task = json.loads((wd / workflow.TASK).read_text())
+  np.testing.assert_allclose(task["feature_range"], [lo, hi], rtol=1e-6)
+  x, _, _ = _table(20, 2)
+  x[3, 0] = 1e30
+  x[7, 2] = hi[2] + 1.01 * (hi[2] - lo[2])                    # just beyond one width
+  x[9, 1] = hi[1] + 0.99 * (hi[1] - lo[1])                    # just inside
+  path, out = root / "far.csv", root / "p_far.csv"
+  _write_csv(path, FEATURES, x.tolist())
+  with caplog.at_level("WARNING"):
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{path}",
+                       "--output", out)
+  assert rc == 0, err
+  assert "2 of 20 records have features beyond the training range" in caplog.text
+  rows = _read(out)
+  far = [int(r["out_of_range"]) for r in rows]
+  assert far == [int(i in (3, 7)) for i in range(20)]
+  assert all(int(r["flag"]) == 1 for i, r in enumerate(rows) if far[i])
+
+
 def test_predict_refuses_rows_it_cannot_score(tabular, capsys):
   root, _, wd, _ = tabular
   x, _, _ = _table(10, 2)
@@ -367,7 +393,7 @@ def test_predict_csv_quotes_a_threshold_name_with_a_comma(tmp_path, capsys):
   assert rc == 0, err
   with open(out, newline="") as f:
     header, *rows = list(csv.reader(f))
-  assert "p_k, mmol>4.5" in header and header[-2:] == ["entropy", "flag"]
+  assert "p_k, mmol>4.5" in header and header[-3:] == ["entropy", "flag", "out_of_range"]
   assert all(len(r) == len(header) for r in rows) and len(rows) == 200
   flags = [r[header.index("flag")] for r in rows]
   assert set(flags) <= {"0", "1"}
