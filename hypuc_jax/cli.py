@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Writes one CSV row per record: mu, sigma, calibrated sigma, "
                        "central 95% interval of the calibrated predictive (Gaussian or its "
                        "fitted Student-t tail), corrected value, decision probabilities, entropy, "
-                       "flag (top 10%% entropy of validation, or out of range) and out_of_range "
+                       "flag (top 10% entropy of validation, or out of range) and out_of_range "
                        "(tabular: a feature beyond the training range by more than its width).")
     p.add_argument("--workdir", required=True, type=_path,
                    help="a trained, calibrated, corrected run directory")
