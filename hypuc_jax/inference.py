@@ -129,8 +129,14 @@ def out_of_range(x, feature_range) -> np.ndarray:
         return np.zeros(len(x), bool)
     lo, hi = (np.asarray(v, np.float64) for v in feature_range)
     margin = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
-    x = np.asarray(x, np.float64)
-    return np.any((x < lo - margin) | (x > hi + margin), axis=1)
+    out = np.zeros(len(x), bool)
+    for s in range(0, len(x), _BLOCK):          # a memory map is read a block at a time
+        block = np.asarray(x[s:s + _BLOCK], np.float64)
+        out[s:s + _BLOCK] = np.any((block < lo - margin) | (block > hi + margin), axis=1)
+    return out
+
+
+_BLOCK = 65536   # rows per block of out_of_range
 
 
 def _check_output(output: Path) -> None:

@@ -179,8 +179,10 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     save_npy(workdir / TRAIN_LABELS, y[train_rows])
     feature_range = ()
     if ds.kind == "tabular":                    # predict flags rows far outside these
-        x_train = np.asarray(ds.x[train_rows], np.float64)
-        feature_range = (tuple(x_train.min(axis=0).tolist()), tuple(x_train.max(axis=0).tolist()))
+        blocks = [np.asarray(ds.x[train_rows[s:s + 65536]])
+                  for s in range(0, train_rows.size, 65536)]
+        feature_range = (tuple(float(v) for v in np.min([b.min(axis=0) for b in blocks], 0)),
+                         tuple(float(v) for v in np.max([b.max(axis=0) for b in blocks], 0)))
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),

@@ -133,6 +133,22 @@ def test_predict_flags_records_far_outside_the_training_features(tabular, capsys
   assert all(int(r["flag"]) == 1 for i, r in enumerate(rows) if far[i])
 
 
+def test_out_of_range_in_blocks_equals_the_whole_array_check():
+  """out_of_range reads a memory map a block at a time; on 70000 rows (two
+  blocks) it equals the one-shot numpy comparison written here."""
+  from hypuc_jax.inference import out_of_range
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(70000, 3)).astype(np.float32)
+  x[[5, 65540, 69999], [0, 1, 2]] = [9.0, -9.0, 1e30]
+  lo, hi = np.array([-2.0, -2.0, 3.0]), np.array([2.0, 2.0, 3.0])
+  margin = np.array([4.0, 4.0, 3.0])                    # width; a constant 3: max(|3|, 1)
+  want = np.any((x < lo - margin) | (x > hi + margin), axis=1)
+  got = out_of_range(x, (tuple(lo), tuple(hi)))
+  np.testing.assert_array_equal(got, want)
+  assert got[[5, 65540, 69999]].all()
+  assert not out_of_range(x, ()).any()
+
+
 def test_predict_refuses_rows_it_cannot_score(tabular, capsys):
   root, _, wd, _ = tabular
   x, _, _ = _table(10, 2)

@@ -219,6 +219,31 @@ def test_values_float32_cannot_keep_apart_are_refused(tmp_path):
     np.savez(tmp_path / "ok.npz", x=z.astype(np.float32), y=4.5 + 0.6 * z[:, 1])
     np.testing.assert_array_equal(load(f"npz:{tmp_path / 'ok.npz'}").y,
                                   np.float32(4.5 + 0.6 * z[:, 1]))
+    # npz: int64 labels and float64 tabular features are checked as well
+    np.savez(tmp_path / "int.npz", x=z.astype(np.float32),
+             y=1_000_000_000 + rng.integers(0, 200, 300))
+    with pytest.raises(ValueError, match=r"int.npz: array 'y': float32"):
+        load(f"npz:{tmp_path / 'int.npz'}")
+    np.savez(tmp_path / "bigx.npz", x=np.stack([z[:, 0], 1e9 + 100 * z[:, 1]], 1),
+             y=z[:, 0].astype(np.float32))
+    with pytest.raises(ValueError, match=r"bigx.npz: array 'x\[:, 1\]': float32"):
+        load(f"npz:{tmp_path / 'bigx.npz'}")
+
+
+def test_the_float32_check_spares_predict_batches_and_lone_outliers(tmp_path):
+    """Two records to predict, 1013.25 and 1013.26 (sd 0.005): float32 moves them
+    by 1e-5, 0.2% of that batch's own spread; the model trained on the same
+    rounding, so predict (labels optional) must take them. A training column of
+    4999 x 100.0 and one 100.1 (float32 moves the outlier by 1.5e-6) loads too."""
+    path = write_csv(tmp_path / "p.csv", ["pressure", "age", "k"],
+                     [[1013.25, 50, 4.1], [1013.26, 51, 4.2]])
+    ds = load(f"csv:{path}?target=k", labels_optional=True)
+    np.testing.assert_array_equal(ds.x[:, 0], np.float32([1013.25, 1013.26]))
+    np.savez(tmp_path / "p.npz", x=np.float32([[1.0], [2.0]]), y=np.array([1013.25, 1013.26]))
+    assert load(f"npz:{tmp_path / 'p.npz'}", labels_optional=True).y.shape == (2,)
+    rows = [[float(i), 100.0] for i in range(4999)] + [[4999.0, 100.1]]
+    path = write_csv(tmp_path / "lone.csv", ["a", "t"], rows)
+    assert load(f"csv:{path}?target=t").y[-1] == np.float32(100.1)
 
 
 # ------------------------------------------------------------------------ npz

@@ -98,6 +98,9 @@ def test_scaler_scales_columns_in_tiny_units_and_keeps_constants_at_one():
     np.testing.assert_allclose(np.std(sc.transform_x(x)[:, 0]), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.std(sc.transform_y(y)), 1.0, rtol=1e-9)
     assert Scaler.fit(x, np.full(200, 3.7)).y_std == 1.0       # constant labels: no scaling
+    sub = np.zeros((300, 1), np.float32)
+    sub[-1] = 1e-45                   # a float32 subnormal: its sd rounds to 0 in float32
+    assert Scaler.fit(sub, np.arange(300.0)).x_std.tolist() == [1.0]
 
 
 def test_scaler_tabular_constant_feature_and_bad_input():

@@ -157,7 +157,8 @@ class Scaler:
         y_std, y_mean = float(yy.std()), float(yy.mean())
         # constant = a spread at float64 round-off of the values' size, not an absolute
         # 1e-12: labels or a predictive feature in units of 1e-13 were left unscaled
-        varies = lambda sd, m: sd > _CONSTANT_REL * np.maximum(np.abs(m), _TINY)
+        varies = lambda sd, m: ((sd > _CONSTANT_REL * np.maximum(np.abs(m), _TINY))
+                                & (np.float32(sd) > 0))    # stored as float32: not 0 there
         return cls(mean, np.where(varies(x_std, mean), x_std, 1.0), y_mean,
                    y_std if varies(y_std, y_mean) else 1.0)
 

@@ -152,26 +152,37 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
-_F32_LOSS = 1e-3       # largest float32 rounding accepted, as a fraction of a column's sd
+_F32_LOSS = 1e-2       # largest float32 rounding accepted, as a fraction of a column's sd
 
 
-def _check_float32_range(path, name, col, what: str = "column") -> None:
-    """Raises unless the finite values of float64 ``col`` [n] fit in float32, and
-    float32 keeps them apart: rounding by more than ``_F32_LOSS`` of their
-    spread (a large offset, e.g. 1e9 +- 100 rounds to steps of 64) would
-    silently train and score on other values."""
+def _check_float32_range(path, name, col) -> None:
+    """Raises unless the finite values of float64 ``col`` [n] fit in float32."""
     over = np.flatnonzero(np.isfinite(col) & (np.abs(col) > _F32_MAX))
     if over.size:
-        raise ValueError(f"{path}: {what} {name!r}: values exceed the float32 range "
+        raise ValueError(f"{path}: column {name!r}: values exceed the float32 range "
                          f"(|value| <= {_F32_MAX:.4g}), first: row {int(over[0])} = "
-                         f"{col[over[0]]:g}; rescale the {what} (e.g. change its unit)")
+                         f"{col[over[0]]:g}; rescale the column (e.g. change its unit)")
+
+
+def _exact_in_float32(dtype) -> bool:
+    """Every value of ``dtype`` is a float32 number (float16/32, small integers)."""
+    return dtype in (np.float32, np.float16) or (np.issubdtype(dtype, np.integer)
+                                                 and np.dtype(dtype).itemsize <= 2)
+
+
+def _check_float32_precision(path, name, col, what: str = "column") -> None:
+    """Raises when float32 rounds the finite values of ``col`` [n] by more than
+    ``_F32_LOSS`` of their sd: a large offset (e.g. 1e9 +- 100 rounds to steps
+    of 64) would silently train and score on other values. Training data
+    only: a predict batch has its own, maybe tiny, spread, and the model
+    was trained on the same float32 rounding."""
     v = np.asarray(col, np.float64)
     v = v[np.isfinite(v)]
     spread = float(np.std(v)) if v.size else 0.0
     loss = float(np.max(np.abs(v.astype(np.float32) - v))) if v.size else 0.0
     if spread > 0 and loss > _F32_LOSS * spread:
         raise ValueError(f"{path}: {what} {name!r}: float32, the precision the model works in, "
-                         f"rounds its values by up to {loss:.3g}, {loss / spread:.1%} of their "
+                         f"rounds its values by up to {loss:.3g}, {loss / spread:.3g} of their "
                          f"spread (sd {spread:.3g}); subtract an offset first (e.g. the "
                          f"{what} minus {float(np.median(v)):.10g})")
 
@@ -202,6 +213,8 @@ def _target_and_split(path, cols, target, split_col, labels_optional=False, name
         raise ValueError(f"{path}: target column {target!r} is empty: expected numeric labels, "
                          f"got no value in any of its {len(y)} rows")
     _check_float32_range(path, target, y)
+    if not labels_optional:
+        _check_float32_precision(path, target, y)
     split = None if split_col is None else normalise_split(cols[split_col], f"{path}: column {split_col!r}")
     return y, split
 
@@ -249,6 +262,8 @@ def read_csv_table(path, target, features, split_col, labels_optional=False, nam
             skipped.append(name)
             continue
         _check_float32_range(path, name, col)
+        if not labels_optional:
+            _check_float32_precision(path, name, col)
         names.append(name)
         xs.append(col)
     if skipped:
@@ -374,8 +389,12 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{path}: x and y: expected the same length, got {x.shape[0]} and {y.shape[0]}")
     _check_array_float32_range(path, "y", y)
-    if y.dtype == np.float64:                              # labels fit in memory: checked whole
-        _check_float32_range(path, "y", y, what="array")
+    if not labels_optional:                # training data that float32 would merge
+        if not _exact_in_float32(y.dtype):
+            _check_float32_precision(path, "y", y, what="array")
+        if x.ndim == 2 and not _exact_in_float32(x.dtype):      # tabular, by column
+            for j in range(x.shape[1]):
+                _check_float32_precision(path, f"x[:, {j}]", x[:, j], what="array")
     if split is not None:
         if split.shape != y.shape:
             raise ValueError(f"{path}: expected split of shape {y.shape}, got {split.shape}")
