@@ -43,7 +43,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     the record in the same position.
 
     Floats are written in Python's shortest round-trip form (they read back
-    as the computed float64, at any label magnitude).
+    as the computed float64, at any label magnitude; the labels, read as
+    float32, as the shortest decimal of their float32 value: 4.1 stays 4.1).
 
     Returns:
       The number of rows written.
@@ -104,20 +105,29 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
             "flag": (flag | outside).astype(int), "out_of_range": outside.astype(int)}
     if np.isfinite(ds.y).any():
-        cols = {"y": np.asarray(ds.y, np.float64), **cols}
+        cols = {"y": np.asarray(ds.y, np.float32), **cols}      # as read: float32
     tmp = _tmp_in(output, ".csv")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)            # quotes a threshold name holding a comma
             writer.writerow(cols)
             for row in zip(*cols.values()):
-                writer.writerow(repr(int(v)) if isinstance(v, (np.integer, int))
-                                else repr(float(v)) if np.isfinite(v) else "" for v in row)
+                writer.writerow(_cell(v) for v in row)
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
+
+
+def _cell(v) -> str:
+    """One CSV cell: ints as ints; floats in their shortest round-trip form, a
+    float32 label as its own (4.1, not 4.099999904632568); "" for NaN."""
+    if isinstance(v, (np.integer, int)):
+        return repr(int(v))
+    if not np.isfinite(v):
+        return ""
+    return repr(float(str(v))) if isinstance(v, np.float32) else repr(float(v))
 
 
 def out_of_range(x, feature_range) -> np.ndarray:

@@ -133,6 +133,22 @@ def test_predict_flags_records_far_outside_the_training_features(tabular, capsys
   assert all(int(r["flag"]) == 1 for i, r in enumerate(rows) if far[i])
 
 
+def test_predict_writes_labels_as_given(tabular, capsys):
+  """Labels are read as float32; 4.1 used to come out as 4.099999904632568. Each
+  y cell is now the shortest decimal of its float32 value: the typed label back
+  for labels of <= 7 significant digits, and any label round-trips in float32."""
+  root, _, wd, _ = tabular
+  x, y, _ = _table(6, 3)
+  labels = [4.1, 5.35, 0.00012, 1234567.0, 6.5, float(y[0])]
+  path, out = root / "labels.csv", root / "p_labels.csv"
+  _write_csv(path, [*FEATURES, "target"], [[*r.tolist(), t] for r, t in zip(x, labels)])
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{path}",
+               "--output", out)[0] == 0
+  cells = [r["y"] for r in _read(out)]
+  assert cells[:5] == ["4.1", "5.35", "0.00012", "1234567.0", "6.5"]
+  assert np.float32(float(cells[5])) == np.float32(labels[5])
+
+
 def test_out_of_range_in_blocks_equals_the_whole_array_check():
   """out_of_range reads a memory map a block at a time; on 70000 rows (two
   blocks) it equals the one-shot numpy comparison written here."""
