@@ -155,10 +155,9 @@ class Scaler:
         yy = np.asarray(y, np.float64)[idx]
         V.check_finite(yy, "y")
         y_std, y_mean = float(yy.std()), float(yy.mean())
-        # constant = a spread at float64 round-off of the values' size, not an absolute
-        # 1e-12: labels or a predictive feature in units of 1e-13 were left unscaled
-        varies = lambda sd, m: ((sd > _CONSTANT_REL * np.maximum(np.abs(m), _TINY))
-                                & (np.float32(sd) > 0))    # stored as float32: not 0 there
+        # constant: sd at round-off of the values' size (units of 1e-13 still vary), or 0
+        varies = lambda sd, m: (sd > _CONSTANT_REL * np.maximum(np.abs(m), _TINY)) & (
+            np.float32(sd) > 0)
         return cls(mean, np.where(varies(x_std, mean), x_std, 1.0), y_mean,
                    y_std if varies(y_std, y_mean) else 1.0)
 

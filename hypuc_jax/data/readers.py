@@ -15,6 +15,9 @@ import zipfile
 
 import numpy as np
 
+from hypuc_jax.data._float32 import (_F32_MAX, _check_float32_precision, _check_float32_range,
+                                     _exact_in_float32)
+
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test"}
@@ -149,42 +152,6 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
             except ValueError:
                 return None, i
     return None, 0  # unreachable: astype failed so some value failed above
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
-_F32_LOSS = 1e-2       # largest float32 rounding accepted, as a fraction of a column's sd
-
-
-def _check_float32_range(path, name, col) -> None:
-    """Raises unless the finite values of float64 ``col`` [n] fit in float32."""
-    over = np.flatnonzero(np.isfinite(col) & (np.abs(col) > _F32_MAX))
-    if over.size:
-        raise ValueError(f"{path}: column {name!r}: values exceed the float32 range "
-                         f"(|value| <= {_F32_MAX:.4g}), first: row {int(over[0])} = "
-                         f"{col[over[0]]:g}; rescale the column (e.g. change its unit)")
-
-
-def _exact_in_float32(dtype) -> bool:
-    """Every value of ``dtype`` is a float32 number (float16/32, small integers)."""
-    return dtype in (np.float32, np.float16) or (np.issubdtype(dtype, np.integer)
-                                                 and np.dtype(dtype).itemsize <= 2)
-
-
-def _check_float32_precision(path, name, col, what: str = "column") -> None:
-    """Raises when float32 rounds the finite values of ``col`` [n] by more than
-    ``_F32_LOSS`` of their sd: a large offset (e.g. 1e9 +- 100 rounds to steps
-    of 64) would silently train and score on other values. Training data
-    only: a predict batch has its own, maybe tiny, spread, and the model
-    was trained on the same float32 rounding."""
-    v = np.asarray(col, np.float64)
-    v = v[np.isfinite(v)]
-    spread = float(np.std(v)) if v.size else 0.0
-    loss = float(np.max(np.abs(v.astype(np.float32) - v))) if v.size else 0.0
-    if spread > 0 and loss > _F32_LOSS * spread:
-        raise ValueError(f"{path}: {what} {name!r}: float32, the precision the model works in, "
-                         f"rounds its values by up to {loss:.3g}, {loss / spread:.3g} of their "
-                         f"spread (sd {spread:.3g}); subtract an offset first (e.g. the "
-                         f"{what} minus {float(np.median(v)):.10g})")
 
 
 def _target_and_split(path, cols, target, split_col, labels_optional=False, named_target=False):
