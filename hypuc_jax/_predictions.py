@@ -88,6 +88,18 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
     return mu, sigma, y
 
 
+def standardized_residuals(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray,
+                           sigma_name: str = "sigma") -> np.ndarray:
+    """``(y - mu) / sigma`` [n] of checked float64 vectors; a named error where
+    it overflows (a scale far below its residual), not inf downstream."""
+    with np.errstate(over="ignore"):
+        z = (y - mu) / sigma
+    if not np.all(np.isfinite(z)):
+        raise ValueError(f"{sigma_name}: (y - mu) / {sigma_name} overflows float64; expected "
+                         "scales within float range of the residuals")
+    return z
+
+
 def check_dof(dof: Any, name: str = "dof") -> float:
     """Degrees of freedom of the predictive family: ``inf`` (or None) for the
     Gaussian, else a finite number > 2 (a Student-t with finite variance).

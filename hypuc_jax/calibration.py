@@ -37,7 +37,8 @@ import numpy as np
 
 from hypuc_jax._calibrator import (FORMAT_VERSION, _Calibrator, check_task,  # noqa: F401
                                    float_list, positive_factor, unit_level)
-from hypuc_jax._predictions import central_z, check_dof, check_predictions, dof_to_json
+from hypuc_jax._predictions import (central_z, check_dof, check_predictions, dof_to_json,
+                                    standardized_residuals)
 from hypuc_jax._validation import is_int
 from hypuc_jax.config import CALIBRATION_QUANTILES as QUANTILES
 from hypuc_jax.config import CALIBRATION_TAILS as TAILS
@@ -160,11 +161,7 @@ def fit_global(mu, sigma, y, *, task: str | None = None) -> GlobalCalibrator:
       ValueError: bad inputs, or all residuals zero (no scale to fit).
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
-    with np.errstate(over="ignore"):
-        z = (y - mu) / sigma
-    if not np.all(np.isfinite(z)):
-        raise ValueError("sigma: (y - mu) / sigma overflows float64; expected scales within "
-                         "float range of the residuals")
+    z = standardized_residuals(mu, sigma, y)
     scale = _rms(z) if _squares_unsafe(z) else float(np.sqrt(np.mean(z ** 2)))
     if not scale > 0:
         raise ValueError("y: all residuals y - mu are zero; the global scale is undefined")

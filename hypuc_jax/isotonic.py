@@ -12,7 +12,7 @@ from scipy import special, stats
 from sklearn.isotonic import IsotonicRegression
 
 from hypuc_jax._calibrator import _Calibrator, float_list, unit_level
-from hypuc_jax._predictions import central_z, check_predictions
+from hypuc_jax._predictions import central_z, check_predictions, standardized_residuals
 
 
 def _segment_fraction(z, za, zb) -> np.ndarray:
@@ -213,7 +213,7 @@ def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> 
     """
     mu, sigma, y = check_predictions(mu, sigma, y)
     central_z(xi, "xi")
-    z = np.sort((y - mu) / sigma)
+    z = np.sort(standardized_residuals(mu, sigma, y))
     p_hat = np.searchsorted(z, z, side="right") / z.size
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     iso.fit(z, p_hat)

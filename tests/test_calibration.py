@@ -196,6 +196,8 @@ def test_from_dict_rejects_other_methods(val):
      "xi: expected a coverage"),
     (cal.fit_global, (np.zeros(3), np.full(3, 1e-300), np.r_[1e10, -2.0, 3.0]), {},
      "sigma: \\(y - mu\\) / sigma overflows"),
+    (cal.fit_isotonic, (np.zeros(3), np.full(3, 1e-310), np.r_[1.0, 2.0, 3.0]), {},
+     "sigma: \\(y - mu\\) / sigma overflows"),
 ])
 def test_bad_inputs_raise(fn, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
