@@ -35,6 +35,7 @@ from typing import Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from hypuc_jax._kde_grid import (DEFAULT_GRID_SIZE, MAX_GRID_POINTS, PAD_BANDWIDTHS,  # noqa: F401
@@ -53,14 +54,26 @@ DEFAULT_CHUNK_SIZE = 2048
 # --------------------------------------------------------------------------- #
 # Bandwidth
 # --------------------------------------------------------------------------- #
+#: max |label - mean| within which the rule's sum of squares is safe in float32
+#: (for up to 1e8 labels).
+_SAFE_SQUARE_RANGE = (1e-15, 1e14)
+
+
 @partial(jax.jit, static_argnames=("rule",))
 def _rule_bandwidth(samples: jax.Array, rule: str) -> jax.Array:
     """Rule-of-thumb bandwidth per column. samples [n, d] -> h [d]."""
     n, d = samples.shape
     mean = jnp.mean(samples, axis=0)
-    var = jnp.sum(jnp.square(samples - mean), axis=0) / max(n - 1, 1)
+    dev = samples - mean
+    # Squares of deviations below ~1e-19 underflow float32 (and above ~1e19
+    # overflow): there, sum squares of dev / max|dev| and scale back. Elsewhere
+    # the plain sum, so ordinary labels get the bits they always had.
+    top = lax.stop_gradient(jnp.max(jnp.abs(dev), axis=0))
+    plain = (top > _SAFE_SQUARE_RANGE[0]) & (top < _SAFE_SQUARE_RANGE[1])
+    unit = jnp.where(plain | (top == 0), 1.0, top)
+    var = jnp.sum(jnp.square(dev / unit), axis=0) / max(n - 1, 1)
     positive = var > 0                       # sqrt'(0) is inf: its gradient would be NaN
-    s = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
+    s = jnp.where(positive, unit * jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
     if rule == "scott":
         scale, const = s, 1.06
     else:
@@ -105,7 +118,14 @@ def _resolve_bandwidth(samples2d: jax.Array, rule) -> jax.Array:
         raise ValueError(f"bandwidth: expected a scalar or {d} values (one per label "
                                                                        f"dimension), got shape {tuple(h.shape)}")
     check_positive(h, "bandwidth")
-    return jnp.broadcast_to(jnp.asarray(h, dtype=samples2d.dtype), (d,))
+    with np.errstate(over="ignore"):                 # checked just below
+        h = jnp.broadcast_to(jnp.asarray(h, dtype=samples2d.dtype), (d,))
+    tiny = jnp.finfo(samples2d.dtype).tiny           # smaller ones are flushed to 0 by XLA
+    if is_concrete(h) and not bool(jnp.all(jnp.isfinite(h) & (h >= tiny))):
+        raise ValueError(f"bandwidth: expected values in [{tiny:.3g}, "
+                         f"{jnp.finfo(samples2d.dtype).max:.3g}] (normal {samples2d.dtype} "
+                         f"numbers, the labels' dtype), got {rule!r}")
+    return h
 
 
 def bandwidth(samples, rule: str | float = "scott") -> jax.Array:
@@ -161,20 +181,23 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     # lo + half the span: a mean (or XLA's rewrite of lo / 2 + hi / 2) overflows near 3.4e38
     centre = lax.stop_gradient(lo + 0.5 * (hi - lo))
     samples, points = (samples - centre) / h, (points - centre) / h
-    # Padded samples sit far away (finite, so gradients stay finite): their
-    # kernel underflows to exactly 0; padded points are dropped.
-    far = jnp.max(jnp.abs(points)) + jnp.max(jnp.abs(samples)) + 100.0
-    s = jnp.concatenate([samples, jnp.full((ns * cs - n, d), 1.0, samples.dtype)
-                         * lax.stop_gradient(far)])
+    # Padded samples repeat the first one (finite, so gradients stay finite)
+    # and carry weight 0: a position "far away" would, at points ~2^31
+    # bandwidths out, round onto the point in float32 and count. Padded points
+    # are dropped.
+    pad = ns * cs - n
+    s = jnp.concatenate([samples, jnp.broadcast_to(lax.stop_gradient(samples[:1]), (pad, d))])
+    live = jnp.concatenate([jnp.ones((n,), s.dtype), jnp.zeros((pad,), s.dtype)])
     p = jnp.concatenate([points, jnp.zeros((mp * cp - m, d), points.dtype)])
     s_blocks, p_blocks = s.reshape(ns, cs, d), p.reshape(mp, cp, d)
 
     def point_block(pb):
-        def body(acc, sb):
+        def body(acc, block):
+            sb, lb = block
             # Per-dimension [cp, cs] tiles: a [cp, cs, d] difference tile is far slower.
             sq = sum(jnp.square(pb[:, k, None] - sb[None, :, k]) for k in range(d))
-            return acc + jnp.sum(jnp.exp(-0.5 * sq), axis=1), None
-        acc, _ = lax.scan(body, jnp.zeros((cp,), s.dtype), s_blocks)
+            return acc + jnp.sum(jnp.exp(-0.5 * sq) * lb, axis=1), None
+        acc, _ = lax.scan(body, jnp.zeros((cp,), s.dtype), (s_blocks, live.reshape(ns, cs)))
         return acc
 
     total = lax.map(point_block, p_blocks).reshape(-1)[:m]
@@ -218,6 +241,7 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
+    _check_range(x, h, padded=True)
     shape = fitted_grid_shape(x, h, grid_size, stacklevel=3)
     if method == "binned":
         return binned_grid(x, h, shape)
@@ -240,7 +264,9 @@ def grid_size_for(samples, bandwidth: str | float = "scott") -> tuple[int, ...]:
         bandwidth: rule name or positive float(s), as in ``gaussian_kde``.
 
     Returns:
-        d node counts per dimension (each a power of two or the default).
+        d node counts per dimension: the default, or enlarged to a power of
+        two; where the powers of two would pass ``MAX_GRID_POINTS`` nodes (3-D
+        labels, mostly), the counts the node cap allows, whatever they are.
 
     Raises:
         ValueError: traced samples, or the checks of ``gaussian_kde``
@@ -267,10 +293,12 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
             is 0 beyond ``PAD_BANDWIDTHS`` bandwidths outside the samples' range,
             where the true density is below exp(-8) of a single kernel's peak / n)
             or "exact" (tiled direct sum). Both are differentiable in the
-            samples, the points and the bandwidth, but the binned derivative in
-            the bandwidth is that of the binned approximation, whose grid moves
-            with h: about 1e-3 to 2e-2 off the true KDE's (values: ~1e-5). Use
-            "exact" to differentiate in the bandwidth (e.g. to tune it).
+            samples, the points and the bandwidth, but the binned derivatives
+            are those of the binned approximation, whose grid moves with the
+            samples and h: in the bandwidth about 1e-3 to 2e-2 off the true
+            KDE's, in the samples up to ~3e-2 (relative L2 ~5e-3), in the
+            points ~1e-3 (values: ~1e-5). Use "exact" for accurate derivatives
+            (e.g. to tune the bandwidth).
         grid_size: binned grid points per dimension; default 4096 (d=1),
             512 (d=2), 128 (d=3), enlarged for concrete inputs until the step
             is at most h / STEPS_PER_BANDWIDTH (at most MAX_GRID_POINTS
@@ -298,12 +326,26 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
     return _density(x, p, bandwidth, method, grid_size, chunk_size)
 
 
+def _check_range(x: jax.Array, h: jax.Array, padded: bool) -> None:
+    """Refuses (concrete) labels [n, d] whose range, with the binned grid's
+    padding of PAD_BANDWIDTHS bandwidths h [d] if ``padded``, overflows their dtype."""
+    if not (is_concrete(x) and is_concrete(h)):
+        return
+    lo, hi = jnp.min(x, axis=0), jnp.max(x, axis=0)
+    pad = PAD_BANDWIDTHS * h if padded else jnp.zeros_like(h)
+    if not bool(jnp.all(jnp.isfinite(hi - lo) & jnp.isfinite(lo - pad) & jnp.isfinite(hi + pad))):
+        grid = f" padded by {PAD_BANDWIDTHS:g} bandwidths (the binned grid)" if padded else ""
+        raise ValueError(f"samples: the labels' range{grid} overflows {x.dtype}; rescale the "
+                         "labels (e.g. standardise)")
+
+
 def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
              chunk_size: int) -> jax.Array:
     """gaussian_kde for validated samples [n, d] and points [m, d]; checks the options."""
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
+    _check_range(x, h, padded=method == "binned")
     if method == "exact":
         grid_shape(x.shape[1], grid_size)                       # still checked
         return _exact_density(x, p, h, chunk_size)

@@ -162,7 +162,10 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
       chunk_size: exact-method tile size.
 
     Returns:
-      Weights [n], finite, > 0, mean 1; non-increasing in the density.
+      Weights [n], finite, >= 0, mean 1; non-increasing in the density. They
+      are > 0 unless rho^-lam spans more than the float range: weights below
+      ~1e-38 of the largest (float32) underflow to 0, e.g. most of a normal
+      sample's at lam >= 20, far above useful values (0 to 1).
 
     Raises:
       ValueError: bad labels (empty, NaN/inf, d > 3), lam outside [0, 100], max_weight <= 0
@@ -172,10 +175,23 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
     _check_max_weight(max_weight)
     _check_floor(floor)
     x = kde._as_samples(labels, "labels")
-    rho = kde._density(x, x, bandwidth, method, grid_size, chunk_size)
+    rho = _checked(kde._density(x, x, bandwidth, method, grid_size, chunk_size))
     cap = jnp.inf if max_weight is None else max_weight
     w, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
     return w
+
+
+def _checked(rho: jax.Array) -> jax.Array:
+    """Densities at (or around) the labels, checked when concrete: every one
+    finite and some > 0. The weights do not depend on the labels' units, but
+    float32 densities do: 3-D labels at scale ~1e-10 overflow the binned FFT,
+    and at ~1e13 every density underflows to 0 (NaN weights). Under jit the
+    check cannot run."""
+    if is_concrete(rho) and not (bool(jnp.all(jnp.isfinite(rho))) and float(jnp.max(rho)) > 0):
+        raise ValueError("labels: their kernel density over- or underflows "
+                         f"{jnp.asarray(rho).dtype} at this label scale; rescale the labels "
+                         "(e.g. standardise them), which leaves the weights unchanged")
+    return rho
 
 
 # --------------------------------------------------------------------------- #
@@ -230,7 +246,7 @@ def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
     y = _labels_1d(labels)
     check_positive(alpha, "alpha", strict=False)
     check_positive(eps, "eps")
-    rho = kde._density(y[:, None], y[:, None], bandwidth, method, grid_size, chunk_size)
+    rho = _checked(kde._density(y[:, None], y[:, None], bandwidth, method, grid_size, chunk_size))
     return _dense_from_density(rho, alpha, eps)[0]
 
 
@@ -353,7 +369,7 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
     kde_opts = {k: options.pop(k) for k in kde_keys if k in options}
     lo, step, dens = kde.density_grid(y, **kde_opts)
     lo, step = lo[0], step[0]
-    rho = kde.interpolate_grid(y[:, None], lo[None], step[None], dens)
+    rho = _checked(kde.interpolate_grid(y[:, None], lo[None], step[None], _checked(dens)))
     if scheme == "hypuc":
         _reject_options(scheme, options, ("lam", "max_weight", "floor"))
         lam, max_weight = options.get("lam", 0.5), options.get("max_weight")

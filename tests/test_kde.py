@@ -120,6 +120,50 @@ def test_exact_density_near_the_float32_maximum_is_finite():
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n, chunk", [(3000, 2048), (5, 2)])
+def test_exact_density_far_from_the_labels_is_zero(n, chunk):
+    # padding samples used to sit at max|point| + 100 bandwidths: at points ~2^31
+    # bandwidths out float32 rounded them onto the point, each adding a full kernel
+    y = np.random.default_rng(0).normal(size=n).astype(np.float32)
+    far = np.array([1e9, -3e9, 1e38], np.float32)
+    ref = scipy.stats.gaussian_kde(y.astype(np.float64))(far.astype(np.float64))
+    got = np.asarray(kde.gaussian_kde(y, far, method="exact", chunk_size=chunk))
+    np.testing.assert_array_equal(ref, 0.0)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("scale", [1e-19, 1e-30, 1e20])
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+def test_bandwidth_of_labels_at_extreme_scales_matches_closed_form(scale, rule):
+    # squares of deviations ~1e-19 underflow float32: the variance came out 0 and the
+    # bandwidth fell back to 1e-3 (weights all 1), 1e15 times too large
+    y = (skewed_labels(2000) * scale).astype(np.float32)
+    np.testing.assert_allclose(kde.bandwidth(y, rule), closed_form(y.astype(np.float64), rule),
+                               rtol=1e-5)
+
+
+def test_labels_spread_over_1e20_match_scipy():
+    # their squared deviations overflow float32: refused before, now scaled first
+    y = np.array([0.0, 1e20, 5.0, -4e19], np.float32)
+    pts = np.array([4.0, 6.0, 9e19], np.float32)
+    h = float(kde.bandwidth(y))
+    y64 = y.astype(np.float64)
+    ref = scipy.stats.gaussian_kde(y64, bw_method=h / np.std(y64, ddof=1))(pts.astype(np.float64))
+    for method in kde.METHODS:
+        np.testing.assert_allclose(kde.gaussian_kde(y, pts, method=method), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bandwidth", [1e-39, 1e-46, 1e39])
+def test_bandwidth_beyond_the_labels_float_range_is_refused(bandwidth):
+    # positive as a Python float, but 0, subnormal (flushed to 0) or inf in float32
+    y = np.array([0.0, 1.0, 2.0], np.float32)
+    for method in kde.METHODS:
+        with pytest.raises(ValueError, match="bandwidth: expected values in"):
+            kde.gaussian_kde(y, y, bandwidth=bandwidth, method=method)
+    with pytest.raises(ValueError, match="bandwidth: expected values in"):
+        weights.kde_weights(y, bandwidth=bandwidth)
+
+
 def test_exact_2d_and_3d_match_scipy_float64():
     for d, n in ((2, 600), (3, 300)):
         x = diagonal_cov_sample(n, d, stds=[1.0, 0.4, 2.0][:d])
@@ -307,7 +351,11 @@ GOOD = np.array([4.0, 4.2, 4.5, 6.0])
     (GOOD, GOOD, {"grid_size": 100.0}, "grid_size"),
     (GOOD, GOOD, {"chunk_size": 0}, "chunk_size"),
     (np.array(["a", "b"]), GOOD, {}, "samples: expected a real numeric array"),
-    (np.array([0.0, 1e20, 5.0], np.float32), GOOD, {}, "samples: the spread .* overflows"),
+    (np.array([-3e38, 0.0, 3e38], np.float32), GOOD, {}, "samples: the labels' range .*overflows"),
+    (np.array([-3e38, 0.0, 3e38], np.float32), GOOD, {"method": "exact"},
+     "samples: the labels' range overflows"),
+    (np.array([0.0, 3e38], np.float32), GOOD, {"bandwidth": 1e38},
+     "samples: the labels' range padded by 4 bandwidths"),
 ])
 def test_bad_input_raises_value_error_naming_argument(samples, points, kwargs, arg):
     with pytest.raises(ValueError, match=arg):

@@ -1,5 +1,6 @@
 """Tests for hypuc_jax.weights against numpy/scipy reimplementations."""
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -339,6 +340,13 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
         weights.kde_weights(labels, **kwargs)
 
 
+def _coarse_3d_grid_ok(fn, *args):
+    """fn(*args) without the (expected) warning of a coarse capped 3-D grid."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="binned KDE: the labels span")
+        return fn(*args)
+
+
 @pytest.mark.parametrize("call, arg", [
     (lambda: weights.inverse_weights(np.array([1.0, np.nan])), "labels"),
     (lambda: weights.inverse_weights(Y, bins=0), "bins"),
@@ -363,6 +371,13 @@ def test_kde_weights_bad_input(labels, kwargs, arg):
     (lambda: weights.fit_weighting("hypuc", Y, alpha=1.0), "options"),
     (lambda: weights.fit_weighting("inverse", np.array([np.inf])), "train_labels"),
     (lambda: weights.fit_weighting("hypuc", Y)(np.array([np.nan])), "y"),
+    # float32 densities of 3-D labels at these scales overflow / underflow (NaN weights)
+    (lambda: _coarse_3d_grid_ok(weights.kde_weights,
+                                np.random.default_rng(0).normal(size=(300, 3)) * 1e-10),
+     "labels: their kernel density over- or underflows"),
+    (lambda: weights.kde_weights(np.random.default_rng(0).normal(size=(300, 3)) * 1e13,
+                                 method="exact"),
+     "labels: their kernel density over- or underflows"),
 ])
 def test_baselines_and_fit_bad_input(call, arg):
     with pytest.raises(ValueError, match=arg):
