@@ -60,7 +60,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     from hypuc_jax._predictions import central_z
 
     workdir, output = Path(workdir), Path(output)
-    _check_output(output)
+    _check_output(output, data_lib.input_files(spec))
     cfg = load_config(workdir)
     task = load_task(workdir)
     meta = read_json(workdir / TASK, "task description")
@@ -149,8 +149,10 @@ def out_of_range(x, feature_range) -> np.ndarray:
 _BLOCK = 65536   # rows per block of out_of_range
 
 
-def _check_output(output: Path) -> None:
-    """``--output`` must name a .csv file (so it can never replace a run file)."""
+def _check_output(output: Path, inputs: tuple[str, ...]) -> None:
+    """``--output`` must name a .csv file (so it can never replace a run file)
+    other than the ``inputs`` it is predicted from (a link at one is replaced,
+    not followed)."""
     if not str(output) or output.suffix.lower() != ".csv":
         raise WorkflowError(f"--output: expected a path ending in .csv, got {str(output)!r}")
     if output.is_dir():
@@ -161,3 +163,8 @@ def _check_output(output: Path) -> None:
                 raise WorkflowError(f"--output: {parent} is a file, not a directory; expected "
                                     "a .csv path in a directory")
             break
+    if output.exists() and not output.is_symlink():
+        for path in inputs:
+            if os.path.exists(path) and os.path.samefile(output, path):
+                raise WorkflowError(f"--output: {output} is the --data input {path}; writing "
+                                    "the predictions there would destroy it, name another file")

@@ -209,6 +209,31 @@ def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
   assert _files(wd) == before
 
 
+def test_predict_refuses_to_overwrite_its_input(tabular, capsys, tmp_path, monkeypatch):
+  """--output naming the --data file (directly, by another spelling, or a wfdb
+  label table) is refused and the input is left as it was; a link at the
+  input is replaced, not followed, so it is allowed."""
+  root, _, wd, _ = tabular
+  x, _, _ = _table(12, 3)
+  data = tmp_path / "in.csv"
+  _write_csv(data, FEATURES, x.tolist())
+  before = data.read_bytes()
+  monkeypatch.chdir(tmp_path)
+  for spec, output in ((f"csv:{data}", data), ("csv:in.csv", "./in.csv"),
+                       (f"csv:{data}", tmp_path / "." / "in.csv"),
+                       (f"wfdb:{tmp_path}?labels={data}", data),
+                       (f"wfdb:{tmp_path}", tmp_path / "labels.csv")):
+    if spec.startswith("wfdb") and not (tmp_path / "labels.csv").exists():
+      (tmp_path / "labels.csv").write_bytes(before)
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", spec, "--output", output)
+    assert "is the --data input" in one_line_error(rc, err), spec
+  assert data.read_bytes() == before == (tmp_path / "labels.csv").read_bytes()
+  (tmp_path / "link.csv").symlink_to(data)
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+               "--output", tmp_path / "link.csv")[0] == 0
+  assert data.read_bytes() == before and not (tmp_path / "link.csv").is_symlink()
+
+
 def test_failed_train_keeps_the_finished_run(tabular, capsys, tmp_path):
   """Unreadable data, an empty split or a model that does not take the records:
   refused before anything in the run directory changes, --overwrite or not."""

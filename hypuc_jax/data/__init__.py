@@ -6,6 +6,7 @@ Public API::
         -> (x [n, time, 12] float32, y [n] float32)
     load(spec) -> Dataset                 # "simulated:potassium?n=2000", "csv:PATH?target=K", ...
     load_for_config(config) -> Dataset
+    parse_spec(spec) -> (kind, arg, options); input_files(spec) -> paths the spec reads
     Dataset(x, y, task, kind, rate, split, feature_names, source)
     TaskInfo(name, target, unit, regions, thresholds), Threshold(name, value, direction)
     split_indices(n, seed, fractions=(0.6, 0.2, 0.2), fixed=None) -> {"train", "val", "test"}
@@ -17,11 +18,13 @@ from hypuc_jax.data.pipeline import Scaler, batch_iterator, prefetch_to_device, 
 from hypuc_jax.data.readers import RowView
 from hypuc_jax.data.sim_labels import effective_labels
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
-from hypuc_jax.data.sources import Dataset, load, load_for_config, parse_spec
+from hypuc_jax.data.sources import Dataset, load, load_for_config
+from hypuc_jax.data.spec import input_files, parse_spec
 from hypuc_jax.data.tasks import PRESETS, Preset, TaskInfo, Threshold, get_preset, get_task
 
 __all__ = [
     "LEAD_NAMES", "PRESETS", "Dataset", "Preset", "RowView", "Scaler", "TaskInfo", "Threshold",
     "batch_iterator", "get_preset", "get_task", "load", "load_for_config", "parse_spec",
+    "input_files",
     "effective_labels", "prefetch_to_device", "simulate", "split_indices",
 ]

@@ -53,25 +53,17 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from hypuc_jax.data import readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
+from hypuc_jax.data.spec import (OPTIONS, flag, floats, option, parse_spec, positive_option,
+                                  wfdb_labels_file)
 from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
 
 log = logging.getLogger(__name__)
-
-_COMMON = ("strict", "task", "above", "below", "cuts", "unit")
-_OPTIONS = {
-    "simulated": ("n", "rate", "seed", "duration"),
-    "csv": ("target", "features", "split"),
-    "npz": ("mmap", "rate", "leads"),
-    "wfdb": ("labels", "record", "target", "split", "rate", "duration"),
-    "diabetes": (),
-}
-
 
 @dataclasses.dataclass
 class Dataset:
@@ -103,71 +95,6 @@ class Dataset:
         return int(self.y.shape[0])
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
-    """Splits ``"KIND[:ARG][?K=V&...]"`` into ``(kind, arg, options)``.
-
-    Raises:
-      ValueError: unknown kind, malformed or repeated option.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"spec: expected a data spec such as 'simulated:potassium', got {spec!r}")
-    head, _, query = spec.strip().partition("?")
-    kind, _, arg = head.partition(":")
-    if kind not in _OPTIONS:
-        raise ValueError(f"spec {spec!r}: expected a kind in {sorted(_OPTIONS)}, got {kind!r}")
-    options: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise ValueError(f"spec {spec!r}: expected option KEY=VALUE, got {item!r}")
-        if key in options:
-            raise ValueError(f"spec {spec!r}: option {key!r} given twice")
-        if key not in _OPTIONS[kind] + _COMMON:
-            raise ValueError(f"spec {spec!r}: unknown option {key!r} for {kind}; expected one of "
-                             f"{sorted(_OPTIONS[kind] + _COMMON)}")
-        options[key] = value
-    if kind in ("csv", "npz", "wfdb") and not arg:
-        raise ValueError(f"spec {spec!r}: expected {kind}:PATH")
-    return kind, arg, options
-
-
-def _opt(options, key, cast: Callable, default, spec):
-    if key not in options:
-        return default
-    try:
-        return cast(options[key])
-    except ValueError as e:
-        raise ValueError(f"spec {spec!r}: option {key}={options[key]!r} is not a valid "
-                         f"{cast.__name__}") from e
-
-
-def _positive(options, key, default, spec):
-    """Option ``key`` as a finite float > 0 (``default`` when absent)."""
-    value = _opt(options, key, float, default, spec)
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"spec {spec!r}: option {key}: expected a finite number > 0, "
-                         f"got {options[key]!r}")
-    return value
-
-
-def _flag(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise ValueError(value)
-
-
-_flag.__name__ = "flag (0/1)"
-
-
-def _floats(value: str) -> list[float]:
-    return [float(v) for v in value.split(",") if v]
-
-
-_floats.__name__ = "comma-separated list of numbers"
-
-
 def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInfo:
     """Task of a loaded source from the common options."""
     regions: dict[str, tuple[float, float]] = {}
@@ -182,7 +109,7 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
         unit = options.get("unit", base.unit)
     base_thresholds = tuple(thresholds)
     for direction, sign in (("above", ">"), ("below", "<")):
-        values = _opt(options, direction, _floats, [], spec)
+        values = option(options, direction, floats, [], spec)
         if direction in options and not values:
             raise ValueError(f"spec {spec!r}: option {direction}: expected one or more numbers, "
                              f"got {options[direction]!r}")
@@ -199,7 +126,7 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
                                      f"thresholds, but {v:g} ({new.name!r}) repeats the threshold "
                                      f"{t.name!r} ({t.direction} {t.value:g}) {source}")
             thresholds.append(new)
-    cuts = _opt(options, "cuts", _floats, None, spec)
+    cuts = option(options, "cuts", floats, None, spec)
     if cuts is not None:
         if not cuts or any(not math.isfinite(c) for c in cuts) or sorted(set(cuts)) != cuts:
             raise ValueError(f"spec {spec!r}: option cuts: expected increasing finite numbers, "
@@ -262,10 +189,10 @@ def _load_simulated(arg, options, spec, labels_optional=False):
         raise ValueError(f"spec {spec!r}: option unit: simulated {preset} labels are in "
                          f"{task.unit} and the simulator does not convert them, got "
                          f"{options['unit']!r}")
-    n = _opt(options, "n", int, 2000, spec)
-    rate = _positive(options, "rate", 100.0, spec)
-    seed = _opt(options, "seed", int, 0, spec)
-    duration = _positive(options, "duration", 10.0, spec)
+    n = option(options, "n", int, 2000, spec)
+    rate = positive_option(options, "rate", 100.0, spec)
+    seed = option(options, "seed", int, 0, spec)
+    duration = positive_option(options, "duration", 10.0, spec)
     if any(k in options for k in ("task", "above", "below", "cuts")):  # checked before simulating
         task = _task(task.name, task.target, dict(options, task=options.get("task", preset),
                                                   unit=task.unit), spec)
@@ -301,9 +228,9 @@ def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
 
 
 def _load_npz(arg, options, spec, labels_optional=False):
-    mmap = _opt(options, "mmap", _flag, True, spec)
-    rate = _positive(options, "rate", None, spec)
-    leads = _opt(options, "leads", int, None, spec)
+    mmap = option(options, "mmap", flag, True, spec)
+    rate = positive_option(options, "rate", None, spec)
+    leads = option(options, "leads", int, None, spec)
     x, y, split = readers.read_npz(arg, mmap=mmap, labels_optional=labels_optional)
     kind = "signal" if x.ndim == 3 else "tabular"
     if leads is not None and (x.ndim != 3 or x.shape[2] != leads):
@@ -316,13 +243,13 @@ def _load_npz(arg, options, spec, labels_optional=False):
 
 
 def _load_wfdb(arg, options, spec, labels_optional=False, named_target=False):
-    rate = _positive(options, "rate", 100.0, spec)
-    duration = _positive(options, "duration", None, spec)
+    rate = positive_option(options, "rate", 100.0, spec)
+    duration = positive_option(options, "duration", None, spec)
     if duration is not None and not (math.isfinite(duration * rate)
                                      and round(duration * rate) >= 1):
         raise ValueError(f"spec {spec!r}: option duration: expected at least one sample, got "
                          f"{duration:g} s at rate {rate:g} Hz")
-    labels = options.get("labels", os.path.join(arg, "labels.csv"))
+    labels = wfdb_labels_file(arg, options)
     x, y, split, target = wfdb_records.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
         split_col=options.get("split"), rate=rate, duration=duration,
@@ -365,8 +292,8 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
     kind, arg, options = parse_spec(spec)
     named = {"named_target": "target" in options} if kind in ("csv", "wfdb") else {}
     options = {**{k: v for k, v in (defaults or {}).items()
-                  if k in _OPTIONS[kind] and v not in (None, "", ())}, **options}
-    strict = _opt(options, "strict", _flag, bool(strict), spec)
+                  if k in OPTIONS[kind] and v not in (None, "", ())}, **options}
+    strict = option(options, "strict", flag, bool(strict), spec)
     ds = _LOADERS[kind](arg, options, spec, labels_optional, **named)
     where = arg if arg else spec
     if labels_optional:
