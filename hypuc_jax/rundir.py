@@ -250,6 +250,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def clear_dir(path: Path) -> None:
+    """Removes everything inside directory ``path`` (if it exists), keeping the
+    directory itself: the command's lock is on it (:func:`locked`)."""
+    if path.is_dir():
+        for entry in path.iterdir():
+            _remove(entry)
+
+
 @contextlib.contextmanager
 def locked(workdirs: Sequence[str | os.PathLike], *, shared: bool = False):
     """Advisory ``flock`` on run directories for the length of one command.

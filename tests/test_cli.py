@@ -527,6 +527,34 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
     assert "gone.csv" in one_line_error(rc, err) and not (tmp_path / "new").exists()
 
 
+def test_interrupted_run_overwrite_leaves_no_old_arm_or_figures(quick_run, tmp_path, capsys,
+                                                                monkeypatch):
+    """`run --overwrite` stopped while training its first arm used to leave the
+    second arm's old, evaluated run (predict used it silently) and the old
+    figures; now both arms and the figures go before training starts, and a
+    plain re-run of the new config finishes the job."""
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    argv = ["run", "--quick", "--workdir", wd, "--set", "train.parallel=none", "--seed", "3",
+            *FAST]
+    real = comparison.pipeline
+
+    def stopped_in_the_first_arm(cfg, workdir, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(comparison, "pipeline", stopped_in_the_first_arm)
+    rc, _, err = hypuc(capsys, *argv, "--overwrite")
+    assert rc == 130
+    assert sorted(p.name for p in wd.iterdir()) == ["baseline", "hypuc"]
+    assert not any(wd.rglob("*.*"))                   # no file left in either arm
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd / "hypuc", "--data", TINY,
+                       "--output", tmp_path / "p.csv")
+    assert "hypuc" in one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
+    monkeypatch.setattr(comparison, "pipeline", real)
+    assert hypuc(capsys, *argv)[0] == 0                # no --overwrite needed now
+    assert (wd / "report.md").exists() and any((wd / "figures").glob("*.png"))
+    assert json.loads((wd / "hypuc" / "config.json").read_text())["train"]["seed"] == 3
+
+
 @pytest.mark.parametrize("override", ["weighting.scheme=inverse", "loss.name=mse"])
 def test_run_refuses_overrides_that_merge_the_two_arms(override, capsys, tmp_path):
     rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "r", "--set",
