@@ -13,7 +13,9 @@ before training with a ``ValueError`` naming the offending key. ``to_dict`` /
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
 import math
 import typing
 from typing import Any
@@ -110,11 +112,65 @@ def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
     if not isinstance(item, str) or "=" not in item:
       raise ValueError(f"overrides: expected 'section.key=value', got {item!r}")
     key, raw = item.split("=", 1)
-    pairs.append((key.strip(), raw.strip()))
+    key, raw = key.strip(), raw.strip()
+    pairs.append((key, parse_regions(raw) if key == "regions" else raw))
   keys = {k for k, _ in pairs}
   if "train.epochs" in keys and "train.steps" not in keys:
     pairs.append(("train.steps", "0"))
   return typed_fields.replace_many(config, pairs)
+
+
+def parse_region(text: str, arg: str = "regions") -> tuple[str, float, float]:
+  """``NAME=LOW:HIGH`` -> (name, low, high); an empty bound is open (+-inf).
+
+  Raises:
+    ValueError: naming ``arg``, for another form or LOW >= HIGH.
+  """
+  name, sep, rng = text.partition("=")
+  lo, sep2, hi = rng.partition(":")
+  try:
+    if not (sep and sep2 and name.strip()):
+      raise ValueError
+    low = float(lo) if lo.strip() else -math.inf
+    high = float(hi) if hi.strip() else math.inf
+  except ValueError:
+    raise ValueError(f"{arg}: expected NAME=LOW:HIGH, got {text!r}") from None
+  if not low < high:
+    raise ValueError(f"{arg}: expected LOW < HIGH, got {text!r}")
+  return name.strip(), low, high
+
+
+def parse_regions(text: str) -> tuple[tuple[str, float, float], ...]:
+  """The value of a ``regions=`` override: ``NAME=LOW:HIGH`` items separated by
+  commas (as ``--region`` takes them), or a list as config.json stores it,
+  ``[["hyper", 5.5, null], ...]`` (None / null: an open bound; "" clears).
+
+  Raises:
+    ValueError: naming ``regions`` and both accepted forms.
+  """
+  forms = ("expected NAME=LOW:HIGH items separated by commas (an empty bound is open) or a "
+           "list [[name, low, high], ...] (null for an open bound)")
+  if not text[:1] or text[0] not in "([":
+    out = []
+    for item in filter(None, (i.strip() for i in text.split(","))):
+      if "=" not in item or ":" not in item:
+        raise ValueError(f"regions: {forms}, got {text!r} (item {item!r})")
+      out.append(parse_region(item, "regions"))
+    return tuple(out)
+  try:
+    items = json.loads(text) if text[:1] == "[" else None
+  except ValueError:
+    items = None
+  if items is None:                             # a Python literal: None, tuples, quotes
+    try:
+      items = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"regions: {forms}, got {text!r}") from None
+  if not (isinstance(items, (list, tuple))
+          and all(isinstance(r, (list, tuple)) and len(r) == 3 for r in items)):
+    raise ValueError(f"regions: {forms}, got {text!r}")
+  return tuple((r[0], -math.inf if r[1] is None else r[1], math.inf if r[2] is None else r[2])
+               for r in items)
 
 
 def _check(cond: bool, key: str, expected: str, got: Any) -> None:

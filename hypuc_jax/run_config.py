@@ -8,26 +8,16 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from hypuc_jax import config as config_lib
 from hypuc_jax.rundir import WorkflowError, read_json
 
 
 def parse_region(text: str) -> tuple[str, float, float]:
-    """Parses ``NAME=LOW:HIGH`` (either bound may be empty for +-inf)."""
-    name, sep, rng = text.partition("=")
-    lo, sep2, hi = rng.partition(":")
+    """Parses ``--region NAME=LOW:HIGH`` (either bound may be empty for +-inf)."""
     try:
-        if not (sep and sep2 and name.strip()):
-            raise ValueError
-        low = float(lo) if lo.strip() else -np.inf
-        high = float(hi) if hi.strip() else np.inf
-    except ValueError:
-        raise WorkflowError(f"--region: expected NAME=LOW:HIGH, got {text!r}") from None
-    if not low < high:
-        raise WorkflowError(f"--region: expected LOW < HIGH, got {text!r}")
-    return name.strip(), low, high
+        return config_lib.parse_region(text, "--region")
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None
 
 
 def base_config(name: str) -> config_lib.Config:

@@ -1,6 +1,7 @@
 """Config: presets, JSON round trip, overrides with coercion, validation errors."""
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -127,6 +128,31 @@ def test_validate_names_the_bad_key(override, key):
     validate(cfg, n_devices=8)
 
 
+@pytest.mark.parametrize("text, want", [
+    ("hyper=5.5:6.5", (("hyper", 5.5, 6.5),)),
+    ("hyper=5.5:, hypo=:3.5", (("hyper", 5.5, math.inf), ("hypo", -math.inf, 3.5))),
+    ('[["hyper", 5.5, null]]', (("hyper", 5.5, math.inf),)),    # as config.json stores it
+    ("[('hyper', None, 3.0)]", (("hyper", -math.inf, 3.0),)),
+    ("[('hyper', 5.5, 'inf')]", (("hyper", 5.5, math.inf),)),
+    ("", ()),
+])
+def test_regions_override_takes_the_region_flag_form_and_the_stored_form(text, want):
+  # `hypuc run` has no --region: --set regions= is its only way to add one
+  assert apply_overrides(get_config("tiny"), [f"regions={text}"]).regions == want
+
+
+@pytest.mark.parametrize("text, match", [
+    ("hi,5,6", r"regions: expected NAME=LOW:HIGH items .* or a list .*\(item 'hi'\)"),
+    ("hi=6:5", "regions: expected LOW < HIGH"),
+    ("hi=a:3", "regions: expected NAME=LOW:HIGH, got 'hi=a:3'"),
+    ("[1, 2]", r"regions: expected NAME=LOW:HIGH items .* or a list \[\[name, low, high\]"),
+    ("[('a', 1.0", r"regions: expected NAME=LOW:HIGH items"),
+])
+def test_regions_override_names_both_forms(text, match):
+  with pytest.raises(ValueError, match=match):
+    apply_overrides(get_config("tiny"), [f"regions={text}"])
+
+
 def test_beta_needs_a_likelihood_loss():
   for name in ("nll", "laplace"):
     validate(apply_overrides(get_config("tiny"), [f"loss.name={name}", "loss.beta=0.5"]))
@@ -217,8 +243,6 @@ def test_corrections_seed_counts_every_member():
 def test_open_region_bounds_round_trip_as_strict_json():
   """+-inf bounds become null (JSON has no Infinity) and come back as +-inf; a file
   written before (with the non-standard Infinity token) still loads."""
-  import math
-
   cfg = dataclasses.replace(get_config("tiny"),
                             regions=(("low", -math.inf, 3.5), ("high", 5.5, math.inf)))
   text = json.dumps(cfg.to_dict(), allow_nan=False)          # raises on NaN / Infinity
