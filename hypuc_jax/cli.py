@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=_path, metavar="FILE.csv",
                    help="CSV file to write (a path ending in .csv)")
     _add_common(p)
+    parser.commands = sub.choices             # name -> subparser: its own usage errors
     return parser
 
 
@@ -245,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       0 on success, 1 on an error (one line on stderr). Usage errors raise
       SystemExit(2) from argparse.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:                                   # the subcommand's usage, not the top level's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     from hypuc_jax import _interrupt, rundir
 
     previous = _interrupt.install()

@@ -389,7 +389,14 @@ def test_unknown_flag_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--workdir", "x", "--data", TINY, "--bogus"])
     assert e.value.code == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err      # the subcommand's usage (hypuc --help lists no flags)
+    assert err == ("hypuc train: error: unrecognized arguments: --bogus "
+                   "(see `hypuc train --help`)\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--quick", "--region", "hi=5:6"])   # a train flag run lacks
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "hypuc run: error: unrecognized arguments: --region hi=5:6")
     for argv, needle in ((["train", "--workdir", "x", "--data", TINY, "--loss", "foo"], "--loss"),
                          (["train", "--workdir", "x", "--data", TINY, "--epochs", "abc"],
                           "--epochs"),
