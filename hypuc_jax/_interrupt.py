@@ -6,14 +6,28 @@ collection callback, and Python only prints "Exception ignored in ...")
 it is lost, and the command would go on, deleting an old run for
 ``--overwrite`` and training to the end. :func:`check` re-raises a
 recorded interrupt; the training loop calls it every step and
-``workflow.train_stage`` before it removes anything.
+``workflow.train_stage`` before it removes anything. While installed, such
+a swallowed KeyboardInterrupt is also not printed (Python's "Exception
+ignored in ..." traceback): it is recorded, so the command still ends
+with one line and status 130.
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 _requested = False
+
+
+def _quiet_unraisable(previous):
+    """An ``sys.unraisablehook`` that drops KeyboardInterrupts (recorded by the
+    handler) and passes everything else to ``previous``."""
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _requested):
+            previous(unraisable)
+    hook.previous = previous
+    return hook
 
 
 def _handler(signum, frame):
@@ -35,6 +49,7 @@ def install():
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         return None                    # an ignored SIGINT (a background job) stays ignored
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     return signal.signal(signal.SIGINT, _handler)
 
 
@@ -45,6 +60,7 @@ def restore(previous) -> None:
     _requested = False
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = getattr(sys.unraisablehook, "previous", sys.unraisablehook)
 
 
 def check() -> None:

@@ -7,6 +7,7 @@ of ``--parallel none / sharding / pmap`` is checked from the CLI itself.
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -361,6 +362,38 @@ def test_a_refused_lock_removes_nothing(tmp_path):
     finally:
         os.close(fd)
     assert busy.is_dir() and (tmp_path / "new").is_dir()
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_prints_no_traceback(monkeypatch):
+    """Python reports an exception it cannot raise (in a __del__ or a gc
+    callback, as JAX's) through sys.unraisablehook: "Exception ignored in
+    ..." and a traceback, which broke the one-line output of an interrupted
+    command. While the handler is installed a recorded Ctrl-C is dropped
+    there; every other exception still reaches the previous hook."""
+    import signal
+    from hypuc_jax import _interrupt
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(_interrupt, "_requested", False)   # teardown restores False
+
+    class Raises:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    previous = _interrupt.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt._handler(signal.SIGINT, None)
+        Raises(KeyboardInterrupt())                         # collected at once: unraisable
+        assert seen == []
+        Raises(ValueError("other"))
+        assert [type(u.exc_value) for u in seen] == [ValueError]
+    finally:
+        _interrupt.restore(previous)
+    assert sys.unraisablehook == seen.append
 
 
 def test_the_sigint_handler_keeps_an_ignored_sigint_and_forgets_interrupts():
