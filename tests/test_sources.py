@@ -282,6 +282,9 @@ def test_labels_optional_loads_unlabelled_csv_and_npz(tmp_path):
     assert np.isnan(ds.y).all()
     with pytest.raises(ValueError, match="expected arrays 'x' and 'y'"):
         load(f"npz:{tmp_path / 'u.npz'}")
+    np.savez(tmp_path / "upper.npz", X=x)          # prediction input: only x is asked for
+    with pytest.raises(ValueError, match=r"upper.npz: expected array 'x', found \['X'\]$"):
+        load(f"npz:{tmp_path / 'upper.npz'}", labels_optional=True)
     x[3, 1] = np.nan
     np.savez(tmp_path / "bad.npz", x=x, y=np.zeros(6))
     with pytest.raises(ValueError, match=r"1 rows with NaN/inf in the inputs \(first: row 3\)"):

@@ -321,10 +321,11 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     try:
         with zipfile.ZipFile(path) as zf:
             members = {i.filename: i for i in zf.infolist()}
-            for name in ("x.npy",) if labels_optional else ("x.npy", "y.npy"):
-                if name not in members:
-                    raise ValueError(f"{path}: expected arrays 'x' and 'y', found "
-                                     f"{sorted(m[:-4] for m in members)}")
+            needed = ("x.npy",) if labels_optional else ("x.npy", "y.npy")
+            if any(name not in members for name in needed):
+                want = " and ".join(f"'{n[:-4]}'" for n in needed)
+                raise ValueError(f"{path}: expected array{'s' * (len(needed) > 1)} {want}, "
+                                 f"found {sorted(m[:-4] for m in members)}")
             if mmap and members["x.npy"].compress_type != zipfile.ZIP_STORED:
                 raise ValueError(f"{path}: 'x' is compressed and cannot be memory mapped; save "
                                  "with np.savez (not np.savez_compressed) or add ?mmap=0 to "
