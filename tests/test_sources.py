@@ -57,6 +57,14 @@ def test_simulated_matches_simulate_and_has_task():
     assert lvef.task.name == "lvef" and {t.direction for t in lvef.task.thresholds} == {"below"}
 
 
+def test_simulated_data_too_large_for_memory_names_the_options():
+    # 1.3 PiB of float32 records: beyond any address space, refused at allocation;
+    # numpy's message named only the array shape
+    with pytest.raises(ValueError, match=r"300 records of 10 s at 1e\+10 Hz x 12 leads do not "
+                                         r"fit in memory; lower n, duration or rate"):
+        load("simulated:potassium?n=300&rate=1e10")
+
+
 # ------------------------------------------------------------------- diabetes
 
 def test_diabetes_is_the_unscaled_sklearn_data_with_optional_task():

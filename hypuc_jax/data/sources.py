@@ -200,6 +200,10 @@ def _load_simulated(arg, options, spec, labels_optional=False):
         x, y = simulate(seed, n, preset=preset, rate=rate, duration=duration)
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
+    except MemoryError:       # numpy's message names a shape, not the options that set it
+        raise ValueError(f"spec {spec!r}: {n} records of {duration:g} s at {rate:g} Hz x "
+                         f"{len(LEAD_NAMES)} leads do not fit in memory; lower n, duration or "
+                         "rate") from None
     return Dataset(x, y, task, "signal", rate, None, LEAD_NAMES, spec)
 
 
