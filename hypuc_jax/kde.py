@@ -173,7 +173,7 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     m = points.shape[0]
     chex.assert_shape([h, points[0]], (d,))
     cs, cp = min(chunk_size, n), min(chunk_size, m)
-    ns, mp = -(-n // cs), -(-m // cp)
+    ns, mp = n // cs, -(-m // cp)            # ns full sample blocks, then the rest
     # Only differences matter: centring first keeps float32 labels far from 0
     # (e.g. 1e6 +- 1) exact to a fraction of a bandwidth (the shift cancels, so
     # it is held constant under differentiation).
@@ -181,24 +181,22 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     # lo + half the span: a mean (or XLA's rewrite of lo / 2 + hi / 2) overflows near 3.4e38
     centre = lax.stop_gradient(lo + 0.5 * (hi - lo))
     samples, points = (samples - centre) / h, (points - centre) / h
-    # Padded samples repeat the first one (finite, so gradients stay finite)
-    # and carry weight 0: a position "far away" would, at points ~2^31
-    # bandwidths out, round onto the point in float32 and count. Padded points
-    # are dropped.
-    pad = ns * cs - n
-    s = jnp.concatenate([samples, jnp.broadcast_to(lax.stop_gradient(samples[:1]), (pad, d))])
-    live = jnp.concatenate([jnp.ones((n,), s.dtype), jnp.zeros((pad,), s.dtype)])
+    # Samples are not padded: the last n - ns * cs form a smaller tile of their
+    # own (a pad placed "far away" would, at points ~2^31 bandwidths out, round
+    # onto the point in float32 and count). Padded points are dropped.
+    s_blocks, rest = samples[:ns * cs].reshape(ns, cs, d), samples[ns * cs:]
     p = jnp.concatenate([points, jnp.zeros((mp * cp - m, d), points.dtype)])
-    s_blocks, p_blocks = s.reshape(ns, cs, d), p.reshape(mp, cp, d)
+    p_blocks = p.reshape(mp, cp, d)
+
+    def kernel_sum(pb, sb):
+        # Per-dimension [cp, cs] tiles: a [cp, cs, d] difference tile is far slower.
+        sq = sum(jnp.square(pb[:, k, None] - sb[None, :, k]) for k in range(d))
+        return jnp.sum(jnp.exp(-0.5 * sq), axis=1)
 
     def point_block(pb):
-        def body(acc, block):
-            sb, lb = block
-            # Per-dimension [cp, cs] tiles: a [cp, cs, d] difference tile is far slower.
-            sq = sum(jnp.square(pb[:, k, None] - sb[None, :, k]) for k in range(d))
-            return acc + jnp.sum(jnp.exp(-0.5 * sq) * lb, axis=1), None
-        acc, _ = lax.scan(body, jnp.zeros((cp,), s.dtype), (s_blocks, live.reshape(ns, cs)))
-        return acc
+        acc, _ = lax.scan(lambda acc, sb: (acc + kernel_sum(pb, sb), None),
+                          jnp.zeros((cp,), samples.dtype), s_blocks)
+        return acc + kernel_sum(pb, rest) if rest.shape[0] else acc
 
     total = lax.map(point_block, p_blocks).reshape(-1)[:m]
     norm = n * (2 * math.pi) ** (d / 2) * jnp.prod(h)

@@ -187,7 +187,8 @@ def _checked(rho: jax.Array) -> jax.Array:
     float32 densities do: 3-D labels at scale ~1e-10 overflow the binned FFT,
     and at ~1e13 every density underflows to 0 (NaN weights). Under jit the
     check cannot run."""
-    if is_concrete(rho) and not (bool(jnp.all(jnp.isfinite(rho))) and float(jnp.max(rho)) > 0):
+    top = float(jnp.max(rho)) if is_concrete(rho) else 1.0     # NaN propagates; rho >= 0
+    if not (math.isfinite(top) and top > 0):
         raise ValueError("labels: their kernel density over- or underflows "
                          f"{jnp.asarray(rho).dtype} at this label scale; rescale the labels "
                          "(e.g. standardise them), which leaves the weights unchanged")
