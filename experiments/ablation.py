@@ -56,6 +56,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import metrics, workflow
+from hypuc_jax._files import remove_path
 
 LAMS = (0.25, 0.5, 0.75, 1.0)
 BASE_VARIANTS = ("none", "inverse", "sqrt_inv", "lds", "denseweight", "bmc")
@@ -151,7 +152,7 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
                                              f"split's evaluation, got split {ev.get('split')!r}")
             return ev
         for name in workflow._EVALUATED:     # a failed re-run must not leave the old result
-            workflow._remove(workdir / name)   # next to the new config
+            remove_path(workdir / name)   # next to the new config
         workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
         workflow.calibrate_stage(workdir)
         workflow.correct_stage(workdir)

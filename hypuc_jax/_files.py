@@ -8,6 +8,7 @@ writer. These helpers give them the mode ``open()`` / ``os.makedirs`` would
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 
@@ -44,3 +45,33 @@ def write_text_atomic(path: str | os.PathLike, text: str, prefix: str = "") -> N
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Removes a file or folder (if present). A link to a folder (e.g. checkpoints
+    kept on another disk) keeps the link and its target folder and loses only
+    what the target holds; a link to a file (or a broken link) is unlinked."""
+    if os.path.islink(path):
+        if os.path.isdir(path):
+            clear_dir(path, follow_links=False)
+        else:
+            os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def clear_dir(path: str | os.PathLike, *, follow_links: bool = True) -> None:
+    """Removes everything inside folder ``path`` (if it exists), keeping the folder
+    itself (a command's lock is on it). An entry that links to a folder keeps
+    its link and target, emptied (``follow_links``; links inside it are
+    unlinked, so a link cycle cannot recurse)."""
+    if os.path.isdir(path):
+        for entry in os.scandir(path):
+            if entry.is_symlink() and entry.is_dir() and follow_links:
+                clear_dir(entry.path, follow_links=False)
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)

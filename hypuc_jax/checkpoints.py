@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -30,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from hypuc_jax._files import write_text_atomic
+from hypuc_jax._files import remove_path, write_text_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 DATA_STAMP_FILE = "data_stamp.json"
@@ -119,7 +118,7 @@ class CheckpointStore:
                                           if not e.startswith(_FINGERPRINT_TMP)]:
       if overwrite:
         if self.is_writer:
-          _clear(self.directory)
+          remove_path(self.directory)
       else:
         stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
         if stored:                       # written inside the fingerprint by an earlier build
@@ -251,19 +250,6 @@ def stored_data_stamp(directory: str) -> str | None:
   if not isinstance(stamp, str):
     raise ValueError(f"{path}: expected a string stamp, got {type(stamp).__name__}")
   return stamp
-
-
-def _clear(directory: str) -> None:
-  """Deletes ``directory``; a symlink (checkpoints kept on another disk) keeps the
-  link and its target folder and loses only what the target holds."""
-  if not os.path.islink(directory):
-    shutil.rmtree(directory)
-    return
-  for entry in os.scandir(directory):
-    if entry.is_dir(follow_symlinks=False):
-      shutil.rmtree(entry.path)
-    else:
-      os.remove(entry.path)
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:

@@ -15,8 +15,9 @@ import numpy as np
 
 from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
-from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, _remove, clear_dir, load_config, load_npy,
-                              load_npz, load_task, read_json)
+from hypuc_jax._files import clear_dir, remove_path
+from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, load_config, load_npy, load_npz, load_task,
+                              read_json)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
 from hypuc_jax.workflow import check_trainable, pipeline
@@ -107,8 +108,8 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
         check_trainable(cfg, workdir / name, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     workdir.mkdir(parents=True, exist_ok=True)
-    _remove(workdir / "report.md")
-    _remove(workdir / "figures")
+    remove_path(workdir / "report.md")
+    remove_path(workdir / "figures")
     if overwrite:   # both arms now: a stop in the first must not leave the second's old run
         for name in cfgs:
             clear_dir(workdir / name)

@@ -21,7 +21,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -241,21 +240,6 @@ def load_task(workdir: str | os.PathLike) -> Task:
 def usable_thresholds(task: Task, y: np.ndarray) -> tuple[tuple[str, float, str], ...]:
     """The task's thresholds whose event has both outcomes among labels ``y``."""
     return tuple(t for t in task.thresholds if has_both_outcomes(y, ThresholdSpec(*t)))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def clear_dir(path: Path) -> None:
-    """Removes everything inside directory ``path`` (if it exists), keeping the
-    directory itself: the command's lock is on it (:func:`locked`)."""
-    if path.is_dir():
-        for entry in path.iterdir():
-            _remove(entry)
 
 
 @contextlib.contextmanager

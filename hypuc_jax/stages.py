@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
-from hypuc_jax._files import temp_dir
+from hypuc_jax._files import remove_path, temp_dir
 from hypuc_jax._predictions import ThresholdSpec, event as threshold_event
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
-                              Task, WorkflowError, _clean, _remove, load_config, load_npy,
+                              WorkflowError, _clean, load_config, load_npy,
                               load_npz, load_task, read_json, save_npz, usable_thresholds,
                               write_json)
 
@@ -79,7 +79,7 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
                                        **kwargs).to_dict()
     # Corrections and evaluation depend on the calibration: drop stale ones first.
     for name in _EVALUATED + (CORRECTIONS,):
-        _remove(workdir / name)
+        remove_path(workdir / name)
     write_json(workdir / CALIBRATION, d)
     return d
 
@@ -149,11 +149,11 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
         min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name,
         target=c.target)
     for name in _EVALUATED:  # scored with the old corrections
-        _remove(workdir / name)
+        remove_path(workdir / name)
     tmp = Path(temp_dir(workdir, prefix=".corrections."))
     try:
         corrector.save(tmp)
-        _remove(workdir / CORRECTIONS)
+        remove_path(workdir / CORRECTIONS)
         os.replace(tmp, workdir / CORRECTIONS)
     finally:
         if tmp.exists():

@@ -24,9 +24,10 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import _interrupt, checkpoints, losses
+from hypuc_jax._files import remove_path
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, _remove, load_config, load_npy, load_npz, load_task, read_json,
+    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json,
     save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
@@ -166,7 +167,7 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     ds = check_trainable(cfg, workdir, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     for name in _DOWNSTREAM:
-        _remove(workdir / name)
+        remove_path(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)
     y = np.asarray(ds.y, dtype=np.float64)
     parts = train_data.split_for(cfg, ds)   # the fixed split column too, as in training

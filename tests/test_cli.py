@@ -595,6 +595,31 @@ def test_interrupted_run_overwrite_leaves_no_old_arm_or_figures(quick_run, tmp_p
     assert json.loads((wd / "hypuc" / "config.json").read_text())["train"]["seed"] == 3
 
 
+def test_run_keeps_symlinked_figures_and_checkpoints_and_empties_them(quick_run, tmp_path,
+                                                                      capsys):
+    """Figures and checkpoints kept on another disk behind links: `run` (and
+    --overwrite) empties the link targets and keeps the links; rmtree on the
+    link failed after emptying part of the run."""
+    wd, far = tmp_path / "main", tmp_path / "far"
+    shutil.copytree(quick_run, wd)
+    far.mkdir()
+    for name, src in (("figures", wd / "figures"), ("ckpt", wd / "hypuc" / "checkpoints")):
+        shutil.move(src, far / name)
+        src.symlink_to(far / name)
+    (far / "figures" / "stale.png").write_bytes(b"old")
+    old_steps = sorted(p.name for p in (far / "ckpt").iterdir() if p.name.isdigit())
+    argv = ["run", "--quick", "--workdir", wd, "--set", "train.parallel=none",
+            "--set", "regions=[['hyper', 5.5, 7.5]]", "--seed", "4", "--overwrite", *FAST]
+    rc, out, err = hypuc(capsys, *argv)
+    assert rc == 0, err
+    assert (wd / "figures").is_symlink() and (wd / "hypuc" / "checkpoints").is_symlink()
+    assert not (far / "figures" / "stale.png").exists()
+    assert any((far / "figures").glob("*.png")) and (wd / "report.md").exists()
+    steps = sorted(p.name for p in (far / "ckpt").iterdir() if p.name.isdigit())
+    assert steps and json.loads((wd / "hypuc" / "config.json").read_text())["train"]["seed"] == 4
+    assert old_steps                                  # there was something to replace
+
+
 @pytest.mark.parametrize("override", ["weighting.scheme=inverse", "loss.name=mse"])
 def test_run_refuses_overrides_that_merge_the_two_arms(override, capsys, tmp_path):
     rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "r", "--set",
