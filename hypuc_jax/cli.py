@@ -248,8 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:                                   # the subcommand's usage, not the top level's
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:    # after the command: its usage (`hypuc --help` lists no command flags)
+        words = list(sys.argv[1:] if argv is None else argv)
+        before = words.index(unknown[0]) < words.index(args.command)
+        (parser if before else parser.commands[args.command]).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     from hypuc_jax import _interrupt, rundir
 
     previous = _interrupt.install()

@@ -430,6 +430,11 @@ def test_unknown_flag_is_a_usage_error(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith(
         "hypuc run: error: unrecognized arguments: --region hi=5:6")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--bogus", "train", "--workdir", "x", "--data", TINY])   # before it: top level
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("hypuc: error: unrecognized arguments: --bogus "
+                                       "(see `hypuc --help`)\n")
     for argv, needle in ((["train", "--workdir", "x", "--data", TINY, "--loss", "foo"], "--loss"),
                          (["train", "--workdir", "x", "--data", TINY, "--epochs", "abc"],
                           "--epochs"),

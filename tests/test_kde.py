@@ -153,6 +153,23 @@ def test_labels_spread_over_1e20_match_scipy():
         np.testing.assert_allclose(kde.gaussian_kde(y, pts, method=method), ref, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scale, match", [
+    (4e-38, "samples: the 'scott' bandwidth of the labels underflows float32"),
+    (1e-30, "samples: the labels are too finely spread for the binned density"),
+])
+def test_labels_too_small_for_float32_are_refused_not_nan(scale, match):
+    # the bandwidth came back 0 (exact: NaN) and the binned sums overflowed (NaN, inf or 0)
+    y = (np.random.default_rng(0).standard_normal(2000) * scale).astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        kde.gaussian_kde(y, np.zeros(1, np.float32))
+    if scale > 1e-37:         # the exact sum still has the density's scale: scipy's value
+        y64 = y.astype(np.float64)
+        ref = scipy.stats.gaussian_kde(y64)
+        got = kde.gaussian_kde(y, np.zeros(1, np.float32), method="exact",
+                               bandwidth=float(ref.factor * np.std(y64, ddof=1)))
+        np.testing.assert_allclose(got, ref(np.zeros(1)), rtol=1e-4)
+
+
 @pytest.mark.parametrize("bandwidth", [1e-39, 1e-46, 1e39])
 def test_bandwidth_beyond_the_labels_float_range_is_refused(bandwidth):
     # positive as a Python float, but 0, subnormal (flushed to 0) or inf in float32

@@ -374,9 +374,14 @@ def _coarse_3d_grid_ok(fn, *args):
     # float32 densities of 3-D labels at these scales overflow / underflow (NaN weights)
     (lambda: _coarse_3d_grid_ok(weights.kde_weights,
                                 np.random.default_rng(0).normal(size=(300, 3)) * 1e-10),
-     "labels: their kernel density over- or underflows"),
+     "samples: the labels are too finely spread for the binned density"),
     (lambda: weights.kde_weights(np.random.default_rng(0).normal(size=(300, 3)) * 1e13,
                                  method="exact"),
+     "labels: their kernel density over- or underflows"),
+    # only some densities underflow: the floor 1e-12 * max rho is flushed to 0 (NaN weights)
+    (lambda: weights.kde_weights(np.random.default_rng(1).normal(size=(500, 2)) * 1e18),
+     "labels: their kernel density over- or underflows"),
+    (lambda: weights.fit_weighting("hypuc", np.random.default_rng(1).normal(size=500) * 1e30),
      "labels: their kernel density over- or underflows"),
 ])
 def test_baselines_and_fit_bad_input(call, arg):
