@@ -319,7 +319,12 @@ def test_a_ctrl_c_during_start_up_exits_130(tmp_path):
         [sys.executable, "-m", "hypuc_jax.cli", "train", "--workdir", str(tmp_path / "w"),
          "--data", TINY, "--preset", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(2.5)
+    # The run directory appears when the command locks it, after its handler is
+    # installed and before JAX is imported. A fixed sleep sometimes landed in
+    # Python's own start-up on a loaded machine (status -2, a traceback).
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "w").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (proc.returncode, err[-500:])
