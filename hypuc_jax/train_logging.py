@@ -5,6 +5,7 @@ only when stdout is a terminal; otherwise nothing is printed per step.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -54,8 +55,7 @@ class TrainLogger:
       if not fresh and os.path.exists(path):
         _truncate_after(path, int(resume_step))
       self._jsonl = open(path, "w" if fresh else "a")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(tb_dir, purge_step=None if fresh else int(resume_step) + 1)
+      self._tb = _ScalarEvents(tb_dir, purge_step=None if fresh else int(resume_step) + 1)
 
   def start(self, step: int) -> None:
     """Marks the wall-clock start at ``step`` (after the first compiled step)."""
@@ -71,7 +71,7 @@ class TrainLogger:
     self._jsonl.flush()
     for key, value in record.items():
       if key not in ("step", "split") and isinstance(value, (int, float)):
-        self._tb.add_scalar(f"{prefix}/{key}", value, int(step))
+        self._tb.scalar(f"{prefix}/{key}", value, int(step))
     self._tb.flush()
 
   def progress_bar(self, step: int, loss: float | None) -> None:
@@ -99,6 +99,45 @@ class TrainLogger:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+_EVENT_FILES = itertools.count()
+
+
+class _ScalarEvents:
+  """TensorBoard scalars written to the event file by the caller, so that
+  ``flush`` puts every logged value in the file. tensorboardX's SummaryWriter
+  queues events to a thread, and a kill -9 right after a checkpoint lost the
+  validation scalars of that step for good (a resume purges and re-logs only
+  later steps). A resume (``purge_step``) tells TensorBoard to drop the
+  events at and after that step from the earlier files, as SummaryWriter's
+  ``purge_step`` does.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    os.makedirs(logdir, exist_ok=True)
+    # the name holds the second it was opened in: the pid and a count give a resumed
+    # process (or a second logger) started in the same second its own file
+    self._writer = EventsWriter(os.path.join(logdir, "events"),
+                                f".{os.getpid()}.{next(_EVENT_FILES)}")
+    self._event = Event
+    if purge_step is not None:
+      self._writer.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+      self._writer.write_event(Event(step=purge_step,
+                                     session_log=SessionLog(status=SessionLog.START)))
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboardX.summary import scalar
+    self._writer.write_event(self._event(wall_time=time.time(), step=int(step),
+                                         summary=scalar(tag, value)))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def throughput(examples: int, seconds: float) -> float:

@@ -168,19 +168,46 @@ def test_logger_writes_jsonl_and_tensorboard_without_terminal_output(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert lines[0] == {"step": 5, "split": "train", "loss": 1.25, "lr": 1e-3}
   assert lines[1] == {"step": 5, "split": "val", "nll": "nan"}
-  # the event file read back as TFRecords (length, crc, Event proto, crc)
-  import struct
-  from tensorboardX.proto.event_pb2 import Event
-  (name,) = [n for n in os.listdir(tmp_path / "tb") if n.startswith("events.out.tfevents")]
-  data, pos, scalars = (tmp_path / "tb" / name).read_bytes(), 0, {}
-  while pos < len(data):
-    (length,) = struct.unpack("<Q", data[pos:pos + 8])
-    event = Event.FromString(data[pos + 12:pos + 12 + length])
-    pos += 12 + length + 4
-    for v in event.summary.value:
-      scalars[(v.tag, event.step)] = v.simple_value
+  scalars, _ = _tb_events(tmp_path / "tb")
   assert scalars[("train/loss", 5)] == 1.25 and scalars[("train/lr", 5)] == pytest.approx(1e-3)
   assert ("val/nll", 5) not in scalars          # a NaN goes to metrics.jsonl only, as "nan"
+
+
+def _tb_events(tb_dir):
+  """({(tag, step): value}, [session-log start steps]) of every event file in
+  ``tb_dir``, read back as TFRecords (length, crc, Event proto, crc)."""
+  import struct
+  from tensorboardX.proto.event_pb2 import Event, SessionLog
+  scalars, starts = {}, []
+  for name in sorted(n for n in os.listdir(tb_dir) if n.startswith("events.out.tfevents")):
+    data, pos = (tb_dir / name).read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        scalars[(v.tag, event.step)] = v.simple_value
+      if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+        starts.append(event.step)
+  return scalars, starts
+
+
+def test_logged_scalars_are_in_the_event_file_before_close(tmp_path):
+  """A kill -9 after a checkpoint does not close the logger: what `log` wrote must
+  already be in the file (tensorboardX's writer thread could still hold it, and
+  a resume re-logs only later steps). A resume marks its purge step."""
+  logger = train_logging.TrainLogger(str(tmp_path), 10, stream=io.StringIO(), fresh=True)
+  logger.log(3, {"loss": 0.5})
+  logger.log(3, {"mae": 0.25}, prefix="val")
+  scalars, starts = _tb_events(tmp_path / "tb")          # not closed: as after a kill -9
+  assert scalars == {("train/loss", 3): 0.5, ("val/mae", 3): 0.25} and starts == []
+  resumed = train_logging.TrainLogger(str(tmp_path), 10, stream=io.StringIO(), resume_step=3)
+  resumed.log(4, {"loss": 0.125})
+  scalars, starts = _tb_events(tmp_path / "tb")
+  assert scalars[("val/mae", 3)] == 0.25 and scalars[("train/loss", 4)] == 0.125
+  assert starts == [4]                                   # TensorBoard drops steps >= 4 before it
+  resumed.close()
+  logger.close()
 
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
