@@ -127,7 +127,7 @@ class CheckpointStore:
         stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
                               for f in (stored, fingerprint))
         if stored_n != wanted_n:
-          diff = _first_difference(stored_n, wanted_n, (stored, fingerprint))
+          diff = first_difference(stored_n, wanted_n, (stored, fingerprint))
           raise ValueError(
               f"workdir: {self.directory} holds checkpoints from a different model or "
               f"config ({diff}); use another workdir or pass overwrite=True "
@@ -270,8 +270,8 @@ def _drop_defaults(fp: Any, defaults: dict) -> Any:
   return out
 
 
-def _first_difference(stored: Any, wanted: Any, raw: tuple | None = None,
-                      prefix: str = "") -> str:
+def first_difference(stored: Any, wanted: Any, raw: tuple | None = None,
+                     prefix: str = "") -> str:
   """Human-readable first key where two (normalised) fingerprints differ.
 
   ``raw``: the un-normalised ``(stored, wanted)``, whose values are shown.
@@ -283,5 +283,5 @@ def _first_difference(stored: Any, wanted: Any, raw: tuple | None = None,
     for key in sorted(set(stored) | set(wanted)):
       if stored.get(key) != wanted.get(key):
         sub = tuple(r.get(key) if isinstance(r, dict) else None for r in raw)
-        return _first_difference(stored.get(key), wanted.get(key), sub, f"{prefix}{key}.")
+        return first_difference(stored.get(key), wanted.get(key), sub, f"{prefix}{key}.")
   return f"{prefix.rstrip('.')}: stored {raw[0]!r}, now {raw[1]!r}"

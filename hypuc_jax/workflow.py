@@ -114,8 +114,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
         except (KeyError, TypeError, ValueError) as e:
             raise WorkflowError(f"{workdir / CONFIG}: not a valid run config ({e}); pass "
                                 "--overwrite to replace the run") from None
-        if train_lib.fingerprint(old) != train_lib.fingerprint(cfg):
-            raise WorkflowError(f"{workdir}: holds a run of a different config; choose another "
+        then, now = train_lib.fingerprint(old), train_lib.fingerprint(cfg)
+        if then != now:
+            raise WorkflowError(f"{workdir}: holds a run of a different config "
+                                f"({checkpoints.first_difference(then, now)}); choose another "
                                 "--workdir or pass --overwrite")
     ds = _dataset(cfg)
     _named_regions(cfg, ds.task)                          # no --region shadows a task region

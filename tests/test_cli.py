@@ -556,6 +556,8 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
     for extra, needle in ((["--set", "bogus.key=1"], "bogus"),
                           (["--preset", "nope"], "--preset"),
                           (["--set", "train.lr=0.5"], "--overwrite"),
+                          # names the key that differs, with both values
+                          (["--set", "train.lr=0.5"], "(train.lr: stored 0.003, now 0.5)"),
                           (["--data", f"csv:{tmp_path / 'gone.csv'}", "--overwrite"],
                            "gone.csv"),
                           # found only by the later stages before: refused up front now
