@@ -172,11 +172,12 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         bad = [i for i, m in enumerate(host) if m["finite"] < 1]
         if bad:
           last = store.latest_step()
+          kept = ("no checkpoint was saved yet" if last is None else
+                  f"last good checkpoint: step {last} in {paths['checkpoints']}")
           raise FloatingPointError(
               f"non-finite loss or gradient at step {step - len(host) + bad[0] + 1} "
               f"(loss {host[bad[0]]['loss']}, grad norm {host[bad[0]]['grad_norm']}); "
-              f"training stopped, last good checkpoint: step {last} in {paths['checkpoints']}"
-              " (try a lower train.lr or train.grad_clip)")
+              f"training stopped, {kept} (try a lower train.lr or train.grad_clip)")
         now = time.perf_counter()
         # loss, grad norm, weight sum: means since the last record; lr: at this step
         last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}

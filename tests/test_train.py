@@ -328,11 +328,16 @@ def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, mon
       yield batch
 
   monkeypatch.setattr(train_data, "train_batches", poisoned)
-  with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 3"):
+  with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 3.*"
+                     "last good checkpoint: step 2 in "):
     train.train_and_evaluate(config, str(tmp_path))
   params, _, step = _params(str(tmp_path), config)
   assert step == 2
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+  first = _npz_config(npz_spec, "train.checkpoint_every=5", "train.log_every=1",
+                      "train.prefetch=0")                  # before the first checkpoint
+  with pytest.raises(FloatingPointError, match="at step 3.*no checkpoint was saved yet"):
+    train.train_and_evaluate(first, str(tmp_path / "first"))
 
 
 def test_model_that_does_not_fit_the_data_is_rejected(tmp_path, npz_spec):
