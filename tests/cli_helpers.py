@@ -1,5 +1,9 @@
 """Shared by the command-line tests: run ``hypuc`` in-process, check its errors."""
 from hypuc_jax import cli
+from hypuc_jax import config as config_lib
+
+TINY = config_lib.get_config("tiny").data.spec      # the tiny preset's data spec
+FAST = ["--set", "corrections.n_estimators=10"]     # fewer boosting rounds
 
 
 def hypuc(capsys, *argv):

@@ -22,3 +22,22 @@ import pytest  # noqa: E402
 def n_devices():
     """Number of (simulated) devices available to the test session."""
     return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """``hypuc run --quick`` (parallel none): baseline + HypUC on the tiny preset, and the
+    report; shared by the command-line tests, which copy it before changing anything."""
+    from cli_helpers import FAST
+    from hypuc_jax import cli
+    wd = tmp_path_factory.mktemp("run") / "main"
+    rc = cli.main(["run", "--quick", "--workdir", str(wd), "--set", "train.parallel=none",
+                   "--set", "regions=[['hyper', 5.5, 7.5]]", *FAST])
+    assert rc == 0
+    return wd
+
+
+@pytest.fixture(scope="session")
+def trained(quick_run):
+    """The HypUC arm of ``quick_run``: a trained, calibrated, corrected run directory."""
+    return quick_run / "hypuc"

@@ -1,0 +1,131 @@
+"""Bad input on the command line: usage errors, missing run directories,
+unreadable data and config values, each one line and a non-zero exit
+(``--debug``: the traceback)."""
+import numpy as np
+import pytest
+
+from cli_helpers import TINY, hypuc, one_line_error
+from hypuc_jax import cli, workflow
+
+
+def test_unknown_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--workdir", "x", "--data", TINY, "--bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err      # the subcommand's usage (hypuc --help lists no flags)
+    assert err == ("hypuc train: error: unrecognized arguments: --bogus "
+                   "(see `hypuc train --help`)\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--quick", "--region", "hi=5:6"])   # a train flag run lacks
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "hypuc run: error: unrecognized arguments: --region hi=5:6")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--bogus", "train", "--workdir", "x", "--data", TINY])   # before it: top level
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("hypuc: error: unrecognized arguments: --bogus "
+                                       "(see `hypuc --help`)\n")
+    for argv, needle in ((["train", "--workdir", "x", "--data", TINY, "--loss", "foo"], "--loss"),
+                         (["train", "--workdir", "x", "--data", TINY, "--epochs", "abc"],
+                          "--epochs"),
+                         (["evaluate", "--workdir", "x", "--split", "train"], "--split"),
+                         (["train", "--workdir", "", "--data", TINY], "--workdir"),
+                         (["predict", "--workdir", "x", "--data", TINY, "--output", ""],
+                          "--output"),
+                         (["run", "--quick", "--preset", "potassium"], "not allowed with")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        line = one_line_error(2, capsys.readouterr().err)    # no usage block
+        assert needle in line and "--help" in line, line
+    with pytest.raises(SystemExit) as e:
+        cli.main(["calibrate", "--workdir", "x", "--method", "magic"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        cli.main(["calibrate", "--workdir", "x", "--tail", "cauchy"])
+    assert e.value.code == 2
+
+
+def test_version_is_the_installed_distributions(capsys):
+    """`hypuc --version` and `python -m hypuc_jax --version` print the version the
+    package metadata holds (pyproject reads it from hypuc_jax.__version__)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+    want = f"hypuc {importlib.metadata.version('hypuc_jax')}"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == want
+    proc = subprocess.run([sys.executable, "-m", "hypuc_jax", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == want, proc.stderr[-300:]
+
+
+@pytest.mark.parametrize("command", ["run", "train", "calibrate", "correct", "evaluate",
+                                     "predict"])
+def test_help_documents_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli._parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize("command", ["calibrate", "correct", "evaluate"])
+def test_commands_need_a_trained_workdir(command, tmp_path, capsys):
+    rc, _, err = hypuc(capsys, command, "--workdir", tmp_path)
+    assert "no trained model" in one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_needs_a_trained_workdir(tmp_path, capsys):
+    rc, _, err = hypuc(capsys, "predict", "--workdir", tmp_path / "w", "--data", TINY,
+                        "--output", tmp_path / "p.csv")
+    assert "no trained model" in one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_data_spec(tmp_path, capsys):
+    wd = tmp_path / "w"
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data",
+                        f"csv:{tmp_path / 'missing.csv'}", "--preset", "tiny")
+    assert "missing.csv" in one_line_error(rc, err)
+    assert not (wd / workflow.TASK).exists() and not (wd / "eval.json").exists()
+
+
+def test_missing_target_column(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    rng = np.random.default_rng(0)
+    rows = ["a,b,y"] + [f"{x:.3f},{z:.3f},{x + z:.3f}" for x, z in rng.normal(size=(60, 2))]
+    data.write_text("\n".join(rows) + "\n")
+    wd = tmp_path / "w"
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", f"csv:{data}",
+                        "--target", "nope", "--preset", "tiny")
+    assert "nope" in one_line_error(rc, err)
+    assert not (wd / workflow.TASK).exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--set", "train.nope=1"], "train.nope"),
+    (["--set", "train.lr=-1"], "train.lr"),
+    (["--region", "hyper"], "--region"),
+    (["--batch-size", "30", "--parallel", "sharding"], "train.batch_size"),
+])
+def test_bad_config_values(tmp_path, capsys, argv, needle):
+    wd = tmp_path / "w"
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
+                        *argv)
+    assert needle in one_line_error(rc, err)
+    assert not wd.exists() or not (wd / workflow.TASK).exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(workflow.WorkflowError):
+        cli.main(["calibrate", "--workdir", str(tmp_path), "--debug"])
+    with pytest.raises(workflow.WorkflowError):              # before the command too
+        cli.main(["--debug", "calibrate", "--workdir", str(tmp_path)])
