@@ -1,4 +1,5 @@
-"""Tests for hypuc_jax.kde against scipy.stats.gaussian_kde and closed forms."""
+"""Tests for hypuc_jax.kde against scipy.stats.gaussian_kde and closed forms (labels at
+extreme scales and bad input: test_kde_inputs.py)."""
 from functools import partial
 
 import jax
@@ -12,45 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hypuc_jax import kde, weights
-
-
-def skewed_labels(n, seed=0):
-    """Potassium-like labels: mostly around 4.2 with a long right tail."""
-    rng = np.random.default_rng(seed)
-    k = n // 10
-    return np.concatenate([rng.normal(4.2, 0.45, n - k), 4.6 + rng.gamma(2.0, 0.7, k)])
-
-
-def rel_l1(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).sum() / np.abs(b).sum()
-
-
-def diagonal_cov_sample(n, d, stds, seed=0):
-    """Sample [n, d] whose sample covariance is exactly diag(stds^2).
-
-    scipy's gaussian_kde uses the full data covariance times factor^2; on data
-    with diagonal covariance that is the diagonal bandwidth h = factor * stds.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)) + 0.3 * rng.normal(size=(n, 1))  # correlated
-    x = x - x.mean(0)
-    chol = np.linalg.cholesky(np.cov(x.T))
-    return x @ np.linalg.inv(chol).T * np.asarray(stds) + np.arange(d)
+from kde_helpers import closed_form, diagonal_cov_sample, rel_l1, skewed_labels
 
 
 # --------------------------------------------------------------------------- #
 # Bandwidth rules
 # --------------------------------------------------------------------------- #
-def closed_form(x, rule):
-    n = x.shape[0]
-    s = np.std(x, axis=0, ddof=1)
-    if rule == "scott":
-        return 1.06 * s * n ** -0.2
-    iqr = np.percentile(x, 75, axis=0) - np.percentile(x, 25, axis=0)
-    return 0.9 * np.minimum(s, iqr / 1.34) * n ** -0.2
-
-
 @pytest.mark.parametrize("rule", ["scott", "silverman"])
 def test_bandwidth_rules_match_closed_forms(rule):
     y = skewed_labels(1000)
@@ -97,88 +65,6 @@ def test_exact_1d_matches_scipy_float64():
         assert ours.dtype == jnp.float64
     ref = scipy.stats.gaussian_kde(y, bw_method=h / np.std(y, ddof=1))(pts)
     assert rel_l1(ours, ref) < 1e-5
-
-
-@pytest.mark.parametrize("offset, spread", [(1e6, 0.5), (1e4, 0.05), (-3e5, 0.2)])
-def test_float32_labels_far_from_zero_match_scipy(offset, spread):
-    # The exact sum used to scale raw coordinates by 1/h before differencing:
-    # at |y| / h ~ 1e7 a float32 step is about a bandwidth (relative L1 ~1e-2).
-    y = (offset + spread * np.random.default_rng(0).standard_normal(500)).astype(np.float32)
-    h = float(kde.bandwidth(y))
-    y64 = y.astype(np.float64)
-    ref = scipy.stats.gaussian_kde(y64, bw_method=h / np.std(y64, ddof=1))(y64)
-    for method in kde.METHODS:
-        assert rel_l1(kde.gaussian_kde(y, y, method=method), ref) < 1e-5, method
-
-
-def test_exact_density_near_the_float32_maximum_is_finite():
-    # centring by the mean overflowed to inf (NaN densities) where the uncentred sum did not
-    y = np.array([2e38, 2.5e38, 3e38], np.float32)
-    got = np.asarray(kde.gaussian_kde(y, y, bandwidth=1e37, method="exact"), np.float64)
-    d = (y[:, None].astype(np.float64) - y[None, :]) / 1e37
-    ref = np.exp(-0.5 * d ** 2).sum(axis=1) / (3 * np.sqrt(2 * np.pi) * 1e37)
-    np.testing.assert_allclose(got, ref, rtol=1e-5)
-
-
-@pytest.mark.parametrize("n, chunk", [(3000, 2048), (5, 2)])
-def test_exact_density_far_from_the_labels_is_zero(n, chunk):
-    # padding samples used to sit at max|point| + 100 bandwidths: at points ~2^31
-    # bandwidths out float32 rounded them onto the point, each adding a full kernel
-    y = np.random.default_rng(0).normal(size=n).astype(np.float32)
-    far = np.array([1e9, -3e9, 1e38], np.float32)
-    ref = scipy.stats.gaussian_kde(y.astype(np.float64))(far.astype(np.float64))
-    got = np.asarray(kde.gaussian_kde(y, far, method="exact", chunk_size=chunk))
-    np.testing.assert_array_equal(ref, 0.0)
-    np.testing.assert_array_equal(got, ref)
-
-
-@pytest.mark.parametrize("scale", [1e-19, 1e-30, 1e20])
-@pytest.mark.parametrize("rule", ["scott", "silverman"])
-def test_bandwidth_of_labels_at_extreme_scales_matches_closed_form(scale, rule):
-    # squares of deviations ~1e-19 underflow float32: the variance came out 0 and the
-    # bandwidth fell back to 1e-3 (weights all 1), 1e15 times too large
-    y = (skewed_labels(2000) * scale).astype(np.float32)
-    np.testing.assert_allclose(kde.bandwidth(y, rule), closed_form(y.astype(np.float64), rule),
-                               rtol=1e-5)
-
-
-def test_labels_spread_over_1e20_match_scipy():
-    # their squared deviations overflow float32: refused before, now scaled first
-    y = np.array([0.0, 1e20, 5.0, -4e19], np.float32)
-    pts = np.array([4.0, 6.0, 9e19], np.float32)
-    h = float(kde.bandwidth(y))
-    y64 = y.astype(np.float64)
-    ref = scipy.stats.gaussian_kde(y64, bw_method=h / np.std(y64, ddof=1))(pts.astype(np.float64))
-    for method in kde.METHODS:
-        np.testing.assert_allclose(kde.gaussian_kde(y, pts, method=method), ref, rtol=1e-4)
-
-
-@pytest.mark.parametrize("scale, match", [
-    (4e-38, "samples: the 'scott' bandwidth of the labels underflows float32"),
-    (1e-30, "samples: the labels are too finely spread for the binned density"),
-])
-def test_labels_too_small_for_float32_are_refused_not_nan(scale, match):
-    # the bandwidth came back 0 (exact: NaN) and the binned sums overflowed (NaN, inf or 0)
-    y = (np.random.default_rng(0).standard_normal(2000) * scale).astype(np.float32)
-    with pytest.raises(ValueError, match=match):
-        kde.gaussian_kde(y, np.zeros(1, np.float32))
-    if scale > 1e-37:         # the exact sum still has the density's scale: scipy's value
-        y64 = y.astype(np.float64)
-        ref = scipy.stats.gaussian_kde(y64)
-        got = kde.gaussian_kde(y, np.zeros(1, np.float32), method="exact",
-                               bandwidth=float(ref.factor * np.std(y64, ddof=1)))
-        np.testing.assert_allclose(got, ref(np.zeros(1)), rtol=1e-4)
-
-
-@pytest.mark.parametrize("bandwidth", [1e-39, 1e-46, 1e39])
-def test_bandwidth_beyond_the_labels_float_range_is_refused(bandwidth):
-    # positive as a Python float, but 0, subnormal (flushed to 0) or inf in float32
-    y = np.array([0.0, 1.0, 2.0], np.float32)
-    for method in kde.METHODS:
-        with pytest.raises(ValueError, match="bandwidth: expected values in"):
-            kde.gaussian_kde(y, y, bandwidth=bandwidth, method=method)
-    with pytest.raises(ValueError, match="bandwidth: expected values in"):
-        weights.kde_weights(y, bandwidth=bandwidth)
 
 
 def test_exact_2d_and_3d_match_scipy_float64():
@@ -341,81 +227,3 @@ def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():
         with pytest.warns(UserWarning) as record:      # attributed to this file, not to jax
             jax.jit(fn)(y)
         assert record[0].filename == __file__
-
-
-# --------------------------------------------------------------------------- #
-# Bad input
-# --------------------------------------------------------------------------- #
-GOOD = np.array([4.0, 4.2, 4.5, 6.0])
-
-
-@pytest.mark.parametrize("samples, points, kwargs, arg", [
-    (np.array([4.0, np.nan, 5.0]), GOOD, {}, "samples"),
-    (np.array([4.0, np.inf, 5.0]), GOOD, {}, "samples"),
-    (np.array([]), GOOD, {}, "samples"),
-    (np.zeros((5, 4)), np.zeros((2, 4)), {}, "samples"),
-    (np.zeros((5, 2)), np.zeros((2, 3)), {}, "points"),
-    (np.zeros((5, 2)), np.zeros(2), {}, "points"),
-    (GOOD, np.array([np.nan]), {}, "points"),
-    (GOOD, GOOD, {"bandwidth": 0.0}, "bandwidth"),
-    (GOOD, GOOD, {"bandwidth": -1.0}, "bandwidth"),
-    (GOOD, GOOD, {"bandwidth": float("nan")}, "bandwidth"),
-    (GOOD, GOOD, {"bandwidth": float("inf")}, "bandwidth"),
-    (GOOD, GOOD, {"bandwidth": "bogus"}, "bandwidth"),
-    (np.zeros((5, 2)), np.zeros((2, 2)), {"bandwidth": np.ones(3)}, "bandwidth"),
-    (GOOD, GOOD, {"method": "fast"}, "method"),
-    (GOOD, GOOD, {"grid_size": 1}, "grid_size"),
-    (GOOD, GOOD, {"grid_size": 100.0}, "grid_size"),
-    (GOOD, GOOD, {"chunk_size": 0}, "chunk_size"),
-    (np.array(["a", "b"]), GOOD, {}, "samples: expected a real numeric array"),
-    (np.array([-3e38, 0.0, 3e38], np.float32), GOOD, {}, "samples: the labels' range .*overflows"),
-    (np.array([-3e38, 0.0, 3e38], np.float32), GOOD, {"method": "exact"},
-     "samples: the labels' range overflows"),
-    (np.array([0.0, 3e38], np.float32), GOOD, {"bandwidth": 1e38},
-     "samples: the labels' range padded by 4 bandwidths"),
-])
-def test_bad_input_raises_value_error_naming_argument(samples, points, kwargs, arg):
-    with pytest.raises(ValueError, match=arg):
-        kde.gaussian_kde(samples, points, **kwargs)
-
-
-def test_bandwidth_bad_input():
-    with pytest.raises(ValueError, match="samples"):
-        kde.bandwidth(np.array([1.0, np.nan]))
-    with pytest.raises(ValueError, match="bandwidth"):
-        kde.bandwidth(GOOD, -0.1)
-    with pytest.raises(ValueError, match="samples"):
-        kde.bandwidth(np.zeros((3, 5)))
-
-
-@pytest.mark.parametrize("method", ["binned", "exact"])
-def test_half_precision_labels_are_computed_in_float32(method):
-    """float16 labels (the FFT needs float32 or wider) give scipy's density of the
-    float16-rounded values (Scott: kernel sd 1.06 s n^-1/5 = scipy factor 1.06 n^-1/5)."""
-    from scipy import stats
-
-    rng = np.random.default_rng(4)
-    y = rng.normal(4.0, 0.5, 300).astype(np.float16)
-    got = kde.gaussian_kde(y, y[:7], method=method)
-    ref = stats.gaussian_kde(y.astype(np.float64), bw_method=1.06 * 300 ** -0.2)
-    np.testing.assert_allclose(np.asarray(got), ref(y[:7].astype(np.float64)), rtol=2e-3)
-
-
-def test_a_capped_coarse_3d_grid_warns_that_it_misses_1e_3():
-  """2000 Gaussian 3-D labels span ~38 bandwidths: the 2**22-node cap leaves a
-  step of ~h/4 and the binned density is ~4e-3 off the exact sum (reference: a
-  numpy product-kernel sum with the same diagonal bandwidth). It must say so;
-  1-D labels at the default grid (step <= h/16) stay quiet."""
-  import warnings
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2000, 3))
-  h = np.asarray(kde.bandwidth(x), np.float64)
-  z = (x[:, None, :] - x[None, :, :]) / h
-  want = np.exp(-0.5 * (z ** 2).sum(-1)).mean(1) / ((2 * np.pi) ** 1.5 * h.prod())
-  with pytest.warns(UserWarning, match=r"binned KDE: the labels span .* bandwidths, so the grid "
-                    r"\(at most 4194304 nodes over 3 dimensions\) has a step of 0\.2\d bandwidths"):
-    got = np.asarray(kde.gaussian_kde(x, x), np.float64)
-  assert np.abs(got - want).sum() / want.sum() > 1e-3        # the warning is warranted
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    kde.gaussian_kde(rng.gamma(9.0, 0.47, 20000), np.linspace(2, 8, 7))
