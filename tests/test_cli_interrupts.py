@@ -97,11 +97,14 @@ def test_a_ctrl_c_during_start_up_exits_130(tmp_path):
          "--data", TINY, "--preset", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The run directory appears when the command locks it, after its handler is
-    # installed and before JAX is imported. A fixed sleep sometimes landed in
-    # Python's own start-up on a loaded machine (status -2, a traceback).
+    # installed (a fixed sleep from the start sometimes landed in Python's own
+    # start-up on a loaded machine: status -2, a traceback); JAX's backend
+    # start-up, where the crash was, follows within the next second (without
+    # the fix, a signal 0.8 s after the lock crashed 4 runs of 4, 1.5 s after: 3 of 4).
     deadline = time.monotonic() + 120
     while not (tmp_path / "w").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    time.sleep(0.8)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (proc.returncode, err[-500:])
