@@ -245,7 +245,8 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     h = _resolve_bandwidth(x, bandwidth)
     _check_range(x, h, padded=True)
     shape = fitted_grid_shape(x, h, grid_size, stacklevel=3)
-    _check_binned_scale(x, h, shape)
+    if method == "binned":
+        _check_binned_scale(x, h, shape)
     if method == "binned":
         lo, step, dens = binned_grid(x, h, shape)
     else:
@@ -353,21 +354,24 @@ def _check_range(x: jax.Array, h: jax.Array, padded: bool) -> None:
                          "labels (e.g. standardise)")
 
 
-#: Bound on n / prod(grid step) (the binned FFT's largest intermediate, in
-#: label units^-d): float32 sums measured finite and accurate up to 1e36 (1-D),
-#: 1e35 (2-D), 1e33 (3-D), and overflowing from 1e36-1e38.
-_MAX_BINNED_SCALE = 1e33
+def _max_binned_log_scale(dtype, d: int) -> float:
+    """log10 bound on n / prod(grid step) (the binned FFT's largest intermediate,
+    in label units^-d) for d-dimensional labels of ``dtype``: float32 sums were
+    measured finite and accurate up to 1e36 (d=1), 1e35 (2), 1e33 (3) and
+    overflowing from 1e38 / 1e39 / 1e36; the bound, log10(max) - 2.5 - d, is
+    35 / 34 / 33 for float32 and scales with the dtype's range."""
+    return math.log10(float(jnp.finfo(dtype).max)) - 2.5 - d
 
 
 def _check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...]) -> None:
     """Refuses (concrete) labels [n, d] so finely spread that the binned FFT's
-    sums, n / prod(step), overflow: tiny scales (1-D ~1e-30, 3-D ~1e-10)."""
+    sums, n / prod(step), overflow: tiny scales (float32: 1-D ~1e-29, 3-D ~1e-10)."""
     if not (is_concrete(x) and is_concrete(h)):
         return
     xs = np.asarray(x, np.float64)
     span = xs.max(axis=0) - xs.min(axis=0) + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
     log_scale = math.log10(xs.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
-    if log_scale > math.log10(_MAX_BINNED_SCALE):
+    if log_scale > _max_binned_log_scale(x.dtype, xs.shape[1]):
         raise ValueError(f"samples: the labels are too finely spread for the binned density's "
                          f"{x.dtype} sums (n / grid cell volume = 1e{log_scale:.0f}); use "
                          "method='exact' or rescale the labels (e.g. standardise)")

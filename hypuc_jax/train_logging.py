@@ -9,14 +9,13 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Any, TextIO
 
 import jax
 
-from hypuc_jax._files import write_text_atomic
+from hypuc_jax._files import remove_path, write_text_atomic
 
 
 class TrainLogger:
@@ -49,8 +48,8 @@ class TrainLogger:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       tb_dir = os.path.join(workdir, "tb")
-      if fresh and os.path.isdir(tb_dir):
-        shutil.rmtree(tb_dir)
+      if fresh:
+        remove_path(tb_dir)          # a link (events kept elsewhere) stays, emptied
       path = os.path.join(workdir, "metrics.jsonl")
       if not fresh and os.path.exists(path):
         _truncate_after(path, int(resume_step))
@@ -118,10 +117,12 @@ class _ScalarEvents:
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto.event_pb2 import Event, SessionLog
     os.makedirs(logdir, exist_ok=True)
-    # the name holds the second it was opened in: the pid and a count give a resumed
-    # process (or a second logger) started in the same second its own file
+    # The name holds the second it was opened in; TensorBoard reads a run's files
+    # in name order, so a resumed process (or a second logger) opened in the same
+    # second must sort after the first (its purge marker then applies): the
+    # zero-padded time in ns, then the pid and a count for uniqueness.
     self._writer = EventsWriter(os.path.join(logdir, "events"),
-                                f".{os.getpid()}.{next(_EVENT_FILES)}")
+                                f".{time.time_ns():020d}.{os.getpid()}.{next(_EVENT_FILES)}")
     self._event = Event
     if purge_step is not None:
       self._writer.write_event(Event(step=purge_step, file_version="brain.Event:2"))

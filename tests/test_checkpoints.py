@@ -3,6 +3,7 @@ TrainLogger: metrics.jsonl and TensorBoard files, no output off a terminal."""
 import io
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +207,12 @@ def test_logged_scalars_are_in_the_event_file_before_close(tmp_path):
   scalars, starts = _tb_events(tmp_path / "tb")
   assert scalars[("val/mae", 3)] == 0.25 and scalars[("train/loss", 4)] == 0.125
   assert starts == [4]                                   # TensorBoard drops steps >= 4 before it
+  # ... only if the resumed file comes later in name order (how TensorBoard reads a run)
+  last = sorted(n for n in os.listdir(tmp_path / "tb") if n.startswith("events.out"))[-1]
+  only_last = tmp_path / "last"
+  only_last.mkdir()
+  shutil.copy(tmp_path / "tb" / last, only_last / last)
+  assert _tb_events(only_last) == ({("train/loss", 4): 0.125}, [4])
   resumed.close()
   logger.close()
 

@@ -279,7 +279,8 @@ def test_run_keeps_symlinked_figures_and_checkpoints_and_empties_them(quick_run,
     wd, far = tmp_path / "main", tmp_path / "far"
     shutil.copytree(quick_run, wd)
     far.mkdir()
-    for name, src in (("figures", wd / "figures"), ("ckpt", wd / "hypuc" / "checkpoints")):
+    for name, src in (("figures", wd / "figures"), ("ckpt", wd / "hypuc" / "checkpoints"),
+                      ("tb", wd / "hypuc" / "tb")):
         shutil.move(src, far / name)
         src.symlink_to(far / name)
     (far / "figures" / "stale.png").write_bytes(b"old")
@@ -288,7 +289,8 @@ def test_run_keeps_symlinked_figures_and_checkpoints_and_empties_them(quick_run,
             "--set", "regions=[['hyper', 5.5, 7.5]]", "--seed", "4", "--overwrite", *FAST]
     rc, out, err = hypuc(capsys, *argv)
     assert rc == 0, err
-    assert (wd / "figures").is_symlink() and (wd / "hypuc" / "checkpoints").is_symlink()
+    assert all(p.is_symlink() for p in (wd / "figures", wd / "hypuc" / "checkpoints",
+                                        wd / "hypuc" / "tb"))
     assert not (far / "figures" / "stale.png").exists()
     assert any((far / "figures").glob("*.png")) and (wd / "report.md").exists()
     steps = sorted(p.name for p in (far / "ckpt").iterdir() if p.name.isdigit())

@@ -79,6 +79,28 @@ def test_labels_too_small_for_float32_are_refused_not_nan(scale, match):
         np.testing.assert_allclose(got, ref(np.zeros(1)), rtol=1e-4)
 
 
+def test_binned_scale_bound_follows_dimension_and_dtype():
+    # 1-D labels at 1e-28 (n / cell volume ~1e34) still fit float32's binned sums;
+    # the exact grid (density_grid) and float64 labels are not bound by them
+    y = (np.random.default_rng(0).standard_normal(2000) * 1e-28).astype(np.float32)
+    y64 = y.astype(np.float64)
+    ref = scipy.stats.gaussian_kde(y64)
+    h = float(ref.factor * np.std(y64, ddof=1))
+    np.testing.assert_allclose(kde.gaussian_kde(y, np.zeros(1, np.float32), bandwidth=h),
+                               ref(np.zeros(1)), rtol=2e-3)
+    tiny = (np.random.default_rng(0).standard_normal(2000) * 1e-30).astype(np.float32)
+    lo, step, dens = kde.density_grid(tiny, method="exact")
+    t64 = tiny.astype(np.float64)
+    peak = scipy.stats.gaussian_kde(t64, bw_method=float(kde.bandwidth(tiny)) / np.std(t64, ddof=1))
+    np.testing.assert_allclose(float(dens.max()), peak(np.linspace(-1e-30, 1e-30, 2001)).max(),
+                               rtol=2e-3)
+    import jax
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(kde.gaussian_kde(t64, np.zeros(1), bandwidth=h * 1e-2),
+                                   scipy.stats.gaussian_kde(t64, bw_method=h * 1e-2 / np.std(
+                                       t64, ddof=1))(np.zeros(1)), rtol=1e-4)
+
+
 @pytest.mark.parametrize("bandwidth", [1e-39, 1e-46, 1e39])
 def test_bandwidth_beyond_the_labels_float_range_is_refused(bandwidth):
     # positive as a Python float, but 0, subnormal (flushed to 0) or inf in float32
