@@ -183,24 +183,21 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
 
 
 def _checked(rho: jax.Array, floor=None) -> jax.Array:
-    """Densities at (or around) the labels, checked when concrete: every one
-    finite and some > 0; for HypUC weights (``floor`` given, concrete) also
-    no density of 0 under a floor ``floor * max rho`` that float rounding
-    flushes to 0 (log 0: NaN weights). The weights do not depend on the
-    labels' units, but float densities do: 3-D labels at scale ~1e-10
-    overflow, 2-D ones at ~1e18 underflow in part. Under jit the check
-    cannot run."""
+    """Densities at (or around) the labels, checked when concrete: finite, some
+    > 0 and, given a concrete HypUC ``floor``, no 0 under a floor ``floor * max
+    rho`` flushed to 0 (log 0: NaN weights). Weights do not depend on the
+    labels' units, float densities do (3-D labels at ~1e-10 overflow, 2-D
+    ones at ~1e18 underflow in part). Under jit the check cannot run."""
     if not is_concrete(rho):
         return rho
-    top = float(jnp.max(rho))                  # NaN propagates; rho >= 0
+    top, dtype = float(jnp.max(rho)), jnp.asarray(rho).dtype    # NaN propagates; rho >= 0
     bad = not (math.isfinite(top) and top > 0)
     if not bad and floor is not None and is_concrete(floor):
-        tiny = float(jnp.finfo(jnp.asarray(rho).dtype).tiny)
-        bad = float(floor) * top < tiny and float(jnp.min(rho)) == 0.0
+        bad = float(floor) * top < float(jnp.finfo(dtype).tiny) and float(jnp.min(rho)) == 0
     if bad:
-        raise ValueError("labels: their kernel density over- or underflows "
-                         f"{jnp.asarray(rho).dtype} at this label scale; rescale the labels "
-                         "(e.g. standardise them), which leaves the weights unchanged")
+        raise ValueError(f"labels: their kernel density over- or underflows {dtype} at this "
+                         "label scale; rescale the labels (e.g. standardise them), which "
+                         "leaves the weights unchanged")
     return rho
 
 

@@ -157,7 +157,9 @@ def test_exact_memory_is_tiled_not_n_by_m():
 # --------------------------------------------------------------------------- #
 # Properties
 # --------------------------------------------------------------------------- #
-labels_strategy = hnp.arrays(np.float64, 40, elements=st.floats(-100, 100, allow_nan=False))
+# rounded: label spreads below ~1e-28 are refused by name (test_kde_inputs.py)
+labels_strategy = hnp.arrays(np.float64, 40, elements=st.floats(-100, 100, allow_nan=False).map(
+    lambda v: round(v, 4)))
 
 
 @settings(max_examples=20, deadline=None)
