@@ -360,11 +360,9 @@ def _check_range(x: jax.Array, h: jax.Array, padded: bool) -> None:
 
 
 def _max_binned_log_scale(dtype, d: int) -> float:
-    """log10 bound on n / prod(grid step) (the binned FFT's largest intermediate,
-    in label units^-d) for d-dimensional labels of ``dtype``: float32 sums were
-    measured finite and accurate up to 1e36 (d=1), 1e35 (2), 1e33 (3) and
-    overflowing from 1e38 / 1e39 / 1e36; the bound, log10(max) - 2.5 - d, is
-    35 / 34 / 33 for float32 and scales with the dtype's range."""
+    """log10 bound on n / prod(grid step), the binned FFT's largest intermediate:
+    float32 sums measured accurate up to 1e36 / 1e35 / 1e33 (d = 1 / 2 / 3),
+    overflowing from 1e38 / 1e39 / 1e36; log10(max) - 2.5 - d is 35 / 34 / 33."""
     return math.log10(float(jnp.finfo(dtype).max)) - 2.5 - d
 
 
