@@ -64,14 +64,18 @@ def _rule_bandwidth(samples: jax.Array, rule: str) -> jax.Array:
     """Rule-of-thumb bandwidth per column. samples [n, d] -> h [d]."""
     n, d = samples.shape
     mean = jnp.mean(samples, axis=0)
-    dev = samples - mean
+    lo, hi = jnp.min(samples, axis=0), jnp.max(samples, axis=0)
     # Squares of deviations below ~1e-19 underflow float32 (and above ~1e19
-    # overflow): there, sum squares of dev / max|dev| and scale back. Elsewhere
-    # the plain sum, so ordinary labels get the bits they always had.
-    top = lax.stop_gradient(jnp.max(jnp.abs(dev), axis=0))
-    plain = (top > _SAFE_SQUARE_RANGE[0]) & (top < _SAFE_SQUARE_RANGE[1])
-    unit = jnp.where(plain | (top == 0), 1.0, top)
-    var = jnp.sum(jnp.square(dev / unit), axis=0) / max(n - 1, 1)
+    # overflow): there (a branch taken only then), sum squares of dev / max|dev|
+    # and scale back; ordinary labels get the plain sum, with the bits they had.
+    top = lax.stop_gradient(jnp.maximum(hi - mean, mean - lo))          # max |dev|
+    plain = (top > _SAFE_SQUARE_RANGE[0]) & (top < _SAFE_SQUARE_RANGE[1]) | (top == 0)
+
+    def scaled(unit):                       # (variance of samples / unit, unit)
+        return jnp.sum(jnp.square((samples - mean) / unit), axis=0) / max(n - 1, 1), unit
+
+    var, unit = lax.cond(jnp.all(plain), lambda: scaled(jnp.ones_like(top)),  # x / 1 is x
+                         lambda: scaled(jnp.where(plain, 1.0, top)))
     positive = var > 0                       # sqrt'(0) is inf: its gradient would be NaN
     s = jnp.where(positive, unit * jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
     if rule == "scott":
@@ -81,7 +85,7 @@ def _rule_bandwidth(samples: jax.Array, rule: str) -> jax.Array:
         spread = jnp.minimum(s, (q75 - q25) / 1.34)
         scale, const = jnp.where(spread > 0, spread, s), 0.9  # IQR == 0: use s
     # All labels of a column equal (or n == 1): s is 0 up to round-off.
-    constant = jnp.max(samples, axis=0) == jnp.min(samples, axis=0)
+    constant = hi == lo
     fallback = MIN_RELATIVE_SCALE * jnp.maximum(jnp.abs(mean), 1.0)
     scale = jnp.where(constant | (scale <= 0), fallback, scale)
     h = const * scale * n ** (-0.2)
@@ -186,9 +190,8 @@ def _exact_density(samples: jax.Array, points: jax.Array, h: jax.Array,
     # lo + half the span: a mean (or XLA's rewrite of lo / 2 + hi / 2) overflows near 3.4e38
     centre = lax.stop_gradient(lo + 0.5 * (hi - lo))
     samples, points = (samples - centre) / h, (points - centre) / h
-    # Samples are not padded: the last n - ns * cs form a smaller tile of their
-    # own (a pad placed "far away" would, at points ~2^31 bandwidths out, round
-    # onto the point in float32 and count). Padded points are dropped.
+    # Samples are not padded (a pad "far away" rounds onto points ~2^31 bandwidths
+    # out in float32): the last n - ns * cs are their own tile. Padded points are dropped.
     s_blocks, rest = samples[:ns * cs].reshape(ns, cs, d), samples[ns * cs:]
     p = jnp.concatenate([points, jnp.zeros((mp * cp - m, d), points.dtype)])
     p_blocks = p.reshape(mp, cp, d)
@@ -244,10 +247,10 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
-    _check_range(x, h, padded=True)
+    bounds = _check_range(x, h, padded=True)
     shape = fitted_grid_shape(x, h, grid_size, stacklevel=3)
     if method == "binned":
-        _check_binned_scale(x, h, shape)
+        _check_binned_scale(x, h, shape, bounds)
     if method == "binned":
         lo, step, dens = binned_grid(x, h, shape)
     else:
@@ -338,43 +341,40 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
 
 
 def _finite_density(out: jax.Array, dtype) -> jax.Array:
-    """``out``, refused when concrete and not finite: the density 1 / (n h^d)
-    of labels at a tiny scale overflows (the binned FFT's sums earlier)."""
+    """``out``, refused when concrete and not finite (1 / (n h^d) at tiny scales)."""
     if is_concrete(out) and out.size and not math.isfinite(float(jnp.max(out))):
         raise ValueError(f"samples: the density of these labels overflows {dtype} at their "
                          "scale; rescale the labels (e.g. standardise)")
     return out
 
 
-def _check_range(x: jax.Array, h: jax.Array, padded: bool) -> None:
-    """Refuses (concrete) labels [n, d] whose range, with the binned grid's
-    padding of PAD_BANDWIDTHS bandwidths h [d] if ``padded``, overflows their dtype."""
+def _check_range(x: jax.Array, h: jax.Array, padded: bool):
+    """Refuses concrete labels [n, d] whose range (+ the binned grid's padding if
+    ``padded``) overflows their dtype; returns it as numpy (lo [d], hi [d]), or None."""
     if not (is_concrete(x) and is_concrete(h)):
-        return
+        return None
     lo, hi = jnp.min(x, axis=0), jnp.max(x, axis=0)
     pad = PAD_BANDWIDTHS * h if padded else jnp.zeros_like(h)
-    if not bool(jnp.all(jnp.isfinite(hi - lo) & jnp.isfinite(lo - pad) & jnp.isfinite(hi + pad))):
+    ok = jnp.all(jnp.isfinite(hi - lo) & jnp.isfinite(lo - pad) & jnp.isfinite(hi + pad))
+    ok, lo, hi = jax.device_get((ok, lo, hi))                   # one transfer of [d] values
+    if not ok:
         grid = f" padded by {PAD_BANDWIDTHS:g} bandwidths (the binned grid)" if padded else ""
         raise ValueError(f"samples: the labels' range{grid} overflows {x.dtype}; rescale the "
                          "labels (e.g. standardise)")
+    return lo, hi
 
 
-def _max_binned_log_scale(dtype, d: int) -> float:
-    """log10 bound on n / prod(grid step), the binned FFT's largest intermediate:
-    float32 sums measured accurate up to 1e36 / 1e35 / 1e33 (d = 1 / 2 / 3),
-    overflowing from 1e38 / 1e39 / 1e36; log10(max) - 2.5 - d is 35 / 34 / 33."""
-    return math.log10(float(jnp.finfo(dtype).max)) - 2.5 - d
-
-
-def _check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...]) -> None:
-    """Refuses (concrete) labels [n, d] so finely spread that the binned FFT's
-    sums, n / prod(step), overflow: tiny scales (float32: 1-D ~1e-29, 3-D ~1e-10)."""
-    if not (is_concrete(x) and is_concrete(h)):
+def _check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...], bounds) -> None:
+    """Refuses labels [n, d] (range ``bounds`` from :func:`_check_range`, None: traced)
+    so finely spread that the binned sums n / prod(step) overflow (float32 ~1e-29 in 1-D)."""
+    if bounds is None:
         return
-    xs = np.asarray(x, np.float64)
-    span = xs.max(axis=0) - xs.min(axis=0) + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
-    log_scale = math.log10(xs.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
-    if log_scale > _max_binned_log_scale(x.dtype, xs.shape[1]):
+    lo, hi = (np.asarray(b, np.float64) for b in bounds)
+    span = hi - lo + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
+    log_scale = math.log10(x.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
+    # float32 sums measured accurate up to 1e36 / 1e35 / 1e33 (d = 1 / 2 / 3), overflowing
+    # from 1e38 / 1e39 / 1e36: the bound log10(max) - 2.5 - d is 35 / 34 / 33 for float32
+    if log_scale > math.log10(float(jnp.finfo(x.dtype).max)) - 2.5 - x.shape[1]:
         raise ValueError(f"samples: the labels are too finely spread for the binned density's "
                          f"{x.dtype} sums (n / grid cell volume = 1e{log_scale:.0f}); use "
                          "method='exact' or rescale the labels (e.g. standardise)")
@@ -386,12 +386,12 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
     _check_method(method)
     _check_chunk(chunk_size)
     h = _resolve_bandwidth(x, bandwidth)
-    _check_range(x, h, padded=method == "binned")
+    bounds = _check_range(x, h, padded=method == "binned")
     if method == "exact":
         grid_shape(x.shape[1], grid_size)                       # still checked
         return _exact_density(x, p, h, chunk_size)
     shape = fitted_grid_shape(x, h, grid_size)
-    _check_binned_scale(x, h, shape)
+    _check_binned_scale(x, h, shape, bounds)
     return binned_density(x, p, h, shape)
 
 
