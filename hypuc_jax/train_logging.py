@@ -116,6 +116,7 @@ class _ScalarEvents:
   def __init__(self, logdir: str, purge_step: int | None = None):
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.summary import scalar
     os.makedirs(logdir, exist_ok=True)
     # The name holds the second it was opened in; TensorBoard reads a run's files
     # in name order, so a resumed process (or a second logger) opened in the same
@@ -123,16 +124,15 @@ class _ScalarEvents:
     # zero-padded time in ns, then the pid and a count for uniqueness.
     self._writer = EventsWriter(os.path.join(logdir, "events"),
                                 f".{time.time_ns():020d}.{os.getpid()}.{next(_EVENT_FILES)}")
-    self._event = Event
+    self._event, self._summary = Event, scalar
     if purge_step is not None:
       self._writer.write_event(Event(step=purge_step, file_version="brain.Event:2"))
       self._writer.write_event(Event(step=purge_step,
                                      session_log=SessionLog(status=SessionLog.START)))
 
   def scalar(self, tag: str, value: float, step: int) -> None:
-    from tensorboardX.summary import scalar
     self._writer.write_event(self._event(wall_time=time.time(), step=int(step),
-                                         summary=scalar(tag, value)))
+                                         summary=self._summary(tag, value)))
 
   def flush(self) -> None:
     self._writer.flush()
