@@ -24,7 +24,10 @@ given each test label, ``--draws`` per label); and, with ``--sim-seed`` /
 REALIZED effective labels of those test records
 (``hypuc_jax.data.effective_labels``), i.e. what a perfect reader
 scores on exactly this test set. The same is done for the validation records,
-where lam and checkpoints are chosen. Runs are shown by the MAE of mu, mean
+where lam and checkpoints are chosen. ``--gap-lam LAM`` then splits each run's
+distance to that oracle by label range (cut at the task's thresholds): how
+much of a region's MAE gap comes from which records, and the runs' mean
+signed offset from the oracle there (negative above the mode: shrunk). Runs are shown by the MAE of mu, mean
 over their ``seed<N>/`` runs (``--seeds``: only these); every seed of every
 run must have the same test and validation labels (one data split, which the
 oracle rows are computed on; a split per seed is refused). A region a seed
@@ -151,6 +154,29 @@ def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz",
     return means, counts, ys
 
 
+def label_bins(task) -> list[tuple[str, float, float]]:
+    """(name, low, high] label ranges cut at the task's decision thresholds, in order."""
+    edges = [-np.inf, *sorted({float(t.value) for t in task.thresholds}), np.inf]
+    return [(f"({lo:g}, {hi:g}]", lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def gap_rows(runs: list, name: str, y: np.ndarray, oracle: np.ndarray, bins) -> list[str]:
+    """Per run and label range (lo, hi]: records, the run's MAE minus the oracle's on them
+    and the mean signed mu - oracle (both averaged over the run's seeds), markdown rows."""
+    rows = []
+    for run, seeds in runs:                       # (run directory, its --seeds or None)
+        mus = np.stack([np.load(d / name)["mu"] for d in seed_dirs(run, seeds, plain=True)])
+        gap = (np.abs(y - mus) - np.abs(y - oracle)).mean(axis=0)          # [n]
+        bias = (mus - oracle).mean(axis=0)
+        cells = []
+        for _, lo, hi in bins:
+            s = (y > lo) & (y <= hi)
+            cells.append(f"{s.sum()}: {gap[s].mean():+.3f} / {bias[s].mean():+.3f}" if s.any()
+                         else "0: —")
+        rows.append(f"| {run} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def check_one_split(runs: list, split: str) -> tuple[Path, np.ndarray]:
     """The reference (first seed of the first run) directory and labels of ``split``;
     refuses any seed of any run (``run_mae`` results) whose labels differ: the oracle
@@ -193,11 +219,16 @@ def main(argv=None) -> int:
     ap.add_argument("--statistics", nargs="+", choices=("mean", "median"), default=["mean"],
                     help="oracle estimates: the lam-weighted posterior mean (squared-error "
                     "minimiser) and/or median (absolute-error minimiser, what a Laplace NLL fits)")
+    ap.add_argument("--gap-lam", type=float, action="append", default=[],
+                    help="with --sim-seed: per label range, each run's MAE gap to the oracle "
+                    "mean at this lam and its mean signed mu - oracle (repeatable)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     if (a.sim_seed is None) != (a.sim_n is None):
         ap.error("--sim-seed and --sim-n: give both (the simulate call of the runs' data) or "
                  "neither")
+    if a.gap_lam and a.sim_seed is None:
+        ap.error("--gap-lam: needs --sim-seed/--sim-n (the oracle on the realized labels)")
     if a.sim_seed is not None and not a.runs:
         ap.error("--sim-seed/--sim-n: need --runs (the realized labels are the runs' records)")
     seeds = seeds_per_run(ap, a.seeds, a.runs)
@@ -249,7 +280,7 @@ def main(argv=None) -> int:
             reader, dist, test_y, lam, a.draws, rng, regs, stat)) for name, stat, lam in oracles]
         lines += run_rows("test")
     if a.runs and a.sim_seed is not None:
-        for split, _ in splits:
+        for split, name in splits:
             ys = ref[split][1]
             lines += ["", f"{split} split, oracle on the REALIZED effective labels of its "
                       f"{ys.size} records (`simulate({a.sim_seed}, {a.sim_n})`); runs = MAE of mu, "
@@ -258,6 +289,15 @@ def main(argv=None) -> int:
                 ys, reader(eff[split].astype(np.float64), lam, stat), regs))
                 for name, stat, lam in oracles]
             lines += run_rows(split)
+            bins = label_bins(preset.task)
+            for lam in a.gap_lam:
+                lines += ["", f"{split} split, gap to the oracle mean at lam {lam:g} per label "
+                          "range: records: run MAE - oracle MAE on them / mean signed mu - "
+                          "oracle (seed means)", "",
+                          "| run | " + " | ".join(b[0] for b in bins) + " |",
+                          "|" + " --- |" * (len(bins) + 1)]
+                lines += gap_rows(list(zip(a.runs, seeds)), name, ys, reader(eff[split].astype(np.float64), lam),
+                                  bins)
     publish("\n".join(lines) + "\n", a.out, "bayes_floor.py", argv or sys.argv[1:])
     return 0
 

@@ -161,3 +161,36 @@ def test_argument_errors_are_one_line_and_come_first(tmp_path, capsys, no_oracle
     (tmp_path / "file").write_text("")
     err = _error(capsys, ["--runs", tmp_path / "v", "--out", tmp_path / "file" / "x.md"])
     assert "--out" in err
+
+
+def test_label_bins_cut_at_the_task_thresholds():
+    assert bayes_floor.label_bins(get_task("potassium")) == [
+        ("(-inf, 3.5]", -np.inf, 3.5), ("(3.5, 5.5]", 3.5, 5.5), ("(5.5, 6.5]", 5.5, 6.5),
+        ("(6.5, inf]", 6.5, np.inf)]
+
+
+def test_gap_rows_average_each_range_over_records_and_seeds(tmp_path):
+    y = np.array([3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    oracle = np.array([3.2, 4.1, 4.8, 5.7, 6.5, 7.0])
+    mus = {0: np.array([3.5, 4.0, 5.0, 5.0, 6.0, 6.0]), 3: np.array([2.5, 4.2, 5.2, 6.5, 7.5, 9.0])}
+    for s, mu in mus.items():
+        (tmp_path / "v" / f"seed{s}").mkdir(parents=True)
+        np.savez(tmp_path / "v" / f"seed{s}" / "outputs_test.npz", y=y, mu=mu)
+    bins = [("low", -np.inf, 4.0), ("mid", 4.0, 6.0), ("high", 6.0, np.inf), ("none", 9.0, 10.0)]
+    (row,) = bayes_floor.gap_rows([(tmp_path / "v", None)], "outputs_test.npz", y, oracle, bins)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == str(tmp_path / "v")
+    # by hand: range (lo, hi]; gap = mean over seeds and records of |y-mu| - |y-oracle|
+    for cell, members in zip(cells[1:4], ([0, 1], [2, 3], [4, 5])):
+        gap = np.mean([abs(y[i] - mus[s][i]) - abs(y[i] - oracle[i]) for s in mus for i in members])
+        bias = np.mean([mus[s][i] - oracle[i] for s in mus for i in members])
+        assert cell == f"{len(members)}: {gap:+.3f} / {bias:+.3f}"
+    assert cells[4] == "0: —"
+    (row,) = bayes_floor.gap_rows([(tmp_path / "v", [3])], "outputs_test.npz", y, oracle, bins)
+    gap = np.mean([abs(y[i] - mus[3][i]) - abs(y[i] - oracle[i]) for i in (4, 5)])
+    assert f"2: {gap:+.3f}" in row.split("|")[4]
+
+
+def test_gap_lam_needs_the_realized_labels(tmp_path, capsys, no_oracle):
+    _run(tmp_path / "v", [0], _shared, np.random.default_rng(4))
+    assert "--gap-lam" in _error(capsys, ["--gap-lam", "0.5", "--runs", tmp_path / "v"])
