@@ -91,9 +91,12 @@ def test_predict_writes_every_column(trained, tmp_path, capsys):
     # Gaussian's); flagged above the 90% quantile of the calibrated validation sigmas
     from scipy import special
     from hypuc_jax import corrections, decisions
-    from hypuc_jax.stages import _calibrator, _predictions
     col = {k: np.array([float(row[k]) for row in rows]) for k in rows[0]}
     mu, sig = col["mu"], col["sigma_cal"]
+    cal = json.loads((trained / "calibration.json").read_text())
+    assert cal["method"] == "hyperfine" and len(cal["etas"]) == len(cal["edges"]) + 1 > 1
+    np.testing.assert_allclose(sig, _hyperfine_by_hand(cal, mu, col["sigma"]), rtol=1e-6)
+    assert len({round(e, 12) for e in sig / col["sigma"]}) > 1   # rows in several bins
     c = corrections.load_corrector(trained / "corrections")
     assert c.target == "residual" and np.isinf(c.dof)
     x = decisions.features(mu, sig, c.thresholds, c.z, c.dof)
@@ -109,9 +112,16 @@ def test_predict_writes_every_column(trained, tmp_path, capsys):
         np.testing.assert_allclose(col[f"p_{t.name}"],
                                    special.expit((1 - w) * boosted + w * gauss), rtol=1e-9,
                                    atol=1e-12)
-    val = _predictions(trained, "val")
-    cut = np.quantile(_calibrator(trained)(val["mu"], val["sigma"]), 0.9)
+    val = np.load(trained / "predictions_val.npz")
+    cut = np.quantile(_hyperfine_by_hand(cal, val["mu"], val["sigma"]), 0.9)
     np.testing.assert_array_equal(col["flag"], (sig > cut).astype(float))
+
+
+def _hyperfine_by_hand(cal: dict, mu, sigma) -> np.ndarray:
+    """SPEC 4 from a stored calibration.json: eta_b * s* * sigma, b the bin of mu
+    between the stored edges (a mu on an edge in the upper bin)."""
+    eta = np.array([cal["etas"][sum(m >= e for e in cal["edges"])] for m in mu])
+    return eta * cal["global_scale"] * np.asarray(sigma, np.float64)
 
 
 def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
@@ -143,6 +153,10 @@ def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
         rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     s = np.array([r["sigma_cal"] for r in rows]) * np.sqrt(3.0 / 5.0)
     mu = np.array([r["mu"] for r in rows])
+    cal = json.loads((wd / "calibration.json").read_text())
+    assert cal["dof"] == 5.0
+    np.testing.assert_allclose(s / np.sqrt(3.0 / 5.0), _hyperfine_by_hand(
+        cal, mu, [r["sigma"] for r in rows]), rtol=1e-6)
     lo, hi = stats.t.interval(0.95, 5.0, mu, s)
     np.testing.assert_allclose([r["lower_95"] for r in rows], lo, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose([r["upper_95"] for r in rows], hi, rtol=1e-4, atol=1e-4)
