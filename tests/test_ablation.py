@@ -112,7 +112,7 @@ def test_a_set_of_a_key_the_ablation_sets_per_run_is_refused(tmp_path, capsys, e
     assert not (tmp_path / "wd").exists()
 
 
-def test_variants_train_the_loss_given_with_set(tmp_path):
+def test_variants_train_the_loss_given_with_set(tmp_path, capsys):
     # --set loss.name=laplace used to be overridden by the variants' loss.name=nll
     wd = tmp_path / "wd"
     ablation.main([*FAST, "--seeds", "0", "--variants", "none", "hypuc-0.5",
@@ -124,4 +124,6 @@ def test_variants_train_the_loss_given_with_set(tmp_path):
     with pytest.raises(SystemExit) as e:      # bmc replaces the loss: a --set of it conflicts
         ablation.main([*FAST, "--seeds", "0", "--variants", "bmc", "--set", "loss.name=laplace",
                        "--workdir", str(tmp_path / "wd2"), "--out", str(tmp_path / "o2")])
-    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "loss.name" in err and "variant 'bmc'" in err, err
+    assert not (tmp_path / "wd2").exists()

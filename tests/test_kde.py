@@ -193,6 +193,10 @@ def test_jit_and_vmap_over_label_sets(method):
     two_d = jax.vmap(partial(fn, bandwidth=0.5))(jnp.asarray(sets[:, :, None]),
                                                  jnp.asarray(pts[:, :, None]))
     assert two_d.shape == (3, 50)
+    for k in range(3):            # [n, 1] labels: the plain Gaussian sum at h = 0.5
+        ref = np.mean(np.exp(-0.5 * ((pts[k][:, None] - sets[k][None, :]) / 0.5) ** 2),
+                      axis=1) / (0.5 * np.sqrt(2 * np.pi))
+        assert rel_l1(two_d[k], ref) < 1e-3
 
 
 @pytest.mark.parametrize("method", kde.METHODS)
