@@ -53,9 +53,16 @@ def test_oracle_median_matches_scipy_for_a_skewed_posterior():
 def test_sampled_labels_follow_the_mixture_and_regions_use_thresholds():
     preset = get_preset("potassium")
     y = bayes_floor.sample_labels(preset.labels, 400_000, np.random.default_rng(1))
-    # Fractions documented in hypuc_jax/data/tasks.py (from the mixture's CDF).
-    assert np.mean(y > 5.5) == pytest.approx(0.037, abs=0.002)
-    assert np.mean(y < 3.5) == pytest.approx(0.020, abs=0.002)
+    # the mixture's tail fractions from scipy: (1 - w) N(mean, sd) + w (start + Exp(scale))
+    from scipy import stats
+    d = preset.labels
+    assert d.tail_sign > 0 and d.clip[0] < 3.5 and d.clip[1] > 5.5
+    above = (1 - d.tail_weight) * stats.norm.sf(5.5, d.mean, d.sd) + d.tail_weight * stats.expon.sf(
+        5.5 - d.tail_start, scale=d.tail_scale)
+    below = (1 - d.tail_weight) * stats.norm.cdf(3.5, d.mean, d.sd)  # the tail starts above
+    assert d.tail_start > 3.5
+    assert np.mean(y > 5.5) == pytest.approx(above, abs=0.002)
+    assert np.mean(y < 3.5) == pytest.approx(below, abs=0.002)
     regs = bayes_floor.regions(preset.task)
     assert set(regs) == {"overall", "y > 5.5", "y > 6.5", "y < 3.5"}
     np.testing.assert_array_equal(regs["y > 6.5"](y), y > 6.5)
