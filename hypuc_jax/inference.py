@@ -36,9 +36,10 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
     target column (a ``target=`` it names must exist), and csv features are
     taken by the training column names (in the training order). Simulated
-    and wfdb signals are read at the training data's sampling rate unless
-    the spec sets ``rate=``, which must then equal it; npz arrays are taken
-    as they are (their ``rate=``, if given, must equal it). Records with
+    and wfdb signals are read at the training data's sampling rate and
+    record length unless the spec sets ``rate=`` (which must then equal it)
+    or ``duration=``; npz arrays are taken as they are (their ``rate=``, if
+    given, must equal it). Records with
     NaN/inf inputs are refused, not dropped, so every output row belongs to
     the record in the same position.
 
@@ -67,8 +68,12 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     cal = _calibrator(workdir)
     corrector = _load_corrector(workdir, cal.dof)
     by_name = task.feature_names if _named_columns(spec) else ()   # npz columns: by position
+    # signals: the training rate and record length unless the spec sets them
+    duration = (task.input_shape[0] / task.rate
+                if task.rate is not None and len(task.input_shape) == 2 else None)
     ds = data_lib.load(spec, labels_optional=True, defaults={
-        "target": cfg.data.target or task.target, "features": by_name, "rate": task.rate})
+        "target": cfg.data.target or task.target, "features": by_name, "rate": task.rate,
+        "duration": duration})
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
         kind = data_lib.parse_spec(spec)[0]
         fix = (f"save records sampled at {task.rate:g} Hz (npz arrays are not resampled)"
@@ -78,8 +83,11 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
                             f"rate would be misread); {fix}")
     shape = tuple(int(v) for v in np.shape(ds.x)[1:])
     if shape != task.input_shape:
+        hint = ""
+        if duration is not None and "duration" in data_lib.parse_spec(spec)[2]:
+            hint = f"; omit duration= to read {duration:g} s records, as in training"
         raise WorkflowError(f"--data: expected records of shape {task.input_shape} (as in "
-                            f"training), got {shape} from {spec!r}")
+                            f"training), got {shape} from {spec!r}{hint}")
     names = tuple(ds.feature_names)
     if task.feature_names and _named_columns(spec) and names != task.feature_names:
         raise WorkflowError(f"--data: expected the feature columns {list(task.feature_names)} "

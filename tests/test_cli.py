@@ -168,22 +168,25 @@ def test_predict_refuses_other_shape(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     spec = TINY.replace("duration=2", "duration=3").replace("n=256", "n=20")
     rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec, "--output", out)
-    assert "shape" in one_line_error(rc, err)
+    line = one_line_error(rc, err)
+    assert "shape" in line and "omit duration= to read 2 s records" in line, line
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
     """Records of the training shape at another rate were accepted and misread; a spec
-    without rate= now reads at the training rate, and another rate is refused."""
+    without rate= now reads at the training rate, and another rate is refused. Without
+    duration= the records have the training length (the simulator's default 10 s
+    did not fit the 2 s model)."""
     assert "rate=50" in TINY and json.loads((trained / "task.json").read_text())["rate"] == 50
     out = tmp_path / "preds.csv"
     other = "simulated:potassium?n=8&duration=1&rate=100&seed=3"      # 100 x 12, like training
     rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", other, "--output", out)
     assert "trained at 50 Hz" in one_line_error(rc, err) and not out.exists()
-    same = "simulated:potassium?n=8&duration=2&seed=3"                 # no rate=: the run's
+    same = "simulated:potassium?n=8&seed=3"             # no rate= or duration=: the run's
     rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", same, "--output", out)
     assert rc == 0, err
-    ds = data_lib.load(same + "&rate=50")
+    ds = data_lib.load(same + "&rate=50&duration=2")
     want, _ = train.predict(str(trained), ds.x)
     with open(out) as f:
         got = [float(r["mu"]) for r in csv.DictReader(f)]
@@ -194,6 +197,30 @@ def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
                        f"npz:{tmp_path / 'r.npz'}?rate=100", "--output", tmp_path / "n.csv")
     line = one_line_error(rc, err)
     assert "save records sampled at 50 Hz" in line and "omit rate=" not in line
+
+
+def test_predict_cuts_wfdb_records_to_the_training_length(trained, tmp_path, capsys):
+    """WFDB records longer than the training ones (3 s at 100 Hz vs 2 s at 50 Hz) are
+    resampled to the training rate and cut to the training length without options;
+    mu equals the model on the first 2 s read at 50 Hz."""
+    import wfdb
+    from hypuc_jax.data import LEAD_NAMES
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        wfdb.wrsamp(f"r{k}", fs=100, units=["mV"] * 12, sig_name=list(LEAD_NAMES),
+                    p_signal=rng.normal(size=(300, 12)) * 0.3, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    (tmp_path / "labels.csv").write_text("record\nr0\nr1\nr2\n")
+    out = tmp_path / "p.csv"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", f"wfdb:{tmp_path}",
+                       "--output", out)
+    assert rc == 0, err
+    ds = data_lib.load(f"wfdb:{tmp_path}?rate=50&duration=2", labels_optional=True)
+    assert ds.x.shape == (3, 100, 12)
+    want, _ = train.predict(str(trained), ds.x)
+    with open(out) as f:
+        np.testing.assert_array_equal([float(r["mu"]) for r in csv.DictReader(f)],
+                                      np.asarray(want, np.float64))
 
 
 @pytest.mark.parametrize("parallel", ["sharding", "pmap"])
