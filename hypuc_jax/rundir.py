@@ -175,6 +175,12 @@ def load_config(workdir: str | os.PathLike) -> config_lib.Config:
     """
     workdir = Path(workdir)
     if not (workdir / CONFIG).exists() or not (workdir / TASK).exists():
+        runs = sorted(d.name for d in workdir.iterdir() if (d / CONFIG).exists()
+                      and (d / TASK).exists()) if workdir.is_dir() else []
+        if runs:           # e.g. `hypuc run`'s DIR, which holds DIR/baseline and DIR/hypuc
+            raise WorkflowError(f"{workdir}: not a run directory itself; it holds the runs "
+                                f"{', '.join(runs)}: pass --workdir {workdir / runs[-1]} "
+                                "(or another of them)")
         raise WorkflowError(f"{workdir}: no trained model found (expected {CONFIG} and "
                             f"{TASK}); run `hypuc train --workdir {workdir} --data ...` first")
     d = read_json(workdir / CONFIG, "config")

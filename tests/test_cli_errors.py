@@ -82,6 +82,17 @@ def test_commands_need_a_trained_workdir(command, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_directory_points_to_its_arms(quick_run, tmp_path, capsys):
+    """`hypuc run`'s DIR holds the runs DIR/baseline and DIR/hypuc; the later commands
+    given DIR itself name them instead of asking to train."""
+    for argv in (["evaluate"], ["predict", "--data", TINY, "--output", tmp_path / "p.csv"]):
+        rc, _, err = hypuc(capsys, argv[0], "--workdir", quick_run, *argv[1:])
+        line = one_line_error(rc, err)
+        assert "holds the runs baseline, hypuc" in line and str(quick_run / "hypuc") in line
+        assert "hypuc train" not in line, line
+    assert not (tmp_path / "p.csv").exists() and not (quick_run / "eval.json").exists()
+
+
 def test_predict_needs_a_trained_workdir(tmp_path, capsys):
     rc, _, err = hypuc(capsys, "predict", "--workdir", tmp_path / "w", "--data", TINY,
                         "--output", tmp_path / "p.csv")
