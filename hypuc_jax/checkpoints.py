@@ -173,6 +173,7 @@ class CheckpointStore:
     return min(scored)[1] if scored else None
 
   def all_steps(self) -> list[int]:
+    """Steps of the stored checkpoints tracked by the orbax manager, in increasing order."""
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict, val_nll: float | None = None) -> None:
@@ -211,6 +212,7 @@ class CheckpointStore:
     return unflatten_state(template, out["state"]), dict(out["meta"])
 
   def close(self) -> None:
+    """Closes the orbax manager (after any save still in progress); call once, at the end."""
     self._manager.close()
 
 

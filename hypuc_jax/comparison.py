@@ -24,7 +24,18 @@ from hypuc_jax.workflow import check_trainable, pipeline
 
 
 def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):
-    """(grid [g], KDE density [g], training weight [g]) for the report's first figure."""
+    """Label density and training weight on a grid, for the report's first figure.
+
+    Args:
+      cfg: run config; ``cfg.weighting`` gives the KDE bandwidth and the scheme.
+      train_labels: training labels [n] in label units.
+      n_grid: number of grid points g.
+
+    Returns:
+      ``(grid [g], density [g], weight [g])``: g equally spaced labels from
+      min to max of ``train_labels``, their Gaussian KDE density, and the
+      fitted weighting at each (all ones for scheme "none").
+    """
     from hypuc_jax import kde, train_data, weights
 
     lo, hi = float(np.min(train_labels)), float(np.max(train_labels))

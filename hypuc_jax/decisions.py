@@ -127,7 +127,15 @@ def monotone_constraints(specs, index: int) -> list[int]:
 
 
 def gaussian_weight(labels: np.ndarray, prior_strength: float) -> float:
-    """Weight w = n0 / (n0 + m) of the Gaussian log-odds; m = minority-class count."""
+    """Weight w = n0 / (n0 + m) of the Gaussian log-odds in the blended decision.
+
+    Args:
+      labels: event outcomes [n] as 0/1 (ints or bools).
+      prior_strength: pseudo-count n0 >= 0 (inf: w = 1.0; 0: w = 0.0, pure boosting).
+
+    Returns:
+      w in [0, 1], with m = min(positives, negatives) in ``labels``.
+    """
     m = int(min(labels.sum(), labels.size - labels.sum()))
     if np.isinf(prior_strength):
         return 1.0

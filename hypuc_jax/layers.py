@@ -34,6 +34,18 @@ class GroupNorm(nnx.GroupNorm):
     """
 
     def __call__(self, x, *, mask=None):
+        """Group-normalises ``x`` (one multiply-add per element at rank 3 without ``mask``).
+
+        Args:
+          x: [batch, time, channels] (other ranks: [batch, ..., channels], by
+            ``nnx.GroupNorm``).
+          mask: optional binary array broadcastable to ``x`` (last axis
+            ``channels``), True where elements enter the mean and variance;
+            given, ``nnx.GroupNorm`` computes the result.
+
+        Returns:
+          The normalised ``x``, same shape.
+        """
         if (x.ndim != 3 or mask is not None or self.scale is None or self.bias is None
                 or not self.use_fast_variance or self.axis_name is not None):
             return super().__call__(x, mask=mask)
@@ -78,6 +90,16 @@ class ResidualBlock(nnx.Module):
             self.proj = self.proj_norm = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the block.
+
+        Args:
+          x: [batch, time, cin].
+
+        Returns:
+          [batch, time', cout], time' = ceil(time / stride) for an odd
+          ``kernel_size`` (with an even one the shortcut's length may differ,
+          and a chex AssertionError is raised).
+        """
         h = jax.nn.relu(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))
         skip = x if self.proj is None else self.proj_norm(self.proj(x))

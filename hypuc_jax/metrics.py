@@ -67,7 +67,14 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation of two vectors; None when n < 2 or either is constant."""
+    """Pearson correlation of two vectors.
+
+    Args:
+      a, b: values [n] each (same length; not validated here).
+
+    Returns:
+      r in [-1, 1]; None when n < 2, either input is constant, or r is not finite.
+    """
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     da, db = a - a.mean(), b - b.mean()
@@ -78,12 +85,27 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman correlation: Pearson correlation of the average ranks."""
+    """Spearman correlation: Pearson correlation of the average ranks (ties share ranks).
+
+    Args:
+      a, b: values [n] each (same length; not validated here).
+
+    Returns:
+      rho in [-1, 1]; None as for :func:`pearson` (n < 2 or a constant input).
+    """
     return pearson(average_ranks(a), average_ranks(b))
 
 
 def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
-    """Geometric mean of |y - mu| (0 when any error is exactly 0)."""
+    """Geometric mean of |y - mu|.
+
+    Args:
+      y: labels [n].
+      mu: predicted locations [n].
+
+    Returns:
+      exp(mean(log|y - mu|)); 0.0 when any error is exactly 0.
+    """
     err = np.abs(y - mu)
     if np.any(err == 0):
         return 0.0
@@ -91,7 +113,18 @@ def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
 
 
 def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float | None:
-    """Mean over occupied label bins of each bin's MAE; labels outside the edges are ignored."""
+    """Mean over occupied label bins of each bin's MAE.
+
+    Args:
+      y: labels [n].
+      mu: predicted locations [n].
+      edges: increasing label-bin edges [B + 1] (``regions.label_bin_edges``);
+        binned as :func:`hypuc_jax.regions.bin_index`, labels outside them ignored.
+
+    Returns:
+      The mean of the per-bin MAEs over bins holding at least one label;
+      None when no label falls inside the edges.
+    """
     idx = bin_index(y, edges)
     err = np.abs(y - mu)
     maes = [err[idx == b].mean() for b in np.unique(idx[idx >= 0])]

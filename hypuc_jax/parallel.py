@@ -116,10 +116,13 @@ class Placement:
 
   @property
   def replicated(self):
+    """``NamedSharding(mesh, P())``: a full copy on every mesh device; None under "none"."""
     return NamedSharding(self.mesh, P()) if self.mesh is not None else None
 
   @property
   def batch_sharding(self):
+    """``NamedSharding(mesh, P("data"))``: the leading (batch) axis split over the mesh;
+    None under "none"."""
     return NamedSharding(self.mesh, P(AXIS)) if self.mesh is not None else None
 
   def put_state(self, state: Any) -> Any:
@@ -157,6 +160,14 @@ class Placement:
   def host_layout(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Under "pmap" reshapes the leading axis to [local devices, batch/devices].
 
+    Args:
+      batch: host arrays, e.g. ``x [b, ...]``, ``y [b]``, ``w [b]``, ``mask [b]``,
+        ``b`` this process's rows.
+
+    Returns:
+      The same tree: unchanged under "none" and "sharding"; each leaf
+      [b, ...] -> [local devices, b / local devices, ...] under "pmap".
+
     Raises:
       ValueError: under "sharding" or "pmap", a leading (batch) axis that is
         not a multiple of this process's device count.
@@ -179,6 +190,19 @@ class Placement:
     With several processes the global array is assembled from every
     process's slice. ``data.prefetch_to_device(map(host_layout, it), n,
     data_sharding)`` does the same ahead of time on a thread.
+
+    Args:
+      batch: host arrays with a leading batch axis [b, ...] (e.g. ``x [b, ...]``,
+        ``y [b]``, ``w [b]``, ``mask [b]``), ``b`` this process's rows.
+
+    Returns:
+      Device arrays with ``data_sharding``: [b, ...] on one device ("none");
+      [b, ...] split over the mesh ("sharding"; with several processes the
+      global [b * processes, ...]); [local devices, b / local devices, ...]
+      ("pmap", laid out by :meth:`host_layout`).
+
+    Raises:
+      ValueError: from :meth:`host_layout`.
     """
     batch = self.host_layout(batch)
     if self.mode == "sharding" and jax.process_count() > 1:
@@ -220,6 +244,16 @@ class Placement:
     return jax.jit(fn)
 
   def put_eval_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Moves a host eval batch onto the devices, where :meth:`compile_eval`'s function runs.
+
+    Args:
+      batch: host arrays [b, ...], e.g. ``{"x": [b, ...]}``.
+
+    Returns:
+      Under "sharding", :meth:`put_batch` (split over the mesh; ``b`` a
+      multiple of the local device count); otherwise the arrays [b, ...]
+      unchanged in shape on this process's first device (pmap included).
+    """
     if self.mode == "sharding":
       return self.put_batch(batch)
     return jax.device_put(batch, self.local_devices[0] if self.local_devices else self.devices[0])

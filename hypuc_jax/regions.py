@@ -85,7 +85,15 @@ def label_bin_edges(labels, bins: Any = 100, name: str = "bins") -> np.ndarray:
 
 
 def bin_index(y: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each label in [0, B), or -1 outside [edges[0], edges[-1]] (last bin closed)."""
+    """Bin of each label: bin k is [edges[k], edges[k + 1]), the last bin closed.
+
+    Args:
+      y: labels [n] (not validated here).
+      edges: increasing bin edges [B + 1] (``label_bin_edges``).
+
+    Returns:
+      [n] int bin indices in [0, B), -1 for labels outside [edges[0], edges[-1]].
+    """
     idx = np.searchsorted(edges, y, side="right") - 1
     idx = np.where(y == edges[-1], edges.size - 2, idx)
     return np.where((y < edges[0]) | (y > edges[-1]), -1, idx)

@@ -83,7 +83,16 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def central_coverage(y, mu, sigma, level: float, dof: float = math.inf) -> float:
-    """Fraction of ``y`` inside the central ``level`` interval of mu + sigma Z (family ``dof``)."""
+    """Fraction of ``y`` inside the central ``level`` interval of mu + sigma Z (family ``dof``).
+
+    Args:
+      y, mu, sigma: labels, predicted locations and standard deviations [n] (sigma > 0).
+      level: nominal coverage in [0, 1].
+      dof: predictive family (inf: Gaussian).
+
+    Returns:
+      observed coverage in [0, 1] (``uncertainty.coverage``).
+    """
     return float(uncertainty.coverage(y, mu, sigma, level, dof))
 
 
@@ -249,7 +258,15 @@ def _fig_bin_coverage(runs: Sequence[RunOutputs], path: Path) -> None:
 
 
 def selective_mae(y, mu, sigma, fractions=_FLAG_FRACTIONS) -> np.ndarray:
-    """MAE of the kept predictions after flagging the highest-entropy fractions [f]."""
+    """MAE of the kept predictions after flagging the highest-entropy fractions.
+
+    Args:
+      y, mu, sigma: labels, predicted locations and calibrated scales [n] (sigma > 0).
+      fractions: flagged fractions [f] in [0, 1) (default 0, 0.05, ..., 0.5).
+
+    Returns:
+      [f] float MAE per fraction (``flagging.selective_risk``), NaN where nothing is kept.
+    """
     return np.asarray(list(flagging.selective_risk(y, mu, sigma, fractions).values()), float)
 
 

@@ -130,6 +130,13 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State,
               batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Deterministic forward pass (dropout off).
 
+  Args:
+    graphdef: static model/optimizer graph (bind with ``functools.partial``).
+    state: the ``(model, optimizer)`` state.
+    batch: ``x [b, ...]`` scaled inputs (e.g. ``[b, time, leads]``); other
+      keys are ignored (``train_data.predict_scaled`` passes only ``x``, and
+      drops padded rows with the host batch's ``mask``).
+
   Returns:
     ``{"loc": [b], "scale": [b]}`` in scaled label units (scale 0 for a
     point head).

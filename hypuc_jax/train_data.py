@@ -69,12 +69,15 @@ class RunData:
   input_shape: tuple
 
   def y_scaled(self, split: str) -> np.ndarray:
+    """Scaled labels [n_split] float32 of ``split`` ("train", "val" or "test")."""
     return np.asarray(self.scaler.transform_y(self.y[self.idx[split]]), np.float32)
 
   def inverse_y(self, y_scaled: np.ndarray) -> np.ndarray:
+    """Scaled locations [n] -> label units [n], float64 (``Scaler.inverse_y``)."""
     return np.asarray(self.scaler.inverse_y(np.asarray(y_scaled, np.float64)), np.float64)
 
   def inverse_scale(self, s_scaled: np.ndarray) -> np.ndarray:
+    """Scaled scales [n] -> label units [n], float64 (``Scaler.inverse_scale``)."""
     return np.asarray(self.scaler.inverse_scale(np.asarray(s_scaled, np.float64)), np.float64)
 
 
@@ -267,8 +270,18 @@ def predict_scaled(placement, eval_fn, state, run: RunData, x, indices,
                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Forward pass over rows ``indices`` of raw ``x`` (scaled, padded, masked batches).
 
+  Args:
+    placement: ``parallel.Placement`` that places each eval batch.
+    eval_fn: compiled ``eval_step``, ``fn(state, {"x": [b, ...]}) -> {"loc", "scale"}``.
+    state: the ``(model, optimizer)`` state for ``eval_fn``.
+    run: gives the scaler applied to ``x``.
+    x: raw inputs [N, *input_shape] (array or memory map; only the rows read).
+    indices: [n] integer rows of ``x`` to predict, in the order wanted.
+    batch_size: global eval batch size (the last batch is padded).
+
   Returns:
-    ``(loc, scale)`` in scaled label units, one entry per index, in order.
+    ``(loc [n], scale [n])`` in scaled label units, in the order of
+    ``indices`` (scale 0 for a point head).
   """
   locs, scales = [], []
   it = data_lib.batch_iterator(x, np.zeros(len(x), np.float32), indices, batch_size,

@@ -89,6 +89,7 @@ class TrainLogger:
     self.stream.flush()
 
   def close(self) -> None:
+    """Ends the progress bar's line and closes metrics.jsonl and the TensorBoard file."""
     if self.progress:
       self.stream.write("\n")
       self.stream.flush()

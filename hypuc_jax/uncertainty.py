@@ -48,7 +48,19 @@ def _checked(y, mu, sigma, dof):
 
 
 def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
-    """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf)."""
+    """Mean negative log-likelihood of mu + sigma Z (Gaussian at dof inf).
+
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      mean over n of log(sigma) - log p_Z((y - mu) / sigma).
+
+    Raises:
+      ValueError: invalid inputs (see the module docstring).
+    """
     y, mu, sigma, dof = _checked(y, mu, sigma, dof)
     # log(sigma) - log p(z): no sigma ** 2, which overflows beyond ~1e154 and
     # underflows below ~1e-162.
@@ -56,7 +68,19 @@ def nll(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> f
 
 
 def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
-    """Mean closed-form CRPS of mu + sigma Z at y."""
+    """Mean closed-form CRPS of mu + sigma Z at y.
+
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      mean CRPS over n, in label units.
+
+    Raises:
+      ValueError: invalid inputs (see the module docstring).
+    """
     y, mu, sigma, dof = _checked(y, mu, sigma, dof)
     # Written as e (2 F(u) - 1) + s (...) with e = y - mu, so a tiny sigma
     # (u = e / s overflowing to +-inf) still gives |e|, the point-mass CRPS.
@@ -80,9 +104,20 @@ def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> 
 
 def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
                    levels: np.ndarray = CAL_LEVELS, dof: float = INF) -> np.ndarray:
-    """Observed coverage of the central interval at each nominal level, [len(levels)].
+    """Observed coverage of the central interval at each nominal level.
 
-    ``levels`` are nominal coverages in [0, 1].
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      levels: nominal coverages [L] in [0, 1] (default ``CAL_LEVELS``, L = 100).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      [L] fraction of y with |y - mu| <= z_p sigma, z_p the family's central
+      quantile at each level p.
+
+    Raises:
+      ValueError: invalid inputs, or levels not 1-D within [0, 1].
     """
     y, mu, sigma, dof = _checked(y, mu, sigma, dof)
     levels = np.asarray(levels, dtype=np.float64)
@@ -95,14 +130,40 @@ def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
 
 def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
              dof: float = INF) -> float:
-    """Fraction of y inside the central ``level`` interval; ``level`` in [0, 1]."""
+    """Fraction of y inside the central ``level`` interval mu +- z_level sigma.
+
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      level: nominal coverage in [0, 1].
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      observed coverage in [0, 1].
+
+    Raises:
+      ValueError: invalid inputs, or ``level`` outside [0, 1].
+    """
     if not (is_real(level) and 0.0 <= level <= 1.0):
         raise ValueError(f"level: expected a coverage in [0, 1], got {level!r}")
     return float(coverage_curve(y, mu, sigma, np.array([level]), dof)[0])
 
 
 def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
-    """Mean width 2 z_level sigma of the central ``level`` interval; ``level`` in (0, 1)."""
+    """Mean width 2 z_level sigma of the central ``level`` interval.
+
+    Args:
+      sigma: predictive standard deviations [n], finite and > 0.
+      level: nominal coverage in (0, 1).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      mean interval width over n, in label units.
+
+    Raises:
+      ValueError: sigma not 1-D, non-finite or <= 0, ``level`` outside (0, 1),
+        or a bad dof.
+    """
     sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
     check_positive(sigma, "sigma")
     if not (is_real(level) and 0.0 < level < 1.0):
@@ -111,7 +172,19 @@ def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
 
 
 def uce(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:
-    """Mean |observed - nominal| central-interval coverage over ``CAL_LEVELS``."""
+    """Mean |observed - nominal| central-interval coverage over ``CAL_LEVELS``.
+
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      UCE in [0, 1] (0: perfectly calibrated).
+
+    Raises:
+      ValueError: invalid inputs (see the module docstring).
+    """
     return float(np.mean(np.abs(coverage_curve(y, mu, sigma, dof=dof) - CAL_LEVELS)))
 
 
@@ -134,7 +207,19 @@ def uce_noise_floor(n: int, draws: int = 200, seed: int = 0) -> tuple[float, flo
 
 def miscalibration_area(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
                         dof: float = INF) -> float:
-    """Area between observed and nominal central-interval coverage curves."""
+    """Area between observed and nominal central-interval coverage curves.
+
+    Args:
+      y, mu, sigma: labels, predicted locations and predictive standard
+        deviations [n] (sigma > 0).
+      dof: predictive family: inf (Gaussian) or a Student-t dof > 2.
+
+    Returns:
+      area (>= 0) between :func:`coverage_curve` at ``CAL_LEVELS`` and the diagonal.
+
+    Raises:
+      ValueError: invalid inputs (see the module docstring).
+    """
     d = coverage_curve(y, mu, sigma, dof=dof) - CAL_LEVELS
     h = np.diff(CAL_LEVELS)
     dl, dr = d[:-1], d[1:]

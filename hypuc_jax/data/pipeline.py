@@ -12,9 +12,8 @@
   evaluation keeps the order, pads the last batch and masks the padding.
   In multi-host runs every process gets its slice of each global batch.
   Rows are read by index, so a memory-mapped ``x`` is never loaded whole.
-* :func:`prefetch_to_device`: a background thread assembles the next
-  batches and ``device_put``\\ s them (optionally with a ``NamedSharding``)
-  while the step runs.
+* :func:`prefetch_to_device`: a background thread assembles the next batches and
+  ``device_put``\\ s them (optionally with a ``NamedSharding``) while the step runs.
 """
 from __future__ import annotations
 
@@ -162,7 +161,8 @@ class Scaler:
                    y_std if varies(y_std, y_mean) else 1.0)
 
     def transform_x(self, x):
-        """``(x - x_mean) / x_std`` over the last axis; float32 (numpy or jax in, same out)."""
+        """x [..., channels] -> ``(x - x_mean) / x_std`` [..., channels], float32 (numpy or
+        jax in, same out). Raises ValueError when the last axis is not ``channels`` long."""
         if not isinstance(x, jax.Array):
             x = np.asarray(x, np.float32)
         if x.shape[-1] != self.x_mean.shape[0]:
@@ -171,15 +171,15 @@ class Scaler:
         return (x - self.x_mean) / self.x_std
 
     def transform_y(self, y):
-        """``(y - y_mean) / y_std``."""
+        """Labels y [n] (any shape) -> scaled ``(y - y_mean) / y_std``, same shape."""
         return (y - self.y_mean) / self.y_std
 
     def inverse_y(self, y):
-        """Scaled labels back to label units: ``y * y_std + y_mean``."""
+        """Scaled labels y [n] (any shape) -> label units ``y * y_std + y_mean``, same shape."""
         return y * self.y_std + self.y_mean
 
     def inverse_scale(self, s):
-        """A scaled standard deviation back to label units: ``s * y_std``."""
+        """Scaled standard deviations s [n] (any shape) -> label units ``s * y_std``, same shape."""
         return s * self.y_std
 
     def to_dict(self) -> dict[str, Any]:

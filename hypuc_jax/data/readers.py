@@ -48,14 +48,17 @@ class RowView:
 
     @property
     def shape(self):
+        """``(len(rows),) + base.shape[1:]``."""
         return (len(self.rows),) + tuple(self.base.shape[1:])
 
     @property
     def dtype(self):
+        """dtype of ``base``."""
         return self.base.dtype
 
     @property
     def ndim(self):
+        """Number of axes, ``base.ndim``."""
         return self.base.ndim
 
     def __len__(self):
@@ -77,10 +80,12 @@ class RowView:
 
     @property
     def size(self):
+        """Number of elements of the view, ``prod(shape)``."""
         return math.prod(self.shape)
 
     @property
     def nbytes(self):
+        """Bytes of the view's elements, ``size * itemsize`` (none is read)."""
         return self.size * np.dtype(self.dtype).itemsize
 
     def __array__(self, dtype=None, copy=None):
@@ -109,7 +114,18 @@ def _check_file(path: str, what: str) -> None:
 
 
 def normalise_split(values, where: str) -> np.ndarray:
-    """Maps split names (train / val|valid|validation / test) to ``SPLIT_NAMES``."""
+    """Maps split names (train / val|valid|validation / test) to ``SPLIT_NAMES``.
+
+    Args:
+      values: split names [n] (any iterable; case and surrounding spaces ignored).
+      where: what ``values`` are, for error messages (e.g. the file and column).
+
+    Returns:
+      [n] ``<U5`` array of "train", "val" or "test".
+
+    Raises:
+      ValueError: naming ``where`` and the row of the first unknown name.
+    """
     out = []
     for i, v in enumerate(values):
         key = str(v).strip().lower()

@@ -45,6 +45,15 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
 
 
 def option(options, key, cast: Callable, default, spec):
+    """Option ``key`` of ``options`` (from :func:`parse_spec`) converted by ``cast``.
+
+    Returns:
+      ``cast(options[key])``, or ``default`` (not cast) when ``key`` is absent.
+
+    Raises:
+      ValueError: ``cast`` raised ValueError; names ``spec``, the option and
+        ``cast.__name__`` (e.g. "flag (0/1)").
+    """
     if key not in options:
         return default
     try:
@@ -64,6 +73,11 @@ def positive_option(options, key, default, spec):
 
 
 def flag(value: str) -> bool:
+    """Option cast: "1"/"true"/"yes" -> True, "0"/"false"/"no" -> False (any case).
+
+    Raises:
+      ValueError: any other value.
+    """
     if value.lower() in ("1", "true", "yes"):
         return True
     if value.lower() in ("0", "false", "no"):
@@ -75,6 +89,7 @@ flag.__name__ = "flag (0/1)"
 
 
 def floats(value: str) -> list[float]:
+    """Option cast: "1,2.5" -> [1.0, 2.5] (empty items skipped; a bad number raises ValueError)."""
     return [float(v) for v in value.split(",") if v]
 
 
