@@ -44,6 +44,7 @@ ACCURACY_KEYS = ("mae", "mse", "rmse", "gm", "pearson", "spearman", "balanced_ma
 UNCERTAINTY_KEYS = ("nll", "crps", *(f"coverage_{k}" for k in LEVELS),
                     *(f"width_{k}" for k in LEVELS), "uce", "ence", "miscal_area")
 METRIC_KEYS = ("n", *ACCURACY_KEYS, *UNCERTAINTY_KEYS)
+MIN_COUNT = 10          # fewest samples a region's metrics are computed on (else None)
 
 
 def _clean(x: Any) -> float | None:
@@ -154,7 +155,7 @@ def _block(y, mu, sigma, edges, min_count, dof=unc.INF) -> dict[str, Any]:
 
 
 def evaluate(y, mu, sigma=None, *, train_labels=None, regions=None, shot_bins: Any = 100,
-             min_count: int = 10, many_shot: int = 100, few_shot: int = 20,
+             min_count: int = MIN_COUNT, many_shot: int = 100, few_shot: int = 20,
              dof: float = unc.INF) -> dict[str, Any]:
     """Metrics overall and per region, JSON-serialisable.
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hypuc_jax import metrics
 from hypuc_jax import uncertainty as unc_scores
 from hypuc_jax._files import write_text_atomic  # noqa: F401  (re-exported: report.write_text_atomic)
 from hypuc_jax._predictions import ThresholdSpec, event
@@ -40,13 +41,16 @@ def tail_mae(run: RunOutputs, value: float, direction: str, which: str = "mu") -
                             else float("nan"))
 
 
-def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -> list[dict]:
+def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50,
+           min_region: int = metrics.MIN_COUNT) -> list[dict]:
     """The HypUC claims as rows {claim, measured, passed} (passed None = undefined).
 
     Args:
       baseline: the unweighted run (None skips the comparisons against it).
       method: the HypUC run.
       min_bin: smallest test mu-bin count whose 95% coverage is checked.
+      min_region: fewest test records beyond a threshold whose MAE change is
+        judged (as eval.json, which reports no metrics for smaller regions).
     """
     rows = []
 
@@ -63,9 +67,11 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
             n, tm = tail_mae(method, value, direction)
             _, tb = tail_mae(baseline, value, direction)
             side = ">" if direction == "above" else "<"
+            few = n < min_region
             add(f"MAE for y {side} {value:g} at least 20% below baseline",
-                f"{tm:.4f} vs {tb:.4f} ({(tm / tb - 1) * 100:+.1f}%, n={n})" if n
-                else f"no test records with y {side} {value:g}", None if n == 0 else tm <= 0.8 * tb)
+                f"{tm:.4f} vs {tb:.4f} ({(tm / tb - 1) * 100:+.1f}%, n={n}"
+                + (f"; fewer than {min_region} test records: not judged)" if few else ")") if n
+                else f"no test records with y {side} {value:g}", None if few else tm <= 0.8 * tb)
     cal = method.eval["calibrated"]["overall"]
     unc = method.eval["uncalibrated"]["overall"]
     c95 = cal.get("coverage_95")
@@ -87,7 +93,13 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50) -
         None if u0 is None or u1 is None else u1 <= 0.5 * u0)
     for name, d in method.eval.get("decisions", {}).items():
         a, b = d.get("auroc"), d.get("baseline_auroc")
-        measured = f"no classifier ({d['skipped']})" if d.get("skipped") else f"{_fmt(a)} vs {_fmt(b)}"
+        if d.get("skipped"):
+            measured = f"no classifier ({d['skipped']})"
+        elif a is None or b is None:
+            measured = (f"undefined: {d.get('n_positive')} of {d.get('n')} test records "
+                        "positive (AUROC needs both outcomes)")
+        else:
+            measured = f"{_fmt(a)} vs {_fmt(b)}"
         add(f"decision {name}: boosted AUROC >= thresholding-mu AUROC", measured,
             None if a is None or b is None else a >= b)
     sel = selective_mae(method.y, method.mu, method.sigma_cal, (0.0, 0.1))

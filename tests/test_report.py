@@ -96,6 +96,15 @@ def test_checks_against_hand_computed_numbers(runs):
     assert rows["MAE for y > 99 at least 20% below baseline"] == {
         "claim": "MAE for y > 99 at least 20% below baseline",
         "measured": "no test records with y > 99", "passed": None}
+    # fewer test records than eval.json computes region metrics on: shown, not judged
+    b60, m60 = _run("b", 0.4, n=60, seed=5), _run("m", 0.05, n=60, seed=5)
+    top = float(np.sort(m60.y)[-4])
+    few = dataclasses.replace(m60, tails=(("top", top, "above"),))
+    (row,) = [r for r in report.checks(b60, few) if r["claim"].startswith("MAE for")]
+    sel = m60.y > top
+    mae_f = np.mean(np.abs(m60.y[sel] - m60.mu[sel]))
+    assert sel.sum() == 3 and row["passed"] is None and f"{mae_f:.4f} vs" in row["measured"]
+    assert "n=3; fewer than 10 test records: not judged" in row["measured"]
     cov = meth.eval["calibrated"]["overall"]["coverage_95"]
     assert rows["calibrated 95% coverage within ±2 pp overall"]["passed"] == (abs(cov - 0.95) <= 0.02)
     u0 = meth.eval["uncalibrated"]["overall"]["uce"]
@@ -154,6 +163,11 @@ def test_every_other_claim_row_against_an_independent_recomputation(runs):
     for auroc, ok in ((0.9, True), (0.8, True), (0.7, False)):
         ev = {**meth.eval, "decisions": {"K>5.5": {"auroc": auroc, "baseline_auroc": 0.8}}}
         assert row(base, dataclasses.replace(meth, eval=ev), "decision K>5.5")["passed"] is ok
+    # no positive test record: AUROC undefined, and the row says why
+    ev = {**meth.eval, "decisions": {"K>5.5": {"n": 400, "n_positive": 0, "auroc": None,
+                                               "baseline_auroc": None}}}
+    r = row(base, dataclasses.replace(meth, eval=ev), "decision K>5.5")
+    assert r["passed"] is None and r["measured"].startswith("undefined: 0 of 400 test records")
     # flagging: the 10% largest sigmas (largest Gaussian entropy) dropped
     r = row(base, meth, "flagging")
     kept, full = _kept_mae(meth.y, meth.mu, meth.sigma_cal, 0.1), np.mean(np.abs(meth.mu - meth.y))
