@@ -29,9 +29,16 @@ class GroupNorm(nnx.GroupNorm):
     single pass backward. On XLA:CPU this trains the ResNet ~10% faster than
     normalising ``(x - mean) * rsqrt(var + eps)`` at full size. Other input
     ranks, masks, ``use_fast_variance=False`` and ``axis_name`` use
-    ``nnx.GroupNorm`` itself. The output dtype is ``dtype``, or as in
+    ``nnx.GroupNorm`` itself. Statistics are always over every axis but the
+    batch: ``reduction_axes`` is refused. The output dtype is ``dtype``, or as in
     ``nnx.GroupNorm`` the promotion of the input and parameter dtypes.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.reduction_axes is not None:
+            raise ValueError(f"reduction_axes: hypuc_jax.layers.GroupNorm reduces over every "
+                             f"axis but the batch (leave it None), got {self.reduction_axes!r}")
 
     def __call__(self, x, *, mask=None):
         """Group-normalises ``x`` (one multiply-add per element at rank 3 without ``mask``).
@@ -72,6 +79,10 @@ class ResidualBlock(nnx.Module):
 
     def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, groups: int,
                  dtype, *, rngs: nnx.Rngs):
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd int >= 1 (an even kernel's "
+                             f"'same' padding shifts the main path against the shortcut), "
+                             f"got {kernel_size!r}")
         pad = [(kernel_size // 2, kernel_size // 2)]
         self.conv1 = nnx.Conv(cin, cout, (kernel_size,), strides=stride, padding=pad,
                               use_bias=False, dtype=dtype, rngs=rngs)
@@ -96,9 +107,7 @@ class ResidualBlock(nnx.Module):
           x: [batch, time, cin].
 
         Returns:
-          [batch, time', cout], time' = ceil(time / stride) for an odd
-          ``kernel_size`` (with an even one the shortcut's length may differ,
-          and a chex AssertionError is raised).
+          [batch, time', cout], time' = ceil(time / stride).
         """
         h = jax.nn.relu(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))

@@ -1,5 +1,6 @@
 """Tests for hypuc_jax.models: shapes, heads, transforms, references, bad input."""
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -8,6 +9,8 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from hypuc_jax import losses, models
+
+import np_models
 
 SMALL = dict(widths=(4, 8), blocks=(1, 2), kernel_size=5, stem_kernel=7, groups=2)
 SIG_SHAPE = (40, 3)
@@ -81,22 +84,53 @@ def test_mlp_matches_numpy_forward():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_outputs():
-    make = lambda dtype: models.create_model("mlp", (5,), "gaussian", rngs=nnx.Rngs(3),
-                                             hidden=(16,), dtype=dtype)
+def _matmul_operand_dtypes(fn, *args):
+    """Operand dtypes of every conv_general_dilated / dot_general in the jaxpr of
+    ``fn(*args)``, nested jaxprs (pjit, custom_jvp...) included."""
+    found = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.add((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)))
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("kind,shape,opts,prims", [
+    ("mlp", (5,), dict(hidden=(16,)), {"dot_general"}),
+    ("resnet1d", SIG_SHAPE, SMALL, {"conv_general_dilated", "dot_general"})])
+def test_bfloat16_compute_keeps_float32_params_and_outputs(kind, shape, opts, prims):
+    make = lambda dtype: models.create_model(kind, shape, "gaussian", rngs=nnx.Rngs(3),
+                                             dtype=dtype, **opts)
     low, full = make("bfloat16"), make("float32")
     assert all(v.dtype == jnp.float32 for v in _leaves(low))
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)), jnp.float32)
+    x = _signal(4, shape, seed=1)
     a, b = low(x), full(x)
     assert a.loc.dtype == jnp.float32 and a.scale.dtype == jnp.float32
     np.testing.assert_allclose(a.loc, b.loc, rtol=0.05, atol=0.05)
     np.testing.assert_allclose(a.scale, b.scale, rtol=0.05, atol=0.05)
+    # The compute really is bfloat16 (an ignored dtype would pass the checks above):
+    # every matmul / conv takes bf16 operands, and the result moves off the float32 one.
+    assert _matmul_operand_dtypes(lambda v: low(v), x) == {
+        (p, ("bfloat16", "bfloat16")) for p in prims}
+    assert {p for p, _ in _matmul_operand_dtypes(lambda v: full(v), x)} == prims
+    # bf16 rounding (2^-9 relative) moves loc by ~1e-3; float32 reordering alone by ~1e-7.
+    assert np.max(np.abs(np.asarray(a.loc) - np.asarray(b.loc))) > 1e-5
 
 
 @pytest.mark.parametrize("offset", [0.0, 10.0])
 def test_group_norm_matches_torch_forward_and_backward(offset):
     """models.GroupNorm (the one-multiply-add form) against PyTorch's
-    group_norm in float64, values and gradients of x, scale and bias."""
+    group_norm in float64, values and gradients of x, scale and bias (the always-on
+    numpy twin is in tests/test_models_numpy.py)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     x = (offset + 2.0 * rng.normal(size=(3, 50, 12))).astype(np.float32)
@@ -127,7 +161,8 @@ def test_group_norm_matches_torch_forward_and_backward(offset):
 
 def test_resnet_matches_torch_equivalent():
     """The layer list in ResNet1D's docstring, built in PyTorch with the same
-    weights, gives the same outputs (the reference for the benchmark port)."""
+    weights, gives the same outputs (the reference for the benchmark port; the
+    always-on numpy twin is in tests/test_models_numpy.py)."""
     torch = pytest.importorskip("torch")
     nn = torch.nn
     model = models.create_model("resnet1d", SIG_SHAPE, "gaussian", rngs=nnx.Rngs(4),
@@ -312,13 +347,22 @@ def test_groups_must_divide_every_width():
 
 def test_group_norm_defers_to_nnx_for_the_options_it_does_not_fuse():
     """use_fast_variance=False (two-pass variance, accurate for large offsets) and the
-    output dtype follow nnx.GroupNorm; float64 numpy reference."""
-    x = (1000 + np.random.default_rng(0).normal(0, 1e-2, (2, 5, 4))).astype(np.float32)
-    xg = x.astype(np.float64).reshape(2, 5, 2, 2)
-    mean = xg.mean(axis=(1, 3), keepdims=True)
-    ref = ((xg - mean) / np.sqrt(xg.var(axis=(1, 3), keepdims=True) + 1e-6)).reshape(2, 5, 4)
+    output dtype follow nnx.GroupNorm; float64 numpy reference (tests/np_models.py).
+
+    x = 1000 + noise of std 1e-2 on a 2**-11 grid, 8 elements (4 steps x 2 channels)
+    per group: every float32 partial sum and the mean (a division by 8) are exact, so
+    x - mean is exact and the two-pass result is off only by the rounding of the
+    variance and rsqrt (~1e-7 relative); atol 1e-4. The fast form E[x^2] - mean^2
+    loses everything (ulp(1e6) = 0.06 >> var = 1e-4) and is off by ~5.
+    """
+    rng = np.random.default_rng(0)
+    x = (1000 + np.round(rng.normal(0, 1e-2, (2, 4, 4)) * 2 ** 11) / 2 ** 11).astype(np.float32)
+    scale, bias = rng.normal(size=4), rng.normal(size=4)
+    ref = np_models.group_norm(x, 2, scale, bias, 1e-6)[0]           # nnx default eps 1e-6
     exact = models.GroupNorm(4, num_groups=2, use_fast_variance=False, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(exact(jnp.asarray(x)), ref, atol=0.5)   # fast form: off by ~13
+    exact.scale[...] = jnp.asarray(scale, jnp.float32)
+    exact.bias[...] = jnp.asarray(bias, jnp.float32)
+    np.testing.assert_allclose(exact(jnp.asarray(x)), ref, rtol=0, atol=1e-4)
     out = models.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))(jnp.ones((1, 3, 4), jnp.bfloat16))
     assert out.dtype == nnx.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))(
         jnp.ones((1, 3, 4), jnp.bfloat16)).dtype == jnp.float32
