@@ -119,8 +119,13 @@ def test_simulated_thresholds_and_unit_checked_before_simulating():
         load("simulated:potassium?n=2&duration=1&unit=mEq/L")
     with pytest.raises(ValueError, match="option unit: simulated lvef labels are in %"):
         load("simulated:lvef?n=2&duration=1&unit=fraction")
-    ds = load("simulated:potassium?n=2&duration=1&unit=mmol/L&task=lvef")
-    assert ds.task.unit == "mmol/L"                            # the labels' unit, whatever task
+    # another preset's regions and thresholds would describe other labels (every
+    # potassium label fell in lvef's "severe" range)
+    with pytest.raises(ValueError, match=r"option task: simulated potassium data .*got "
+                                         r"task='lvef' \(simulate that preset instead"):
+        load("simulated:potassium?n=2&duration=1&task=lvef")
+    ds = load("simulated:potassium?n=2&duration=1&unit=mmol/L&task=potassium")
+    assert ds.task.unit == "mmol/L" and ds.task.thresholds[0].name == "K>5.5"
     x, y = simulate(0, 2, rate=100, duration=1.0)
     np.testing.assert_array_equal(ds.y, y)
 

@@ -13,6 +13,7 @@ import pytest
 
 from hypuc_jax.data import Scaler, batch_iterator, prefetch_to_device, split_indices
 from hypuc_jax.data import pipeline
+from hypuc_jax.data import scaler as scaler_module
 
 
 # --------------------------------------------------------------------- splits
@@ -59,7 +60,7 @@ def test_split_bad_input(kwargs, match):
 # --------------------------------------------------------------------- scaler
 
 def test_scaler_fits_train_rows_only_per_lead_and_round_trips(monkeypatch):
-    monkeypatch.setattr(pipeline, "_BLOCK", 3)     # exercise the blockwise (Chan) merge
+    monkeypatch.setattr(scaler_module, "_BLOCK", 3)     # exercise the blockwise (Chan) merge
     rng = np.random.default_rng(0)
     x = rng.normal(loc=[1.0, -2.0, 5.0], scale=[0.5, 2.0, 3.0], size=(20, 30, 3)).astype(np.float32)
     y = rng.gamma(2.0, 2.0, size=20)
@@ -183,9 +184,9 @@ def test_scaler_on_long_records_reads_small_blocks_and_matches_numpy(monkeypatch
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(40, 3000, 3)) * [1e-3, 1.0, 1e2] + [1e4, 0.0, -5.0]).astype(np.float32)
     y = rng.normal(size=40)
-    assert pipeline.row_block(x, 2048, itemsize=8, max_bytes=2 ** 20) == 14   # 72 kB a row
-    small = pipeline.row_block
-    monkeypatch.setattr(pipeline, "row_block",
+    assert scaler_module.row_block(x, 2048, itemsize=8, max_bytes=2 ** 20) == 14   # 72 kB a row
+    small = scaler_module.row_block
+    monkeypatch.setattr(scaler_module, "row_block",
                         lambda x, m, itemsize, max_bytes: small(x, m, itemsize=itemsize,
                                                                 max_bytes=2 ** 20))
     reads = []

@@ -7,6 +7,10 @@ import numpy as np
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _F32_LOSS = 1e-2       # largest float32 rounding accepted, as a fraction of a column's sd
+# A column whose sd is at most this fraction of |mean| (or _TINY) is constant: its sd
+# is float64 round-off (a constant 4.2 has np.std ~1e-15 at some lengths). Shared
+# with the Scaler, which gives such a column sd 1.
+_CONSTANT_REL, _TINY = 1e-12, float(np.finfo(np.float64).tiny)
 
 
 def _check_float32_range(path, name, col) -> None:
@@ -32,9 +36,13 @@ def _check_float32_precision(path, name, col, what: str = "column") -> None:
     was trained on the same float32 rounding."""
     v = np.asarray(col, np.float64)
     v = v[np.isfinite(v)]
-    spread = float(np.std(v)) if v.size else 0.0
-    loss = float(np.max(np.abs(v.astype(np.float32) - v))) if v.size else 0.0
-    if spread > 0 and loss > _F32_LOSS * spread:
+    if not v.size:
+        return
+    spread = float(np.std(v))
+    if spread <= _CONSTANT_REL * max(abs(float(np.mean(v))), _TINY):
+        return                      # constant: nothing for float32 to round together
+    loss = float(np.max(np.abs(v.astype(np.float32) - v)))
+    if loss > _F32_LOSS * spread:
         raise ValueError(f"{path}: {what} {name!r}: float32, the precision the model works in, "
                          f"rounds its values by up to {loss:.3g}, {loss / spread:.3g} of their "
                          f"spread (sd {spread:.3g}); subtract an offset first (e.g. the "

@@ -1,13 +1,12 @@
-"""File readers behind :func:`hypuc_jax.data.load`: CSV and NPZ (memory mapped); WFDB
-records are read by :mod:`hypuc_jax.data.wfdb_records`.
+"""File readers behind :func:`hypuc_jax.data.load`: NPZ (memory mapped), split names,
+row views; CSV tables are read by :mod:`hypuc_jax.data.csv_table`, WFDB records
+by :mod:`hypuc_jax.data.wfdb_records`.
 
 Each reader validates what it reads and raises ``ValueError`` naming the
 file (or record) and the problem. Nothing is written.
 """
 from __future__ import annotations
 
-import csv
-import logging
 import math
 import os
 import struct
@@ -15,8 +14,7 @@ import zipfile
 
 import numpy as np
 
-from hypuc_jax.data._float32 import (_F32_MAX, _check_float32_precision, _check_float32_range,
-                                     _exact_in_float32)
+from hypuc_jax.data._float32 import _F32_MAX, _check_float32_precision, _exact_in_float32
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
@@ -133,128 +131,6 @@ def normalise_split(values, where: str) -> np.ndarray:
             raise ValueError(f"{where}: row {i}: expected a split in {SPLIT_NAMES}, got {v!r}")
         out.append(_SPLIT_ALIASES[key])
     return np.asarray(out, dtype="<U5")
-
-
-def read_csv_columns(path: str) -> dict[str, list[str]]:
-    """Header + rows of a CSV file as ``{column: [str]}``."""
-    _check_file(path, "CSV file")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:   # drops a UTF-8 BOM
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: unreadable CSV file ({e})") from e
-    rows = [r for r in rows if r]
-    if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header row and at least one data row, "
-                         f"got {len(rows)} non-empty lines")
-    header = [h.strip() for h in rows[0]]
-    if len(set(header)) != len(header):
-        raise ValueError(f"{path}: duplicate column names in header {header}")
-    for i, r in enumerate(rows[1:]):
-        if len(r) != len(header):
-            raise ValueError(f"{path}: data row {i} has {len(r)} fields, the header has {len(header)}")
-    return {h: [r[j].strip() for r in rows[1:]] for j, h in enumerate(header)}
-
-
-def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
-    """float64 column (``''`` -> NaN) or ``(None, first bad row)`` if not numeric."""
-    arr = np.asarray(values)
-    try:
-        return np.where(arr == "", "nan", arr).astype(np.float64), None
-    except ValueError:
-        for i, v in enumerate(values):
-            try:
-                float(v or "nan")
-            except ValueError:
-                return None, i
-    return None, 0  # unreachable: astype failed so some value failed above
-
-
-def _target_and_split(path, cols, target, split_col, labels_optional=False, named_target=False):
-    """Numeric target column and optional split column of a CSV table.
-
-    Returns:
-      ``(y [n] float64, split [n] or None)``; a missing or non-numeric column
-      raises ValueError naming ``path`` and the column, and so does a target
-      column without any value (unless ``labels_optional``) or with values
-      beyond the float32 range. With ``labels_optional`` a missing target
-      column gives NaN labels, unless ``named_target`` (the spec named it).
-    """
-    absent_ok = labels_optional and not named_target
-    for what, name in (("target", target), ("split", split_col)):
-        if name is not None and name not in cols and not (absent_ok and what == "target"):
-            raise ValueError(f"{path}: {what} column {name!r} not found; columns: {list(cols)}")
-    if target not in cols:
-        n = len(next(iter(cols.values()))) if cols else 0
-        return np.full(n, np.nan), (None if split_col is None else normalise_split(
-            cols[split_col], f"{path}: column {split_col!r}"))
-    y, bad = parse_numeric(cols[target])
-    if y is None:
-        raise ValueError(f"{path}: target column {target!r} is not numeric (row {bad}: "
-                         f"{cols[target][bad]!r})")
-    if not labels_optional and not any(cols[target]):
-        raise ValueError(f"{path}: target column {target!r} is empty: expected numeric labels, "
-                         f"got no value in any of its {len(y)} rows")
-    _check_float32_range(path, target, y)
-    if not labels_optional:
-        _check_float32_precision(path, target, y)
-    split = None if split_col is None else normalise_split(cols[split_col], f"{path}: column {split_col!r}")
-    return y, split
-
-
-def read_csv_table(path, target, features, split_col, labels_optional=False, named_target=False):
-    """Features, target and split of a table.
-
-    Returns:
-      ``(x [n, f] float32, y [n] float32, split [n] or None, feature names)``;
-      with ``labels_optional`` a table without the target column has NaN y
-      (unless ``named_target``: a column the spec names must exist).
-      Without ``features``, non-numeric and empty (no value in any row)
-      columns are skipped with a log line; listed in ``features`` they raise.
-
-    Raises:
-      ValueError: naming ``path`` and the column, also for a value beyond
-        the float32 range (|value| > 3.4e38).
-    """
-    cols = read_csv_columns(path)
-    y, split = _target_and_split(path, cols, target, split_col, labels_optional, named_target)
-    if features is not None:
-        missing = [c for c in features if c not in cols]
-        if missing:
-            raise ValueError(f"{path}: feature columns {missing} not found; columns: {list(cols)}")
-        if target in features:
-            raise ValueError(f"{path}: the target column {target!r} is also listed as a feature")
-        repeated = sorted({c for c in features if features.count(c) > 1})
-        if repeated:
-            raise ValueError(f"{path}: feature columns {repeated} are listed more than once")
-    names, xs, skipped = [], [], []
-    for name in (features if features is not None else cols):
-        if features is None and name in (target, split_col):
-            continue
-        col, bad = parse_numeric(cols[name])
-        if col is None:
-            if features is not None:
-                raise ValueError(f"{path}: feature column {name!r} is not numeric (row {bad}: "
-                                 f"{cols[name][bad]!r})")
-            skipped.append(name)
-            continue
-        if not any(cols[name]):                  # no value at all: nothing numeric to learn from
-            if features is not None:
-                raise ValueError(f"{path}: feature column {name!r} is empty: expected numbers, "
-                                 f"got no value in any of its {len(col)} rows")
-            skipped.append(name)
-            continue
-        _check_float32_range(path, name, col)
-        if not labels_optional:
-            _check_float32_precision(path, name, col)
-        names.append(name)
-        xs.append(col)
-    if skipped:
-        logging.getLogger(__name__).warning("%s: skipped non-numeric columns %s", path, skipped)
-    if not xs:
-        raise ValueError(f"{path}: no numeric feature columns besides the target {target!r}")
-    x = np.stack(xs, axis=1).astype(np.float32)
-    return x, y.astype(np.float32), split, names
 
 
 def _npz_member_memmap(path: str, info: zipfile.ZipInfo) -> np.memmap:

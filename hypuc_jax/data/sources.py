@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from hypuc_jax.data import readers, wfdb_records
+from hypuc_jax.data import csv_table, readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.spec import (OPTIONS, flag, floats, option, parse_spec, positive_option,
                                   wfdb_labels_file)
@@ -118,6 +118,8 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
                 raise ValueError(f"spec {spec!r}: option {direction}: expected finite numbers, "
                                  f"got {options[direction]!r}")
             new = Threshold(f"{target}{sign}{v:g}", v, direction)
+            if any(t.name == new.name and t.value != v for t in thresholds):
+                new = Threshold(f"{target}{sign}{v!r}", v, direction)   # 5.5 and 5.5000001
             for t in thresholds:
                 if t.name == new.name or (t.direction, t.value) == (direction, v):
                     source = (f"of the task {options['task']!r}" if t in base_thresholds
@@ -132,9 +134,12 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
             raise ValueError(f"spec {spec!r}: option cuts: expected increasing finite numbers, "
                              f"got {options['cuts']!r}")
         edges = [-math.inf] + cuts + [math.inf]
+        fmt = "g" if len({f"{c:g}" for c in cuts}) == len(cuts) else "r"   # 6 digits unless
+        text = {c: format(c, "g") if fmt == "g" else repr(c) for c in cuts}  # that merges cuts
         regions = {}
         for lo, hi in zip(edges[:-1], edges[1:]):
-            label = f"<{hi:g}" if lo == -math.inf else f">={lo:g}" if hi == math.inf else f"{lo:g}-{hi:g}"
+            label = (f"<{text[hi]}" if lo == -math.inf else f">={text[lo]}" if hi == math.inf
+                     else f"{text[lo]}-{text[hi]}")
             regions[label] = (lo, hi)
     return TaskInfo(name=name, target=target, unit=unit, regions=regions,
                     thresholds=tuple(thresholds))
@@ -153,11 +158,24 @@ def check_finite_inputs(x, *, where: str) -> None:
                          "per record, so drop or impute them first")
 
 
-def drop_nonfinite(x, y, split, *, strict: bool, where: str):
+def _nonfinite_columns(x, y, names) -> str:
+    """'; NaN/inf per column: 'b' 360, label 2' for tabular ``x`` [n, f] (else '')."""
+    if not isinstance(x, np.ndarray) or isinstance(x, np.memmap) or x.ndim != 2:
+        return ""
+    counts = [(f"{n!r}", int(c)) for n, c in zip(names or range(x.shape[1]),
+                                                  (~np.isfinite(x)).sum(axis=0)) if c]
+    counts += [("label", int((~np.isfinite(y)).sum()))] if not np.isfinite(y).all() else []
+    counts.sort(key=lambda t: -t[1])
+    return "; NaN/inf per column: " + ", ".join(f"{n} {c}" for n, c in counts[:5]) + (
+        ", ..." if len(counts) > 5 else "")
+
+
+def drop_nonfinite(x, y, split, *, strict: bool, where: str, names=()):
     """Drops rows with NaN/inf in ``x`` [n, ...] or ``y`` [n] (logged count).
 
     ``x`` may be a memory map: it is scanned in row blocks and rows are
-    dropped through a :class:`readers.RowView`, never materialised.
+    dropped through a :class:`readers.RowView`, never materialised. For an
+    in-memory table the messages count the NaN/inf per column (``names``).
 
     Raises:
       ValueError: ``strict`` and some row is not finite, or no row is left.
@@ -167,13 +185,15 @@ def drop_nonfinite(x, y, split, *, strict: bool, where: str):
     if n_bad == 0:
         return x, y, split
     first = int(np.flatnonzero(~ok)[0])
+    per_column = _nonfinite_columns(x, y, names)
     if strict:
         raise ValueError(f"{where}: {n_bad} rows with NaN/inf in features or label (first: row "
-                         f"{first}); strict mode forbids dropping them")
+                         f"{first}{per_column}); strict mode forbids dropping them")
     if n_bad == ok.size:
-        raise ValueError(f"{where}: every one of the {n_bad} rows has NaN/inf in features or label")
-    log.warning("%s: dropped %d of %d rows with NaN/inf in features or label (first: row %d)",
-                where, n_bad, ok.size, first)
+        raise ValueError(f"{where}: every one of the {n_bad} rows has NaN/inf in features or "
+                         f"label{per_column}")
+    log.warning("%s: dropped %d of %d rows with NaN/inf in features or label (first: row %d%s)",
+                where, n_bad, ok.size, first, per_column)
     keep = np.flatnonzero(ok)
     x = x[keep] if isinstance(x, np.ndarray) and not isinstance(x, np.memmap) else readers.RowView(x, keep)
     return x, y[keep], None if split is None else split[keep]
@@ -193,6 +213,10 @@ def _load_simulated(arg, options, spec, labels_optional=False):
     rate = positive_option(options, "rate", 100.0, spec)
     seed = option(options, "seed", int, 0, spec)
     duration = positive_option(options, "duration", 10.0, spec)
+    if options.get("task", preset) != preset:
+        raise ValueError(f"spec {spec!r}: option task: simulated {preset} data has the {preset} "
+                         f"task's labels, regions and thresholds; got task={options['task']!r} "
+                         f"(simulate that preset instead: 'simulated:{options['task']}')")
     if any(k in options for k in ("task", "above", "below", "cuts")):  # checked before simulating
         task = _task(task.name, task.target, dict(options, task=options.get("task", preset),
                                                   unit=task.unit), spec)
@@ -224,7 +248,7 @@ def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
     features = options.get("features") or None
     if isinstance(features, str):
         features = features.split(",")
-    x, y, split, names = readers.read_csv_table(arg, target, features, options.get("split"),
+    x, y, split, names = csv_table.read_csv_table(arg, target, features, options.get("split"),
                                                 labels_optional, named_target)
     stem = os.path.splitext(os.path.basename(arg))[0]
     return Dataset(x, y, _task(stem, target, options, spec), "tabular", None, split,
@@ -305,7 +329,7 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
         ds.y = np.asarray(ds.y, np.float32)
         return ds
     ds.x, ds.y, ds.split = drop_nonfinite(ds.x, np.asarray(ds.y, np.float32), ds.split,
-                                          strict=strict, where=where)
+                                          strict=strict, where=where, names=ds.feature_names)
     return ds
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from hypuc_jax._validation import is_real
-from hypuc_jax.data.readers import _target_and_split, read_csv_columns
+from hypuc_jax.data.csv_table import _target_and_split, read_csv_columns
 from hypuc_jax.data.simulator import LEAD_NAMES
 
 

@@ -1,0 +1,108 @@
+"""Data-layer edge cases found by review: each loads what an independent reader
+(pandas, numpy, the csv module) sees, or is refused with the column named."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from csv_files import write_csv
+from hypuc_jax.data import Scaler, load
+
+
+def _table(tmp_path, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"a": rng.normal(size=n), "flag": np.full(n, 4.2),
+                         "y": rng.normal(5.0, 1.0, n)})
+
+
+@pytest.mark.parametrize("n", [10, 100, 400, 5000])
+def test_a_constant_column_is_not_a_float32_precision_problem(tmp_path, n):
+    """np.std of a constant 4.2 is ~1e-15 at some lengths, not 0: the precision check
+    compared float32's rounding (2e-7) with that and refused the file."""
+    df = _table(tmp_path, n)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
+    assert ds.feature_names == ("a", "flag")
+    np.testing.assert_array_equal(ds.x[:, 1], np.float32(4.2))
+    # a real offset problem is still refused: 1e9 + noise of sd 1 rounds in steps of 64
+    df["a"] = 1e9 + df["a"]
+    df.to_csv(tmp_path / "o.csv", index=False)
+    with pytest.raises(ValueError, match="column 'a': float32.*subtract an offset"):
+        load(f"csv:{tmp_path / 'o.csv'}?target=y")
+
+
+def test_cuts_and_thresholds_that_print_alike_keep_distinct_names(tmp_path):
+    df = _table(tmp_path, 50)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y&cuts=1234567,1234568,1234569")
+    assert list(ds.task.regions.values()) == [(-np.inf, 1234567.0), (1234567.0, 1234568.0),
+                                              (1234568.0, 1234569.0), (1234569.0, np.inf)]
+    assert len(set(ds.task.regions)) == 4
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y&cuts=3.5,5.5")
+    assert list(ds.task.regions) == ["<3.5", "3.5-5.5", ">=5.5"]          # short when distinct
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y&above=5.5,5.5000001")
+    names = [t.name for t in ds.task.thresholds]
+    assert [t.value for t in ds.task.thresholds] == [5.5, 5.5000001]
+    assert len(set(names)) == 2 and names[0] == "y>5.5"
+    with pytest.raises(ValueError, match="option above: expected distinct thresholds"):
+        load(f"csv:{tmp_path / 't.csv'}?target=y&above=5.5,5.50")
+
+
+def test_a_pandas_index_column_is_not_a_feature(tmp_path, caplog):
+    df = _table(tmp_path, 30)
+    df.to_csv(tmp_path / "t.csv")                         # header ",a,flag,y": the index
+    assert pd.read_csv(tmp_path / "t.csv").columns[0] == "Unnamed: 0"
+    with caplog.at_level(logging.WARNING):
+        ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
+    assert ds.feature_names == ("a", "flag")
+    np.testing.assert_allclose(ds.x[:, 0], df["a"].to_numpy(np.float32))
+    assert "column without a name" in caplog.text
+
+
+def test_missing_value_markers_are_nan_and_mixed_columns_are_named(tmp_path, caplog):
+    rows = [[1, "NA", 3], [4, 5, 6], [7, "n/a", 9], [10, 11, "null"], [13, 14, 15]]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "y"], rows)
+    want = pd.read_csv(path)                               # pandas' default na_values
+    with caplog.at_level(logging.WARNING):
+        ds = load(f"csv:{path}?target=y")
+    keep = want.notna().all(axis=1).to_numpy()
+    assert ds.feature_names == ("a", "b") and keep.sum() == 2
+    np.testing.assert_array_equal(ds.x, want[["a", "b"]].to_numpy(np.float32)[keep])
+    np.testing.assert_array_equal(ds.y, want["y"].to_numpy(np.float32)[keep])
+    assert "NaN/inf per column: 'b' 2, label 1" in caplog.text
+    # a number pandas would read as text: an error naming the column, row and cell
+    path = write_csv(tmp_path / "m.csv", ["a", "b", "y"], [[1, "1,234", 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match=r"feature column 'b' is not numeric \(row 0: '1,234'\)"
+                                         r"; it mixes numbers and text"):
+        load(f"csv:{path}?target=y")
+    # wholly textual columns are still skipped (a note, not an error)
+    path = write_csv(tmp_path / "s.csv", ["a", "sex", "y"], [[1, "F", 3], [4, "M", 6]])
+    assert load(f"csv:{path}?target=y").feature_names == ("a",)
+
+
+def test_every_row_dropped_names_the_columns(tmp_path, caplog):
+    rows = [[1, "nan", 3, 1], [4, 5, "NA", 2], [7, "nan", 9, "NA"]]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "y", "c"], rows)
+    with pytest.raises(ValueError, match=r"every one of the 3 rows .*NaN/inf per column: "
+                                         r"'b' 2, 'c' 1, label 1"):
+        load(f"csv:{path}?target=y")
+    # a column without any value is skipped, with a note, as before
+    path = write_csv(tmp_path / "e.csv", ["a", "b", "y"], [[1, "nan", 3], [4, "", 6]])
+    with caplog.at_level(logging.WARNING):
+        assert load(f"csv:{path}?target=y").feature_names == ("a",)
+    assert "skipped non-numeric columns ['b']" in caplog.text
+
+
+def test_scaler_refuses_values_that_overflow_float32_once_centred():
+    x = np.full((10, 2), 1.0, np.float32)
+    x[:9, 1], x[9, 1] = 3.3e38, -3.3e38                    # mean 2.6e38: x - mean overflows
+    y = np.arange(10.0)
+    assert not np.isfinite(np.float32(-3.3e38) - np.float32(2.64e38))
+    with pytest.raises(ValueError, match=r"x: values up to 5.9.e\+38 from their mean \(channel 1\)"
+                                         r" overflow float32 once centred"):
+        Scaler.fit(x, y)
+    with pytest.raises(ValueError, match="y: values up to .* overflow float32 once centred"):
+        Scaler.fit(np.ones((4, 1), np.float32), np.array([0.0, 0.0, 0.0, 1e38]))
+    sc = Scaler.fit(np.c_[x[:, 0], np.linspace(-1e37, 1e37, 10)], y)   # fits: finite output
+    assert np.isfinite(sc.transform_x(np.c_[x[:, 0], np.linspace(-1e37, 1e37, 10)])).all()
