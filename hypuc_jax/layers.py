@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hypuc_jax._validation import is_int
+
 
 class GroupNorm(nnx.GroupNorm):
     """``nnx.GroupNorm`` for channels-last ``x [batch, time, channels]``, as one
@@ -79,7 +81,7 @@ class ResidualBlock(nnx.Module):
 
     def __init__(self, cin: int, cout: int, kernel_size: int, stride: int, groups: int,
                  dtype, *, rngs: nnx.Rngs):
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        if not is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd int >= 1 (an even kernel's "
                              f"'same' padding shifts the main path against the shortcut), "
                              f"got {kernel_size!r}")

@@ -267,7 +267,8 @@ def selective_mae(y, mu, sigma, fractions=_FLAG_FRACTIONS) -> np.ndarray:
     Returns:
       [f] float MAE per fraction (``flagging.selective_risk``), NaN where nothing is kept.
     """
-    return np.asarray(list(flagging.selective_risk(y, mu, sigma, fractions).values()), float)
+    risk = flagging.selective_risk(y, mu, sigma, fractions)        # keyed by fraction
+    return np.asarray([risk[flagging._key(q)] for q in np.asarray(fractions, float)], float)
 
 
 def _fig_selective(runs: Sequence[RunOutputs], path: Path) -> None:

@@ -167,6 +167,21 @@ def load_npy(path: Path, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- config
 
 
+def sub_runs(workdir: str | os.PathLike) -> list[str]:
+    """Names of the trained run directories directly inside ``workdir`` (sorted; e.g.
+    ``["baseline", "hypuc"]`` for ``hypuc run``'s DIR); entries that cannot be read are
+    skipped, and a missing or unreadable ``workdir`` has none."""
+    def is_run(d: Path) -> bool:
+        try:
+            return (d / CONFIG).is_file() and (d / TASK).is_file()
+        except OSError:                      # e.g. a root-owned lost+found
+            return False
+    try:
+        return sorted(d.name for d in Path(workdir).iterdir() if is_run(d))
+    except OSError:                          # not a folder, or not listable
+        return []
+
+
 def load_config(workdir: str | os.PathLike) -> config_lib.Config:
     """The resolved config of a trained run directory.
 
@@ -175,8 +190,7 @@ def load_config(workdir: str | os.PathLike) -> config_lib.Config:
     """
     workdir = Path(workdir)
     if not (workdir / CONFIG).exists() or not (workdir / TASK).exists():
-        runs = sorted(d.name for d in workdir.iterdir() if (d / CONFIG).exists()
-                      and (d / TASK).exists()) if workdir.is_dir() else []
+        runs = sub_runs(workdir)
         if runs:           # e.g. `hypuc run`'s DIR, which holds DIR/baseline and DIR/hypuc
             raise WorkflowError(f"{workdir}: not a run directory itself; it holds the runs "
                                 f"{', '.join(runs)}: pass --workdir {workdir / runs[-1]} "

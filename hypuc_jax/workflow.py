@@ -27,7 +27,7 @@ from hypuc_jax import _interrupt, checkpoints, losses
 from hypuc_jax._files import remove_path
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json,
+    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json, sub_runs,
     save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
@@ -107,6 +107,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                 raise WorkflowError(f"--workdir: {parent} is a file; expected a directory")
             break
     config_lib.validate(cfg, n_devices=jax.device_count())
+    runs = [] if (workdir / CONFIG).exists() else sub_runs(workdir)
+    if runs:                 # `hypuc run`'s DIR: a run next to its arms would shadow them
+        raise WorkflowError(f"--workdir: {workdir} holds the runs {', '.join(runs)}; train "
+                            "into another directory (e.g. a new one next to them)")
     if (workdir / CONFIG).exists() and not overwrite:
         stored = read_json(workdir / CONFIG, "config")       # names the file itself
         try:

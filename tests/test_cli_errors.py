@@ -1,6 +1,8 @@
 """Bad input on the command line: usage errors, missing run directories,
 unreadable data and config values, each one line and a non-zero exit
 (``--debug``: the traceback)."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,27 @@ def test_a_run_directory_points_to_its_arms(quick_run, tmp_path, capsys):
         assert "holds the runs baseline, hypuc" in line and str(quick_run / "hypuc") in line
         assert "hypuc train" not in line, line
     assert not (tmp_path / "p.csv").exists() and not (quick_run / "eval.json").exists()
+    # train into it would put a run next to (and in front of) its arms
+    before = sorted(p.name for p in quick_run.iterdir())
+    rc, _, err = hypuc(capsys, "train", "--workdir", quick_run, "--data", TINY)
+    assert "holds the runs baseline, hypuc; train into another" in one_line_error(rc, err)
+    assert sorted(p.name for p in quick_run.iterdir()) == before
+
+
+def test_unreadable_entries_do_not_hide_the_no_model_message(tmp_path, monkeypatch):
+    """A root-owned lost+found in --workdir made the sub-run scan raise PermissionError."""
+    from hypuc_jax import rundir
+    (tmp_path / "lost+found").mkdir()
+    real = pathlib.Path.is_file
+
+    def is_file(self):
+        if "lost+found" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+    assert rundir.sub_runs(tmp_path) == [] and rundir.sub_runs(tmp_path / "missing") == []
+    with pytest.raises(rundir.WorkflowError, match="no trained model found"):
+        rundir.load_config(tmp_path)
 
 
 def test_predict_needs_a_trained_workdir(tmp_path, capsys):

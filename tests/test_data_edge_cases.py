@@ -106,3 +106,39 @@ def test_scaler_refuses_values_that_overflow_float32_once_centred():
         Scaler.fit(np.ones((4, 1), np.float32), np.array([0.0, 0.0, 0.0, 1e38]))
     sc = Scaler.fit(np.c_[x[:, 0], np.linspace(-1e37, 1e37, 10)], y)   # fits: finite output
     assert np.isfinite(sc.transform_x(np.c_[x[:, 0], np.linspace(-1e37, 1e37, 10)])).all()
+
+
+def test_float64_signals_that_float32_would_merge_are_refused_per_lead(tmp_path):
+    """The tabular npz check now covers signals [n, time, leads]: lead 0 at 1e9 +- 1000
+    rounds in steps of 64 (a twentieth of its sd) and was silently scaled."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 50, 3))
+    x[:, :, 1] = 1e9 + 1000.0 * x[:, :, 1]
+    np.savez(tmp_path / "s.npz", x=x, y=np.arange(6.0))
+    with pytest.raises(ValueError, match=r"array 'x\[:, :, 1\]': float32, .* rounds its values "
+                                         r"by up to 3\d\.?\d*, 0\.0\d+ of their spread"):
+        load(f"npz:{tmp_path / 's.npz'}")
+    x[:, :, 1] = 4.2                                      # constant, and small offsets: fine
+    x[:, :, 2] += 1e3
+    np.savez(tmp_path / "ok.npz", x=x, y=np.arange(6.0))
+    np.testing.assert_array_equal(np.asarray(load(f"npz:{tmp_path / 'ok.npz'}").x), x)
+    # prediction inputs are not checked (the model saw the same rounding in training)
+    load(f"npz:{tmp_path / 's.npz'}", labels_optional=True)
+
+
+def test_a_wfdb_record_listed_twice_is_refused_for_training(tmp_path):
+    import wfdb
+    from hypuc_jax.data import LEAD_NAMES
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        wfdb.wrsamp(f"r{k}", fs=100, units=["mV"] * 12, sig_name=list(LEAD_NAMES),
+                    p_signal=rng.normal(size=(200, 12)) * 0.3, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    write_csv(tmp_path / "labels.csv", ["record", "K"],
+              [["r0", 4.0], ["r1", 5.0], ["r2", 6.0], ["./r0", 7.0]])
+    with pytest.raises(ValueError, match=r"labels.csv: record './r0' is listed twice \(rows 0 "
+                                         r"and 3\); expected one row per record"):
+        load(f"wfdb:{tmp_path}")
+    ds = load(f"wfdb:{tmp_path}", labels_optional=True)      # prediction: one row per line
+    assert ds.x.shape[0] == 4
+    np.testing.assert_array_equal(ds.x[3], ds.x[0])

@@ -133,10 +133,11 @@ def test_group_norm_refuses_reduction_axes():
         GroupNorm(8, num_groups=2, reduction_axes=(-1,), rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("kernel_size", [4, 0, 2.0])
+@pytest.mark.parametrize("kernel_size", [4, 0, 2.0, True])
 def test_residual_block_refuses_a_kernel_that_is_not_odd(kernel_size):
     """An even kernel's 'same' padding shifts the main path against the shortcut (a
     shape AssertionError at the first call); refused when the block is built."""
     from hypuc_jax.layers import ResidualBlock
     with pytest.raises(ValueError, match=f"kernel_size: expected an odd int >= 1.*got {kernel_size!r}"):
         ResidualBlock(4, 8, kernel_size, 2, 4, jnp.float32, rngs=nnx.Rngs(0))
+    assert ResidualBlock(4, 8, np.int64(5), 2, 4, jnp.float32, rngs=nnx.Rngs(0)).conv1.kernel_size == (5,)

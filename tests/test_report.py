@@ -105,6 +105,11 @@ def test_checks_against_hand_computed_numbers(runs):
     mae_f = np.mean(np.abs(m60.y[sel] - m60.mu[sel]))
     assert sel.sum() == 3 and row["passed"] is None and f"{mae_f:.4f} vs" in row["measured"]
     assert "n=3; fewer than 10 test records: not judged" in row["measured"]
+    at_min = float(np.sort(m60.y)[-11])               # exactly 10 records: judged, as eval.json
+    (row,) = [r for r in report.checks(b60, dataclasses.replace(
+        m60, tails=(("top", at_min, "above"),))) if r["claim"].startswith("MAE for")]
+    assert (m60.y > at_min).sum() == 10 and row["passed"] is not None, row
+    assert "not judged" not in row["measured"]
     cov = meth.eval["calibrated"]["overall"]["coverage_95"]
     assert rows["calibrated 95% coverage within ±2 pp overall"]["passed"] == (abs(cov - 0.95) <= 0.02)
     u0 = meth.eval["uncalibrated"]["overall"]["uce"]

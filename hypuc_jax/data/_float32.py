@@ -28,22 +28,25 @@ def _exact_in_float32(dtype) -> bool:
                                                  and np.dtype(dtype).itemsize <= 2)
 
 
-def _check_float32_precision(path, name, col, what: str = "column") -> None:
+def _check_float32_precision(path, name, col, what: str = "column", stats=None) -> None:
     """Raises when float32 rounds the finite values of ``col`` [n] by more than
     ``_F32_LOSS`` of their sd: a large offset (e.g. 1e9 +- 100 rounds to steps
     of 64) would silently train and score on other values. Training data
     only: a predict batch has its own, maybe tiny, spread, and the model
-    was trained on the same float32 rounding."""
-    v = np.asarray(col, np.float64)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return
-    spread = float(np.std(v))
-    if spread <= _CONSTANT_REL * max(abs(float(np.mean(v))), _TINY):
+    was trained on the same float32 rounding. ``stats``: ``(mean, sd, largest
+    rounding)`` computed by the caller instead of ``col``."""
+    if stats is None:
+        v = np.asarray(col, np.float64)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            return
+        stats = (float(np.mean(v)), float(np.std(v)),
+                 float(np.max(np.abs(v.astype(np.float32) - v))))
+    centre, spread, loss = stats
+    if spread <= _CONSTANT_REL * max(abs(centre), _TINY):
         return                      # constant: nothing for float32 to round together
-    loss = float(np.max(np.abs(v.astype(np.float32) - v)))
     if loss > _F32_LOSS * spread:
         raise ValueError(f"{path}: {what} {name!r}: float32, the precision the model works in, "
                          f"rounds its values by up to {loss:.3g}, {loss / spread:.3g} of their "
                          f"spread (sd {spread:.3g}); subtract an offset first (e.g. the "
-                         f"{what} minus {float(np.median(v)):.10g})")
+                         f"{what} minus {centre:.10g})")

@@ -197,6 +197,24 @@ def _npz_array(path: str, z, name: str) -> np.ndarray:
         raise ValueError(f"{path}: array {name!r}: unreadable ({e})") from e
 
 
+def _check_signal_precision(path, x) -> None:
+    """``_check_float32_precision`` per lead of signals ``x`` [n, time, leads], read in
+    row blocks (two passes: the mean, then the sd and float32's largest rounding)."""
+    step = row_block(x, itemsize=8)
+    blocks = lambda: (np.asarray(x[s:s + step], np.float64).reshape(-1, x.shape[-1])
+                      for s in range(0, x.shape[0], step))
+    total, count = np.zeros(x.shape[-1]), 0
+    for b in blocks():
+        total, count = total + b.sum(axis=0), count + b.shape[0]
+    mean, m2, loss = total / count, np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
+    for b in blocks():
+        m2 += np.square(b - mean).sum(axis=0)
+        loss = np.maximum(loss, np.abs(b.astype(np.float32) - b).max(axis=0))
+    for j, (sd, worst) in enumerate(zip(np.sqrt(m2 / count), loss)):
+        _check_float32_precision(path, f"x[:, :, {j}]", None, what="array",
+                                 stats=(float(mean[j]), float(sd), float(worst)))
+
+
 def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
     """``x`` (memory map when ``mmap``), ``y`` [n] float32, optional ``split``.
 
@@ -255,6 +273,8 @@ def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):
         if x.ndim == 2 and not _exact_in_float32(x.dtype):      # tabular, by column
             for j in range(x.shape[1]):
                 _check_float32_precision(path, f"x[:, {j}]", x[:, j], what="array")
+        elif not _exact_in_float32(x.dtype):                     # signals, by lead
+            _check_signal_precision(path, x)
     if split is not None:
         if split.shape != y.shape:
             raise ValueError(f"{path}: expected split of shape {y.shape}, got {split.shape}")

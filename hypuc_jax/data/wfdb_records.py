@@ -118,7 +118,8 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
 
     Returns:
       ``(x [n, time, 12] float32, y [n] float32, split or None, target name)``;
-      with ``labels_optional`` a table without the target column (or, with
+      a record listed twice is refused (for prediction, ``labels_optional``,
+      it is read twice); with ``labels_optional`` a table without the target column (or, with
       no ``target`` given, with no column besides record and split) has NaN y;
       a ``target`` the spec names (``named_target``) must be a column.
     """
@@ -146,6 +147,14 @@ def read_wfdb_dir(directory, labels_path, *, record_col, target, split_col, rate
             target = others[0]
     y, split = _target_and_split(labels_path, cols, target, split_col, labels_optional,
                                  named_target)
+    if not labels_optional:        # training data: one record in two rows leaks across splits
+        seen: dict[str, int] = {}
+        for i, name in enumerate(cols[record_col]):
+            key = os.path.normpath(os.path.join(directory, name))
+            if key in seen:
+                raise ValueError(f"{labels_path}: record {name!r} is listed twice (rows "
+                                 f"{seen[key]} and {i}); expected one row per record")
+            seen[key] = i
     n_time = None if duration is None else int(round(duration * rate))
     signals = []
     for name in cols[record_col]:
