@@ -217,3 +217,11 @@ def test_report_tables_show_the_eval_numbers_of_each_stage(runs):
             got = cells[4 * i:4 * i + 4]
             want = (u["n"], u["mae"], c.get("coverage_95"), c.get("nll"))
             assert all(_close(g, w) for g, w in zip(got, want)), (reg, run.name)
+
+
+def test_selective_mae_has_one_value_per_requested_fraction(runs):
+    from hypuc_jax.report_figures import selective_mae
+    m = runs[1]
+    got = selective_mae(m.y, m.mu, m.sigma_cal, (0.1, 0.1, 0.2))
+    want = [_kept_mae(m.y, m.mu, m.sigma_cal, q) for q in (0.1, 0.1, 0.2)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
