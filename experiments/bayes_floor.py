@@ -32,8 +32,8 @@ over their ``seed<N>/`` runs (``--seeds``: only these); every seed of every
 run must have the same test and validation labels (one data split, which the
 oracle rows are computed on; a split per seed is refused). A region a seed
 has no records in is averaged over the seeds that have (the cell says
-``(n=k)``), "—" where none has. The label density rho is a fine histogram
-of 2e6 draws.
+``(n=k)``), "—" where none has. The label density rho is exact on a fine
+grid (the clipped mixture's mass per grid cell).
 
 Usage::
 
@@ -67,16 +67,31 @@ def noise_sd(dist, y: np.ndarray) -> np.ndarray:
     return dist.noise_base + dist.noise_slope * np.abs(y - dist.mean)
 
 
-class OracleReader:
-    """f_lam(e): mean of y under N(e; y, s(y)^2) * rho(y)^(1 - lam) on a label grid."""
+def mixture_cdf(dist, v: np.ndarray) -> np.ndarray:
+    """P(label <= v) of the preset's normal + exponential-tail mixture before clipping."""
+    from scipy import stats
+    main = stats.norm.cdf(v, dist.mean, dist.sd)
+    tail = (stats.expon.cdf(v - dist.tail_start, scale=dist.tail_scale) if dist.tail_sign > 0
+            else stats.expon.sf(dist.tail_start - v, scale=dist.tail_scale))
+    return (1 - dist.tail_weight) * main + dist.tail_weight * tail
 
-    def __init__(self, dist, rng: np.random.Generator, grid_size: int = 1401):
+
+class OracleReader:
+    """f_lam(e): mean of y under N(e; y, s(y)^2) * rho(y)^(1 - lam) on a label grid.
+
+    rho on the grid is exact: the clipped mixture's probability of each grid
+    cell (its CDF differences; the end cells hold the clipped mass). Before
+    session 13 it was a histogram of 2e6 draws with 0.5 added to every count,
+    which made the far low tail (below ~2.8 mmol/L) too heavy.
+    """
+
+    def __init__(self, dist, rng: np.random.Generator | None = None, grid_size: int = 1401):
         lo, hi = dist.clip
         self.grid = np.linspace(lo, hi, grid_size)
-        counts, _ = np.histogram(sample_labels(dist, 2_000_000, rng), bins=grid_size,
-                                 range=(lo - 0.5 * (hi - lo) / (grid_size - 1),
-                                        hi + 0.5 * (hi - lo) / (grid_size - 1)))
-        self.log_rho = np.log(counts + 0.5)          # +0.5: no empty-bin -inf in the far tail
+        step = (hi - lo) / (grid_size - 1)
+        edges = np.r_[-np.inf, self.grid[1:] - step / 2, np.inf]
+        mass = np.diff(mixture_cdf(dist, edges))
+        self.log_rho = np.log(np.maximum(mass, np.finfo(float).tiny))
         self.sd = noise_sd(dist, self.grid)
 
     def weights(self, e: np.ndarray, lam: float) -> np.ndarray:
@@ -154,10 +169,25 @@ def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz",
     return means, counts, ys
 
 
-def label_bins(task) -> list[tuple[str, float, float]]:
-    """(name, low, high] label ranges cut at the task's decision thresholds, in order."""
-    edges = [-np.inf, *sorted({float(t.value) for t in task.thresholds}), np.inf]
-    return [(f"({lo:g}, {hi:g}]", lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+def label_bins(task) -> list[tuple[str, float, float, bool]]:
+    """Label ranges cut at the task's decision thresholds, in order:
+    ``(name, low, high, low_closed)``. A label on a cut goes to the side that is not
+    the threshold's tail (K > 5.5: 5.5 is below it; K < 3.5: 3.5 is above it), so
+    the ranges next to a threshold are exactly its tail and the rest."""
+    below = {float(t.value) for t in task.thresholds if t.direction == "below"}
+    cuts = sorted({float(t.value) for t in task.thresholds})
+    edges = [-np.inf, *cuts, np.inf]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        lo_closed, hi_closed = lo in below, np.isfinite(hi) and hi not in below
+        out.append((f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}",
+                    lo, hi, lo_closed))
+    return out
+
+
+def _in_bin(y: np.ndarray, lo: float, hi: float, lo_closed: bool, below: bool) -> np.ndarray:
+    """Mask of ``y`` in a :func:`label_bins` range; ``below``: ``hi`` is a "below" cut."""
+    return (y >= lo if lo_closed else y > lo) & (y < hi if below else y <= hi)
 
 
 def gap_rows(runs: list, name: str, y: np.ndarray, oracle: np.ndarray, bins) -> list[str]:
@@ -169,8 +199,9 @@ def gap_rows(runs: list, name: str, y: np.ndarray, oracle: np.ndarray, bins) -> 
         gap = (np.abs(y - mus) - np.abs(y - oracle)).mean(axis=0)          # [n]
         bias = (mus - oracle).mean(axis=0)
         cells = []
-        for _, lo, hi in bins:
-            s = (y > lo) & (y <= hi)
+        for k, (_, lo, hi, lo_closed) in enumerate(bins):
+            nxt = bins[k + 1][3] if k + 1 < len(bins) else False   # hi closes the next range
+            s = _in_bin(y, lo, hi, lo_closed, nxt)
             cells.append(f"{s.sum()}: {gap[s].mean():+.3f} / {bias[s].mean():+.3f}" if s.any()
                          else "0: —")
         rows.append(f"| {run} | " + " | ".join(cells) + " |")

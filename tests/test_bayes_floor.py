@@ -170,10 +170,17 @@ def test_argument_errors_are_one_line_and_come_first(tmp_path, capsys, no_oracle
     assert "--out" in err
 
 
-def test_label_bins_cut_at_the_task_thresholds():
-    assert bayes_floor.label_bins(get_task("potassium")) == [
-        ("(-inf, 3.5]", -np.inf, 3.5), ("(3.5, 5.5]", 3.5, 5.5), ("(5.5, 6.5]", 5.5, 6.5),
-        ("(6.5, inf]", 6.5, np.inf)]
+def test_label_bins_cut_at_the_task_thresholds_and_split_ties_off_the_tail():
+    """K < 3.5 and K > 5.5 / 6.5: a label on a cut is not in that threshold's tail,
+    so the first range is exactly y < 3.5 and the last two are 5.5 < y <= 6.5, y > 6.5."""
+    bins = bayes_floor.label_bins(get_task("potassium"))
+    assert bins == [("(-inf, 3.5)", -np.inf, 3.5, False), ("[3.5, 5.5]", 3.5, 5.5, True),
+                    ("(5.5, 6.5]", 5.5, 6.5, False), ("(6.5, inf)", 6.5, np.inf, False)]
+    y = np.array([3.4, 3.5, 3.6, 5.5, 5.6, 6.5, 6.6])
+    # each label in exactly one range, ties on the side away from the tail
+    masks = [bayes_floor._in_bin(y, lo, hi, closed, bins[k + 1][3] if k + 1 < len(bins) else False)
+             for k, (_, lo, hi, closed) in enumerate(bins)]
+    assert [list(y[m]) for m in masks] == [[3.4], [3.5, 3.6, 5.5], [5.6, 6.5], [6.6]]
 
 
 def test_gap_rows_average_each_range_over_records_and_seeds(tmp_path):
@@ -183,7 +190,8 @@ def test_gap_rows_average_each_range_over_records_and_seeds(tmp_path):
     for s, mu in mus.items():
         (tmp_path / "v" / f"seed{s}").mkdir(parents=True)
         np.savez(tmp_path / "v" / f"seed{s}" / "outputs_test.npz", y=y, mu=mu)
-    bins = [("low", -np.inf, 4.0), ("mid", 4.0, 6.0), ("high", 6.0, np.inf), ("none", 9.0, 10.0)]
+    bins = [("low", -np.inf, 4.0, False), ("mid", 4.0, 6.0, False), ("high", 6.0, np.inf, False),
+            ("none", 9.0, 10.0, False)]
     (row,) = bayes_floor.gap_rows([(tmp_path / "v", None)], "outputs_test.npz", y, oracle, bins)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == str(tmp_path / "v")
@@ -201,3 +209,31 @@ def test_gap_rows_average_each_range_over_records_and_seeds(tmp_path):
 def test_gap_lam_needs_the_realized_labels(tmp_path, capsys, no_oracle):
     _run(tmp_path / "v", [0], _shared, np.random.default_rng(4))
     assert "--gap-lam" in _error(capsys, ["--gap-lam", "0.5", "--runs", tmp_path / "v"])
+
+
+@pytest.mark.parametrize("e", [2.4, 2.8, 4.2, 5.5, 6.5])
+def test_oracle_on_the_potassium_prior_matches_quadrature(e):
+    """The grid density is exact (no histogram floor): f_lam(e) against scipy's
+    quadrature of the mixture's density, including the far low tail, where a
+    2e6-draw histogram with +0.5 per bin was off by up to 0.18. (Far from the clip
+    at 9, whose point mass the grid holds in its last cell.)"""
+    from scipy import integrate, stats
+    d = get_preset("potassium").labels
+    assert d.tail_sign > 0
+
+    def pdf(y):
+        return ((1 - d.tail_weight) * stats.norm.pdf(y, d.mean, d.sd)
+                + d.tail_weight * stats.expon.pdf(y - d.tail_start, scale=d.tail_scale))
+
+    lam = 0.5
+
+    def q(y):
+        sd = d.noise_base + d.noise_slope * abs(y - d.mean)
+        return stats.norm.pdf(e, y, sd) * pdf(y) ** (1 - lam)
+
+    lo, hi = d.clip
+    pts = [d.tail_start, e]
+    num = integrate.quad(lambda y: y * q(y), lo, hi, points=pts, limit=400)[0]
+    den = integrate.quad(q, lo, hi, points=pts, limit=400)[0]
+    reader = bayes_floor.OracleReader(d)
+    assert reader(np.array([e]), lam)[0] == pytest.approx(num / den, abs=2e-3)
