@@ -142,3 +142,26 @@ def test_a_wfdb_record_listed_twice_is_refused_for_training(tmp_path):
     ds = load(f"wfdb:{tmp_path}", labels_optional=True)      # prediction: one row per line
     assert ds.x.shape[0] == 4
     np.testing.assert_array_equal(ds.x[3], ds.x[0])
+
+
+def test_library_inputs_are_checked_where_they_enter(tmp_path):
+    from hypuc_jax.data import batch_iterator
+    x, y = np.zeros((8, 3), np.float32), np.arange(8.0)
+    with pytest.raises(ValueError, match=r"x: expected \[n, ..., channels\].*got shape \(8,\)"):
+        Scaler.fit(np.arange(8.0), y)
+    for bad, what in ((lambda v: -np.ones_like(v), "range"), (lambda v: np.ones(2), "shape (2,)"),
+                      (lambda v: np.full_like(v, np.nan), "range")):
+        with pytest.raises(ValueError, match=rf"weight_fn: expected finite weights >= 0 .*{what}"
+                                             .replace("(", r"\(").replace(")", r"\)")):
+            next(batch_iterator(x, y, batch_size=4, weight_fn=bad))
+    w = next(batch_iterator(x, y, batch_size=4, train=False, weight_fn=lambda v: v + 1.0))["w"]
+    np.testing.assert_array_equal(w, [1.0, 2.0, 3.0, 4.0])
+    # npz split arrays: bytes are decoded; an object array (pickled) gets the fix named
+    np.savez(tmp_path / "b.npz", x=np.ones((3, 2)), y=np.arange(3.0),
+             split=np.array([b"train", b"VAL", b"test"]))
+    assert list(load(f"npz:{tmp_path / 'b.npz'}").split) == ["train", "val", "test"]
+    np.savez(tmp_path / "o.npz", x=np.ones((3, 2)), y=np.arange(3.0),
+             split=np.array(["train", "val", "test"], dtype=object))
+    with pytest.raises(ValueError, match=r"array 'split' holds Python objects; expected strings "
+                                         r"train / val / test \(e.g. save split.astype\(str\)\)"):
+        load(f"npz:{tmp_path / 'o.npz'}")

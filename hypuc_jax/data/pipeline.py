@@ -199,7 +199,13 @@ def _assemble(x, y, rows, local, row_shape, weight_fn, scaler):
         yr = np.asarray(y[rows], np.float32)
         if weight_fn is not None:  # may be a jitted weighting: its transfers are intended
             with jax.transfer_guard("allow"):
-                wb[:valid] = np.asarray(weight_fn(yr), np.float32)
+                w = np.asarray(weight_fn(yr), np.float32)
+            if w.shape != yr.shape or not (np.isfinite(w).all() and (w >= 0).all()):
+                raise ValueError(f"weight_fn: expected finite weights >= 0 of shape {yr.shape}, "
+                                 f"one per label, got shape {w.shape} with range "
+                                 f"[{np.min(w) if w.size else None}, "
+                                 f"{np.max(w) if w.size else None}]")
+            wb[:valid] = w
         else:
             wb[:valid] = 1.0
         if scaler is not None:

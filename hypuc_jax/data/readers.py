@@ -126,7 +126,7 @@ def normalise_split(values, where: str) -> np.ndarray:
     """
     out = []
     for i, v in enumerate(values):
-        key = str(v).strip().lower()
+        key = (v.decode(errors="replace") if isinstance(v, bytes) else str(v)).strip().lower()
         if key not in _SPLIT_ALIASES:
             raise ValueError(f"{where}: row {i}: expected a split in {SPLIT_NAMES}, got {v!r}")
         out.append(_SPLIT_ALIASES[key])
@@ -192,8 +192,10 @@ def _npz_array(path: str, z, name: str) -> np.ndarray:
         return np.asarray(z[name])
     except ValueError as e:
         if "allow_pickle" in str(e):
+            want = ("strings train / val / test (e.g. save split.astype(str))" if name == "split"
+                    else "numbers")
             raise ValueError(f"{path}: array {name!r} holds Python objects; expected "
-                             "numbers") from e
+                             f"{want}") from e
         raise ValueError(f"{path}: array {name!r}: unreadable ({e})") from e
 
 

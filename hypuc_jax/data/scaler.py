@@ -75,6 +75,10 @@ class Scaler:
             predictions beyond the labels).
         """
         V.as_array(y, "y", ndim=1)
+        shape = tuple(getattr(x, "shape", None) or np.shape(x))   # row views: not arrays
+        if len(shape) < 2:
+            raise ValueError(f"x: expected [n, ..., channels] (a table is [n, 1] for one "
+                             f"feature), got shape {shape}")
         V.check_same_length("x", x, "y", y)
         if indices is not None and np.size(indices) == 0:
             raise ValueError("indices: expected at least one row to fit the scaler on")
