@@ -165,3 +165,10 @@ def test_library_inputs_are_checked_where_they_enter(tmp_path):
     with pytest.raises(ValueError, match=r"array 'split' holds Python objects; expected strings "
                                          r"train / val / test \(e.g. save split.astype\(str\)\)"):
         load(f"npz:{tmp_path / 'o.npz'}")
+
+
+def test_whitespace_only_lines_are_skipped_like_empty_ones(tmp_path):
+    (tmp_path / "t.csv").write_text("a,y\n1,2\n   \n\n3,4\n\t\n")
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
+    np.testing.assert_array_equal(ds.x[:, 0], [1.0, 3.0])
+    np.testing.assert_array_equal(ds.y, [2.0, 4.0])

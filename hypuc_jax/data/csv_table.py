@@ -22,7 +22,7 @@ def read_csv_columns(path: str) -> dict[str, list[str]]:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{path}: unreadable CSV file ({e})") from e
-    rows = [r for r in rows if r]
+    rows = [r for r in rows if r and r != [""] and not (len(r) == 1 and not r[0].strip())]
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and at least one data row, "
                          f"got {len(rows)} non-empty lines")
