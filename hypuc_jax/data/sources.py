@@ -10,9 +10,12 @@ Spec syntax (one shell word; quote it because of ``&``)::
                         (100 Hz), ``seed`` (0), ``duration`` (10 s).
 ``csv:PATH``            a table with a header row; ``target=COL`` (required),
                         ``features=a,b,c`` (default: every numeric column but
-                        the target and split columns; non-numeric columns are
-                        skipped with a log line), ``split=COL`` (a fixed split
-                        column with values train / val / test).
+                        the target and split columns; text and unnamed index
+                        columns are skipped with a log line, a column mixing
+                        numbers and text is an error), ``split=COL`` (a fixed
+                        split column with values train / val / test). Cells
+                        empty or NA / n/a / null / nan (pandas' markers) are
+                        missing values.
 ``npz:PATH``            arrays ``x`` [n, time, leads] (signal) or
                         [n, features] (tabular), ``y`` [n] and optionally
                         ``split`` [n] (train / val / test). ``x`` is memory
