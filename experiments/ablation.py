@@ -34,19 +34,21 @@ files)::
 
 Finished variants of the same config are reused (their test eval.json is
 read back), so an interrupted ablation resumes where it stopped; a finished
-run of another config in the same place is refused (use another
-``--workdir``). ``--recalibrate`` keeps the trained models of finished
-variants and re-runs their calibrate, correct and evaluate stages with the
-current code and the given ``calibration`` / ``corrections`` / ``regions``
-settings (training is deterministic given the seed, so this equals a fresh
-run of the current code). Simulated data are cached once per data spec as
+run of another config or trained on other data in the same place is
+refused (use another ``--workdir``). Each run records a stamp of the
+hypuc_jax source that trained it, and the table says how many of its runs
+were trained by other code. ``--recalibrate`` keeps the trained models of
+finished variants and re-runs their calibrate, correct and evaluate stages
+with the current code and the given ``calibration`` / ``corrections`` /
+``regions`` settings (training is deterministic given the seed and the
+code, so this equals a fresh run when the training code is unchanged).
+Simulated data are cached once per data spec and simulator source as
 WORKDIR/<task>-<hash>.npz.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import sys
 import time
@@ -56,7 +58,10 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import metrics, workflow
-from hypuc_jax._files import remove_path
+
+from _ablation_runs import run_variant, variant_overrides  # noqa: F401  (re-exported)
+from _ablation_runs import STAMP_FILE, cache_simulated, code_stamp
+from _results import command_line
 
 LAMS = (0.25, 0.5, 0.75, 1.0)
 BASE_VARIANTS = ("none", "inverse", "sqrt_inv", "lds", "denseweight", "bmc")
@@ -64,21 +69,6 @@ OVERALL = (("mae", "mae", "uncalibrated"), ("rmse", "rmse", "uncalibrated"),
            ("balanced_mae", "balanced_mae", "uncalibrated"), ("nll", "nll", "uncalibrated"),
            ("nll_cal", "nll", "calibrated"), ("cov95_cal", "coverage_95", "calibrated"),
            ("uce", "uce", "uncalibrated"), ("uce_cal", "uce", "calibrated"))
-
-
-def variant_overrides(variant: str, bandwidth: str = "scott") -> list[str]:
-    """Config overrides of one ablation variant.
-
-    Only the weighting changes, so every variant trains the config's loss
-    (Gaussian NLL in the shipped presets); "bmc" replaces the loss by
-    Balanced MSE, unweighted.
-    """
-    if variant == "bmc":
-        return ["loss.name=bmc", "weighting.scheme=none"]
-    if variant.startswith("hypuc-"):
-        return ["weighting.scheme=hypuc", f"weighting.lam={variant[6:]}",
-                f"weighting.bandwidth={bandwidth}"]
-    return [f"weighting.scheme={variant}"]
 
 
 def owned_keys(variants, split_per_seed: bool) -> dict[str, str]:
@@ -96,91 +86,6 @@ def owned_keys(variants, split_per_seed: bool) -> dict[str, str]:
     if any(v.startswith("hypuc-") for v in variants):
         owned["weighting.bandwidth"] = "--bandwidths"
     return owned
-
-
-def cache_simulated(config: str, overrides, root: Path) -> list[str]:
-    """Simulates a ``simulated:`` data set once into ROOT/<preset>-<hash of the spec>.npz.
-
-    Every variant then loads the same records memory-mapped (``npz:`` spec
-    with the preset's regions and thresholds) instead of re-simulating them.
-
-    Returns:
-      The ``data.spec=...`` override to add (empty for other data sources).
-    """
-    from hypuc_jax import data
-
-    cfg = workflow.make_config(config, overrides=list(overrides))
-    kind, preset, options = data.parse_spec(cfg.data.spec)
-    if kind != "simulated":
-        return []
-    preset = preset or "potassium"
-    digest = hashlib.sha1(cfg.data.spec.encode()).hexdigest()[:10]   # n, seed, rate, ...
-    path = root / f"{preset}-{digest}.npz"
-    if not path.exists():
-        ds = data.load(cfg.data.spec)
-        workflow.save_npz(path, x=np.asarray(ds.x, np.float32), y=np.asarray(ds.y, np.float32))
-    rate = options.get("rate", "100")
-    return [f"data.spec=npz:{path}?task={preset}&rate={rate}"]
-
-
-def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, bandwidth="scott",
-                log=print, split_per_seed: bool = False, recalibrate: bool = False) -> dict:
-    """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json.
-
-    ``seed`` sets ``train.seed`` (initialisation, batch order, boosting); with
-    ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
-    ``recalibrate``: a finished run's post-training stages run again.
-    """
-    split = [f"data.seed={seed}"] if split_per_seed else []
-    cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
-                               + variant_overrides(variant, bandwidth))
-    if (workdir / workflow.EVAL).exists():
-        stored = workflow.load_config(workdir)
-        changed = _changed_sections(stored, cfg)
-        if changed - POST_TRAINING:
-            raise workflow.WorkflowError(
-                f"{workdir}: holds a finished run of another config (differs in "
-                f"{sorted(changed)}); use another --workdir")
-        if changed and not recalibrate:
-            raise workflow.WorkflowError(
-                f"{workdir}: the finished run was calibrated/corrected/evaluated with other "
-                f"{sorted(changed)} settings; pass --recalibrate to redo those stages")
-        if not recalibrate:
-            ev = workflow.read_json(workdir / workflow.EVAL, "evaluation")
-            if ev.get("split") != "test":
-                raise workflow.WorkflowError(f"{workdir / workflow.EVAL}: expected the test "
-                                             f"split's evaluation, got split {ev.get('split')!r}")
-            return ev
-        for name in workflow._EVALUATED:     # a failed re-run must not leave the old result
-            remove_path(workdir / name)   # next to the new config
-        workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
-        workflow.calibrate_stage(workdir)
-        workflow.correct_stage(workdir)
-        return workflow.evaluate_stage(workdir, "test")
-    t0 = time.time()
-    ev = workflow.pipeline(cfg, workdir)
-    log(f"  {variant:<14} seed {seed}: test MAE {ev['uncalibrated']['overall']['mae']:.4f} "
-        f"({time.time() - t0:.0f} s)")
-    return ev
-
-
-#: Config sections that only the calibrate / correct / evaluate stages read.
-POST_TRAINING = frozenset({"calibration", "corrections", "regions"})
-
-
-def _changed_sections(stored, cfg) -> set[str]:
-    """Top-level config sections that differ between a stored run and ``cfg``.
-
-    A simulated data set cached under another ``--workdir`` (same file name,
-    so the same spec) counts as the same data.
-    """
-    a, b = stored.to_dict(), cfg.to_dict()
-    for d in (a, b):
-        spec = d["data"]["spec"]
-        if spec.startswith("npz:"):
-            path, _, query = spec[4:].partition("?")
-            d["data"]["spec"] = f"npz:{Path(path).name}?{query}"
-    return {k for k in a if a[k] != b[k]}
 
 
 def val_score(workdir: Path) -> dict:
@@ -303,6 +208,8 @@ def main(argv=None) -> int:
                    "code (their trained models are kept)")
     a = p.parse_args(argv)
     a.seeds = list(dict.fromkeys(a.seeds))                 # a repeated seed is one run
+    a.variants = list(dict.fromkeys(a.variants))           # ... and so is a variant
+    a.bandwidths = list(dict.fromkeys(a.bandwidths))
     out, root = Path(a.out), Path(a.workdir)
     t0 = time.time()
     rows, val = [], {}
@@ -338,6 +245,12 @@ def main(argv=None) -> int:
         rows.append(rows_of(name, seed, ev, tails))
         if v.startswith("hypuc-"):
             val.setdefault(name, []).append(val_score(wd))
+    current = code_stamp()
+    stamps = {}
+    for name, _, _, seed in jobs:
+        f = root / name / f"seed{seed}" / STAMP_FILE
+        stamps[f"{name}/seed{seed}"] = f.read_text().strip() if f.exists() else "unrecorded"
+    stale = {k: v for k, v in stamps.items() if v != current}
     cols, summary = summarize(rows)
     best = best_per_column(cols, summary)
     overall = [c[0] for c in OVERALL]
@@ -346,17 +259,22 @@ def main(argv=None) -> int:
     sel = {k: _mean_sd(x["balanced_mae"] for x in vs) for k, vs in val.items()}
     chosen = min(sel, key=lambda k: sel[k][0]) if sel else None
     write_csv(out.with_name(out.name + "_runs.csv"), rows)
-    write_csv(out.with_suffix(".csv"), [
+    write_csv(out.with_name(out.name + ".csv"), [
         {"variant": s["variant"], "n_seeds": s["n_seeds"],
          **{f"{c}_{w}": s[c][i] for c in cols for i, w in ((0, "mean"), (1, "sd"))}}
         for s in summary])
-    cmd = "python experiments/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("ablation.py", sys.argv[1:] if argv is None else argv)
     md = [f"# Ablation: {a.config}", "", f"Command: `{cmd}`", "",
           f"Seeds: {a.seeds}{' (each with its own data split)' if a.split_per_seed else ''}; "
           f"{len(jobs)} runs in {(time.time() - t0) / 60:.1f} min (runs "
           "already finished were reused). Test split; mean ± sd over seeds (sample sd). "
           "`mae[...]`: test MAE of mu per region (shot regions from training-label counts, "
           "named clinical regions); `_cal`: after hyperfine calibration. Bold: best mean.", "",
+          f"Code: hypuc_jax source `{current}`"
+          + (f"; **{len(stale)} of {len(jobs)} runs were trained by other code** ("
+             + ", ".join(f"{k}: {v}" for k, v in list(stale.items())[:6])
+             + (", ..." if len(stale) > 6 else "") + "): reused from an earlier version; "
+             "a new --workdir gives results of this code" if stale else "") + ".", "",
           "## Overall", "", markdown(overall, summary, best), "",
           "## MAE per region", "", markdown(region, summary, best), ""]
     if dec:
@@ -371,7 +289,7 @@ def main(argv=None) -> int:
                       f"{sel[k][1]:.4f} | {vm[0]:.4f} ± {vm[1]:.4f} |")
         md += ["", f"Selected: **{chosen}**.", ""]
     from hypuc_jax.report import write_text_atomic
-    write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
+    write_text_atomic(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

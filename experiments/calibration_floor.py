@@ -179,8 +179,9 @@ def run_uce_row(run: Path, seeds=None) -> str:
     u = np.array([[uncertainty.uce(d["y"], d["mu"], d["sigma"]),
                    uncertainty.uce(d["y"], d["mu"], d["sigma_cal"], float(d.get("dof", np.inf)))]
                   for d in map(np.load, files)])
-    (u0, u1), (s0, s1) = u.mean(axis=0), u.std(axis=0, ddof=1) if len(files) > 1 else (0.0, 0.0)
-    return (f"| {run} | {len(files)} | {u0:.4f} ± {s0:.4f} | {u1:.4f} ± {s1:.4f} | "
+    (u0, u1) = u.mean(axis=0)
+    s0, s1 = (f"{v:.4f}" for v in u.std(axis=0, ddof=1)) if len(files) > 1 else ("—", "—")
+    return (f"| {run} | {len(files)} | {u0:.4f} ± {s0} | {u1:.4f} ± {s1} | "
             f"{100 * (u1 / u0 - 1):+.0f}% |")
 
 

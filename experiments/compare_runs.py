@@ -61,7 +61,8 @@ def check_splits(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None
                  value: str = "mu") -> None:
     """Refuses a variant whose seed-k labels (each split scored) differ from the reference's
     seed k; a seed the reference lacks is checked against the reference's split when all
-    its seeds share one, and refused when the reference draws a split per seed."""
+    its seeds share one. When the reference draws a split per seed, the variant must
+    have exactly its seeds (a mean over other seeds is a mean over other splits)."""
     splits = SPLITS if value == "mu" else ("test",)
     ref_dirs = {int(d.name[4:]): d for d in seed_dirs(ref[1], seeds, "--ref")}
     for split in splits:
@@ -69,6 +70,12 @@ def check_splits(ref: tuple[str, Path], runs: list[tuple[str, Path]], seeds=None
         first = next(iter(ref_y.values()))
         shared = all(_same(first, y) for y in ref_y.values())
         for name, directory in runs:
+            run_seeds = [int(d.name[4:]) for d in seed_dirs(directory, seeds)]
+            if not shared and sorted(run_seeds) != sorted(ref_y):
+                raise ValueError(f"--runs {name}: seeds {sorted(run_seeds)} differ from the "
+                                 f"reference's {sorted(ref_y)}, which has a split per seed: the "
+                                 "% change would compare means over other splits; compare "
+                                 "common --seeds")
             for d in seed_dirs(directory, seeds):
                 k = int(d.name[4:])
                 if k not in ref_y and not shared:
@@ -136,15 +143,17 @@ def _pair(text: str) -> tuple[str, Path]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ref", type=_pair, required=True, help="LABEL=VARIANT_DIR of the reference")
-    p.add_argument("--runs", type=_pair, nargs="+", required=True,
-                   help="LABEL=VARIANT_DIR of each compared variant")
-    p.add_argument("--seeds", type=int, nargs="+",
-                   help="only these seeds of every variant (default: all of each)")
+    p.add_argument("--runs", type=_pair, nargs="+", required=True, action="extend",
+                   help="LABEL=VARIANT_DIR of each compared variant (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", action="extend",
+                   help="only these seeds of every variant (default: all of each; repeatable)")
     p.add_argument("--value", choices=("mu", "corrected"), default="mu",
                    help="the prediction scored: mu (val and test) or the boosted corrected "
                    "value (test only)")
     p.add_argument("--out", type=Path, help="markdown file to write (with the command)")
     a = p.parse_args(argv)
+    if a.seeds:
+        a.seeds = list(dict.fromkeys(a.seeds))       # a repeated seed is one run
     check_out(p, a.out)
     try:
         text = table(a.ref, a.runs, a.seeds, a.value)

@@ -127,3 +127,43 @@ def test_variants_train_the_loss_given_with_set(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "loss.name" in err and "variant 'bmc'" in err, err
     assert not (tmp_path / "wd2").exists()
+
+
+def test_reuse_checks_data_and_code_and_keeps_the_specs_thresholds(tmp_path, monkeypatch):
+    """Found by review: finished runs on another npz of the same file name were reused,
+    the simulated cache dropped above=/cuts=, repeated variants doubled the seed
+    count, and an --out with a dot wrote beside its name."""
+    from hypuc_jax import data
+    from hypuc_jax.config import get_config
+    spec = get_config("tiny").data.spec
+    for name, seed in (("a", 0), ("b", 1)):
+        ds = data.load(spec + f"&seed={seed}")
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "k.npz", x=np.asarray(ds.x), y=ds.y)
+    base = [*FAST, "--seeds", "0", "--workdir", str(tmp_path / "wd")]
+    npz = "data.spec=npz:{}?task=potassium&rate=50"
+    assert ablation.main([*base, "--variants", "none", "--set", npz.format(tmp_path / "a" / "k.npz"),
+                          "--out", str(tmp_path / "oa")]) == 0
+    with pytest.raises(workflow.WorkflowError, match="trained on other data"):
+        ablation.main([*base, "--variants", "none", "--set",
+                       npz.format(tmp_path / "b" / "k.npz"), "--out", str(tmp_path / "ob")])
+    # the simulated cache keeps the spec's extra thresholds and cut regions
+    sim = [*FAST, "--seeds", "0", "--workdir", str(tmp_path / "wd2"),
+           "--set", f"data.spec={spec}&above=5&cuts=4,5"]
+    assert ablation.main([*sim, "--variants", "none", "none", "--out",
+                          str(tmp_path / "res" / "abl_lam0.5")]) == 0
+    task = workflow.load_task(tmp_path / "wd2" / "none" / "seed0")
+    assert [t[1] for t in task.thresholds][-1] == 5.0 and "4-5" in task.regions
+    md = (tmp_path / "res" / "abl_lam0.5.md").read_text()      # not abl_lam0.md
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == [
+        "abl_lam0.5.csv", "abl_lam0.5.md", "abl_lam0.5_runs.csv"]
+    assert "| none | 1 |" in md                                 # one run, not two
+    assert f"Code: hypuc_jax source `{ablation.code_stamp()}`." in md
+    # a run trained by other code is reused, and the table says so
+    stamp = tmp_path / "wd2" / "none" / "seed0" / ablation.STAMP_FILE
+    stamp.write_text("0123456789ab\n")
+    assert ablation.main([*sim, "--variants", "none", "--out", str(tmp_path / "o3")]) == 0
+    assert ("**1 of 1 runs were trained by other code** (none/seed0: 0123456789ab)"
+            in (tmp_path / "o3.md").read_text())
+    # the recorded command is quoted: the spec's & survives a shell
+    assert "'data.spec=" in md

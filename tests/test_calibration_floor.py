@@ -104,7 +104,7 @@ def test_run_rows_score_saved_outputs_and_name_missing_runs(tmp_path):
     np.savez(old / "outputs_test.npz", y=np.zeros(10), mu=np.zeros(10), sigma=np.ones(10),
              sigma_cal=np.ones(10))
     assert floor.run_uce_row(tmp_path / "v") == row
-    assert f"| {tmp_path / 'v'} | 1 | {ref[1]:.4f} ± 0.0000 |" in floor.run_uce_row(
+    assert f"| {tmp_path / 'v'} | 1 | {ref[1]:.4f} ± — |" in floor.run_uce_row(
         tmp_path / "v", seeds=[1])
     with pytest.raises(ValueError, match=r"--seeds: .* no run for seeds \[2\]"):
         floor.run_uce_row(tmp_path / "v", seeds=[2])

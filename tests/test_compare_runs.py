@@ -149,8 +149,25 @@ def test_a_variant_of_another_split_is_refused(tmp_path, capsys):
     text = compare_runs.table(("a", tmp_path / "splits"), [("b", tmp_path / "splits2")],
                               seeds=[1, 2])
     assert "| b | 1 2 |" in text
-    with pytest.raises(ValueError, match="--runs b: seed 5 has no reference seed"):
+    with pytest.raises(ValueError, match=r"--runs b: seeds \[1, 2, 5\] differ from the "
+                                         r"reference's \[0, 1, 2\], which has a split per seed"):
         compare_runs.table(("a", tmp_path / "splits"), [("b", tmp_path / "splits2")])
+    # a subset of the per-seed reference's seeds, identical on its one seed, read +67%
+    _variant(tmp_path / "only0", [0], 0.2, rng, per_seed=True)
+    with pytest.raises(ValueError, match=r"seeds \[0\] differ from the reference's \[0, 1, 2\]"):
+        compare_runs.table(("a", tmp_path / "splits"), [("c", tmp_path / "only0")])
+    assert "| c | 0 |" in compare_runs.table(("a", tmp_path / "splits"),
+                                             [("c", tmp_path / "only0")], seeds=[0])
+
+
+def test_repeated_runs_and_seeds_flags_accumulate(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    for name in ("r", "a", "b"):
+        _variant(tmp_path / name, [0, 1], 0.1, rng)
+    compare_runs.main(["--ref", f"r={tmp_path / 'r'}", "--runs", f"a={tmp_path / 'a'}",
+                       "--runs", f"b={tmp_path / 'b'}", "--seeds", "0", "--seeds", "1", "0"])
+    out = capsys.readouterr().out
+    assert "| a | 0 1 |" in out and "| b | 0 1 |" in out
 
 
 def test_a_mean_over_fewer_seeds_than_the_row_is_marked(tmp_path):

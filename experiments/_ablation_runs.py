@@ -1,0 +1,150 @@
+"""The runs behind experiments/ablation.py: one (variant, seed) trained, calibrated,
+corrected and evaluated, or a finished one reused when its config, data and code
+allow; simulated data cached once per spec and simulator source."""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hypuc_jax import workflow
+from hypuc_jax._files import remove_path
+
+
+def variant_overrides(variant: str, bandwidth: str = "scott") -> list[str]:
+    """Config overrides of one ablation variant.
+
+    Only the weighting changes, so every variant trains the config's loss
+    (Gaussian NLL in the shipped presets); "bmc" replaces the loss by
+    Balanced MSE, unweighted.
+    """
+    if variant == "bmc":
+        return ["loss.name=bmc", "weighting.scheme=none"]
+    if variant.startswith("hypuc-"):
+        return ["weighting.scheme=hypuc", f"weighting.lam={variant[6:]}",
+                f"weighting.bandwidth={bandwidth}"]
+    return [f"weighting.scheme={variant}"]
+
+
+PACKAGE = Path(workflow.__file__).resolve().parent
+#: The modules that make simulated records: part of the cache file's name.
+SIMULATOR_CODE = ("data/simulator.py", "data/sim_labels.py", "data/tasks.py")
+STAMP_FILE = "code_stamp.txt"       # in each run directory: the code that trained it
+
+
+def code_stamp(files=None) -> str:
+    """sha1 (12 hex digits) of hypuc_jax's source: ``files`` (paths inside the package)
+    or every ``.py`` file."""
+    paths = ([PACKAGE / f for f in files] if files is not None
+             else sorted(PACKAGE.rglob("*.py")))
+    h = hashlib.sha1()
+    for path in paths:
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_simulated(config: str, overrides, root: Path) -> list[str]:
+    """Simulates a ``simulated:`` data set once into ROOT/<preset>-<hash of the spec>.npz.
+
+    Every variant then loads the same records memory-mapped (``npz:`` spec
+    with the preset's regions and thresholds) instead of re-simulating them.
+
+    Returns:
+      The ``data.spec=...`` override to add (empty for other data sources).
+    """
+    from hypuc_jax import data
+
+    cfg = workflow.make_config(config, overrides=list(overrides))
+    kind, preset, options = data.parse_spec(cfg.data.spec)
+    if kind != "simulated":
+        return []
+    preset = preset or "potassium"
+    digest = hashlib.sha1((cfg.data.spec + code_stamp(SIMULATOR_CODE)).encode()).hexdigest()[:10]
+    path = root / f"{preset}-{digest}.npz"
+    if not path.exists():
+        ds = data.load(cfg.data.spec)
+        workflow.save_npz(path, x=np.asarray(ds.x, np.float32), y=np.asarray(ds.y, np.float32))
+    kept = "".join(f"&{k}={options[k]}" for k in ("above", "below", "cuts", "strict")
+                   if k in options)               # the task's extra thresholds and regions
+    rate = options.get("rate", "100")
+    return [f"data.spec=npz:{path}?task={preset}&rate={rate}{kept}"]
+
+
+def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, bandwidth="scott",
+                log=print, split_per_seed: bool = False, recalibrate: bool = False) -> dict:
+    """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json.
+
+    ``seed`` sets ``train.seed`` (initialisation, batch order, boosting); with
+    ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
+    ``recalibrate``: a finished run's post-training stages run again.
+    """
+    split = [f"data.seed={seed}"] if split_per_seed else []
+    cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
+                               + variant_overrides(variant, bandwidth))
+    if (workdir / workflow.EVAL).exists():
+        stored = workflow.load_config(workdir)
+        changed = _changed_sections(stored, cfg)
+        if changed - POST_TRAINING:
+            raise workflow.WorkflowError(
+                f"{workdir}: holds a finished run of another config (differs in "
+                f"{sorted(changed)}); use another --workdir")
+        if changed and not recalibrate:
+            raise workflow.WorkflowError(
+                f"{workdir}: the finished run was calibrated/corrected/evaluated with other "
+                f"{sorted(changed)} settings; pass --recalibrate to redo those stages")
+        _check_same_data(cfg, workdir)
+        if not recalibrate:
+            ev = workflow.read_json(workdir / workflow.EVAL, "evaluation")
+            if ev.get("split") != "test":
+                raise workflow.WorkflowError(f"{workdir / workflow.EVAL}: expected the test "
+                                             f"split's evaluation, got split {ev.get('split')!r}")
+            return ev
+        for name in workflow._EVALUATED:     # a failed re-run must not leave the old result
+            remove_path(workdir / name)   # next to the new config
+        workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
+        workflow.calibrate_stage(workdir)
+        workflow.correct_stage(workdir)
+        return workflow.evaluate_stage(workdir, "test")
+    t0 = time.time()
+    ev = workflow.pipeline(cfg, workdir)
+    (workdir / STAMP_FILE).write_text(code_stamp() + "\n")
+    log(f"  {variant:<14} seed {seed}: test MAE {ev['uncalibrated']['overall']['mae']:.4f} "
+        f"({time.time() - t0:.0f} s)")
+    return ev
+
+
+def _check_same_data(cfg, workdir: Path) -> None:
+    """Refuses a finished run whose checkpoints were trained on other data than ``cfg``'s
+    (an npz spec is compared by file name, so the stored data stamp decides)."""
+    from hypuc_jax import checkpoints, train_data
+    stored = checkpoints.stored_data_stamp(train_data.run_paths(str(workdir))["checkpoints"])
+    if stored is None:
+        return
+    ds = workflow._dataset(cfg)
+    stamp = train_data.data_stamp(ds.x, np.asarray(ds.y, np.float64),
+                                  train_data.split_for(cfg, ds))
+    if stamp != stored:
+        raise workflow.WorkflowError(
+            f"{workdir}: holds a finished run trained on other data than --data "
+            f"{cfg.data.spec!r} (labels, split or records differ); use another --workdir")
+
+
+#: Config sections that only the calibrate / correct / evaluate stages read.
+POST_TRAINING = frozenset({"calibration", "corrections", "regions"})
+
+
+def _changed_sections(stored, cfg) -> set[str]:
+    """Top-level config sections that differ between a stored run and ``cfg``.
+
+    A simulated data set cached under another ``--workdir`` (same file name,
+    so the same spec) counts as the same data.
+    """
+    a, b = stored.to_dict(), cfg.to_dict()
+    for d in (a, b):
+        spec = d["data"]["spec"]
+        if spec.startswith("npz:"):
+            path, _, query = spec[4:].partition("?")
+            d["data"]["spec"] = f"npz:{Path(path).name}?{query}"
+    return {k for k in a if a[k] != b[k]}
