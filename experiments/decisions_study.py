@@ -10,6 +10,11 @@ split of a run directory and scores AUROC per clinical threshold:
 - test: fitted on the whole validation split, scored on the test split; a
   final check, never used for a choice.
 
+The calibrated sigma feature comes from the run's calibration, fitted on
+the whole validation split, also inside the CV folds (a mild leak: the
+hyperfine factors are a few numbers per mu-bin, and every variant and
+baseline shares it).
+
 Variants: a fit configuration (monotone constraints, class weighting,
 regularisation, ensemble size) crossed with the prior strength n0 of the
 shrinkage to the Gaussian log-odds (applied after the fit, so one fit serves
@@ -23,8 +28,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +43,7 @@ from hypuc_jax import decisions as dec
 from hypuc_jax._predictions import as_thresholds, event
 from hypuc_jax.calibration import load_calibrator
 
-from _results import check_out, predictions, write_result
+from _results import check_out, predictions, publish
 
 # Shared HGB settings as the workflow passes them (config defaults, 1600 val rows).
 BASE = dict(max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
@@ -143,24 +149,23 @@ def main(argv=None) -> None:
              "| variant | n0 | " + " | ".join(f"{n} CV" for n in names) + " | mean CV - mu CV | "
              + " | ".join(f"{n} test" for n in names) + " |",
              "|" + "---|" * (3 + 2 * len(names))]
-    mu_cv = np.mean([cv[(("threshold mu", None), n)][0] for n in names])
+    # a threshold with one class in validation has no CV AUROC (NaN): left out of the means
+    mu_cv = np.nanmean([cv[(("threshold mu", None), n)][0] for n in names])
     rows = []
     for key in final:
         cvs = [cv[(key, n)] for n in names]
-        gap = np.mean([c[0] for c in cvs]) - mu_cv
+        gap = np.nanmean([c[0] for c in cvs]) - mu_cv
         tests = [roc_auc_score(ev_test[n], final[key][n]) for n in names]
         rows.append((gap, key, cvs, tests))
-    for gap, (name, n0), cvs, tests in sorted(rows, key=lambda r: -r[0]):
+    for gap, (name, n0), cvs, tests in sorted(rows, key=lambda r: -np.nan_to_num(r[0], nan=-np.inf)):
         lines.append(f"| {name} | {'-' if n0 is None else f'{n0:g}'} | "
                      + " | ".join(f"{m:.4f} ± " + (f"{s:.4f}" if np.isfinite(s) else "—")
                                   for m, s in cvs)
                      + f" | {gap:+.4f} | " + " | ".join(f"{a:.4f}" for a in tests) + " |")
     lines += ["", f"CV: mean ± sample sd (ddof=1) over repeats; folds={args.folds} "
               f"repeats={args.repeats} seed={args.seed}; {time.time() - start:.0f} s"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        write_result(args.out, text + "\n")
+    publish("\n".join(lines) + "\n", args.out, "decisions_study.py",
+            sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,19 @@ def test_a_missing_workdir_is_a_one_line_error(tmp_path, capsys):
             study.main(["--workdir", str(workdir)])
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert e.value.code == 2 and f"--workdir {workdir}: {message}" in err
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")  # tiny run
+def test_main_records_its_command_and_sorts_undefined_cv_last(trained, tmp_path):
+    out = tmp_path / "study.md"
+    argv = ["--workdir", str(trained), "--folds", "2", "--repeats", "1", "--out", str(out)]
+    study.main(argv)
+    text = out.read_text()
+    assert text.startswith(f"Command: `python experiments/decisions_study.py {' '.join(argv)}`")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    gaps = [float(line.split(" | ")[-1 - len(json.loads((trained / "task.json").read_text())
+                                             ["thresholds"])].replace("+", ""))
+            for line in rows]
+    finite = [g for g in gaps if np.isfinite(g)]
+    assert finite and finite == sorted(finite, reverse=True)
+    assert all(np.isfinite(g) for g in gaps[:len(finite)])        # NaN rows, if any, last
