@@ -4,12 +4,13 @@ allow; simulated data cached once per spec and simulator source."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from hypuc_jax import workflow
+from hypuc_jax import train_data, workflow
 from hypuc_jax._files import remove_path
 
 
@@ -103,13 +104,24 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
             return ev
         for name in workflow._EVALUATED:     # a failed re-run must not leave the old result
             remove_path(workdir / name)   # next to the new config
-        workflow.write_json(workdir / workflow.CONFIG, cfg.to_dict())
+        kept = stored.to_dict()              # training sections (and data path) as trained
+        kept.update({k: v for k, v in cfg.to_dict().items() if k in POST_TRAINING})
+        workflow.write_json(workdir / workflow.CONFIG, kept)
         workflow.calibrate_stage(workdir)
         workflow.correct_stage(workdir)
         return workflow.evaluate_stage(workdir, "test")
     t0 = time.time()
+    stamp_file, current = workdir / STAMP_FILE, code_stamp()
+    before = stamp_file.read_text().strip() if stamp_file.exists() else None
+    ckpt = Path(train_data.run_paths(str(workdir))["checkpoints"])
+    resumed = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+    if not resumed:                          # written first: an interrupted run keeps it
+        workdir.mkdir(parents=True, exist_ok=True)
+        stamp_file.write_text(current + "\n")
     ev = workflow.pipeline(cfg, workdir)
-    (workdir / STAMP_FILE).write_text(code_stamp() + "\n")
+    if resumed and before != current:        # trained partly by other (or unknown) code
+        current = f"{before or 'unrecorded'}+{current}"
+    stamp_file.write_text(current + "\n")
     log(f"  {variant:<14} seed {seed}: test MAE {ev['uncalibrated']['overall']['mae']:.4f} "
         f"({time.time() - t0:.0f} s)")
     return ev
@@ -118,7 +130,7 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
 def _check_same_data(cfg, workdir: Path) -> None:
     """Refuses a finished run whose checkpoints were trained on other data than ``cfg``'s
     (an npz spec is compared by file name, so the stored data stamp decides)."""
-    from hypuc_jax import checkpoints, train_data
+    from hypuc_jax import checkpoints
     stored = checkpoints.stored_data_stamp(train_data.run_paths(str(workdir))["checkpoints"])
     if stored is None:
         return
@@ -135,16 +147,22 @@ def _check_same_data(cfg, workdir: Path) -> None:
 POST_TRAINING = frozenset({"calibration", "corrections", "regions"})
 
 
+_CACHE_NAME = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{10}\.npz")     # cache_simulated's files
+
+
 def _changed_sections(stored, cfg) -> set[str]:
     """Top-level config sections that differ between a stored run and ``cfg``.
 
-    A simulated data set cached under another ``--workdir`` (same file name,
-    so the same spec) counts as the same data.
+    An npz spec counts by its file name (a cache or file under another
+    ``--workdir``), and every file of ``cache_simulated`` as one (its name
+    also hashes the simulator's source, which a comment changes): whether
+    the records are the same is :func:`_check_same_data`'s to decide.
     """
     a, b = stored.to_dict(), cfg.to_dict()
     for d in (a, b):
         spec = d["data"]["spec"]
         if spec.startswith("npz:"):
             path, _, query = spec[4:].partition("?")
-            d["data"]["spec"] = f"npz:{Path(path).name}?{query}"
+            name = Path(path).name
+            d["data"]["spec"] = f"npz:{'<cache>' if _CACHE_NAME.fullmatch(name) else name}?{query}"
     return {k for k in a if a[k] != b[k]}

@@ -167,3 +167,29 @@ def test_reuse_checks_data_and_code_and_keeps_the_specs_thresholds(tmp_path, mon
             in (tmp_path / "o3.md").read_text())
     # the recorded command is quoted: the spec's & survives a shell
     assert "'data.spec=" in md
+
+
+def test_a_new_simulator_stamp_does_not_block_reuse_and_resumed_training_is_marked(
+        tmp_path, monkeypatch):
+    """The simulated cache's name hashes the simulator's source, so a comment there
+    renamed it and every finished run counted as another config; and a run resumed from
+    another code's checkpoints was stamped as the current code's."""
+    runs = load("_ablation_runs")
+    argv = [*FAST, "--seeds", "0", "--variants", "none", "--workdir", str(tmp_path / "wd")]
+    assert ablation.main([*argv, "--out", str(tmp_path / "o1")]) == 0
+    original = runs.SIMULATOR_CODE
+    monkeypatch.setattr(runs, "SIMULATOR_CODE", ("data/tasks.py",))   # another cache name
+    assert ablation.main([*argv, "--recalibrate", "--out", str(tmp_path / "o2")]) == 0
+    assert len(list((tmp_path / "wd").glob("*.npz"))) == 2
+    monkeypatch.setattr(runs, "SIMULATOR_CODE", original)
+    # training resumed (eval.json gone, checkpoints kept) under other code: both stamps
+    seed0 = tmp_path / "wd" / "none" / "seed0"
+    old = (seed0 / runs.STAMP_FILE).read_text().strip()
+    (seed0 / workflow.EVAL).unlink()
+    real = runs.code_stamp                  # the package changed, the simulator did not
+    other = lambda files=None: real(files) if files is not None else "fedcba987654"
+    monkeypatch.setattr(runs, "code_stamp", other)
+    monkeypatch.setattr(ablation, "code_stamp", other)
+    assert ablation.main([*argv, "--out", str(tmp_path / "o3")]) == 0
+    assert (seed0 / runs.STAMP_FILE).read_text().strip() == f"{old}+fedcba987654"
+    assert "**1 of 1 runs were trained by other code**" in (tmp_path / "o3.md").read_text()

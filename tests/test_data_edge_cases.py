@@ -26,6 +26,7 @@ def test_a_constant_column_is_not_a_float32_precision_problem(tmp_path, n):
     assert ds.feature_names == ("a", "flag")
     np.testing.assert_array_equal(ds.x[:, 1], np.float32(4.2))
     # a real offset problem is still refused: 1e9 + noise of sd 1 rounds in steps of 64
+    # (all to one float32 value: the column's information would be gone)
     df["a"] = 1e9 + df["a"]
     df.to_csv(tmp_path / "o.csv", index=False)
     with pytest.raises(ValueError, match="column 'a': float32.*subtract an offset"):
@@ -41,10 +42,12 @@ def test_cuts_and_thresholds_that_print_alike_keep_distinct_names(tmp_path):
     assert len(set(ds.task.regions)) == 4
     ds = load(f"csv:{tmp_path / 't.csv'}?target=y&cuts=3.5,5.5")
     assert list(ds.task.regions) == ["<3.5", "3.5-5.5", ">=5.5"]          # short when distinct
-    ds = load(f"csv:{tmp_path / 't.csv'}?target=y&above=5.5,5.5000001")
-    names = [t.name for t in ds.task.thresholds]
-    assert [t.value for t in ds.task.thresholds] == [5.5, 5.5000001]
-    assert len(set(names)) == 2 and names[0] == "y>5.5"
+    for above in ("5.5,5.5000001", "5.5000001,5.5"):                # in either order
+        ds = load(f"csv:{tmp_path / 't.csv'}?target=y&above={above}")
+        assert {t.name: t.value for t in ds.task.thresholds} == {"y>5.5": 5.5,
+                                                                 "y>5.5000001": 5.5000001}
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y&cuts=0.1234561,0.1234562")
+    assert list(ds.task.regions) == ["<0.1234561", "0.1234561-0.1234562", ">=0.1234562"]
     with pytest.raises(ValueError, match="option above: expected distinct thresholds"):
         load(f"csv:{tmp_path / 't.csv'}?target=y&above=5.5,5.50")
 
@@ -72,12 +75,17 @@ def test_missing_value_markers_are_nan_and_mixed_columns_are_named(tmp_path, cap
     np.testing.assert_array_equal(ds.y, want["y"].to_numpy(np.float32)[keep])
     assert "NaN/inf per column: 'b' 2, label 1" in caplog.text
     # a number pandas would read as text: an error naming the column, row and cell
-    path = write_csv(tmp_path / "m.csv", ["a", "b", "y"], [[1, "1,234", 3], [4, 5, 6]])
-    with pytest.raises(ValueError, match=r"feature column 'b' is not numeric \(row 0: '1,234'\)"
-                                         r"; it mixes numbers and text"):
+    path = write_csv(tmp_path / "m.csv", ["a", "b", "y"],
+                     [[1, 2, 3], [4, "1,234", 6], [7, 8, 9], [10, 11, 12]])
+    with pytest.raises(ValueError, match=r"feature column 'b' is not numeric \(row 1: '1,234'\)"
+                                         r"; a column of numbers with text cells"):
         load(f"csv:{path}?target=y")
-    # wholly textual columns are still skipped (a note, not an error)
-    path = write_csv(tmp_path / "s.csv", ["a", "sex", "y"], [[1, "F", 3], [4, "M", 6]])
+    # text columns, even with a few number-like cells ('007', 'Nan' the name, 'infinity'),
+    # are still skipped with a note
+    cols = {"id": ["abc", "xyz", "007", "q"], "first": ["Anna", "Nan", "Bob", "Eve"],
+            "sex": ["M", "F", "0", "1"], "word": ["big", "infinity", "small", "x"]}
+    path = write_csv(tmp_path / "s.csv", ["a", *cols, "y"],
+                     [[i, *(c[i] for c in cols.values()), i] for i in range(4)])
     assert load(f"csv:{path}?target=y").feature_names == ("a",)
 
 
@@ -172,3 +180,31 @@ def test_whitespace_only_lines_are_skipped_like_empty_ones(tmp_path):
     ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
     np.testing.assert_array_equal(ds.x[:, 0], [1.0, 3.0])
     np.testing.assert_array_equal(ds.y, [2.0, 4.0])
+
+
+def test_signal_precision_check_uses_the_finite_values_and_float32_constancy(tmp_path):
+    """One NaN in a lead made its mean/sd NaN and switched the check off; a column
+    whose float64 values sit on a float32 rounding boundary (1e9 + 32 +- 2e-4) splits
+    into two float32 values 64 apart and is refused, a truly constant one passes."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 30, 2))
+    x[:, :, 0] = 1e9 + 100.0 * x[:, :, 0]
+    x[3, 5, 0] = np.nan
+    np.savez(tmp_path / "n.npz", x=x, y=np.arange(20.0))
+    with pytest.raises(ValueError, match=r"array 'x\[:, :, 0\]': float32"):
+        load(f"npz:{tmp_path / 'n.npz'}")
+    tab = np.c_[rng.normal(size=400), 1e9 + 32 + rng.normal(0, 2e-4, 400)]
+    assert len(np.unique(tab[:, 1].astype(np.float32))) == 2
+    np.savez(tmp_path / "t.npz", x=tab, y=np.arange(400.0))
+    with pytest.raises(ValueError, match=r"array 'x\[:, 1\]': float32"):
+        load(f"npz:{tmp_path / 't.npz'}")
+    tab[:, 1] = 1e9 + 32                                    # constant: one float32 value
+    np.savez(tmp_path / "c.npz", x=tab, y=np.arange(400.0))
+    assert load(f"npz:{tmp_path / 'c.npz'}").x.shape == (400, 2)
+
+
+def test_only_a_first_unnamed_column_is_taken_for_an_index(tmp_path):
+    (tmp_path / "t.csv").write_text("a,y,\n1,1,9\n2,2,8\n3,3,7\n")   # trailing comma: a column
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
+    assert ds.feature_names == ("a", "")
+    np.testing.assert_array_equal(ds.x[:, 1], [9.0, 8.0, 7.0])

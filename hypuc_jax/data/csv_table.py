@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 
 import numpy as np
 
@@ -57,11 +58,18 @@ def parse_numeric(values: list[str]) -> tuple[np.ndarray | None, int | None]:
 
 
 def _is_number(cell: str) -> bool:
+    """A finite number (not a missing marker, nor a name such as 'Nan' or 'infinity')."""
     try:
-        float(cell)
+        return math.isfinite(float(cell)) and cell not in MISSING
     except ValueError:
         return False
-    return cell not in MISSING
+
+
+def _mostly_numbers(cells: list[str]) -> bool:
+    """More than half of the non-missing cells are finite numbers: a numeric column with
+    a few bad cells (refused), not a text column with a few number-like ids (skipped)."""
+    given = [c for c in cells if c not in MISSING]
+    return 2 * sum(map(_is_number, given)) > len(given)
 
 
 def _target_and_split(path, cols, target, split_col, labels_optional=False, named_target=False):
@@ -125,16 +133,17 @@ def read_csv_table(path, target, features, split_col, labels_optional=False, nam
     for name in (features if features is not None else cols):
         if features is None and name in (target, split_col):
             continue
-        if features is None and name == "":      # pandas' index, written by to_csv()
+        if features is None and name == "" and name == next(iter(cols)):   # pandas' index
             unnamed.append(name)
             continue
         col, bad = parse_numeric(cols[name])
         if col is None:
-            if features is not None or any(_is_number(v) for v in cols[name]):
+            if features is not None or _mostly_numbers(cols[name]):
                 raise ValueError(f"{path}: feature column {name!r} is not numeric (row {bad}: "
                                  f"{cols[name][bad]!r})" + ("" if features is not None else
-                                 "; it mixes numbers and text: fix those cells (missing values: "
-                                 "empty, NA or nan) or leave the column out with features="))
+                                 "; a column of numbers with text cells: fix those cells (missing "
+                                 "values: empty, NA or nan) or leave the column out with "
+                                 "features="))
             skipped.append(name)
             continue
         if np.isnan(col).all():                  # no value at all: nothing numeric to learn from

@@ -200,21 +200,29 @@ def _npz_array(path: str, z, name: str) -> np.ndarray:
 
 
 def _check_signal_precision(path, x) -> None:
-    """``_check_float32_precision`` per lead of signals ``x`` [n, time, leads], read in
-    row blocks (two passes: the mean, then the sd and float32's largest rounding)."""
-    step = row_block(x, itemsize=8)
-    blocks = lambda: (np.asarray(x[s:s + step], np.float64).reshape(-1, x.shape[-1])
+    """``_check_float32_precision`` per lead of signals ``x`` [n, time, leads] over their
+    finite values, read in row blocks (two passes: the mean, then the sd, float32's
+    largest rounding and the range)."""
+    step, leads = row_block(x, itemsize=8), x.shape[-1]
+    blocks = lambda: (np.asarray(x[s:s + step], np.float64).reshape(-1, leads)
                       for s in range(0, x.shape[0], step))
-    total, count = np.zeros(x.shape[-1]), 0
+    total, count = np.zeros(leads), np.zeros(leads)
     for b in blocks():
-        total, count = total + b.sum(axis=0), count + b.shape[0]
-    mean, m2, loss = total / count, np.zeros(x.shape[-1]), np.zeros(x.shape[-1])
+        ok = np.isfinite(b)
+        total, count = total + np.where(ok, b, 0.0).sum(axis=0), count + ok.sum(axis=0)
+    mean = total / np.maximum(count, 1)
+    m2, loss = np.zeros(leads), np.zeros(leads)
+    lo, hi = np.full(leads, np.inf), np.full(leads, -np.inf)
     for b in blocks():
-        m2 += np.square(b - mean).sum(axis=0)
-        loss = np.maximum(loss, np.abs(b.astype(np.float32) - b).max(axis=0))
-    for j, (sd, worst) in enumerate(zip(np.sqrt(m2 / count), loss)):
-        _check_float32_precision(path, f"x[:, :, {j}]", None, what="array",
-                                 stats=(float(mean[j]), float(sd), float(worst)))
+        ok = np.isfinite(b)
+        b = np.where(ok, b, mean)                  # non-finite entries: neutral, not counted
+        m2 += np.where(ok, np.square(b - mean), 0.0).sum(axis=0)
+        loss = np.maximum(loss, np.where(ok, np.abs(b.astype(np.float32) - b), 0.0).max(axis=0))
+        lo = np.minimum(lo, np.where(ok, b, np.inf).min(axis=0))
+        hi = np.maximum(hi, np.where(ok, b, -np.inf).max(axis=0))
+    for j in np.flatnonzero(count):
+        _check_float32_precision(path, f"x[:, :, {j}]", None, what="array", stats=(
+            float(mean[j]), float(np.sqrt(m2[j] / count[j])), float(loss[j]), lo[j], hi[j]))
 
 
 def read_npz(path: str, *, mmap: bool, labels_optional: bool = False):

@@ -98,6 +98,13 @@ class Dataset:
         return int(self.y.shape[0])
 
 
+def _exact(v: float) -> str:
+    """``v`` in 6 significant digits when that is exact (5.5), else in full (5.5000001,
+    1234567.0): names of distinct thresholds and cut regions never merge."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(float(v))
+
+
 def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInfo:
     """Task of a loaded source from the common options."""
     regions: dict[str, tuple[float, float]] = {}
@@ -120,9 +127,7 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
             if not math.isfinite(v):
                 raise ValueError(f"spec {spec!r}: option {direction}: expected finite numbers, "
                                  f"got {options[direction]!r}")
-            new = Threshold(f"{target}{sign}{v:g}", v, direction)
-            if any(t.name == new.name and t.value != v for t in thresholds):
-                new = Threshold(f"{target}{sign}{v!r}", v, direction)   # 5.5 and 5.5000001
+            new = Threshold(f"{target}{sign}{_exact(v)}", v, direction)
             for t in thresholds:
                 if t.name == new.name or (t.direction, t.value) == (direction, v):
                     source = (f"of the task {options['task']!r}" if t in base_thresholds
@@ -137,12 +142,10 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
             raise ValueError(f"spec {spec!r}: option cuts: expected increasing finite numbers, "
                              f"got {options['cuts']!r}")
         edges = [-math.inf] + cuts + [math.inf]
-        fmt = "g" if len({f"{c:g}" for c in cuts}) == len(cuts) else "r"   # 6 digits unless
-        text = {c: format(c, "g") if fmt == "g" else repr(c) for c in cuts}  # that merges cuts
         regions = {}
         for lo, hi in zip(edges[:-1], edges[1:]):
-            label = (f"<{text[hi]}" if lo == -math.inf else f">={text[lo]}" if hi == math.inf
-                     else f"{text[lo]}-{text[hi]}")
+            label = (f"<{_exact(hi)}" if lo == -math.inf else f">={_exact(lo)}" if hi == math.inf
+                     else f"{_exact(lo)}-{_exact(hi)}")
             regions[label] = (lo, hi)
     return TaskInfo(name=name, target=target, unit=unit, regions=regions,
                     thresholds=tuple(thresholds))
