@@ -135,8 +135,8 @@ def _check_same_data(cfg, workdir: Path) -> None:
     if stored is None:
         return
     ds = workflow._dataset(cfg)
-    stamp = train_data.data_stamp(ds.x, np.asarray(ds.y, np.float64),
-                                  train_data.split_for(cfg, ds))
+    stamp = train_data.matching_stamp(stored, ds.x, np.asarray(ds.y, np.float64),
+                                      train_data.split_for(cfg, ds))
     if stamp != stored:
         raise workflow.WorkflowError(
             f"{workdir}: holds a finished run trained on other data than --data "

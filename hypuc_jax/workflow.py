@@ -128,8 +128,8 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     parts = train_data.split_for(cfg, ds)
     stored = None if overwrite else checkpoints.stored_data_stamp(
         train_data.run_paths(str(workdir))["checkpoints"])
-    if stored is not None and stored != train_data.data_stamp(
-            ds.x, np.asarray(ds.y, np.float64), parts):
+    if stored is not None and stored != train_data.matching_stamp(
+            stored, ds.x, np.asarray(ds.y, np.float64), parts):
         raise WorkflowError(f"{workdir}: its checkpoints were trained on other data (the labels, "
                             f"split or records of --data {cfg.data.spec!r} differ); choose "
                             "another --workdir or pass --overwrite to train from scratch")

@@ -208,3 +208,38 @@ def test_only_a_first_unnamed_column_is_taken_for_an_index(tmp_path):
     ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
     assert ds.feature_names == ("a", "")
     np.testing.assert_array_equal(ds.x[:, 1], [9.0, 8.0, 7.0])
+
+
+def test_an_edited_record_outside_the_stamps_old_sample_is_caught(tmp_path, capsys):
+    """The data stamp hashed 64 sampled records: an edited training cell elsewhere
+    resumed the old network with a refitted scaler (predictions moved by up to 3.9).
+    Small data are now hashed whole; older run directories keep their stamp format."""
+    import json
+    from cli_helpers import FAST, hypuc, one_line_error
+    from hypuc_jax import train_data, workflow
+    rng = np.random.default_rng(3)
+    n = 300
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    df["y"] = 4.0 + df["a"] + 0.1 * rng.normal(size=n)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    wd = tmp_path / "run"
+    argv = ["train", "--workdir", wd, "--data", f"csv:{tmp_path / 't.csv'}?target=y",
+            "--epochs", "1", *FAST]
+    assert hypuc(capsys, *argv)[0] == 0
+    stamp_file = wd / "checkpoints" / "data_stamp.json"
+    assert json.loads(stamp_file.read_text())["data_stamp"].startswith("v2:")
+    sampled = np.unique(np.linspace(0, n - 1, train_data.STAMP_RECORDS).astype(int))
+    row = next(i for i in range(n) if i not in sampled)
+    df.loc[row, "b"] = 40.0
+    df.to_csv(tmp_path / "t.csv", index=False)
+    rc, _, err = hypuc(capsys, *argv)
+    assert "trained on other data" in one_line_error(rc, err)
+    # a run directory stamped before (the sample): still resumes on the same data
+    df.loc[row, "b"] = 41.0
+    df.to_csv(tmp_path / "t.csv", index=False)
+    ds = load(f"csv:{tmp_path / 't.csv'}?target=y")
+    parts = train_data.split_for(workflow.load_config(wd), ds)
+    legacy = train_data.data_stamp(ds.x, np.asarray(ds.y, np.float64), parts, legacy=True)
+    stamp_file.write_text(json.dumps({"data_stamp": legacy}))
+    assert hypuc(capsys, *argv)[0] == 0                        # resumed, not refused
+    assert json.loads(stamp_file.read_text())["data_stamp"] == legacy
