@@ -253,14 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = words.index(unknown[0]) < words.index(args.command)
         (parser if before else parser.commands[args.command]).error(
             f"unrecognized arguments: {' '.join(unknown)}")
-    from hypuc_jax import _interrupt, rundir
+    from hypuc_jax import _interrupt           # light: no JAX yet
 
-    previous = _interrupt.install()
-    dirs = [args.workdir]
-    if args.command == "run":
-        from hypuc_jax.comparison import ARMS
-        dirs += [Path(args.workdir) / arm for arm in ARMS]
+    previous = _interrupt.install()            # before the imports that load JAX (~1.4 s)
     try:
+        from hypuc_jax import rundir
+        dirs = [args.workdir]
+        if args.command == "run":
+            from hypuc_jax.comparison import ARMS
+            dirs += [Path(args.workdir) / arm for arm in ARMS]
+        _interrupt.check()     # a Ctrl-C that JAX's import-time callbacks swallowed
         with rundir.locked(dirs, shared=args.command == "predict"):
             _COMMANDS[args.command](args)
             _interrupt.check()     # a Ctrl-C swallowed by a callback after the last check

@@ -207,3 +207,22 @@ def _hold(directory, mode):
     fd = os.open(directory, os.O_RDONLY)
     fcntl.flock(fd, mode | fcntl.LOCK_NB)
     return fd
+
+
+def test_a_ctrl_c_while_jax_is_imported_exits_130(tmp_path, capsys, monkeypatch):
+    """The handler is installed before the imports that load JAX (~1.4 s): a Ctrl-C
+    there was either a raw traceback or, swallowed by JAX's callbacks, ignored while
+    `run --overwrite` went on to delete and retrain. Here the import of the arms'
+    module is interrupted."""
+    import importlib.abc
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hypuc_jax.comparison":
+                raise KeyboardInterrupt
+            return None
+    monkeypatch.delitem(sys.modules, "hypuc_jax.comparison", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "w")
+    assert rc == 130 and err.strip() == "hypuc: interrupted"
+    assert not (tmp_path / "w").exists()
