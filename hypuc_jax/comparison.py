@@ -16,8 +16,8 @@ import numpy as np
 from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import clear_dir, remove_path
-from hypuc_jax.rundir import (EVAL, TRAIN_LABELS, load_config, load_npy, load_npz, load_task,
-                              read_json)
+from hypuc_jax.rundir import (CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
+                              load_npy, load_npz, load_task, read_json)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
 from hypuc_jax.workflow import check_trainable, pipeline
@@ -114,6 +114,9 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
     from hypuc_jax import report
 
     workdir = Path(workdir)
+    if (workdir / CONFIG).exists():  # a `train` run: its arms would nest inside it
+        raise WorkflowError(f"--workdir: {workdir} holds a trained run itself; run into "
+                            "another directory (`hypuc run` writes DIR/baseline and DIR/hypuc)")
     cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
     for name, cfg in cfgs.items():  # bad input changes nothing, the old report included
         check_trainable(cfg, workdir / name, overwrite=overwrite)

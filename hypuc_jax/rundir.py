@@ -195,6 +195,9 @@ def load_config(workdir: str | os.PathLike) -> config_lib.Config:
             raise WorkflowError(f"{workdir}: not a run directory itself; it holds the runs "
                                 f"{', '.join(runs)}: pass --workdir {workdir / runs[-1]} "
                                 "(or another of them)")
+        if (workdir / CONFIG).exists():     # task.json is written when training finishes
+            raise WorkflowError(f"{workdir}: training has not finished (no {TASK}); re-run "
+                                "the same `hypuc train` (or `hypuc run`) to resume it")
         raise WorkflowError(f"{workdir}: no trained model found (expected {CONFIG} and "
                             f"{TASK}); run `hypuc train --workdir {workdir} --data ...` first")
     d = read_json(workdir / CONFIG, "config")
