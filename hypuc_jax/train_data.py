@@ -138,7 +138,7 @@ def data_stamp(x: Any, y: Any, idx: dict, *, legacy: bool = False) -> str:
   over the data, so changed labels, another split or edited records are told
   apart without reading a large memory-mapped data set whole. ``legacy``: the
   stamp of run directories written before session 13 (always the sample;
-  an edited record outside it went unnoticed), for :func:`same_data`.
+  an edited record outside it went unnoticed), for :func:`matching_stamp`.
 
   Args:
     x: records [n, ...] (array, memory map or row view).
