@@ -174,6 +174,20 @@ def matching_stamp(stored: str | None, x: Any, y: Any, idx: dict) -> str:
   return data_stamp(x, y, idx, legacy=legacy)
 
 
+def trained_on_other_data(workdir: str, x: Any, y: Any, idx: dict) -> bool:
+  """Whether the checkpoints in ``workdir`` were trained on other data than (x, y, idx)
+  (False when they carry no stamp): their stamp against :func:`matching_stamp`.
+
+  Args:
+    workdir: run directory.
+    x: records [n, ...]; y: labels [n]; idx: {split: row indices}.
+  """
+  from hypuc_jax import checkpoints
+  stored = checkpoints.stored_data_stamp(run_paths(str(workdir))["checkpoints"])
+  return stored is not None and stored != matching_stamp(stored, x, np.asarray(y, np.float64),
+                                                         idx)
+
+
 def save_run_files(paths: dict[str, str], config: Config, run: RunData) -> None:
   """Writes config.json, scaler.json and weighting.json (process 0 only)."""
   os.makedirs(os.path.dirname(paths["config"]) or ".", exist_ok=True)

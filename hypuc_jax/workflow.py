@@ -126,10 +126,7 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     ds = _dataset(cfg)
     _named_regions(cfg, ds.task)                          # no --region shadows a task region
     parts = train_data.split_for(cfg, ds)
-    stored = None if overwrite else checkpoints.stored_data_stamp(
-        train_data.run_paths(str(workdir))["checkpoints"])
-    if stored is not None and stored != train_data.matching_stamp(
-            stored, ds.x, np.asarray(ds.y, np.float64), parts):
+    if not overwrite and train_data.trained_on_other_data(workdir, ds.x, ds.y, parts):
         raise WorkflowError(f"{workdir}: its checkpoints were trained on other data (the labels, "
                             f"split or records of --data {cfg.data.spec!r} differ); choose "
                             "another --workdir or pass --overwrite to train from scratch")
