@@ -101,7 +101,11 @@ def val_score(workdir: Path) -> dict:
 def tail_maes(workdir: Path, split: str = "test", value: str = "mu") -> dict:
     """MAE on ``split`` overall and beyond each decision threshold, {"mae": ...,
     "mae[y>5.5]": ...}, of mu (``predictions_<split>.npz``) or of the corrected
-    value (``value="corrected"``: ``outputs_<split>.npz``, written by evaluate)."""
+    value (``value="corrected"``: ``outputs_<split>.npz``, written by evaluate).
+
+    A threshold's tail with fewer than ``metrics.MIN_COUNT`` records gets None,
+    as a region of eval.json does (one or two records are not a MAE to compare).
+    """
     if value == "mu":
         out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions")
     else:
@@ -111,7 +115,7 @@ def tail_maes(workdir: Path, split: str = "test", value: str = "mu") -> dict:
     for name, value_, direction in workflow.load_task(workdir).thresholds:
         sel = out["y"] > value_ if direction == "above" else out["y"] < value_
         key = f"mae[y{'>' if direction == 'above' else '<'}{value_:g}]"
-        res[key] = float(np.mean(err[sel])) if sel.any() else None
+        res[key] = float(np.mean(err[sel])) if sel.sum() >= metrics.MIN_COUNT else None
     return res
 
 
@@ -261,7 +265,8 @@ def main(argv=None) -> int:
     write_csv(out.with_name(out.name + "_runs.csv"), rows)
     write_csv(out.with_name(out.name + ".csv"), [
         {"variant": s["variant"], "n_seeds": s["n_seeds"],
-         **{f"{c}_{w}": s[c][i] for c in cols for i, w in ((0, "mean"), (1, "sd"))}}
+         **{f"{c}_{w}": x for c in cols          # n: the seeds where c is defined
+            for w, x in (("mean", s[c][0]), ("sd", s[c][1]), ("n", s["counts"][c]))}}
         for s in summary])
     cmd = command_line("ablation.py", sys.argv[1:] if argv is None else argv)
     md = [f"# Ablation: {a.config}", "", f"Command: `{cmd}`", "",

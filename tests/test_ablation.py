@@ -51,6 +51,7 @@ def test_runs_tables_and_reuse(tmp_path, capsys):
                                                      rel=1e-6)
         assert float(summary[variant]["mae_mean"]) == pytest.approx(np.mean(maes))
         assert float(summary[variant]["mae_sd"]) == pytest.approx(np.std(maes, ddof=1))
+        assert summary[variant]["mae_n"] == "2"                # seeds with a value
     caches = sorted(p.name for p in root.glob("*.npz"))
     assert len(caches) == 1 and caches[0].startswith("potassium-")
 

@@ -134,6 +134,19 @@ def test_empty_tails_show_a_dash_not_nan(tmp_path):
     assert cells[2] == "0.100 ± 0.000 (+0%)" and cells[3] == "—"   # val mae, val mae[y>5.5]
 
 
+def test_a_tail_of_fewer_than_ten_records_has_no_mae(tmp_path):
+    # as eval.json's regions (metrics.MIN_COUNT): 9 records give None, 10 a MAE
+    _variant(tmp_path / "v", [0], 0.1, np.random.default_rng(8))
+    rng = np.random.default_rng(9)
+    y = np.r_[rng.uniform(4.0, 5.0, 30), rng.uniform(5.6, 7.0, 9), rng.uniform(2.6, 3.4, 10)]
+    mu = y + rng.normal(size=y.size)
+    np.savez(tmp_path / "v" / "seed0" / "predictions_test.npz", y=y, mu=mu,
+             sigma=np.ones_like(y))
+    _, cols = compare_runs.variant_maes(tmp_path / "v")
+    assert np.isnan(cols["test mae[y>5.5]"][0])
+    assert cols["test mae[y<3.5]"][0] == pytest.approx(np.mean(np.abs(y - mu)[y < 3.5]))
+
+
 def test_a_variant_of_another_split_is_refused(tmp_path, capsys):
     rng = np.random.default_rng(6)
     _variant(tmp_path / "shared", [0, 1, 2], 0.3, rng)
