@@ -21,13 +21,13 @@ Every calibrator has ``apply(mu, sigma) -> sigma [n]`` (a standard deviation),
 ``from_dict``, ``save(path)`` / ``load(path, task=...)`` (JSON), and carries
 the name of the task it was fitted on, so a calibrator saved for another task
 is refused on load. All fitting is numpy: it runs once, on the host. The
-shared base lives in ``hypuc_jax._calibrator`` and the isotonic baseline in
-``hypuc_jax.isotonic``; both are re-exported here.
+shared base lives in ``hypuc_jax._calibrator``, the bins in
+``hypuc_jax._calibration_bins`` and the isotonic baseline in
+``hypuc_jax.isotonic``; all are re-exported here.
 """
 from __future__ import annotations
 
 import dataclasses
-import fractions
 import json
 import math
 import os
@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hypuc_jax._calibration_bins import (bin_quantile, merged_quantile_bins,  # noqa: F401
+                                        quantile_edges)
 from hypuc_jax._calibrator import (FORMAT_VERSION, _Calibrator, check_task,  # noqa: F401
                                    float_list, positive_factor, unit_level)
 from hypuc_jax._predictions import (central_z, check_dof, check_predictions, dof_to_json,
@@ -168,50 +170,12 @@ def fit_global(mu, sigma, y, *, task: str | None = None) -> GlobalCalibrator:
     return GlobalCalibrator(scale=scale, task=task)
 
 
-def _quantile_bins(mu: np.ndarray, n_bins: int, min_count: int) -> np.ndarray:
-    """Inner edges of quantile bins of mu, merging bins below min_count. [B - 1]"""
-    edges = np.unique(np.quantile(mu, np.linspace(0.0, 1.0, n_bins + 1))[1:-1])
-    while edges.size:
-        counts = np.bincount(np.searchsorted(edges, mu, side="right"), minlength=edges.size + 1)
-        b = int(np.argmin(counts))
-        if counts[b] >= min_count:
-            break
-        # Merge bin b with its smaller neighbour by dropping the edge between them.
-        if b == 0:
-            drop = 0
-        elif b == edges.size:
-            drop = b - 1
-        else:
-            drop = b - 1 if counts[b - 1] <= counts[b + 1] else b
-        edges = np.delete(edges, drop)
-    return edges
-
-
-def bin_quantile(scores: np.ndarray, xi: float, kind: str = "linear") -> float:
-    """The ``xi`` quantile of one bin's scores [n] that hyperfine calibration uses.
-
-    "linear": numpy's interpolated quantile (the SPEC's). "conformal": the
-    ceil((n + 1) xi)-th smallest score (the split-conformal quantile: a new
-    exchangeable score falls at or below it with probability >= xi); when
-    ceil((n + 1) xi) > n, the largest score (no finite-sample guarantee).
-    """
-    if kind == "linear":
-        return float(np.quantile(scores, xi))
-    if kind != "conformal":
-        raise ValueError(f"quantile: expected one of {QUANTILES}, got {kind!r}")
-    # xi as the decimal it prints as (0.68, not 0.68000000000000005; str of a
-    # numpy float32 prints its own shortest form): 75 * 0.68 is 51.00000000000001
-    # in floats, whose ceil is one rank too high.
-    k = min(math.ceil((scores.size + 1) * fractions.Fraction(str(xi))), scores.size)
-    return float(np.partition(scores, k - 1)[k - 1])
-
-
 def _bin_factors(mu, sigma, y, n_bins: int, min_count: int, xi: float, dof: float,
                  quantile: str = "linear"):
     """(global scale, inner edges, etas, counts) of a hyperfine fit for family ``dof``."""
     z = central_z(xi, "xi", dof)
     scale = fit_global(mu, sigma, y).scale
-    edges = _quantile_bins(mu, int(n_bins), int(min_count))
+    edges = merged_quantile_bins(mu, int(n_bins), int(min_count))
     idx = np.searchsorted(edges, mu, side="right")
     ratio = np.abs(y - mu) / (z * scale * sigma)
     etas, counts = [], []

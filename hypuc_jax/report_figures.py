@@ -22,6 +22,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from hypuc_jax import flagging, uncertainty  # noqa: E402
 from hypuc_jax._files import temp_file  # noqa: E402
+from hypuc_jax.calibration import quantile_edges  # noqa: E402
 from hypuc_jax._predictions import (ThresholdSpec, central_z, event, exceed_prob,  # noqa: E402
                                     has_both_outcomes)
 
@@ -223,8 +224,7 @@ def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=No
       (bin median mu [b], coverage [b], counts [b]) over the non-empty bins.
     """
     if bins is None:
-        edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
-        bins = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
+        bins = np.searchsorted(quantile_edges(mu, n_bins), mu, side="right")
     centres, cov, counts = [], [], []
     for b in np.unique(bins):
         sel = bins == b

@@ -108,6 +108,34 @@ def test_hyperfine_edge_bins_extend_and_sparse_bins_merge():
     assert one_bin.edges == [] and one_bin.counts == [100]
 
 
+def test_a_tie_group_keeps_one_bin_and_the_records_beyond_it_get_their_own():
+    # a saturated head: 920 predictions at 0 and 80 at 5. Every decile falls on
+    # the tie at 0; the bins used to collapse to one and the 80 were covered at 61%.
+    rng = np.random.default_rng(0)
+    mu = np.r_[np.zeros(920), np.full(80, 5.0)]
+    sigma = np.ones(1000)
+    y = mu + rng.standard_normal(1000) * np.where(mu > 0, 3.0, 1.0)
+    h = cal.fit_hyperfine(mu, sigma, y, xi=0.95, tail="gaussian")
+    assert h.edges == [5.0] and h.counts == [920, 80]
+    s = np.sqrt(np.mean((y - mu) ** 2))
+    z = stats.norm.ppf(0.975)
+    out = h.apply(mu, sigma)
+    for m in (mu == 0, mu == 5):                 # numpy: each group's own 95% quantile
+        eta = np.quantile(np.abs(y[m] - mu[m]) / (z * s), 0.95)
+        np.testing.assert_allclose(out[m], s * eta, rtol=1e-12)
+        assert np.mean(np.abs(y[m] - mu[m]) <= z * out[m]) == pytest.approx(0.95, abs=0.01)
+
+
+def test_quantile_edges_move_off_a_tie_to_its_nearer_end():
+    x = np.arange(10.0)
+    np.testing.assert_allclose(cal.quantile_edges(x, 5), np.quantile(x, [0.2, 0.4, 0.6, 0.8]))
+    # the 0.25 and 0.5 quantiles fall inside the tie [2, 2, 2, 2, 2] at ranks 1-5
+    # of 8 values: the cut at 2 records moves down to 1, the one at 4 up to 6
+    x = np.array([1.0, 2, 2, 2, 2, 2, 3, 4])
+    np.testing.assert_allclose(cal.quantile_edges(x, 4), [2.0, np.quantile(x, 0.75), 3.0])
+    assert cal.quantile_edges(np.full(7, 3.0), 3).size == 0      # one value: one bin
+
+
 def test_isotonic_matches_uncertainty_toolbox():
     rng = np.random.default_rng(4)
     n = 5000

@@ -74,6 +74,18 @@ def test_mu_bin_coverage_matches_direct_loop():
     assert counts.sum() == 500
 
 
+def test_mu_bin_coverage_keeps_a_tie_group_apart_from_the_rest():
+    # 90% of the predictions tied at 0: the plain quantile bins were one bin
+    rng = np.random.default_rng(2)
+    mu = np.r_[np.zeros(450), rng.uniform(1.0, 2.0, 50)]
+    y = mu + rng.normal(size=500) * np.where(mu > 0, 3.0, 1.0)
+    centres, cov, counts = report.mu_bin_coverage(y, mu, np.ones(500), n_bins=5)
+    assert counts[0] == 450 and counts.sum() == 500 and len(counts) >= 2
+    tied = mu == 0
+    assert cov[0] == pytest.approx(np.mean(np.abs(y[tied]) <= 1.959964))
+    assert centres[0] == 0.0 and min(centres[1:]) >= 1.0
+
+
 def test_checks_against_hand_computed_numbers(runs):
     base, meth = runs
     rows = {r["claim"]: r for r in report.checks(base, meth)}
