@@ -31,6 +31,10 @@ MIN_STEPS_PER_BANDWIDTH = 2
 MAX_GRID_POINTS = 2 ** 22
 # The binned grid extends this many bandwidths beyond the extreme samples.
 PAD_BANDWIDTHS = 4.0
+# Grid nodes farther than this many bandwidths from every sample get density 0
+# (exactly, instead of the FFT's round-off; the exact sum there is < 1e-13 of
+# one sample's peak).
+NEAR_BANDWIDTHS = 8.0
 
 
 def grid_shape(d: int, grid_size) -> tuple[int, ...]:
@@ -163,7 +167,10 @@ def _linear_binning(samples: jax.Array, lo: jax.Array, step: jax.Array,
 
 
 def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
-    """Convolves grid counts [G_1..G_d] with the sampled Gaussian kernel N(0, h^2).
+    """Convolves grid counts [G_1..G_d] with the sampled kernel exp(-|u|^2 / 2),
+    u = offset / h: the Gaussian N(0, h^2) times prod_k sqrt(2 pi) h_k, whose
+    division the caller leaves to the end (a normalised kernel's tails
+    underflow float32 at label scales around 1e33).
 
     The counts are zero-padded to 2 G_k per axis and the kernel is sampled at
     every offset in (-G_k, G_k), so the circular FFT convolution equals the
@@ -177,11 +184,33 @@ def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
     for k, (g, p) in enumerate(zip(shape, padded)):
         offsets = jnp.concatenate([jnp.arange(g), jnp.arange(-g, 0)]).astype(counts.dtype)
         u = offsets * step[k] / h[k]
-        kernel = jnp.exp(-0.5 * u * u) / (math.sqrt(2 * math.pi) * h[k])
+        kernel = jnp.exp(-0.5 * u * u)
         kf = jnp.fft.rfft(kernel) if k == d - 1 else jnp.fft.fft(kernel)
         spectrum = spectrum * kf.reshape((1,) * k + (-1,) + (1,) * (d - k - 1))
     smooth = jnp.fft.irfftn(spectrum, s=padded)[tuple(slice(0, g) for g in shape)]
     return jnp.maximum(smooth, 0.0)  # FFT round-off can leave tiny negatives
+
+
+def _near_samples(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
+    """Grid nodes within NEAR_BANDWIDTHS * h (per axis) of a node that holds
+    samples [G_1..G_d] (bool): a separable box dilation of ``counts > 0``.
+
+    Farther out the exact density is below exp(-NEAR_BANDWIDTHS^2 / 2) of one
+    sample's peak, while the float32 FFT leaves round-off of ~1e-8 of the
+    largest value everywhere; zeroing those nodes keeps a gap between labels
+    at density 0, as the exact sum has it (and the weights' floor applies).
+    """
+    near = counts > 0
+    for k, g in enumerate(counts.shape):
+        r = jnp.ceil(NEAR_BANDWIDTHS * h[k] / step[k]).astype(jnp.int32)
+        total = jnp.cumsum(near.astype(jnp.int32), axis=k)            # occupied in [0, i]
+        i = jnp.arange(g)
+        upper = jnp.take(total, jnp.clip(i + r, 0, g - 1), axis=k)
+        below = jnp.take(total, jnp.clip(i - r - 1, 0, g - 1), axis=k)
+        below = jnp.where((i - r - 1 >= 0).reshape((1,) * k + (g,) + (1,) * (near.ndim - k - 1)),
+                          below, 0)
+        near = upper - below > 0                                    # occupied in [i-r, i+r]
+    return near
 
 
 # --------------------------------------------------------------------------- #
@@ -193,19 +222,36 @@ def grid_extent(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
     return lo, step
 
 
-@partial(jax.jit, static_argnames=("shape",))
-def binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
-    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
+def _kernel_sums(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
+    """(lo [d], step [d], mean over samples of exp(-|u|^2 / 2) at every grid node
+    [G_1..G_d]): the binned density times prod_k sqrt(2 pi) h_k."""
     n, d = samples.shape
     chex.assert_shape(h, (d,))
     lo, step = grid_extent(samples, h, shape)
     counts = _linear_binning(samples, lo, step, shape)
-    return lo, step, _fft_smooth(counts, step, h) / n
+    sums = jnp.where(_near_samples(counts, step, h), _fft_smooth(counts, step, h), 0.0)
+    return lo, step, sums / n
+
+
+def _normalised(values: jax.Array, h: jax.Array) -> jax.Array:
+    """Kernel sums [...] divided by prod_k sqrt(2 pi) h_k, one axis at a time (the
+    division comes last: densities of labels on a scale near 1e34 lie close to
+    float32's smallest normal numbers, where products lose their digits)."""
+    for k in range(h.shape[0]):
+        values = values / (math.sqrt(2 * math.pi) * h[k])
+    return values
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
+    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
+    lo, step, sums = _kernel_sums(samples, h, shape)
+    return lo, step, _normalised(sums, h)
 
 
 @partial(jax.jit, static_argnames=("shape",))
 def binned_density(samples: jax.Array, points: jax.Array, h: jax.Array,
                     shape: tuple[int, ...]) -> jax.Array:
     """Binned density of samples [n, d] at points [m, d] -> [m] (one program)."""
-    lo, step, dens = binned_grid(samples, h, shape)
-    return interpolate_grid(points, lo, step, dens)
+    lo, step, sums = _kernel_sums(samples, h, shape)
+    return _normalised(interpolate_grid(points, lo, step, sums), h)

@@ -145,6 +145,38 @@ def test_binned_is_zero_beyond_padded_grid_and_exact_is_not():
     assert float(kde.gaussian_kde(y, far, method="exact")[0]) > 0.0
 
 
+def test_binned_density_in_a_gap_between_labels_is_zero_not_fft_round_off():
+    # 10-20 lie > 30 bandwidths from every label: scipy's float64 sum is 0 there
+    # (below 1e-190); the float32 FFT used to leave ~1e-8 of noise
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.standard_normal(500), 30 + rng.standard_normal(500)].astype(np.float32)
+    q = np.array([10.0, 15.0, 20.0, 0.5, 29.0], np.float32)
+    ref = scipy.stats.gaussian_kde(y.astype(np.float64), bw_method=0.3 / np.std(y, ddof=1))(q)
+    got = np.asarray(kde.gaussian_kde(y, q, bandwidth=0.3))
+    np.testing.assert_array_equal(got[:3], 0.0)
+    assert np.all(ref[:3] < 1e-100)
+    np.testing.assert_allclose(got[3:], ref[3:], rtol=2e-3)
+    # 2-D: a gap along the second axis only
+    y2 = np.c_[rng.standard_normal(400), np.r_[np.zeros(200), np.full(200, 40.0)]
+               + rng.standard_normal(400)].astype(np.float32)
+    q2 = np.array([[0.0, 20.0], [0.0, 0.0]], np.float32)
+    got2 = np.asarray(kde.gaussian_kde(y2, q2, bandwidth=(0.4, 0.4)))
+    assert got2[0] == 0.0 and got2[1] > 0
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e34, 1e35])
+def test_binned_density_keeps_its_accuracy_at_extreme_label_scales(scale):
+    # the kernel's normalisation at h ~ 1e34 used to underflow float32 in the tails
+    # (relative error 0.13 at 1e35); the float64 scipy sum in unit scale is the reference
+    base = np.random.default_rng(1).gamma(2.0, 1.0, 300)
+    h = 1.06 * np.std(base, ddof=1) * base.size ** -0.2
+    ref = scipy.stats.gaussian_kde(base, bw_method=h / np.std(base, ddof=1))(base) / scale
+    got = np.asarray(kde.gaussian_kde((base * scale).astype(np.float32),
+                                      (base * scale).astype(np.float32),
+                                      bandwidth=np.float32(h * scale)), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+
+
 def test_exact_memory_is_tiled_not_n_by_m():
     n = 20_000
     spec = jax.ShapeDtypeStruct((n, 1), jnp.float32)

@@ -70,8 +70,9 @@ def test_weights_at_a_tiny_floor_or_density_scale_match_numpy(scale, floor):
 
 def test_fitted_weighting_floors_the_density_in_a_label_gap():
     """The weighting training uses (``fit_weighting``'s grid): with a gap in the labels
-    the density there underflows to 0, and only the floor keeps the weights finite.
-    floor 0.01 is also active at the lone label 30 (its density is ~0.4% of the peak)."""
+    the density there is 0 (the default floor binds there too: see the next test), and
+    only the floor keeps the weights finite. floor 0.01 is also active at the lone
+    label 30 (its density is ~0.4% of the peak)."""
     y = np.r_[np.random.default_rng(5).standard_normal(500), 30.0]
     h = 1.06 * np.std(y, ddof=1) * y.size ** -0.2
     rho = scipy_density(y, h)
@@ -82,6 +83,21 @@ def test_fitted_weighting_floors_the_density_in_a_label_gap():
     c = 1.0 / np.mean(np.maximum(rho, 0.01 * rho.max()) ** -0.5)
     gap = np.asarray(fitted(np.array([10.0, 15.0, 20.0])))
     np.testing.assert_allclose(gap, c * (0.01 * rho.max()) ** -0.5, rtol=2e-3)
+
+
+def test_binned_weights_in_a_label_gap_take_the_default_floor():
+    # the default floor 1e-12 * max rho binds in a gap > 30 bandwidths wide, as
+    # with the exact sum (the binned grid's FFT round-off used to set the weight)
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.standard_normal(500), 30 + rng.standard_normal(500)].astype(np.float32)
+    rho = scipy.stats.gaussian_kde(y.astype(np.float64), bw_method=0.3 / np.std(y, ddof=1))
+    rho_y = rho(y)
+    c = 1.0 / np.mean(np.maximum(rho_y, 1e-12 * rho_y.max()) ** -1.0)
+    gap = np.array([10.0, 15.0, 20.0], np.float32)
+    assert np.all(rho(gap) < 1e-12 * rho_y.max())
+    for method in ("binned", "exact"):
+        fitted = weights.fit_weighting("hypuc", y, lam=1.0, bandwidth=0.3, method=method)
+        np.testing.assert_allclose(fitted(gap), c / (1e-12 * rho_y.max()), rtol=2e-3)
 
 
 def test_kde_weights_jit_over_a_traced_floor():
