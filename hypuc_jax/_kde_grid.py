@@ -102,6 +102,22 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size, stacklevel: int = 4
     return pow2 if math.prod(pow2) <= MAX_GRID_POINTS else tuple(need)
 
 
+def check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...], bounds) -> None:
+    """Refuses labels [n, d] (range ``bounds`` from ``kde._check_range``, None: traced)
+    so finely spread that the binned sums n / prod(step) overflow (float32 ~1e-29 in 1-D)."""
+    if bounds is None:
+        return
+    lo, hi = (np.asarray(b, np.float64) for b in bounds)
+    span = hi - lo + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
+    log_scale = math.log10(x.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
+    # float32 sums measured accurate up to 1e36 / 1e35 / 1e33 (d = 1 / 2 / 3), overflowing
+    # from 1e38 / 1e39 / 1e36: the bound log10(max) - 2.5 - d is 35 / 34 / 33 for float32
+    if log_scale > math.log10(float(jnp.finfo(x.dtype).max)) - 2.5 - x.shape[1]:
+        raise ValueError(f"samples: the labels are too finely spread for the binned density's "
+                         f"{x.dtype} sums (n / grid cell volume = 1e{log_scale:.0f}); use "
+                         "method='exact' or rescale the labels (e.g. standardise)")
+
+
 # --------------------------------------------------------------------------- #
 # Binned evaluator: linear binning, FFT smoothing, interpolation (jittable)
 # --------------------------------------------------------------------------- #

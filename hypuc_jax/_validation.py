@@ -90,11 +90,14 @@ def check_finite(x: Any, name: str) -> None:
             raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
 
 
-def check_positive(x: Any, name: str, *, strict: bool = True) -> None:
-    """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict)."""
+def check_positive(x: Any, name: str, *, strict: bool = True, scalar: bool = False) -> None:
+    """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict),
+    and (``scalar``) one number of shape (); booleans are refused (True would pass as 1)."""
     if is_concrete(x):
         arr = np.asarray(x)
-        if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+        if scalar and arr.ndim != 0:
+            raise ValueError(f"{name}: expected a scalar, got shape {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.number)
                 or jnp.issubdtype(arr.dtype, jnp.floating)) or np.iscomplexobj(arr):
             raise ValueError(f"{name}: expected real numbers, got {type(x).__name__} "
                              f"of dtype {arr.dtype}")

@@ -40,7 +40,8 @@ from jax import lax
 
 from hypuc_jax._kde_grid import (DEFAULT_GRID_SIZE, MAX_GRID_POINTS, PAD_BANDWIDTHS,  # noqa: F401
                                  STEPS_PER_BANDWIDTH, binned_density, binned_grid,
-                                 fitted_grid_shape, grid_extent, grid_shape, interpolate_grid)
+                                 check_binned_scale, fitted_grid_shape, grid_extent,
+                                 grid_shape, interpolate_grid)
 from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete, is_int
 
 RULES = ("scott", "silverman")
@@ -121,10 +122,12 @@ def _resolve_bandwidth(samples2d: jax.Array, rule) -> jax.Array:
                              f"{samples2d.dtype} (below its smallest normal number); rescale "
                              "the labels (e.g. standardise)")
         return h
+    if isinstance(rule, (bool, np.bool_)) or jnp.issubdtype(getattr(rule, "dtype", float), bool):
+        raise ValueError(f"bandwidth: expected one of {RULES} or positive floats, got {rule!r}")
     h = as_array(rule, "bandwidth", ndim=(0, 1))
     if h.ndim == 1 and h.shape[0] not in (1, d):
-        raise ValueError(f"bandwidth: expected a scalar or {d} values (one per label "
-                                                                       f"dimension), got shape {tuple(h.shape)}")
+        raise ValueError(f"bandwidth: expected a scalar or {d} values (one per label dimension), "
+                         f"got shape {tuple(h.shape)}")
     check_positive(h, "bandwidth")
     with np.errstate(over="ignore"):                 # checked just below
         h = jnp.broadcast_to(jnp.asarray(h, dtype=samples2d.dtype), (d,))
@@ -250,7 +253,7 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     bounds = _check_range(x, h, padded=True)
     shape = fitted_grid_shape(x, h, grid_size, stacklevel=3)
     if method == "binned":
-        _check_binned_scale(x, h, shape, bounds)
+        check_binned_scale(x, h, shape, bounds)
     if method == "binned":
         lo, step, dens = binned_grid(x, h, shape)
     else:
@@ -301,7 +304,8 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
             or d positive floats (diagonal bandwidth).
         method: "binned" (linear binning + FFT + linear interpolation; the density
             is 0 beyond ``PAD_BANDWIDTHS`` bandwidths outside the samples' range,
-            where the true density is below exp(-8) of a single kernel's peak / n)
+            where the true density is below exp(-8) of a single kernel's peak / n,
+            and more than 8 bandwidths from every sample, in a gap between labels)
             or "exact" (tiled direct sum). Both are differentiable in the
             samples, the points and the bandwidth, but the binned derivatives
             are those of the binned approximation, whose grid moves with the
@@ -364,22 +368,6 @@ def _check_range(x: jax.Array, h: jax.Array, padded: bool):
     return lo, hi
 
 
-def _check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...], bounds) -> None:
-    """Refuses labels [n, d] (range ``bounds`` from :func:`_check_range`, None: traced)
-    so finely spread that the binned sums n / prod(step) overflow (float32 ~1e-29 in 1-D)."""
-    if bounds is None:
-        return
-    lo, hi = (np.asarray(b, np.float64) for b in bounds)
-    span = hi - lo + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
-    log_scale = math.log10(x.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
-    # float32 sums measured accurate up to 1e36 / 1e35 / 1e33 (d = 1 / 2 / 3), overflowing
-    # from 1e38 / 1e39 / 1e36: the bound log10(max) - 2.5 - d is 35 / 34 / 33 for float32
-    if log_scale > math.log10(float(jnp.finfo(x.dtype).max)) - 2.5 - x.shape[1]:
-        raise ValueError(f"samples: the labels are too finely spread for the binned density's "
-                         f"{x.dtype} sums (n / grid cell volume = 1e{log_scale:.0f}); use "
-                         "method='exact' or rescale the labels (e.g. standardise)")
-
-
 def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
              chunk_size: int) -> jax.Array:
     """gaussian_kde for validated samples [n, d] and points [m, d]; checks the options."""
@@ -391,7 +379,7 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
         grid_shape(x.shape[1], grid_size)                       # still checked
         return _exact_density(x, p, h, chunk_size)
     shape = fitted_grid_shape(x, h, grid_size)
-    _check_binned_scale(x, h, shape, bounds)
+    check_binned_scale(x, h, shape, bounds)
     return binned_density(x, p, h, shape)
 
 

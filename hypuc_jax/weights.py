@@ -3,12 +3,11 @@
 HypUC weights (``kde_weights``): w(y) = 1 / rho_h(y)^lam with the Gaussian KDE
 rho_h of the training labels (``hypuc_jax.kde``); the density is floored at
 ``floor * max(rho)``, the weights are normalised to mean 1 over the given
-labels, and optionally capped at ``max_weight``. DenseWeight
-(``dense_weights``, Steininger et al. 2021) is the KDE-based baseline with the
-same call shape. The histogram-bin baselines (inverse and square-root inverse
-frequency, label distribution smoothing) live in ``hypuc_jax.bin_weights``
-and are re-exported here (``inverse_weights``, ``sqrt_inverse_weights``,
-``lds_weights``).
+labels, and optionally capped at ``max_weight``. DenseWeight (``dense_weights``,
+Steininger et al. 2021) is the KDE-based baseline with the same call shape.
+The histogram-bin baselines (inverse and square-root inverse frequency, label
+distribution smoothing) live in ``hypuc_jax.bin_weights`` and are re-exported
+here (``inverse_weights``, ``sqrt_inverse_weights``, ``lds_weights``).
 
 ``fit_weighting`` fits any of these on the training labels once and returns a
 ``LabelWeighting``: a small frozen pytree (a grid or bin table plus a few
@@ -42,7 +41,7 @@ _CAP_STEP_TOL = 1e-7  # Newton for the cap stops when the scale moves less than 
 # Validation helpers
 # --------------------------------------------------------------------------- #
 def _check_lam(lam) -> None:
-    check_positive(lam, "lam", strict=False)
+    check_positive(lam, "lam", strict=False, scalar=True)
     if is_concrete(lam) and float(lam) > MAX_LAM:
         raise ValueError(f"lam: expected 0 <= lam <= {MAX_LAM:g} (beyond, float32 weights lose "
                          f"their mean of 1), got {lam!r}")
@@ -51,14 +50,14 @@ def _check_lam(lam) -> None:
 def _check_max_weight(max_weight) -> None:
     if max_weight is None:
         return
-    check_positive(max_weight, "max_weight")
+    check_positive(max_weight, "max_weight", scalar=True)
     if is_concrete(max_weight) and float(max_weight) < 1.0:
         raise ValueError(f"max_weight: expected None or a value >= 1 (weights have mean 1, "
                          f"so a cap below 1 cannot hold), got {max_weight!r}")
 
 
 def _check_floor(floor) -> None:
-    check_positive(floor, "floor")
+    check_positive(floor, "floor", scalar=True)
     if is_concrete(floor) and float(floor) > 1.0:
         raise ValueError(f"floor: expected a value in (0, 1] relative to the maximum density, "
                          f"got {floor!r}")
@@ -251,8 +250,8 @@ def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
       Weights [n], mean 1.
     """
     y = _labels_1d(labels)
-    check_positive(alpha, "alpha", strict=False)
-    check_positive(eps, "eps")
+    check_positive(alpha, "alpha", strict=False, scalar=True)
+    check_positive(eps, "eps", scalar=True)
     rho = _checked(kde._density(y[:, None], y[:, None], bandwidth, method, grid_size, chunk_size))
     return _dense_from_density(rho, alpha, eps)[0]
 
@@ -389,7 +388,8 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
     else:
         _reject_options(scheme, options, ("alpha", "eps"))
         alpha, eps = options.get("alpha", 1.0), options.get("eps", 1e-6)
-        check_positive(alpha, "alpha", strict=False), check_positive(eps, "eps")
+        check_positive(alpha, "alpha", strict=False, scalar=True)
+        check_positive(eps, "eps", scalar=True)
         _, scale, rho_lo, rho_hi = _dense_from_density(_checked(rho), alpha, eps)
         params = {"alpha": f(alpha), "eps": f(eps), "scale": scale, "rho_lo": rho_lo,
                   "rho_hi": rho_hi}

@@ -348,6 +348,17 @@ def _coarse_3d_grid_ok(fn, *args):
     (lambda: weights.fit_weighting("hypuc", Y, max_weight=0.0), "max_weight"),
     (lambda: weights.fit_weighting("hypuc", Y, alpha=1.0), "options"),
     (lambda: weights.fit_weighting("inverse", np.array([np.inf])), "train_labels"),
+    # booleans used to pass as 1 (max_weight=True: every weight 1) or fail in jax
+    (lambda: weights.kde_weights(Y, lam=True), "lam: expected real numbers"),
+    (lambda: weights.kde_weights(Y, max_weight=True), "max_weight: expected real numbers"),
+    (lambda: weights.kde_weights(Y, floor=np.bool_(True)), "floor: expected real numbers"),
+    (lambda: weights.dense_weights(Y, alpha=True), "alpha: expected real numbers"),
+    (lambda: weights.kde_weights(Y, bandwidth=True), "bandwidth: expected one of"),
+    (lambda: weights.kde_weights(Y, bandwidth=np.array([True])), "bandwidth: expected one of"),
+    # several values where one is meant (a TypeError from jax before)
+    (lambda: weights.kde_weights(Y, lam=np.array([0.5, 1.0])), r"lam: expected a scalar"),
+    (lambda: weights.fit_weighting("denseweight", Y, eps=np.array([1e-6])), "eps: .*scalar"),
+    (lambda: weights.fit_weighting("hypuc", Y, max_weight=[5.0]), "max_weight: .*scalar"),
     (lambda: weights.fit_weighting("hypuc", Y)(np.array([np.nan])), "y"),
     # float32 densities of 3-D labels at these scales overflow / underflow (NaN weights)
     (lambda: _coarse_3d_grid_ok(weights.kde_weights,
