@@ -169,20 +169,20 @@ def compiled_steps(placement: parallel.Placement, graphdef, spec: LossSpec,
   the cache keeps them alive.
   """
   # The spec itself (not its hash) is in the key: dict lookup then compares the
-  # fields, so specs whose floats merely hash alike (1.0 and 2**61) stay apart.
-  key = (placement.mode, placement.n_devices, id(graphdef), spec, id(schedule))
-  try:
-    hash(key)
-  except TypeError:                               # unhashable spec (a BNI prior)
-    key = None
-  if key is not None and key in _STEP_CACHE:
+  # fields, so specs whose floats merely hash alike (1.0 and 2**61) stay apart. A
+  # BNI prior (arrays, unhashable) enters by its values.
+  prior = spec.bni_prior
+  spec_key = (spec if prior is None else
+              (dataclasses.replace(spec, bni_prior=None),
+               tuple((np.asarray(a).dtype.str, np.asarray(a).tobytes()) for a in prior)))
+  key = (placement.mode, placement.n_devices, id(graphdef), spec_key, id(schedule))
+  if key in _STEP_CACHE:
     return _STEP_CACHE[key][1]
   fns = (placement.compile_step(bind_train_step(graphdef, spec, schedule)),
          placement.compile_eval(bind_eval_step(graphdef)))
-  if key is not None:
-    if len(_STEP_CACHE) >= 16:
-      _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-    _STEP_CACHE[key] = ((graphdef, spec, schedule), fns)
+  if len(_STEP_CACHE) >= 16:
+    _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+  _STEP_CACHE[key] = ((graphdef, spec, schedule), fns)
   return fns
 
 

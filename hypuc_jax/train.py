@@ -18,6 +18,7 @@ import numpy as np
 
 from hypuc_jax import _interrupt, checkpoints, losses, parallel, train_data, train_logging
 from hypuc_jax import data as data_lib
+from hypuc_jax._validation import is_int
 from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model /
 # train_step are the Flax-examples entry points.
@@ -97,6 +98,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     FloatingPointError: the loss or gradient became NaN/inf; the last good
       checkpoint is kept.
   """
+  if stop_after is not None and not (is_int(stop_after) and stop_after >= 0):
+    raise ValueError(f"stop_after: expected None or an int >= 0, got {stop_after!r}")
   parallel.maybe_initialize_distributed()
   n_devices = jax.device_count()
   validate(config, n_devices)
@@ -127,6 +130,10 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   start = store.latest_step() or 0
   if start:
     state, meta = store.restore(start, state)
+  elif jax.process_index() == 0:             # a fresh start: an earlier run's predictions go
+    for split in ("val", "test"):
+      if os.path.exists(paths[f"predictions_{split}"]):
+        os.remove(paths[f"predictions_{split}"])
   placement = parallel.Placement(mode)
   state = placement.put_state(state)
   step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
@@ -148,10 +155,23 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   y_val = run.y[run.idx["val"]]
   w_val = np.asarray(run.weighting(np.asarray(y_val, np.float32)), np.float64)
 
-  def evaluate(state_):
+  def kept():
+    last = store.latest_step()
+    return ("no checkpoint was saved yet" if last is None else
+            f"last good checkpoint: step {last} in {paths['checkpoints']}")
+
+  def evaluate(state_, step_):
     loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(state_),
                                            run, run.x, run.idx["val"], t.eval_batch_size)
     mu, sigma = train_data.to_label_units(run, loc, scale, head)
+    bad = ~np.isfinite(mu) if sigma is None else ~(np.isfinite(mu) & np.isfinite(sigma))
+    if bad.any():          # a NaN score would count as "no better" and end training quietly
+      rows = run.idx["val"][bad]
+      raise FloatingPointError(
+          f"non-finite validation predictions at step {step_} for {int(bad.sum())} of "
+          f"{bad.size} validation records (data rows {rows[:5].tolist()}"
+          f"{', ...' if rows.size > 5 else ''}); training stopped, {kept()} (check those "
+          "records' inputs for extreme values, or try a lower train.lr)")
     return train_data.val_score(head, y_val, mu, sigma, w_val)
 
   try:
@@ -172,13 +192,10 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         pending = []
         bad = [i for i, m in enumerate(host) if m["finite"] < 1]
         if bad:
-          last = store.latest_step()
-          kept = ("no checkpoint was saved yet" if last is None else
-                  f"last good checkpoint: step {last} in {paths['checkpoints']}")
           raise FloatingPointError(
               f"non-finite loss or gradient at step {step - len(host) + bad[0] + 1} "
               f"(loss {host[bad[0]]['loss']}, grad norm {host[bad[0]]['grad_norm']}); "
-              f"training stopped, {kept} (try a lower train.lr or train.grad_clip)")
+              f"training stopped, {kept()} (try a lower train.lr or train.grad_clip)")
         now = time.perf_counter()
         # loss, grad norm, weight sum: means since the last record; lr: at this step
         last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -191,7 +208,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         logger.progress_bar(step, last_train["loss"])
       score = None
       if do_eval:
-        val = evaluate(state)
+        val = evaluate(state, step)
         logger.log(step, val, prefix="val")
         meta["val"] = val
         if step > unweighted:                   # a candidate for the run's model

@@ -340,6 +340,48 @@ def test_nonfinite_batch_stops_with_last_good_checkpoint(tmp_path, npz_spec, mon
     train.train_and_evaluate(first, str(tmp_path / "first"))
 
 
+def test_nonfinite_validation_predictions_stop_training_by_name(tmp_path, npz_spec,
+                                                                  monkeypatch):
+  # a NaN validation score compared as "no better": training used to early-stop
+  # quietly and keep the latest checkpoint, with NaN metrics and no message
+  config = _npz_config(npz_spec, "train.checkpoint_every=2", "train.eval_every=4",
+                       "train.early_stopping_patience=1")
+  original = train_data.to_label_units
+
+  def one_nan(run, loc, scale, head):
+    mu, sigma = original(run, loc, scale, head)
+    if mu.size == len(run.idx["val"]):
+      mu = mu.copy()
+      mu[3] = np.nan
+    return mu, sigma
+
+  monkeypatch.setattr(train_data, "to_label_units", one_nan)
+  row = int(train_data.prepare(config).idx["val"][3])
+  with pytest.raises(FloatingPointError,
+                     match=rf"non-finite validation predictions at step 4 for 1 of \d+ validation "
+                     rf"records \(data rows \[{row}\]\).*last good checkpoint: step 2 in "):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_fresh_start_removes_an_earlier_runs_predictions(tmp_path, npz_spec):
+  # overwrite=True used to delete only the checkpoints: an interrupted retraining
+  # left the old run's predictions beside the new config
+  train.train_and_evaluate(_npz_config(npz_spec), str(tmp_path))
+  assert (tmp_path / "predictions_val.npz").exists()
+  again = train.train_and_evaluate(_npz_config(npz_spec, "train.lr=0.01"), str(tmp_path),
+                                   overwrite=True, stop_after=2)
+  assert again.steps == 2
+  assert not (tmp_path / "predictions_val.npz").exists()
+  assert not (tmp_path / "predictions_test.npz").exists()
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "2", True])
+def test_a_bad_stop_after_is_refused_by_name(tmp_path, npz_spec, bad):
+  with pytest.raises(ValueError, match="stop_after: expected None or an int >= 0"):
+    train.train_and_evaluate(_npz_config(npz_spec), str(tmp_path), stop_after=bad)
+  assert not os.listdir(tmp_path)
+
+
 def test_model_that_does_not_fit_the_data_is_rejected(tmp_path, npz_spec):
   config = _npz_config(npz_spec, "model.widths=4,8,8,8,8,8", "model.blocks=1,1,1,1,1,1")
   with pytest.raises(ValueError, match="model.widths"):
@@ -409,6 +451,16 @@ def test_bni_loss_spec_prior_is_the_training_label_histogram():
     np.testing.assert_allclose(np.asarray(spec.bni_prior.probs), counts / counts.sum(), rtol=1e-6)
     with pytest.raises(ValueError, match="train_labels"):
         train.LossSpec.from_config(cfg, None)
+
+
+def test_bni_runs_compile_once_per_process(tmp_path, npz_spec):
+  # the BNI prior (arrays) made the spec unhashable: every call traced and compiled again
+  config = _npz_config(npz_spec, "loss.name=bni")
+  train.train_and_evaluate(config, str(tmp_path), stop_after=4)
+  traces = dict(train.TRACE_COUNTS)
+  train.train_and_evaluate(config, str(tmp_path))                 # resumes in this process
+  assert train.TRACE_COUNTS["train_step"] == traces["train_step"]
+  assert train.TRACE_COUNTS["eval_step"] == traces["eval_step"]
 
 
 def test_compiled_steps_keep_specs_with_colliding_hashes_apart():
