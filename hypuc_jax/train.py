@@ -134,6 +134,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     for split in ("val", "test"):
       if os.path.exists(paths[f"predictions_{split}"]):
         os.remove(paths[f"predictions_{split}"])
+  carried = meta.pop("unlogged", [])        # train metrics of steps not logged before a stop
   placement = parallel.Placement(mode)
   state = placement.put_state(state)
   step_fn, eval_fn = compiled_steps(placement, graphdef, spec, schedule)
@@ -186,8 +187,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
         tick, tick_step = time.perf_counter(), step
         logger.start(step)
       do_eval = step % t.eval_every == 0 or step == total   # not at a stop_after: a
-      do_ckpt = do_eval or step % t.checkpoint_every == 0 or step == end  # resumed run equals
-      if step % t.log_every == 0 or do_ckpt:
+      do_ckpt = do_eval or step % t.checkpoint_every == 0     # resumed run equals
+      do_log = do_ckpt or step % t.log_every == 0            # an uninterrupted one
+      if do_log or step == end:
         host = jax.device_get(pending)
         pending = []
         bad = [i for i, m in enumerate(host) if m["finite"] < 1]
@@ -196,6 +198,11 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
               f"non-finite loss or gradient at step {step - len(host) + bad[0] + 1} "
               f"(loss {host[bad[0]]['loss']}, grad norm {host[bad[0]]['grad_norm']}); "
               f"training stopped, {kept()} (try a lower train.lr or train.grad_clip)")
+        host = carried + [{k: float(v) for k, v in m.items()} for m in host]
+        carried = []
+      if step == end and not do_log:           # a stop between records (stop_after):
+        meta["unlogged"] = host                # the resumed run logs these steps with its own
+      elif do_log:
         now = time.perf_counter()
         # loss, grad norm, weight sum: means since the last record; lr: at this step
         last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -217,7 +224,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
             meta.update(best_nll=score, best_step=step, bad_evals=0)
           else:
             meta["bad_evals"] += 1
-      if do_ckpt:
+      if do_ckpt or step == end:
         store.save(step, placement.get_state(state), meta, score)
       if t.early_stopping_patience and meta["bad_evals"] >= t.early_stopping_patience:
         stopped_early = True

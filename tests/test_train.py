@@ -187,6 +187,29 @@ def test_stop_between_evaluations_adds_no_evaluation(tmp_path, npz_spec):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_resumed_run_logs_the_training_records_of_an_uninterrupted_one(tmp_path, npz_spec):
+  # a stop between two records used to write an extra record there, and the
+  # next record then averaged only the steps after the resume
+  config = _npz_config(npz_spec, "train.log_every=3")
+
+  def records(d):
+    rows = [json.loads(line) for line in open(d / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rows]
+
+  train.train_and_evaluate(config, str(tmp_path / "full"))
+  for stop in (1, 1, 3):                          # steps 1, 2 and 5: none is a log step
+    train.train_and_evaluate(config, str(tmp_path / "part"), stop_after=stop)
+  train.train_and_evaluate(config, str(tmp_path / "part"))
+  full, part = records(tmp_path / "full"), records(tmp_path / "part")
+  assert [r["step"] for r in full if r["split"] == "train"] == [3, 4, 6, 8]
+  assert len(part) == len(full)
+  for a, b in zip(part, full):
+    assert a.keys() == b.keys() and a["step"] == b["step"]
+    for k in a:
+      want = b[k] if isinstance(b[k], str) else pytest.approx(b[k], rel=1e-5, abs=1e-7)
+      assert a[k] == want, (a["step"], k)
+
+
 def test_resampled_training_batches_follow_the_weights(npz_spec):
   """apply=resample: unit loss weights, rows drawn in proportion to the KDE
   weights (so the weighted label mean matches, reference computed here);
