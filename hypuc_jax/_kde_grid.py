@@ -104,9 +104,17 @@ def fitted_grid_shape(x: jax.Array, h: jax.Array, grid_size, stacklevel: int = 4
 
 def check_binned_scale(x: jax.Array, h: jax.Array, shape: tuple[int, ...], bounds) -> None:
     """Refuses labels [n, d] (range ``bounds`` from ``kde._check_range``, None: traced)
-    so finely spread that the binned sums n / prod(step) overflow (float32 ~1e-29 in 1-D)."""
+    so finely spread that the binned sums n / prod(step) overflow (float32 ~1e-29 in 1-D),
+    or with a bandwidth so large that the sampled kernel 1 / (sqrt(2 pi) h) exp(-u^2 / 2)
+    underflows within 4.5 bandwidths (float32: h > 1.4e33; the density then loses
+    1e-4 and more)."""
     if bounds is None:
         return
+    widest = float(np.max(np.asarray(h, np.float64)))
+    if widest * math.sqrt(2 * math.pi) * float(jnp.finfo(x.dtype).tiny) > math.exp(-0.5 * 4.5 ** 2):
+        raise ValueError(f"bandwidth: {widest:.3g} is too wide for the binned density's "
+                         f"{x.dtype} kernel (its tails underflow); use method='exact' or "
+                         "rescale the labels (e.g. standardise)")
     lo, hi = (np.asarray(b, np.float64) for b in bounds)
     span = hi - lo + 2 * PAD_BANDWIDTHS * np.asarray(h, np.float64)
     log_scale = math.log10(x.shape[0]) - float(np.sum(np.log10(span / (np.asarray(shape) - 1))))
@@ -183,10 +191,7 @@ def _linear_binning(samples: jax.Array, lo: jax.Array, step: jax.Array,
 
 
 def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
-    """Convolves grid counts [G_1..G_d] with the sampled kernel exp(-|u|^2 / 2),
-    u = offset / h: the Gaussian N(0, h^2) times prod_k sqrt(2 pi) h_k, whose
-    division the caller leaves to the end (a normalised kernel's tails
-    underflow float32 at label scales around 1e33).
+    """Convolves grid counts [G_1..G_d] with the sampled Gaussian kernel N(0, h^2).
 
     The counts are zero-padded to 2 G_k per axis and the kernel is sampled at
     every offset in (-G_k, G_k), so the circular FFT convolution equals the
@@ -200,7 +205,7 @@ def _fft_smooth(counts: jax.Array, step: jax.Array, h: jax.Array) -> jax.Array:
     for k, (g, p) in enumerate(zip(shape, padded)):
         offsets = jnp.concatenate([jnp.arange(g), jnp.arange(-g, 0)]).astype(counts.dtype)
         u = offsets * step[k] / h[k]
-        kernel = jnp.exp(-0.5 * u * u)
+        kernel = jnp.exp(-0.5 * u * u) / (math.sqrt(2 * math.pi) * h[k])
         kf = jnp.fft.rfft(kernel) if k == d - 1 else jnp.fft.fft(kernel)
         spectrum = spectrum * kf.reshape((1,) * k + (-1,) + (1,) * (d - k - 1))
     smooth = jnp.fft.irfftn(spectrum, s=padded)[tuple(slice(0, g) for g in shape)]
@@ -238,36 +243,20 @@ def grid_extent(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
     return lo, step
 
 
-def _kernel_sums(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
-    """(lo [d], step [d], mean over samples of exp(-|u|^2 / 2) at every grid node
-    [G_1..G_d]): the binned density times prod_k sqrt(2 pi) h_k."""
+@partial(jax.jit, static_argnames=("shape",))
+def binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
+    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
     n, d = samples.shape
     chex.assert_shape(h, (d,))
     lo, step = grid_extent(samples, h, shape)
     counts = _linear_binning(samples, lo, step, shape)
-    sums = jnp.where(_near_samples(counts, step, h), _fft_smooth(counts, step, h), 0.0)
-    return lo, step, sums / n
-
-
-def _normalised(values: jax.Array, h: jax.Array) -> jax.Array:
-    """Kernel sums [...] divided by prod_k sqrt(2 pi) h_k, one axis at a time (the
-    division comes last: densities of labels on a scale near 1e34 lie close to
-    float32's smallest normal numbers, where products lose their digits)."""
-    for k in range(h.shape[0]):
-        values = values / (math.sqrt(2 * math.pi) * h[k])
-    return values
-
-
-@partial(jax.jit, static_argnames=("shape",))
-def binned_grid(samples: jax.Array, h: jax.Array, shape: tuple[int, ...]):
-    """Binned density on its grid: (lo [d], step [d], density [G_1..G_d])."""
-    lo, step, sums = _kernel_sums(samples, h, shape)
-    return lo, step, _normalised(sums, h)
+    dens = jnp.where(_near_samples(counts, step, h), _fft_smooth(counts, step, h), 0.0)
+    return lo, step, dens / n
 
 
 @partial(jax.jit, static_argnames=("shape",))
 def binned_density(samples: jax.Array, points: jax.Array, h: jax.Array,
                     shape: tuple[int, ...]) -> jax.Array:
     """Binned density of samples [n, d] at points [m, d] -> [m] (one program)."""
-    lo, step, sums = _kernel_sums(samples, h, shape)
-    return _normalised(interpolate_grid(points, lo, step, sums), h)
+    lo, step, dens = binned_grid(samples, h, shape)
+    return interpolate_grid(points, lo, step, dens)

@@ -331,7 +331,8 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
             labels at float extremes (concrete inputs; under jit such inputs
             give NaN / inf): a range that overflows, a binned grid too fine
             for its sums (float32 spreads below ~1e-28 in 1-D, ~1e-9 in 3-D:
-            use "exact"), a density that overflows.
+            use "exact"), a binned kernel whose float32 tails underflow
+            (bandwidths above ~1.4e33: use "exact"), a density that overflows.
     """
     x = _as_samples(samples)
     p = as_array(points, "points", ndim=(1, 2))
