@@ -91,14 +91,16 @@ def check_finite(x: Any, name: str) -> None:
 
 
 def check_positive(x: Any, name: str, *, strict: bool = True, scalar: bool = False) -> None:
-    """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict),
-    and (``scalar``) one number of shape (); booleans are refused (True would pass as 1)."""
+    """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict).
+
+    ``scalar``: ``x`` must also be one number of shape (), not a boolean (True
+    would pass as 1). Arrays may be boolean (0/1 weights)."""
     if is_concrete(x):
         arr = np.asarray(x)
         if scalar and arr.ndim != 0:
             raise ValueError(f"{name}: expected a scalar, got shape {arr.shape}")
-        if not (np.issubdtype(arr.dtype, np.number)
-                or jnp.issubdtype(arr.dtype, jnp.floating)) or np.iscomplexobj(arr):
+        if not (np.issubdtype(arr.dtype, np.number) or jnp.issubdtype(arr.dtype, jnp.floating)
+                or (np.issubdtype(arr.dtype, np.bool_) and not scalar)) or np.iscomplexobj(arr):
             raise ValueError(f"{name}: expected real numbers, got {type(x).__name__} "
                              f"of dtype {arr.dtype}")
         ok = np.all(np.isfinite(arr)) and (np.all(arr > 0) if strict else np.all(arr >= 0))

@@ -412,6 +412,15 @@ def test_weighted_sums_with_mask_ignores_padding_even_if_nan():
     assert float(jax.jit(losses.weighted_mean)(l, w, np.zeros(5, np.float32))) == 0.0
 
 
+def test_boolean_weights_select_examples_eagerly_and_under_jit():
+    # a 0/1 selection as bool weights: numpy's average over the selected losses
+    l = np.array([1.0, 2.0, 3.0, 7.0], np.float32)
+    w = np.array([True, False, True, True])
+    want = np.mean(l[w])
+    assert float(losses.weighted_mean(l, w)) == pytest.approx(want)
+    assert float(jax.jit(losses.weighted_mean)(l, w)) == pytest.approx(want)
+
+
 def test_weighted_mean_gradients_ignore_nan_padding():
     """Closed form: d/dl_i = w_i m_i / W and d/dw_i = m_i (l_i - mean) / W, with
     W = sum w m; masked entries get exactly 0 even where their loss is NaN or inf."""
