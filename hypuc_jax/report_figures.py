@@ -51,6 +51,9 @@ class RunOutputs:
         quantile bins of test mu are used for the per-bin coverage).
       dof: family of the calibrated predictive mu + sigma_cal Z (inf:
         Gaussian; finite: the unit-variance Student-t of a fitted tail).
+      calibration: the calibration method ("hyperfine", "global", "isotonic";
+        "" unknown). An isotonic run's ``sigma_cal`` is the Gaussian of equal
+        central xi width, not its recalibrated CDF.
       tails: every threshold of the task, decision or not (the rare ranges
         whose MAE the report checks); empty: ``thresholds``.
     """
@@ -70,6 +73,7 @@ class RunOutputs:
     mu_bins: np.ndarray | None = None
     dof: float = math.inf
     tails: Sequence[tuple[str, float, str]] = ()
+    calibration: str = ""
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -99,6 +103,8 @@ def central_coverage(y, mu, sigma, level: float, dof: float = math.inf) -> float
 
 def _calibrated_label(run: RunOutputs) -> str:
     """Legend name of the calibrated predictive, with its tail."""
+    if run.calibration == "isotonic":
+        return "calibrated (isotonic, as its Gaussian equivalent)"
     return "calibrated" if math.isinf(run.dof) else f"calibrated (Student-t, dof {run.dof:g})"
 
 
@@ -137,6 +143,19 @@ def _shade_regions(ax, run: RunOutputs, lo: float, hi: float) -> None:
                     transform=ax.get_xaxis_transform(), ha="center", color="0.3")
 
 
+def scatter_rows(y: np.ndarray, middle: int = 600) -> tuple[np.ndarray, int]:
+    """Rows [m] of the scatter figure and the thinning step k: every record in the
+    5% of lowest and the 5% of highest labels y [n] (the rare ranges the figure
+    is for), and every k-th of the others, about ``middle`` of them."""
+    order = np.argsort(y, kind="stable")
+    n = order.size
+    k = max(1, n // middle)
+    if k == 1:
+        return order, 1
+    edge = max(1, n // 20)
+    return np.concatenate([order[:edge], order[edge:n - edge][::k], order[n - edge:]]), k
+
+
 def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     lo = float(min(np.min(r.y) for r in runs))
@@ -144,12 +163,13 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     pad = 0.05 * (hi - lo)
     for ax, run in zip(axes[0], runs):
         z = central_z(0.95, dof=run.dof)
-        order = np.argsort(run.y)
-        sub = order[:: max(1, len(order) // 600)]
+        sub, k = scatter_rows(run.y)
         _shade_regions(ax, run, lo - pad, hi + pad)
         ax.errorbar(run.y[sub], run.mu[sub], yerr=z * run.sigma_cal[sub], fmt="o", ms=2,
                     elinewidth=0.5, alpha=0.5, color="tab:blue",
-                    label="mu with calibrated 95% interval")
+                    label="mu with calibrated 95% interval" + (
+                        f"\n(every record in the 5% tails of y, every {k}th between)"
+                        if k > 1 else ""))
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
         cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95, run.dof)
         ax.set_title(f"{run.name}: test MAE {np.mean(np.abs(run.y - run.mu)):.3f}, "

@@ -19,16 +19,35 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
-from hypuc_jax._files import remove_path, temp_dir
+from hypuc_jax._files import remove_path, temp_dir, write_text_atomic
 from hypuc_jax._predictions import ThresholdSpec, event as threshold_event
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
                               WorkflowError, _clean, load_config, load_npy,
-                              load_npz, load_task, read_json, save_npz, usable_thresholds,
-                              write_json)
+                              load_npz, load_task, read_json, save_npz, sub_runs,
+                              usable_thresholds, write_json)
 
 
 #: What ``evaluate_stage`` writes: stale once the calibration or corrections change.
 _EVALUATED = (EVAL, "eval_val.json", "outputs_test.npz", "outputs_val.npz")
+
+
+#: First words of a ``hypuc run`` report whose arm was re-calibrated or re-corrected.
+STALE_REPORT = "> **Out of date:**"
+
+
+def _drop_evaluation(workdir: Path) -> None:
+    """Removes the run's evaluation (stale after a new calibration or correction), and
+    marks a ``hypuc run`` report in the parent folder that showed it as out of date."""
+    for name in _EVALUATED:
+        remove_path(workdir / name)
+    parent = workdir.resolve().parent
+    report = parent / "report.md"
+    if workdir.resolve().name in sub_runs(parent) and report.is_file():
+        text = report.read_text()
+        if not text.startswith(STALE_REPORT):
+            write_text_atomic(report, f"{STALE_REPORT} `{workdir.resolve().name}` was "
+                              "re-calibrated or re-corrected after this report was written; "
+                              "its numbers below no longer match its eval.json.\n\n" + text)
 
 
 def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
@@ -78,8 +97,8 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
         d = calibration.fit_calibrator(method, val["mu"], val["sigma"], val["y"],
                                        **kwargs).to_dict()
     # Corrections and evaluation depend on the calibration: drop stale ones first.
-    for name in _EVALUATED + (CORRECTIONS,):
-        remove_path(workdir / name)
+    _drop_evaluation(workdir)
+    remove_path(workdir / CORRECTIONS)
     write_json(workdir / CALIBRATION, d)
     return d
 
@@ -148,8 +167,7 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
         max_leaf_nodes=2 ** c.max_depth, learning_rate=c.learning_rate, seed=c.seed,
         min_samples_leaf=max(5, min(40, len(val["y"]) // 40)), task=task.name,
         target=c.target)
-    for name in _EVALUATED:  # scored with the old corrections
-        remove_path(workdir / name)
+    _drop_evaluation(workdir)  # scored with the old corrections
     tmp = Path(temp_dir(workdir, prefix=".corrections."))
     try:
         corrector.save(tmp)

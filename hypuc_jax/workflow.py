@@ -32,8 +32,8 @@ from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and exper
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
     _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits, _named_regions,
-    _load_corrector, _predictions, _sigma_or_constant, calibrate_stage, correct_stage,
-    eval_path, evaluate_stage)
+    STALE_REPORT, _load_corrector, _predictions, _sigma_or_constant, calibrate_stage,
+    correct_stage, eval_path, evaluate_stage)
 
 # ----------------------------------------------------------------------------- training
 

@@ -367,3 +367,24 @@ def test_run_defaults_and_data_flag(monkeypatch, capsys):
     assert cli.main(["run", "--quick", "--workdir", "w"]) == 0
     assert calls[-1]["preset"] == "tiny" and calls[-1]["overrides"] == []
     assert "report: w/report.md" in capsys.readouterr().out
+
+
+def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_path, capsys):
+    # the report kept showing the old calibration's numbers with no word about it
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    before = (wd / "report.md").read_text()
+    assert not before.startswith(workflow.STALE_REPORT)
+    rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd / "hypuc", "--method", "global")
+    assert rc == 0, err
+    text = (wd / "report.md").read_text()
+    assert text.startswith(workflow.STALE_REPORT) and "`hypuc` was re-calibrated" in text
+    assert text.endswith(before)                              # the report itself is kept
+    rc, _, err = hypuc(capsys, "correct", "--workdir", wd / "hypuc")
+    assert rc == 0, err
+    assert (wd / "report.md").read_text() == text             # marked once
+    rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd / "hypuc")
+    assert rc == 0, err
+    ev = json.loads((wd / "hypuc" / "eval.json").read_text())
+    cal = json.loads((wd / "hypuc" / "calibration.json").read_text())
+    assert cal["method"] == "global" and ev["split"] == "test"

@@ -1,5 +1,6 @@
 """Tests for hypuc_jax.report: figures, report.md and the claim checks."""
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -135,6 +136,65 @@ def test_checks_report_a_miss():
     rows = {r["claim"]: r for r in report.checks(base, meth)}
     assert rows["MAE for y > 5.5 at least 20% below baseline"]["passed"] is False
     assert rows["overall MAE no more than 5% above baseline"]["passed"] is False
+
+
+def _with_eval(run, stage, **overall):
+    ev = dict(run.eval)
+    ev[stage] = dict(ev[stage], overall=dict(ev[stage]["overall"], **overall))
+    return dataclasses.replace(run, eval=ev)
+
+
+def test_coverage_verdicts_count_whole_records_at_the_2pp_boundary(runs):
+    # 0.97 - 0.95 is 0.020000000000000018 in floats: 97.0% used to miss, 93.0% pass
+    base, meth = runs
+    n = meth.y.size
+    for covered in (int(0.93 * n) - 1, int(0.93 * n), int(0.97 * n), int(0.97 * n) + 1):
+        want = abs(Fraction(covered, n) - Fraction(95, 100)) <= Fraction(2, 100)
+        rows = {r["claim"]: r for r in report.checks(
+            base, _with_eval(meth, "calibrated", coverage_95=covered / n))}
+        assert rows["calibrated 95% coverage within ±2 pp overall"]["passed"] is want, covered
+    for m in (50, 64, 400, 1600):                 # the per-bin check uses the same rule
+        for covered in range(m + 1):
+            want = abs(Fraction(covered, m) - Fraction(95, 100)) <= Fraction(2, 100)
+            assert report._within(covered / m, m, 0.95, 0.02) is want, (covered, m)
+
+
+def test_changes_print_enough_digits_to_show_their_side_of_the_limit():
+    assert report._change(0.80016, 1.0, -20.0) == "-19.98%"     # "-20.0%" beside a miss
+    assert report._change(0.797, 1.0, -20.0) == "-20.3%"
+    assert report._change(1.04996, 1.0, 5.0) == "+5.0%"
+    assert report._change(1.05004, 1.0, 5.0) == "+5.004%"
+
+
+def test_decisions_on_fewer_than_ten_records_of_one_outcome_are_not_judged(runs):
+    base, meth = runs
+    n = meth.y.size
+    dec = {"K<3.5": {"auroc": 0.5, "auprc": 0.1, "baseline_auroc": 0.6, "n_positive": 9, "n": n},
+           "K>5.5": {"auroc": 0.5, "auprc": 0.1, "baseline_auroc": 0.6, "n_positive": 10,
+                     "n": n}}
+    rows = {r["claim"]: r for r in report.checks(base, dataclasses.replace(
+        meth, eval=dict(meth.eval, decisions=dec)))}
+    low = rows["decision K<3.5: boosted AUROC >= thresholding-mu AUROC"]
+    assert low["passed"] is None and "9 of 400 test records positive" in low["measured"]
+    assert rows["decision K>5.5: boosted AUROC >= thresholding-mu AUROC"]["passed"] is False
+
+
+def test_isotonic_uce_is_not_judged_on_its_gaussian_stand_in(runs):
+    base, meth = runs
+    rows = {r["claim"]: r for r in report.checks(
+        base, dataclasses.replace(meth, calibration="isotonic"))}
+    row = rows["UCE at least 50% below uncalibrated"]
+    assert row["passed"] is None and "not judged" in row["measured"]
+
+
+def test_scatter_keeps_every_record_in_the_tails_of_y():
+    y = np.random.default_rng(0).normal(size=1600)
+    rows, k = report.scatter_rows(y)
+    order = np.argsort(y)
+    assert k == 2 and set(order[:80]) | set(order[-80:]) <= set(rows.tolist())
+    assert len(rows) == len(set(rows.tolist())) == 80 + 80 + 720
+    small, k = report.scatter_rows(y[:500])
+    assert k == 1 and sorted(small.tolist()) == list(range(500))
 
 
 def test_write_figures_needs_runs(tmp_path):
