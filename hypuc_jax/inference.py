@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hypuc_jax.data import readers
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
 from hypuc_jax.stages import _calibrator, _load_corrector, _predictions, _sigma_or_constant
 from hypuc_jax.workflow import _named_columns
@@ -26,11 +27,11 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     sigma_cal, lower_95, upper_95 (calibrated central 95% interval),
     corrected, p_<threshold> (boosted decision probabilities), entropy,
     flag (entropy in the top 10% of the validation predictions,
-    ``flagging.flag_unreliable``, or out of range) and out_of_range (tabular:
-    a feature beyond the training range by more than its width,
-    :func:`out_of_range`; the network extrapolates there and its sigma does
-    not say so: seen with inputs x1e30, mu -1e30 at the smallest sigma of
-    the file), plus y first when the data hold labels (empty where a label
+    ``flagging.flag_unreliable``, or out of range) and out_of_range (a
+    feature, or a sample of a signal lead, beyond the training range by more
+    than its width, :func:`out_of_range`; the network extrapolates there and
+    its sigma does not say so: seen with inputs x1e30, mu -1e30 at the
+    smallest sigma of the file), plus y first when the data hold labels (empty where a label
     is missing).
 
     Labels are optional; a csv/wfdb spec without ``target=`` uses the run's
@@ -109,7 +110,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     outside = out_of_range(ds.x, task.feature_range)
     if outside.any():
         logging.getLogger(__name__).warning(
-            "%s: %d of %d records have features beyond the training range by more than its "
+            "%s: %d of %d records have features beyond the training range (signals: a "
+            "lead's range over the training samples) by more than its "
             "width; the model extrapolates there (its sigma does not know): flagged, "
             "out_of_range = 1", spec, int(outside.sum()), outside.size)
     z = central_z(0.95, dof=cal.dof)
@@ -145,22 +147,24 @@ def _cell(v) -> str:
 
 
 def out_of_range(x, feature_range) -> np.ndarray:
-    """[n] bool: tabular records [n, f] with a feature beyond the training range
-    ``(min [f], max [f])`` by more than that range's width (a constant training
-    feature: by more than max(|value|, 1)). All False without a range (signals,
-    runs trained before it was recorded)."""
+    """[n] bool: records beyond the training range ``(min [f], max [f])`` by more
+    than that range's width (a constant training feature: by more than
+    max(|value|, 1)) in any feature of a table ``x`` [n, f], or in any sample of
+    a signal lead of ``x`` [n, time, f] (ranges over every training sample of
+    the lead; a spike of 1e19 made the network's GroupNorm give one fixed,
+    confident prediction). All False without a range (runs trained before it
+    was recorded: tabular before session 5, signals before session 14)."""
     if not feature_range:
         return np.zeros(len(x), bool)
     lo, hi = (np.asarray(v, np.float64) for v in feature_range)
     margin = np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
     out = np.zeros(len(x), bool)
-    for s in range(0, len(x), _BLOCK):          # a memory map is read a block at a time
-        block = np.asarray(x[s:s + _BLOCK], np.float64)
-        out[s:s + _BLOCK] = np.any((block < lo - margin) | (block > hi + margin), axis=1)
+    step = readers.row_block(x, itemsize=8)     # a memory map is read a block at a time
+    for s in range(0, len(x), step):
+        block = np.asarray(x[s:s + step], np.float64)
+        out[s:s + step] = np.any((block < lo - margin) | (block > hi + margin),
+                                 axis=tuple(range(1, block.ndim)))
     return out
-
-
-_BLOCK = 65536   # rows per block of out_of_range
 
 
 def _check_output(output: Path, inputs: tuple[str, ...]) -> None:

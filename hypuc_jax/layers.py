@@ -24,7 +24,13 @@ class GroupNorm(nnx.GroupNorm):
 
     Same parameters (``scale``, ``bias`` [channels]), statistics and result as
     ``nnx.GroupNorm`` with its default ``use_fast_variance`` (mean and
-    E[x^2] - mean^2 over time and the channels of each group, in float32):
+    E[x^2] - mean^2 over time and the channels of each group, in float32, or
+    float64 for float64 inputs): like flax's, this one-pass variance loses
+    precision when a group's mean is far from zero against its spread (~1e-2
+    relative at |mean| / std = 100), and a group whose values square past
+    float32's range (|x| ~1e19) has no statistics (its output is the bias, or
+    NaN); inside the ResNet the stem's zero padding keeps the ratio small, and
+    ``predict`` flags records beyond the training signals' range:
     the per-(example, channel) factor ``a = scale * rsqrt(var + eps)`` and
     offset ``b = bias - mean * a`` are formed on the small [batch, channels]
     statistics, so the full-size work is ``x * a + b`` forward and a matching
@@ -58,16 +64,17 @@ class GroupNorm(nnx.GroupNorm):
         if (x.ndim != 3 or mask is not None or self.scale is None or self.bias is None
                 or not self.use_fast_variance or self.axis_name is not None):
             return super().__call__(x, mask=mask)
-        batch, _, channels = x.shape
+        batch, time, channels = x.shape
         groups = self.num_groups
-        xg = x.astype(jnp.float32).reshape(batch, -1, groups, channels // groups)
+        ct = jnp.promote_types(x.dtype, jnp.float32)          # float64 stays (under x64)
+        xg = x.astype(ct).reshape(batch, time, groups, channels // groups)  # batch 0 too
         mean = jnp.mean(xg, axis=(1, 3))                                  # [batch, groups]
         var = jnp.maximum(jnp.mean(jnp.square(xg), axis=(1, 3)) - jnp.square(mean), 0.0)
         inv = jax.lax.rsqrt(var + self.epsilon)
-        scale = self.scale[...].astype(jnp.float32).reshape(groups, channels // groups)
+        scale = self.scale[...].astype(ct).reshape(groups, channels // groups)
         a = inv[:, :, None] * scale                                       # [batch, groups, c/g]
-        b = self.bias[...].astype(jnp.float32) - (mean[:, :, None] * a).reshape(batch, channels)
-        out = x.astype(jnp.float32) * a.reshape(batch, 1, channels) + b[:, None, :]
+        b = self.bias[...].astype(ct) - (mean[:, :, None] * a).reshape(batch, channels)
+        out = x.astype(ct) * a.reshape(batch, 1, channels) + b[:, None, :]
         return out.astype(self.dtype or jnp.promote_types(x.dtype, self.scale[...].dtype))
 
 

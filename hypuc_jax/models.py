@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Sequence
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from hypuc_jax._validation import check_positive, is_int, is_real
@@ -63,9 +64,15 @@ class Prediction(NamedTuple):
 
 
 def _positive(value, name: str) -> float:
+    """``value`` as a float, refused unless a number whose float32 is finite and
+    normal (>= 1.2e-38): the heads add it in float32 (1e-50 became 0, 1e39 inf)."""
     if not is_real(value):
         raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     check_positive(value, name)
+    f32 = np.float32(value)
+    if not (np.isfinite(f32) and f32 >= np.finfo(np.float32).tiny):
+        raise ValueError(f"{name}: expected a value within float32's normal range "
+                         f"[1.2e-38, 3.4e38], got {value!r}")
     return float(value)
 
 

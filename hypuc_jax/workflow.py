@@ -25,6 +25,7 @@ import numpy as np
 from hypuc_jax import config as config_lib
 from hypuc_jax import _interrupt, checkpoints, losses
 from hypuc_jax._files import remove_path
+from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
     WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json, sub_runs,
@@ -181,12 +182,11 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
         const = float(np.sqrt(np.mean((val["y"] - val["mu"]) ** 2)))
     train_rows = np.sort(np.asarray(parts["train"]))
     save_npy(workdir / TRAIN_LABELS, y[train_rows])
-    feature_range = ()
-    if ds.kind == "tabular":                    # predict flags rows far outside these
-        blocks = [np.asarray(ds.x[train_rows[s:s + 65536]])
-                  for s in range(0, train_rows.size, 65536)]
-        feature_range = (tuple(float(v) for v in np.min([b.min(axis=0) for b in blocks], 0)),
-                         tuple(float(v) for v in np.max([b.max(axis=0) for b in blocks], 0)))
+    # predict flags records far outside these: per feature, or per signal lead
+    step, axes = readers.row_block(ds.x), tuple(range(np.ndim(ds.x) - 1))
+    blocks = [np.asarray(ds.x[train_rows[s:s + step]]) for s in range(0, train_rows.size, step)]
+    feature_range = (tuple(float(v) for v in np.min([b.min(axis=axes) for b in blocks], 0)),
+                     tuple(float(v) for v in np.max([b.max(axis=axes) for b in blocks], 0)))
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),

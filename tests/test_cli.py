@@ -388,3 +388,29 @@ def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_pa
     ev = json.loads((wd / "hypuc" / "eval.json").read_text())
     cal = json.loads((wd / "hypuc" / "calibration.json").read_text())
     assert cal["method"] == "global" and ev["split"] == "test"
+
+
+def test_predict_flags_signal_records_beyond_the_training_leads_range(trained, tmp_path, capsys):
+    # a 1e19 sample made the network's GroupNorm return one fixed, confident prediction,
+    # unflagged; task.json now holds each lead's range over the training samples
+    cfg = workflow.load_config(trained)
+    run = train.train_data.prepare(cfg)
+    xtr = run.x[run.idx["train"]]
+    task = json.loads((trained / "task.json").read_text())
+    np.testing.assert_allclose(task["feature_range"], [xtr.min(axis=(0, 1)), xtr.max(axis=(0, 1))],
+                               rtol=1e-6)
+    ds = data_lib.load("simulated:potassium?n=6&seed=3&rate=50&duration=2")
+    x = np.array(ds.x)
+    lo, hi = xtr.min(axis=(0, 1)), xtr.max(axis=(0, 1))
+    x[1, 10, 0] = 1e19
+    x[3, 5, 4] = hi[4] + 1.01 * (hi[4] - lo[4])                # just beyond one width
+    x[4, 5, 4] = hi[4] + 0.99 * (hi[4] - lo[4])                # just inside
+    np.savez(tmp_path / "spiky.npz", x=x)
+    out = tmp_path / "p.csv"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data",
+                       f"npz:{tmp_path / 'spiky.npz'}", "--output", out)
+    assert rc == 0, err
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["out_of_range"]) for r in rows] == [0, 1, 0, 1, 0, 0]
+    assert int(rows[1]["flag"]) == 1 and int(rows[3]["flag"]) == 1

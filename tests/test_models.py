@@ -289,6 +289,8 @@ def test_time_fit_boundary():
     ("resnet1d", SIG_SHAPE, {**SMALL, "widths": ()}, "widths"),
     ("resnet1d", SIG_SHAPE, {**SMALL, "dropout": 1.0}, "dropout"),
     ("mlp", (5,), {"sigma_min": 0.0}, "sigma_min"),
+    ("mlp", (5,), {"sigma_min": 1e-50}, "sigma_min"),       # 0 in float32: scale 0
+    ("mlp", (5,), {"sigma_min": 1e39}, "sigma_min"),        # inf in float32
     ("mlp", (5,), {"activation": "swish"}, "activation"),
     ("mlp", (5,), {"noise_sigma_init": -1.0}, "noise_sigma_init"),
     ("mlp", (5,), {"dtype": "float16"}, "dtype"),

@@ -125,6 +125,39 @@ def test_resnet_matches_numpy_reference(config, head):
         np.testing.assert_allclose(pred.scale, scale, rtol=1e-4, atol=1e-5)
 
 
+def _np_group_norm(x, groups, eps=1e-6):
+    """Two-pass float64 group normalisation of x [batch, time, channels] (unit scale)."""
+    b, t, c = x.shape
+    xg = x.reshape(b, t, groups, c // groups)
+    mean = xg.mean(axis=(1, 3), keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+    return ((xg - mean) / np.sqrt(var + eps)).reshape(b, t, c)
+
+
+def test_group_norm_takes_an_empty_batch_and_keeps_float64():
+    # batch 0 raised ZeroDivisionError in the reshape; float64 inputs under x64 were
+    # computed in float32 (an error of 5 at an offset of 1000)
+    import subprocess
+    import sys
+    from hypuc_jax.layers import GroupNorm
+    gn = GroupNorm(8, num_groups=4, rngs=nnx.Rngs(0))
+    assert gn(jnp.zeros((0, 20, 8))).shape == (0, 20, 8)
+    x = np.random.default_rng(0).normal(size=(3, 50, 8)) + 1000.0
+    code = ("import sys, jax; jax.config.update('jax_enable_x64', True)\n"
+            "import numpy as np, jax.numpy as jnp; from flax import nnx\n"
+            "from hypuc_jax.layers import GroupNorm\n"
+            "x = np.load(sys.argv[1])\n"
+            "out = GroupNorm(8, num_groups=4, rngs=nnx.Rngs(0))(jnp.asarray(x))\n"
+            "assert out.dtype == jnp.float64, out.dtype\n"
+            "np.save(sys.argv[2], np.asarray(out))")
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        np.save(f"{d}/x.npy", x)
+        subprocess.run([sys.executable, "-c", code, f"{d}/x.npy", f"{d}/out.npy"], check=True,
+                       capture_output=True)
+        np.testing.assert_allclose(np.load(f"{d}/out.npy"), _np_group_norm(x, 4), atol=1e-4)
+
+
 def test_group_norm_refuses_reduction_axes():
     """The fused path reduces over time and the group's channels whatever
     ``reduction_axes`` said (and nnx.GroupNorm mis-broadcasts other axes at rank 3)."""

@@ -330,8 +330,8 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
         raise ValueError(f"{name}: expected start + n <= 2**32 record indices (n={n}, "
                          f"start={start}), got {start + n}")
     dist = get_preset(preset).labels
-    V.check_positive(rate, "rate")
-    V.check_positive(duration, "duration")
+    V.check_positive(rate, "rate", scalar=True)          # scalar: True is not 1 Hz
+    V.check_positive(duration, "duration", scalar=True)
     if backend not in ("numpy", "jax"):
         raise ValueError(f"backend: expected 'numpy' or 'jax', got {backend!r}")
     n_time = int(round(float(duration) * float(rate)))
