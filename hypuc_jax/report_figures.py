@@ -168,7 +168,7 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
         ax.errorbar(run.y[sub], run.mu[sub], yerr=z * run.sigma_cal[sub], fmt="o", ms=2,
                     elinewidth=0.5, alpha=0.5, color="tab:blue",
                     label="mu with calibrated 95% interval" + (
-                        f"\n(every record in the 5% tails of y, every {k}th between)"
+                        f"\n(every record in the 5% tails of y, 1 in {k} between)"
                         if k > 1 else ""))
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
         cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95, run.dof)
