@@ -47,8 +47,8 @@ def _change(new: float, old: float, limit: float) -> str:
     for digits in (1, 2, 3, 4):
         text = f"{pct:+.{digits}f}"
         if (float(text) <= limit) == (pct <= limit):
-            break
-    return f"{text}%"
+            return f"{text}%"
+    return f"{text}%, just {'below' if pct <= limit else 'above'} {limit:+g}%"
 
 
 def tail_mae(run: RunOutputs, value: float, direction: str, which: str = "mu") -> tuple[int, float]:

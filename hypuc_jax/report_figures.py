@@ -143,17 +143,22 @@ def _shade_regions(ax, run: RunOutputs, lo: float, hi: float) -> None:
                     transform=ax.get_xaxis_transform(), ha="center", color="0.3")
 
 
-def scatter_rows(y: np.ndarray, middle: int = 600) -> tuple[np.ndarray, int]:
-    """Rows [m] of the scatter figure and the thinning step k: every record in the
-    5% of lowest and the 5% of highest labels y [n] (the rare ranges the figure
-    is for), and every k-th of the others, about ``middle`` of them."""
+def scatter_rows(y: np.ndarray, middle: int = 600, tail: int = 300
+                 ) -> tuple[np.ndarray, int, int]:
+    """Rows [m] of the scatter figure and the thinning steps (k of the middle, kt
+    of the tails): the 5% of lowest and the 5% of highest labels y [n] (the rare
+    ranges the figure is for), every one of them up to ``tail`` records a side
+    (beyond, every kt-th counted from the extremes), and every k-th of the
+    others, about ``middle`` of them."""
     order = np.argsort(y, kind="stable")
     n = order.size
     k = max(1, n // middle)
     if k == 1:
-        return order, 1
+        return order, 1, 1
     edge = max(1, n // 20)
-    return np.concatenate([order[:edge], order[edge:n - edge][::k], order[n - edge:]]), k
+    kt = -(-edge // tail)                                   # ceil: <= tail records a side
+    return np.concatenate([order[:edge][::kt], order[edge:n - edge][::k],
+                           order[n - edge:][::-1][::kt]]), k, kt
 
 
 def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
@@ -163,13 +168,13 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     pad = 0.05 * (hi - lo)
     for ax, run in zip(axes[0], runs):
         z = central_z(0.95, dof=run.dof)
-        sub, k = scatter_rows(run.y)
+        sub, k, kt = scatter_rows(run.y)
         _shade_regions(ax, run, lo - pad, hi + pad)
         ax.errorbar(run.y[sub], run.mu[sub], yerr=z * run.sigma_cal[sub], fmt="o", ms=2,
                     elinewidth=0.5, alpha=0.5, color="tab:blue",
                     label="mu with calibrated 95% interval" + (
-                        f"\n(every record in the 5% tails of y, 1 in {k} between)"
-                        if k > 1 else ""))
+                        f"\n({'every record' if kt == 1 else f'1 in {kt}'} in the 5% "
+                        f"tails of y, 1 in {k} between)" if k > 1 else ""))
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
         cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95, run.dof)
         ax.set_title(f"{run.name}: test MAE {np.mean(np.abs(run.y - run.mu)):.3f}, "

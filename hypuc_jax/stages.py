@@ -11,8 +11,10 @@ Re-exported by :mod:`hypuc_jax.workflow`, which adds training and the pipeline.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,8 +25,8 @@ from hypuc_jax._files import remove_path, temp_dir, write_text_atomic
 from hypuc_jax._predictions import ThresholdSpec, event as threshold_event
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
                               WorkflowError, _clean, load_config, load_npy,
-                              load_npz, load_task, read_json, save_npz, sub_runs,
-                              usable_thresholds, write_json)
+                              load_npz, load_task, read_json, save_npz, usable_thresholds,
+                              write_json)
 
 
 #: What ``evaluate_stage`` writes: stale once the calibration or corrections change.
@@ -36,18 +38,34 @@ STALE_REPORT = "> **Out of date:**"
 
 
 def _drop_evaluation(workdir: Path) -> None:
-    """Removes the run's evaluation (stale after a new calibration or correction), and
-    marks a ``hypuc run`` report in the parent folder that showed it as out of date."""
+    """Removes the run's evaluation: stale after a new calibration or correction."""
     for name in _EVALUATED:
         remove_path(workdir / name)
-    parent = workdir.resolve().parent
-    report = parent / "report.md"
-    if workdir.resolve().name in sub_runs(parent) and report.is_file():
-        text = report.read_text()
-        if not text.startswith(STALE_REPORT):
-            write_text_atomic(report, f"{STALE_REPORT} `{workdir.resolve().name}` was "
-                              "re-calibrated or re-corrected after this report was written; "
-                              "its numbers below no longer match its eval.json.\n\n" + text)
+
+
+def _mark_report_stale(workdir: Path) -> None:
+    """Marks a ``hypuc run`` report in the parent folder that shows this run (an arm)
+    as out of date, naming every arm changed since it was written. Any other
+    report.md (a user's notes, a report without this arm) is left alone; one that
+    cannot be read or written is skipped with a warning, never an error."""
+    arm = Path(os.path.abspath(workdir))           # a linked arm: the folder it sits in
+    report = arm.parent / "report.md"
+    try:
+        if not report.is_file():
+            return
+        text = report.read_text(encoding="utf-8")
+        head, _, body = text.partition("\n\n") if text.startswith(STALE_REPORT) else ("", "", text)
+        if not (body.startswith("# ") and f"\n| {arm.name} | uncalibrated |" in body):
+            return                                     # not a report that shows this arm
+        names = re.findall(r"`([^`]+)`", head.split(":", 1)[-1].split(";", 1)[0]) if head else []
+        if arm.name in names:
+            return
+        names.append(arm.name)
+        write_text_atomic(report, f"{STALE_REPORT} re-calibrated or re-corrected after this "
+                          f"report was written: {', '.join(f'`{n}`' for n in names)}; their "
+                          "numbers below no longer match their eval.json.\n\n" + body)
+    except (OSError, UnicodeError) as e:
+        logging.getLogger(__name__).warning("%s: not marked out of date (%s)", report, e)
 
 
 def _predictions(workdir: Path, split: str) -> dict[str, np.ndarray]:
@@ -100,6 +118,7 @@ def calibrate_stage(workdir: str | os.PathLike, method: str | None = None,
     _drop_evaluation(workdir)
     remove_path(workdir / CORRECTIONS)
     write_json(workdir / CALIBRATION, d)
+    _mark_report_stale(workdir)
     return d
 
 
@@ -176,6 +195,7 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    _mark_report_stale(workdir)
     return {"thresholds": [t[0] for t in ths],
             "skipped": [t[0] for t in task.thresholds if t not in ths]}
 

@@ -184,9 +184,13 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     save_npy(workdir / TRAIN_LABELS, y[train_rows])
     # predict flags records far outside these: per feature, or per signal lead
     step, axes = readers.row_block(ds.x), tuple(range(np.ndim(ds.x) - 1))
-    blocks = [np.asarray(ds.x[train_rows[s:s + step]]) for s in range(0, train_rows.size, step)]
-    feature_range = (tuple(float(v) for v in np.min([b.min(axis=axes) for b in blocks], 0)),
-                     tuple(float(v) for v in np.max([b.max(axis=axes) for b in blocks], 0)))
+    lo = hi = None                              # a block at a time: a memory map stays one
+    for s in range(0, train_rows.size, step):
+        block = np.asarray(ds.x[train_rows[s:s + step]])
+        b_lo, b_hi = block.min(axis=axes), block.max(axis=axes)
+        lo = b_lo if lo is None else np.minimum(lo, b_lo)
+        hi = b_hi if hi is None else np.maximum(hi, b_hi)
+    feature_range = (tuple(float(v) for v in lo), tuple(float(v) for v in hi))
     info = ds.task
     task = Task(name=info.name, target=info.target, unit=info.unit, regions=dict(info.regions),
                 thresholds=tuple((t.name, float(t.value), t.direction) for t in info.thresholds),

@@ -378,16 +378,45 @@ def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_pa
     rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd / "hypuc", "--method", "global")
     assert rc == 0, err
     text = (wd / "report.md").read_text()
-    assert text.startswith(workflow.STALE_REPORT) and "`hypuc` was re-calibrated" in text
+    first = text.split("\n\n", 1)[0]
+    assert first.startswith(workflow.STALE_REPORT) and first.endswith(
+        "written: `hypuc`; their numbers below no longer match their eval.json.")
     assert text.endswith(before)                              # the report itself is kept
     rc, _, err = hypuc(capsys, "correct", "--workdir", wd / "hypuc")
     assert rc == 0, err
-    assert (wd / "report.md").read_text() == text             # marked once
+    assert (wd / "report.md").read_text() == text             # marked once per arm
+    rc, _, err = hypuc(capsys, "correct", "--workdir", wd / "baseline")
+    assert rc == 0, err
+    text = (wd / "report.md").read_text()
+    assert "written: `hypuc`, `baseline`; their" in text and text.endswith(before)
     rc, _, err = hypuc(capsys, "evaluate", "--workdir", wd / "hypuc")
     assert rc == 0, err
-    ev = json.loads((wd / "hypuc" / "eval.json").read_text())
     cal = json.loads((wd / "hypuc" / "calibration.json").read_text())
-    assert cal["method"] == "global" and ev["split"] == "test"
+    assert cal["method"] == "global"
+
+
+def test_only_a_run_report_showing_the_arm_is_marked(quick_run, tmp_path, capsys, caplog):
+    # a user's notes, a report without this run, and an unreadable report.md are left
+    # alone; the last used to fail `calibrate` after it had removed the evaluation
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    shutil.copytree(quick_run / "hypuc", notes / "myrun")
+    (notes / "report.md").write_text("# My lab notes\n\nrun myrun looked fine\n")
+    shutil.copytree(quick_run / "hypuc", tmp_path / "extra_parent" / "extra")
+    other = (quick_run / "report.md").read_text()
+    (tmp_path / "extra_parent" / "report.md").write_text(other)
+    latin = tmp_path / "latin"
+    shutil.copytree(quick_run / "hypuc", latin / "hypuc")
+    (latin / "report.md").write_bytes(b"# HypUC report\n\nK\xb5 caf\xe9\n")
+    for run in (notes / "myrun", tmp_path / "extra_parent" / "extra", latin / "hypuc"):
+        with caplog.at_level("WARNING"):
+            rc, _, err = hypuc(capsys, "calibrate", "--workdir", run, "--method", "global")
+        assert rc == 0, err
+        assert json.loads((run / "calibration.json").read_text())["method"] == "global"
+    assert (notes / "report.md").read_text() == "# My lab notes\n\nrun myrun looked fine\n"
+    assert (tmp_path / "extra_parent" / "report.md").read_text() == other
+    assert (latin / "report.md").read_bytes() == b"# HypUC report\n\nK\xb5 caf\xe9\n"
+    assert "not marked out of date" in caplog.text
 
 
 def test_predict_flags_signal_records_beyond_the_training_leads_range(trained, tmp_path, capsys):

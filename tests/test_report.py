@@ -164,6 +164,7 @@ def test_changes_print_enough_digits_to_show_their_side_of_the_limit():
     assert report._change(0.797, 1.0, -20.0) == "-20.3%"
     assert report._change(1.04996, 1.0, 5.0) == "+5.0%"
     assert report._change(1.05004, 1.0, 5.0) == "+5.004%"
+    assert report._change(0.8000001, 1.0, -20.0) == "-20.0000%, just above -20%"
 
 
 def test_decisions_on_fewer_than_ten_records_of_one_outcome_are_not_judged(runs):
@@ -189,12 +190,19 @@ def test_isotonic_uce_is_not_judged_on_its_gaussian_stand_in(runs):
 
 def test_scatter_keeps_every_record_in_the_tails_of_y():
     y = np.random.default_rng(0).normal(size=1600)
-    rows, k = report.scatter_rows(y)
+    rows, k, kt = report.scatter_rows(y)
     order = np.argsort(y)
-    assert k == 2 and set(order[:80]) | set(order[-80:]) <= set(rows.tolist())
+    assert (k, kt) == (2, 1) and set(order[:80]) | set(order[-80:]) <= set(rows.tolist())
     assert len(rows) == len(set(rows.tolist())) == 80 + 80 + 720
-    small, k = report.scatter_rows(y[:500])
+    small, k, _ = report.scatter_rows(y[:500])
     assert k == 1 and sorted(small.tolist()) == list(range(500))
+    # many records: at most 300 a side in the tails, the extremes always drawn
+    big = np.random.default_rng(1).normal(size=100_000)
+    rows, k, kt = report.scatter_rows(big)
+    order = np.argsort(big)
+    assert (k, kt) == (166, 17)
+    low, high = np.isin(rows, order[:5000]).sum(), np.isin(rows, order[-5000:]).sum()
+    assert low == high == 295 and {order[0], order[-1]} <= set(rows.tolist())
 
 
 def test_write_figures_needs_runs(tmp_path):
