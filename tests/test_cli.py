@@ -374,7 +374,10 @@ def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_pa
     wd = tmp_path / "main"
     shutil.copytree(quick_run, wd)
     before = (wd / "report.md").read_text()
-    assert not before.startswith(workflow.STALE_REPORT)
+    if before.startswith(workflow.STALE_REPORT):  # other tests re-calibrate the shared run
+        before = before.split("\n\n", 1)[1]
+        (wd / "report.md").write_text(before)
+    assert before.startswith("# HypUC report")
     rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd / "hypuc", "--method", "global")
     assert rc == 0, err
     text = (wd / "report.md").read_text()
