@@ -16,7 +16,7 @@ import numpy as np
 from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import clear_dir, remove_path
-from hypuc_jax.rundir import (CALIBRATION, CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
+from hypuc_jax.rundir import (CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
                               load_npy, load_npz, load_task, read_json)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
@@ -67,7 +67,7 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
         label_density=label_curves(cfg, train_labels), unit=task.unit,
         mu_bins=out.get("mu_bin"), dof=float(out.get("dof", math.inf)),
         tails=tuple(task.thresholds),
-        calibration=str(read_json(workdir / CALIBRATION, "calibration").get("method", "")))
+        calibration=str(ev.get("calibration", {}).get("method", "")))   # what eval.json scored
 
 
 #: ``hypuc run`` without --preset: the potassium preset with a budget that fits
