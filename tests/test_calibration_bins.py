@@ -107,3 +107,27 @@ def test_bad_runs_and_seeds_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         calibration_bins.main(["--runs", str(tmp_path / "v")])
     assert f"--runs {tmp_path / 'v' / 'seed0'}: no outputs_test.npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tail", ["gaussian", "auto"])
+def test_cv_uce_scores_a_residual_far_beyond_the_predictive(tail):
+    # One held-out residual at 9 (then 60) calibrated sigmas: Phi(z) rounds to
+    # 1 there, and the Gaussian map used to turn it into inf and fail. Expected:
+    # the out-of-fold coverage scored by hand, each record against its own
+    # fold's central-interval half-widths (scipy's quantiles of its family).
+    from hypuc_jax import calibration
+    from hypuc_jax._predictions import std_ppf
+    rng = np.random.default_rng(0)
+    n = 400
+    mu, sigma = np.zeros(n), np.ones(n)
+    for far in (9.0, 60.0):
+        y = rng.normal(size=n)
+        y[0] = far
+        held, dofs = calibration.cross_fit(mu, sigma, y, 5, 0, n_bins=5, min_count=20, tail=tail)
+        levels = np.linspace(0.0, 1.0, 100)
+        half = np.stack([std_ppf(0.5 + levels / 2, float(d)) for d in dofs])     # [n, levels]
+        r = np.abs(y - mu) / held
+        expected = np.mean(np.abs((r[:, None] <= half).mean(0) - levels))
+        got = calibration_bins.cv_uce(mu, sigma, y, bins=5, tail=tail)
+        assert np.isfinite(got)
+        assert abs(got - expected) < 1e-12
