@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hypuc_jax import config as config_lib
 from hypuc_jax import train_data, workflow
 from hypuc_jax._files import remove_path
 
@@ -110,6 +111,18 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
         workflow.calibrate_stage(workdir)
         workflow.correct_stage(workdir)
         return workflow.evaluate_stage(workdir, "test")
+    if (workdir / workflow.CONFIG).exists():         # unfinished: resumed if the same config
+        try:
+            stored = config_lib.Config.from_dict(workflow.read_json(workdir / workflow.CONFIG,
+                                                                    "config"))
+        except (KeyError, TypeError, ValueError):
+            stored = cfg                                 # the pipeline names what is wrong
+        changed = _changed_sections(stored, cfg) - POST_TRAINING
+        if changed:
+            raise workflow.WorkflowError(
+                f"{workdir}: holds an unfinished run of another config (differs in "
+                f"{sorted(changed)}); delete that folder to train it afresh, or use another "
+                "--workdir")
     t0 = time.time()
     stamp_file, current = workdir / STAMP_FILE, code_stamp()
     before = stamp_file.read_text().strip() if stamp_file.exists() else None

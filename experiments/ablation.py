@@ -239,11 +239,18 @@ def main(argv=None) -> int:
         a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs: {a.config} {' '.join(a.overrides)}", flush=True)
+    failed = {}                                 # name/seedN: why its training failed
     for name, v, bw, seed in jobs:
         wd = root / name / f"seed{seed}"
-        ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
-                         log=lambda s: print(s, flush=True), split_per_seed=a.split_per_seed,
-                         recalibrate=a.recalibrate)
+        try:
+            ev = run_variant(a.config, v, seed, wd, a.overrides, bw,
+                             log=lambda s: print(s, flush=True),
+                             split_per_seed=a.split_per_seed, recalibrate=a.recalibrate)
+        except FloatingPointError as e:          # a diverged run is a result; the rest go on
+            failed[f"{name}/seed{seed}"] = str(e).split("\n")[0]
+            print(f"  {name:<14} seed {seed}: FAILED: {failed[f'{name}/seed{seed}']}",
+                  flush=True)
+            continue
         tails = tail_maes(wd)
         tails.pop("mae")                                   # rows_of has it from eval.json
         rows.append(rows_of(name, seed, ev, tails))
@@ -255,6 +262,9 @@ def main(argv=None) -> int:
         f = root / name / f"seed{seed}" / STAMP_FILE
         stamps[f"{name}/seed{seed}"] = f.read_text().strip() if f.exists() else "unrecorded"
     stale = {k: v for k, v in stamps.items() if v != current}
+    if not rows:
+        print(f"every run failed ({len(jobs)}); no table written", file=sys.stderr)
+        return 1
     cols, summary = summarize(rows)
     best = best_per_column(cols, summary)
     overall = [c[0] for c in OVERALL]
@@ -280,6 +290,9 @@ def main(argv=None) -> int:
              + ", ".join(f"{k}: {v}" for k, v in list(stale.items())[:6])
              + (", ..." if len(stale) > 6 else "") + "): reused from an earlier version; "
              "a new --workdir gives results of this code" if stale else "") + ".", "",
+          *([f"**{len(failed)} of {len(jobs)} runs failed** and are left out of the "
+             "means (their seed counts show it): " + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
+            if failed else []),
           "## Overall", "", markdown(overall, summary, best), "",
           "## MAE per region", "", markdown(region, summary, best), ""]
     if dec:
@@ -296,7 +309,7 @@ def main(argv=None) -> int:
     from hypuc_jax.report import write_text_atomic
     write_text_atomic(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -194,3 +194,37 @@ def test_a_new_simulator_stamp_does_not_block_reuse_and_resumed_training_is_mark
     assert ablation.main([*argv, "--out", str(tmp_path / "o3")]) == 0
     assert (seed0 / runs.STAMP_FILE).read_text().strip() == f"{old}+fedcba987654"
     assert "**1 of 1 runs were trained by other code**" in (tmp_path / "o3.md").read_text()
+
+
+def test_a_diverged_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    root, out = tmp_path / "wd", tmp_path / "abl"
+    argv = [*FAST, "--seeds", "0", "1", "--variants", "none", "--workdir", str(root),
+            "--out", str(out)]
+    # Every run diverges (a learning rate of 1e9, no clipping): no table, exit 1.
+    bad = ["--set", "train.lr=1e9", "--set", "train.grad_clip=0"]
+    assert ablation.main([*argv, *bad]) == 1
+    assert "every run failed" in capsys.readouterr().err
+    assert not out.with_suffix(".md").exists()
+    # The unfinished runs of that config are not resumed under another one, and the
+    # hint names what the ablation offers (it has no --overwrite).
+    with pytest.raises(workflow.WorkflowError, match=r"unfinished run of another config "
+                       r".*'train'.*delete that folder"):
+        ablation.main(argv)
+    # One failed seed (seed 0 raises as a diverged training does) leaves the other's
+    # row, a table of one seed, the failure named in it, and exit status 1.
+    real = ablation.run_variant
+
+    def run_variant(config, variant, seed, workdir, *args, **kwargs):
+        if seed == 0:
+            raise FloatingPointError("validation predictions are not finite\nmore")
+        return real(config, variant, seed, workdir, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "run_variant", run_variant)
+    assert ablation.main([*argv[:-4], "--workdir", str(tmp_path / "wd2"), "--out", str(out)]) == 1
+    runs = _read_csv(str(out) + "_runs.csv")
+    assert [r["seed"] for r in runs] == ["1"]
+    assert _read_csv(out.with_suffix(".csv"))[0]["n_seeds"] == "1"
+    md = out.with_suffix(".md").read_text()
+    assert ("**1 of 2 runs failed**" in md
+            and "none/seed0: validation predictions are not finite" in md)
+    capsys.readouterr()
