@@ -31,8 +31,9 @@ signed offset from the oracle there (negative above the mode: shrunk). Runs are 
 over their ``seed<N>/`` runs (``--seeds``: only these); every seed of every
 run must have the same test and validation labels (one data split, which the
 oracle rows are computed on; a split per seed is refused). A region a seed
-has no records in is averaged over the seeds that have (the cell says
-``(n=k)``), "—" where none has. The label density rho is exact on a fine
+has fewer than 10 records in (``metrics.MIN_COUNT``, as in eval.json) is
+averaged over the seeds that have more (the cell says ``(n=k)``), "—" where
+none has. The label density rho is exact on a fine
 grid (the clipped mixture's mass per grid cell).
 
 Usage::
@@ -52,6 +53,7 @@ import numpy as np
 from _results import check_out, publish, seed_dirs, seeds_per_run
 from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
+from hypuc_jax.metrics import MIN_COUNT
 from hypuc_jax.rundir import load_config
 
 
@@ -128,9 +130,11 @@ def regions(task) -> dict:
 
 
 def per_region(err, y, regs) -> dict:
-    """Mean of per-example errors err [n] within each region of the labels y [n]."""
+    """Mean of per-example errors err [n] within each region of the labels y [n]; NaN
+    for a region of fewer than ``metrics.MIN_COUNT`` records (as eval.json's regions)."""
     masks = {k: m(y) for k, m in regs.items()}
-    return {k: float(err[s].mean()) if s.any() else float("nan") for k, s in masks.items()}
+    return {k: float(err[s].mean()) if s.sum() >= MIN_COUNT else float("nan")
+            for k, s in masks.items()}
 
 
 def region_mae(y, pred, regs) -> dict:
@@ -151,7 +155,7 @@ def run_mae(run_dir: Path, regs, name: str = "outputs_test.npz",
     """MAE of mu per region over the seed runs' NAME: (mean over seeds, seeds with records
     there, [(seed directory, its labels)]).
 
-    A region a seed has no records in is left out of that region's mean
+    A region where a seed has fewer than ``MIN_COUNT`` records is left out of that region's mean
     (the count says over how many seeds it is; NaN where none has records).
     ``seeds``: only these seeds (default: every ``seed<N>/``; a folder
     without any is itself the run directory).

@@ -124,7 +124,9 @@ def test_every_seed_of_every_run_must_have_the_reference_labels(tmp_path, capsys
 
 def test_run_mae_averages_over_the_seeds_with_records_and_skips_non_seed_folders(tmp_path):
     rng = np.random.default_rng(1)
-    labels = {0: np.array([4.0, 4.5, 6.0, 7.0]), 1: np.array([3.6, 4.0, 4.5, 5.0])}  # 1: no y > 5.5
+    # y > 5.5: seed 0 has 10 records, seed 1 only 9 (< metrics.MIN_COUNT: not averaged).
+    labels = {0: np.r_[np.linspace(3.6, 5.0, 10), np.linspace(5.6, 7.0, 10)],
+              1: np.r_[np.linspace(3.6, 5.0, 10), np.linspace(5.6, 7.0, 9)]}
     runs = _run(tmp_path / "v", [0, 1], lambda s, sp: labels[s], rng)
     old = tmp_path / "v" / "seed1_old"                       # a leftover folder, not a seed
     old.mkdir()
