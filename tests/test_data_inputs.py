@@ -184,6 +184,33 @@ def test_csv_with_utf8_bom_names_columns_like_pandas(tmp_path):
     np.testing.assert_array_equal(ds.x[:, 0], ref["age"].to_numpy(np.float32))
 
 
+def test_one_column_csv_keeps_a_missing_cell_as_a_record_like_pandas(tmp_path):
+    # pandas writes the missing value of a one-column table as a line `""`; it is a
+    # record (NaN), not a blank line: dropping it shifted every later prediction.
+    from hypuc_jax.data import csv_table
+    path = tmp_path / "one.csv"
+    pd.DataFrame({"a": [0.1, 0.2, np.nan, 0.4]}).to_csv(path, index=False)
+    path.write_text(path.read_text() + "\n   \n")          # blank lines: skipped, as pandas
+    ref = pd.read_csv(path)["a"].to_numpy(np.float32)
+    assert ref.size == 4
+    x, y, _, names = csv_table.read_csv_table(str(path), "t", ["a"], None, labels_optional=True)
+    np.testing.assert_array_equal(x[:, 0], ref)                # NaN in row 2, 0.4 in row 3
+    assert names == ["a"] and np.isnan(y).all()
+
+
+def test_csv_duplicate_columns_refused_only_where_they_are_read(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,note,b,note,t\n1,x,2,y,3\n4,z,5,w,6\n")
+    ref = pd.read_csv(path)                                    # pandas: note, note.1
+    ds = load(f"csv:{path}?target=t&features=a,b")             # the duplicates are not read
+    np.testing.assert_array_equal(ds.x, ref[["a", "b"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(ds.y, ref["t"].to_numpy(np.float32))
+    for spec in (f"csv:{path}?target=t", f"csv:{path}?target=t&features=a,note",
+                 f"csv:{path}?target=note&features=a"):
+        with pytest.raises(ValueError, match=r"dup.csv: duplicate column names \['note'\]"):
+            load(spec)
+
+
 def test_csv_values_beyond_float32_named_not_called_nan(tmp_path):
     big = float(np.finfo(np.float32).max)
     path = write_csv(tmp_path / "e.csv", ["a", "b", "t"], [[1, 2, 3], [1e39, 5, 6], [7, 8, 9]])

@@ -15,25 +15,35 @@ from hypuc_jax.data._float32 import _check_float32_precision, _check_float32_ran
 from hypuc_jax.data.readers import _check_file, normalise_split
 
 
-def read_csv_columns(path: str) -> dict[str, list[str]]:
-    """Header + rows of a CSV file as ``{column: [str]}``."""
+def read_csv_columns(path: str, used=None) -> dict[str, list[str]]:
+    """Header + rows of a CSV file as ``{column: [str]}``.
+
+    Blank and whitespace-only lines are skipped, as pandas does; a line
+    holding one empty field (pandas writes a missing value of a one-column
+    table as ``""``) is a record with a missing cell, not a blank line. ``used``: the column names the caller
+    reads (None: every column); a duplicated name among them is an error,
+    other duplicated columns are left out.
+    """
     _check_file(path, "CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:   # drops a UTF-8 BOM
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{path}: unreadable CSV file ({e})") from e
-    rows = [r for r in rows if r and r != [""] and not (len(r) == 1 and not r[0].strip())]
+    rows = [r for r in rows if r and (r == [""] or len(r) > 1 or r[0].strip())]  # as pandas
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and at least one data row, "
                          f"got {len(rows)} non-empty lines")
     header = [h.strip() for h in rows[0]]
-    if len(set(header)) != len(header):
-        raise ValueError(f"{path}: duplicate column names in header {header}")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    clash = [h for h in repeated if used is None or h in set(used)]
+    if clash:
+        raise ValueError(f"{path}: duplicate column names {clash} in header {header}")
     for i, r in enumerate(rows[1:]):
         if len(r) != len(header):
             raise ValueError(f"{path}: data row {i} has {len(r)} fields, the header has {len(header)}")
-    return {h: [r[j].strip() for r in rows[1:]] for j, h in enumerate(header)}
+    return {h: [r[j].strip() for r in rows[1:]] for j, h in enumerate(header)
+            if h not in repeated}
 
 
 #: Cells read as a missing value (NaN): pandas' default ``na_values``.
@@ -118,7 +128,7 @@ def read_csv_table(path, target, features, split_col, labels_optional=False, nam
       ValueError: naming ``path`` and the column, also for a value beyond
         the float32 range (|value| > 3.4e38).
     """
-    cols = read_csv_columns(path)
+    cols = read_csv_columns(path, None if features is None else [*features, target, split_col])
     y, split = _target_and_split(path, cols, target, split_col, labels_optional, named_target)
     if features is not None:
         missing = [c for c in features if c not in cols]
