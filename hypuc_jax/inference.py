@@ -74,6 +74,13 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     meta = read_json(workdir / TASK, "task description")
     cal = _calibrator(workdir)
     corrector = _load_corrector(workdir, cal.dof)
+    kind, _, spec_options = data_lib.parse_spec(spec)
+    if (kind == "csv" and len(task.input_shape) == 1 and not task.feature_names
+            and "features" not in spec_options):
+        raise WorkflowError(f"--data: the model was trained on unnamed features (npz columns "
+                            f"x0..x{task.input_shape[0] - 1}), so the csv columns cannot be "
+                            "matched by name; list the ones that hold them, in training order, "
+                            "with features=COL,COL,...")
     by_name = task.feature_names if _named_columns(spec) else ()   # npz columns: by position
     # signals: the training rate and record length unless the spec sets them
     duration = (task.input_shape[0] / task.rate

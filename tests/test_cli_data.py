@@ -480,3 +480,29 @@ def test_results_get_the_umask_permissions(tabular, capsys, tmp_path):
     assert mode(wd / name) == 0o640, name
   assert mode(wd / workflow.CORRECTIONS) == 0o750
   assert mode(tmp_path / "p.csv") == 0o640
+
+
+def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, capsys, tmp_path):
+  """npz features have no names: a csv's columns cannot be matched to them by name,
+  and taking them in file order silently mixed them up (here: reversed)."""
+  x, y, split = _table(400, 0)
+  np.savez(tmp_path / "tab.npz", x=x.astype(np.float32), y=y.astype(np.float32))
+  wd = tmp_path / "run"
+  assert cli.main(["train", "--workdir", str(wd), "--data", f"npz:{tmp_path / 'tab.npz'}",
+                   *FAST]) == 0
+  for cmd in ("calibrate", "correct"):
+    assert cli.main([cmd, "--workdir", str(wd)]) == 0
+  new, _, _ = _table(12, 5)
+  data = tmp_path / "rev.csv"
+  _write_csv(data, ["c", "b", "a"], [r[::-1].tolist() for r in new])
+  out = tmp_path / "p.csv"
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                     "--output", out)
+  err = one_line_error(rc, err)
+  assert "trained on unnamed features" in err and "features=" in err
+  assert not out.exists()
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}?features=a,b,c",
+                     "--output", out)
+  assert rc == 0, err
+  want, _ = train.predict(str(wd), new.astype(np.float32))
+  np.testing.assert_allclose([float(r["mu"]) for r in _read(out)], want, rtol=1e-5, atol=1e-6)
