@@ -73,6 +73,9 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
             cfg = config_lib.apply_overrides(cfg, [f"{key}={value}"])
     if epochs is not None:
         cfg = config_lib.apply_overrides(cfg, ["train.steps=0"])
+    if regions and any(o.split("=", 1)[0].strip() == "regions" for o in overrides):
+        raise ValueError("--region and --set regions=: both give the named regions (the "
+                         "--set would replace the --region ones); use one of them")
     if regions:
         cfg = dataclasses.replace(cfg, regions=tuple(cfg.regions) + tuple(
             parse_region(r) for r in regions))

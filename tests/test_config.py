@@ -305,3 +305,12 @@ def test_tuple_fields_are_type_checked_element_wise():
   with pytest.raises(ValueError, match=r"model\.widths"):
     validate(cfg)
   validate(dataclasses.replace(base, train=dataclasses.replace(base.train, lr=1)))  # int for float
+
+
+def test_region_flag_and_set_regions_together_are_refused():
+  # --set regions= replaced the --region items: a named region vanished silently.
+  from hypuc_jax import run_config
+  with pytest.raises(ValueError, match=r"--region and --set regions=: both give"):
+    run_config.make_config("tiny", regions=["a=1:2"], overrides=["regions=b=3:4"])
+  assert run_config.make_config("tiny", regions=["a=1:2"]).regions[-1] == ("a", 1.0, 2.0)
+  assert run_config.make_config("tiny", overrides=["regions=b=3:4"]).regions == (("b", 3.0, 4.0),)

@@ -207,6 +207,8 @@ def test_muscle_noise_generator_moments_and_independence():
     (dict(chunk_size=0), "chunk_size:"), (dict(seed=1.5), "seed:"), (dict(seed=-2), "seed:"),
     (dict(start=2**32 - 2), "start:"), (dict(start=-1), "start:"),
     (dict(rate=True), "rate:"), (dict(duration=np.array([1.0, 2.0])), "duration:"),  # 1 Hz
+    (dict(duration=1e308), "duration: expected duration \\* rate to be a finite number"),
+    (dict(rate=1e200, duration=1e200), "duration: .*finite"),   # int(inf) was OverflowError
 ])
 def test_bad_arguments_raise(kwargs, match):
     args = dict(seed=0, n=4, duration=1.0)

@@ -334,6 +334,9 @@ def simulate(seed: int, n: int, preset: str = "potassium", rate: float = 100,
     V.check_positive(duration, "duration", scalar=True)
     if backend not in ("numpy", "jax"):
         raise ValueError(f"backend: expected 'numpy' or 'jax', got {backend!r}")
+    if not math.isfinite(float(duration) * float(rate)):
+        raise ValueError(f"duration: expected duration * rate to be a finite number of "
+                         f"samples, got {duration:g} s at {rate:g} Hz")
     n_time = int(round(float(duration) * float(rate)))
     if n_time < 1:
         raise ValueError(f"duration: expected duration * rate >= 1 sample, got {duration} s at {rate} Hz")
