@@ -129,16 +129,19 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             "flag": (flag | outside).astype(int), "out_of_range": outside.astype(int)}
     if np.isfinite(ds.y).any():
         cols = {"y": np.asarray(ds.y, np.float32), **cols}      # as read: float32
-    tmp = _tmp_in(output, ".csv")
+    tmp = None
     try:
+        tmp = _tmp_in(output, ".csv")
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)            # quotes a threshold name holding a comma
             writer.writerow(cols)
             for row in zip(*cols.values()):
                 writer.writerow(_cell(v) for v in row)
         os.replace(tmp, output)
+    except OSError as e:                      # its temporary file's name would say nothing
+        raise WorkflowError(f"--output: cannot write {output} ({e.strerror or e})") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
 

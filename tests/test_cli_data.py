@@ -206,6 +206,12 @@ def test_predict_output_must_be_a_csv_path(tabular, capsys, tmp_path):
   rc, _, err = hypuc(capsys, "train", "--workdir", tmp_path / "afile", "--data",
                      f"csv:{data}?split=part", "--target", "target", *FAST)
   assert "--workdir" in one_line_error(rc, err) and "is a file" in err
+  # A folder nothing can be created in (/proc; root ignores permissions): the error
+  # names --output and the path, not the temporary file.
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                     "--output", "/proc/p.csv")
+  assert one_line_error(rc, err).endswith("error: --output: cannot write /proc/p.csv "
+                                          "(No such file or directory)")
   assert _files(wd) == before
 
 
