@@ -239,8 +239,22 @@ def as_thresholds(thresholds: Any, name: str = "thresholds") -> tuple[ThresholdS
 
 
 def event(y: np.ndarray, spec: ThresholdSpec) -> np.ndarray:
-    """Binary outcome of a threshold: ``y > value`` (above) or ``y < value`` (below). [n] bool."""
-    return y > spec.value if spec.direction == "above" else y < spec.value
+    """Binary outcome of a threshold: ``y > value`` (above) or ``y < value`` (below). [n] bool.
+
+    Compared in float32, the labels' precision everywhere in hypuc_jax (the
+    data layer reads them as float32): a label written as the threshold
+    (4.3, stored as 4.3000002) is on it, not above it, whatever its rounding.
+    """
+    y, value = as_float32_labels(y, spec.value)
+    return y > value if spec.direction == "above" else y < value
+
+
+def as_float32_labels(y, *bounds):
+    """``y`` and ``bounds`` rounded to float32 (bounds beyond its range become
+    +-inf, on the same side of every label), for comparing labels with
+    thresholds or region bounds given as decimals."""
+    with np.errstate(over="ignore"):
+        return (np.asarray(y, np.float32), *(np.float32(b) for b in bounds))
 
 
 def exceed_prob(mu: np.ndarray, sigma: np.ndarray, spec: ThresholdSpec,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hypuc_jax._predictions import as_vector
+from hypuc_jax._predictions import as_float32_labels, as_vector
 from hypuc_jax._validation import is_int
 from hypuc_jax.config import SHOT_REGION_NAMES
 
@@ -51,9 +51,18 @@ def validate_regions(regions: Any) -> dict[str, tuple[float, float]]:
 
 
 def region_masks(y, regions) -> dict[str, np.ndarray]:
-    """Boolean membership of each label in each named region, {name: [n] bool}."""
-    y = as_vector(y, "y")
-    return {name: (y >= lo) & (y < hi) for name, (lo, hi) in validate_regions(regions).items()}
+    """Boolean membership of each label in each named region, {name: [n] bool}.
+
+    ``low <= y < high`` compared in float32, the labels' precision (as
+    ``_predictions.event``): a label written as a bound (4.1) is in the
+    region that starts there, whatever its rounding.
+    """
+    y = as_float32_labels(as_vector(y, "y"))[0]
+    out = {}
+    for name, (lo, hi) in validate_regions(regions).items():
+        _, lo, hi = as_float32_labels(y, lo, hi)          # y is float32 already: no copy
+        out[name] = (y >= lo) & (y < hi)
+    return out
 
 
 def label_bin_edges(labels, bins: Any = 100, name: str = "bins") -> np.ndarray:

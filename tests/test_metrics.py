@@ -372,3 +372,25 @@ def test_overall_metrics_are_computed_below_the_region_min_count():
     assert out["overall"]["nll"] == pytest.approx(-np.mean(stats.norm.logpdf(y, mu, s)))
     assert out["overall"]["ence"] is None                 # fewer records than its 10 bins
     assert out["regions"]["high"] == {**{k: None for k in metrics.METRIC_KEYS}, "n": 1}
+
+
+def test_thresholds_and_region_bounds_compare_labels_as_written():
+    # Labels are float32 (float32(4.3) = 4.3000002, float32(4.1) = 4.0999999); a label
+    # written as the threshold or bound is on it, as in the decimals the user wrote.
+    from decimal import Decimal
+
+    from hypuc_jax._predictions import ThresholdSpec, event
+    from hypuc_jax.regions import region_masks
+    text = [f"{v / 10:.1f}" for v in range(30, 60)] * 3                  # 3.0 ... 5.9
+    y = np.array([float(t) for t in text], np.float32).astype(np.float64)  # as the npz stores
+    dec = [Decimal(t) for t in text]
+    for value in ("4.3", "4.1", "1.3", "5.5", "5.9"):
+        for direction, want in (("above", [d > Decimal(value) for d in dec]),
+                                ("below", [d < Decimal(value) for d in dec])):
+            got = event(y, ThresholdSpec("t", float(value), direction))
+            np.testing.assert_array_equal(got, want, err_msg=f"{direction} {value}")
+    masks = region_masks(y, {"mid": (4.1, 4.3), "top": (5.7, math.inf), "low": (-math.inf, 3.3)})
+    np.testing.assert_array_equal(masks["mid"], [Decimal("4.1") <= d < Decimal("4.3") for d in dec])
+    np.testing.assert_array_equal(masks["top"], [d >= Decimal("5.7") for d in dec])
+    np.testing.assert_array_equal(masks["low"], [d < Decimal("3.3") for d in dec])
+    assert masks["mid"].sum() == 6                                      # 4.1 and 4.2, x3

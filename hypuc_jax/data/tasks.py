@@ -54,7 +54,9 @@ class Threshold:
             raise ValueError(f"value: expected a finite threshold, got {self.value!r}")
 
     def positive(self, y) -> np.ndarray:
-        """Boolean positive-class indicator for labels ``y`` [n]."""
+        """Boolean positive-class indicator for values ``y`` [n], compared exactly (for a
+        continuous grid of true values; the pipeline's float32 labels are compared in
+        float32 by ``_predictions.event``)."""
         y = np.asarray(y)
         return y > self.value if self.direction == "above" else y < self.value
 
@@ -81,11 +83,6 @@ class TaskInfo:
         for rname, bounds in self.regions.items():
             if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
                 raise ValueError(f"regions[{rname!r}]: expected (low, high) with low < high, got {bounds!r}")
-
-    def region_masks(self, y) -> dict[str, np.ndarray]:
-        """Boolean membership ``{region: [n]}`` of labels ``y`` [n]."""
-        y = np.asarray(y)
-        return {k: (y >= lo) & (y < hi) for k, (lo, hi) in self.regions.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (unbounded region ends become ``None``)."""
