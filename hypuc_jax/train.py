@@ -253,7 +253,7 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
                      {"train": last_train, "val": meta["val"]}, stopped_early, paths)
 
 
-def predict(workdir: str, x, *, batch_size: int = 256,
+def predict(workdir: str, x, *, batch_size: int | None = None,
             finite_checked: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
   """Predictions of the best checkpoint of a run, in label units.
 
@@ -261,7 +261,9 @@ def predict(workdir: str, x, *, batch_size: int = 256,
     workdir: a run directory written by :func:`train_and_evaluate`.
     x: raw inputs ``[n, time, leads]`` or ``[n, features]`` (unscaled); a
       memory map (or ``data.RowView``) is read in batches, never whole.
-    batch_size: forward-pass chunk size.
+    batch_size: forward-pass chunk size; default the run's
+      ``train.eval_batch_size``, with which its stored predictions were made
+      (another chunking can change the last float bits).
     finite_checked: ``x`` comes from ``data.load(..., labels_optional=True)``,
       which has checked every row finite: skip the second full scan.
 
@@ -289,5 +291,6 @@ def predict(workdir: str, x, *, batch_size: int = 256,
   _, eval_fn = compiled_steps(placement, graphdef, LossSpec(config.loss.name), schedule)
   head = losses.head_for_loss(config.loss.name)
   loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state), run,
-                                         x, np.arange(len(x)), batch_size)
+                                         x, np.arange(len(x)),
+                                         batch_size or config.train.eval_batch_size)
   return train_data.to_label_units(run, loc, scale, head)

@@ -507,3 +507,20 @@ def test_compiled_steps_keep_specs_with_colliding_hashes_apart():
     want = np.mean(np.where(err <= d, 0.5 * err ** 2, d * (err - 0.5 * d)))
     _, metrics = step_fn(jax.tree.map(jnp.copy, state), batch)
     assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_predict_reproduces_the_stored_predictions_bit_for_bit(tmp_path):
+  # Chunked as they were made (train.eval_batch_size, here 8: 7 chunks of the test
+  # split); one chunk of 256 changed the last float bits of a convolutional model.
+  from hypuc_jax import data
+  from hypuc_jax.config import apply_overrides
+  config = apply_overrides(get_config("tiny"), ["train.parallel=none", "train.steps=4",
+                                                "train.eval_batch_size=8"])
+  result = train.train_and_evaluate(config, str(tmp_path))
+  ds = data.load(config.data.spec)
+  test = np.sort(data.split_indices(len(ds.y), config.data.seed, config.data.split)["test"])
+  assert len(test) > 2 * 8
+  pred = np.load(result.paths["predictions_test"])
+  mu, sigma = train.predict(str(tmp_path), ds.x[test])
+  np.testing.assert_array_equal(mu, pred["mu"])
+  np.testing.assert_array_equal(sigma, pred["sigma"])
