@@ -205,6 +205,8 @@ def predict_decisions(classifiers: dict, weights: dict, mu, sigma, thresholds,
     for t in thresholds:
         w = weights[t.name]
         boosted = np.mean([c.decision_function(x) for c in classifiers[t.name]], axis=0)
-        probs[t.name] = special.expit((1.0 - w) * boosted
-                                      + w * gaussian_log_odds(mu, sigma, t, dof))
+        prior = gaussian_log_odds(mu, sigma, t, dof)
+        # A weight of 0 (pure boosting) or 1 drops its term: 0 * inf log-odds is NaN.
+        terms = [(1.0 - w) * boosted] * (w < 1.0) + [w * prior] * (w > 0.0)
+        probs[t.name] = special.expit(np.sum(terms, axis=0))
     return probs

@@ -377,3 +377,18 @@ def test_gaussian_log_odds_and_full_shrinkage_match_scipy():
 def test_bad_decision_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         corr.fit_corrections(*biased(8, 100), [("hyper", 5.5, "above")], **kwargs)
+
+
+def test_pure_boosting_stays_finite_where_the_gaussian_log_odds_overflow():
+    # n0 = 0: the probability is expit(mean member log-odds) alone; the Gaussian
+    # term's 0 * inf (mu = 1e300, or sigma = 1e-160) used to make it NaN.
+    from scipy import special
+    data = informative_sigma(13, 600)
+    c = corr.fit_corrections(*data, THRESHOLDS, prior_strength=0.0, **FAST)
+    tmu, tsig = np.array([1e300, 4.0, 4.5]), np.array([1.0, 1e-160, 0.3])
+    assert not np.isfinite(dec.gaussian_log_odds(tmu, tsig, c.thresholds[0])[:2]).any()
+    x = dec.features(tmu, tsig, c.thresholds, c.z, c.dof)
+    probs = c.predict(tmu, tsig)[1]
+    for name in ("hyper", "hypo"):
+        boosted = np.mean([clf.decision_function(x) for clf in c.classifiers[name]], axis=0)
+        np.testing.assert_allclose(probs[name], special.expit(boosted), rtol=1e-12)
