@@ -165,7 +165,7 @@ def _summary_table(evals: dict) -> str:
         for stage in ("uncalibrated", "calibrated", "corrected"):
             m = ev[stage]["overall"]
             lines.append(f"{name:<10} {stage:<13} " + " ".join(
-                f"{m[k]:>11.4f}" if m.get(k) is not None else f"{'-':>11}" for k in keys))
+                f"{m[k]:>11.4g}" if m.get(k) is not None else f"{'-':>11}" for k in keys))
     return "\n".join(lines)
 
 

@@ -446,3 +446,12 @@ def test_predict_flags_signal_records_beyond_the_training_leads_range(trained, t
         rows = list(csv.DictReader(f))
     assert [int(r["out_of_range"]) for r in rows] == [0, 1, 0, 1, 0, 0]
     assert int(rows[1]["flag"]) == 1 and int(rows[3]["flag"]) == 1
+
+
+def test_the_summary_table_shows_four_significant_digits_at_any_scale():
+    # 0.0000 was printed for an MAE of 1.2e-6 (labels in the 1e-6 range).
+    m = {"mae": 1.2345e-6, "rmse": 0.18358, "nll": -13.2, "coverage_95": 0.95, "uce": None}
+    table = cli._summary_table({"hypuc": {s: {"overall": m} for s in
+                                          ("uncalibrated", "calibrated", "corrected")}})
+    row = table.splitlines()[1].split()
+    assert row == ["hypuc", "uncalibrated", "1.234e-06", "0.1836", "-13.2", "0.95", "-"]
