@@ -16,7 +16,7 @@ import numpy as np
 
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
-from hypuc_jax.stages import _calibrator, _load_corrector, _predictions, _sigma_or_constant
+from hypuc_jax.stages import _calibrator, _entropy_flags, _load_corrector, _sigma_or_constant
 from hypuc_jax.workflow import _named_columns
 
 
@@ -112,8 +112,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     sigma = _sigma_or_constant(mu, sigma, meta.get("constant_sigma"), f"--data {spec!r}")
     sigma_cal = cal(mu, sigma)
     corrected, probs = corrector.predict(mu, sigma_cal)
-    val = _predictions(workdir, "val")
-    flag = flagging.flag_unreliable(sigma_cal, cal(val["mu"], val["sigma"]), 0.1)
+    flag = _entropy_flags(workdir, cal, sigma_cal)
     outside = out_of_range(ds.x, task.feature_range)
     if outside.any():
         logging.getLogger(__name__).warning(

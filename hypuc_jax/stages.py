@@ -200,6 +200,19 @@ def correct_stage(workdir: str | os.PathLike) -> dict:
             "skipped": [t[0] for t in task.thresholds if t not in ths]}
 
 
+#: Fraction of the validation predictions ``predict`` flags as unreliable (highest entropy).
+FLAG_FRACTION = 0.1
+
+
+def _entropy_flags(workdir: Path, cal, sigma_cal: np.ndarray) -> np.ndarray:
+    """[n] bool: the flags ``predict`` gives by entropy (calibrated sigma above the
+    validation split's top-``FLAG_FRACTION`` cut, ``flagging.flag_unreliable``)."""
+    from hypuc_jax import flagging
+
+    val = _predictions(workdir, "val")
+    return flagging.flag_unreliable(sigma_cal, cal(val["mu"], val["sigma"]), FLAG_FRACTION)
+
+
 def _load_corrector(workdir: Path, dof: float):
     """The run's corrector; refused unless it was fitted for the calibration's family ``dof``."""
     from hypuc_jax import corrections
@@ -245,7 +258,11 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
 
     eval.json: {"split", "n", "calibration": {"method", "dof"}, "uncalibrated",
     "calibrated", "corrected", "decisions": {name: {"auroc", "auprc",
-    "baseline_auroc", ...}}, "flagging": {"mae_kept_at": {fraction: mae}}};
+    "baseline_auroc", ...}}, "flagging": {"mae_kept_at": {fraction: mae},
+    "validation_cut": {"fraction", "flagged", "mae_kept", "mae_flagged"}}};
+    ``mae_kept_at`` flags the split's own most uncertain fraction,
+    ``validation_cut`` what ``predict`` flags (the validation split's top 10%
+    cut of calibrated sigma; ``flagged`` is the share of this split above it).
     each of the three metric blocks is ``metrics.evaluate(...)`` for (mu,
     sigma) as a Gaussian, and for (mu, calibrated sigma) and (corrected
     value, calibrated sigma) under the calibrated predictive's family
@@ -290,7 +307,13 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
                  gaussian_auroc=gauss["auroc"], gaussian_auprc=gauss["auprc"])
         ev["decisions"][name] = d
     kept = flagging.selective_risk(y, mu, sigma_cal, FLAG_FRACTIONS)
-    ev["flagging"] = {"mae_kept_at": {str(float(f)): v for f, v in kept.items()}}
+    flags = _entropy_flags(workdir, cal, sigma_cal)       # as predict flags new records
+    err = np.abs(y - mu)
+    ev["flagging"] = {"mae_kept_at": {str(float(f)): v for f, v in kept.items()},
+                      "validation_cut": {
+                          "fraction": FLAG_FRACTION, "flagged": float(flags.mean()),
+                          "mae_kept": float(err[~flags].mean()) if (~flags).any() else None,
+                          "mae_flagged": float(err[flags].mean()) if flags.any() else None}}
     ev = _clean(ev)
     save_npz(workdir / f"outputs_{split}.npz", y=y, mu=mu, sigma=sigma, sigma_cal=sigma_cal,
              dof=np.float64(cal.dof), corrected=corrected, **({} if bins is None else {"mu_bin": bins}),

@@ -84,6 +84,18 @@ def test_calibrate_correct_evaluate_schema(rundir):
     tie_kept = (len(s) - 120) - np.sum(s < cut)
     kept_sum = err[s < cut].sum() + tie_kept / np.sum(s == cut) * err[s == cut].sum()
     assert ev["flagging"]["mae_kept_at"]["0.1"] == pytest.approx(kept_sum / (len(s) - 120))
+    # What predict flags: above the validation split's 90% quantile of calibrated sigma
+    # (one value per hyperfine bin here: a tied cut is included when that flags a
+    # share of validation nearer 10%, the documented rule, by hand).
+    workflow.evaluate_stage(rundir, "val")
+    s_val = np.load(rundir / "outputs_val.npz")["sigma_cal"]
+    cut = np.quantile(s_val, 0.9)
+    inclusive = abs(np.sum(s_val >= cut) - 120) <= abs(np.sum(s_val > cut) - 120)
+    flags = s >= cut if inclusive else s > cut
+    assert 0.03 < flags.mean() < 0.3
+    assert ev["flagging"]["validation_cut"] == pytest.approx(
+        {"fraction": 0.1, "flagged": flags.mean(), "mae_kept": err[~flags].mean(),
+         "mae_flagged": err[flags].mean()})
     # the corrected block scores the corrected value (not mu) with the calibrated sigma
     corr_block = ev["corrected"]["overall"]
     assert np.any(out["corrected"] != p["mu"])
