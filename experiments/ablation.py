@@ -58,6 +58,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import metrics, workflow
+from hypuc_jax._predictions import ThresholdSpec, event
 
 from _ablation_runs import run_variant, variant_overrides  # noqa: F401  (re-exported)
 from _ablation_runs import STAMP_FILE, cache_simulated, code_stamp
@@ -113,7 +114,7 @@ def tail_maes(workdir: Path, split: str = "test", value: str = "mu") -> dict:
     err = np.abs(out["y"] - out[value])
     res = {"mae": float(np.mean(err))}
     for name, value_, direction in workflow.load_task(workdir).thresholds:
-        sel = out["y"] > value_ if direction == "above" else out["y"] < value_
+        sel = event(out["y"], ThresholdSpec(name, value_, direction))   # as eval.json counts
         key = f"mae[y{'>' if direction == 'above' else '<'}{value_:g}]"
         res[key] = float(np.mean(err[sel])) if sel.sum() >= metrics.MIN_COUNT else None
     return res

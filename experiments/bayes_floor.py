@@ -53,6 +53,7 @@ import numpy as np
 from _results import check_out, publish, seed_dirs, seeds_per_run
 from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
+from hypuc_jax._predictions import event
 from hypuc_jax.metrics import MIN_COUNT
 from hypuc_jax.rundir import load_config
 
@@ -124,8 +125,9 @@ class OracleReader:
 def regions(task) -> dict:
     """Region name -> mask function: overall and each decision threshold's side."""
     out = {"overall": lambda y: np.ones(y.shape, bool)}
-    for t in task.thresholds:
-        out[f"y {'>' if t.direction == 'above' else '<'} {t.value:g}"] = t.positive
+    for t in task.thresholds:        # in float32, as eval.json counts the runs' labels
+        out[f"y {'>' if t.direction == 'above' else '<'} {t.value:g}"] = (
+            lambda y, t=t: event(y, t))
     return out
 
 

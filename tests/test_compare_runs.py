@@ -200,3 +200,25 @@ def test_a_mean_over_fewer_seeds_than_the_row_is_marked(tmp_path):
     m_ref = np.mean(np.abs(y0 - mu0)[y0 > 5.5])
     assert cells[col] == f"{m:.3f} ± — (n=1) ({100 * (m / m_ref - 1):+.0f}%)"
     assert "(n=" not in cells[col - 1]                       # test mae: both seeds
+
+
+def test_a_label_written_as_the_threshold_is_not_beyond_it(tmp_path):
+    # Labels rounded to 0.1 and stored as float64 copies of float32 (as every run
+    # does): 4.3 is 4.3000002 there and used to count in the tail above a 4.3
+    # threshold, unlike eval.json. Reference: the decimals, compared as written.
+    from decimal import Decimal
+    _variant(tmp_path / "v", [0], 0.1, np.random.default_rng(8))
+    d = tmp_path / "v" / "seed0"
+    task = rundir.read_json(d / rundir.TASK, "task")
+    task["thresholds"] = [["K>4.3", 4.3, "above"], ["K<4.1", 4.1, "below"]]
+    rundir.write_json(d / rundir.TASK, task)
+    text = [f"{v:.1f}" for v in np.random.default_rng(3).uniform(3.5, 5.0, 300)]
+    y = np.array([float(t) for t in text], np.float32).astype(np.float64)
+    mu = y + np.random.default_rng(4).normal(size=y.size)
+    np.savez(d / "predictions_test.npz", y=y, mu=mu, sigma=np.ones_like(y))
+    _, cols = compare_runs.variant_maes(tmp_path / "v")
+    above = np.array([Decimal(t) > Decimal("4.3") for t in text])
+    below = np.array([Decimal(t) < Decimal("4.1") for t in text])
+    assert (y == np.float32(4.3)).sum() > 5 and (y == np.float32(4.1)).sum() > 5
+    assert cols["test mae[y>4.3]"][0] == pytest.approx(np.mean(np.abs(y - mu)[above]))
+    assert cols["test mae[y<4.1]"][0] == pytest.approx(np.mean(np.abs(y - mu)[below]))
