@@ -203,10 +203,14 @@ def predict_decisions(classifiers: dict, weights: dict, mu, sigma, thresholds,
     x = features(mu, sigma, thresholds, z, dof)
     probs = {}
     for t in thresholds:
-        w = weights[t.name]
-        boosted = np.mean([c.decision_function(x) for c in classifiers[t.name]], axis=0)
-        prior = gaussian_log_odds(mu, sigma, t, dof)
-        # A weight of 0 (pure boosting) or 1 drops its term: 0 * inf log-odds is NaN.
-        terms = [(1.0 - w) * boosted] * (w < 1.0) + [w * prior] * (w > 0.0)
-        probs[t.name] = special.expit(np.sum(terms, axis=0))
+        w = float(weights[t.name])
+        # A weight of 0 (pure boosting) or 1 leaves its term out, uncomputed: the
+        # Gaussian log-odds overflow to +-inf far from t, and 0 * inf is NaN.
+        log_odds = np.zeros(mu.shape)
+        if w < 1.0:
+            log_odds += (1.0 - w) * np.mean([c.decision_function(x)
+                                             for c in classifiers[t.name]], axis=0)
+        if w > 0.0:
+            log_odds += w * gaussian_log_odds(mu, sigma, t, dof)
+        probs[t.name] = special.expit(log_odds)
     return probs

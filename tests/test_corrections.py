@@ -392,3 +392,9 @@ def test_pure_boosting_stays_finite_where_the_gaussian_log_odds_overflow():
     for name in ("hyper", "hypo"):
         boosted = np.mean([clf.decision_function(x) for clf in c.classifiers[name]], axis=0)
         np.testing.assert_allclose(probs[name], special.expit(boosted), rtol=1e-12)
+        # numpy weights (the public API) and no 0 * inf computed, not only masked
+        with np.errstate(invalid="raise"):
+            got = dec.predict_decisions(c.classifiers, {k: np.float32(0.0) for k in
+                                                        c.gaussian_weights},
+                                        tmu, tsig, c.thresholds, c.z, c.dof)[name]
+        np.testing.assert_allclose(got, special.expit(boosted), rtol=1e-12)
