@@ -12,6 +12,8 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import train_data, workflow
+from hypuc_jax.checkpoints import first_difference
+from hypuc_jax.train_state import fingerprint
 from hypuc_jax._files import remove_path
 
 
@@ -117,12 +119,12 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
                                                                     "config"))
         except (KeyError, TypeError, ValueError):
             stored = cfg                                 # the pipeline names what is wrong
-        changed = _changed_sections(stored, cfg) - POST_TRAINING
-        if changed:
+        then, now = fingerprint(stored), fingerprint(cfg)   # what the pipeline compares
+        if then != now:
             raise workflow.WorkflowError(
-                f"{workdir}: holds an unfinished run of another config (differs in "
-                f"{sorted(changed)}); delete that folder to train it afresh, or use another "
-                "--workdir")
+                f"{workdir}: holds an unfinished run of another config "
+                f"({first_difference(then, now)}); delete that folder to train it afresh, "
+                "or use another --workdir")
     t0 = time.time()
     stamp_file, current = workdir / STAMP_FILE, code_stamp()
     before = stamp_file.read_text().strip() if stamp_file.exists() else None

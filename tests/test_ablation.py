@@ -208,8 +208,10 @@ def test_a_diverged_run_is_reported_and_the_others_still_run(tmp_path, monkeypat
     # The unfinished runs of that config are not resumed under another one, and the
     # hint names what the ablation offers (it has no --overwrite).
     with pytest.raises(workflow.WorkflowError, match=r"unfinished run of another config "
-                       r".*'train'.*delete that folder"):
+                       r"\(train\.(lr|grad_clip).*delete that folder"):
         ablation.main(argv)
+    # A setting the resume does not compare (logging) resumes them: they fail again.
+    assert ablation.main([*argv, *bad, "--set", "train.log_every=2"]) == 1
     # One failed seed (seed 0 raises as a diverged training does) leaves the other's
     # row, a table of one seed, the failure named in it, and exit status 1.
     real = ablation.run_variant
