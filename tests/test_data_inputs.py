@@ -196,6 +196,17 @@ def test_one_column_csv_keeps_a_missing_cell_as_a_record_like_pandas(tmp_path):
     x, y, _, names = csv_table.read_csv_table(str(path), "t", ["a"], None, labels_optional=True)
     np.testing.assert_array_equal(x[:, 0], ref)                # NaN in row 2, 0.4 in row 3
     assert names == ["a"] and np.isnan(y).all()
+    # In a wider table the same line is a record with every cell missing (pandas):
+    # training drops it as a row with NaN, it is not a malformed row.
+    wide = tmp_path / "wide.csv"
+    wide.write_text('a,b,t\n1,2,3\n""\n4,5,6\n7,8,9\n')
+    ref = pd.read_csv(wide)
+    assert len(ref) == 4 and ref.iloc[1].isna().all()
+    x, y, _, _ = csv_table.read_csv_table(str(wide), "t", None, None, labels_optional=True)
+    np.testing.assert_array_equal(x, ref[["a", "b"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(y, ref["t"].to_numpy(np.float32))
+    ds = load(f"csv:{wide}?target=t")
+    np.testing.assert_array_equal(ds.y, [3, 6, 9])
 
 
 def test_csv_duplicate_columns_refused_only_where_they_are_read(tmp_path):

@@ -20,9 +20,11 @@ def read_csv_columns(path: str, used=None) -> dict[str, list[str]]:
 
     Blank and whitespace-only lines are skipped, as pandas does; a line
     holding one empty field (pandas writes a missing value of a one-column
-    table as ``""``) is a record with a missing cell, not a blank line. ``used``: the column names the caller
-    reads (None: every column); a duplicated name among them is an error,
-    other duplicated columns are left out.
+    table as ``""``) is a record with a missing cell, not a blank line (in a
+    wider table: a record with every cell missing, as pandas reads it).
+    ``used``: the column names the caller reads (None: every column); a
+    duplicated name among them is an error, other duplicated columns are
+    left out.
     """
     _check_file(path, "CSV file")
     try:
@@ -35,6 +37,7 @@ def read_csv_columns(path: str, used=None) -> dict[str, list[str]]:
         raise ValueError(f"{path}: expected a header row and at least one data row, "
                          f"got {len(rows)} non-empty lines")
     header = [h.strip() for h in rows[0]]
+    rows = rows[:1] + [[""] * len(header) if r == [""] else r for r in rows[1:]]  # all missing
     repeated = sorted({h for h in header if header.count(h) > 1})
     clash = [h for h in repeated if used is None or h in set(used)]
     if clash:
