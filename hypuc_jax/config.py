@@ -285,9 +285,12 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
   _check(0 <= c.seed and c.seed + c.n_models - 1 < 2 ** 32, "corrections.seed",
          "an integer >= 0 with seed + n_models - 1 < 2**32", c.seed)
   reserved = SHOT_REGION_NAMES + ("overall",)
-  for i, region in enumerate(config.regions):
-    _check(len(region) == 3 and region[1] < region[2], f"regions[{i}]",
-           "(name, low, high) with low < high", region)
+  _check(isinstance(config.regions, tuple), "regions", "a tuple of (name, low, high)",
+         config.regions)
+  for i, region in enumerate(config.regions):     # a Python-built config is not coerced
+    _check(typed_fields.has_type(region, tuple[str, float, float]) and region[1] < region[2],
+           f"regions[{i}]", "(name, low, high): a str and two floats (+-inf allowed) with "
+           "low < high", region)
     _check(region[0] not in reserved
            and [r[0] for r in config.regions].count(region[0]) == 1, f"regions[{i}]",
            f"a name used once and not one of {reserved} (the shot regions and the overall block)",

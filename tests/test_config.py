@@ -314,3 +314,16 @@ def test_region_flag_and_set_regions_together_are_refused():
     run_config.make_config("tiny", regions=["a=1:2"], overrides=["regions=b=3:4"])
   assert run_config.make_config("tiny", regions=["a=1:2"]).regions[-1] == ("a", 1.0, 2.0)
   assert run_config.make_config("tiny", overrides=["regions=b=3:4"]).regions == (("b", 3.0, 4.0),)
+
+
+@pytest.mark.parametrize("region", [
+    ("hyper", np.float32(5.5), math.inf),    # not JSON: train crashed writing config.json
+    ("hyper", False, 9.0),                   # written, then every later stage refused it
+    (7, 1.0, 2.0), ("hi", "5.5", "9"), ("hi", 5.5, None), ("hi", 5.5),
+])
+def test_python_built_regions_are_type_checked(region):
+  cfg = dataclasses.replace(get_config("tiny"), regions=(region,))
+  with pytest.raises(ValueError, match=r"regions\[0\]: expected \(name, low, high\)"):
+    validate(cfg, 1, 1)
+  ok = dataclasses.replace(get_config("tiny"), regions=(("hyper", 5.5, math.inf),))
+  assert validate(ok, 1, 1).regions == (("hyper", 5.5, math.inf),)
