@@ -39,17 +39,19 @@ def replace_path(obj, parts: list[str], value: Any, key: str):
   return dataclasses.replace(obj, **{parts[0]: coerce(value, hints[parts[0]], key)})
 
 
-def coerce(value: Any, tp: Any, key: str) -> Any:
-  """Converts ``value`` (a string or a JSON value) to type ``tp``."""
+def coerce(value: Any, tp: Any, key: str, text: bool = True) -> Any:
+  """Converts ``value`` (an override's string, or with ``text=False`` a JSON value)
+  to type ``tp``. Only override text spells None as "none" / "null": in JSON that
+  is null, and a string (a column named "None") stays a string."""
   origin, args = typing.get_origin(tp), typing.get_args(tp)
   if origin in (Union, types.UnionType):
-    if type(None) in args and (value is None or (isinstance(value, str) and
+    if type(None) in args and (value is None or (text and isinstance(value, str) and
                                                  value.lower() in ("none", "null"))):
       return None
     errors = []
     for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
       try:
-        return coerce(value, a, key)
+        return coerce(value, a, key, text)
       except ValueError as e:
         errors.append(str(e))
     raise ValueError(f"{key}: expected {tp}, got {value!r}")
@@ -66,17 +68,17 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if not isinstance(value, (list, tuple)):
       raise ValueError(f"{key}: expected a tuple, got {value!r}")
     if len(args) == 2 and args[1] is Ellipsis:
-      return tuple(coerce(v, args[0], key) for v in value)
+      return tuple(coerce(v, args[0], key, text) for v in value)
     if len(value) != len(args):
       raise ValueError(f"{key}: expected {len(args)} items, got {value!r}")
-    return tuple(coerce(v, a, key) for v, a in zip(value, args))
+    return tuple(coerce(v, a, key, text) for v, a in zip(value, args))
   if tp is bool:
     if isinstance(value, bool):
       return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes", "on"):
       return True
-    if text in ("false", "0", "no", "off"):
+    if word in ("false", "0", "no", "off"):
       return False
     raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
   if tp is int:
@@ -139,5 +141,5 @@ def from_dict(cls, d: dict, prefix: str = ""):
     if dataclasses.is_dataclass(tp):
       kwargs[name] = from_dict(tp, value, key + ".")
     else:
-      kwargs[name] = coerce(value, tp, key)
+      kwargs[name] = coerce(value, tp, key, text=False)
   return cls(**kwargs)

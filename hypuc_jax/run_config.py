@@ -64,7 +64,9 @@ def make_config(base: str | config_lib.Config = "potassium", *, data: str | None
       ValueError: an unknown key or a value of the wrong type (named).
     """
     cfg = base_config(base) if isinstance(base, str) else base
-    flags = [("data.spec", data), ("data.target", target), ("loss.name", loss),
+    if target is not None:       # a column name as given ("None" too): not override text
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, target=str(target)))
+    flags = [("data.spec", data), ("loss.name", loss),
              ("weighting.scheme", weighting), ("weighting.lam", lam),
              ("train.parallel", parallel), ("train.epochs", epochs),
              ("train.batch_size", batch_size), ("train.seed", seed)]

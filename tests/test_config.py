@@ -327,3 +327,18 @@ def test_python_built_regions_are_type_checked(region):
     validate(cfg, 1, 1)
   ok = dataclasses.replace(get_config("tiny"), regions=(("hyper", 5.5, math.inf),))
   assert validate(ok, 1, 1).regions == (("hyper", 5.5, math.inf),)
+
+
+@pytest.mark.parametrize("name", ["None", "NULL", "none"])
+def test_a_target_column_named_none_survives_the_flag_and_config_json(name):
+  # Override text spells None as "none"/"null"; a column name is not override text,
+  # and config.json writes a missing target as null, so its strings stay strings.
+  from hypuc_jax import run_config
+  cfg = run_config.make_config("tiny", target=name)
+  assert cfg.data.target == name
+  again = config_lib.Config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+  assert again == cfg and again.data.target == name
+  assert apply_overrides(get_config("tiny"), ["data.target=none"]).data.target is None
+  d = get_config("tiny").to_dict()
+  d["data"]["target"] = None                                  # JSON null: no target
+  assert config_lib.Config.from_dict(d).data.target is None
