@@ -85,8 +85,9 @@ class Scaler:
         idx = (np.arange(len(y)) if indices is None
                else np.sort(_check_indices(indices, len(y))))
         count, mean, m2, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
-        # float64 scratch of at most 256 MB: long records get fewer rows (2048 rows of
-        # 1000 x 12 still fit, so the sums of existing runs are unchanged)
+        # float64 scratch of at most 256 MB (and the gathered rows in their own dtype
+        # while they are converted: at most 512 MB at a time): long records get fewer
+        # rows (2048 rows of 1000 x 12 still fit, so the sums of existing runs are unchanged)
         step = row_block(x, _BLOCK, itemsize=8, max_bytes=2 ** 28)
         for s in range(0, idx.size, step):
             block = np.array(x[idx[s:s + step]], np.float64)      # a copy: squared in place
