@@ -263,7 +263,10 @@ def predict(workdir: str, x, *, batch_size: int | None = None,
       memory map (or ``data.RowView``) is read in batches, never whole.
     batch_size: forward-pass chunk size; default the run's
       ``train.eval_batch_size``, with which its stored predictions were made
-      (another chunking can change the last float bits).
+      (another chunking can change the last float bits). Prediction runs on
+      one device: a run trained with ``parallel="none"`` (or pmap) is
+      reproduced bit for bit, a sharded one to float rounding (~1e-7), its
+      evaluation having split each batch over the devices.
     finite_checked: ``x`` comes from ``data.load(..., labels_optional=True)``,
       which has checked every row finite: skip the second full scan.
 
