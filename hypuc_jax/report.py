@@ -132,6 +132,11 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50,
     sel = selective_mae(method.y, method.mu, method.sigma_cal, (0.0, 0.1))
     add("flagging the 10% highest-entropy predictions lowers the MAE of the rest",
         f"{sel[1]:.4f} vs {sel[0]:.4f}", sel[1] < sel[0])
+    cut = method.eval.get("flagging", {}).get("validation_cut")
+    if cut and cut.get("mae_kept") is not None:        # eval.json from before session 15: none
+        add("... with `predict`'s flag (the validation split's top-10% cut)",
+            f"{cut['mae_kept']:.4f} vs {sel[0]:.4f} ({100 * cut['flagged']:.1f}% of test "
+            "flagged)", cut["mae_kept"] < sel[0] if cut["flagged"] > 0 else None)
     return rows
 
 

@@ -306,3 +306,18 @@ def test_selective_mae_has_one_value_per_requested_fraction(runs):
     got = selective_mae(m.y, m.mu, sigma, (0.1, 0.1, 0.2))
     want = [_kept_mae(m.y, m.mu, sigma, q) for q in (0.1, 0.1, 0.2)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_predicts_flag_is_judged_from_eval_json(runs):
+    base, meth = runs
+    claim = "... with `predict`'s flag (the validation split's top-10% cut)"
+    assert claim not in {r["claim"] for r in report.checks(base, meth)}   # older eval.json
+    overall = np.mean(np.abs(meth.y - meth.mu))
+    for kept, flagged, passed in ((0.9 * overall, 0.12, True), (1.1 * overall, 0.12, False),
+                                  (overall, 0.0, None)):
+        ev = {**meth.eval, "flagging": {**meth.eval["flagging"], "validation_cut": {
+            "fraction": 0.1, "flagged": flagged, "mae_kept": kept, "mae_flagged": 0.5}}}
+        rows = {r["claim"]: r for r in report.checks(base, dataclasses.replace(meth, eval=ev))}
+        assert rows[claim]["passed"] is passed
+        assert rows[claim]["measured"] == (f"{kept:.4f} vs {overall:.4f} "
+                                           f"({100 * flagged:.1f}% of test flagged)")
