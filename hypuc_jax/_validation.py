@@ -94,11 +94,14 @@ def check_positive(x: Any, name: str, *, strict: bool = True, scalar: bool = Fal
     """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict).
 
     ``scalar``: ``x`` must also be one number of shape (), not a boolean (True
-    would pass as 1). Arrays may be boolean (0/1 weights)."""
+    would pass as 1). Arrays may be boolean (0/1 weights). Shape and dtype are
+    checked on tracers too (jit / vmap), the values only when concrete."""
+    if scalar and np.ndim(x) != 0:
+        raise ValueError(f"{name}: expected a scalar, got shape {np.shape(x)}")
+    if scalar and isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.bool_):
+        raise ValueError(f"{name}: expected real numbers, got a traced boolean")
     if is_concrete(x):
         arr = np.asarray(x)
-        if scalar and arr.ndim != 0:
-            raise ValueError(f"{name}: expected a scalar, got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.number) or jnp.issubdtype(arr.dtype, jnp.floating)
                 or (np.issubdtype(arr.dtype, np.bool_) and not scalar)) or np.iscomplexobj(arr):
             raise ValueError(f"{name}: expected real numbers, got {type(x).__name__} "

@@ -359,6 +359,15 @@ def _coarse_3d_grid_ok(fn, *args):
     (lambda: weights.kde_weights(Y, lam=np.array([0.5, 1.0])), r"lam: expected a scalar"),
     (lambda: weights.fit_weighting("denseweight", Y, eps=np.array([1e-6])), "eps: .*scalar"),
     (lambda: weights.fit_weighting("hypuc", Y, max_weight=[5.0]), "max_weight: .*scalar"),
+    # ... also under jit (a length-n lam became one exponent per example, silently)
+    (lambda: jax.jit(lambda v: weights.kde_weights(Y, lam=v, method="exact"))(
+        jnp.full(len(Y), 0.5)), r"lam: expected a scalar"),
+    (lambda: jax.jit(lambda v: weights.kde_weights(Y, max_weight=v, method="exact"))(
+        jnp.full(len(Y), 3.0)), r"max_weight: expected a scalar"),
+    (lambda: jax.jit(lambda v: weights.dense_weights(Y, alpha=v))(jnp.ones(len(Y))),
+     r"alpha: expected a scalar"),
+    (lambda: jax.jit(lambda v: weights.kde_weights(Y, lam=v, method="exact"))(True),
+     "lam: expected real numbers"),
     (lambda: weights.fit_weighting("hypuc", Y)(np.array([np.nan])), "y"),
     # float32 densities of 3-D labels at these scales overflow / underflow (NaN weights)
     (lambda: _coarse_3d_grid_ok(weights.kde_weights,
