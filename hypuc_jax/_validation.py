@@ -166,11 +166,14 @@ def as_positive_scalar(x: Any, name: str) -> jax.Array:
     """Returns ``x`` as a scalar jax array ``[]``, checked > 0 when concrete.
 
     Raises:
-      ValueError: ``x`` has more than one element, or is concrete and not
-        finite and positive.
+      ValueError: ``x`` has more than one element, is a boolean, or is
+        concrete and not finite and positive.
     """
+    if isinstance(x, (bool, np.bool_, str, bytes)):     # True is not 1, nor "1"
+        raise ValueError(f"{name}: expected a real number, got {x!r}")
     x = as_array(x, name)
     if x.size != 1:
         raise ValueError(f"{name}: expected a scalar, got shape {tuple(x.shape)}")
-    check_positive(x, name)
-    return jnp.reshape(jnp.asarray(x), ())
+    x = jnp.reshape(jnp.asarray(x), ())
+    check_positive(x, name, scalar=True)
+    return x

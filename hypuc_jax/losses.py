@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import (as_float, as_vectors, check_finite, check_positive,
+from hypuc_jax._validation import (as_float, as_positive_scalar, as_vectors, check_finite, check_positive,
                                    is_concrete, is_real)
 from hypuc_jax.balanced_mse import HistogramPrior, bmc, bni, histogram_prior
 
@@ -126,7 +126,8 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
     Args:
       pred: predictions, shape ``[batch]``.
       y: targets, shape ``[batch]``.
-      delta: the threshold between the two regimes, ``> 0``.
+      delta: the threshold between the two regimes, a scalar ``> 0`` (a
+        Python or jax number; it may be traced: jit, vmap over thresholds).
 
     Returns:
       Huber losses, shape ``[batch]``.
@@ -135,9 +136,7 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
     pred, y = as_float(*as_vectors(pred=pred, y=y))
-    if not is_real(delta):
-        raise ValueError(f"delta: expected a float > 0, got {delta!r}")
-    check_positive(delta, "delta")
+    delta = as_positive_scalar(delta, "delta")
     abs_err = jnp.abs(pred - y)
     quadratic = jnp.minimum(abs_err, delta)
     return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)

@@ -85,6 +85,12 @@ def test_point_losses_match_numpy(delta):
     huber = jax.jit(losses.huber, static_argnames="delta")
     np.testing.assert_allclose(huber(pred, y, delta=delta), _np_huber(e, delta),
                                rtol=RTOL, atol=1e-6)
+    # delta may be a jax scalar, traced (jit), or vmapped over thresholds
+    np.testing.assert_allclose(jax.jit(losses.huber)(pred, y, jnp.float32(delta)),
+                               _np_huber(e, delta), rtol=RTOL, atol=1e-6)
+    both = jax.vmap(lambda d: losses.huber(pred, y, d))(jnp.array([delta, 2 * delta]))
+    np.testing.assert_allclose(both, np.stack([_np_huber(e, delta), _np_huber(e, 2 * delta)]),
+                               rtol=RTOL, atol=1e-6)
 
 
 def test_point_losses_promote_integer_inputs():
@@ -380,6 +386,10 @@ def test_bad_values_raise():
         losses.huber(z, z, delta="1")
     with pytest.raises(ValueError, match="delta: expected"):
         losses.huber(z, z, delta=True)
+    with pytest.raises(ValueError, match="delta: expected"):
+        losses.huber(z, z, delta=np.array([True]))
+    with pytest.raises(ValueError, match="noise_sigma: expected"):    # True was sigma 1
+        losses.bmc(z, z, True)
     # numpy scalars are real numbers too (they were refused as "not a float")
     np.testing.assert_allclose(losses.huber(z + 2.0, z, delta=np.float32(0.5)),
                                _np_huber(np.full(3, 2.0), 0.5), rtol=1e-6)
