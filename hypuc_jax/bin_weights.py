@@ -5,7 +5,10 @@ Inverse and square-root inverse frequency on equal-width bins
 smoothing (``lds_weights``, Yang et al. 2021, DIR): the training labels are
 binned, the bin counts are clipped / square-rooted / smoothed into a table,
 and the weight of a label is 1 / table[bin], normalised to mean 1 over the
-given labels. Same call shape as ``hypuc_jax.weights.kde_weights``; those
+given labels. The labels and ``value_range`` may be traced (jit / vmap);
+``bins``, ``kernel``, ``ks`` and ``sigma`` set the table and window and must
+be concrete Python values (static arguments under jit); ``clip`` may be
+traced. Same call shape as ``hypuc_jax.weights.kde_weights``; those
 functions are re-exported by ``hypuc_jax.weights``, whose ``fit_weighting``
 uses the table helpers here to build a ``LabelWeighting`` for new labels.
 """
@@ -87,7 +90,7 @@ def _bin_table(y, bins, value_range, clip, power, window):
         for v, strict in zip(clip, (False, True)):   # a high of 0 zeroes every count
             if v is not None:
                 check_positive(v, "clip", strict=strict)
-        if None not in clip and clip[0] > clip[1]:
+        if None not in clip and all(map(is_concrete, clip)) and clip[0] > clip[1]:
             raise ValueError(f"clip: expected low <= high, got {tuple(clip)!r}")
     lo, width = _bin_grid(y, bins, value_range)
     counts = jnp.bincount(_bin_index(y, lo, width, bins), length=bins).astype(y.dtype)
@@ -113,6 +116,10 @@ def _bin_weights(y, lo, width, table):
 
 
 def _check_lds(kernel, ks, sigma, reweight):
+    for name, v in (("ks", ks), ("sigma", sigma)):
+        if not is_concrete(v):
+            raise ValueError(f"{name}: expected a concrete number (it shapes the LDS window), "
+                             f"got a traced value; under jit pass it as a static argument")
     if kernel not in LDS_KERNELS:
         raise ValueError(f"kernel: expected one of {LDS_KERNELS}, got {kernel!r}")
     if not is_int(ks) or ks < 1 or ks % 2 == 0:

@@ -84,3 +84,21 @@ def test_lds_with_fewer_bins_than_the_window_matches_scipy(bins, ks):
     with jax.enable_x64(True):
         ours = weights.lds_weights(y, bins=bins, ks=ks)
     np.testing.assert_allclose(ours, mean_one(1 / smoothed[idx]), rtol=1e-10)
+
+
+def test_traced_options_clip_works_window_options_are_named():
+    # clip may be vmapped (its order check used to fail on tracers); the LDS window's
+    # ks and sigma shape it, so a traced one is refused by name (was a raw JAX error).
+    counts, idx = numpy_bins(Y, 50)
+    lows = jnp.array([1.0, 5.0, 20.0])
+    got = jax.vmap(lambda c: weights.inverse_weights(Y, bins=50, clip=(c, 100.0)))(lows)
+    for row, c in zip(got, (1.0, 5.0, 20.0)):
+        np.testing.assert_allclose(row, mean_one(1 / np.clip(counts, c, 100)[idx]), rtol=1e-5)
+    with pytest.raises(ValueError, match="sigma: expected a concrete number"):
+        jax.jit(lambda s: weights.lds_weights(Y, sigma=s))(2.0)
+    with pytest.raises(ValueError, match="sigma: expected a concrete number"):
+        jax.vmap(lambda s: weights.lds_weights(Y, kernel="laplace", sigma=s))(lows)
+    with pytest.raises(ValueError, match="ks: expected a concrete number"):
+        jax.jit(lambda k: weights.lds_weights(Y, ks=k))(5)
+    stat = jax.jit(weights.lds_weights, static_argnames=("ks", "sigma"))(Y, ks=5, sigma=2.0)
+    np.testing.assert_allclose(stat, weights.lds_weights(Y, ks=5, sigma=2.0), rtol=1e-6)
