@@ -148,24 +148,43 @@ def _cell_and_fraction(points: jax.Array, lo: jax.Array, step: jax.Array,
     return t, cell, t - cell
 
 
-@jax.jit
-def interpolate_grid(points: jax.Array, lo: jax.Array, step: jax.Array,
-                     values: jax.Array) -> jax.Array:
+def interpolate_grid(points, lo, step, values) -> jax.Array:
     """(Multi)linear interpolation of values on a regular grid; 0 outside it.
 
     Args:
-        points: query points [m, d].
+        points: query points [m, d] (1-D labels: ``y[:, None]``).
         lo: grid origin [d].
         step: grid spacing [d], > 0.
-        values: grid values [G_1, ..., G_d], each G_k >= 2.
+        values: grid values [G_1, ..., G_d], each G_k >= 2 (``density_grid``'s
+            output fits as it is).
 
     Returns:
         Interpolated values [m]; points outside [lo, lo + (G - 1) * step] get 0.
+
+    Raises:
+        ValueError: shapes that do not fit together, named (checked on
+          tracers too).
     """
-    chex.assert_rank(points, 2, custom_message="points: expected shape [m, d]")
+    points, lo, step, values = (jnp.asarray(v) for v in (points, lo, step, values))
+    if points.ndim != 2:
+        raise ValueError(f"points: expected shape [m, d] (1-D labels as y[:, None]), got "
+                         f"{points.shape}")
+    d = points.shape[1]
+    for name, v in (("lo", lo), ("step", step)):
+        if v.shape != (d,):
+            raise ValueError(f"{name}: expected shape [d] = ({d},) for points [m, {d}], got "
+                             f"{v.shape}")
+    if values.ndim != d or min(values.shape, default=0) < 2:
+        raise ValueError(f"values: expected a grid [G_1, ..., G_{d}] with every G_k >= 2, got "
+                         f"shape {values.shape}")
+    return _interpolate(points, lo, step, values)
+
+
+@jax.jit
+def _interpolate(points: jax.Array, lo: jax.Array, step: jax.Array,
+                 values: jax.Array) -> jax.Array:
+    """``interpolate_grid`` on checked shapes."""
     m, d = points.shape
-    chex.assert_rank(values, d)
-    chex.assert_shape([lo, step], (d,))
     t, cell, frac = _cell_and_fraction(points, lo, step, values.shape)
     dnums = lax.GatherDimensionNumbers(offset_dims=tuple(range(1, d + 1)),
                                        collapsed_slice_dims=(),

@@ -246,9 +246,24 @@ def test_gradient_at_all_equal_labels_is_finite(method):
     assert np.all(np.isfinite(g))
 
 
-def test_interpolate_grid_names_a_wrong_points_shape():
-    with pytest.raises(AssertionError, match="points: expected shape"):
-        kde.interpolate_grid(jnp.ones(3), jnp.zeros(1), jnp.ones(1), jnp.ones(4))
+def test_interpolate_grid_names_a_wrong_shape():
+    # a ValueError naming the argument (was a chex AssertionError, or a gather TypeError)
+    bad = [((jnp.ones(3), jnp.zeros(1), jnp.ones(1), jnp.ones(4)), "points: expected shape"),
+           ((jnp.zeros((3, 1)), jnp.zeros(1), jnp.ones(1), jnp.ones(1)), "values: .*G_k >= 2"),
+           ((jnp.zeros((3, 1)), jnp.zeros(2), jnp.ones(1), jnp.ones(4)), r"lo: .*\(1,\)"),
+           ((jnp.zeros((3, 2)), jnp.zeros(2), jnp.ones(2), jnp.ones(4)), "values: expected")]
+    for args, match in bad:
+        with pytest.raises(ValueError, match=match):
+            kde.interpolate_grid(*args)
+        with pytest.raises(ValueError, match=match):                # also under jit
+            jax.jit(kde.interpolate_grid)(*args)
+    # density_grid's output fits as it is; linear between nodes (numpy's interp)
+    y = np.random.default_rng(0).normal(size=200).astype(np.float32)
+    lo, step, dens = kde.density_grid(y)
+    q = np.linspace(-2.0, 2.0, 9, dtype=np.float32)
+    nodes = np.asarray(lo[0]) + np.asarray(step[0]) * np.arange(dens.shape[0])
+    np.testing.assert_allclose(kde.interpolate_grid(q[:, None], lo, step, dens),
+                               np.interp(q, nodes, np.asarray(dens)), rtol=1e-5)
 
 
 def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():
