@@ -40,12 +40,12 @@ def as_vector(x: Any, name: str) -> np.ndarray:
       ValueError: not 1-D, empty, holding NaN/inf, or traced (inside
         ``jax.jit``: the numpy-based stages take concrete arrays).
     """
-    arr = _concrete_vector(x, name)
+    arr = concrete_vector(x, name)
     check_finite(arr, name)
     return arr
 
 
-def _concrete_vector(x: Any, name: str) -> np.ndarray:
+def concrete_vector(x: Any, name: str) -> np.ndarray:
     """``x`` as a float64 numpy vector; a named error for a tracer (no value check)."""
     if not is_concrete(x):
         raise ValueError(f"{name}: got a traced array; this function runs on concrete "
@@ -79,7 +79,7 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
         if sigma_required:
             raise ValueError(f"{sigma_name}: expected an array of predicted scales, got None")
     else:
-        sigma = _concrete_vector(sigma, sigma_name)
+        sigma = concrete_vector(sigma, sigma_name)
         check_same_length(mu_name, mu, sigma_name, sigma)
         check_positive(sigma, sigma_name)
     if y is not None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hypuc_jax._predictions import as_vector, check_dof, check_predictions, std_entropy
+from hypuc_jax._predictions import (as_vector, check_dof, check_predictions, concrete_vector,
+                                    std_entropy)
 from hypuc_jax._validation import as_array, check_positive, is_real
 from hypuc_jax.regions import region_masks
 
@@ -30,7 +31,7 @@ def predictive_entropy(sigma, dof: float = float("inf")) -> np.ndarray:
     Gaussian (dof inf): 0.5 log(2 pi e sigma^2); Student-t of ``dof``
     rescaled to standard deviation sigma: log(sigma) + H(Z).
     """
-    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    sigma = concrete_vector(sigma, "sigma")
     check_positive(sigma, "sigma")
     return np.log(sigma) + std_entropy(check_dof(dof))
 
@@ -52,7 +53,7 @@ def flag_unreliable(sigma, reference_sigma, fraction: float = 0.1) -> np.ndarray
       reference_sigma: calibrated validation scales [m], > 0.
       fraction: target flagged fraction in (0, 1).
     """
-    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    sigma = concrete_vector(sigma, "sigma")
     ref = np.asarray(as_array(reference_sigma, "reference_sigma", ndim=1), dtype=np.float64)
     check_positive(sigma, "sigma")
     check_positive(ref, "reference_sigma")

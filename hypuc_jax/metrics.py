@@ -34,7 +34,7 @@ import numpy as np
 
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
-                                    event)
+                                    concrete_vector, event)
 from hypuc_jax._validation import is_int, is_real
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
                                shot_masks, validate_regions)
@@ -71,11 +71,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson correlation of two vectors.
 
     Args:
-      a, b: values [n] each (same length; not validated here).
+      a, b: values [n] each, concrete (numpy; not traced), same length.
 
     Returns:
       r in [-1, 1]; None when n < 2, either input is constant, or r is not finite.
     """
+    a, b = concrete_vector(a, "a"), concrete_vector(b, "b")
+    if a.size != b.size:
+        raise ValueError(f"a and b: expected the same length, got {a.size} and {b.size}")
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     da, db = a - a.mean(), b - b.mean()
@@ -89,11 +92,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman correlation: Pearson correlation of the average ranks (ties share ranks).
 
     Args:
-      a, b: values [n] each (same length; not validated here).
+      a, b: values [n] each, concrete (numpy; not traced), same length.
 
     Returns:
       rho in [-1, 1]; None as for :func:`pearson` (n < 2 or a constant input).
     """
+    a, b = concrete_vector(a, "a"), concrete_vector(b, "b")
     return pearson(average_ranks(a), average_ranks(b))
 
 

@@ -34,8 +34,9 @@ import math
 import numpy as np
 from scipy import special, stats
 
-from hypuc_jax._predictions import check_dof, check_predictions, std_logpdf, std_ppf
-from hypuc_jax._validation import as_array, check_positive, is_int, is_real
+from hypuc_jax._predictions import (check_dof, check_predictions, concrete_vector, std_logpdf,
+                                    std_ppf)
+from hypuc_jax._validation import check_positive, is_int, is_real
 
 CAL_LEVELS = np.linspace(0.0, 1.0, 100)
 INF = math.inf
@@ -164,7 +165,7 @@ def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
       ValueError: sigma not 1-D, non-finite or <= 0, ``level`` outside (0, 1),
         or a bad dof.
     """
-    sigma = np.asarray(as_array(sigma, "sigma", ndim=1), dtype=np.float64)
+    sigma = concrete_vector(sigma, "sigma")
     check_positive(sigma, "sigma")
     if not (is_real(level) and 0.0 < level < 1.0):
         raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")

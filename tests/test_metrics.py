@@ -394,3 +394,21 @@ def test_thresholds_and_region_bounds_compare_labels_as_written():
     np.testing.assert_array_equal(masks["top"], [d >= Decimal("5.7") for d in dec])
     np.testing.assert_array_equal(masks["low"], [d < Decimal("3.3") for d in dec])
     assert masks["mid"].sum() == 6                                      # 4.1 and 4.2, x3
+
+
+def test_numpy_stages_name_a_traced_argument():
+    # as nll / crps / evaluate: a named error under jit, not a raw TracerArrayConversionError
+    import jax
+    import jax.numpy as jnp
+    calls = [(lambda s: flagging.predictive_entropy(s), "sigma"),
+             (lambda s: unc.width(s, 0.9), "sigma"),
+             (lambda s: metrics.pearson(s, np.arange(3.0)), "a"),
+             (lambda s: metrics.spearman(np.arange(3.0), s), "b")]
+    for fn, name in calls:
+        with pytest.raises(ValueError, match=f"{name}: got a traced array"):
+            jax.jit(fn)(jnp.ones(3))
+    with pytest.raises(ValueError, match="a and b: expected the same length"):
+        metrics.pearson(np.ones(3), np.ones(2))
+    a, b = np.arange(6.0), np.array([1.0, 3.0, 2.0, 5.0, 4.0, 7.0])
+    assert metrics.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
+    assert metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
