@@ -88,8 +88,11 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
     update was applied, 0 when it was skipped as non-finite).
   """
   TRACE_COUNTS["train_step"] += 1
-  chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1)
-  chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]])
+  chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1,
+                   custom_message='batch["y"], batch["w"], batch["mask"]: expected shape [b]')
+  chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]],
+                          custom_message='batch["y"], batch["w"], batch["mask"]: expected '
+                          'one length b')
   old_leaves = jax.tree.leaves(state)     # before merge: updates mutate in place
   if axis_name is not None:               # pmap: each device its own dropout stream
     state = parallel.fold_device_keys(state, axis_name)

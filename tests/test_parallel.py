@@ -280,3 +280,18 @@ def test_pmap_step_gives_an_in_batch_loss_the_global_batch():
     _, metrics = step(placement.put_state(state), placement.put_batch(batch))
     out[mode] = (float(metrics["loss"]), float(metrics["grad_norm"]))
   np.testing.assert_allclose(out["pmap"], out["none"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("key, shape", [("y", (BATCH, 1)), ("w", (BATCH - 1,))])
+def test_a_wrong_batch_shape_names_the_batch_entries(key, shape):
+  # chex said only "input 0 has rank 2"
+  config = _config()
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement("none")
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule))
+  batch = dict(_batches(1)[0])
+  batch[key] = np.ones(shape, np.float32)
+  with pytest.raises(AssertionError, match=r'batch\["y"\], batch\["w"\], batch\["mask"\]: '
+                                           r'expected'):
+    step(placement.put_state(state), placement.put_batch(batch))
