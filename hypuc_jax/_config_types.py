@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from typing import Optional, Union
 
 from hypuc_jax import _typed_fields as typed_fields
@@ -218,6 +219,19 @@ class Config:
   calibration: CalibrationConfig = CalibrationConfig()
   corrections: CorrectionsConfig = CorrectionsConfig()
   regions: tuple[tuple[str, float, float], ...] = ()
+
+  def __post_init__(self):
+    # Built in Python, bounds may be numpy numbers (np.percentile) and the regions
+    # lists: stored as (str, float, float) tuples, so config.json can be written.
+    # Anything else is left for ``config.validate`` to name.
+    def real(v):                             # numpy's bool is not a numbers.Real
+      return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    if isinstance(self.regions, (list, tuple)):
+      object.__setattr__(self, "regions", tuple(
+          (r[0], float(r[1]), float(r[2]))
+          if isinstance(r, (list, tuple)) and len(r) == 3 and isinstance(r[0], str)
+          and real(r[1]) and real(r[2]) else r for r in self.regions))
 
   def to_dict(self) -> dict:
     """JSON-compatible nested dict (tuples become lists; an open region bound,

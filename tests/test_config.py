@@ -317,16 +317,26 @@ def test_region_flag_and_set_regions_together_are_refused():
 
 
 @pytest.mark.parametrize("region", [
-    ("hyper", np.float32(5.5), math.inf),    # not JSON: train crashed writing config.json
     ("hyper", False, 9.0),                   # written, then every later stage refused it
     (7, 1.0, 2.0), ("hi", "5.5", "9"), ("hi", 5.5, None), ("hi", 5.5),
+    ("hi", np.bool_(True), 9.0),
 ])
 def test_python_built_regions_are_type_checked(region):
   cfg = dataclasses.replace(get_config("tiny"), regions=(region,))
   with pytest.raises(ValueError, match=r"regions\[0\]: expected \(name, low, high\)"):
     validate(cfg, 1, 1)
-  ok = dataclasses.replace(get_config("tiny"), regions=(("hyper", 5.5, math.inf),))
-  assert validate(ok, 1, 1).regions == (("hyper", 5.5, math.inf),)
+
+
+@pytest.mark.parametrize("regions", [
+    (("hyper", np.float32(5.5), math.inf),),      # not JSON: train crashed writing config.json
+    (("hyper", np.float64(5.5), np.inf),),        # np.percentile's type
+    [("hyper", 5.5, math.inf)], (["hyper", 5.5, math.inf],),      # lists
+])
+def test_python_built_regions_are_stored_as_floats(regions):
+  cfg = dataclasses.replace(get_config("tiny"), regions=regions)
+  assert validate(cfg, 1, 1).regions == (("hyper", 5.5, math.inf),)
+  assert all(type(v) is float for v in cfg.regions[0][1:])
+  assert config_lib.Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 @pytest.mark.parametrize("name", ["None", "NULL", "none"])
