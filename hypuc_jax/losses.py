@@ -136,8 +136,9 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
       `Huber loss <https://en.wikipedia.org/wiki/Huber_loss>`_, Wikipedia.
     """
     pred, y = as_float(*as_vectors(pred=pred, y=y))
-    delta = as_positive_scalar(delta, "delta")
     abs_err = jnp.abs(pred - y)
+    # in the errors' dtype, as a Python float delta was (bf16 stays bf16, x64 float32 too)
+    delta = as_positive_scalar(delta, "delta").astype(abs_err.dtype)
     quadratic = jnp.minimum(abs_err, delta)
     return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)
 

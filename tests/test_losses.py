@@ -88,6 +88,8 @@ def test_point_losses_match_numpy(delta):
     # delta may be a jax scalar, traced (jit), or vmapped over thresholds
     np.testing.assert_allclose(jax.jit(losses.huber)(pred, y, jnp.float32(delta)),
                                _np_huber(e, delta), rtol=RTOL, atol=1e-6)
+    for dt in (jnp.bfloat16, jnp.float16, jnp.float32):     # the inputs' dtype is kept
+        assert losses.huber(pred.astype(dt), y.astype(dt), delta).dtype == dt
     both = jax.vmap(lambda d: losses.huber(pred, y, d))(jnp.array([delta, 2 * delta]))
     np.testing.assert_allclose(both, np.stack([_np_huber(e, delta), _np_huber(e, 2 * delta)]),
                                rtol=RTOL, atol=1e-6)
