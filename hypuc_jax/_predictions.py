@@ -45,12 +45,12 @@ def as_vector(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def concrete_vector(x: Any, name: str) -> np.ndarray:
+def concrete_vector(x: Any, name: str, allow_empty: bool = False) -> np.ndarray:
     """``x`` as a float64 numpy vector; a named error for a tracer (no value check)."""
     if not is_concrete(x):
         raise ValueError(f"{name}: got a traced array; this function runs on concrete "
                          "(numpy) values, call it outside jax.jit / vmap")
-    return np.asarray(as_array(x, name, ndim=1), dtype=np.float64)
+    return np.asarray(as_array(x, name, ndim=1, allow_empty=allow_empty), dtype=np.float64)
 
 
 def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,

@@ -76,7 +76,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     Returns:
       r in [-1, 1]; None when n < 2, either input is constant, or r is not finite.
     """
-    a, b = concrete_vector(a, "a"), concrete_vector(b, "b")
+    a, b = (concrete_vector(v, k, allow_empty=True) for v, k in ((a, "a"), (b, "b")))
     if a.size != b.size:
         raise ValueError(f"a and b: expected the same length, got {a.size} and {b.size}")
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -97,7 +97,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     Returns:
       rho in [-1, 1]; None as for :func:`pearson` (n < 2 or a constant input).
     """
-    a, b = concrete_vector(a, "a"), concrete_vector(b, "b")
+    a, b = (concrete_vector(v, k, allow_empty=True) for v, k in ((a, "a"), (b, "b")))
     return pearson(average_ranks(a), average_ranks(b))
 
 

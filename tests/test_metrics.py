@@ -409,6 +409,9 @@ def test_numpy_stages_name_a_traced_argument():
             jax.jit(fn)(jnp.ones(3))
     with pytest.raises(ValueError, match="a and b: expected the same length"):
         metrics.pearson(np.ones(3), np.ones(2))
+    empty = np.array([])                                  # n < 2: None, as documented
+    assert metrics.pearson(empty, empty) is None and metrics.spearman(empty, empty) is None
+    assert metrics.pearson(np.ones(1), np.ones(1)) is None
     a, b = np.arange(6.0), np.array([1.0, 3.0, 2.0, 5.0, 4.0, 7.0])
     assert metrics.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
     assert metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
