@@ -43,6 +43,9 @@ def _bin_grid(y: jax.Array, bins: int, value_range):
     if value_range is None:
         lo, hi = jnp.min(y), jnp.max(y)
     else:
+        if (isinstance(value_range, (list, tuple))
+                and not all(map(is_concrete, value_range))):     # (low, high) traced
+            value_range = jnp.stack([jnp.asarray(v) for v in value_range])
         vr = as_array(value_range, "value_range", ndim=1)
         check_finite(vr, "value_range")
         if vr.shape[0] != 2 or (is_concrete(vr) and not float(vr[0]) < float(vr[1])):

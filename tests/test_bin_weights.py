@@ -100,5 +100,10 @@ def test_traced_options_clip_works_window_options_are_named():
         jax.vmap(lambda s: weights.lds_weights(Y, kernel="laplace", sigma=s))(lows)
     with pytest.raises(ValueError, match="ks: expected a concrete number"):
         jax.jit(lambda k: weights.lds_weights(Y, ks=k))(5)
+    # value_range as the documented (low, high) pair of traced values
+    lo, hi = float(Y.min()), float(Y.max())
+    traced = jax.jit(lambda a, b: weights.inverse_weights(Y, bins=50, clip=(5, 100),
+                                                          value_range=(a, b)))(lo, hi)
+    np.testing.assert_allclose(traced, mean_one(1 / np.clip(counts, 5, 100)[idx]), rtol=1e-5)
     stat = jax.jit(weights.lds_weights, static_argnames=("ks", "sigma"))(Y, ks=5, sigma=2.0)
     np.testing.assert_allclose(stat, weights.lds_weights(Y, ks=5, sigma=2.0), rtol=1e-6)
