@@ -23,9 +23,16 @@ imports, label generation and (JAX) the copy of the labels to the device,
 before the first call; it covers XLA compilation, intermediate buffers and
 the peers' work arrays.
 
+Time is wall clock; "CPU time" is the process's CPU seconds over the same
+calls (all threads). XLA spreads its work over every core, the peers here
+run on one thread, so the CPU-time ratio is the per-core comparison (on a
+2-core machine the wall-clock ratio can favour hypuc_jax by up to 2x).
+
 Accuracy: relative L1 error, sum |rho - rho_ref| / sum rho_ref, at a fixed
 random subset of ``--ref-points`` labels, against the exact sum in float64
-(hypuc_jax exact under ``jax.enable_x64``) over all n samples.
+(hypuc_jax exact under ``jax.enable_x64``) over all n samples; for the
+``kde_weights`` row, of its weights against rho_ref^-1/2, both normalised to
+mean 1 over that subset.
 
 Direct-sum and tree peers cost ~n * m; their time at n is estimated from the
 previous size. Estimated above ``--budget`` seconds: timed on a subset of the
@@ -36,6 +43,7 @@ skipped.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -49,10 +57,14 @@ import numpy as np
 
 # Run from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _results import check_out, command_line, write_result  # noqa: E402
 
 PEERS = ["hypuc_binned", "hypuc_weights", "hypuc_exact", "scipy", "sklearn_exact",
          "sklearn_rtol1e-4", "kdepy_fft"]
 QUADRATIC = {"hypuc_exact", "scipy", "sklearn_exact", "sklearn_rtol1e-4"}
+#: The module each non-JAX peer needs.
+MODULES = {"scipy": "scipy", "sklearn_exact": "sklearn", "sklearn_rtol1e-4": "sklearn",
+           "kdepy_fft": "KDEpy"}
 LABELS = {
     "hypuc_binned": "hypuc_jax binned (density)",
     "hypuc_weights": "hypuc_jax binned kde_weights (full call)",
@@ -86,6 +98,7 @@ def _peer_fn(peer: str, y: np.ndarray, q: np.ndarray, h: float):
         import jax.numpy as jnp
         from hypuc_jax import kde, weights
         if peer == "hypuc_weights":
+            jnp.zeros(()).block_until_ready()   # backend started before the baseline, as below
             return lambda: np.asarray(weights.kde_weights(y))
         if peer == "reference":
             jax.config.update("jax_enable_x64", True)
@@ -125,18 +138,21 @@ def worker(args) -> None:
     h = scott(y)
     fn = _peer_fn(args.worker, y, q, h)
     base = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    first = time.perf_counter() - t0
-    times = [first] if first > 10.0 else []  # slow calls: timed once (incl. any compile)
+    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    # slow calls: timed once (incl. any compile)
+    times, cpu = ([first], [first_cpu]) if first > 10.0 else ([], [])
     for _ in range(0 if times else (args.repeats if first < 2.0 else 1)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     # Densities at the reference subset (the first ref_points of the permutation).
     at_ref = out[ref_idx] if q_idx is None else out[:args.ref_points]
     np.save(os.path.join(args.tmp, f"{args.worker}_{args.n}.npy"), at_ref)
-    print(json.dumps({"first": first, "times": times, "rss": _rss_mb(), "base": base}))
+    print(json.dumps({"first": first, "times": times, "cpu": cpu, "rss": _rss_mb(),
+                      "base": base}))
 
 
 def measure(peer, n, queries, args, tmp):
@@ -179,6 +195,14 @@ def main(argv=None) -> None:
 
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     peers = args.peers.split(",")
+    unknown = [x for x in peers if x not in PEERS]
+    if unknown:
+        p.error(f"--peers: unknown {unknown}; expected some of {PEERS}")
+    missing = [x for x in peers if importlib.util.find_spec(MODULES.get(x, "jax")) is None]
+    if missing:                               # before minutes of measurements, not after
+        p.error(f"--peers: {missing} need {sorted({MODULES[x] for x in missing})}, not "
+                "installed (pip install -e '.[bench]'), or leave them out")
+    check_out(p, args.out)
     rows, kdepy, per_query = [], {}, {}  # per_query[peer] = (n, s per query) of its last run
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -198,30 +222,35 @@ def main(argv=None) -> None:
                         note = f"≈ from {100 * queries / n:.0f}% of queries"
                 res = measure(peer, n, queries, args, tmp)
                 t = statistics.median(res["times"]) * n / queries
+                cpu = statistics.median(res["cpu"]) * n / queries
                 per_query[peer] = (n, statistics.median(res["times"]) / queries)
-                dens = np.load(os.path.join(tmp, f"{peer}_{n}.npy"))
-                err = (float(np.abs(dens - ref).sum() / np.abs(ref).sum())
-                       if peer != "hypuc_weights" else None)
-                res.update(time=t, first=res["first"] * n / queries, err=err, note=note)
+                out = np.load(os.path.join(tmp, f"{peer}_{n}.npy"))
+                want = ref if peer != "hypuc_weights" else ref ** -0.5   # lam 0.5
+                if peer == "hypuc_weights":
+                    out, want = out / out.mean(), want / want.mean()
+                err = float(np.abs(out - want).sum() / np.abs(want).sum())
+                res.update(time=t, cpu=cpu, first=res["first"] * n / queries, err=err, note=note)
                 if peer == "kdepy_fft":
-                    kdepy[n] = t
+                    kdepy[n] = (t, cpu)
                 rows.append((n, peer, res, note))
-    lines = ["| n | method | median time | ratio to KDEpy | first call | peak RSS | +peak | "
-             "rel. L1 vs exact | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| n | method | median time | ratio to KDEpy | CPU time | CPU ratio to KDEpy | "
+             "first call | peak RSS | +peak | rel. L1 vs exact | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n, peer, res, note in rows:
         if res is None:
-            lines.append(f"| {fmt_n(n)} | {LABELS[peer]} | — | — | — | — | — | — | {note} |")
+            lines.append(f"| {fmt_n(n)} | {LABELS[peer]} |" + " — |" * 8 + f" {note} |")
             continue
-        ratio = f"{res['time'] / kdepy[n]:.2f}" if n in kdepy else "—"
-        err = "(same density as binned)" if res["err"] is None else f"{res['err']:.1e}"
+        ratio, cpu_ratio = ((f"{res['time'] / kdepy[n][0]:.2f}",
+                             f"{res['cpu'] / kdepy[n][1]:.2f}") if n in kdepy else ("—", "—"))
         lines.append(f"| {fmt_n(n)} | {LABELS[peer]} | {fmt_time(res['time'])} | {ratio} | "
+                     f"{fmt_time(res['cpu'])} | {cpu_ratio} | "
                      f"{fmt_time(res['first'])} | {res['rss']:.0f} MB | "
-                     f"{res['rss'] - res['base']:.0f} MB | {err} | {note} |")
+                     f"{res['rss'] - res['base']:.0f} MB | {res['err']:.1e} | {note} |")
     table = "\n".join(lines)
     print(table)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+        cmd = command_line("bench_kde.py", sys.argv[1:] if argv is None else list(argv))
+        write_result(args.out, f"Command: `{cmd}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""experiments/bench_pipeline.py, bench_simulator.py: --out records the command as run and is
-checked before the benchmark (the timings themselves are stubbed)."""
+"""experiments/bench_pipeline.py, bench_simulator.py, bench_kde.py: --out records the
+command as run and is checked before the benchmark (the pipeline and simulator timings
+are stubbed; bench_kde runs for real at its smallest size)."""
 import numpy as np
 import pytest
 
@@ -48,3 +49,39 @@ def test_an_unusable_out_fails_before_the_benchmark(name, tmp_path, monkeypatch,
         with pytest.raises(SystemExit) as e:
             module.main(["--out", str(out)])
         assert e.value.code == 2 and f"--out {out}:" in capsys.readouterr().err
+
+
+def test_bench_kde_smallest_run_measures_both_sides_and_checks_accuracy(tmp_path):
+    # The real measurement at n = 1e3 (a few seconds): every row's ratio is its time over
+    # KDEpy's, and each side's accuracy is scored against the float64 exact sum.
+    pytest.importorskip("KDEpy")
+    bench_kde = load("bench_kde")
+    out = tmp_path / "new" / "kde.md"
+    argv = ["--sizes", "1e3", "--peers", "hypuc_binned,hypuc_weights,kdepy_fft", "--repeats", "1",
+            "--ref-points", "200", "--out", str(out)]
+    bench_kde.main(argv)
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"Command: `python experiments/bench_kde.py {' '.join(argv)}`"
+    rows = {r[1]: r for r in ([c.strip() for c in line.strip("|").split("|")]
+                              for line in lines[4:])}
+    assert set(rows) == {bench_kde.LABELS[p] for p in ("hypuc_binned", "hypuc_weights",
+                                                        "kdepy_fft")}
+
+    def ms(cell):
+        value, unit = cell.split()
+        return float(value) * (1e3 if unit == "s" else 1.0)
+
+    kdepy = rows[bench_kde.LABELS["kdepy_fft"]]
+    for r in rows.values():
+        assert float(r[3]) == pytest.approx(ms(r[2]) / ms(kdepy[2]), rel=0.2)   # cells rounded
+        assert float(r[5]) == pytest.approx(ms(r[4]) / ms(kdepy[4]), rel=0.2)
+        assert float(r[9]) < 1e-3                    # binned and FFT densities, and weights
+
+
+def test_bench_kde_refuses_unknown_peers_and_bad_out_before_measuring(tmp_path, capsys):
+    bench_kde = load("bench_kde")
+    for argv, msg in ((["--peers", "hypuc_binned,foo"], "--peers: unknown ['foo']"),
+                      (["--out", str(tmp_path)], "is a folder")):
+        with pytest.raises(SystemExit):
+            bench_kde.main(argv)
+        assert msg in capsys.readouterr().err
