@@ -159,6 +159,9 @@ def bench_torch(config, batch, graphdef_state, steps, repeats):
   pred = jax_model(jnp.asarray(batch["x"]))
   port_err = float(max(np.max(np.abs(mu_t.numpy() - np.asarray(pred.loc))),
                        np.max(np.abs(s_t.numpy() - np.asarray(pred.scale)))))
+  if not port_err < 1e-4:       # the two sides must compute the same network to compare
+    raise RuntimeError(f"the PyTorch port's outputs differ from the JAX model's by "
+                       f"{port_err:.2e} (> 1e-4): not the same work; fix _torch_model")
   y, w = torch.from_numpy(batch["y"]), torch.from_numpy(batch["w"])
   t = config.train
   opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
