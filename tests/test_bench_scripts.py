@@ -81,7 +81,7 @@ def test_bench_kde_smallest_run_measures_both_sides_and_checks_accuracy(tmp_path
 def test_bench_kde_refuses_unknown_peers_and_bad_out_before_measuring(tmp_path, capsys):
     bench_kde = load("bench_kde")
     for argv, msg in ((["--peers", "hypuc_binned,foo"], "--peers: unknown ['foo']"),
-                      (["--out", str(tmp_path)], "is a folder")):
+                      (["--peers", "hypuc_binned", "--out", str(tmp_path)], "is a folder")):
         with pytest.raises(SystemExit):
             bench_kde.main(argv)
         assert msg in capsys.readouterr().err
