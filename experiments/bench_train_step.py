@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -38,6 +39,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from hypuc_jax import config as config_lib  # noqa: E402
 from hypuc_jax import parallel, train, train_data  # noqa: E402
+from _results import check_out, command_line, write_result  # noqa: E402
 
 BATCH, LEADS, TIME = 64, 12, 1000
 # Dense peak FLOP/s per device kind (fp32 via TF32 tensor cores where XLA uses them).
@@ -217,7 +219,13 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="device peak for MFU (default: table by device kind)")
+  p.add_argument("--out", default=None, help="also write the output here (markdown), with "
+                 "the command")
   args = p.parse_args(argv)
+  check_out(p, args.out)                    # before the benchmark, not after it
+  if args.threads and importlib.util.find_spec("torch") is None:
+    p.error("--threads: sets PyTorch's threads, but torch is not installed "
+            "(pip install torch==2.13.0, the CPU build)")
   rng = np.random.default_rng(0)
   config, batch = _config(), _batch(rng)
   backend, kind = jax.default_backend(), jax.devices()[0].device_kind
@@ -228,31 +236,40 @@ def main(argv=None):
   t = bench_torch(config, batch, gs, args.steps, args.repeats) if backend == "cpu" else None
   in_rate = bench_input(rng, args.repeats)
   step_rate = 1.0 / j_sec
-  print(f"backend: {backend} ({kind}), {jax.device_count()} device(s), "
+  lines = []
+
+  def out(text=""):
+    print(text)
+    lines.append(text)
+
+  out(f"backend: {backend} ({kind}), {jax.device_count()} device(s), "
         f"{os.cpu_count()} CPU cores; jax {jax.__version__}")
-  print(f"ECG ResNet1D widths={config.model.widths} blocks={config.model.blocks}, batch {BATCH}"
+  out(f"ECG ResNet1D widths={config.model.widths} blocks={config.model.blocks}, batch {BATCH}"
         f" x {TIME} samples x {LEADS} leads, weighted Gaussian NLL, AdamW + clip; median of "
         f"{args.repeats} x {args.steps} steps after warm-up\n")
-  print("| implementation | step time (ms) | examples/s | step GFLOP (XLA) | achieved GFLOP/s |")
-  print("| --- | ---: | ---: | ---: | ---: |")
-  print(f"| JAX jit ({backend}) | {j_sec * 1e3:.1f} | {j_rate:.1f} | {flops / 1e9:.2f} | "
+  out("| implementation | step time (ms) | examples/s | step GFLOP (XLA) | achieved GFLOP/s |")
+  out("| --- | ---: | ---: | ---: | ---: |")
+  out(f"| JAX jit ({backend}) | {j_sec * 1e3:.1f} | {j_rate:.1f} | {flops / 1e9:.2f} | "
         f"{flops / j_sec / 1e9:.1f} |")
   if t is not None:
-    print(f"| PyTorch {t[3]} CPU ({t[4]} threads) | {t[1] * 1e3:.1f} | {t[0]:.1f} | "
+    out(f"| PyTorch {t[3]} CPU ({t[4]} threads) | {t[1] * 1e3:.1f} | {t[0]:.1f} | "
           f"{flops / 1e9:.2f} | {flops / t[1] / 1e9:.1f} |")
-  print()
+  out()
   if t is not None:
-    print(f"JAX / PyTorch throughput: {j_rate / t[0]:.2f}x (target >= 1.0x, stretch 1.5x); "
+    out(f"JAX / PyTorch throughput: {j_rate / t[0]:.2f}x (target >= 1.0x, stretch 1.5x); "
           f"port check max |jax - torch| forward = {t[2]:.2e}")
   elif backend == "cpu":
-    print("PyTorch not installed: `pip install torch==2.13.0` (CPU build) for the comparison")
-  print(f"input pipeline: {in_rate:.1f} batches/s vs train step {step_rate:.1f} steps/s "
+    out("PyTorch not installed: `pip install torch==2.13.0` (CPU build) for the comparison")
+  out(f"input pipeline: {in_rate:.1f} batches/s vs train step {step_rate:.1f} steps/s "
         f"-> {in_rate / step_rate:.1f}x (must be >= 5x)")
   if backend == "gpu":
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
     if peak:
-      print(f"model FLOP utilisation: {flops / j_sec / (peak * 1e12) * 100:.1f}% of "
+      out(f"model FLOP utilisation: {flops / j_sec / (peak * 1e12) * 100:.1f}% of "
             f"{peak} TFLOP/s")
+  if args.out:
+    cmd = command_line("bench_train_step.py", sys.argv[1:] if argv is None else list(argv))
+    write_result(args.out, f"Command: `{cmd}`\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

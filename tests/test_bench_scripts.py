@@ -85,3 +85,31 @@ def test_bench_kde_refuses_unknown_peers_and_bad_out_before_measuring(tmp_path, 
         with pytest.raises(SystemExit):
             bench_kde.main(argv)
         assert msg in capsys.readouterr().err
+
+
+def test_bench_train_step_out_records_the_command_and_is_checked_first(tmp_path, monkeypatch,
+                                                                        capsys):
+    bench_train_step = load("bench_train_step")
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("benchmark ran before --out was checked")
+
+    monkeypatch.setattr(bench_train_step, "bench_jax", refuse)
+    with pytest.raises(SystemExit):
+        bench_train_step.main(["--out", str(tmp_path)])               # a folder
+    assert "is a folder" in capsys.readouterr().err and not calls
+    # stubbed timings: the table, its ratio, and the command as run
+    monkeypatch.setattr(bench_train_step, "bench_jax", lambda c, b, s, r: (800.0, 0.08, 16e9, None))
+    monkeypatch.setattr(bench_train_step, "bench_torch",
+                        lambda c, b, g, s, r: (1000.0, 0.064, 1e-7, "2.13.0", 2))
+    monkeypatch.setattr(bench_train_step, "bench_input", lambda rng, r: 850.0)
+    monkeypatch.setattr(bench_train_step.jax, "default_backend", lambda: "cpu")
+    out = tmp_path / "new" / "step.md"
+    bench_train_step.main(["--repeats", "1", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith(f"Command: `python experiments/bench_train_step.py --repeats 1 "
+                           f"--out {out}`")
+    assert "JAX / PyTorch throughput: 0.80x" in text and "-> 68.0x" in text
+    capsys.readouterr()
