@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,10 @@ def check_out(parser, out) -> None:
         parser.error(f"--out {out}: cannot create its folder {out.parent} (a file is in the way)")
     except OSError as e:
         parser.error(f"--out {out}: cannot create its folder {out.parent} ({e.strerror})")
+    try:                                    # a folder that exists but takes no files
+        tempfile.NamedTemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        parser.error(f"--out {out}: cannot write in {out.parent} ({e.strerror})")
 
 
 def command_line(script: str, argv: list[str]) -> str:

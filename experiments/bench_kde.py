@@ -99,7 +99,7 @@ def _peer_fn(peer: str, y: np.ndarray, q: np.ndarray, h: float):
         from hypuc_jax import kde, weights
         if peer == "hypuc_weights":
             jnp.zeros(()).block_until_ready()   # backend started before the baseline, as below
-            return lambda: np.asarray(weights.kde_weights(y))
+            return lambda: np.asarray(weights.kde_weights(y, lam=0.5))   # scored vs rho^-1/2
         if peer == "reference":
             jax.config.update("jax_enable_x64", True)
             yd, qd = jnp.asarray(y, jnp.float64), jnp.asarray(q, jnp.float64)
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
         p.error(f"--peers: unknown {unknown}; expected some of {PEERS}")
     missing = [x for x in peers if importlib.util.find_spec(MODULES.get(x, "jax")) is None]
     if missing:                               # before minutes of measurements, not after
-        p.error(f"--peers: {missing} need {sorted({MODULES[x] for x in missing})}, not "
+        p.error(f"--peers: {missing} need {sorted({MODULES.get(x, 'jax') for x in missing})}, not "
                 "installed (pip install -e '.[bench]'), or leave them out")
     check_out(p, args.out)
     rows, kdepy, per_query = [], {}, {}  # per_query[peer] = (n, s per query) of its last run

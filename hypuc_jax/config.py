@@ -287,7 +287,7 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
   reserved = SHOT_REGION_NAMES + ("overall",)
   _check(isinstance(config.regions, tuple), "regions", "a tuple of (name, low, high)",
          config.regions)
-  for i, region in enumerate(config.regions):     # a Python-built config is not coerced
+  for i, region in enumerate(config.regions):     # Config.__post_init__ made numbers floats
     _check(typed_fields.has_type(region, tuple[str, float, float]) and region[1] < region[2],
            f"regions[{i}]", "(name, low, high): a str and two floats (+-inf allowed) with "
            "low < high", region)

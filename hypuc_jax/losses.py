@@ -137,8 +137,10 @@ def huber(pred, y, delta: float = 1.0) -> jax.Array:
     """
     pred, y = as_float(*as_vectors(pred=pred, y=y))
     abs_err = jnp.abs(pred - y)
-    # in the errors' dtype, as a Python float delta was (bf16 stays bf16, x64 float32 too)
-    delta = as_positive_scalar(delta, "delta").astype(abs_err.dtype)
+    # in the errors' dtype, as a Python float delta was (bf16 stays bf16, x64 float32 too);
+    # one beyond that dtype's range is its largest value (inf would give inf * 0 = NaN)
+    big = float(jnp.finfo(abs_err.dtype).max)
+    delta = jnp.minimum(as_positive_scalar(delta, "delta"), big).astype(abs_err.dtype)
     quadratic = jnp.minimum(abs_err, delta)
     return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)
 

@@ -90,6 +90,12 @@ def test_point_losses_match_numpy(delta):
                                _np_huber(e, delta), rtol=RTOL, atol=1e-6)
     for dt in (jnp.bfloat16, jnp.float16, jnp.float32):     # the inputs' dtype is kept
         assert losses.huber(pred.astype(dt), y.astype(dt), delta).dtype == dt
+    # a delta beyond float16's range: all quadratic, not NaN from an inf delta
+    half = losses.huber(pred.astype(jnp.float16), y.astype(jnp.float16), 1e5)
+    np.testing.assert_allclose(np.asarray(half, np.float64),
+                               0.5 * (pred.astype(np.float16).astype(np.float64)
+                                      - y.astype(np.float16).astype(np.float64)) ** 2,
+                               rtol=2e-3, atol=1e-3)
     both = jax.vmap(lambda d: losses.huber(pred, y, d))(jnp.array([delta, 2 * delta]))
     np.testing.assert_allclose(both, np.stack([_np_huber(e, delta), _np_huber(e, 2 * delta)]),
                                rtol=RTOL, atol=1e-6)
