@@ -88,7 +88,9 @@ def test_bench_kde_smallest_run_measures_both_sides_and_checks_accuracy(tmp_path
 def test_bench_kde_refuses_unknown_peers_and_bad_out_before_measuring(tmp_path, capsys):
     bench_kde = load("bench_kde")
     for argv, msg in ((["--peers", "hypuc_binned,foo"], "--peers: unknown ['foo']"),
-                      (["--peers", "hypuc_binned", "--out", str(tmp_path)], "is a folder")):
+                      (["--peers", "hypuc_binned", "--out", str(tmp_path)], "is a folder"),
+                      # a folder that exists but takes no files (found after the whole run)
+                      (["--peers", "hypuc_binned", "--out", "/proc/kde.md"], "cannot write in")):
         with pytest.raises(SystemExit):
             bench_kde.main(argv)
         assert msg in capsys.readouterr().err
