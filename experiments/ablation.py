@@ -248,9 +248,8 @@ def main(argv=None) -> int:
                              log=lambda s: print(s, flush=True),
                              split_per_seed=a.split_per_seed, recalibrate=a.recalibrate)
         except FloatingPointError as e:          # a diverged run is a result; the rest go on
-            failed[f"{name}/seed{seed}"] = str(e).split("\n")[0]
-            print(f"  {name:<14} seed {seed}: FAILED: {failed[f'{name}/seed{seed}']}",
-                  flush=True)
+            failed[f"{name}/seed{seed}"] = why = str(e).split("\n")[0]
+            print(f"  {name:<14} seed {seed}: FAILED: {why}", flush=True)
             continue
         tails = tail_maes(wd)
         tails.pop("mae")                                   # rows_of has it from eval.json
@@ -292,7 +291,8 @@ def main(argv=None) -> int:
              + (", ..." if len(stale) > 6 else "") + "): reused from an earlier version; "
              "a new --workdir gives results of this code" if stale else "") + ".", "",
           *([f"**{len(failed)} of {len(jobs)} runs failed** and are left out of the "
-             "means (their seed counts show it): " + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
+             "means (their seed counts show it): "
+             + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
             if failed else []),
           "## Overall", "", markdown(overall, summary, best), "",
           "## MAE per region", "", markdown(region, summary, best), ""]

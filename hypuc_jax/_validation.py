@@ -98,7 +98,7 @@ def check_positive(x: Any, name: str, *, strict: bool = True, scalar: bool = Fal
     checked on tracers too (jit / vmap), the values only when concrete."""
     if scalar and np.ndim(x) != 0:
         raise ValueError(f"{name}: expected a scalar, got shape {np.shape(x)}")
-    if scalar and isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.bool_):
+    if scalar and not is_concrete(x) and jnp.issubdtype(x.dtype, jnp.bool_):
         raise ValueError(f"{name}: expected real numbers, got a traced boolean")
     if is_concrete(x):
         arr = np.asarray(x)

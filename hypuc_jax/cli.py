@@ -146,8 +146,8 @@ def _parser() -> argparse.ArgumentParser:
                        "central 95% interval of the calibrated predictive (Gaussian or its "
                        "fitted Student-t tail), corrected value, decision probabilities, entropy, "
                        "flag (top 10% entropy of validation, or out of range) and out_of_range "
-                       "(a tabular feature, or a sample of a signal lead, beyond its training range by "
-                       "more than the range's width).")
+                       "(a tabular feature, or a sample of a signal lead, beyond its training "
+                       "range by more than the range's width).")
     p.add_argument("--workdir", required=True, type=_path,
                    help="a trained, calibrated, corrected run directory")
     p.add_argument("--data", required=True, help="data spec with records shaped as in training")

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import (as_float, as_positive_scalar, as_vectors, check_finite, check_positive,
-                                   is_concrete, is_real)
+from hypuc_jax._validation import (as_float, as_positive_scalar, as_vectors, check_finite,
+                                   check_positive, is_concrete, is_real)
 from hypuc_jax.balanced_mse import HistogramPrior, bmc, bni, histogram_prior
 
 LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
