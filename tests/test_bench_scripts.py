@@ -122,3 +122,18 @@ def test_bench_train_step_out_records_the_command_and_is_checked_first(tmp_path,
                            f"--out {out}`")
     assert "JAX / PyTorch throughput: 0.80x" in text and "-> 68.0x" in text
     capsys.readouterr()
+
+
+def test_simulator_table_gives_wall_and_per_core_speed_ups(monkeypatch, capsys):
+    # ours: 100 records/s wall, 50 per CPU-second; neurokit2: 0.5 / 0.4, so 200x wall
+    # and 125x per core; without neurokit2 every cell of its columns says so.
+    monkeypatch.setattr(bench_simulator, "bench_ours", lambda n, rate, repeats: (100.0, 50.0))
+    monkeypatch.setattr(bench_simulator, "bench_neurokit", lambda n, rate: (0.5, 0.4))
+    bench_simulator.main(["--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 100 Hz")]
+    assert rows == ["| 100 Hz | 100 | 50 | 0.50 | 0.40 | 200x | 125x |"]
+    _stub_simulator(monkeypatch)
+    bench_simulator.main(["--repeats", "1"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1          # every row as wide
+    assert table[2] == "| 100 Hz | 100 | 50 | not installed | n/a | n/a | n/a |"
