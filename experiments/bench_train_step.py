@@ -147,6 +147,26 @@ def _torch_model(torch, jax_model, config):
   return Net()
 
 
+def _torch_optimizer(torch, net, config):
+  """``torch.optim.AdamW`` with the run's learning rate and weight decay."""
+  return torch.optim.AdamW(net.parameters(), lr=config.train.lr,
+                           weight_decay=config.train.weight_decay)
+
+
+def _torch_step(torch, net, opt, x, y, w, grad_clip):
+  """One PyTorch step of the work ``train.train_step`` does: weighted Gaussian NLL
+  ``sum(w * nll) / sum(w)``, global-norm clipping, AdamW. x [batch, leads, time]
+  (PyTorch's layout); y, w [batch]. Returns the loss."""
+  opt.zero_grad(set_to_none=True)
+  mu, s = net(x)
+  nll = 0.5 * np.log(2 * np.pi) + torch.log(s) + 0.5 * ((y - mu) / s) ** 2
+  loss = (w * nll).sum() / w.sum()
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+  opt.step()
+  return float(loss.detach())
+
+
 def bench_torch(config, batch, graphdef_state, steps, repeats):
   try:
     import torch
@@ -165,18 +185,11 @@ def bench_torch(config, batch, graphdef_state, steps, repeats):
     raise RuntimeError(f"the PyTorch port's outputs differ from the JAX model's by "
                        f"{port_err:.2e} (> 1e-4): not the same work; fix _torch_model")
   y, w = torch.from_numpy(batch["y"]), torch.from_numpy(batch["w"])
-  t = config.train
-  opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+  opt = _torch_optimizer(torch, net, config)
 
   def run(n):
     for _ in range(n):
-      opt.zero_grad(set_to_none=True)
-      mu, s = net(x)
-      nll = 0.5 * np.log(2 * np.pi) + torch.log(s) + 0.5 * ((y - mu) / s) ** 2
-      loss = (w * nll).sum() / w.sum()
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
-      opt.step()
+      _torch_step(torch, net, opt, x, y, w, config.train.grad_clip)
 
   run(3)
   rate, sec = _median_rate(run, steps, repeats)

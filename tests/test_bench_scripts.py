@@ -137,3 +137,42 @@ def test_simulator_table_gives_wall_and_per_core_speed_ups(monkeypatch, capsys):
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1          # every row as wide
     assert table[2] == "| 100 Hz | 100 | 50 | not installed | n/a | n/a | n/a |"
+
+
+def test_bench_train_step_pytorch_side_does_the_same_work_as_the_jax_step():
+    # The benchmark's ratio compares equal work only if the PyTorch port runs the same
+    # step: same network and weights, loss sum(w * nll) / sum(w), global-norm clipping,
+    # AdamW. Three steps from the same start (small batch and length) must give the
+    # same losses and parameters as train.train_step, and the parameters must move.
+    torch = pytest.importorskip("torch")
+    import jax
+    from flax import nnx
+    from hypuc_jax import config as config_lib, train
+    bench = load("bench_train_step")
+    # a weight decay large enough that its form (decoupled, on every parameter) shows
+    config = config_lib.apply_overrides(bench._config(), ["train.weight_decay=1.0"])
+    rng = np.random.default_rng(0)
+    b, t, leads = 8, 128, 12
+    batch = {"x": rng.normal(size=(b, t, leads)).astype(np.float32),
+             "y": rng.normal(size=b).astype(np.float32),
+             "w": rng.uniform(0.2, 5.0, b).astype(np.float32), "mask": np.ones(b, np.float32)}
+    graphdef, state, schedule = train.create_train_state(config, (t, leads), 10_000)
+    start, _ = nnx.merge(graphdef, jax.device_get(state))
+    net = bench._torch_model(torch, start, config)
+    opt = bench._torch_optimizer(torch, net, config)
+    step = jax.jit(train.bind_train_step(graphdef, train.LossSpec.from_config(config), schedule))
+    x = torch.from_numpy(np.ascontiguousarray(batch["x"].transpose(0, 2, 1)))
+    y, w = torch.from_numpy(batch["y"]), torch.from_numpy(batch["w"])
+    for _ in range(3):
+        state, metrics = step(state, batch)
+        torch_loss = bench._torch_step(torch, net, opt, x, y, w, config.train.grad_clip)
+        assert float(metrics["finite"]) == 1.0
+        np.testing.assert_allclose(float(metrics["loss"]), torch_loss, rtol=1e-5)
+    end, _ = nnx.merge(graphdef, jax.device_get(state))
+    pairs = [(end.stem.kernel[...], net.stem.weight, (2, 1, 0), start.stem.kernel[...]),
+             (end.out.dense.kernel[...], net.head.weight, (1, 0), start.out.dense.kernel[...])]
+    for ours, theirs, axes, before in pairs:
+        ours = np.asarray(ours).transpose(axes)
+        moved = np.abs(ours - np.asarray(before).transpose(axes)).max()
+        assert moved > 1e-3                                    # three lr-1e-3 Adam steps
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=moved * 1e-2)
