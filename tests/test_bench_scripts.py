@@ -1,6 +1,7 @@
-"""experiments/bench_pipeline.py, bench_simulator.py, bench_kde.py: --out records the
-command as run and is checked before the benchmark (the pipeline and simulator timings
-are stubbed; bench_kde runs for real at its smallest size)."""
+"""experiments/bench_*.py: --out records the command as run and is checked before the
+benchmark (the pipeline, simulator and train-step timings are stubbed; bench_kde runs for
+real at its smallest size), the simulator's table gives both speed-ups, and the train-step
+benchmark's PyTorch side does the JAX step's work."""
 import numpy as np
 import pytest
 
