@@ -31,8 +31,19 @@ def _segment_fraction(z, za, zb) -> np.ndarray:
         # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
         sa, sb, sz = stats.norm.logsf(za), stats.norm.logsf(zb), stats.norm.logsf(z)
         upper_t = np.expm1(sz - sa) / np.expm1(sb - sa)
-    t = np.where(upper, upper_t, lower_t)
+        # Near 0, Phi is linear to O(z^2) while the logs above lose digits: below
+        # _CENTRAL (|z| ~ 1e-5, where both errors are ~1e-11) the fraction is in z.
+        central_t = (z - za) / (zb - za)
+    t = np.where(_central(za, zb), central_t, np.where(upper, upper_t, lower_t))
     return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
+
+
+_CENTRAL = 1e-5
+
+
+def _central(za, zb) -> np.ndarray:
+    """Segments inside [-_CENTRAL, _CENTRAL], where Phi is linear to ~1e-11."""
+    return (np.abs(za) <= _CENTRAL) & (np.abs(zb) <= _CENTRAL)
 
 
 def _levels(p, name: str) -> np.ndarray:
@@ -53,7 +64,8 @@ def _segment_point(t, za, zb) -> np.ndarray:
         z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
         sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
         z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(sb - sa)))
-    z = np.where(upper, z_upper, z_lower)
+        z_central = za + t * (zb - za)
+    z = np.where(_central(za, zb), z_central, np.where(upper, z_upper, z_lower))
     return np.where(t >= 1.0, zb, np.where(t <= 0.0, za, np.clip(z, za, zb)))
 
 
@@ -181,6 +193,11 @@ class IsotonicCalibrator(_Calibrator):
         lo, hi = self.quantile_z(np.array([0.5 - level / 2, 0.5 + level / 2]))
         width = hi - lo
         if not (np.isfinite(width) and width > 0):
+            far = float(np.max(np.abs(self.knots)))
+            if far > 1e150:                         # log Phi(z) overflows beyond ~1e154
+                raise ValueError(f"sigma: the fitted residuals reach {far:.3g} predicted "
+                                 "standard deviations, beyond what float64 resolves in "
+                                 "Phi(z); expected scales within ~1e150 of the residuals")
             raise ValueError(f"level: the recalibrated {level} interval has width {width}; "
                              "refit on more validation samples or use a smaller level")
         return float(width / (2.0 * z))
@@ -196,10 +213,11 @@ def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> 
 
     The training pairs are (p_i, P_hat(p_i)) with p_i = Phi(z_i), z_i = (y_i -
     mu_i) / sigma_i, and P_hat(p) = |{j : p_j <= p}| / n, fitted with
-    sklearn's ``IsotonicRegression`` (bounded to [0, 1]) on z_i, which orders
-    the pairs exactly as p_i does without rounding p near 0 or 1. The knots
-    (in z) and fitted frequencies are stored; R(0) = 0 and R(1) = 1 are
-    implicit anchors.
+    sklearn's ``IsotonicRegression`` (bounded to [0, 1]) on the ranks of the
+    distinct z_i, which order the pairs exactly as p_i does without rounding p
+    near 0 or 1, and without sklearn merging z values closer than 1e-15 (a
+    sigma ~1e16 times the residuals). The knots (in z) and fitted frequencies
+    are stored; R(0) = 0 and R(1) = 1 are implicit anchors.
 
     Args:
       mu: validation predicted locations [n].
@@ -215,8 +233,13 @@ def fit_isotonic(mu, sigma, y, *, xi: float = 0.95, task: str | None = None) -> 
     central_z(xi, "xi")
     z = np.sort(standardized_residuals(mu, sigma, y))
     p_hat = np.searchsorted(z, z, side="right") / z.size
+    # sklearn merges inputs closer than 1e-15 in absolute terms, which would collapse the
+    # knots of residuals tiny against sigma (z ~ 1e-16); the fit depends only on the order
+    # of z, so it runs on the ranks of the distinct z and the knots map back to z.
+    distinct, rank = np.unique(z, return_inverse=True)
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    iso.fit(z, p_hat)
-    return IsotonicCalibrator(knots=np.asarray(iso.X_thresholds_, np.float64).tolist(),
+    iso.fit(rank.astype(np.float64), p_hat)
+    knots = distinct[np.asarray(iso.X_thresholds_).astype(np.int64)]
+    return IsotonicCalibrator(knots=knots.tolist(),
                               freqs=np.asarray(iso.y_thresholds_, np.float64).tolist(),
                               xi=float(xi), task=task)

@@ -306,6 +306,44 @@ def test_isotonic_recalibrates_a_badly_overconfident_model(ratio):
     np.testing.assert_allclose(iso.cdf(np.zeros(40), np.ones(40), z[::50]), ecdf, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e14, 1e16, 1e30])
+def test_isotonic_keeps_every_knot_when_sigma_dwarfs_the_residuals(scale):
+    """sklearn merges inputs closer than 1e-15; fitted on z ~ 1e-16 the knots used to
+    collapse to one and apply() returned sigma unchanged (no calibration). The fit
+    depends only on the order of z: the knots are those of sigma = 1 divided by the
+    scale, the frequencies the same. Between knots R is linear in Phi(z), which is
+    linear in z this near 0: the reference quantiles interpolate the knots in z."""
+    rng = np.random.default_rng(3)
+    n = 300
+    mu, y = np.zeros(n), rng.normal(size=n)
+    ref = cal.fit_isotonic(mu, np.ones(n), y)
+    iso = cal.fit_isotonic(mu, np.full(n, scale), y)
+    assert len(iso.knots) == len(ref.knots) == n
+    knots, freqs = np.asarray(ref.knots) / scale, np.asarray(ref.freqs)
+    np.testing.assert_allclose(iso.knots, knots, rtol=1e-12)
+    np.testing.assert_allclose(iso.freqs, freqs, rtol=1e-12)
+
+    def quantile_z(q):                 # smallest z with R >= q, linear in z between knots
+        j = int(np.argmax(freqs >= q))
+        t = (q - freqs[j - 1]) / (freqs[j] - freqs[j - 1])
+        return knots[j - 1] + t * (knots[j] - knots[j - 1])
+    lo, hi = quantile_z(0.025), quantile_z(0.975)
+    np.testing.assert_allclose(iso.quantile_z(np.r_[0.025, 0.975]), [lo, hi], rtol=1e-9)
+    assert iso.apply(mu[:1], np.full(1, scale))[0] == pytest.approx(
+        (hi - lo) * scale / (2 * Z95), rel=1e-9)
+    assert iso.cdf(np.zeros(1), np.full(1, scale), np.r_[0.5 * (knots[9] + knots[10]) * scale]
+                   )[0] == pytest.approx(0.5 * (freqs[9] + freqs[10]), rel=1e-9)
+
+
+def test_isotonic_names_sigma_when_residuals_are_beyond_float_range_of_it():
+    # |z| ~ 1e160: log Phi(z) overflows, so no interval exists in float64; the error
+    # used to advise more validation samples
+    rng = np.random.default_rng(0)
+    iso = cal.fit_isotonic(np.zeros(300), np.full(300, 1e-160), rng.normal(size=300))
+    with pytest.raises(ValueError, match="^sigma: the fitted residuals reach"):
+        iso.apply(np.zeros(1), np.ones(1))
+
+
 def test_isotonic_maps_refuse_nan_and_levels_outside_0_1():
     """A NaN z or level used to come back as level 1.0 (or z = inf): a silent,
     plausible-looking number. The infinite ends stay defined: R(-inf) = 0,
