@@ -152,14 +152,28 @@ def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     return stats.t.logsf(u, dof), stats.t.logcdf(u, dof)
 
 
+_FAR = 1e100     # |u| beyond which the t density is continued analytically
+
+
 def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
-    """log density of Z at z (scipy's t.logpdf, accurate up to dof ~ 1e17)."""
+    """log density of Z at z (scipy's t.logpdf, accurate up to dof ~ 1e17).
+
+    scipy squares u = z / c, which overflows beyond |u| ~ 1e154 although the
+    log density (~ -(dof + 1) log|u|) is finite there: beyond ``_FAR`` it is
+    continued from u = _FAR by -(dof + 1) log(|u| / _FAR), exact to
+    O(dof / _FAR^2).
+    """
     dof = check_dof(dof)
     z = np.asarray(z, dtype=np.float64)
     if math.isinf(dof):
         return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
     c = _t_scale(dof)
-    return stats.t.logpdf(z / c, dof) - math.log(c)
+    u = np.abs(z / c)
+    far = u > _FAR
+    out = stats.t.logpdf(np.where(far, _FAR, u), dof)
+    out = np.where(far, out - (dof + 1.0) * (np.log(np.where(far, u, _FAR)) - math.log(_FAR)),
+                   out)
+    return out - math.log(c)
 
 
 def std_entropy(dof: float = math.inf) -> float:

@@ -38,6 +38,29 @@ def test_family_is_unit_variance_student_t(dof):
     np.testing.assert_allclose(logcdf, stats.t.logcdf(z, dof, scale=c), rtol=1e-10)
 
 
+def _t_logpdf_far(z, dof):
+    """Unit-variance t log density by the closed form, log1p(u^2 / dof) written as
+    2 log|u| - log dof + log1p(dof / u^2): no square formed (valid for |u| > 1)."""
+    from scipy.special import gammaln
+    c = _scale(dof)
+    a = np.abs(np.asarray(z, np.float64) / c)
+    log1p_u2 = 2 * np.log(a) - math.log(dof) + np.log1p(dof / a / a)
+    return (gammaln((dof + 1) / 2) - gammaln(dof / 2) - 0.5 * math.log(dof * math.pi)
+            - (dof + 1) / 2 * log1p_u2 - math.log(c))
+
+
+@pytest.mark.parametrize("dof", (3.0, 30.0, 1e6))
+def test_student_t_log_density_stays_finite_far_out(dof):
+    """scipy squares u and overflows beyond |u| ~ 1e154, where the log density is
+    finite (~ -(dof + 1) log|u|); so was the NLL of a finite label (evaluate: None)."""
+    z = np.array([-1e300, -1e160, 1e99, 1e101, 1e155, 1e200])
+    got = pred.std_logpdf(z, dof)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, _t_logpdf_far(z, dof), rtol=1e-10)
+    nll = uncertainty.nll(np.ones(1), np.zeros(1), np.full(1, 1e-160), dof=dof)
+    assert nll == pytest.approx(math.log(1e-160) - float(_t_logpdf_far(1e160, dof)), rel=1e-10)
+
+
 def test_gaussian_is_infinite_dof():
     z = np.linspace(-5, 5, 11)
     np.testing.assert_allclose(pred.std_logpdf(z, math.inf), stats.norm.logpdf(z), rtol=1e-12)
