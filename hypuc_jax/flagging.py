@@ -19,7 +19,7 @@ import numpy as np
 
 from hypuc_jax._predictions import (as_vector, check_dof, check_predictions, concrete_vector,
                                     std_entropy)
-from hypuc_jax._validation import as_array, check_positive, is_real
+from hypuc_jax._validation import check_positive, is_real
 from hypuc_jax.regions import region_masks
 
 DEFAULT_FRACTIONS = tuple(round(float(f), 12) for f in np.linspace(0.0, 0.5, 11))
@@ -54,7 +54,7 @@ def flag_unreliable(sigma, reference_sigma, fraction: float = 0.1) -> np.ndarray
       fraction: target flagged fraction in (0, 1).
     """
     sigma = concrete_vector(sigma, "sigma")
-    ref = np.asarray(as_array(reference_sigma, "reference_sigma", ndim=1), dtype=np.float64)
+    ref = concrete_vector(reference_sigma, "reference_sigma", allow_empty=True)
     check_positive(sigma, "sigma")
     check_positive(ref, "reference_sigma")
     if ref.size == 0:

@@ -36,8 +36,8 @@ from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
                                     concrete_vector, event)
 from hypuc_jax._validation import is_int, is_real
-from hypuc_jax.regions import (SHOT_REGIONS, bin_index, label_bin_edges, region_masks,
-                               shot_masks, validate_regions)
+from hypuc_jax.regions import (SHOT_REGIONS, bin_index, check_edges, label_bin_edges,
+                               region_masks, shot_masks, validate_regions)
 
 LEVELS = {"68": 0.68, "90": 0.90, "95": 0.95}
 ACCURACY_KEYS = ("mae", "mse", "rmse", "gm", "pearson", "spearman", "balanced_mae")
@@ -110,7 +110,11 @@ def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
 
     Returns:
       exp(mean(log|y - mu|)); 0.0 when any error is exactly 0.
+
+    Raises:
+      ValueError: not 1-D vectors of one length, empty, or non-finite (named).
     """
+    mu, _, y = check_predictions(mu, None, y, sigma_required=False)
     err = np.abs(y - mu)
     if np.any(err == 0):
         return 0.0
@@ -129,8 +133,13 @@ def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float | No
     Returns:
       The mean of the per-bin MAEs over bins holding at least one label;
       None when no label falls inside the edges.
+
+    Raises:
+      ValueError: y, mu not 1-D vectors of one length, empty, or non-finite, or
+        edges not increasing (named).
     """
-    idx = bin_index(y, edges)
+    mu, _, y = check_predictions(mu, None, y, sigma_required=False)
+    idx = bin_index(y, check_edges(edges))
     err = np.abs(y - mu)
     maes = [err[idx == b].mean() for b in np.unique(idx[idx >= 0])]
     return float(np.mean(maes)) if maes else None

@@ -87,9 +87,16 @@ def label_bin_edges(labels, bins: Any = 100, name: str = "bins") -> np.ndarray:
     if np.ndim(bins) != 1:
         raise ValueError(f"{name}: expected an int number of bins or increasing edges [B + 1], "
                          f"got {bins!r}")
-    edges = as_vector(bins, name)
+    return check_edges(bins, name, "an int or at least 2 increasing edges")
+
+
+def check_edges(edges, name: str = "edges",
+                expected: str = "at least 2 increasing edges") -> np.ndarray:
+    """``edges`` as a float64 vector of at least 2 finite, strictly increasing values
+    [B + 1]; a ValueError naming ``name`` (and what was ``expected``) otherwise."""
+    edges = as_vector(edges, name)
     if edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"{name}: expected an int or at least 2 increasing edges, got {edges}")
+        raise ValueError(f"{name}: expected {expected}, got {edges}")
     return edges
 
 

@@ -127,3 +127,12 @@ def test_entropy_and_regions_bad_inputs():
         flagging.predictive_entropy(np.r_[1.0, -1.0])
     with pytest.raises(ValueError, match="regions"):
         flagging.selective_risk_by_region(np.ones(3), np.ones(3), np.ones(3), {"e": (2.0, 1.0)})
+
+
+def test_flag_unreliable_names_a_traced_reference():
+    # every other numpy stage gives this named error; the reference used to raise jax's
+    # TracerArrayConversionError
+    import jax
+    import jax.numpy as jnp
+    with pytest.raises(ValueError, match="^reference_sigma: got a traced array"):
+        jax.jit(lambda r: flagging.flag_unreliable(np.ones(3), r))(jnp.ones(3))

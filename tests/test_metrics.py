@@ -127,6 +127,31 @@ def test_balanced_mae_against_numpy_reference():
     assert got == pytest.approx(np.mean(maes))
 
 
+@pytest.mark.parametrize("bad, name", [
+    ((np.array([[2.0], [3.0], [5.0]]), np.r_[1.0, 2.0, 4.0]), "y"),     # broadcast 3x3 before
+    ((np.r_[np.nan, 1.0], np.r_[0.0, 0.0]), "y"),                      # silent NaN before
+    ((np.r_[1.0, 2.0], np.r_[np.inf, 0.0]), "mu"),
+    ((np.zeros(0), np.zeros(0)), "mu"),
+    ((np.r_[1.0, 2.0, 3.0], np.r_[0.0, 0.0]), "mu and y"),
+])
+def test_gm_and_balanced_mae_check_their_inputs(bad, name):
+    y, mu = bad
+    for fn in (lambda: metrics.geometric_mean_error(y, mu),
+               lambda: metrics.balanced_mae(y, mu, np.r_[0.0, 1.0, 10.0])):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
+            fn()
+
+
+def test_gm_and_balanced_mae_take_lists_and_match_scipy():
+    from scipy import stats as st
+    y, mu = [2.0, 3.0, 5.0], [1.0, 2.5, 4.0]
+    assert metrics.geometric_mean_error(y, mu) == pytest.approx(st.gmean([1.0, 0.5, 1.0]))
+    assert metrics.balanced_mae(y, mu, [0.0, 2.5, 6.0]) == pytest.approx((1.0 + 0.75) / 2)
+    for edges in ([0.0], [1.0, 1.0], [0.0, np.nan]):
+        with pytest.raises(ValueError, match="^edges:"):
+            metrics.balanced_mae(y, mu, edges)
+
+
 def test_shot_regions_against_numpy_counts():
     rng = np.random.default_rng(5)
     train = np.concatenate([rng.uniform(0, 1, 500), rng.uniform(1, 2, 50), rng.uniform(2, 3, 5)])
