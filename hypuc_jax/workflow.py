@@ -170,6 +170,11 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     workdir = Path(workdir)
     ds = check_trainable(cfg, workdir, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
+    if overwrite:
+        # The old config first, then its checkpoints: a --overwrite stopped at any later
+        # point leaves nothing that would refuse a re-run of the new config.
+        remove_path(workdir / CONFIG)
+        remove_path(Path(train_data.run_paths(str(workdir))["checkpoints"]))
     for name in _DOWNSTREAM:
         remove_path(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)

@@ -1,5 +1,6 @@
 """The command line's run-directory locks and Ctrl-C handling (exit status 130,
 one line, nothing deleted that a stopped command should keep)."""
+import json
 import shutil
 import sys
 
@@ -64,6 +65,30 @@ def test_a_ctrl_c_lost_in_a_callback_still_stops_train_before_it_deletes(trained
         train.train_and_evaluate(config_lib.apply_overrides(
             config_lib.get_config("tiny"), ["train.parallel=none"]), str(tmp_path / "loop"))
     assert not list((tmp_path / "loop" / "checkpoints").glob("[0-9]*"))   # no step taken
+
+
+def test_a_stopped_overwrite_leaves_a_directory_the_new_config_trains_in(trained, tmp_path,
+                                                                          capsys, monkeypatch):
+    """`train --overwrite` stopped after the old run's checkpoints were cleared but
+    before the new config.json was written (here: while the model is built) left the
+    old config.json next to the new fingerprint, and each config was refused,
+    pointing at the other. The new config must now train without --overwrite."""
+    wd = tmp_path / "copy"
+    shutil.copytree(trained, wd)
+    args = ("train", "--workdir", wd, "--data", TINY, "--preset", "tiny", "--seed", "5", *FAST)
+    real = train.create_train_state
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "create_train_state", stop)
+    rc, _, err = hypuc(capsys, *args, "--overwrite")
+    assert rc == 130 and "interrupted" in err
+    assert not (wd / "eval.json").exists() and not (wd / "task.json").exists()
+    monkeypatch.setattr(train, "create_train_state", real)
+    rc, _, err = hypuc(capsys, *args)
+    assert rc == 0, err
+    assert json.loads((wd / "config.json").read_text())["train"]["seed"] == 5
+    assert (wd / "task.json").exists()
 
 
 def test_a_ctrl_c_lost_after_the_last_check_still_exits_130(trained, tmp_path, capsys,
