@@ -234,6 +234,13 @@ def _score(metrics: dict) -> float:
   return value if not np.isnan(value) else float("inf")
 
 
+def has_checkpoints(directory: str) -> bool:
+  """Whether ``directory`` holds a saved checkpoint (a step folder; not orbax's
+  temporary folder of an unfinished save)."""
+  return os.path.isdir(directory) and any(
+      e.is_dir() and e.name.isdigit() for e in os.scandir(directory))
+
+
 def stored_data_stamp(directory: str) -> str | None:
   """The training-data stamp stored with the checkpoints in ``directory``, or None.
 

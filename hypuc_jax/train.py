@@ -10,6 +10,7 @@ keeping the last good checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -26,12 +27,12 @@ from hypuc_jax.steps import (TRACE_COUNTS, LossSpec, bind_eval_step,  # noqa: F4
                              bind_train_step, compiled_steps, eval_step, train_step)
 from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F401
                                    check_model_fits, create_train_state, fingerprint,
-                                   make_optimizer)
+                                   make_optimizer, selection_change)
 
 __all__ = ["LossSpec", "TrainResult", "TRACE_COUNTS", "bind_eval_step", "bind_train_step",
            "build_model", "check_model_fits",
            "compiled_steps", "create_train_state", "eval_step", "fingerprint",
-           "make_optimizer", "predict", "train_and_evaluate", "train_step"]
+           "make_optimizer", "predict", "selection_change", "train_and_evaluate", "train_step"]
 
 
 # ----------------------------------------------------------------------------
@@ -67,6 +68,15 @@ def _open_store(config: Config, directory: str, overwrite: bool = False,
                                      fingerprint=fingerprint(config), data_stamp=data_stamp,
                                      overwrite=overwrite, optional_defaults=FINGERPRINT_DEFAULTS,
                                      read_only=read_only)
+
+
+def _stored_config(path: str) -> dict | None:
+  """The run's config.json as a dict; None when unreadable (then rewritten as before)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
@@ -121,6 +131,12 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   stored = None if overwrite else checkpoints.stored_data_stamp(paths["checkpoints"])
   store = _open_store(config, paths["checkpoints"], overwrite,
                       data_stamp=train_data.matching_stamp(stored, run.x, run.y, run.idx))
+  if not overwrite and store.latest_step() and os.path.exists(paths["config"]):
+    change = selection_change(_stored_config(paths["config"]), config)
+    if change:
+      raise ValueError(f"{change}: the checkpoints in {paths['checkpoints']} were evaluated "
+                       "and selected with the stored value; keep it, or pass overwrite=True "
+                       "(CLI: --overwrite) to train afresh")
   graphdef, state, schedule = create_train_state(config, run.input_shape, total)
   head = losses.head_for_loss(config.loss.name)
   spec = LossSpec.from_config(config, run.y_scaled("train"))

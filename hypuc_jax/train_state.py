@@ -130,6 +130,27 @@ _NOT_FINGERPRINTED = {"train": ("log_every", "eval_every", "checkpoint_every",
                                 "keep_checkpoints", "early_stopping_patience", "prefetch",
                                 "transfer_guard", "parallel", "eval_batch_size")}
 
+# Keys left out of the fingerprint (fingerprints written before they mattered lack
+# them) that still decide which checkpoint becomes the run's model: a run with
+# checkpoints must keep them, checked against its config.json (selection_change).
+SELECTION_KEYS = ("eval_every", "early_stopping_patience")
+
+
+def selection_change(stored_config: dict, config: Config) -> str | None:
+  """The first of ``SELECTION_KEYS`` whose stored value differs from ``config``'s, as
+  "train.KEY: stored A, now B"; None when they agree (or the stored config lacks them).
+
+  Args:
+    stored_config: a run's config.json, as a dict.
+    config: the config asked for now.
+  """
+  stored = stored_config.get("train") if isinstance(stored_config, dict) else None
+  for key in SELECTION_KEYS:
+    now = getattr(config.train, key)
+    if isinstance(stored, dict) and key in stored and stored[key] != now:
+      return f"train.{key}: stored {stored[key]!r}, now {now!r}"
+  return None
+
 
 # Keys added to the config after checkpoints were first written, with the value
 # that reproduces the older behaviour: ``CheckpointStore(optional_defaults=)``

@@ -124,6 +124,12 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: holds a run of a different config "
                                 f"({checkpoints.first_difference(then, now)}); choose another "
                                 "--workdir or pass --overwrite")
+        change = train_lib.selection_change(stored, cfg)
+        if change and checkpoints.has_checkpoints(train_data.run_paths(str(workdir))
+                                                  ["checkpoints"]):
+            raise WorkflowError(f"{workdir}: its checkpoints were evaluated and selected with "
+                                f"another value ({change}); keep the stored value or pass "
+                                "--overwrite")
     ds = _dataset(cfg)
     _named_regions(cfg, ds.task)                          # no --region shadows a task region
     parts = train_data.split_for(cfg, ds)

@@ -263,6 +263,10 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
                           (["--set", "train.lr=0.5"], "--overwrite"),
                           # names the key that differs, with both values
                           (["--set", "train.lr=0.5"], "(train.lr: stored 0.003, now 0.5)"),
+                          # outside the fingerprint, but they select the checkpoints' model
+                          (["--set", "train.eval_every=5"], "(train.eval_every: stored"),
+                          (["--set", "train.early_stopping_patience=9"],
+                           "(train.early_stopping_patience: stored"),
                           (["--data", f"csv:{tmp_path / 'gone.csv'}", "--overwrite"],
                            "gone.csv"),
                           # found only by the later stages before: refused up front now

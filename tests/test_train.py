@@ -187,6 +187,32 @@ def test_stop_between_evaluations_adds_no_evaluation(tmp_path, npz_spec):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("change", ["train.eval_every=2", "train.early_stopping_patience=3"])
+def test_a_run_with_checkpoints_keeps_the_keys_that_select_its_model(tmp_path, npz_spec,
+                                                                     change):
+  """eval_every and early_stopping_patience are outside the resume fingerprint but decide
+  which checkpoint becomes the model: resuming with another value made a hybrid of the
+  two and rewrote config.json to claim the new one. Refused while checkpoints exist
+  (config.json untouched); before the first checkpoint, or with overwrite, allowed."""
+  config = _npz_config(npz_spec, "train.eval_every=3", "train.early_stopping_patience=1")
+  changed = apply_overrides(config, [change])
+  part = tmp_path / "part"
+  train.train_and_evaluate(config, str(part), stop_after=4)
+  before = (part / "config.json").read_text()
+  key = change.split("=")[0]
+  with pytest.raises(ValueError, match=rf"^{key}: stored (3|1), now (2|3): the checkpoints"):
+    train.train_and_evaluate(changed, str(part))
+  assert (part / "config.json").read_text() == before
+  name, value = key.split(".")[1], int(change.split("=")[1])
+  assert train.train_and_evaluate(changed, str(part), overwrite=True).steps > 4
+  assert json.loads((part / "config.json").read_text())["train"][name] == value
+  fresh = tmp_path / "fresh"
+  train.train_and_evaluate(config, str(fresh), stop_after=0)   # config.json, no checkpoint
+  assert not checkpoints.has_checkpoints(str(fresh / "checkpoints"))
+  assert train.train_and_evaluate(changed, str(fresh)).steps > 0
+  assert json.loads((fresh / "config.json").read_text())["train"][name] == value
+
+
 def test_a_resumed_run_logs_the_training_records_of_an_uninterrupted_one(tmp_path, npz_spec):
   # a stop between two records used to write an extra record there, and the
   # next record then averaged only the steps after the resume
