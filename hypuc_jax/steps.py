@@ -84,8 +84,10 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
 
   Returns:
     ``(new_state, metrics)`` with scalar metrics ``loss`` (global weighted
-    mean), ``grad_norm``, ``lr``, ``weight_sum`` and ``finite`` (1 when the
-    update was applied, 0 when it was skipped as non-finite).
+    mean), ``grad_norm``, ``lr``, ``weight_sum`` and ``finite`` (0 when the
+    update was skipped as non-finite). A batch whose ``weight_sum`` is 0
+    leaves the state as it was (loss 0, finite 1). Rows with ``mask`` 0
+    count for nothing, whatever their x, y and w hold (NaN included).
   """
   TRACE_COUNTS["train_step"] += 1
   chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1,
@@ -93,6 +95,12 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
   chex.assert_equal_shape([batch["y"], batch["w"], batch["mask"]],
                           custom_message='batch["y"], batch["w"], batch["mask"]: expected '
                           'one length b')
+  # Padded rows count for nothing, whatever they hold: a NaN there would otherwise
+  # reach the gradients through the backward pass (0 * NaN) and skip the step.
+  keep = batch["mask"] > 0
+  batch = dict(batch,
+               x=jnp.where(keep.reshape((-1,) + (1,) * (batch["x"].ndim - 1)), batch["x"], 0),
+               y=jnp.where(keep, batch["y"], 0), w=jnp.where(keep, batch["w"], 0))
   old_leaves = jax.tree.leaves(state)     # before merge: updates mutate in place
   if axis_name is not None:               # pmap: each device its own dropout stream
     state = parallel.fold_device_keys(state, axis_name)
@@ -122,7 +130,8 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
     new_state = parallel.restore_keys(new_state, jax.tree.unflatten(
         jax.tree.structure(state), old_leaves))
   leaves, treedef = jax.tree.flatten(new_state)
-  leaves = jax.lax.cond(finite, lambda: leaves, lambda: old_leaves)
+  # a batch of zero total weight changes nothing (no momentum or weight-decay step)
+  leaves = jax.lax.cond(finite & (den > 0), lambda: leaves, lambda: old_leaves)
   new_state = jax.tree.unflatten(treedef, leaves)
   metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
              "weight_sum": den, "finite": finite.astype(jnp.float32)}

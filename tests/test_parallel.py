@@ -188,6 +188,44 @@ def test_nonfinite_step_keeps_state_and_flags():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["none", "sharding", "pmap"])
+def test_padded_rows_count_for_nothing_even_when_not_finite(mode):
+  """A NaN in a padded row (mask 0) used to reach the gradients through the backward
+  pass (0 * NaN) and skip the step. Reference: the same step with finite values in
+  those rows, and the independent jax.grad reference on the batch."""
+  config = _config()
+  batches = _batches(8)
+  bad = []
+  for b in batches:
+    b = {k: v.copy() for k, v in b.items()}
+    b["x"][-1] = np.nan
+    b["y"][-1], b["w"][-1] = np.inf, np.nan
+    bad.append(b)
+  params, metrics = _run(mode, config, bad)
+  assert float(metrics["finite"]) == 1.0
+  want, _ = _run(mode, config, batches)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert _rel_diff(params, _reference(config, batches)) < RTOL
+
+
+def test_a_batch_of_zero_weight_changes_nothing():
+  """sum(w) = 0 made loss and gradients 0, but AdamW's momentum and weight decay still
+  moved the parameters (and the step count)."""
+  config = _config()
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement("none")
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule), donate=False)
+  state, _ = step(state, placement.put_batch(_batches(8)[0]))    # momentum built up
+  before = jax.device_get(state)
+  zero = dict(_batches(8)[1], w=np.zeros(BATCH, np.float32))
+  new_state, metrics = step(state, placement.put_batch(zero))
+  assert float(metrics["weight_sum"]) == 0.0 and float(metrics["loss"]) == 0.0
+  for a, b in zip(jax.tree.leaves(jax.device_get(new_state)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_placement_rejects_unknown_mode():
   with pytest.raises(ValueError, match="mode"):
     parallel.Placement("data_parallel")
