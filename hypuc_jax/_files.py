@@ -8,8 +8,15 @@ writer. These helpers give them the mode ``open()`` / ``os.makedirs`` would
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+import uuid
+
+# A folder being deleted is first renamed to NAME + TRASH_MARK + a unique tag, so a stop
+# part-way through leaves no half-deleted folder under its own name.
+TRASH_MARK = ".deleting-"
+_TRASH = re.compile(re.escape(TRASH_MARK) + r"\d+-[0-9a-f]{8}$")
 
 
 def _umask() -> int:
@@ -48,18 +55,44 @@ def write_text_atomic(path: str | os.PathLike, text: str, prefix: str = "") -> N
 
 
 def remove_path(path: str | os.PathLike) -> None:
-    """Removes a file or folder (if present). A link to a folder (e.g. checkpoints
-    kept on another disk) keeps the link and its target folder and loses only
-    what the target holds; a link to a file (or a broken link) is unlinked."""
+    """Removes a file or folder (if present). A folder is renamed away first (one
+    atomic step; the deletion then runs on the new name, see ``remove_trash``), so
+    a stop mid-way never leaves part of it under its name. A link to a folder
+    (e.g. checkpoints kept on another disk) keeps the link and its target folder
+    and loses only what the target holds; a link to a file (or a broken link) is
+    unlinked."""
     if os.path.islink(path):
         if os.path.isdir(path):
             clear_dir(path, follow_links=False)
         else:
             os.unlink(path)
     elif os.path.isdir(path):
-        shutil.rmtree(path)
+        trash = move_to_trash(path)
+        if trash is not None:
+            shutil.rmtree(trash)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def move_to_trash(path: str | os.PathLike) -> str | None:
+    """Renames folder ``path`` to a unique trash name beside it (one atomic step) and
+    returns that name; None when ``path`` is gone (removed meanwhile by another
+    process). ``remove_trash`` deletes such folders."""
+    trash = f"{os.fspath(path).rstrip(os.sep)}{TRASH_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return None
+    return trash
+
+
+def remove_trash(directory: str | os.PathLike) -> None:
+    """Finishes deletions a stop interrupted: removes the renamed-away folders
+    (``TRASH_MARK`` in their names) directly inside ``directory``."""
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if _TRASH.search(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
 
 
 def clear_dir(path: str | os.PathLike, *, follow_links: bool = True) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from hypuc_jax._files import remove_path, write_text_atomic
+from hypuc_jax._files import remove_path, remove_trash, write_text_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 DATA_STAMP_FILE = "data_stamp.json"
@@ -119,19 +119,15 @@ class CheckpointStore:
       if overwrite:
         if self.is_writer:
           remove_path(self.directory)
+          remove_trash(os.path.dirname(self.directory))   # earlier stopped deletions
       else:
-        stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
-        if stored:                       # written inside the fingerprint by an earlier build
-          stored.pop(_DATA_STAMP_KEY, None)
-        stored_stamp = stored_data_stamp(self.directory)
-        stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {})
-                              for f in (stored, fingerprint))
-        if stored_n != wanted_n:
-          diff = first_difference(stored_n, wanted_n, (stored, fingerprint))
+        diff = fingerprint_difference(self.directory, fingerprint, optional_defaults)
+        if diff:
           raise ValueError(
               f"workdir: {self.directory} holds checkpoints from a different model or "
               f"config ({diff}); use another workdir or pass overwrite=True "
               "(CLI: --overwrite) to delete them")
+        stored_stamp = stored_data_stamp(self.directory)
         if data_stamp is not None and stored_stamp not in (None, data_stamp):
           raise ValueError(
               f"workdir: {self.directory} holds checkpoints trained on other data (the "
@@ -232,6 +228,31 @@ def _score(metrics: dict) -> float:
   compares false both ways, and orbax's best-N policy then deleted the real best)."""
   value = float(metrics[METRIC])
   return value if not np.isnan(value) else float("inf")
+
+
+def fingerprint_difference(directory: str, fingerprint: dict,
+                           optional_defaults: dict | None = None) -> str | None:
+  """How the fingerprint stored in checkpoint folder ``directory`` differs from
+  ``fingerprint`` ("section.key: stored A, now B"), or None when they match or
+  the folder holds nothing (missing, empty, or only a fingerprint being written).
+  A folder with entries but no fingerprint differs; ``optional_defaults`` as for
+  :class:`CheckpointStore`.
+
+  Raises:
+    ValueError: an unreadable stored fingerprint (named).
+  """
+  if not os.path.isdir(directory) or not [e for e in os.listdir(directory)
+                                          if not e.startswith(_FINGERPRINT_TMP)]:
+    return None
+  fp_path = os.path.join(directory, FINGERPRINT_FILE)
+  stored = _read_fingerprint(fp_path) if os.path.exists(fp_path) else None
+  if stored:                             # written inside the fingerprint by an earlier build
+    stored.pop(_DATA_STAMP_KEY, None)
+  fingerprint = json.loads(json.dumps(fingerprint))
+  stored_n, wanted_n = (_drop_defaults(f, optional_defaults or {}) for f in (stored, fingerprint))
+  if stored_n == wanted_n:
+    return None
+  return first_difference(stored_n, wanted_n, (stored, fingerprint))
 
 
 def has_checkpoints(directory: str) -> bool:

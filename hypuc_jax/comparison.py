@@ -15,12 +15,12 @@ import numpy as np
 
 from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
-from hypuc_jax._files import clear_dir, remove_path
+from hypuc_jax._files import clear_dir, remove_path, remove_trash
 from hypuc_jax.rundir import (CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
                               load_npy, load_npz, load_task, read_json)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
-from hypuc_jax.workflow import check_trainable, pipeline
+from hypuc_jax.workflow import check_trainable, discard_runs, pipeline
 
 
 def label_curves(cfg: config_lib.Config, train_labels: np.ndarray, n_grid: int = 400):
@@ -123,9 +123,11 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
         check_trainable(cfg, workdir / name, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     workdir.mkdir(parents=True, exist_ok=True)
+    remove_trash(workdir)                   # what a stopped deletion left
     remove_path(workdir / "report.md")
     remove_path(workdir / "figures")
     if overwrite:   # both arms now: a stop in the first must not leave the second's old run
+        discard_runs(*(workdir / name for name in cfgs))    # configs, checkpoints first
         for name in cfgs:
             clear_dir(workdir / name)
     evals = {}

@@ -128,6 +128,10 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   unweighted = (min(int(round(config.weighting.defer * total)), total - 1)
                 if config.weighting.scheme != "none" else 0)
   paths = train_data.run_paths(workdir)
+  if overwrite and jax.process_index() == 0 and os.path.exists(paths["config"]):
+    # before the checkpoints go: an old config.json beside the new fingerprint would
+    # refuse both configs after a stop in between
+    os.remove(paths["config"])
   stored = None if overwrite else checkpoints.stored_data_stamp(paths["checkpoints"])
   store = _open_store(config, paths["checkpoints"], overwrite,
                       data_stamp=train_data.matching_stamp(stored, run.x, run.y, run.idx))

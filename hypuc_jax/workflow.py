@@ -24,7 +24,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import _interrupt, checkpoints, losses
-from hypuc_jax._files import remove_path
+from hypuc_jax._files import move_to_trash, remove_path, remove_trash
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
@@ -130,6 +130,13 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: its checkpoints were evaluated and selected with "
                                 f"another value ({change}); keep the stored value or pass "
                                 "--overwrite")
+    if not overwrite:        # checkpoints without their config.json (a stopped --overwrite)
+        diff = checkpoints.fingerprint_difference(
+            train_data.run_paths(str(workdir))["checkpoints"], train_lib.fingerprint(cfg),
+            train_lib.FINGERPRINT_DEFAULTS)
+        if diff:
+            raise WorkflowError(f"{workdir}: holds checkpoints of a different config ({diff}); "
+                                "choose another --workdir or pass --overwrite")
     ds = _dataset(cfg)
     _named_regions(cfg, ds.task)                          # no --region shadows a task region
     parts = train_data.split_for(cfg, ds)
@@ -145,6 +152,30 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
         _check_hyperfine_fits(cfg, len(parts["val"]), f"--data {cfg.data.spec!r}")
     train_lib.check_model_fits(cfg, tuple(int(v) for v in np.shape(ds.x)[1:]))
     return ds
+
+
+def discard_runs(*workdirs: str | os.PathLike) -> None:
+    """Removes the config and checkpoints of the runs in ``workdirs``: first every
+    config.json, then every checkpoint folder renamed away (one step each), and only
+    then the slow deletion. A stop after the quick first passes leaves nothing that
+    refuses training a new config there; a stop inside them (microseconds) leaves
+    checkpoints that ``check_trainable`` refuses up front, before deleting anything.
+    A checkpoint folder that is a link keeps the link and is emptied in place."""
+    from hypuc_jax import train_data
+
+    dirs = [Path(w) for w in workdirs]
+    for d in dirs:
+        remove_path(d / CONFIG)
+    moved = []
+    for d in dirs:
+        ckpt = Path(train_data.run_paths(str(d))["checkpoints"])
+        if ckpt.is_symlink():
+            remove_path(ckpt)
+        elif ckpt.is_dir():
+            moved.append(d)
+            move_to_trash(ckpt)
+    for d in moved:
+        remove_trash(d)
 
 
 def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
@@ -177,10 +208,8 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     ds = check_trainable(cfg, workdir, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     if overwrite:
-        # The old config first, then its checkpoints: a --overwrite stopped at any later
-        # point leaves nothing that would refuse a re-run of the new config.
-        remove_path(workdir / CONFIG)
-        remove_path(Path(train_data.run_paths(str(workdir))["checkpoints"]))
+        discard_runs(workdir)
+    remove_trash(workdir)                   # what a stopped deletion left
     for name in _DOWNSTREAM:
         remove_path(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)

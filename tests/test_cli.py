@@ -9,6 +9,7 @@ locks and Ctrl-C are in test_cli_interrupts.py.
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,6 +287,41 @@ def test_refused_run_keeps_the_previous_report(quick_run, tmp_path, capsys):
     rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "new", "--data",
                         f"csv:{tmp_path / 'gone.csv'}")
     assert "gone.csv" in one_line_error(rc, err) and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_stop_while_old_checkpoints_are_deleted_leaves_a_trainable_directory(
+        command, quick_run, tmp_path, capsys, monkeypatch):
+    """--overwrite stopped half-way through deleting the old checkpoints used to leave
+    some step folders and the old fingerprint under checkpoints/ (config.json already
+    gone): the new config passed the up-front checks, then was refused by the
+    checkpoint store after the later stages had been deleted. The folder is now
+    renamed away before it is deleted, and the leftover is cleared by the next run."""
+    from hypuc_jax import _files
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    if command == "run":
+        argv = ["run", "--quick", "--workdir", wd, "--set", "train.parallel=none",
+                "--seed", "3", *FAST]
+    else:
+        wd = wd / "hypuc"
+        argv = ["train", "--workdir", wd, "--data", TINY, "--preset", "tiny", "--seed", "5",
+                *FAST]
+    real = shutil.rmtree
+
+    def stop_half_way(path, *args, **kwargs):
+        if "checkpoints" in str(path):
+            real(sorted(p for p in Path(path).iterdir() if p.name.isdigit())[0])
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(_files.shutil, "rmtree", stop_half_way)
+    rc, _, err = hypuc(capsys, *argv, "--overwrite")
+    assert rc == 130
+    monkeypatch.setattr(_files.shutil, "rmtree", real)
+    assert list(wd.rglob(f"checkpoints{_files.TRASH_MARK}*"))      # the half-deleted folder
+    rc, _, err = hypuc(capsys, *argv)                               # no --overwrite needed
+    assert rc == 0, err
+    assert not list(wd.rglob(f"*{_files.TRASH_MARK}*"))
 
 
 def test_interrupted_run_overwrite_leaves_no_old_arm_or_figures(quick_run, tmp_path, capsys,

@@ -213,6 +213,30 @@ def test_a_run_with_checkpoints_keeps_the_keys_that_select_its_model(tmp_path, n
   assert json.loads((fresh / "config.json").read_text())["train"][name] == value
 
 
+def test_a_stopped_overwrite_leaves_a_run_the_new_config_resumes(tmp_path, npz_spec,
+                                                                 monkeypatch):
+  """train_and_evaluate(overwrite=True) stopped after the checkpoint store was reset but
+  before the new config.json was written left the old config.json beside the new
+  fingerprint; the old config.json now goes first, so the new config trains without
+  overwrite (the library and the command line's up-front check agree)."""
+  from hypuc_jax import workflow
+  old = _npz_config(npz_spec)
+  new = apply_overrides(old, ["train.lr=1e-2"])
+  train.train_and_evaluate(old, str(tmp_path), stop_after=4)
+  real = train.create_train_state
+
+  def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, "create_train_state", stop)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(new, str(tmp_path), overwrite=True)
+  monkeypatch.setattr(train, "create_train_state", real)
+  assert not (tmp_path / "config.json").exists()
+  workflow.check_trainable(new, tmp_path)
+  assert train.train_and_evaluate(new, str(tmp_path)).steps == 8
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["lr"] == 1e-2
+
+
 def test_a_resumed_run_logs_the_training_records_of_an_uninterrupted_one(tmp_path, npz_spec):
   # a stop between two records used to write an extra record there, and the
   # next record then averaged only the steps after the resume

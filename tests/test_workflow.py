@@ -273,6 +273,49 @@ def test_atomic_writers_leave_no_temp_files(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1.5, "y": [0, 1]}
 
 
+def test_a_folder_is_renamed_away_before_it_is_deleted(tmp_path, monkeypatch):
+    """A stop inside the deletion leaves nothing under the folder's name, only a trash
+    folder beside it, which remove_trash finishes; other folders are left alone."""
+    import shutil
+    from hypuc_jax import _files
+    tree = tmp_path / "checkpoints"
+    (tree / "4").mkdir(parents=True)
+    (tree / "4" / "state").write_text("x")
+    (tmp_path / "keep.deleting-me").mkdir()                # not a trash name: kept
+    real = shutil.rmtree
+
+    def stop(path, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_files.shutil, "rmtree", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _files.remove_path(tree)
+    monkeypatch.setattr(_files.shutil, "rmtree", real)
+    assert not tree.exists()
+    trash = [p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoints.deleting-")]
+    assert len(trash) == 1 and (tmp_path / trash[0] / "4" / "state").exists()
+    _files.remove_trash(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.deleting-me"]
+    assert _files.move_to_trash(tmp_path / "gone") is None      # removed meanwhile
+
+
+def test_checkpoints_without_their_config_are_refused_before_anything_is_removed(tmp_path):
+    """A --overwrite stopped between removing config.json and moving the checkpoints
+    away left checkpoints of the old config only: check_trainable passed, train_stage
+    removed the later stages, then the checkpoint store refused. Refused up front now."""
+    from hypuc_jax import train
+    cfg = config_lib.apply_overrides(config_lib.get_config("tiny"), ["train.parallel=none"])
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(cfg, str(workdir), stop_after=6)
+    (workdir / "config.json").unlink()
+    before = sorted(p.name for p in workdir.iterdir())
+    other = config_lib.apply_overrides(cfg, ["train.seed=7"])
+    with pytest.raises(workflow.WorkflowError,
+                       match=r"holds checkpoints of a different config \(train.seed: stored"):
+        workflow.train_stage(other, workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+    workflow.check_trainable(cfg, workdir)                   # its own config: resumable
+
+
 def test_fitted_tail_flows_through_every_stage(rundir):
     """Student-t(4) residuals: the calibration picks a finite dof, and the
     calibrated and corrected blocks of eval.json score that predictive
