@@ -20,10 +20,10 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
-from hypuc_jax._validation import (as_array, check_finite, check_positive, check_same_length,
-                                   is_concrete, is_real)
+from hypuc_jax._validation import (as_array, check_concrete, check_finite, check_positive,
+                                   check_same_length, is_real)
 
 
 def as_vector(x: Any, name: str) -> np.ndarray:
@@ -47,9 +47,7 @@ def as_vector(x: Any, name: str) -> np.ndarray:
 
 def concrete_vector(x: Any, name: str, allow_empty: bool = False) -> np.ndarray:
     """``x`` as a float64 numpy vector; a named error for a tracer (no value check)."""
-    if not is_concrete(x):
-        raise ValueError(f"{name}: got a traced array; this function runs on concrete "
-                         "(numpy) values, call it outside jax.jit / vmap")
+    check_concrete(x, name)
     return np.asarray(as_array(x, name, ndim=1, allow_empty=allow_empty), dtype=np.float64)
 
 
@@ -144,15 +142,53 @@ def std_ppf(q, dof: float = math.inf) -> np.ndarray:
 
 
 def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
-    """(log P(Z > z), log P(Z <= z)), accurate far in both tails."""
+    """(log P(Z > z), log P(Z <= z)), accurate far in both tails.
+
+    scipy's t gives the log of a tail probability that underflows (-inf once
+    P < ~1e-308: |u| beyond ~1e6 at dof 50, ~1e103 at dof 3); below log P =
+    ``_LOG_TINY`` the tail comes from the incomplete beta function instead
+    (:func:`_t_log_tail`, to ~1e-15 relative for dof up to ~1e4).
+    """
     dof = check_dof(dof)
     if math.isinf(dof):
         return stats.norm.logsf(z), stats.norm.logcdf(z)
-    u = np.asarray(z) / _t_scale(dof)
-    return stats.t.logsf(u, dof), stats.t.logcdf(u, dof)
+    z = np.asarray(z, dtype=np.float64)
+    c = _t_scale(dof)
+    with np.errstate(over="ignore"):
+        u = z / c
+    logsf, logcdf = np.asarray(stats.t.logsf(u, dof)), np.asarray(stats.t.logcdf(u, dof))
+    far = ((z > 0) & ~(logsf > _LOG_TINY)) | ((z < 0) & ~(logcdf > _LOG_TINY))
+    if np.any(far):
+        tail = np.full(z.shape, np.nan)
+        tail[far] = _t_log_tail(_log_abs_u(z[far], c), dof)
+        use = far & np.isfinite(tail)
+        logsf = np.where(use & (z > 0), tail, logsf)
+        logcdf = np.where(use & (z < 0), tail, logcdf)
+    return logsf, logcdf
 
 
-_FAR = 1e100     # |u| beyond which the t density is continued analytically
+_LOG_TINY = -700.0   # log P below which the t tail is computed by _t_log_tail
+_FAR = 1e100         # |u| beyond which the t density is continued analytically
+
+
+def _log_abs_u(z: np.ndarray, c: float) -> np.ndarray:
+    """log|z / c| without forming z / c (which overflows for |z| near float max)."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.abs(z)) - math.log(c)
+
+
+def _t_log_tail(log_u: np.ndarray, dof: float) -> np.ndarray:
+    """log P(T > u) of a standard Student-t with ``dof``, u = exp(log_u) > 0, from
+    P = I_x(dof/2, 1/2) / 2, x = dof / (dof + u^2), and I_x(a, b) = x^a (1 - x)^b
+    2F1(a + b, 1; a + 1; x) / (a B(a, b)); u^2 is never formed. NaN where scipy's
+    2F1 fails (x near 1 at dof beyond ~1e5)."""
+    a = dof / 2.0
+    with np.errstate(all="ignore"):
+        r = dof * np.exp(-2.0 * log_u)                         # dof / u^2
+        log_x = math.log(dof) - 2.0 * log_u - np.log1p(r)
+        h = special.hyp2f1(a + 0.5, 1.0, a + 1.0, np.exp(log_x))
+        return (math.log(0.5) + a * log_x - 0.5 * np.log1p(r) - math.log(a)
+                - special.betaln(a, 0.5) + np.log(h))
 
 
 def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
@@ -168,11 +204,12 @@ def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
     if math.isinf(dof):
         return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
     c = _t_scale(dof)
-    u = np.abs(z / c)
-    far = u > _FAR
-    out = stats.t.logpdf(np.where(far, _FAR, u), dof)
-    out = np.where(far, out - (dof + 1.0) * (np.log(np.where(far, u, _FAR)) - math.log(_FAR)),
-                   out)
+    log_u = _log_abs_u(z, c)
+    far = log_u > math.log(_FAR)
+    with np.errstate(over="ignore"):
+        u = np.where(far, _FAR, np.abs(z) / c)
+    out = stats.t.logpdf(u, dof)
+    out = np.where(far, out - (dof + 1.0) * (log_u - math.log(_FAR)), out)
     return out - math.log(c)
 
 

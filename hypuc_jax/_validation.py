@@ -30,6 +30,14 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def check_concrete(x: Any, name: str) -> None:
+    """A ValueError naming ``name`` when ``x`` is traced (inside jax.jit / vmap): for the
+    host-side (numpy) functions, which need its values."""
+    if not is_concrete(x):
+        raise ValueError(f"{name}: got a traced array; this function runs on concrete "
+                         "(numpy) values, call it outside jax.jit / vmap")
+
+
 def concrete_values(x: Any) -> np.ndarray | None:
     """``x`` as a numpy array when its values are known, else None.
 

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypuc_jax._validation import (as_array, as_float, as_positive_scalar, as_vectors,
-                                  check_finite, check_positive, is_concrete, is_int)
+                                  check_concrete, check_finite, check_positive, is_concrete,
+                                  is_int)
 
 
 class HistogramPrior(NamedTuple):
@@ -167,6 +168,7 @@ def histogram_prior(labels, n_bins: int = 100) -> HistogramPrior:
     Returns:
       ``HistogramPrior(centers [n_bins], probs [n_bins])`` in float32.
     """
+    check_concrete(labels, "labels")
     labels = np.asarray(as_array(labels, "labels", ndim=1), dtype=np.float64)
     check_finite(labels, "labels")
     if not is_int(n_bins) or n_bins < 1:

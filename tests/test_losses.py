@@ -490,3 +490,9 @@ def test_bmc_axis_name_under_pmap_equals_global_batch(n_devices):
     # Without axis_name each device would only see its own 3 labels.
     local = np.asarray(jax.pmap(lambda p, t: losses.bmc(p, t, 0.7))(per_dev(pred), per_dev(y)))
     assert not np.allclose(local.reshape(b), _np_bmc(pred, y, 0.7), rtol=1e-3)
+
+
+def test_histogram_prior_names_traced_labels():
+    # host-side (numpy): a traced input got jax's TracerArrayConversionError before
+    with pytest.raises(ValueError, match="^labels: got a traced array"):
+        jax.jit(lambda y: losses.histogram_prior(y, 10).probs)(jnp.ones(5))

@@ -61,6 +61,48 @@ def test_student_t_log_density_stays_finite_far_out(dof):
     assert nll == pytest.approx(math.log(1e-160) - float(_t_logpdf_far(1e160, dof)), rel=1e-10)
 
 
+@pytest.mark.parametrize("dof", (3.0, 4.0, 30.0, 50.0, 1e3))
+def test_student_t_tail_probabilities_stay_finite_where_scipy_underflows(dof):
+    """scipy's t.logsf is the log of a probability that underflows to 0 (log -inf)
+    once P < ~1e-308 (|u| ~ 1e6 at dof 50), so the decisions' log-odds became -inf
+    and a blended decision probability exactly 0. Reference: mpmath's regularised
+    incomplete beta at 60 digits, P(T > u) = I_x(dof/2, 1/2) / 2, x = dof/(dof+u^2)."""
+    import mpmath as mp
+    c = _scale(dof)
+
+    def ref(z):
+        with mp.workdps(60):
+            u = mp.mpf(abs(z)) / mp.sqrt(mp.mpf(dof - 2) / dof)
+            x = dof / (dof + u * u)
+            return float(mp.log(mp.betainc(mp.mpf(dof) / 2, mp.mpf(1) / 2, 0, x,
+                                           regularized=True) / 2))
+    z = np.array([1e6, 1e10, 1e40, 1e150, 1e300, 1.7e308]) * c
+    z = z[~(stats.t.logsf(z / c, dof) > -700)]              # where scipy's tail fails
+    assert z.size >= 3
+    logsf, logcdf = pred.std_logsf_logcdf(np.r_[z, -z], dof)
+    want = np.array([ref(v) for v in z])
+    np.testing.assert_allclose(logsf[:z.size], want, rtol=1e-12)
+    np.testing.assert_allclose(logcdf[z.size:], want, rtol=1e-12)        # symmetric
+    np.testing.assert_array_equal(logcdf[:z.size], 0.0)
+    near = np.linspace(-30, 30, 13)                         # scipy's values kept here
+    got = pred.std_logsf_logcdf(near, dof)
+    np.testing.assert_array_equal(got[0], stats.t.logsf(near / c, dof))
+    spec = pred.as_threshold(("K>1.5", 1.5, "above"))
+    log_odds = decisions.gaussian_log_odds(np.zeros(1), np.full(1, 1.5 / z[0]), spec, dof)
+    assert log_odds[0] == pytest.approx(want[0], rel=1e-12)
+
+
+def test_student_t_log_density_of_a_residual_near_float_max():
+    """|z| / c overflowed for c < 1 although log|z / c| is finite: NLL inf."""
+    z, dof = 1.7e308, 3.0
+    c = _scale(dof)
+    log_u = math.log(z) - math.log(c)
+    from scipy.special import gammaln
+    ref = (gammaln(2.0) - gammaln(1.5) - 0.5 * math.log(3 * math.pi)
+           - 2.0 * (2 * log_u - math.log(3)) - math.log(c))
+    assert pred.std_logpdf(z, dof) == pytest.approx(ref, rel=1e-12)
+
+
 def test_gaussian_is_infinite_dof():
     z = np.linspace(-5, 5, 11)
     np.testing.assert_allclose(pred.std_logpdf(z, math.inf), stats.norm.logpdf(z), rtol=1e-12)
