@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                       "tests; not with --preset")
     size.add_argument("--preset", default=None,
                       help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
-                      "records, 10 epochs, 5 calibration bins; tiny with --quick)")
+                      "records, 10 epochs, 5 calibration bins, 5 x 100 boosting rounds of "
+                      "depth 2; tiny with --quick). Naming a preset, potassium included, "
+                      "runs the preset as it is (potassium: 2000 records, 20 epochs)")
     p.add_argument("--seed", type=int, default=None, help="training seed for both runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both runs, e.g. train.epochs=3 (repeatable)")
@@ -142,12 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="predict new data with a finished run",
-                       description="Writes one CSV row per record: mu, sigma, calibrated sigma, "
+                       description="Writes one CSV row per record: y (when the data has "
+                       "labels), mu, sigma, calibrated sigma, "
                        "central 95% interval of the calibrated predictive (Gaussian or its "
                        "fitted Student-t tail), corrected value, decision probabilities, entropy, "
                        "flag (top 10% entropy of validation, or out of range) and out_of_range "
                        "(a tabular feature, or a sample of a signal lead, beyond its training "
-                       "range by more than the range's width).")
+                       "range by more than the range's width). y, mu, the sigmas, the interval "
+                       "and the corrected value are in the run's label unit (task.json "
+                       "'unit'); p_* are probabilities; entropy is in nats of that unit.")
     p.add_argument("--workdir", required=True, type=_path,
                    help="a trained, calibrated, corrected run directory")
     p.add_argument("--data", required=True, help="data spec with records shaped as in training")

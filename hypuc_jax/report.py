@@ -195,7 +195,7 @@ def render_markdown(runs: Sequence[RunOutputs], figures: Mapping[str, Path],
         out += ["| run | decision | boosted AUROC | boosted AUPRC | threshold-mu AUROC |",
                 "| --- | --- | --- | --- | --- |"]
     else:
-        out.append("No decision thresholds with both outcomes in validation for this task.")
+        out.append("This task has no decision thresholds.")
     for run in runs:
         for name, d in run.eval.get("decisions", {}).items():
             out.append(f"| {run.name} | {name} | {_fmt(d.get('auroc'))} | "

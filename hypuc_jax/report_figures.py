@@ -129,7 +129,9 @@ def _fig_labels(runs: Sequence[RunOutputs], path: Path) -> None:
     ax2.set_ylabel("training weight (mean 1 over train)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
+    # below the axes: inside, some corner always covers a tail's weight curve
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper center", fontsize=8,
+              bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
     ax.set_title("Training labels, fitted KDE and weight curve")
     _save(fig, path)
 
@@ -230,7 +232,7 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
         ax.set_xlabel("nominal central-interval level")
         ax.set_ylabel("observed coverage (test)")
         ax.set_title(f"Reliability: {run.name}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")     # the diagonal leaves that corner free
     _save(fig, path)
 
 

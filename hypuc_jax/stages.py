@@ -299,6 +299,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
         by_mu = metrics.decision_metrics(event, base[name]["threshold_mu"], specificity=spec)
         if name in probs:
             d = metrics.decision_metrics(event, np.asarray(probs[name]), specificity=spec)
+            d["skipped"] = None
         else:                     # no classifier: one outcome only in the validation split
             d = {k: (v if k in ("n", "n_positive") else None) for k, v in by_mu.items()}
             d["skipped"] = "only one outcome in the validation split: no classifier fitted"

@@ -58,7 +58,7 @@ def test_write_report_makes_every_figure_and_markdown(tmp_path, runs):
                                 eval={**r.eval, "decisions": {}}) for r in runs]
     text = report.write_report(tmp_path, bare).read_text()
     assert not (tmp_path / "figures" / "roc.png").exists() and "roc.png" not in text
-    assert "No decision thresholds" in text and "threshold-mu AUROC |" not in text
+    assert "This task has no decision thresholds." in text and "threshold-mu AUROC |" not in text
 
 
 def test_mu_bin_coverage_matches_direct_loop():

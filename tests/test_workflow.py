@@ -61,8 +61,11 @@ def test_calibrate_correct_evaluate_schema(rundir):
         for block in ev[stage]["regions"].values():
             assert set(METRIC_KEYS) <= set(block)
     assert set(ev["decisions"]) == {"K>5.5", "K<3.5"}
-    for d in ev["decisions"].values():
-        assert {"auroc", "auprc", "baseline_auroc"} <= set(d)
+    for d in ev["decisions"].values():       # one key set for every entry, fitted or not
+        assert set(d) == {"n", "n_positive", "auroc", "auprc", "sensitivity_at_90_specificity",
+                          "skipped", "baseline_auroc", "baseline_auprc", "gaussian_auroc",
+                          "gaussian_auprc"}
+        assert d["skipped"] is None
     assert set(ev["flagging"]["mae_kept_at"]) >= {"0.0", "0.1"}
     # calibration fixes the 1.5-2.5x too small sigma; UCE drops
     unc, cal = ev["uncalibrated"]["overall"], ev["calibrated"]["overall"]
