@@ -7,9 +7,11 @@ writer. These helpers give them the mode ``open()`` / ``os.makedirs`` would
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -55,23 +57,30 @@ def write_text_atomic(path: str | os.PathLike, text: str, prefix: str = "") -> N
 
 
 def remove_path(path: str | os.PathLike) -> None:
-    """Removes a file or folder (if present). A folder is renamed away first (one
-    atomic step; the deletion then runs on the new name, see ``remove_trash``), so
-    a stop mid-way never leaves part of it under its name. A link to a folder
-    (e.g. checkpoints kept on another disk) keeps the link and its target folder
-    and loses only what the target holds; a link to a file (or a broken link) is
-    unlinked."""
+    """Removes a file or folder (if present; one removed meanwhile, e.g. by another
+    process, is not an error). A folder is renamed away first (one atomic step;
+    the deletion then runs on the new name, see ``remove_trash``), so a stop
+    mid-way never leaves part of it under its name; a mount point, which cannot
+    be renamed, is emptied in place. A link to a folder (e.g. checkpoints kept on
+    another disk) keeps the link and its target folder and loses only what the
+    target holds; a link to a file (or a broken link) is unlinked."""
     if os.path.islink(path):
         if os.path.isdir(path):
             clear_dir(path, follow_links=False)
         else:
-            os.unlink(path)
+            _unlink(path)
     elif os.path.isdir(path):
-        trash = move_to_trash(path)
+        try:
+            trash = move_to_trash(path)
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            clear_dir(path, follow_links=False)   # a mount point: emptied where it is
+            return
         if trash is not None:
-            shutil.rmtree(trash)
+            _rmtree(trash)
     elif os.path.lexists(path):
-        os.unlink(path)
+        _unlink(path)
 
 
 def move_to_trash(path: str | os.PathLike) -> str | None:
@@ -86,13 +95,37 @@ def move_to_trash(path: str | os.PathLike) -> str | None:
     return trash
 
 
-def remove_trash(directory: str | os.PathLike) -> None:
+def remove_trash(directory: str | os.PathLike, of: str | None = None) -> None:
     """Finishes deletions a stop interrupted: removes the renamed-away folders
-    (``TRASH_MARK`` in their names) directly inside ``directory``."""
+    directly inside ``directory`` (those of the folder named ``of`` only, if
+    given). A folder another process is deleting at the same time is fine: what
+    it removes first is skipped here."""
     if os.path.isdir(directory):
         for entry in os.scandir(directory):
-            if _TRASH.search(entry.name) and entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
+            if (_TRASH.search(entry.name) and (of is None or entry.name.startswith(of + TRASH_MARK))
+                    and entry.is_dir(follow_symlinks=False)):
+                _rmtree(entry.path)
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _gone_is_fine(func, path, exc) -> None:
+    """rmtree error handler: an entry removed meanwhile (by another process) is fine."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
+def _rmtree(path) -> None:
+    """``shutil.rmtree`` that tolerates entries removed meanwhile."""
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_gone_is_fine)
+    else:
+        shutil.rmtree(path, onerror=lambda func, p, info: _gone_is_fine(func, p, info[1]))
 
 
 def clear_dir(path: str | os.PathLike, *, follow_links: bool = True) -> None:
@@ -105,6 +138,6 @@ def clear_dir(path: str | os.PathLike, *, follow_links: bool = True) -> None:
             if entry.is_symlink() and entry.is_dir() and follow_links:
                 clear_dir(entry.path, follow_links=False)
             elif entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
+                _rmtree(entry.path)
             else:
-                os.unlink(entry.path)
+                _unlink(entry.path)

@@ -119,7 +119,8 @@ class CheckpointStore:
       if overwrite:
         if self.is_writer:
           remove_path(self.directory)
-          remove_trash(os.path.dirname(self.directory))   # earlier stopped deletions
+          remove_trash(os.path.dirname(self.directory),   # its own earlier stopped deletions
+                       of=os.path.basename(self.directory))
       else:
         diff = fingerprint_difference(self.directory, fingerprint, optional_defaults)
         if diff:

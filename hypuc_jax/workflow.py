@@ -172,8 +172,11 @@ def discard_runs(*workdirs: str | os.PathLike) -> None:
         if ckpt.is_symlink():
             remove_path(ckpt)
         elif ckpt.is_dir():
-            moved.append(d)
-            move_to_trash(ckpt)
+            try:
+                if move_to_trash(ckpt) is not None:
+                    moved.append(d)
+            except OSError:                 # a mount point: emptied where it is
+                remove_path(ckpt)
     for d in moved:
         remove_trash(d)
 

@@ -301,6 +301,57 @@ def test_a_folder_is_renamed_away_before_it_is_deleted(tmp_path, monkeypatch):
     assert _files.move_to_trash(tmp_path / "gone") is None      # removed meanwhile
 
 
+def test_removals_tolerate_another_process_deleting_the_same_folder(tmp_path, monkeypatch):
+    """Two processes finishing the same trash (or one deleting what remove_trash of
+    another also found) raced: rmtree raised FileNotFoundError. Entries removed
+    meanwhile are skipped now; a checkpoint store clears only its own trash."""
+    import os
+    from hypuc_jax import _files, checkpoints
+    trash = tmp_path / f"ck{_files.TRASH_MARK}123-0123abcd"
+    (trash / "sub").mkdir(parents=True)
+    for name in ("a", "b", "sub/c"):
+        (trash / name).write_text("x")
+    real = os.unlink
+
+    def another_process_was_first(path, *args, **kwargs):
+        real(path, *args, **kwargs)                   # removed by "the other process"
+        return real(path, *args, **kwargs)            # -> FileNotFoundError here
+    monkeypatch.setattr(os, "unlink", another_process_was_first)
+    _files.remove_trash(tmp_path)
+    monkeypatch.setattr(os, "unlink", real)
+    assert not trash.exists()
+    other = tmp_path / f"elsewhere{_files.TRASH_MARK}456-89abcdef"   # a sibling's trash
+    own = tmp_path / f"store{_files.TRASH_MARK}789-01234567"
+    store = tmp_path / "store"
+    for d in (other, own, store):
+        d.mkdir()
+    (store / "1").mkdir()
+    checkpoints.CheckpointStore(str(store), keep=1, fingerprint={"a": 1}, overwrite=True)
+    assert other.exists() and not own.exists()
+
+
+def test_a_folder_that_cannot_be_renamed_is_emptied_in_place(tmp_path, monkeypatch):
+    """A mount point (EBUSY) or a folder on another device (EXDEV) cannot be renamed
+    away; it is emptied where it is, as the old rmtree did."""
+    import errno
+    import os
+    from hypuc_jax import _files
+    folder = tmp_path / "checkpoints"
+    (folder / "4").mkdir(parents=True)
+    (folder / "4" / "state").write_text("x")
+
+    def busy(src, dst):
+        raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+    monkeypatch.setattr(os, "rename", busy)
+    _files.remove_path(folder)
+    assert folder.is_dir() and not any(folder.iterdir())
+    monkeypatch.setattr(os, "rename", lambda s, d: (_ for _ in ()).throw(
+        OSError(errno.EACCES, "Permission denied", str(s))))
+    (folder / "x").mkdir()
+    with pytest.raises(PermissionError):                 # other errors still surface
+        _files.remove_path(folder)
+
+
 def test_checkpoints_without_their_config_are_refused_before_anything_is_removed(tmp_path):
     """A --overwrite stopped between removing config.json and moving the checkpoints
     away left checkpoints of the old config only: check_trainable passed, train_stage
