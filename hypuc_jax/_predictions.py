@@ -147,7 +147,7 @@ def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     scipy's t gives the log of a tail probability that underflows (-inf once
     P < ~1e-308: |u| beyond ~1e6 at dof 50, ~1e103 at dof 3); below log P =
     ``_LOG_TINY`` the tail comes from the incomplete beta function instead
-    (:func:`_t_log_tail`, to ~1e-15 relative for dof up to ~1e4).
+    (:func:`_t_log_tail`: to ~1e-14 relative for dof up to ~1e5, ~1e-6 beyond).
     """
     dof = check_dof(dof)
     if math.isinf(dof):
@@ -180,15 +180,22 @@ def _log_abs_u(z: np.ndarray, c: float) -> np.ndarray:
 def _t_log_tail(log_u: np.ndarray, dof: float) -> np.ndarray:
     """log P(T > u) of a standard Student-t with ``dof``, u = exp(log_u) > 0, from
     P = I_x(dof/2, 1/2) / 2, x = dof / (dof + u^2), and I_x(a, b) = x^a (1 - x)^b
-    2F1(a + b, 1; a + 1; x) / (a B(a, b)); u^2 is never formed. NaN where scipy's
-    2F1 fails (x near 1 at dof beyond ~1e5)."""
+    2F1(a + b, 1; a + 1; x) / (a B(a, b)); u^2 is never formed. Where scipy's 2F1
+    fails (x near 1: u^2 << dof, dof beyond ~5e5), the leading term of the tail's
+    asymptotic series instead, log f(u) + log((dof + u^2) / ((dof - 1) u)) with f
+    the density, to ~1e-6 relative there (u > ~38)."""
     a = dof / 2.0
     with np.errstate(all="ignore"):
         r = dof * np.exp(-2.0 * log_u)                         # dof / u^2
         log_x = math.log(dof) - 2.0 * log_u - np.log1p(r)
         h = special.hyp2f1(a + 0.5, 1.0, a + 1.0, np.exp(log_x))
-        return (math.log(0.5) + a * log_x - 0.5 * np.log1p(r) - math.log(a)
-                - special.betaln(a, 0.5) + np.log(h))
+        out = (math.log(0.5) + a * log_x - 0.5 * np.log1p(r) - math.log(a)
+               - special.betaln(a, 0.5) + np.log(h))
+        if np.all(np.isfinite(out)):
+            return out
+        u = np.exp(log_u)                                      # moderate where 2F1 fails
+        mills = (stats.t.logpdf(u, dof) + np.log(dof + u * u) - math.log(dof - 1.0) - log_u)
+        return np.where(np.isfinite(out), out, mills)
 
 
 def std_logpdf(z, dof: float = math.inf) -> np.ndarray:

@@ -92,6 +92,26 @@ def test_student_t_tail_probabilities_stay_finite_where_scipy_underflows(dof):
     assert log_odds[0] == pytest.approx(want[0], rel=1e-12)
 
 
+@pytest.mark.parametrize("dof", (5e5, 1e6, 1e9))
+def test_student_t_tail_at_a_huge_dof_where_the_hypergeometric_series_fails(dof):
+    """scipy's 2F1 returns NaN for x = dof / (dof + u^2) near 1, which left a band of
+    z (u ~ 38-60 at dof 1e6) with log P = -inf; the tail's asymptotic series takes
+    over there. Reference: mpmath's incomplete beta."""
+    import mpmath as mp
+    c = _scale(dof)
+    u = np.array([37.8, 40.0, 50.0, 58.0])
+
+    def ref(v):
+        with mp.workdps(60):
+            x = mp.mpf(dof) / (dof + mp.mpf(v) ** 2)
+            return float(mp.log(mp.betainc(mp.mpf(dof) / 2, mp.mpf(1) / 2, 0, x,
+                                           regularized=True) / 2))
+    logsf, logcdf = pred.std_logsf_logcdf(np.r_[u, -u] * c, dof)
+    want = np.array([ref(v) for v in u])
+    np.testing.assert_allclose(logsf[:4], want, rtol=2e-6)
+    np.testing.assert_allclose(logcdf[4:], want, rtol=2e-6)
+
+
 def test_student_t_log_density_of_a_residual_near_float_max():
     """|z| / c overflowed for c < 1 although log|z / c| is finite: NLL inf."""
     z, dof = 1.7e308, 3.0
