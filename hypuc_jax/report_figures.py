@@ -227,12 +227,14 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
                                    (run.sigma_cal, _calibrated_label(run), "tab:blue", run.dof)):
             obs = [central_coverage(run.y, run.mu, sig, p, dof) for p in levels]
             uce = float(np.mean(np.abs(np.asarray(obs) - levels)))
-            ax.plot(levels, obs, "o-", ms=3, color=c, label=f"{label} (mean |gap| {uce:.3f})")
+            ax.plot(levels, obs, "o-", ms=3, color=c, label=f"{label}\nmean |gap| {uce:.3f}")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set_xlabel("nominal central-interval level")
         ax.set_ylabel("observed coverage (test)")
         ax.set_title(f"Reliability: {run.name}")
-        ax.legend(fontsize=8, loc="lower right")     # the diagonal leaves that corner free
+        # below the axes: an over-confident curve runs under the diagonal, an
+        # under-confident one above it, so no corner inside is free in general
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     _save(fig, path)
 
 
