@@ -378,10 +378,12 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
     bounds = _check_range(x, h, padded=method == "binned")
     if method == "exact":
         grid_shape(x.shape[1], grid_size)                       # still checked
-        return _exact_density(x, p, h, chunk_size)
-    shape = fitted_grid_shape(x, h, grid_size)
-    check_binned_scale(x, h, shape, bounds)
-    return binned_density(x, p, h, shape)
+        out = _exact_density(x, p, h, chunk_size)
+    else:
+        shape = fitted_grid_shape(x, h, grid_size)
+        check_binned_scale(x, h, shape, bounds)
+        out = binned_density(x, p, h, shape)
+    return jnp.where(jnp.all(h > 0), out, jnp.nan)    # a traced bandwidth is not value-checked
 
 
 __all__ = ["bandwidth", "gaussian_kde", "grid_size_for", "density_grid", "interpolate_grid",

@@ -137,6 +137,7 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
         c, log_c = c * s, log_c + jnp.log(s)
     else:
         w = u
+    w = jnp.where(lam >= 0, w, jnp.nan)          # a traced lam is not value-checked
     chex.assert_equal_shape([w, rho])
     return w, {"rho_min": rho_min, "scale": c, "log_scale": log_c,
                "fine": fine.astype(rho.dtype)}
@@ -288,11 +289,15 @@ class LabelWeighting:
     params: dict[str, jax.Array]
 
     def __call__(self, y) -> jax.Array:
-        """Weights [b] for labels y [b] (finite)."""
+        """Weights [b] for labels y [b] (finite; under jit, where values are not
+        checked, a NaN label gets a NaN weight)."""
         y = _labels_1d(y, "y")
         if self.scheme == "none":
             return jnp.ones_like(y)
-        y = jnp.clip(y, self.y_min, self.y_max)
+        w = self._weights(jnp.clip(y, self.y_min, self.y_max))
+        return jnp.where(jnp.isnan(y), jnp.nan, w)   # clip keeps NaN, the table does not
+
+    def _weights(self, y) -> jax.Array:
         p = self.params
         if self.scheme in BIN_SCHEMES:
             return p["scale"] / self.table[_bin_index(y, self.lo, self.step, self.table.shape[0])]

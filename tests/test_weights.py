@@ -399,3 +399,23 @@ def test_weight_gradients_at_large_lam_match_float64():
         fd = (float(f64(8.0 + eps)) - float(f64(8.0 - eps))) / (2 * eps)
         assert float(jax.grad(f64)(8.0)) == pytest.approx(fd, rel=1e-4)
     assert float(jax.grad(objective(jnp.float32))(jnp.float32(8.0))) == pytest.approx(fd, rel=2e-2)
+
+
+def test_values_jit_cannot_check_come_out_nan_not_plausible():
+    """Under jit values are not checked: a NaN label used to get a finite weight ~1e5
+    times the largest training weight (the clip keeps NaN, the density table gave 0
+    and the floor the largest weight); a traced negative lam inverted the weighting;
+    a traced bandwidth of 0 gave mostly zeros. Each is NaN now, valid inputs unchanged."""
+    y = skewed_labels(500)
+    wf = weights.fit_weighting("hypuc", y, lam=0.5)
+    got = jax.jit(lambda a: wf(a))(jnp.array([np.nan, float(y[0])]))
+    assert np.isnan(got[0]) and got[1] == pytest.approx(float(wf(np.array([y[0]]))[0]))
+    grid = kde.grid_size_for(y)
+    w = jax.jit(lambda lam: weights.kde_weights(y, lam=lam, grid_size=grid))
+    assert np.all(np.isnan(w(-0.5)))
+    np.testing.assert_allclose(w(0.5), weights.kde_weights(y, lam=0.5), rtol=1e-5)
+    grid = kde.grid_size_for(y, 0.1)
+    dens = jax.vmap(lambda h: kde.gaussian_kde(y, y, bandwidth=h, grid_size=grid))(
+        jnp.array([0.1, 0.0]))
+    assert np.all(np.isfinite(dens[0])) and np.all(np.isnan(dens[1]))
+    np.testing.assert_allclose(dens[0], kde.gaussian_kde(y, y, bandwidth=0.1), rtol=1e-5)
