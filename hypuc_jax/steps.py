@@ -85,9 +85,10 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
   Returns:
     ``(new_state, metrics)`` with scalar metrics ``loss`` (global weighted
     mean), ``grad_norm``, ``lr``, ``weight_sum`` and ``finite`` (0 when the
-    update was skipped as non-finite). A batch whose ``weight_sum`` is 0
-    leaves the state as it was (loss 0, finite 1). Rows with ``mask`` 0
-    count for nothing, whatever their x, y and w hold (NaN included).
+    update was skipped as non-finite, or because a kept row has a negative
+    weight: weights must be >= 0). A batch whose ``weight_sum`` is 0 leaves
+    the state as it was (loss 0, finite 1). Rows with ``mask`` 0 count for
+    nothing, whatever their x, y and w hold (NaN included).
   """
   TRACE_COUNTS["train_step"] += 1
   chex.assert_rank([batch["y"], batch["w"], batch["mask"]], 1,
@@ -116,13 +117,14 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
     return losses.weighted_sums(per_example, batch["w"], batch["mask"])
 
   (num, den), grads = nnx.value_and_grad(weighted_sum, has_aux=True)(model)
+  negative = jnp.sum((batch["w"] < 0).astype(jnp.int32))   # w >= 0 is not checked under jit
   if axis_name is not None:
-    num, den, grads = jax.lax.psum((num, den, grads), axis_name)
+    num, den, grads, negative = jax.lax.psum((num, den, grads, negative), axis_name)
   den_safe = jnp.where(den > 0, den, 1.0)
   grads = jax.tree.map(lambda g: g / den_safe, grads)
   loss = num / den_safe
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (negative == 0)
   step = optimizer.step[...]
   optimizer.update(model, grads)
   new_state = nnx.state((model, optimizer))

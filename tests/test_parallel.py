@@ -226,6 +226,32 @@ def test_a_batch_of_zero_weight_changes_nothing():
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_negative_weight_is_a_failed_step_not_a_silent_one():
+  """Under jit w >= 0 is not checked: all-negative weights gave a negative loss, a
+  'finite' step and no change; mixed signs trained on the negative weights. A kept
+  row with a negative weight now fails the step (finite 0, state kept); a padded
+  row's weight is ignored."""
+  config = _config()
+  graphdef, state, schedule = train.create_train_state(config, (FEATURES,), 10)
+  placement = parallel.Placement("pmap")
+  state = placement.put_state(state)
+  before = jax.device_get(placement.get_state(state))
+  step = placement.compile_step(train.bind_train_step(
+      graphdef, train.LossSpec.from_config(config), schedule), donate=False)
+  batch = _batches(8)[0]
+  mixed = dict(batch, w=batch["w"].copy())
+  mixed["w"][3] = -1.0                                   # on one device only
+  new_state, metrics = step(state, placement.put_batch(mixed))
+  assert float(np.ravel(metrics["finite"])[0]) == 0.0
+  for a, b in zip(jax.tree.leaves(jax.device_get(placement.get_state(new_state))),
+                  jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+  padded = dict(batch, w=batch["w"].copy())
+  padded["w"][-1] = -5.0                                 # mask 0 there
+  _, metrics = step(state, placement.put_batch(padded))
+  assert float(np.ravel(metrics["finite"])[0]) == 1.0
+
+
 def test_placement_rejects_unknown_mode():
   with pytest.raises(ValueError, match="mode"):
     parallel.Placement("data_parallel")
