@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from hypuc_jax._predictions import check_predictions
-from hypuc_jax._validation import is_real
+from hypuc_jax._validation import is_real, plain_scalar
 
 FORMAT_VERSION = 3  # 2: hyperfine's predictive tail (dof), version 1 reads as Gaussian;
 # 3: isotonic knots in z (version-2 levels p convert on reading)
@@ -44,6 +44,7 @@ def positive_factor(value, name: str) -> float:
 
 def unit_level(value, name: str) -> float:
     """``value`` as a float in (0, 1) (a nominal coverage)."""
+    value = plain_scalar(value)
     if not is_real(value) or not 0.0 < value < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {value!r}")
     return float(value)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import special, stats
 
 from hypuc_jax._validation import (as_array, check_concrete, check_finite, check_positive,
-                                   check_same_length, is_real)
+                                   check_same_length, is_real, plain_scalar)
 
 
 def as_vector(x: Any, name: str) -> np.ndarray:
@@ -107,6 +107,7 @@ def check_dof(dof: Any, name: str = "dof") -> float:
     """
     if dof is None:
         return math.inf
+    dof = plain_scalar(dof)
     if isinstance(dof, bool) or not isinstance(dof, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name}: expected a number > 2 or inf, got {dof!r}")
     dof = float(dof)
@@ -239,8 +240,7 @@ def central_z(level: float, name: str = "level", dof: float = math.inf) -> float
     Returns:
       z such that mu +- z * sigma is the central ``level`` interval.
     """
-    if hasattr(level, "dtype") and np.ndim(level) == 0:
-        level = level.item()                     # numpy / jax scalars
+    level = plain_scalar(level)                  # numpy / jax scalars
     if not is_real(level) or not 0.0 < level < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
     return float(std_ppf(0.5 + float(level) / 2.0, dof))

@@ -30,6 +30,15 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def plain_scalar(x: Any) -> Any:
+    """A concrete 0-d numpy / jax array as its Python scalar (``.item()``: a float,
+    an int or a bool); anything else, a tracer included, unchanged. For the scalar
+    option checks, so ``jnp.array(0.9)`` passes where ``0.9`` does."""
+    if hasattr(x, "dtype") and np.ndim(x) == 0 and is_concrete(x):
+        return x.item()
+    return x
+
+
 def check_concrete(x: Any, name: str) -> None:
     """A ValueError naming ``name`` when ``x`` is traced (inside jax.jit / vmap): for the
     host-side (numpy) functions, which need its values."""

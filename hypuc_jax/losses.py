@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypuc_jax._validation import (as_float, as_positive_scalar, as_vectors, check_finite,
-                                   check_positive, is_concrete, is_real)
+                                   check_positive, is_concrete, is_real, plain_scalar)
 from hypuc_jax.balanced_mse import HistogramPrior, bmc, bni, histogram_prior
 
 LOSS_NAMES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
@@ -188,6 +188,7 @@ def variance_weighted(nll, variance, beta: float) -> jax.Array:
       Estimation with Probabilistic Neural Networks
       <https://arxiv.org/abs/2203.09168>`_, ICLR 2022.
     """
+    beta = plain_scalar(beta)
     if not is_real(beta) or not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta: expected a float in [0, 1], got {beta!r}")
     nll, variance = as_vectors(nll=nll, variance=variance, finite=False)

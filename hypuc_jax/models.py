@@ -132,6 +132,10 @@ class _Regressor(nnx.Module):
         return jnp.exp(self.out.log_noise_sigma[...])
 
     def _check_input(self, x: jax.Array) -> None:
+        if not hasattr(x, "shape"):
+            raise ValueError(f"x: expected an array [batch, "
+                             f"{', '.join(map(str, self.input_shape))}], got a "
+                             f"{type(x).__name__} (convert it with jnp.asarray)")
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"x: expected shape [batch, {', '.join(map(str, self.input_shape))}]"
                              f", got {tuple(x.shape)}")

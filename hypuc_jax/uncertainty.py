@@ -36,7 +36,7 @@ from scipy import special, stats
 
 from hypuc_jax._predictions import (check_dof, check_predictions, concrete_vector, std_logpdf,
                                     std_ppf)
-from hypuc_jax._validation import check_positive, is_int, is_real
+from hypuc_jax._validation import check_positive, is_int, is_real, plain_scalar
 
 CAL_LEVELS = np.linspace(0.0, 1.0, 100)
 INF = math.inf
@@ -145,6 +145,7 @@ def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
     Raises:
       ValueError: invalid inputs, or ``level`` outside [0, 1].
     """
+    level = plain_scalar(level)
     if not (is_real(level) and 0.0 <= level <= 1.0):
         raise ValueError(f"level: expected a coverage in [0, 1], got {level!r}")
     return float(coverage_curve(y, mu, sigma, np.array([level]), dof)[0])
@@ -167,6 +168,7 @@ def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
     """
     sigma = concrete_vector(sigma, "sigma")
     check_positive(sigma, "sigma")
+    level = plain_scalar(level)
     if not (is_real(level) and 0.0 < level < 1.0):
         raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
     return float(np.mean(2 * std_ppf(0.5 + level / 2.0, dof) * sigma))

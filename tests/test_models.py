@@ -309,6 +309,8 @@ def test_bad_head_and_input_raise():
         model(jnp.ones((2, 40, 4)))
     with pytest.raises(ValueError, match="^x"):
         jax.jit(lambda x: model(x))(jnp.ones((40, 3)))
+    with pytest.raises(ValueError, match=r"^x: expected an array \[batch, 40, 3\], got a list"):
+        model(np.ones((2, 40, 3)).tolist())              # an AttributeError on .ndim before
 
 
 def test_numpy_integer_sizes_build_the_same_model():

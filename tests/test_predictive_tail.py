@@ -12,7 +12,8 @@ import pytest
 import uncertainty_toolbox as uct
 from scipy import integrate, stats
 
-from hypuc_jax import calibration, corrections, decisions, flagging, metrics, uncertainty
+from hypuc_jax import (calibration, corrections, decisions, flagging, losses, metrics,
+                       uncertainty)
 from hypuc_jax import _predictions as pred
 
 DOFS = (2.5, 4.0, 9.0, 40.0)
@@ -394,3 +395,28 @@ def test_cross_fit_never_calibrates_a_sample_with_its_own_label():
     held2, _ = calibration.cross_fit(mu, sigma, y2, folds=4, seed=1, n_bins=3, min_count=30)
     assert held2[7] == held[7]
     assert np.sum(held2 != held) > 100
+
+
+def test_scalar_options_take_concrete_jax_and_numpy_scalars():
+    """dof, level and beta given as 0-d arrays were refused with a range error
+    ('expected a number > 2 or inf, got Array(5.)'); they are their values. A traced
+    one is still refused by name, a bool array too."""
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(0)
+    y, mu, sigma = rng.normal(size=50), np.zeros(50), np.ones(50)
+    assert pred.check_dof(jnp.array(5.0)) == 5.0 and pred.check_dof(np.float32(5.0)) == 5.0
+    level32 = float(np.float32(0.9))                     # jnp.array(0.9) is float32
+    assert uncertainty.width(sigma, jnp.array(0.9)) == pytest.approx(
+        2 * stats.norm.ppf(0.5 + level32 / 2), rel=1e-12)
+    assert uncertainty.coverage(y, mu, sigma, np.array(0.95)) == pytest.approx(
+        np.mean(np.abs(y) <= stats.norm.ppf(0.975)))
+    assert metrics.evaluate(y, mu, sigma, dof=jnp.array(5.0))["overall"]["nll"] == \
+        pytest.approx(uncertainty.nll(y, mu, sigma, dof=5.0))
+    nll, var = jnp.asarray(rng.normal(size=5)), jnp.asarray(rng.uniform(0.5, 2, 5))
+    np.testing.assert_array_equal(losses.variance_weighted(nll, var, jnp.array(0.5)),
+                                  losses.variance_weighted(nll, var, 0.5))
+    with pytest.raises(ValueError, match="^dof: expected a number"):
+        pred.check_dof(jnp.array(True))
+    with pytest.raises(ValueError, match="^level: expected a coverage"):
+        jax.jit(lambda lv: uncertainty.width(sigma, lv))(0.9)
