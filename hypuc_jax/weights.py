@@ -137,7 +137,11 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
         c, log_c = c * s, log_c + jnp.log(s)
     else:
         w = u
-    w = jnp.where(lam >= 0, w, jnp.nan)          # a traced lam is not value-checked
+    # traced options are not value-checked: out of range gives NaN, not plausible weights
+    valid = (lam >= 0) & (lam <= MAX_LAM) & (floor >= 0) & (floor <= 1)   # 1e-40 is 0 in f32
+    if capped:
+        valid = valid & (cap >= 1)
+    w = jnp.where(valid, w, jnp.nan)
     chex.assert_equal_shape([w, rho])
     return w, {"rho_min": rho_min, "scale": c, "log_scale": log_c,
                "fine": fine.astype(rho.dtype)}
@@ -210,7 +214,10 @@ def _dense_from_density(rho, alpha, eps):
     rho_lo, rho_hi = jnp.min(rho), jnp.max(rho)
     raw = _dense_raw(rho, alpha, eps, rho_lo, rho_hi)
     scale = 1.0 / jnp.mean(raw)
-    return raw * scale, scale, rho_lo, rho_hi
+    # NaN densities (a bad traced bandwidth or label) or a traced alpha < 0 are not
+    # value-checked under jit: NaN weights, not uniform ones
+    valid = ~jnp.isnan(rho_lo) & ~jnp.isnan(rho_hi) & (alpha >= 0)
+    return jnp.where(valid, raw * scale, jnp.nan), scale, rho_lo, rho_hi
 
 
 #: DenseWeight treats the density as flat when it varies by less than this
@@ -293,7 +300,7 @@ class LabelWeighting:
         checked, a NaN label gets a NaN weight)."""
         y = _labels_1d(y, "y")
         if self.scheme == "none":
-            return jnp.ones_like(y)
+            return jnp.where(jnp.isnan(y), jnp.nan, jnp.ones_like(y))
         w = self._weights(jnp.clip(y, self.y_min, self.y_max))
         return jnp.where(jnp.isnan(y), jnp.nan, w)   # clip keeps NaN, the table does not
 

@@ -419,3 +419,28 @@ def test_values_jit_cannot_check_come_out_nan_not_plausible():
         jnp.array([0.1, 0.0]))
     assert np.all(np.isfinite(dens[0])) and np.all(np.isnan(dens[1]))
     np.testing.assert_allclose(dens[0], kde.gaussian_kde(y, y, bandwidth=0.1), rtol=1e-5)
+
+
+
+def test_other_unchecked_traced_options_come_out_nan_too():
+    """The same for DenseWeight (NaN densities made its weights uniform: all 1), the
+    density grid (zeros or negative densities), a traced cap below 1, a negative
+    floor, a negative alpha, and a NaN label under the "none" scheme."""
+    y = skewed_labels(500)
+    grid = kde.grid_size_for(y)
+    dense = jax.jit(lambda h: weights.dense_weights(y, bandwidth=h, grid_size=grid))
+    assert np.all(np.isnan(dense(-0.3))) and np.all(np.isfinite(dense(0.3)))
+    alpha = jax.jit(lambda a: weights.dense_weights(y, alpha=a, grid_size=grid))
+    assert np.all(np.isnan(alpha(-1.0)))
+    np.testing.assert_allclose(alpha(1.0), weights.dense_weights(y), rtol=1e-5, atol=1e-5)
+    for method in ("binned", "exact"):
+        dens = jax.jit(lambda h: kde.density_grid(y, bandwidth=h, method=method,
+                                                  grid_size=grid)[2])(-0.3)
+        assert np.all(np.isnan(dens)), method
+    hyp = jax.jit(lambda m, f: weights.kde_weights(y, max_weight=m, floor=f, grid_size=grid))
+    assert np.all(np.isnan(hyp(0.5, 1e-12))) and np.all(np.isnan(hyp(10.0, -1.0)))
+    assert np.all(np.isfinite(hyp(10.0, 1e-12)))
+    for scheme in ("none", "denseweight"):
+        wf = weights.fit_weighting(scheme, y)
+        got = jax.jit(lambda a: wf(a))(jnp.array([np.nan, 4.2]))
+        assert np.isnan(got[0]) and np.isfinite(got[1]), scheme
