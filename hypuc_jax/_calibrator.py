@@ -37,6 +37,7 @@ def check_task(saved: str | None, task: str | None, name: str = "task") -> None:
 
 def positive_factor(value, name: str) -> float:
     """``value`` as a float, checked finite and > 0 (a fitted or loaded scale factor)."""
+    value = plain_scalar(value)
     if not is_real(value) or not math.isfinite(value) or not value > 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)

@@ -42,7 +42,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
                                     check_both_outcomes, dof_to_json)
-from hypuc_jax._validation import is_int, is_real
+from hypuc_jax._validation import is_int, is_real, plain_scalar
 from hypuc_jax.calibration import check_task
 from hypuc_jax.config import CORRECTION_TARGETS as TARGETS
 from hypuc_jax.decisions import (PRIOR_STRENGTH, baseline_scores, feature_names, features,
@@ -217,6 +217,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
         raise ValueError(f"n_models: expected a positive integer, got {n_models!r}")
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+    max_features, prior_strength = plain_scalar(max_features), plain_scalar(prior_strength)
     if not is_real(max_features) or not 0.0 < max_features <= 1.0:
         raise ValueError(f"max_features: expected a fraction in (0, 1], got {max_features!r}")
     if class_weight not in (None, "balanced"):

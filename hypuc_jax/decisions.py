@@ -46,7 +46,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
                                     event, exceed_prob, std_logsf_logcdf)
-from hypuc_jax._validation import is_real
+from hypuc_jax._validation import is_real, plain_scalar
 
 # Pseudo-count n0 of the shrinkage to the Gaussian log-odds; chosen by 5-fold CV
 # (x4 repeats) inside the validation split, experiments/results/decisions_study.md.
@@ -76,6 +76,7 @@ def features(mu, sigma, thresholds=(), z: float = 1.96, dof: float = math.inf) -
     """
     mu, sigma, _ = check_predictions(mu, sigma)
     dof = check_dof(dof)
+    z = plain_scalar(z)
     if not (is_real(z) and np.isfinite(z) and z > 0):
         raise ValueError(f"z: expected a finite value > 0, got {z!r}")
     cols = [mu, sigma, mu - z * sigma, mu + z * sigma]

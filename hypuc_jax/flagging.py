@@ -19,7 +19,7 @@ import numpy as np
 
 from hypuc_jax._predictions import (as_vector, check_dof, check_predictions, concrete_vector,
                                     std_entropy)
-from hypuc_jax._validation import check_positive, is_real
+from hypuc_jax._validation import check_positive, is_real, plain_scalar
 from hypuc_jax.regions import region_masks
 
 DEFAULT_FRACTIONS = tuple(round(float(f), 12) for f in np.linspace(0.0, 0.5, 11))
@@ -59,6 +59,7 @@ def flag_unreliable(sigma, reference_sigma, fraction: float = 0.1) -> np.ndarray
     check_positive(ref, "reference_sigma")
     if ref.size == 0:
         raise ValueError("reference_sigma: expected at least one value")
+    fraction = plain_scalar(fraction)
     if not is_real(fraction) or not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
     cut = float(np.quantile(ref, 1.0 - fraction))

@@ -35,7 +35,7 @@ import numpy as np
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
                                     concrete_vector, event)
-from hypuc_jax._validation import is_int, is_real
+from hypuc_jax._validation import is_int, is_real, plain_scalar
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, check_edges, label_bin_edges,
                                region_masks, shot_masks, validate_regions)
 
@@ -243,6 +243,7 @@ def decision_metrics(y_binary, score, specificity: float = 0.9) -> dict[str, flo
         raise ValueError("y_binary: expected only 0/1 or boolean outcomes")
     score, _, yb = check_predictions(score, None, yb, names=("score", "sigma", "y_binary"),
                                      sigma_required=False)
+    specificity = plain_scalar(specificity)
     if not is_real(specificity) or not 0.0 < specificity < 1.0:
         raise ValueError(f"specificity: expected a value in (0, 1), got {specificity!r}")
     pct = repr(round(float(specificity) * 100, 5))       # 0.9 -> "90", 0.999 -> "99.9"

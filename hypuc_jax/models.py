@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hypuc_jax._validation import check_positive, is_int, is_real
+from hypuc_jax._validation import check_positive, is_int, is_real, plain_scalar
 from hypuc_jax.layers import GroupNorm, ResidualBlock
 
 __all__ = ["Prediction", "ResNet1D", "MLP", "create_model", "GroupNorm", "ResidualBlock",
@@ -66,6 +66,7 @@ class Prediction(NamedTuple):
 def _positive(value, name: str) -> float:
     """``value`` as a float, refused unless a number whose float32 is finite and
     normal (>= 1.2e-38): the heads add it in float32 (1e-50 became 0, 1e39 inf)."""
+    value = plain_scalar(value)
     if not is_real(value):
         raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     check_positive(value, name)
@@ -305,6 +306,7 @@ class MLP(_Regressor):
 
 
 def _dropout(rate) -> float:
+    rate = plain_scalar(rate)
     if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: expected a rate in [0, 1), got {rate!r}")
     return float(rate)

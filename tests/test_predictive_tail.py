@@ -420,3 +420,24 @@ def test_scalar_options_take_concrete_jax_and_numpy_scalars():
         pred.check_dof(jnp.array(True))
     with pytest.raises(ValueError, match="^level: expected a coverage"):
         jax.jit(lambda lv: uncertainty.width(sigma, lv))(0.9)
+
+
+def test_more_scalar_options_take_concrete_0d_arrays():
+    """z, fraction, specificity, a calibrator's scale, sigma_min, dropout: a concrete
+    0-d array is its value (refused before as out of range)."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from hypuc_jax import models
+    rng = np.random.default_rng(1)
+    mu, sigma = rng.normal(size=40), rng.uniform(0.5, 2.0, 40)
+    np.testing.assert_array_equal(decisions.features(mu, sigma, z=jnp.array(2.0)),
+                                  decisions.features(mu, sigma, z=2.0))
+    np.testing.assert_array_equal(flagging.flag_unreliable(sigma, sigma, np.array(0.25)),
+                                  flagging.flag_unreliable(sigma, sigma, 0.25))
+    yb = (mu > 0).astype(int)
+    assert metrics.decision_metrics(yb, mu, specificity=jnp.array(0.5)) == \
+        metrics.decision_metrics(yb, mu, specificity=float(np.float32(0.5)))
+    assert calibration.GlobalCalibrator(scale=jnp.array(2.0)).scale == 2.0
+    model = models.create_model("mlp", (3,), "gaussian", sigma_min=np.array(1e-3),
+                                 dropout=jnp.array(0.0), rngs=nnx.Rngs(0))
+    assert model.out.sigma_min == pytest.approx(1e-3)
