@@ -11,7 +11,8 @@ METRICS keys (python floats / ints, ``None`` where undefined; never NaN):
 - accuracy: ``mae``, ``mse``, ``rmse``, ``gm`` (geometric mean of |error|,
   0 if any error is exactly 0), ``pearson``, ``spearman`` (None when n < 2 or
   an input is constant), ``balanced_mae`` (mean over occupied label bins of
-  each bin's MAE; bins as for the shot regions, see ``hypuc_jax.regions``);
+  each bin's MAE; bins as for the shot regions, see ``hypuc_jax.regions``,
+  labels beyond them in the outermost bin);
 - uncertainty (None when ``sigma`` is None, i.e. a point model): ``nll``,
   ``crps``, ``coverage_68/90/95``, ``width_68/90/95``, ``uce``, ``ence``,
   ``miscal_area`` (definitions in ``hypuc_jax.uncertainty``), for the
@@ -121,28 +122,29 @@ def geometric_mean_error(y: np.ndarray, mu: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(err))))
 
 
-def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float | None:
+def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float:
     """Mean over occupied label bins of each bin's MAE.
 
     Args:
       y: labels [n].
       mu: predicted locations [n].
       edges: increasing label-bin edges [B + 1] (``regions.label_bin_edges``);
-        binned as :func:`hypuc_jax.regions.bin_index`, labels outside them ignored.
+        binned as :func:`hypuc_jax.regions.bin_index`. A label beyond them (a
+        test label outside the training labels' range, the rarest of all)
+        counts in the outermost bin on its side.
 
     Returns:
-      The mean of the per-bin MAEs over bins holding at least one label;
-      None when no label falls inside the edges.
+      The mean of the per-bin MAEs over bins holding at least one label.
 
     Raises:
       ValueError: y, mu not 1-D vectors of one length, empty, or non-finite, or
         edges not increasing (named).
     """
     mu, _, y = check_predictions(mu, None, y, sigma_required=False)
-    idx = bin_index(y, check_edges(edges))
+    edges = check_edges(edges)
+    idx = bin_index(np.clip(y, edges[0], edges[-1]), edges)
     err = np.abs(y - mu)
-    maes = [err[idx == b].mean() for b in np.unique(idx[idx >= 0])]
-    return float(np.mean(maes)) if maes else None
+    return float(np.mean([err[idx == b].mean() for b in np.unique(idx)]))
 
 
 def _block(y, mu, sigma, edges, min_count, dof=unc.INF) -> dict[str, Any]:

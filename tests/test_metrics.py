@@ -127,6 +127,27 @@ def test_balanced_mae_against_numpy_reference():
     assert got == pytest.approx(np.mean(maes))
 
 
+def test_balanced_mae_counts_labels_beyond_the_training_range():
+    """A test label outside the training labels' range (the rarest of all) was
+    dropped: y=[1, 2, 10], mu=[1, 2, 0] over edges [0, 1.5, 3] scored 0.0. Each
+    such label now counts in the outermost bin on its side."""
+    assert metrics.balanced_mae([1.0, 2.0, 10.0], [1.0, 2.0, 0.0],
+                                [0.0, 1.5, 3.0]) == pytest.approx((0.0 + (0.0 + 10.0) / 2) / 2)
+    rng = np.random.default_rng(11)
+    train = rng.gamma(4.0, 1.0, 300)
+    y = np.concatenate([rng.gamma(4.0, 1.0, 200), [train.min() - 1.0, train.max() + 3.0]])
+    mu = y + rng.normal(0.0, 0.5, y.size)
+    edges = np.linspace(train.min(), train.max(), 6)
+    per_bin = {}
+    for yi, ei in zip(y, np.abs(y - mu)):              # the reference: a loop over labels
+        b = 0 if yi < edges[1] else 4 if yi >= edges[4] else next(
+            k for k in range(1, 4) if edges[k] <= yi < edges[k + 1])
+        per_bin.setdefault(b, []).append(ei)
+    want = np.mean([np.mean(v) for v in per_bin.values()])
+    got = metrics.evaluate(y, mu, train_labels=train, shot_bins=5)["overall"]["balanced_mae"]
+    assert got == pytest.approx(want)
+
+
 @pytest.mark.parametrize("bad, name", [
     ((np.array([[2.0], [3.0], [5.0]]), np.r_[1.0, 2.0, 4.0]), "y"),     # broadcast 3x3 before
     ((np.r_[np.nan, 1.0], np.r_[0.0, 0.0]), "y"),                      # silent NaN before
