@@ -147,10 +147,19 @@ def summarize(rows: list[dict]) -> tuple[list[str], list[dict]]:
     out = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == variant]
+        seeds = {c: frozenset(r["seed"] for r in rs if r.get(c) is not None) for c in cols}
         out.append({"variant": variant, "n_seeds": len(rs),
                     **{c: _mean_sd(r.get(c) for r in rs) for c in cols},
-                    "counts": {c: sum(r.get(c) is not None for r in rs) for c in cols}})
+                    "counts": {c: len(seeds[c]) for c in cols}, "seeds": seeds})
     return cols, out
+
+
+def comparable(seed_sets: dict[str, frozenset]) -> list[str]:
+    """The names whose means cover every seed any of them covers: only means over the
+    same seeds (the same splits under --split-per-seed) are compared; a variant with a
+    failed run is shown but neither bold nor selected."""
+    every = frozenset().union(*seed_sets.values()) if seed_sets else frozenset()
+    return [k for k, v in seed_sets.items() if v == every]
 
 
 def markdown(cols: list[str], summary: list[dict], best: dict[str, str] | None = None) -> str:
@@ -175,7 +184,9 @@ def markdown(cols: list[str], summary: list[dict], best: dict[str, str] | None =
 def best_per_column(cols, summary) -> dict[str, str]:
     best = {}
     for c in cols:
-        vals = [(s[c][0], s["variant"]) for s in summary if np.isfinite(s[c][0])]
+        same = comparable({s["variant"]: s["seeds"][c] for s in summary if "seeds" in s})
+        vals = [(s[c][0], s["variant"]) for s in summary
+                if np.isfinite(s[c][0]) and ("seeds" not in s or s["variant"] in same)]
         if vals:
             best[c] = min(vals)[1]
     return best
@@ -255,7 +266,7 @@ def main(argv=None) -> int:
         tails.pop("mae")                                   # rows_of has it from eval.json
         rows.append(rows_of(name, seed, ev, tails))
         if v.startswith("hypuc-"):
-            val.setdefault(name, []).append(val_score(wd))
+            val.setdefault(name, {})[seed] = val_score(wd)
     current = code_stamp()
     stamps = {}
     for name, _, _, seed in jobs:
@@ -270,8 +281,9 @@ def main(argv=None) -> int:
     overall = [c[0] for c in OVERALL]
     region = [c for c in cols if c.startswith("mae[")]  # thresholds' tails, then regions
     dec = [c for c in cols if c.startswith("auroc[")]
-    sel = {k: _mean_sd(x["balanced_mae"] for x in vs) for k, vs in val.items()}
-    chosen = min(sel, key=lambda k: sel[k][0]) if sel else None
+    sel = {k: _mean_sd(x["balanced_mae"] for x in vs.values()) for k, vs in val.items()}
+    eligible = comparable({k: frozenset(vs) for k, vs in val.items()})
+    chosen = min(eligible, key=lambda k: sel[k][0]) if eligible else None
     write_csv(out.with_name(out.name + "_runs.csv"), rows)
     write_csv(out.with_name(out.name + ".csv"), [
         {"variant": s["variant"], "n_seeds": s["n_seeds"],
@@ -300,13 +312,16 @@ def main(argv=None) -> int:
         md += ["## Decisions (boosted AUROC)", "", markdown(dec, summary, best), ""]
     if sel:
         md += ["## lam / bandwidth selection on the validation split", "",
-               "Criterion: lowest mean validation balanced MAE over seeds (test never used).", "",
-               "| hypuc variant | val balanced MAE | val MAE |", "| --- | --- | --- |"]
+               "Criterion: lowest mean validation balanced MAE over seeds (test never used); "
+               "only variants that finished every seed are compared.", "",
+               "| hypuc variant | seeds | val balanced MAE | val MAE |",
+               "| --- | --- | --- | --- |"]
         for k in sel:
-            vm = _mean_sd(x["mae"] for x in val[k])
-            md.append(f"| {k}{' (selected)' if k == chosen else ''} | {sel[k][0]:.4f} ± "
+            vm = _mean_sd(x["mae"] for x in val[k].values())
+            note = " (selected)" if k == chosen else "" if k in eligible else " (not compared)"
+            md.append(f"| {k}{note} | {len(val[k])} | {sel[k][0]:.4f} ± "
                       f"{sel[k][1]:.4f} | {vm[0]:.4f} ± {vm[1]:.4f} |")
-        md += ["", f"Selected: **{chosen}**.", ""]
+        md += ["", f"Selected: **{chosen}**." if chosen else "Selected: none.", ""]
     from hypuc_jax.report import write_text_atomic
     write_text_atomic(out.with_name(out.name + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))

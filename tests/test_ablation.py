@@ -230,3 +230,35 @@ def test_a_diverged_run_is_reported_and_the_others_still_run(tmp_path, monkeypat
     assert ("**1 of 2 runs failed**" in md
             and "none/seed0: validation predictions are not finite" in md)
     capsys.readouterr()
+
+
+def test_bold_and_selection_compare_means_over_the_same_seeds(tmp_path, monkeypatch, capsys):
+    """A variant with a failed run was compared on the mean of its other seeds
+    (other splits under --split-per-seed): it could be bold, and selected."""
+    rows = [{"variant": "a", "seed": 0, "mae": 1.0}, {"variant": "a", "seed": 1, "mae": 3.0},
+            {"variant": "b", "seed": 0, "mae": 1.5}]          # b's seed 1 failed
+    cols, summary = ablation.summarize(rows)
+    assert ablation.best_per_column(cols, summary) == {"mae": "a"}   # 2.0 vs 1.5 over 1 seed
+    assert "| b | 1 | 1.500 ± — |" in ablation.markdown(cols, summary)
+
+    real_run, real_score = ablation.run_variant, ablation.val_score
+
+    def run_variant(config, variant, seed, workdir, *args, **kwargs):
+        if variant == "hypuc-0.5" and seed == 1:
+            raise FloatingPointError("non-finite loss")
+        return real_run(config, variant, seed, workdir, *args, **kwargs)
+
+    def val_score(wd):                    # hypuc-0.5 would win on the seed it finished
+        score = real_score(wd)
+        return {**score, "balanced_mae": 0.01 if "hypuc-0.5" in str(wd) else 1.0}
+
+    monkeypatch.setattr(ablation, "run_variant", run_variant)
+    monkeypatch.setattr(ablation, "val_score", val_score)
+    out = tmp_path / "abl"
+    assert ablation.main([*FAST, "--seeds", "0", "1", "--variants", "hypuc-0.5", "hypuc-1.0",
+                          "--workdir", str(tmp_path / "wd"), "--out", str(out)]) == 1
+    md = out.with_suffix(".md").read_text()
+    assert "| hypuc-0.5 (not compared) | 1 | 0.0100 ± nan |" in md
+    assert "| hypuc-1.0 (selected) | 2 | 1.0000 ± 0.0000 |" in md
+    assert "Selected: **hypuc-1.0**." in md
+    capsys.readouterr()
