@@ -144,10 +144,15 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
 
 def _check_same_data(cfg, workdir: Path) -> None:
     """Refuses a finished run whose checkpoints were trained on other data than ``cfg``'s
-    (an npz spec is compared by file name, so the stored data stamp decides)."""
+    (an npz spec is compared by file name, so the stored data stamp decides), and one
+    without a data stamp (trained before stamps existed): what it was trained on is
+    unknown, and the cache file's name does not say how many records it held."""
     from hypuc_jax.checkpoints import DATA_STAMP_FILE
     if not (Path(train_data.run_paths(str(workdir))["checkpoints"]) / DATA_STAMP_FILE).exists():
-        return                                   # nothing to compare: skip loading the data
+        raise workflow.WorkflowError(
+            f"{workdir}: holds a finished run without a record of its training data "
+            f"(checkpoints/{DATA_STAMP_FILE}, written since 2026-12-05), so it cannot be "
+            f"checked against --data {cfg.data.spec!r}; use another --workdir")
     ds = workflow._dataset(cfg)
     if train_data.trained_on_other_data(workdir, ds.x, ds.y, train_data.split_for(cfg, ds)):
         raise workflow.WorkflowError(

@@ -98,6 +98,22 @@ def test_a_failed_recalibration_leaves_no_result_to_reuse(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_finished_run_without_a_data_stamp_is_not_reused(tmp_path, capsys):
+    """Runs from before data stamps were reused on other data without notice: the
+    cache file's name hides n=, so n=300 returned the n=256 table, exit 0."""
+    from hypuc_jax.checkpoints import DATA_STAMP_FILE
+    root = tmp_path / "wd"
+    argv = [*FAST, "--seeds", "0", "--variants", "none", "--workdir", str(root),
+            "--out", str(tmp_path / "abl")]
+    assert ablation.main(argv) == 0
+    (root / "none" / "seed0" / "checkpoints" / DATA_STAMP_FILE).unlink()
+    before = (root / "none" / "seed0" / workflow.EVAL).read_bytes()
+    with pytest.raises(workflow.WorkflowError, match="without a record of its training data"):
+        ablation.main([*argv, "--set", "data.spec=simulated:potassium?n=300&duration=2&rate=50"])
+    assert (root / "none" / "seed0" / workflow.EVAL).read_bytes() == before
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("extra, owner", [
     (["--set", "train.seed=3"], "--seeds"),
     (["--set", "weighting.lam=1.0"], "hypuc-0.5"),
