@@ -85,9 +85,15 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     # signals: the training rate and record length unless the spec sets them
     duration = (task.input_shape[0] / task.rate
                 if task.rate is not None and len(task.input_shape) == 2 else None)
+    target = cfg.data.target or task.target
+    if kind == "csv" and (not task.feature_names                    # an npz array's name,
+                          or target in spec_options.get("features", "").split(",")):
+        target = None                          # not a column: no default label column
     ds = data_lib.load(spec, labels_optional=True, defaults={
-        "target": cfg.data.target or task.target, "features": by_name, "rate": task.rate,
-        "duration": duration})
+        "target": target, "features": by_name, "rate": task.rate, "duration": duration})
+    if ds.task.unit and task.unit and ds.task.unit != task.unit:
+        raise WorkflowError(f"--data: {spec!r} holds {ds.task.name} records labelled in "
+                            f"{ds.task.unit}, but the run predicts {task.name} in {task.unit}")
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
         kind = data_lib.parse_spec(spec)[0]
         fix = (f"save records sampled at {task.rate:g} Hz (npz arrays are not resampled)"
@@ -147,10 +153,11 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
 
 def _cell(v) -> str:
     """One CSV cell: ints as ints; floats in their shortest round-trip form, a
-    float32 label as its own (4.1, not 4.099999904632568); "" for NaN."""
+    float32 label as its own (4.1, not 4.099999904632568); "" for NaN (a missing
+    label), inf / -inf as such."""
     if isinstance(v, (np.integer, int)):
         return repr(int(v))
-    if not np.isfinite(v):
+    if np.isnan(v):
         return ""
     return repr(float(str(v))) if isinstance(v, np.float32) else repr(float(v))
 

@@ -95,8 +95,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
       one of another config or data is refused).
     stop_after: stop (as if interrupted) after this many steps of THIS
       call, right after saving a checkpoint; None runs to the end.
-    dataset: the ``data.Dataset`` of ``config.data.spec`` if already loaded
-      (``workflow.train_stage`` passes the one it checked), else loaded here.
+    dataset: the ``data.Dataset`` of ``config.data.spec`` if already loaded,
+      or the ``train_data.RunData`` that ``train_data.prepare`` made of it
+      (``workflow.train_stage`` passes the one it checked); else loaded here.
 
   Returns:
     A :class:`TrainResult`.
@@ -115,7 +116,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   validate(config, n_devices)
   mode = resolve_parallel(config.train.parallel, n_devices)
   t = config.train
-  run = train_data.prepare(config, dataset)
+  run = (dataset if isinstance(dataset, train_data.RunData)
+         else train_data.prepare(config, dataset))
   check_model_fits(config, run.input_shape)
   steps_per_epoch = len(run.idx["train"]) // t.batch_size
   if steps_per_epoch < 1:

@@ -110,14 +110,19 @@ def prepare(config: Config, dataset=None) -> RunData:
   has loaded it already (it is then not read again).
 
   Raises:
-    ValueError: from the data source or the split.
+    ValueError: from the data source, the split, the scaler (labels or inputs
+      that overflow float32 once centred) or the weighting fit.
   """
   ds = load_dataset(config) if dataset is None else dataset
   y = np.asarray(ds.y, np.float64)
   idx = {s: np.sort(np.asarray(i, np.int64)) for s, i in split_for(config, ds).items()}
   scaler = data_lib.Scaler.fit(ds.x, y, idx["train"])
-  weighting = weights_lib.fit_weighting(config.weighting.scheme, y[idx["train"]],
-                                        **weighting_options(config))
+  try:
+    weighting = weights_lib.fit_weighting(config.weighting.scheme, y[idx["train"]],
+                                          **weighting_options(config))
+  except ValueError as e:     # the library's argument names, as config keys
+    raise ValueError(f"weighting (scheme {config.weighting.scheme!r}) of the training labels: "
+                     f"{e} (config keys: weighting.method, weighting.bandwidth)") from None
   return RunData(ds.x, y, idx, scaler, weighting, tuple(int(v) for v in ds.x.shape[1:]))
 
 

@@ -86,10 +86,12 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     Validates ``cfg``, refuses a run of a different config in ``workdir``
     or checkpoints trained on other data (unless ``overwrite``), loads the data, splits it and checks that the
     model takes its records, that a training batch fits in the training
-    split and that hyperfine calibration's bins fit in the validation split.
+    split and that hyperfine calibration's bins fit in the validation split;
+    fits the scaler and the label weighting (which refuse some labels).
 
     Returns:
-      The dataset.
+      ``(dataset, run_data)``: the ``data.Dataset`` and the
+      ``train_data.RunData`` prepared from it, which training takes as is.
 
     Raises:
       ValueError / WorkflowError: naming the bad key, file or directory.
@@ -151,7 +153,11 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     if cfg.calibration.method == "hyperfine":
         _check_hyperfine_fits(cfg, len(parts["val"]), f"--data {cfg.data.spec!r}")
     train_lib.check_model_fits(cfg, tuple(int(v) for v in np.shape(ds.x)[1:]))
-    return ds
+    try:
+        run = train_data.prepare(cfg, ds)
+    except ValueError as e:
+        raise ValueError(f"--data {cfg.data.spec!r}: {e}") from None
+    return ds, run
 
 
 def discard_runs(*workdirs: str | os.PathLike) -> None:
@@ -208,14 +214,14 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     from hypuc_jax import train_data
 
     workdir = Path(workdir)
-    ds = check_trainable(cfg, workdir, overwrite=overwrite)
+    ds, run = check_trainable(cfg, workdir, overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     if overwrite:
         discard_runs(workdir)
     remove_trash(workdir)                   # what a stopped deletion left
     for name in _DOWNSTREAM:
         remove_path(workdir / name)
-    train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=ds)
+    train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=run)
     y = np.asarray(ds.y, dtype=np.float64)
     parts = train_data.split_for(cfg, ds)   # the fixed split column too, as in training
     val = load_npz(workdir / "predictions_val.npz", "val predictions", keys=("y", "mu"))

@@ -174,6 +174,17 @@ def test_predict_refuses_other_shape(trained, tmp_path, capsys):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_predict_refuses_records_of_another_task_and_unit(trained, tmp_path, capsys):
+    """simulated:lvef records (labels in %) were predicted by a potassium run, their
+    ejection fractions written as y beside mu in mmol/L, with exit 0."""
+    out = tmp_path / "preds.csv"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data",
+                       "simulated:lvef?n=5", "--output", out)
+    line = one_line_error(rc, err)
+    assert "lvef records labelled in %" in line and "potassium in mmol/L" in line, line
+    assert not out.exists()
+
+
 def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):
     """Records of the training shape at another rate were accepted and misread; a spec
     without rate= now reads at the training rate, and another rate is refused. Without

@@ -512,3 +512,55 @@ def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, caps
   assert rc == 0, err
   want, _ = train.predict(str(wd), new.astype(np.float32))
   np.testing.assert_allclose([float(r["mu"]) for r in _read(out)], want, rtol=1e-5, atol=1e-6)
+  # The npz array name "y" is not a csv column: one named y is a feature like any
+  # other (it was refused as "the target column 'y' is also listed as a feature"),
+  # and without features= a csv column y is not taken as labels by default.
+  named_y = tmp_path / "xyz.csv"
+  _write_csv(named_y, ["x", "y", "z"], new.tolist())
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                     f"csv:{named_y}?features=x,y,z", "--output", out)
+  assert rc == 0, err
+  rows = _read(out)
+  assert "y" not in rows[0]
+  np.testing.assert_allclose([float(r["mu"]) for r in rows], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale, named", [(3e37, "--data"), (1e-33, "weighting.method")])
+def test_overwrite_with_labels_the_fits_refuse_keeps_the_finished_run(tabular, capsys, tmp_path,
+                                                                     scale, named):
+  """The scaler (labels overflowing float32 once centred) and the KDE weighting (labels
+  too finely spread for its binned sums) refuse some labels; they were fitted only after
+  `--overwrite` had deleted the finished run, which the error then left behind gone."""
+  _, _, wd0, (x, y, split) = tabular
+  wd = tmp_path / "run"
+  shutil.copytree(wd0, wd)
+  data = tmp_path / "bad.csv"
+  rng = np.random.default_rng(3)
+  _write_csv(data, [*FEATURES, "target", "part"],
+             [[*r.tolist(), scale * (1.0 + rng.normal()), s] for r, s in zip(x, split)])
+  before = _files(wd)
+  for command in ("train", "run"):
+    target = wd if command == "train" else tmp_path / "both"
+    if command == "run":
+      shutil.copytree(wd0, target / "hypuc")
+      before_run = _files(target)
+    rc, _, err = hypuc(capsys, command, "--workdir", target, "--data",
+                       f"csv:{data}?split=part&target=target", *FAST, "--overwrite")
+    line = one_line_error(rc, err)
+    assert named in line and "bad.csv" in line, line
+    assert _files(target) == (before if command == "train" else before_run)
+
+
+def test_predict_writes_an_infinite_label_as_inf_not_as_missing(tabular, capsys, tmp_path):
+  """A label cell of inf came out as an empty cell, the mark of a missing label."""
+  root, _, wd, _ = tabular
+  x, y, _ = _table(4, 9)
+  labels = [float(y[0]), float("inf"), "", float("-inf")]
+  data = tmp_path / "l.csv"
+  _write_csv(data, [*FEATURES, "target"], [[*r.tolist(), t] for r, t in zip(x, labels)])
+  out = tmp_path / "p.csv"
+  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",
+                     "--output", out)
+  assert rc == 0, err
+  got = [r["y"] for r in _read(out)]
+  assert got[1:] == ["inf", "", "-inf"] and float(got[0]) == pytest.approx(y[0], rel=1e-6)

@@ -249,7 +249,7 @@ def _load_diabetes(arg, options, spec, labels_optional=False):
 
 def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
     target = options.get("target")
-    if not target:
+    if not target and not labels_optional:      # unlabelled data (predict) may name none
         raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
     features = options.get("features") or None
     if isinstance(features, str):
@@ -308,7 +308,8 @@ def load(spec: str, *, strict: bool | None = None, labels_optional: bool = False
         it (False: drop NaN/inf rows with a log line).
       labels_optional: for prediction: a csv/npz/wfdb source without its
         label column / array loads with NaN labels (unless the spec itself
-        names the column with ``target=``), labels may be missing per row,
+        names the column with ``target=``; a csv spec need not name one),
+        labels may be missing per row,
         and no row is ever dropped (a row with NaN/inf inputs raises
         instead, so outputs line up with the records).
       defaults: options used where the spec does not set them (those its
