@@ -234,6 +234,22 @@ def test_wfdb_records_resampled_and_reordered(tmp_path):
     assert cut.x.shape == (3, 150, 12)
 
 
+def test_wfdb_rates_in_whole_hz_are_resampled_exactly(tmp_path):
+    """1001 Hz -> 100 Hz: the ratio 100/1001 was cut to a denominator of at most
+    1000 (1/10), so every record came out at 100.1 Hz, 0.1% off, without a word."""
+    fs = 1001
+    t = np.arange(2 * fs) / fs
+    sig = np.stack([np.sin(2 * np.pi * (1 + j) * t) * 0.5 for j in range(12)], axis=1)
+    wfdb.wrsamp("r0", fs=fs, units=["mV"] * 12, sig_name=list(LEAD_NAMES), p_signal=sig,
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(tmp_path))
+    write_csv(tmp_path / "labels.csv", ["record", "K"], [["r0", 4.0]])
+    ds = load(f"wfdb:{tmp_path}?rate=100")
+    ref = sps.resample_poly(np.round(sig * 1000) / 1000, 100, 1001, axis=0)   # exact ratio
+    assert ds.x.shape == (1, 200, 12) and ref.shape == (200, 12)
+    np.testing.assert_allclose(ds.x[0], ref, atol=1e-4)
+
+
 def test_wfdb_microvolts_converted_and_split_column(tmp_path):
     sig = np.ones((FS, 12)) * 500.0
     _write_records(tmp_path, [sig, sig], units="uV", gain=1.0)

@@ -16,6 +16,9 @@ from hypuc_jax._validation import is_real
 from hypuc_jax.data.csv_table import _target_and_split, read_csv_columns
 from hypuc_jax.data.simulator import LEAD_NAMES
 
+#: Largest up / down factor of the polyphase resampling (exact ratios of rates).
+MAX_RESAMPLE_FACTOR = 100_000
+
 
 def _finite_positive(value) -> bool:
     return is_real(value) and math.isfinite(value) and value > 0
@@ -97,10 +100,14 @@ def _read_record(path: str, rate: float):
                              "(a voltage; the signals are converted to mV)")
     sig = sig * np.array([_TO_MV[u] for u in units])
     if rec.fs != rate:
-        frac = fractions.Fraction(float(rate) / float(rec.fs)).limit_denominator(1000)
-        if frac.numerator < 1:
+        ratio = fractions.Fraction(float(rate)) / fractions.Fraction(float(rec.fs))
+        if ratio < fractions.Fraction(1, 1000):
             raise ValueError(f"{path}: rate: expected at least 1/1000 of the record's "
                              f"{float(rec.fs):g} Hz to resample to, got {rate:g} Hz")
+        # exact for rates in whole Hz up to the cap: 1001 Hz -> 100 Hz is 100/1001 (a
+        # denominator capped at 1000 made it 1/10, 0.1% off the rate); other ratios
+        # within about 1e-10 / denominator
+        frac = ratio.limit_denominator(MAX_RESAMPLE_FACTOR)
         sig = scipy.signal.resample_poly(sig, frac.numerator, frac.denominator, axis=0)
     if sig.shape[0] < 1:
         raise ValueError(f"{path}: expected at least one sample at {rate:g} Hz, got none")
