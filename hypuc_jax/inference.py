@@ -87,7 +87,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
                 if task.rate is not None and len(task.input_shape) == 2 else None)
     target = cfg.data.target or task.target
     if kind == "csv" and (not task.feature_names                    # an npz array's name,
-                          or target in spec_options.get("features", "").split(",")):
+                          or target in (f.strip() for f in
+                                         spec_options.get("features", "").split(","))):
         target = None                          # not a column: no default label column
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": target, "features": by_name, "rate": task.rate, "duration": duration})

@@ -94,6 +94,9 @@ def test_csv_default_features_skip_text_columns_and_split_column(tmp_path, caplo
     assert "hyperkalemia" in ds.task.regions and ds.task.target == "K"
     chosen = load(f"csv:{path}?target=K&features=b")
     np.testing.assert_allclose(chosen.x[:, 0], [r[2] for r in rows])
+    spaced = load(f"csv:{path}?target=K&features=b, a")      # stripped, as header names are
+    assert spaced.feature_names == ("b", "a")
+    np.testing.assert_allclose(spaced.x, [[r[2], r[1]] for r in rows])
 
 
 def test_csv_nonfinite_rows_dropped_with_log_or_rejected_in_strict_mode(tmp_path, caplog):
@@ -121,6 +124,8 @@ def test_csv_nonfinite_rows_dropped_with_log_or_rejected_in_strict_mode(tmp_path
     (["id", "K"], [["x", 2]], "target=K", "no numeric feature columns"),
     (["a", "K"], [], "target=K", "at least one data row"),
     (["a", "K"], [[1, 2]], "features=a", "target=COLUMN"),
+    (["a", "b", "K"], [[1, 2, 3]], "target=K&features=", "option features: expected comma"),
+    (["a", "b", "K"], [[1, 2, 3]], "target=K&features=a,,b", "option features: expected comma"),
 ])
 def test_csv_bad_input_names_file_and_problem(tmp_path, header, rows, spec_opts, match):
     path = write_csv(tmp_path / "bad.csv", header, rows)

@@ -251,9 +251,13 @@ def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
     target = options.get("target")
     if not target and not labels_optional:      # unlabelled data (predict) may name none
         raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
-    features = options.get("features") or None
-    if isinstance(features, str):
-        features = features.split(",")
+    features = options.get("features")
+    if isinstance(features, str):    # from the spec: names as in the header (stripped)
+        features = [f.strip() for f in features.split(",")]
+        if not all(features):
+            raise ValueError(f"spec {spec!r}: option features: expected comma-separated "
+                             f"column names, got {options['features']!r}")
+    features = features or None
     x, y, split, names = csv_table.read_csv_table(arg, target, features, options.get("split"),
                                                 labels_optional, named_target)
     stem = os.path.splitext(os.path.basename(arg))[0]
