@@ -119,8 +119,8 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
         raise WorkflowError(f"--workdir: {workdir} holds a trained run itself; run into "
                             "another directory (`hypuc run` writes DIR/baseline and DIR/hypuc)")
     cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
-    for name, cfg in cfgs.items():  # bad input changes nothing, the old report included
-        check_trainable(cfg, workdir / name, overwrite=overwrite)
+    checked = {name: check_trainable(cfg, workdir / name, overwrite=overwrite)
+               for name, cfg in cfgs.items()}   # bad input changes nothing, the old report too
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     workdir.mkdir(parents=True, exist_ok=True)
     remove_trash(workdir)                   # what a stopped deletion left
@@ -134,7 +134,8 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
     for name, cfg in cfgs.items():
         log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme} "
             f"on {cfg.data.spec} -> {workdir / name}")
-        evals[name] = pipeline(cfg, workdir / name, overwrite=overwrite)
+        evals[name] = pipeline(cfg, workdir / name, overwrite=overwrite,
+                               checked=checked.pop(name))
     runs = [load_run_outputs(workdir / name, name) for name in cfgs]
     w = cfgs["hypuc"].weighting
     extra = [f"Data: `{cfgs['hypuc'].data.spec}`; both runs: loss `nll`, same seed and budget "

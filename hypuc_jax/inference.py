@@ -89,10 +89,12 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     if kind == "csv" and (not task.feature_names                    # an npz array's name,
                           or target in (f.strip() for f in
                                          spec_options.get("features", "").split(","))):
+        if "target" not in spec_options and not task.feature_names:
+            _note_unread_label_column(data_lib.input_files(spec), target)
         target = None                          # not a column: no default label column
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": target, "features": by_name, "rate": task.rate, "duration": duration})
-    if ds.task.unit and task.unit and ds.task.unit != task.unit:
+    if _unit(ds.task.unit) and _unit(task.unit) and _unit(ds.task.unit) != _unit(task.unit):
         raise WorkflowError(f"--data: {spec!r} holds {ds.task.name} records labelled in "
                             f"{ds.task.unit}, but the run predicts {task.name} in {task.unit}")
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
@@ -133,7 +135,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             **{f"p_{k}": v for k, v in probs.items()},
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
             "flag": (flag | outside).astype(int), "out_of_range": outside.astype(int)}
-    if np.isfinite(ds.y).any():
+    if (~np.isnan(ds.y)).any():                                 # inf is a label, NaN none
         cols = {"y": np.asarray(ds.y, np.float32), **cols}      # as read: float32
     tmp = None
     try:
@@ -150,6 +152,27 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
+
+
+def _unit(unit) -> str:
+    """A label unit as compared: case and spaces ignored (mmol/L = mmol / l)."""
+    return "".join(str(unit or "").split()).lower()
+
+
+def _note_unread_label_column(files, name: str) -> None:
+    """Logs when a csv given to a run trained on npz has a column named like the
+    npz label array: it is not read as labels unless the spec says target=."""
+    for path in files:
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                header = [c.strip() for c in next(csv.reader(f), [])]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return                                   # the loader names what is wrong
+        if name in header:
+            logging.getLogger(__name__).warning(
+                "%s: column %r is not read as labels (the run was trained on npz, whose "
+                "label array has no column name); add target=%s to the spec to read it",
+                path, name, name)
 
 
 def _cell(v) -> str:

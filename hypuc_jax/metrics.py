@@ -11,8 +11,9 @@ METRICS keys (python floats / ints, ``None`` where undefined; never NaN):
 - accuracy: ``mae``, ``mse``, ``rmse``, ``gm`` (geometric mean of |error|,
   0 if any error is exactly 0), ``pearson``, ``spearman`` (None when n < 2 or
   an input is constant), ``balanced_mae`` (mean over occupied label bins of
-  each bin's MAE; bins as for the shot regions, see ``hypuc_jax.regions``,
-  labels beyond them in the outermost bin);
+  each bin's MAE; the shot regions' equal-width bins over the training
+  labels, see ``hypuc_jax.regions``; a label beyond them counts in the
+  outermost bin here, and as few-shot in the shot regions);
 - uncertainty (None when ``sigma`` is None, i.e. a point model): ``nll``,
   ``crps``, ``coverage_68/90/95``, ``width_68/90/95``, ``uce``, ``ence``,
   ``miscal_area`` (definitions in ``hypuc_jax.uncertainty``), for the

@@ -116,8 +116,14 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   validate(config, n_devices)
   mode = resolve_parallel(config.train.parallel, n_devices)
   t = config.train
-  run = (dataset if isinstance(dataset, train_data.RunData)
-         else train_data.prepare(config, dataset))
+  if isinstance(dataset, train_data.RunData):
+    if dataset.prepared_for != train_data.prepared_key(config):
+      raise ValueError("dataset: a RunData prepared for another config (its data or "
+                       "weighting section differs); pass the data.Dataset, or the RunData "
+                       "that train_data.prepare made for this config")
+    run = dataset
+  else:
+    run = train_data.prepare(config, dataset)
   check_model_fits(config, run.input_shape)
   steps_per_epoch = len(run.idx["train"]) // t.batch_size
   if steps_per_epoch < 1:

@@ -61,6 +61,8 @@ class RunData:
     weighting: ``weights.LabelWeighting`` fitted on the training labels
       (label units), applied per batch by the batch iterator.
     input_shape: shape of one example.
+    prepared_for: :func:`prepared_key` of the config ``prepare`` fitted it
+      for (None: not made by ``prepare``).
   """
   x: Any
   y: np.ndarray
@@ -68,6 +70,7 @@ class RunData:
   scaler: Any
   weighting: Any
   input_shape: tuple
+  prepared_for: str | None = None
 
   def y_scaled(self, split: str) -> np.ndarray:
     """Scaled labels [n_split] float32 of ``split`` ("train", "val" or "test")."""
@@ -103,6 +106,12 @@ def split_for(config: Config, ds) -> dict[str, np.ndarray]:
     raise ValueError(f"{where} ({config.data.spec}): {e}") from e
 
 
+def prepared_key(config: Config) -> str:
+  """What :func:`prepare`'s result depends on: the data and weighting sections."""
+  return json.dumps([dataclasses.asdict(config.data), dataclasses.asdict(config.weighting)],
+                    sort_keys=True, default=str)
+
+
 def prepare(config: Config, dataset=None) -> RunData:
   """Loads and splits the data; fits the scaler and the weighting on train only.
 
@@ -123,7 +132,8 @@ def prepare(config: Config, dataset=None) -> RunData:
   except ValueError as e:     # the library's argument names, as config keys
     raise ValueError(f"weighting (scheme {config.weighting.scheme!r}) of the training labels: "
                      f"{e} (config keys: weighting.method, weighting.bandwidth)") from None
-  return RunData(ds.x, y, idx, scaler, weighting, tuple(int(v) for v in ds.x.shape[1:]))
+  return RunData(ds.x, y, idx, scaler, weighting, tuple(int(v) for v in ds.x.shape[1:]),
+                 prepared_key(config))
 
 
 #: Records hashed by ``data_stamp`` (spread evenly over the data set).

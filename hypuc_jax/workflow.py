@@ -188,7 +188,7 @@ def discard_runs(*workdirs: str | os.PathLike) -> None:
 
 
 def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
-                overwrite: bool = False) -> Task:
+                overwrite: bool = False, checked=None) -> Task:
     """Trains ``cfg`` into ``workdir`` (train.train_and_evaluate) and records the task.
 
     ``task.json`` is written last: it marks a finished training run, so a
@@ -203,6 +203,10 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
       overwrite: train from scratch, replacing whatever ``workdir`` holds
         (otherwise a run of another config or data is refused, and one of
         the same config and data resumes).
+      checked: what ``check_trainable(cfg, workdir, overwrite=overwrite)``
+        returned, when the caller ran it already (``hypuc run`` checks both
+        arms before it deletes anything); the checks and the data
+        preparation are then not repeated.
 
     Everything :func:`check_trainable` checks (config, data, split, model
     fit) is checked before anything in ``workdir`` is removed, so bad input
@@ -214,7 +218,8 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     from hypuc_jax import train_data
 
     workdir = Path(workdir)
-    ds, run = check_trainable(cfg, workdir, overwrite=overwrite)
+    ds, run = checked if checked is not None else check_trainable(cfg, workdir,
+                                                                   overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
     if overwrite:
         discard_runs(workdir)
@@ -254,9 +259,11 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
 
 
 def pipeline(cfg: config_lib.Config, workdir: str | os.PathLike, *,
-             overwrite: bool = False) -> dict:
-    """train -> calibrate -> correct -> evaluate(test) for one config; returns eval.json."""
-    train_stage(cfg, workdir, overwrite=overwrite)
+             overwrite: bool = False, checked=None) -> dict:
+    """train -> calibrate -> correct -> evaluate(test) for one config; returns eval.json.
+
+    ``checked``: as for :func:`train_stage`."""
+    train_stage(cfg, workdir, overwrite=overwrite, checked=checked)
     calibrate_stage(workdir)
     correct_stage(workdir)
     return evaluate_stage(workdir, "test")

@@ -183,6 +183,28 @@ def test_predict_refuses_records_of_another_task_and_unit(trained, tmp_path, cap
     line = one_line_error(rc, err)
     assert "lvef records labelled in %" in line and "potassium in mmol/L" in line, line
     assert not out.exists()
+    # the unit is compared as a unit, not as a spelling
+    wd = tmp_path / "run"
+    shutil.copytree(trained, wd)
+    task = json.loads((wd / "task.json").read_text())
+    (wd / "task.json").write_text(json.dumps({**task, "unit": "MMOL / l"}))
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                       "simulated:potassium?n=5", "--output", out)
+    assert rc == 0, err
+
+
+def test_run_prepares_each_arm_once(tmp_path, capsys, monkeypatch):
+    """`hypuc run` checks (and since the scaler and weighting fits can refuse data,
+    prepares) both arms before deleting anything; training reuses what the check
+    prepared instead of a second pass over the records per arm."""
+    from hypuc_jax import train_data
+    calls = []
+    real = train_data.prepare
+    monkeypatch.setattr(train_data, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", tmp_path / "main",
+                       "--set", "train.parallel=none", *FAST)
+    assert rc == 0, err
+    assert len(calls) == 2
 
 
 def test_predict_reads_signals_at_the_training_rate(trained, tmp_path, capsys):

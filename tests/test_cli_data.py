@@ -488,7 +488,8 @@ def test_results_get_the_umask_permissions(tabular, capsys, tmp_path):
   assert mode(tmp_path / "p.csv") == 0o640
 
 
-def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, capsys, tmp_path):
+def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, capsys, tmp_path,
+                                                                   caplog):
   """npz features have no names: a csv's columns cannot be matched to them by name,
   and taking them in file order silently mixed them up (here: reversed)."""
   x, y, split = _table(400, 0)
@@ -523,6 +524,15 @@ def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, caps
   rows = _read(out)
   assert "y" not in rows[0]
   np.testing.assert_allclose([float(r["mu"]) for r in rows], want, rtol=1e-5, atol=1e-6)
+  labelled = tmp_path / "aby.csv"                  # a label column y beside the features:
+  _write_csv(labelled, ["a", "b", "c", "y"], [[*r.tolist(), 4.0] for r in new])
+  with caplog.at_level("WARNING"):                 # said, and read with target=y
+    assert hypuc(capsys, "predict", "--workdir", wd, "--data",
+                 f"csv:{labelled}?features=a,b,c", "--output", out)[0] == 0
+  assert "column 'y' is not read as labels" in caplog.text and "y" not in _read(out)[0]
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data",
+               f"csv:{labelled}?features=a,b,c&target=y", "--output", out)[0] == 0
+  assert [r["y"] for r in _read(out)] == ["4.0"] * len(new)
 
 
 @pytest.mark.parametrize("scale, named", [(3e37, "--data"), (1e-33, "weighting.method")])
@@ -564,3 +574,7 @@ def test_predict_writes_an_infinite_label_as_inf_not_as_missing(tabular, capsys,
   assert rc == 0, err
   got = [r["y"] for r in _read(out)]
   assert got[1:] == ["inf", "", "-inf"] and float(got[0]) == pytest.approx(y[0], rel=1e-6)
+  _write_csv(data, [*FEATURES, "target"], [[*r.tolist(), t] for r, t in zip(x, labels[1:])])
+  assert hypuc(capsys, "predict", "--workdir", wd, "--data", f"csv:{data}",   # no finite one
+               "--output", out)[0] == 0
+  assert [r["y"] for r in _read(out)] == ["inf", "", "-inf"]

@@ -574,3 +574,20 @@ def test_predict_reproduces_the_stored_predictions_bit_for_bit(tmp_path):
   mu, sigma = train.predict(str(tmp_path), ds.x[test])
   np.testing.assert_array_equal(mu, pred["mu"])
   np.testing.assert_array_equal(sigma, pred["sigma"])
+
+
+def test_a_run_data_prepared_for_another_config_is_refused(tmp_path):
+  """train_and_evaluate takes the RunData train_data.prepare made (workflow passes the
+  one its checks prepared); one made for another weighting or split trained the
+  config.json's model on the other config's weights and split, without a word."""
+  from hypuc_jax import workflow
+  a = workflow.make_config("tiny", overrides=[
+      "data.spec=simulated:potassium?n=200&duration=2&rate=50&seed=31337",
+      "train.steps=2", "train.parallel=none"])
+  run = train_data.prepare(a)
+  for change in ("weighting.scheme=none", "data.seed=5"):
+    b = apply_overrides(a, [change])
+    with pytest.raises(ValueError, match="dataset: a RunData prepared for another config"):
+      train.train_and_evaluate(b, str(tmp_path / "b"), dataset=run)
+  assert not (tmp_path / "b").exists()
+  assert train.train_and_evaluate(a, str(tmp_path / "a"), dataset=run).steps == 2
