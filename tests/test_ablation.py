@@ -274,7 +274,35 @@ def test_bold_and_selection_compare_means_over_the_same_seeds(tmp_path, monkeypa
     assert ablation.main([*FAST, "--seeds", "0", "1", "--variants", "hypuc-0.5", "hypuc-1.0",
                           "--workdir", str(tmp_path / "wd"), "--out", str(out)]) == 1
     md = out.with_suffix(".md").read_text()
-    assert "| hypuc-0.5 (not compared) | 1 | 0.0100 ± nan |" in md
-    assert "| hypuc-1.0 (selected) | 2 | 1.0000 ± 0.0000 |" in md
+    assert "| hypuc-0.5 (not compared) | 1 | 0.0100 ± nan | " in md
+    assert "| hypuc-1.0 (selected) | 2 | 1.0000 ± 0.0000 | " in md
     assert "Selected: **hypuc-1.0**." in md
+    capsys.readouterr()
+
+
+def test_selection_keeps_to_the_overall_mae_allowance(tmp_path, monkeypatch, capsys):
+    """lam is chosen on validation balanced MAE among the hypuc variants whose
+    validation MAE is within --mae-allowance of the unweighted variant's; the
+    unconstrained choice is named when it differs. Scores stubbed per variant."""
+    real_score = ablation.val_score
+    scores = {"none": (0.50, 1.00), "hypuc-0.5": (0.40, 1.04), "hypuc-1.0": (0.30, 1.20)}
+
+    def val_score(wd):
+        bal, mae = next(v for k, v in scores.items() if f"/{k}/" in str(wd))
+        return {**real_score(wd), "balanced_mae": bal, "mae": mae}
+
+    monkeypatch.setattr(ablation, "val_score", val_score)
+    argv = [*FAST, "--seeds", "0", "--variants", "none", "hypuc-0.5", "hypuc-1.0",
+            "--workdir", str(tmp_path / "wd")]
+    assert ablation.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    md = (tmp_path / "a.md").read_text()
+    assert "| hypuc-0.5 (selected) | 1 | 0.4000 ± nan | 1.0400 ± nan | +4.0% |" in md
+    assert "| hypuc-1.0 (over the allowance) | 1 | 0.3000 ± nan | 1.2000 ± nan | +20.0% |" in md
+    assert ("Selected: **hypuc-0.5**. Without the overall-MAE allowance the lowest balanced "
+            "MAE is hypuc-1.0's (0.3000 vs 0.4000).") in md
+    assert ablation.main([*argv, "--out", str(tmp_path / "b"), "--mae-allowance", "-1"]) == 0
+    md = (tmp_path / "b.md").read_text()
+    assert "Selected: **hypuc-1.0**." in md and "| hypuc-1.0 (selected) | 1 |" in md
+    assert ablation.main([*argv, "--out", str(tmp_path / "c"), "--mae-allowance", "0.01"]) == 0
+    assert "Selected: none" in (tmp_path / "c.md").read_text()
     capsys.readouterr()
