@@ -230,7 +230,10 @@ def main(argv=None) -> int:
                    help="re-run calibrate/correct/evaluate of finished runs with the current "
                    "code (their trained models are kept)")
     a = p.parse_args(argv)
-    if a.mae_allowance is not None and a.mae_allowance < 0:
+    if not np.isfinite(a.mae_allowance):
+        p.error(f"--mae-allowance: expected a finite fraction (negative: no bound), "
+                f"got {a.mae_allowance}")
+    if a.mae_allowance < 0:
         a.mae_allowance = None
     a.seeds = list(dict.fromkeys(a.seeds))                 # a repeated seed is one run
     a.variants = list(dict.fromkeys(a.variants))           # ... and so is a variant
@@ -293,16 +296,19 @@ def main(argv=None) -> int:
     ref = val.pop("none", None)
     sel = {k: _mean_sd(x["balanced_mae"] for x in vs.values()) for k, vs in val.items()}
     complete = comparable({k: frozenset(vs) for k, vs in val.items()})
-    eligible = list(complete)
     free = min(complete, key=lambda k: sel[k][0]) if complete else None
-    cost = {}                                # mean val MAE vs none's, on the same seeds
-    if ref is not None and a.mae_allowance is not None:
-        for k in complete:
-            same = sorted(set(val[k]) & set(ref))
-            if same:
-                cost[k] = (np.mean([val[k][s_]["mae"] for s_ in same])
-                           / np.mean([ref[s_]["mae"] for s_ in same]) - 1.0)
-        eligible = [k for k in eligible if cost.get(k, np.inf) <= a.mae_allowance]
+    cost = {}                                # mean val MAE vs none's, on the seeds they share
+    for k in complete if ref is not None else ():
+        same = sorted(set(val[k]) & set(ref))
+        if same:
+            cost[k] = (np.mean([val[k][s_]["mae"] for s_ in same])
+                       / np.mean([ref[s_]["mae"] for s_ in same]) - 1.0)
+    bounded = a.mae_allowance is not None and "none" in a.variants
+    unbounded = None                         # why a requested bound could not be applied
+    if bounded and ref is None:
+        bounded, unbounded = False, "the unweighted variant has no validation score"
+    eligible = [k for k in complete
+                if not bounded or cost.get(k, np.inf) <= a.mae_allowance]
     chosen = min(eligible, key=lambda k: sel[k][0]) if eligible else None
     write_csv(out.with_name(out.name + "_runs.csv"), rows)
     write_csv(out.with_name(out.name + ".csv"), [
@@ -333,7 +339,10 @@ def main(argv=None) -> int:
         md += ["## Decisions (boosted AUROC)", "", markdown(dec, summary, best), ""]
     if sel:
         bound = (f" among those whose mean validation MAE is at most "
-                 f"{100 * a.mae_allowance:g}% above the unweighted variant's" if cost else "")
+                 f"{100 * a.mae_allowance:g}% above the unweighted variant's (on the seeds "
+                 "both have)" if bounded else
+                 f" (the overall-MAE allowance could not be applied: {unbounded})"
+                 if unbounded else "")
         md += ["## lam / bandwidth selection on the validation split", "",
                "Criterion: lowest mean validation balanced MAE over seeds (test never used)"
                f"{bound}; only variants with a score on every seed that any of them finished "
@@ -343,12 +352,13 @@ def main(argv=None) -> int:
         for k in sel:
             vm = _mean_sd(x["mae"] for x in val[k].values())
             note = (" (selected)" if k == chosen else " (not compared)" if k not in complete
+                    else "" if not bounded else " (no seed shared with none)" if k not in cost
                     else " (over the allowance)" if k not in eligible else "")
             vs_none = f"{100 * cost[k]:+.1f}%" if k in cost else "—"
             md.append(f"| {k}{note} | {len(val[k])} | {sel[k][0]:.4f} ± "
                       f"{sel[k][1]:.4f} | {vm[0]:.4f} ± {vm[1]:.4f} | {vs_none} |")
         md += ["", f"Selected: **{chosen}**." if chosen else
-               "Selected: none (no variant has a score on every seed within the allowance)."]
+               "No variant selected (none has a score on every seed within the allowance)."]
         if free is not None and free != chosen:
             md[-1] += (f" Without the overall-MAE allowance the lowest balanced MAE is "
                        f"{free}'s ({sel[free][0]:.4f} vs {sel[chosen][0]:.4f})."

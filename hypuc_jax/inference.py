@@ -86,12 +86,11 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     duration = (task.input_shape[0] / task.rate
                 if task.rate is not None and len(task.input_shape) == 2 else None)
     target = cfg.data.target or task.target
-    if kind == "csv" and (not task.feature_names                    # an npz array's name,
-                          or target in (f.strip() for f in
-                                         spec_options.get("features", "").split(","))):
-        if "target" not in spec_options and not task.feature_names:
+    listed = {f.strip() for f in spec_options.get("features", "").split(",")}
+    if kind == "csv" and (not task.feature_names or target in listed):   # an npz array's
+        if "target" not in spec_options and not task.feature_names and target not in listed:
             _note_unread_label_column(data_lib.input_files(spec), target)
-        target = None                          # not a column: no default label column
+        target = None                          # name, or a feature: no default label column
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": target, "features": by_name, "rate": task.rate, "duration": duration})
     if _unit(ds.task.unit) and _unit(task.unit) and _unit(ds.task.unit) != _unit(task.unit):

@@ -70,7 +70,7 @@ class RunData:
   scaler: Any
   weighting: Any
   input_shape: tuple
-  prepared_for: str | None = None
+  prepared_for: tuple | None = None
 
   def y_scaled(self, split: str) -> np.ndarray:
     """Scaled labels [n_split] float32 of ``split`` ("train", "val" or "test")."""
@@ -106,10 +106,11 @@ def split_for(config: Config, ds) -> dict[str, np.ndarray]:
     raise ValueError(f"{where} ({config.data.spec}): {e}") from e
 
 
-def prepared_key(config: Config) -> str:
-  """What :func:`prepare`'s result depends on: the data and weighting sections."""
-  return json.dumps([dataclasses.asdict(config.data), dataclasses.asdict(config.weighting)],
-                    sort_keys=True, default=str)
+def prepared_key(config: Config) -> tuple:
+  """What :func:`prepare`'s result depends on: the data section and the weighting
+  section but for how the weights are applied (``apply``, ``defer``), compared
+  as values (lam 1 equals lam 1.0)."""
+  return (config.data, dataclasses.replace(config.weighting, apply="loss", defer=0.0))
 
 
 def prepare(config: Config, dataset=None) -> RunData:

@@ -304,5 +304,21 @@ def test_selection_keeps_to_the_overall_mae_allowance(tmp_path, monkeypatch, cap
     md = (tmp_path / "b.md").read_text()
     assert "Selected: **hypuc-1.0**." in md and "| hypuc-1.0 (selected) | 1 |" in md
     assert ablation.main([*argv, "--out", str(tmp_path / "c"), "--mae-allowance", "0.01"]) == 0
-    assert "Selected: none" in (tmp_path / "c.md").read_text()
+    assert "No variant selected" in (tmp_path / "c.md").read_text()
+    with pytest.raises(SystemExit):
+        ablation.main([*argv, "--out", str(tmp_path / "d"), "--mae-allowance", "nan"])
+    # The unweighted variant failing every seed: the bound is said not to apply.
+    real_run = ablation.run_variant
+
+    def run_variant(config, variant, seed, workdir, *args, **kwargs):
+        if variant == "none":
+            raise FloatingPointError("non-finite loss")
+        return real_run(config, variant, seed, workdir, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "run_variant", run_variant)
+    assert ablation.main([*FAST, "--seeds", "0", "--variants", "none", "hypuc-0.5", "hypuc-1.0",
+                          "--workdir", str(tmp_path / "wd2"), "--out", str(tmp_path / "e")]) == 1
+    md = (tmp_path / "e.md").read_text()
+    assert ("the overall-MAE allowance could not be applied: the unweighted variant has no "
+            "validation score") in md and "Selected: **hypuc-1.0**." in md
     capsys.readouterr()

@@ -518,9 +518,12 @@ def test_a_run_trained_on_npz_columns_needs_the_csv_features_named(tabular, caps
   # and without features= a csv column y is not taken as labels by default.
   named_y = tmp_path / "xyz.csv"
   _write_csv(named_y, ["x", "y", "z"], new.tolist())
-  rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
-                     f"csv:{named_y}?features=x,y,z", "--output", out)
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                       f"csv:{named_y}?features=x,y,z", "--output", out)
   assert rc == 0, err
+  assert "not read as labels" not in caplog.text        # a feature: no advice to read it
   rows = _read(out)
   assert "y" not in rows[0]
   np.testing.assert_allclose([float(r["mu"]) for r in rows], want, rtol=1e-5, atol=1e-6)

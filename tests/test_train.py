@@ -590,4 +590,10 @@ def test_a_run_data_prepared_for_another_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="dataset: a RunData prepared for another config"):
       train.train_and_evaluate(b, str(tmp_path / "b"), dataset=run)
   assert not (tmp_path / "b").exists()
+  import dataclasses
+  lam_int = dataclasses.replace(apply_overrides(a, ["weighting.lam=1.0"]),
+                                weighting=dataclasses.replace(a.weighting, lam=1))
+  assert train_data.prepared_key(lam_int) == train_data.prepared_key(
+      apply_overrides(a, ["weighting.lam=1.0"]))                  # values, not spellings
+  assert train_data.prepared_key(apply_overrides(a, ["weighting.defer=0.5"])) == run.prepared_for
   assert train.train_and_evaluate(a, str(tmp_path / "a"), dataset=run).steps == 2
