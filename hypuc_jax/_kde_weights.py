@@ -24,6 +24,22 @@ _CAP_STEP_TOL = 1e-7  # Newton for the cap stops when the scale moves less than 
 # --------------------------------------------------------------------------- #
 # Validation helpers
 # --------------------------------------------------------------------------- #
+#: How far from 1 the mean of capped weights may be (float32 gives <= 1e-6).
+CAP_MEAN_TOL = 1e-3
+
+
+def check_cap_reached(w, lam, max_weight) -> None:
+    """Refuses concrete capped weights [n] that could not keep mean 1: with a large
+    lam, weights below ~1e-38 of the largest underflow to 0 in float32, and the
+    rest capped at ``max_weight`` cannot make up the mean."""
+    if max_weight is None or not is_concrete(w) or not bool(jnp.any(jnp.isnan(w))):
+        return
+    raise ValueError(f"max_weight: {max_weight:g} cannot keep the mean weight 1 at lam={lam:g}: "
+                     f"rho^-lam spans more than the {w.dtype} range, so the smallest weights "
+                     "underflow to 0 and the capped rest cannot make up the mean; use a smaller "
+                     "lam, a larger max_weight or no cap")
+
+
 def _check_lam(lam) -> None:
     check_positive(lam, "lam", strict=False, scalar=True)
     if is_concrete(lam) and float(lam) > MAX_LAM:
@@ -123,8 +139,8 @@ def _hypuc_from_density(rho: jax.Array, lam, floor, cap, capped: bool):
         w = u
     # traced options are not value-checked: out of range gives NaN, not plausible weights
     valid = (lam >= 0) & (lam <= MAX_LAM) & (floor >= 0) & (floor <= 1)   # 1e-40 is 0 in f32
-    if capped:
-        valid = valid & (cap >= 1)
+    if capped:   # and reachable: weights underflowed to 0 (lam ~15+) can leave mean < 1
+        valid = valid & (cap >= 1) & (jnp.abs(jnp.mean(w) - 1.0) < CAP_MEAN_TOL)
     w = jnp.where(valid, w, jnp.nan)
     chex.assert_equal_shape([w, rho])
     return w, {"rho_min": rho_min, "scale": c, "log_scale": log_c,

@@ -112,10 +112,12 @@ def _bin_table(y, bins, value_range, clip, power, window):
 
 
 def _bin_weights(y, lo, width, table):
-    """Weights 1 / table[bin(y)] normalised to mean 1; returns (w [n], scale)."""
+    """Weights 1 / table[bin(y)] normalised to mean 1; returns (w [n], scale).
+    A non-finite label (possible under jit, where labels are not value-checked)
+    makes every weight NaN: the bins and the normalisation depend on all labels."""
     raw = 1.0 / table[_bin_index(y, lo, width, table.shape[0])]
     scale = 1.0 / jnp.mean(raw)
-    return raw * scale, scale
+    return jnp.where(jnp.all(jnp.isfinite(y)), raw * scale, jnp.nan), scale
 
 
 def _check_lds(kernel, ks, sigma, reweight):

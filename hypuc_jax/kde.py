@@ -384,7 +384,10 @@ def _density(x: jax.Array, p: jax.Array, bandwidth, method: str, grid_size,
         shape = fitted_grid_shape(x, h, grid_size)
         check_binned_scale(x, h, shape, bounds)
         out = binned_density(x, p, h, shape)
-    return jnp.where(jnp.all(h > 0), out, jnp.nan)    # a traced bandwidth is not value-checked
+    # traced inputs are not value-checked: a bad bandwidth or a non-finite sample gives
+    # NaN everywhere, a NaN point NaN there (the binned grid otherwise reads 0)
+    ok = jnp.all(h > 0) & jnp.all(jnp.isfinite(x))
+    return jnp.where(ok & ~jnp.any(jnp.isnan(p), axis=1), out, jnp.nan)
 
 
 __all__ = ["bandwidth", "gaussian_kde", "grid_size_for", "density_grid", "interpolate_grid",

@@ -26,7 +26,8 @@ from flax import struct
 
 from hypuc_jax import kde
 from hypuc_jax._kde_weights import (_check_floor, _check_lam, _check_max_weight, _checked,
-                                    _dense_from_density, _dense_raw, _hypuc_from_density)
+                                    _dense_from_density, _dense_raw, _hypuc_from_density,
+                                    check_cap_reached)
 from hypuc_jax._validation import check_positive
 from hypuc_jax.bin_weights import (BIN_SCHEMES, _bin_index, _bin_scheme_table, _bin_weights,
                                    _labels_1d, inverse_weights, lds_weights,
@@ -65,7 +66,8 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
 
     Raises:
       ValueError: bad labels (empty, NaN/inf, d > 3), lam outside [0, 100], max_weight <= 0
-        or < 1, floor outside (0, 1], or a bad bandwidth/method.
+        or < 1, floor outside (0, 1], a bad bandwidth/method, or a cap that cannot
+        keep the mean 1 because weights underflowed to 0 (under jit: NaN weights).
     """
     _check_lam(lam)
     _check_max_weight(max_weight)
@@ -74,6 +76,7 @@ def kde_weights(labels, lam: float = 0.5, bandwidth: str | float = "scott",
     rho = _checked(kde._density(x, x, bandwidth, method, grid_size, chunk_size), floor)
     cap = jnp.inf if max_weight is None else max_weight
     w, _ = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+    check_cap_reached(w, lam, max_weight)
     return w
 
 
@@ -238,7 +241,8 @@ def fit_weighting(scheme: str, train_labels, **options) -> LabelWeighting:
         _check_lam(lam), _check_max_weight(max_weight), _check_floor(floor)
         _checked(rho, floor)
         cap = jnp.inf if max_weight is None else max_weight
-        _, consts = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+        w, consts = _hypuc_from_density(rho, lam, floor, cap, max_weight is not None)
+        check_cap_reached(w, lam, max_weight)
         params = {"lam": f(lam), "cap": f(cap), **consts}
     else:
         _reject_options(scheme, options, ("alpha", "eps"))

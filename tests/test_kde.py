@@ -285,3 +285,20 @@ def test_traced_binned_kde_warns_and_grid_size_for_restores_the_eager_grid():
         with pytest.warns(UserWarning) as record:      # attributed to this file, not to jax
             jax.jit(fn)(y)
         assert record[0].filename == __file__
+
+
+def test_binned_density_under_jit_is_nan_for_non_finite_inputs():
+    """Under jit the binned grid read 0 at a NaN point and everywhere for a NaN
+    sample (the exact sum gave NaN): both NaN now, as a closed form says."""
+    samples, points = jnp.array([1.0, 2.0, 3.0]), jnp.array([2.0, jnp.nan])
+    for method in ("binned", "exact"):
+        at = jax.jit(lambda p: kde.gaussian_kde(samples, p, bandwidth=0.5, method=method,
+                                                grid_size=512))(points)
+        ref = np.mean(np.exp(-0.5 * ((2.0 - np.array([1.0, 2.0, 3.0])) / 0.5) ** 2)) / (
+            0.5 * np.sqrt(2 * np.pi))
+        assert float(at[0]) == pytest.approx(ref, rel=1e-3) and np.isnan(float(at[1]))
+        for bad in (jnp.nan, jnp.inf):
+            out = jax.jit(lambda s: kde.gaussian_kde(s, jnp.array([1.0, 2.0]), bandwidth=0.5,
+                                                     method=method, grid_size=512))(
+                samples.at[1].set(bad))
+            assert np.isnan(np.asarray(out)).all(), (method, bad, out)

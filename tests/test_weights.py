@@ -444,3 +444,36 @@ def test_other_unchecked_traced_options_come_out_nan_too():
         wf = weights.fit_weighting(scheme, y)
         got = jax.jit(lambda a: wf(a))(jnp.array([np.nan, 4.2]))
         assert np.isnan(got[0]) and np.isfinite(got[1]), scheme
+
+
+def test_under_jit_a_non_finite_label_makes_every_weight_nan():
+    """Labels are not value-checked under jit: a NaN (or inf) label gave the bin
+    schemes and DenseWeight all-ones or finite weights (one bin for every label; a
+    binned density of 0 read as flat). Weights of a set depend on every label, so
+    one non-finite label now makes all of them NaN."""
+    y = jnp.array([1.0, jnp.nan, 2.0, 2.5, 2.6])
+    fns = [weights.lds_weights, weights.inverse_weights, weights.sqrt_inverse_weights,
+           lambda v: weights.lds_weights(v, value_range=(-3.0, 3.0)),
+           lambda v: weights.dense_weights(v, bandwidth=0.5),
+           lambda v: weights.kde_weights(v, bandwidth=0.5, grid_size=512)]
+    for bad in (jnp.nan, jnp.inf):
+        for fn in fns:
+            w = np.asarray(jax.jit(fn)(y.at[1].set(bad)))
+            assert np.isnan(w).all(), (bad, w)
+    ok = np.asarray(jax.jit(weights.lds_weights)(y.at[1].set(1.5)))   # finite: unchanged
+    np.testing.assert_allclose(ok, np.asarray(weights.lds_weights(y.at[1].set(1.5))))
+
+
+def test_a_cap_that_cannot_keep_the_mean_is_refused():
+    """At lam 20 most of 2000 normal labels' weights underflow to 0 in float32; capped
+    at 2 the rest cannot make the mean 1 (it was 0.35, with the docstring promising 1)."""
+    y = np.random.default_rng(0).normal(0, 1, 2000).astype(np.float32)
+    with pytest.raises(ValueError, match="max_weight: 2 cannot keep the mean weight 1"):
+        weights.kde_weights(y, lam=20, max_weight=2.0)
+    with pytest.raises(ValueError, match="max_weight: 2 cannot keep the mean weight 1"):
+        weights.fit_weighting("hypuc", y, lam=20, max_weight=2.0)
+    traced = jax.jit(lambda v: weights.kde_weights(v, lam=20, max_weight=2.0,
+                                                   grid_size=4096))(y)
+    assert np.isnan(np.asarray(traced)).all()
+    w = np.asarray(weights.kde_weights(y, lam=1.0, max_weight=2.0))        # reachable
+    assert w.max() <= 2.0 + 1e-6 and w.mean() == pytest.approx(1.0, abs=1e-5)
