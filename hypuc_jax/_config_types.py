@@ -196,7 +196,10 @@ class CorrectionsConfig:
 
   ``target``: the value regressors fit the residual ``y - mu`` ("residual",
   corrected = mu + the fit) or the label itself ("label");
-  ``corrections.TARGETS``.
+  ``corrections.TARGETS``. ``max_depth`` sets the trees' size as
+  ``2 ** max_depth`` leaves (scikit-learn's HGB grows trees leaf by leaf, so
+  a tree can be deeper than ``max_depth``). ``n_models``: ensemble members,
+  each on a bootstrap resample of the validation rows when there are several.
   """
   enabled: bool = True
   target: str = "residual"

@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--preset", default=None,
                       help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
                       "records, 10 epochs, 5 calibration bins, 5 x 100 boosting rounds of "
-                      "depth 2; tiny with --quick). Naming a preset, potassium included, "
+                      "trees with 4 leaves; tiny with --quick). Naming a preset, potassium included, "
                       "runs the preset as it is (potassium: 2000 records, 20 epochs)")
     p.add_argument("--seed", type=int, default=None, help="training seed for both runs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -18,7 +18,8 @@ family ``dof``).
   predictions equal up to their last bits grow the same trees.
   ``target="label"`` fits y itself (format versions <= 3). sklearn's HGB uses its ``random_state`` only for
   subsampling, so each member also gets its own randomness: a bootstrap
-  resample of the validation rows (``bootstrap=True``) and, if
+  resample of the validation rows (``bootstrap=True``, with more than one
+  member; a single member is fitted on every row) and, if
   ``max_features < 1``, random feature subsampling per split, both seeded by
   ``seed + k``. Early stopping is off, so a fit is deterministic given seed.
 - Decisions: per threshold, an ensemble of boosted classifiers, monotone in
@@ -185,7 +186,9 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
       dof: family of the calibrated predictive (``calibrator.predictive_dof``;
         inf: Gaussian), used for the event-probability features and the
         shrinkage target.
-      bootstrap: resample the validation rows with replacement per member.
+      bootstrap: resample the validation rows with replacement per member (with
+        several members: a single member is fitted on every row, since a
+        resample would only leave ~37% of them, rare outcomes included, out).
       max_features: fraction of features considered per split (sklearn HGB).
       max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: HGB settings
         (regressors, and classifiers unless ``classifier_params`` overrides).
@@ -229,6 +232,7 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
     if extra:
         raise ValueError(f"classifier_params: unknown keys {sorted(extra)}; "
                          f"expected some of {sorted(_CLASSIFIER_KEYS)}")
+    bootstrap = bool(bootstrap) and n_models > 1         # one member: every row
     x = features(mu, sigma, specs, z, dof)
     hgb = dict(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
                min_samples_leaf=min_samples_leaf, max_features=max_features,

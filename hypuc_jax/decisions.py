@@ -31,8 +31,9 @@ under-performing its baselines when positives are few:
 Baselines (``baseline_scores``): thresholding mu (score mu for "above",
 -mu for "below") and the calibrated Gaussian's event probability.
 
-Ensemble members are seeded ``seed + k`` and each gets a bootstrap resample
-of the validation rows (``member_rows``), as the corrected-value regressors
+Ensemble members are seeded ``seed + k`` and, when there are several, each
+gets a bootstrap resample of the validation rows (``member_rows``; a single
+member is fitted on every row), as the corrected-value regressors
 of :mod:`hypuc_jax.corrections` do. Fitted on validation predictions only.
 """
 from __future__ import annotations
@@ -159,7 +160,8 @@ def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0,
     Args:
       mu, sigma, y: validation predictions and labels [n] (already checked).
       thresholds: ThresholdSpec tuple, each event with both outcomes in ``y``.
-      n_models, seed, z, dof, bootstrap: as in ``fit_corrections``.
+      n_models, seed, z, dof, bootstrap: as in ``fit_corrections`` (a single
+        member is fitted on every row).
       monotone: impose ``monotone_constraints``.
       class_weight: None or "balanced" (sklearn).
       prior_strength: pseudo-count n0 of the shrinkage to the Gaussian log-odds
@@ -169,6 +171,7 @@ def fit_decisions(mu, sigma, y, thresholds, *, n_models: int = 5, seed: int = 0,
     Returns:
       ({name: [classifiers]}, {name: Gaussian weight w}).
     """
+    bootstrap = bool(bootstrap) and n_models > 1
     x = features(mu, sigma, thresholds, z, dof)
     classifiers, weights = {}, {}
     for i, t in enumerate(thresholds):

@@ -88,10 +88,14 @@ def test_residual_target_matches_sklearn_on_the_residual():
     step = 2.0 ** (np.floor(np.log2(np.std(y - mu))) - 10)
     for target, goal, offset in (("residual", np.round((y - mu) / step) * step, tmu),
                                  ("label", y, 0.0)):
-        c = corr.fit_corrections(mu, sigma, y, n_models=1, seed=3, bootstrap=False,
-                                 max_iter=30, max_leaf_nodes=15, target=target)
         want = HistGradientBoostingRegressor(**hgb).fit(x, goal).predict(tx) + offset
-        np.testing.assert_allclose(c.predict(tmu, tsig)[0], want, rtol=1e-12, err_msg=target)
+        # a single member is fitted on every row, bootstrap or not (a resample of
+        # one member left ~37% of the rows out, the default corrections.n_models=1)
+        for bootstrap in (False, True):
+            c = corr.fit_corrections(mu, sigma, y, n_models=1, seed=3, bootstrap=bootstrap,
+                                     max_iter=30, max_leaf_nodes=15, target=target)
+            np.testing.assert_allclose(c.predict(tmu, tsig)[0], want, rtol=1e-12,
+                                       err_msg=f"{target}, bootstrap={bootstrap}")
         assert c.target == target and c.manifest()["target"] == target
 
 
