@@ -186,9 +186,9 @@ def fit_corrections(mu_val, sigma_val, y_val, thresholds=(), *, n_models: int = 
       dof: family of the calibrated predictive (``calibrator.predictive_dof``;
         inf: Gaussian), used for the event-probability features and the
         shrinkage target.
-      bootstrap: resample the validation rows with replacement per member (with
-        several members: a single member is fitted on every row, since a
-        resample would only leave ~37% of them, rare outcomes included, out).
+      bootstrap: resample the validation rows with replacement per member, only
+        with several members (a single member is fitted on every row: a resample
+        would leave ~37% of them out, rare outcomes included).
       max_features: fraction of features considered per split (sklearn HGB).
       max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: HGB settings
         (regressors, and classifiers unless ``classifier_params`` overrides).

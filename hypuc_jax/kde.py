@@ -261,7 +261,8 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
         axes = [lo[k] + step[k] * jnp.arange(g, dtype=x.dtype) for k, g in enumerate(shape)]
         nodes = jnp.stack([a.reshape(-1) for a in jnp.meshgrid(*axes, indexing="ij")], axis=1)
         dens = _exact_density(x, nodes, h, chunk_size).reshape(shape)
-    dens = jnp.where(jnp.all(h > 0), dens, jnp.nan)     # a traced bandwidth is not checked
+    # traced inputs are not value-checked: a bad bandwidth or a non-finite sample: NaN
+    dens = jnp.where(jnp.all(h > 0) & jnp.all(jnp.isfinite(x)), dens, jnp.nan)
     return lo, step, _finite_density(dens, x.dtype)
 
 

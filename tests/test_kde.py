@@ -302,3 +302,6 @@ def test_binned_density_under_jit_is_nan_for_non_finite_inputs():
                                                      method=method, grid_size=512))(
                 samples.at[1].set(bad))
             assert np.isnan(np.asarray(out)).all(), (method, bad, out)
+            grid = jax.jit(lambda s: kde.density_grid(s, bandwidth=0.5, method=method,
+                                                      grid_size=64))(samples.at[1].set(bad))
+            assert np.isnan(np.asarray(grid[2])).all(), (method, bad)   # the grid's density
