@@ -86,7 +86,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     duration = (task.input_shape[0] / task.rate
                 if task.rate is not None and len(task.input_shape) == 2 else None)
     target = cfg.data.target or task.target
-    listed = {f.strip() for f in spec_options.get("features", "").split(",")}
+    listed = set(data_lib.feature_option(spec_options, spec) or ())
     if kind == "csv" and (not task.feature_names or target in listed):   # an npz array's
         if "target" not in spec_options and not task.feature_names and target not in listed:
             _note_unread_label_column(data_lib.input_files(spec), target)

@@ -19,12 +19,12 @@ from hypuc_jax.data.readers import RowView
 from hypuc_jax.data.sim_labels import effective_labels
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.sources import Dataset, load, load_for_config
-from hypuc_jax.data.spec import input_files, parse_spec
+from hypuc_jax.data.spec import feature_option, input_files, parse_spec
 from hypuc_jax.data.tasks import PRESETS, Preset, TaskInfo, Threshold, get_preset, get_task
 
 __all__ = [
     "LEAD_NAMES", "PRESETS", "Dataset", "Preset", "RowView", "Scaler", "TaskInfo", "Threshold",
     "batch_iterator", "get_preset", "get_task", "load", "load_for_config", "parse_spec",
-    "input_files",
+    "input_files", "feature_option",
     "effective_labels", "prefetch_to_device", "simulate", "split_indices",
 ]

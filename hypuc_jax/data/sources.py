@@ -62,8 +62,8 @@ import numpy as np
 
 from hypuc_jax.data import csv_table, readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
-from hypuc_jax.data.spec import (OPTIONS, flag, floats, option, parse_spec, positive_option,
-                                  wfdb_labels_file)
+from hypuc_jax.data.spec import (OPTIONS, feature_option, flag, floats, option, parse_spec,
+                                  positive_option, wfdb_labels_file)
 from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
 
 log = logging.getLogger(__name__)
@@ -252,11 +252,8 @@ def _load_csv(arg, options, spec, labels_optional=False, named_target=False):
     if not target and not labels_optional:      # unlabelled data (predict) may name none
         raise ValueError(f"spec {spec!r}: csv needs the option target=COLUMN")
     features = options.get("features")
-    if isinstance(features, str):    # from the spec: names as in the header (stripped)
-        features = [f.strip() for f in features.split(",")]
-        if not all(features):
-            raise ValueError(f"spec {spec!r}: option features: expected comma-separated "
-                             f"column names, got {options['features']!r}")
+    if isinstance(features, str):    # from the spec; else a default tuple of names
+        features = feature_option(options, spec)
     features = features or None
     x, y, split, names = csv_table.read_csv_table(arg, target, features, options.get("split"),
                                                 labels_optional, named_target)

@@ -101,6 +101,22 @@ def wfdb_labels_file(arg: str, options: dict[str, str]) -> str:
     return options.get("labels", os.path.join(arg, "labels.csv"))
 
 
+def feature_option(options: dict, spec: str) -> list[str] | None:
+    """The column names of a csv spec's ``features=`` option, stripped like header
+    names; None without the option.
+
+    Raises:
+      ValueError: an empty value or an empty name, naming the spec.
+    """
+    if "features" not in options:
+        return None
+    names = [f.strip() for f in options["features"].split(",")]
+    if not all(names):
+        raise ValueError(f"spec {spec!r}: option features: expected comma-separated "
+                         f"column names, got {options['features']!r}")
+    return names
+
+
 def input_files(spec: str) -> tuple[str, ...]:
     """The files a spec reads whole: ``csv:PATH`` / ``npz:PATH`` their PATH,
     ``wfdb:DIR`` its label table (records are ``.hea`` + signal files); none
