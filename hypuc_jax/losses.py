@@ -281,7 +281,8 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
 
     Raises:
       ValueError: shapes differ or are not ``[batch]``; concrete weights
-        negative or non-finite, or concrete unmasked losses non-finite.
+        negative or non-finite, a concrete mask non-finite, or concrete
+        unmasked losses non-finite.
     """
     if mask is None:
         losses, weights = as_vectors(losses=losses, weights=weights, finite=False)
@@ -291,6 +292,8 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
                                          finite=False)
         valid = mask > 0
     check_positive(weights, "weights", strict=False)
+    if mask is not None:
+        check_finite(mask, "mask")              # a NaN entry would read as masked
     if is_concrete(losses) and is_concrete(valid):
         check_finite(np.asarray(losses)[np.asarray(valid)], "losses (unmasked entries)")
     w = jnp.where(valid, weights, 0.0)

@@ -37,7 +37,7 @@ import numpy as np
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
                                     concrete_vector, event)
-from hypuc_jax._validation import is_int, is_real, plain_scalar
+from hypuc_jax._validation import check_finite, is_int, is_real, plain_scalar
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, check_edges, label_bin_edges,
                                region_masks, shot_masks, validate_regions)
 
@@ -69,6 +69,13 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _finite_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    out = tuple(concrete_vector(v, k, allow_empty=True) for v, k in ((a, "a"), (b, "b")))
+    for v, k in zip(out, "ab"):
+        check_finite(v, k)
+    return out
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson correlation of two vectors.
 
@@ -77,8 +84,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
     Returns:
       r in [-1, 1]; None when n < 2, either input is constant, or r is not finite.
+
+    Raises:
+      ValueError: a or b not a concrete vector, holding NaN/inf, or lengths differ.
     """
-    a, b = (concrete_vector(v, k, allow_empty=True) for v, k in ((a, "a"), (b, "b")))
+    a, b = _finite_pair(a, b)
     if a.size != b.size:
         raise ValueError(f"a and b: expected the same length, got {a.size} and {b.size}")
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -98,8 +108,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
     Returns:
       rho in [-1, 1]; None as for :func:`pearson` (n < 2 or a constant input).
+
+    Raises:
+      ValueError: as :func:`pearson` (a NaN would otherwise rank last, silently).
     """
-    a, b = (concrete_vector(v, k, allow_empty=True) for v, k in ((a, "a"), (b, "b")))
+    a, b = _finite_pair(a, b)
     return pearson(average_ranks(a), average_ranks(b))
 
 

@@ -121,7 +121,8 @@ def train_step(graphdef: nnx.GraphDef, spec: LossSpec, schedule: optax.Schedule,
   if axis_name is not None:
     num, den, grads, negative = jax.lax.psum((num, den, grads, negative), axis_name)
   den_safe = jnp.where(den > 0, den, 1.0)
-  grads = jax.tree.map(lambda g: g / den_safe, grads)
+  # float64 weights (x64 mode) must not promote float32 gradients, and so the parameters
+  grads = jax.tree.map(lambda g: (g / den_safe).astype(g.dtype), grads)
   loss = num / den_safe
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (negative == 0)

@@ -113,11 +113,12 @@ def dense_weights(labels, alpha: float = 1.0, bandwidth: str | float = "scott",
 # --------------------------------------------------------------------------- #
 # Fitted weighting: apply the training-label weights to new labels
 # --------------------------------------------------------------------------- #
-@struct.dataclass
+@struct.dataclass(eq=False)      # identity hash: ``jax.jit(weighting)`` works (arrays are unhashable)
 class LabelWeighting:
     """A weighting fitted on training labels; ``weighting(y [b]) -> w [b]``.
 
-    A frozen pytree (usable as a ``jit`` argument or closed over): a table on
+    A frozen pytree (usable as a ``jit`` argument, closed over, or jitted
+    itself: ``jax.jit(weighting)(y)``; compared by identity): a table on
     a regular grid (KDE density at grid nodes for "hypuc" / "denseweight",
     processed bin counts for "inverse" / "sqrt_inv" / "lds") plus the scheme's
     constants, all fixed at fit time (the normalisation is the training mean,

@@ -71,3 +71,18 @@ def test_the_checker_sees_an_upstream_import(tmp_path):
   src.write_text("from hypuc_jax import cli, metrics\nimport hypuc_jax.report as r\n"
                  "from hypuc_jax.train import predict\nfrom . import local\n")
   assert _package_imports(src) == {"cli", "metrics", "report", "train"}
+
+
+def test_package_attribute_gives_each_public_module():
+  """``import hypuc_jax as hj; hj.kde`` works in a fresh interpreter (lazily, PEP 562)."""
+  import subprocess
+  import sys
+  names = sorted(p.stem for p in (ROOT / "hypuc_jax").glob("*.py") if not p.stem.startswith("_"))
+  names.append("data")
+  code = ("import hypuc_jax as hj, sys\n"
+          f"for n in {names!r}:\n"
+          "    assert getattr(hj, n) is sys.modules['hypuc_jax.' + n], n\n"
+          "try:\n    hj.no_such_module\nexcept AttributeError as e:\n    print(e)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "module 'hypuc_jax' has no attribute 'no_such_module'"

@@ -430,6 +430,15 @@ def test_weighted_sums_with_mask_ignores_padding_even_if_nan():
     assert float(jax.jit(losses.weighted_mean)(l, w, np.zeros(5, np.float32))) == 0.0
 
 
+def test_a_non_finite_concrete_mask_is_refused_by_name():
+    # NaN > 0 is False: a NaN mask entry would silently drop its example
+    l, w = np.array([1.0, 100.0]), np.array([1.0, 1.0])
+    for fn in (losses.weighted_sums, losses.weighted_mean):
+        with pytest.raises(ValueError, match="^mask: expected finite"):
+            fn(l, w, np.array([1.0, np.nan]))
+    assert float(losses.weighted_mean(l, w, np.array([1.0, 0.0]))) == 1.0
+
+
 def test_boolean_weights_select_examples_eagerly_and_under_jit():
     # a 0/1 selection as bool weights: numpy's average over the selected losses
     l = np.array([1.0, 2.0, 3.0, 7.0], np.float32)

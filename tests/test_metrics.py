@@ -71,6 +71,16 @@ def test_spearman_with_ties_matches_scipy():
     assert metrics.pearson(a, np.ones(300)) is None
 
 
+@pytest.mark.parametrize("fn", [metrics.spearman, metrics.pearson])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_correlations_refuse_non_finite_input_by_name(fn, bad):
+    # a NaN would rank last in spearman (rho 1.0 below, confidently wrong)
+    with pytest.raises(ValueError, match="^a: expected finite"):
+        fn([1.0, 2.0, bad], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="^b: expected finite"):
+        fn([1.0, 2.0, 3.0], [1.0, bad, 3.0])
+
+
 @pytest.mark.parametrize("exponent", range(-300, 301, 10))
 def test_pearson_is_exact_at_extreme_magnitudes(exponent):
     """Squares of 1e200 overflow and of 1e-200 underflow, and the product of

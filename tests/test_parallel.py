@@ -126,6 +126,19 @@ def test_beta_nll_step_matches_reference(results, n_devices):
     assert _rel_diff(params, ref) < RTOL, mode
 
 
+def test_float64_weights_under_x64_give_the_reference_step(results):
+  """x64 mode: float64 weights (what fit_weighting returns for float64 labels)
+  leave the float32 parameters float32 and the step that of the reference."""
+  config, batches, _ = results
+  ref = _reference(config, batches)
+  with jax.enable_x64(True):
+    b64 = [dict(b, w=b["w"].astype(np.float64)) for b in batches]
+    for mode in ("none", "sharding", "pmap"):
+      params, _ = _run(mode, config, b64)
+      assert {np.asarray(v).dtype for v in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+      assert _rel_diff(params, ref) < RTOL, mode
+
+
 def test_mean_of_device_means_is_detected(results, n_devices):
   """The wrong reduction (pmean of per-device weighted means) is far off."""
   config, batches, runs = results

@@ -263,6 +263,8 @@ def test_fitted_weighting_reproduces_direct_function_under_jit(scheme, direct, o
     ref = np.asarray(direct(y, **options))
     applied = jax.jit(lambda wt, b: wt(b))(fitted, jnp.asarray(y))
     np.testing.assert_allclose(applied, ref, rtol=1e-3, atol=1e-5)
+    # the fitted weighting jits as a function too (its hash is its identity)
+    np.testing.assert_allclose(jax.jit(fitted)(jnp.asarray(y)), ref, rtol=1e-3, atol=1e-5)
     # JSON round trip gives the same function.
     restored = weights.LabelWeighting.from_dict(json.loads(json.dumps(fitted.to_dict())))
     np.testing.assert_allclose(restored(y[:50]), applied[:50], rtol=1e-6)
