@@ -17,7 +17,7 @@ from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import clear_dir, remove_path, remove_trash
 from hypuc_jax.rundir import (CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
-                              load_npy, load_npz, load_task, read_json)
+                              load_npy, load_npz, load_task, read_json, refuse_foreign_files)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
 from hypuc_jax.workflow import check_trainable, discard_runs, pipeline
@@ -119,6 +119,8 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
         raise WorkflowError(f"--workdir: {workdir} holds a trained run itself; run into "
                             "another directory (`hypuc run` writes DIR/baseline and DIR/hypuc)")
     cfgs = comparison_configs(preset, data=data, seed=seed, overrides=overrides)
+    if not overwrite and not any((workdir / name / CONFIG).exists() for name in cfgs):
+        refuse_foreign_files(workdir, ("report.md", "figures"), "a `hypuc run` directory")
     checked = {name: check_trainable(cfg, workdir / name, overwrite=overwrite)
                for name, cfg in cfgs.items()}   # bad input changes nothing, the old report too
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing

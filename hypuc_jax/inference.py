@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax.data import readers
+from hypuc_jax.data.tasks import unit_key
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
 from hypuc_jax.stages import _calibrator, _entropy_flags, _load_corrector, _sigma_or_constant
 from hypuc_jax.workflow import _named_columns
@@ -93,7 +94,8 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
         target = None                          # name, or a feature: no default label column
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": target, "features": by_name, "rate": task.rate, "duration": duration})
-    if _unit(ds.task.unit) and _unit(task.unit) and _unit(ds.task.unit) != _unit(task.unit):
+    new, old = unit_key(ds.task.unit), unit_key(task.unit)
+    if new and old and new != old:
         raise WorkflowError(f"--data: {spec!r} holds {ds.task.name} records labelled in "
                             f"{ds.task.unit}, but the run predicts {task.name} in {task.unit}")
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:
@@ -151,11 +153,6 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return len(mu)
-
-
-def _unit(unit) -> str:
-    """A label unit as compared: case and spaces ignored (mmol/L = mmol / l)."""
-    return "".join(str(unit or "").split()).lower()
 
 
 def _note_unread_label_column(files, name: str) -> None:

@@ -167,6 +167,20 @@ def load_npy(path: Path, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- config
 
 
+def refuse_foreign_files(workdir: str | os.PathLike, names, what: str) -> None:
+    """Refuses to replace files named ``names`` in ``workdir`` that no earlier
+    command wrote there (the caller checked that ``workdir`` holds none of its runs).
+
+    Raises:
+      WorkflowError: naming the files; ``--overwrite`` replaces them.
+    """
+    found = [n for n in names if os.path.lexists(os.path.join(workdir, n))]
+    if found:
+        raise WorkflowError(f"--workdir: {workdir} is not {what} but holds {', '.join(found)}, "
+                            "which it would replace; choose an empty or new directory, or pass "
+                            "--overwrite to replace them")
+
+
 def sub_runs(workdir: str | os.PathLike) -> list[str]:
     """Names of the trained run directories directly inside ``workdir`` (sorted; e.g.
     ``["baseline", "hypuc"]`` for ``hypuc run``'s DIR); entries that cannot be read are

@@ -28,8 +28,8 @@ from hypuc_jax._files import move_to_trash, remove_path, remove_trash
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json, sub_runs,
-    save_npy, save_npz, usable_thresholds, write_json)
+    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json,
+    refuse_foreign_files, sub_runs, save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
     _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits, _named_regions,
@@ -70,6 +70,8 @@ def _dataset(cfg: config_lib.Config):
 
 _DOWNSTREAM = (TASK, TRAIN_LABELS, "predictions_val.npz", "predictions_test.npz", CALIBRATION,
                CORRECTIONS, *_EVALUATED)
+#: Files train writes after config.json (the checkpoints have their own fingerprint check).
+_RUN_FILES = ("scaler", "weighting", "metrics", "tb")
 
 
 def _named_columns(spec: str) -> bool:
@@ -132,6 +134,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: its checkpoints were evaluated and selected with "
                                 f"another value ({change}); keep the stored value or pass "
                                 "--overwrite")
+    if not overwrite and not (workdir / CONFIG).exists():  # a user's folder: keep its files
+        paths = train_data.run_paths(str(workdir))
+        refuse_foreign_files(workdir, [*_DOWNSTREAM, *(Path(paths[k]).name for k in _RUN_FILES)],
+                             "a hypuc run")
     if not overwrite:        # checkpoints without their config.json (a stopped --overwrite)
         diff = checkpoints.fingerprint_difference(
             train_data.run_paths(str(workdir))["checkpoints"], train_lib.fingerprint(cfg),

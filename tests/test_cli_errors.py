@@ -157,6 +157,37 @@ def test_bad_config_values(tmp_path, capsys, argv, needle):
     assert not wd.exists() or not (wd / workflow.TASK).exists()
 
 
+def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, capsys):
+    """train / run into a user's folder refuse to replace files named like their
+    outputs (they deleted report.md, figures/, eval.json and tb/ silently)."""
+    wd = tmp_path / "mine"
+    (wd / "tb").mkdir(parents=True)
+    (wd / "tb" / "my.log").write_text("log")
+    (wd / "eval.json").write_text("{}")
+    (wd / "notes.txt").write_text("notes")
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny")
+    line = one_line_error(rc, err)
+    assert "eval.json, tb" in line and "--overwrite" in line, line
+    assert sorted(p.name for p in wd.iterdir()) == ["eval.json", "notes.txt", "tb"]
+    assert (wd / "tb" / "my.log").read_text() == "log"
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
+                       "--overwrite")
+    assert rc == 0, err
+    assert (wd / "notes.txt").read_text() == "notes" and not (wd / "eval.json").exists()
+    assert not (wd / "tb" / "my.log").exists() and (wd / workflow.CONFIG).exists()
+
+    rd = tmp_path / "report_dir"
+    (rd / "figures").mkdir(parents=True)
+    (rd / "figures" / "fig1.png").write_bytes(b"png")
+    (rd / "report.md").write_text("my report")
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", rd)
+    line = one_line_error(rc, err)
+    assert "report.md, figures" in line and "--overwrite" in line, line
+    assert sorted(p.name for p in rd.iterdir()) == ["figures", "report.md"]
+    assert (rd / "figures" / "fig1.png").read_bytes() == b"png"
+    assert (rd / "report.md").read_text() == "my report"
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(workflow.WorkflowError):
         cli.main(["calibrate", "--workdir", str(tmp_path), "--debug"])

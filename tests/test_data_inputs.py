@@ -130,6 +130,18 @@ def test_simulated_thresholds_and_unit_checked_before_simulating():
     np.testing.assert_array_equal(ds.y, y)
 
 
+def test_a_task_preset_keeps_its_unit(table):
+    """task=potassium brings cut-offs in mmol/L: labels in another unit would be cut
+    at the wrong values (unit compared without case or spaces)."""
+    with pytest.raises(ValueError, match=r"option unit: the ranges and thresholds of task "
+                                         r"'potassium' are in mmol/L, got 'mg/dL'"):
+        load(f"csv:{table}?target=K&task=potassium&unit=mg/dL")
+    ds = load(f"csv:{table}?target=K&task=potassium&unit=MMOL / l")
+    assert ds.task.unit == "MMOL / l" and ds.task.thresholds[0].value == 5.5
+    assert load(f"csv:{table}?target=K&unit=mg/dL&above=20").task.unit == "mg/dL"
+    assert load("simulated:potassium?n=2&duration=1&unit=mmol/l").task.unit == "mmol/L"
+
+
 @pytest.mark.parametrize("opts,match", [
     ("seed=9223372036854775808", r"seed: expected an integer in \[0, 2\*\*32\), got 9223372036854775808"),
     ("seed=4294967296", r"seed: expected an integer in \[0, 2\*\*32\)"),

@@ -43,8 +43,9 @@ or label) into an error; ``task=potassium`` (a simulator preset) borrows its
 named regions and thresholds; ``above=5.5,6.5`` / ``below=3.5`` add decision
 thresholds (finite, each at most once, none repeating one of ``task``);
 ``cuts=3.5,5.5,6.5`` defines regions between cut points; ``unit=mmol/L``
-names the label unit (simulated labels are always in the preset's unit, so
-there it may only repeat that unit). ``rate`` and ``duration`` are finite
+names the label unit (simulated labels are always in the preset's unit, and
+``task=``'s cut-offs are in its unit, so with either it may only repeat that
+unit, case and spaces aside). ``rate`` and ``duration`` are finite
 numbers > 0. Paths may not contain ``?`` or ``&``.
 
 Every problem raises ``ValueError`` naming the spec's source (file, record or
@@ -64,7 +65,7 @@ from hypuc_jax.data import csv_table, readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.spec import (OPTIONS, feature_option, flag, floats, option, parse_spec,
                                   positive_option, wfdb_labels_file)
-from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
+from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
             raise ValueError(f"spec {spec!r}: option task: {e}") from e
         regions, thresholds = dict(base.regions), list(base.thresholds)
         unit = options.get("unit", base.unit)
+        if base.unit and unit_key(unit) != unit_key(base.unit):
+            raise ValueError(f"spec {spec!r}: option unit: the ranges and thresholds of task "
+                             f"{options['task']!r} are in {base.unit}, got {unit!r}; give the "
+                             "labels in that unit, or drop task= and name above=/below= in "
+                             "yours")
     base_thresholds = tuple(thresholds)
     for direction, sign in (("above", ">"), ("below", "<")):
         values = option(options, direction, floats, [], spec)
@@ -211,7 +217,7 @@ def _load_simulated(arg, options, spec, labels_optional=False):
         task = get_preset(preset).task
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
-    if options.get("unit", task.unit) != task.unit:
+    if unit_key(options.get("unit", task.unit)) != unit_key(task.unit):
         raise ValueError(f"spec {spec!r}: option unit: simulated {preset} labels are in "
                          f"{task.unit} and the simulator does not convert them, got "
                          f"{options['unit']!r}")

@@ -158,6 +158,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def unit_key(unit) -> str:
+    """A label unit as compared: case and spaces ignored (mmol/L = mmol / l)."""
+    return "".join(str(unit or "").split()).lower()
+
+
 def get_preset(name: str) -> Preset:
     """Returns the simulator preset ``name`` (ValueError naming the choices)."""
     if name not in PRESETS:
