@@ -229,6 +229,9 @@ def _cmd_evaluate(a) -> None:
     ev = workflow.evaluate_stage(a.workdir, a.split)
     print(_summary_table({Path(a.workdir).name or "run": ev}))
     print(f"eval -> {workflow.eval_path(a.workdir, a.split)}")
+    if ev["in_sample"]:
+        print("note: in-sample numbers: the checkpoint, calibration, corrections and decisions "
+              "were chosen or fitted on the validation split (use --split test to judge them)")
 
 
 def _cmd_predict(a) -> None:

@@ -256,10 +256,13 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     """Scores the run on ``split``; writes :func:`eval_path` (DIR/eval.json for
     the test split, DIR/eval_val.json for validation) and DIR/outputs_{split}.npz.
 
-    eval.json: {"split", "n", "calibration": {"method", "dof"}, "uncalibrated",
+    eval.json: {"split", "n", "in_sample", "calibration": {"method", "dof"}, "uncalibrated",
     "calibrated", "corrected", "decisions": {name: {"auroc", "auprc",
     "baseline_auroc", ...}}, "flagging": {"mae_kept_at": {fraction: mae},
     "validation_cut": {"fraction", "flagged", "mae_kept", "mae_flagged"}}};
+    ``in_sample`` is true for the validation split: the checkpoint, the
+    calibration, the corrections and the decisions were chosen or fitted on
+    it, so its numbers are optimistic (the test split's are not).
     ``mae_kept_at`` flags the split's own most uncertain fraction,
     ``validation_cut`` what ``predict`` flags (the validation split's top 10%
     cut of calibrated sigma; ``flagged`` is the share of this split above it).
@@ -283,7 +286,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     corrected, probs = corrector.predict(mu, sigma_cal)
     train_labels = load_npy(workdir / TRAIN_LABELS, "training labels")
     regions = _named_regions(cfg, task)
-    ev = {"split": split, "n": int(len(y)),
+    ev = {"split": split, "n": int(len(y)), "in_sample": split == "val",
           "calibration": {"method": cal.method, "dof": dof_to_json(cal.dof)}}
     for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
                                "calibrated": (mu, sigma_cal, cal.dof),

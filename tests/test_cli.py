@@ -51,7 +51,9 @@ def test_stage_commands_rerun_on_a_trained_dir(trained, capsys):
                  ["correct", "--workdir", trained], ["evaluate", "--workdir", trained]):
         rc, out, err = hypuc(capsys, *argv)
         assert rc == 0, err
-    assert "eval ->" in out and "calibrated" in out
+    assert "eval ->" in out and "calibrated" in out and "in-sample" not in out
+    rc, out, err = hypuc(capsys, "evaluate", "--workdir", trained, "--split", "val")
+    assert rc == 0 and out.splitlines()[-1].startswith("note: in-sample numbers"), err
     ev = json.loads((trained / "eval.json").read_text())
     assert ev["uncalibrated"] == ev_before["uncalibrated"]  # same model, same predictions
     cal = json.loads((trained / "calibration.json").read_text())

@@ -184,6 +184,8 @@ def test_validation_evaluation_does_not_replace_the_test_one(rundir):
     test = workflow.evaluate_stage(rundir)
     val = workflow.evaluate_stage(rundir, "val")
     assert val["split"] == "val" and json.loads((rundir / "eval_val.json").read_text()) == val
+    # validation fitted the calibration and corrections: marked in-sample, test is not
+    assert val["in_sample"] is True and test["in_sample"] is False
     assert json.loads((rundir / workflow.EVAL).read_text()) == test
     workflow.calibrate_stage(rundir, "global")                 # both are stale now
     assert not (rundir / workflow.EVAL).exists() and not (rundir / "eval_val.json").exists()
