@@ -15,7 +15,7 @@ from scipy import signal as sps
 from sklearn.datasets import load_diabetes
 
 from csv_files import write_csv
-from hypuc_jax.data import LEAD_NAMES, RowView, load, parse_spec, simulate
+from hypuc_jax.data import LEAD_NAMES, RowView, load, parse_spec, readers, simulate
 
 
 def listing(directory):
@@ -366,3 +366,9 @@ def test_wfdb_labels_optional(tmp_path):
     assert np.isnan(ds.y).all()
     with pytest.raises(ValueError, match="target column 'K' not found"):      # named, absent
         load(spec + "&target=K", labels_optional=True)
+
+
+def test_an_unknown_numeric_split_value_is_shown_plainly():
+    # an npz split array of ints: the value as written, not numpy's repr
+    with pytest.raises(ValueError, match=r"^f\.npz: row 0: expected a split in .*, got 2$"):
+        readers.normalise_split(np.array([2, 0]), "f.npz")

@@ -128,7 +128,9 @@ def normalise_split(values, where: str) -> np.ndarray:
     for i, v in enumerate(values):
         key = (v.decode(errors="replace") if isinstance(v, bytes) else str(v)).strip().lower()
         if key not in _SPLIT_ALIASES:
-            raise ValueError(f"{where}: row {i}: expected a split in {SPLIT_NAMES}, got {v!r}")
+            shown = v.item() if isinstance(v, np.generic) else v   # 2, not np.int64(2)
+            raise ValueError(f"{where}: row {i}: expected a split in {SPLIT_NAMES}, "
+                             f"got {shown!r}")
         out.append(_SPLIT_ALIASES[key])
     return np.asarray(out, dtype="<U5")
 
