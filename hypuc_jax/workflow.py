@@ -125,9 +125,11 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                                 "--overwrite to replace the run") from None
         then, now = train_lib.fingerprint(old), train_lib.fingerprint(cfg)
         if then != now:
-            raise WorkflowError(f"{workdir}: holds a run of a different config "
-                                f"({checkpoints.first_difference(then, now)}); choose another "
-                                "--workdir or pass --overwrite")
+            diff = checkpoints.first_difference(then, now)
+            same = ("; the same data named another way? give --data as stored to resume"
+                    if diff.startswith("data.spec:") else "")
+            raise WorkflowError(f"{workdir}: holds a run of a different config ({diff}{same}); "
+                                "choose another --workdir or pass --overwrite")
         change = train_lib.selection_change(stored, cfg)
         if change and checkpoints.has_checkpoints(train_data.run_paths(str(workdir))
                                                   ["checkpoints"]):

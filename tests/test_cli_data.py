@@ -341,6 +341,19 @@ def test_predict_writes_nothing_into_the_run_and_takes_npz_by_position(tabular, 
     wd.chmod(0o755)
 
 
+def test_same_data_named_another_way_is_refused_with_a_hint(tabular, capsys, monkeypatch):
+  """The spec is compared as written: the error says how to resume."""
+  root, data, wd, _ = tabular
+  monkeypatch.chdir(root)
+  before = _files(wd)
+  rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", "csv:./d.csv?split=part",
+                     "--target", "target", *FAST)
+  line = one_line_error(rc, err)
+  assert f"data.spec: stored 'csv:{data}?split=part', now 'csv:./d.csv?split=part'" in line
+  assert "give --data as stored to resume" in line, line
+  assert _files(wd) == before
+
+
 def test_target_flag_conflicts_are_refused(tabular, capsys, tmp_path):
   _, data, _, _ = tabular
   for spec, target, needle in ((f"csv:{data}?target=target", "a", "conflicts"),
