@@ -95,6 +95,14 @@ def move_to_trash(path: str | os.PathLike) -> str | None:
     return trash
 
 
+def holds_trash(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds folders a stopped deletion renamed away."""
+    try:
+        return any(_TRASH.search(name) for name in os.listdir(directory))
+    except OSError:                          # missing, not a folder, or not listable
+        return False
+
+
 def remove_trash(directory: str | os.PathLike, of: str | None = None) -> None:
     """Finishes deletions a stop interrupted: removes the renamed-away folders
     directly inside ``directory`` (those of the folder named ``of`` only, if

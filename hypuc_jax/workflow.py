@@ -24,7 +24,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax import _interrupt, checkpoints, losses
-from hypuc_jax._files import move_to_trash, remove_path, remove_trash
+from hypuc_jax._files import holds_trash, move_to_trash, remove_path, remove_trash
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
@@ -136,8 +136,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: its checkpoints were evaluated and selected with "
                                 f"another value ({change}); keep the stored value or pass "
                                 "--overwrite")
-    if not overwrite and not (workdir / CONFIG).exists():  # a user's folder: keep its files
-        paths = train_data.run_paths(str(workdir))
+    paths = train_data.run_paths(str(workdir))
+    ours = ((workdir / CONFIG).exists() or os.path.lexists(paths["checkpoints"])
+            or holds_trash(workdir))          # a run, or one a stop left half-deleted
+    if not overwrite and not ours:            # a user's folder: keep its files
         refuse_foreign_files(workdir, [*_DOWNSTREAM, *(Path(paths[k]).name for k in _RUN_FILES)],
                              "a hypuc run")
     if not overwrite:        # checkpoints without their config.json (a stopped --overwrite)
