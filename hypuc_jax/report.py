@@ -112,6 +112,13 @@ def checks(baseline: RunOutputs | None, method: RunOutputs, min_bin: int = 50,
             "; isotonic calibration is scored as the Gaussian of equal central 95% width, "
             "not as its recalibrated CDF: not judged" if iso else ""),
         None if u0 is None or u1 is None or iso else u1 <= 0.5 * u0)
+    if baseline is not None:      # the paper's comparison: plain NLL, neither weighted nor calibrated
+        ub = baseline.eval["uncalibrated"]["overall"].get("uce")
+        add("UCE at least 50% below the unweighted NLL's uncalibrated UCE (the paper's "
+            "comparison)",
+            f"{_fmt(u1)} vs {_fmt(ub)}" + (f" ({_change(u1, ub, -50.0)})" if u1 and ub else "")
+            + ("; isotonic: not judged, as above" if iso else ""),
+            None if ub is None or u1 is None or iso else u1 <= 0.5 * ub)
     for name, d in method.eval.get("decisions", {}).items():
         a, b = d.get("auroc"), d.get("baseline_auroc")
         if d.get("skipped"):

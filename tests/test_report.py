@@ -128,6 +128,16 @@ def test_checks_against_hand_computed_numbers(runs):
     u0 = meth.eval["uncalibrated"]["overall"]["uce"]
     u1 = meth.eval["calibrated"]["overall"]["uce"]
     assert rows["UCE at least 50% below uncalibrated"]["passed"] == (u1 <= 0.5 * u0)
+    # the paper's comparison: against the unweighted NLL's uncalibrated UCE; a
+    # baseline calibrated as trained (sigma_scale 1) makes it a miss
+    paper = "UCE at least 50% below the unweighted NLL's uncalibrated UCE (the paper's comparison)"
+    verdicts = []
+    for b in (base, _run("calibrated baseline", 0.05, sigma_scale=1.0)):
+        ub = b.eval["uncalibrated"]["overall"]["uce"]
+        row = {r["claim"]: r for r in report.checks(b, meth)}[paper]
+        assert row["passed"] == (u1 <= 0.5 * ub) and f"{u1:.4g} vs {ub:.4g}" in row["measured"]
+        verdicts.append(row["passed"])
+    assert verdicts == [True, False]
 
 
 def test_checks_report_a_miss():
