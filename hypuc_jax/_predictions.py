@@ -68,10 +68,13 @@ def check_predictions(mu: Any, sigma: Any = None, y: Any = None, *,
       (mu [n], sigma [n] or None, y [n] or None) as float64 numpy arrays.
 
     Raises:
-      ValueError: wrong shapes, length mismatch, non-finite values, or
-        sigma <= 0; the message names the offending argument.
+      ValueError: wrong shapes, length mismatch, non-finite values, a boolean
+        sigma, or sigma <= 0; the message names the offending argument.
     """
     mu_name, sigma_name, y_name = names
+    if sigma is not None and (sigma.dtype if hasattr(sigma, "dtype")
+                              else np.asarray(sigma).dtype) == np.bool_:   # True read as 1.0
+        raise ValueError(f"{sigma_name}: expected predicted scales, got booleans")
     mu = as_vector(mu, mu_name)
     if sigma is None:
         if sigma_required:

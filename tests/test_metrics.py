@@ -71,6 +71,16 @@ def test_spearman_with_ties_matches_scipy():
     assert metrics.pearson(a, np.ones(300)) is None
 
 
+def test_a_boolean_sigma_is_refused_not_read_as_one():
+    y, mu = np.array([1.0, 2.0]), np.array([1.0, 2.5])
+    for sigma in (np.array([True, True]), [True, True]):
+        with pytest.raises(ValueError, match="^sigma: expected predicted scales, got booleans"):
+            metrics.evaluate(y, mu, sigma)
+    # a 0/1 label vector for the decision metrics stays accepted
+    assert metrics.decision_metrics(np.array([True, False, True]),
+                                    np.array([0.9, 0.1, 0.8]))["auroc"] == 1.0
+
+
 @pytest.mark.parametrize("fn", [metrics.spearman, metrics.pearson])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_correlations_refuse_non_finite_input_by_name(fn, bad):
