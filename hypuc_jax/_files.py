@@ -136,13 +136,16 @@ def _rmtree(path) -> None:
         shutil.rmtree(path, onerror=lambda func, p, info: _gone_is_fine(func, p, info[1]))
 
 
-def clear_dir(path: str | os.PathLike, *, follow_links: bool = True) -> None:
-    """Removes everything inside folder ``path`` (if it exists), keeping the folder
-    itself (a command's lock is on it). An entry that links to a folder keeps
-    its link and target, emptied (``follow_links``; links inside it are
-    unlinked, so a link cycle cannot recurse)."""
+def clear_dir(path: str | os.PathLike, *, follow_links: bool = True,
+              keep: str | None = None) -> None:
+    """Removes everything inside folder ``path`` (if it exists) but an entry named
+    ``keep``, keeping the folder itself (a command's lock is on it). An entry that
+    links to a folder keeps its link and target, emptied (``follow_links``; links
+    inside it are unlinked, so a link cycle cannot recurse)."""
     if os.path.isdir(path):
         for entry in os.scandir(path):
+            if entry.name == keep:
+                continue
             if entry.is_symlink() and entry.is_dir() and follow_links:
                 clear_dir(entry.path, follow_links=False)
             elif entry.is_dir(follow_symlinks=False):

@@ -256,6 +256,13 @@ def fingerprint_difference(directory: str, fingerprint: dict,
   return first_difference(stored_n, wanted_n, (stored, fingerprint))
 
 
+def is_store(directory: str) -> bool:
+  """Whether ``directory`` is a checkpoint folder of this tool (a fingerprint or a
+  saved step), not merely something named like one."""
+  return os.path.isdir(directory) and (
+      os.path.isfile(os.path.join(directory, FINGERPRINT_FILE)) or has_checkpoints(directory))
+
+
 def has_checkpoints(directory: str) -> bool:
   """Whether ``directory`` holds a saved checkpoint (a step folder; not orbax's
   temporary folder of an unfinished save)."""

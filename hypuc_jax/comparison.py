@@ -16,8 +16,9 @@ import numpy as np
 from hypuc_jax import _interrupt
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import clear_dir, remove_path, remove_trash
-from hypuc_jax.rundir import (CONFIG, EVAL, TRAIN_LABELS, WorkflowError, load_config,
-                              load_npy, load_npz, load_task, read_json, refuse_foreign_files)
+from hypuc_jax.rundir import (CONFIG, EVAL, RUN_MARK, TRAIN_LABELS, WorkflowError, load_config,
+                              load_npy, load_npz, load_task, mark_ours, read_json,
+                              refuse_foreign_files)
 from hypuc_jax.run_config import make_config
 from hypuc_jax.stages import _named_regions
 from hypuc_jax.workflow import check_trainable, discard_runs, pipeline
@@ -124,14 +125,15 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
     checked = {name: check_trainable(cfg, workdir / name, overwrite=overwrite)
                for name, cfg in cfgs.items()}   # bad input changes nothing, the old report too
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
-    workdir.mkdir(parents=True, exist_ok=True)
+    for d in (workdir, *(workdir / name for name in cfgs)):
+        mark_ours(d)                        # a stop below leaves directories known as ours
     remove_trash(workdir)                   # what a stopped deletion left
     remove_path(workdir / "report.md")
     remove_path(workdir / "figures")
     if overwrite:   # both arms now: a stop in the first must not leave the second's old run
         discard_runs(*(workdir / name for name in cfgs))    # configs, checkpoints first
         for name in cfgs:
-            clear_dir(workdir / name)
+            clear_dir(workdir / name, keep=RUN_MARK)
     evals = {}
     for name, cfg in cfgs.items():
         log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme} "

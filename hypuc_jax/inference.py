@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax.data import readers
-from hypuc_jax.data.tasks import unit_key
+from hypuc_jax.data.tasks import PRESETS, unit_key
 from hypuc_jax.rundir import TASK, WorkflowError, _tmp_in, load_config, load_task, read_json
 from hypuc_jax.stages import _calibrator, _entropy_flags, _load_corrector, _sigma_or_constant
 from hypuc_jax.workflow import _named_columns
@@ -95,7 +95,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     ds = data_lib.load(spec, labels_optional=True, defaults={
         "target": target, "features": by_name, "rate": task.rate, "duration": duration})
     new, old = unit_key(ds.task.unit), unit_key(task.unit)
-    if new and old and new != old:
+    preset = PRESETS.get(task.name)
+    if new and old and new != old and not (preset and preset.same_unit(ds.task.unit)
+                                           and preset.same_unit(task.unit)):
         raise WorkflowError(f"--data: {spec!r} holds {ds.task.name} records labelled in "
                             f"{ds.task.unit}, but the run predicts {task.name} in {task.unit}")
     if task.rate is not None and ds.rate is not None and float(ds.rate) != task.rate:

@@ -37,6 +37,9 @@ TRAIN_LABELS = "labels_train.npy"
 CALIBRATION = "calibration.json"
 CORRECTIONS = "corrections"
 EVAL = "eval.json"
+#: Written into a directory before train / run first changes it, never deleted: the
+#: directory is the tool's even when a stop left it without config.json.
+RUN_MARK = ".hypuc-run"
 FLAG_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -167,13 +170,22 @@ def load_npy(path: Path, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- config
 
 
+def mark_ours(workdir: str | os.PathLike) -> None:
+    """Creates ``workdir`` and its :data:`RUN_MARK` (before anything there changes)."""
+    os.makedirs(workdir, exist_ok=True)
+    Path(workdir, RUN_MARK).touch()
+
+
 def refuse_foreign_files(workdir: str | os.PathLike, names, what: str) -> None:
-    """Refuses to replace files named ``names`` in ``workdir`` that no earlier
-    command wrote there (the caller checked that ``workdir`` holds none of its runs).
+    """Refuses to replace files named ``names`` in ``workdir`` unless a command of
+    this tool wrote there before (its :data:`RUN_MARK`; the caller checks the
+    marks of older versions).
 
     Raises:
       WorkflowError: naming the files; ``--overwrite`` replaces them.
     """
+    if os.path.lexists(os.path.join(workdir, RUN_MARK)):
+        return
     found = [n for n in names if os.path.lexists(os.path.join(workdir, n))]
     if found:
         raise WorkflowError(f"--workdir: {workdir} is not {what} but holds {', '.join(found)}, "

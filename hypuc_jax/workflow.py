@@ -28,7 +28,7 @@ from hypuc_jax._files import holds_trash, move_to_trash, remove_path, remove_tra
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
     CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
-    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, read_json,
+    WorkflowError, _clean, load_config, load_npy, load_npz, load_task, mark_ours, read_json,
     refuse_foreign_files, sub_runs, save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
@@ -137,8 +137,8 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                                 f"another value ({change}); keep the stored value or pass "
                                 "--overwrite")
     paths = train_data.run_paths(str(workdir))
-    ours = ((workdir / CONFIG).exists() or os.path.lexists(paths["checkpoints"])
-            or holds_trash(workdir))          # a run, or one a stop left half-deleted
+    ours = ((workdir / CONFIG).exists() or checkpoints.is_store(paths["checkpoints"])
+            or holds_trash(workdir))          # runs from before RUN_MARK, whole or half-deleted
     if not overwrite and not ours:            # a user's folder: keep its files
         refuse_foreign_files(workdir, [*_DOWNSTREAM, *(Path(paths[k]).name for k in _RUN_FILES)],
                              "a hypuc run")
@@ -231,6 +231,7 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     ds, run = checked if checked is not None else check_trainable(cfg, workdir,
                                                                    overwrite=overwrite)
     _interrupt.check()                  # a Ctrl-C lost in a callback: stop before removing
+    mark_ours(workdir)
     if overwrite:
         discard_runs(workdir)
     remove_trash(workdir)                   # what a stopped deletion left

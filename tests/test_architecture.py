@@ -82,6 +82,7 @@ def test_package_attribute_gives_each_public_module():
   code = ("import hypuc_jax as hj, sys\n"
           f"for n in {names!r}:\n"
           "    assert getattr(hj, n) is sys.modules['hypuc_jax.' + n], n\n"
+          "assert set(dir(hj)) >= set(" + repr(names) + ")\n"
           "try:\n    hj.no_such_module\nexcept AttributeError as e:\n    print(e)\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0, out.stderr

@@ -193,6 +193,12 @@ def test_predict_refuses_records_of_another_task_and_unit(trained, tmp_path, cap
     rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
                        "simulated:potassium?n=5", "--output", out)
     assert rc == 0, err
+    # potassium's other name of its unit (mEq/L = mmol/L); another task's is refused
+    for unit, ok in (("mEq/L", True), ("mg/dL", False)):
+        (wd / "task.json").write_text(json.dumps({**task, "unit": unit}))
+        rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                           "simulated:potassium?n=5", "--output", out)
+        assert (rc == 0) == ok, err
 
 
 def test_run_prepares_each_arm_once(tmp_path, capsys, monkeypatch):
@@ -357,6 +363,52 @@ def test_a_stop_while_old_checkpoints_are_deleted_leaves_a_trainable_directory(
     rc, _, err = hypuc(capsys, *argv)                               # no --overwrite needed
     assert rc == 0, err
     assert not list(wd.rglob(f"*{_files.TRASH_MARK}*"))
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_stop_after_overwrite_cleared_the_old_files_leaves_a_resumable_directory(
+        command, quick_run, tmp_path, capsys, monkeypatch):
+    """A stop after --overwrite removed the old config and checkpoints, with some old
+    files left (train: its scaler, weighting, log; run: the second arm half
+    emptied): no config.json, checkpoints or trash marks the directory, yet it is
+    the tool's (its RUN_MARK), so a plain re-run resumes instead of refusing it as a
+    user's folder."""
+    from hypuc_jax import _files, comparison
+    from hypuc_jax import train as train_lib
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    if command == "run":
+        argv = ["run", "--quick", "--workdir", wd, "--set", "train.parallel=none",
+                "--seed", "3", *FAST]
+        real, calls = _files.clear_dir, []
+
+        def stop_in_second_arm(path, **kwargs):
+            calls.append(path)
+            if len(calls) == 2:             # the second arm: config, checkpoints gone first
+                victims = sorted(p for p in Path(path).iterdir() if p.suffix == ".npz")
+                for p in victims[:2]:
+                    p.unlink()
+                raise KeyboardInterrupt
+            return real(path, **kwargs)
+        monkeypatch.setattr(comparison, "clear_dir", stop_in_second_arm)
+        left = wd / "hypuc"
+    else:
+        wd = wd / "hypuc"
+        argv = ["train", "--workdir", wd, "--data", TINY, "--preset", "tiny", "--seed", "5",
+                *FAST]
+
+        def stop(*args, **kwargs):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train_lib, "train_and_evaluate", stop)
+        left = wd
+    rc, _, err = hypuc(capsys, *argv, "--overwrite")
+    assert rc == 130, err
+    monkeypatch.undo()
+    names = {p.name for p in left.iterdir()}
+    assert not names & {workflow.CONFIG, "checkpoints"} and not _files.holds_trash(left)
+    assert names & {"scaler.json", "metrics.jsonl", "outputs_test.npz"}, names  # old files
+    rc, _, err = hypuc(capsys, *argv)                               # no --overwrite needed
+    assert rc == 0, err
 
 
 def test_interrupted_run_overwrite_leaves_no_old_arm_or_figures(quick_run, tmp_path, capsys,

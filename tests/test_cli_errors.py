@@ -165,10 +165,11 @@ def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, capsys):
     (wd / "tb" / "my.log").write_text("log")
     (wd / "eval.json").write_text("{}")
     (wd / "notes.txt").write_text("notes")
+    (wd / "checkpoints").mkdir()           # named like a run's, but no checkpoint store
     rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny")
     line = one_line_error(rc, err)
     assert "eval.json, tb" in line and "--overwrite" in line, line
-    assert sorted(p.name for p in wd.iterdir()) == ["eval.json", "notes.txt", "tb"]
+    assert sorted(p.name for p in wd.iterdir()) == ["checkpoints", "eval.json", "notes.txt", "tb"]
     assert (wd / "tb" / "my.log").read_text() == "log"
     rc, _, err = hypuc(capsys, "train", "--workdir", wd, "--data", TINY, "--preset", "tiny",
                        "--overwrite")

@@ -115,8 +115,8 @@ def test_simulated_thresholds_and_unit_checked_before_simulating():
     with pytest.raises(ValueError, match=r"option above: .*'potassium>6.5'.*'K>6.5'.*task 'potassium'"):
         load("simulated:potassium?n=2&duration=1&above=6.5")
     with pytest.raises(ValueError, match=r"option unit: simulated potassium labels are in mmol/L.*"
-                                         r"got 'mEq/L'"):
-        load("simulated:potassium?n=2&duration=1&unit=mEq/L")
+                                         r"got 'mEq/L/h'"):
+        load("simulated:potassium?n=2&duration=1&unit=mEq/L/h")
     with pytest.raises(ValueError, match="option unit: simulated lvef labels are in %"):
         load("simulated:lvef?n=2&duration=1&unit=fraction")
     # another preset's regions and thresholds would describe other labels (every
@@ -140,6 +140,11 @@ def test_a_task_preset_keeps_its_unit(table):
     assert ds.task.unit == "MMOL / l" and ds.task.thresholds[0].value == 5.5
     assert load(f"csv:{table}?target=K&unit=mg/dL&above=20").task.unit == "mg/dL"
     assert load("simulated:potassium?n=2&duration=1&unit=mmol/l").task.unit == "mmol/L"
+    # mEq/L is mmol/L for potassium (a monovalent ion): the same numbers
+    assert load(f"csv:{table}?target=K&task=potassium&unit=mEq/L").task.unit == "mEq/L"
+    assert load("simulated:potassium?n=2&duration=1&unit=meq/l").task.unit == "mmol/L"
+    with pytest.raises(ValueError, match="option unit: the ranges and thresholds of task 'lvef'"):
+        load(f"csv:{table}?target=K&task=lvef&unit=mEq/L")
 
 
 @pytest.mark.parametrize("opts,match", [

@@ -65,7 +65,7 @@ from hypuc_jax.data import csv_table, readers, wfdb_records
 from hypuc_jax.data.simulator import LEAD_NAMES, simulate
 from hypuc_jax.data.spec import (OPTIONS, feature_option, flag, floats, option, parse_spec,
                                   positive_option, wfdb_labels_file)
-from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset, unit_key
+from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,17 @@ def _task(name: str, target: str, options: dict[str, str], spec: str) -> TaskInf
     unit = options.get("unit", "")
     if "task" in options:
         try:
-            base = get_preset(options["task"]).task
+            preset = get_preset(options["task"])
         except ValueError as e:
             raise ValueError(f"spec {spec!r}: option task: {e}") from e
+        base = preset.task
         regions, thresholds = dict(base.regions), list(base.thresholds)
         unit = options.get("unit", base.unit)
-        if base.unit and unit_key(unit) != unit_key(base.unit):
+        if base.unit and not preset.same_unit(unit):
             raise ValueError(f"spec {spec!r}: option unit: the ranges and thresholds of task "
-                             f"{options['task']!r} are in {base.unit}, got {unit!r}; give the "
-                             "labels in that unit, or drop task= and name above=/below= in "
-                             "yours")
+                             f"{options['task']!r} are in {base.unit}, got {unit!r}; for labels "
+                             f"in {base.unit} drop unit= (or name it so), for others drop "
+                             "task= and give above=/below= in their unit")
     base_thresholds = tuple(thresholds)
     for direction, sign in (("above", ">"), ("below", "<")):
         values = option(options, direction, floats, [], spec)
@@ -217,7 +218,7 @@ def _load_simulated(arg, options, spec, labels_optional=False):
         task = get_preset(preset).task
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
-    if unit_key(options.get("unit", task.unit)) != unit_key(task.unit):
+    if not get_preset(preset).same_unit(options.get("unit", task.unit)):
         raise ValueError(f"spec {spec!r}: option unit: simulated {preset} labels are in "
                          f"{task.unit} and the simulator does not convert them, got "
                          f"{options['unit']!r}")

@@ -126,11 +126,25 @@ class LabelDistribution:
     noise_slope: float
 
 
+def unit_key(unit) -> str:
+    """A label unit as compared: case and spaces ignored (mmol/L = mmol / l)."""
+    return "".join(str(unit or "").split()).lower()
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A simulator preset: the task and its label distribution."""
+    """A simulator preset: the task and its label distribution.
+
+    ``units``: other names of ``task.unit`` for this target (the same numbers:
+    mEq/L is mmol/L for a monovalent ion such as potassium).
+    """
     task: TaskInfo
     labels: LabelDistribution
+    units: tuple[str, ...] = ()
+
+    def same_unit(self, unit) -> bool:
+        """Whether ``unit`` names this task's unit (case and spaces aside)."""
+        return unit_key(unit) in {unit_key(u) for u in (self.task.unit, *self.units)}
 
 
 POTASSIUM = TaskInfo(
@@ -151,16 +165,11 @@ LVEF = TaskInfo(
 PRESETS: dict[str, Preset] = {
     "potassium": Preset(POTASSIUM, LabelDistribution(
         mean=4.2, sd=0.35, tail_weight=0.10, tail_start=4.8, tail_scale=0.7, tail_sign=1.0,
-        clip=(2.0, 9.0), noise_base=0.15, noise_slope=0.15)),
+        clip=(2.0, 9.0), noise_base=0.15, noise_slope=0.15), units=("mEq/L",)),
     "lvef": Preset(LVEF, LabelDistribution(
         mean=60.0, sd=6.0, tail_weight=0.15, tail_start=55.0, tail_scale=10.0, tail_sign=-1.0,
         clip=(10.0, 80.0), noise_base=3.0, noise_slope=0.15)),
 }
-
-
-def unit_key(unit) -> str:
-    """A label unit as compared: case and spaces ignored (mmol/L = mmol / l)."""
-    return "".join(str(unit or "").split()).lower()
 
 
 def get_preset(name: str) -> Preset:
