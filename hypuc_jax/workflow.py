@@ -27,7 +27,7 @@ from hypuc_jax import _interrupt, checkpoints, losses
 from hypuc_jax._files import holds_trash, move_to_trash, remove_path, remove_trash
 from hypuc_jax.data import readers
 from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and experiments)
-    CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS, Task,
+    CALIBRATION, CONFIG, CORRECTIONS, EVAL, FLAG_FRACTIONS, RUN_MARK, TASK, TRAIN_LABELS, Task,
     WorkflowError, _clean, load_config, load_npy, load_npz, load_task, mark_ours, read_json,
     refuse_foreign_files, sub_runs, save_npy, save_npz, usable_thresholds, write_json)
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401

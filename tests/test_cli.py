@@ -428,8 +428,10 @@ def test_interrupted_run_overwrite_leaves_no_old_arm_or_figures(quick_run, tmp_p
     monkeypatch.setattr(comparison, "pipeline", stopped_in_the_first_arm)
     rc, _, err = hypuc(capsys, *argv, "--overwrite")
     assert rc == 130
-    assert sorted(p.name for p in wd.iterdir()) == ["baseline", "hypuc"]
-    assert not any(wd.rglob("*.*"))                   # no file left in either arm
+    assert sorted(p.name for p in wd.iterdir()) == [workflow.RUN_MARK, "baseline", "hypuc"]
+    # no file left in either arm but the mark that the directories are the tool's
+    assert sorted(str(p.relative_to(wd)) for p in wd.rglob("*") if p.is_file()) == [
+        workflow.RUN_MARK, f"baseline/{workflow.RUN_MARK}", f"hypuc/{workflow.RUN_MARK}"]
     rc, _, err = hypuc(capsys, "predict", "--workdir", wd / "hypuc", "--data", TINY,
                        "--output", tmp_path / "p.csv")
     assert "hypuc" in one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
