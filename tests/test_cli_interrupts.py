@@ -10,6 +10,16 @@ from cli_helpers import FAST, TINY, hypuc, one_line_error
 from hypuc_jax import cli, config as config_lib, train
 
 
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal():
+    """The tests assume Ctrl-C's default handler; a suite started as a background
+    job (``cmd &`` in a script) inherits SIGINT ignored, which the CLI keeps."""
+    import signal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def test_a_run_directory_in_use_refuses_a_second_command(trained, tmp_path, capsys):
     """Writers hold an exclusive lock, predict a shared one: a command on a
     directory another command is writing (or a write while predict reads) is
