@@ -252,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: arguments without the program name (None: ``sys.argv[1:]``).
 
     Returns:
-      0 on success, 1 on an error (one line on stderr). Usage errors raise
-      SystemExit(2) from argparse.
+      0 on success, 1 on an error (one line on stderr), 130 when interrupted
+      (Ctrl-C). Usage errors raise SystemExit(2) from argparse.
     """
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
