@@ -112,6 +112,7 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                 raise WorkflowError(f"--workdir: {parent} is a file; expected a directory")
             break
     config_lib.validate(cfg, n_devices=jax.device_count())
+    paths = train_data.run_paths(str(workdir))
     runs = [] if (workdir / CONFIG).exists() else sub_runs(workdir)
     if runs:                 # `hypuc run`'s DIR: a run next to its arms would shadow them
         raise WorkflowError(f"--workdir: {workdir} holds the runs {', '.join(runs)}; train "
@@ -131,12 +132,10 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
             raise WorkflowError(f"{workdir}: holds a run of a different config ({diff}{same}); "
                                 "choose another --workdir or pass --overwrite")
         change = train_lib.selection_change(stored, cfg)
-        if change and checkpoints.has_checkpoints(train_data.run_paths(str(workdir))
-                                                  ["checkpoints"]):
+        if change and checkpoints.has_checkpoints(paths["checkpoints"]):
             raise WorkflowError(f"{workdir}: its checkpoints were evaluated and selected with "
                                 f"another value ({change}); keep the stored value or pass "
                                 "--overwrite")
-    paths = train_data.run_paths(str(workdir))
     ours = ((workdir / CONFIG).exists() or checkpoints.is_store(paths["checkpoints"])
             or holds_trash(workdir))          # runs from before RUN_MARK, whole or half-deleted
     if not overwrite and not ours:            # a user's folder: keep its files
@@ -144,7 +143,7 @@ def check_trainable(cfg: config_lib.Config, workdir: str | os.PathLike, *,
                              "a hypuc run")
     if not overwrite:        # checkpoints without their config.json (a stopped --overwrite)
         diff = checkpoints.fingerprint_difference(
-            train_data.run_paths(str(workdir))["checkpoints"], train_lib.fingerprint(cfg),
+            paths["checkpoints"], train_lib.fingerprint(cfg),
             train_lib.FINGERPRINT_DEFAULTS)
         if diff:
             raise WorkflowError(f"{workdir}: holds checkpoints of a different config ({diff}); "
