@@ -215,10 +215,11 @@ def drop_nonfinite(x, y, split, *, strict: bool, where: str, names=()):
 def _load_simulated(arg, options, spec, labels_optional=False):
     preset = arg or "potassium"
     try:
-        task = get_preset(preset).task
+        chosen = get_preset(preset)
     except ValueError as e:
         raise ValueError(f"spec {spec!r}: {e}") from e
-    if not get_preset(preset).same_unit(options.get("unit", task.unit)):
+    task = chosen.task
+    if not chosen.same_unit(options.get("unit", task.unit)):
         raise ValueError(f"spec {spec!r}: option unit: simulated {preset} labels are in "
                          f"{task.unit} and the simulator does not convert them, got "
                          f"{options['unit']!r}")
