@@ -16,6 +16,7 @@ from hypuc_jax import _typed_fields as typed_fields
 LOSSES = ("nll", "laplace", "mse", "l1", "huber", "bmc", "bni")
 WEIGHTINGS = ("none", "hypuc", "inverse", "sqrt_inv", "lds", "denseweight")
 WEIGHT_APPLY = ("loss", "resample")
+WEIGHT_SCOPES = ("network", "head")
 #: Largest HypUC exponent: beyond it float32 weights drift from mean 1 (1e-4 at
 #: 1000, 2% at 1e6, all on one label at 1e8); from lam ~10 on, one rare label
 #: already holds almost the whole weight.
@@ -110,10 +111,21 @@ class WeightingConfig:
   not candidates for the run's model, and early stopping starts counting
   after it. 0 (default) weights every step; needs ``apply="loss"``; no
   effect with scheme "none".
+
+  ``scope`` says which parameters the weighted loss trains. "network"
+  (default, the SPEC): all of them. "head" (decoupled re-weighting,
+  regressor re-training; Kang et al., ICLR 2020; Yang et al., ICML 2021):
+  the network is trained and its checkpoint selected as without weighting,
+  then the head alone (the last linear layer, ``head_refit``) is re-fitted
+  to the frozen features of the training split by minimising the weighted
+  loss to convergence (L-BFGS, full batch). Needs ``apply="loss"``,
+  ``defer=0`` and a per-example loss (not "bmc"); no effect with scheme
+  "none".
   """
   scheme: str = "hypuc"
   apply: str = "loss"
   defer: float = 0.0
+  scope: str = "network"
   lam: float = 0.5
   bandwidth: Union[str, float] = "scott"
   method: str = "binned"

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import zipfile
 from typing import Any
 
 import jax
@@ -33,6 +34,8 @@ from hypuc_jax._files import remove_path, remove_trash, write_text_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 DATA_STAMP_FILE = "data_stamp.json"
+#: The head re-fitted to the best checkpoint's features (``weighting.scope="head"``).
+HEAD_FILE = "refit_head.npz"
 _DATA_STAMP_KEY = "data_stamp"
 _FINGERPRINT_TMP = ".fingerprint-"
 METRIC = "val_nll"
@@ -288,6 +291,61 @@ def stored_data_stamp(directory: str) -> str | None:
   if not isinstance(stamp, str):
     raise ValueError(f"{path}: expected a string stamp, got {type(stamp).__name__}")
   return stamp
+
+
+def save_head(directory: str, step: int, params: dict, info: dict | None = None) -> None:
+  """Writes a re-fitted head (``weighting.scope="head"``) next to the checkpoints.
+
+  Args:
+    directory: the checkpoint directory.
+    step: the checkpoint whose features the head was fitted to.
+    params: the head's parameters as a nested ``{name: array}`` dict
+      (``nnx.to_pure_dict``).
+    info: JSON-able facts of the fit (``head_refit.select_refit``'s info).
+
+  The file (:data:`HEAD_FILE`) is replaced atomically, so a stop leaves the
+  old file or the new one; deleting the checkpoints deletes it too.
+  """
+  flat = {"/".join(path): np.asarray(v) for path, v in _flat_items(params)}
+  tmp = os.path.join(directory, _FINGERPRINT_TMP + HEAD_FILE)
+  with open(tmp, "wb") as f:
+    np.savez(f, __step__=np.int64(step), __info__=np.str_(json.dumps(info or {})), **flat)
+  os.replace(tmp, os.path.join(directory, HEAD_FILE))
+
+
+def load_head(directory: str) -> tuple[int, dict, dict] | None:
+  """``(step, params, info)`` of the head :func:`save_head` wrote, or None when
+  there is none.
+
+  Raises:
+    ValueError: the file exists but is unreadable (the message names it).
+  """
+  path = os.path.join(directory, HEAD_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      step = int(z["__step__"])
+      info = json.loads(str(z["__info__"])) if "__info__" in z.files else {}
+      params: dict = {}
+      for key in z.files:
+        if key not in ("__step__", "__info__"):
+          *outer, last = key.split("/")
+          node = params
+          for name in outer:
+            node = node.setdefault(name, {})
+          node[last] = np.asarray(z[key])
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path}: unreadable re-fitted head ({e}); train again") from None
+  return step, params, info
+
+
+def _flat_items(tree: dict, prefix: tuple = ()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_items(value, prefix + (str(key),))
+    else:
+      yield prefix + (str(key),), value
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:

@@ -22,7 +22,8 @@ from typing import Any
 
 from hypuc_jax import _typed_fields as typed_fields
 from hypuc_jax._config_types import (  # re-exported: config.Config, config.LOSSES, ...
-    LOSSES, MAX_LAM, WEIGHTINGS, WEIGHTING_FIELDS, WEIGHT_APPLY, PARALLEL, SELECT_ON,
+    LOSSES, MAX_LAM, WEIGHTINGS, WEIGHTING_FIELDS, WEIGHT_APPLY, WEIGHT_SCOPES, PARALLEL,
+    SELECT_ON,
     MODEL_KINDS, CALIBRATIONS, CALIBRATION_TAILS, CALIBRATION_QUANTILES, CORRECTION_TARGETS,
     SHOT_REGION_NAMES, BANDWIDTH_RULES, KDE_METHODS, LDS_KERNELS, ACTIVATIONS, DTYPES,
     DataConfig, ModelConfig, LossConfig, WeightingConfig, TrainConfig, CalibrationConfig,
@@ -33,7 +34,7 @@ __all__ = ["ACTIVATIONS", "BANDWIDTH_RULES", "CALIBRATIONS", "CALIBRATION_QUANTI
            "CorrectionsConfig", "DTYPES", "DataConfig", "KDE_METHODS", "LDS_KERNELS", "LOSSES",
            "LossConfig", "MAX_LAM", "MODEL_KINDS", "ModelConfig", "PARALLEL", "PRESET_NAMES",
            "SELECT_ON", "SHOT_REGION_NAMES", "TrainConfig", "WEIGHTINGS", "WEIGHTING_FIELDS",
-           "WEIGHT_APPLY", "WeightingConfig", "apply_overrides", "get_config",
+           "WEIGHT_APPLY", "WEIGHT_SCOPES", "WeightingConfig", "apply_overrides", "get_config",
            "resolve_parallel", "validate"]
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -180,7 +181,8 @@ def _check(cond: bool, key: str, expected: str, got: Any) -> None:
 
 _CHOICES = {"model.kind": MODEL_KINDS, "model.activation": ACTIVATIONS, "model.dtype": DTYPES,
             "loss.name": LOSSES, "weighting.scheme": WEIGHTINGS,
-            "weighting.apply": WEIGHT_APPLY, "weighting.method": KDE_METHODS,
+            "weighting.apply": WEIGHT_APPLY, "weighting.scope": WEIGHT_SCOPES,
+            "weighting.method": KDE_METHODS,
             "weighting.lds_kernel": LDS_KERNELS, "train.parallel": PARALLEL,
             "train.select_on": SELECT_ON,
             "calibration.method": CALIBRATIONS, "calibration.tail": CALIBRATION_TAILS,
@@ -261,6 +263,14 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
   _check(0.0 <= w.defer < 1.0, "weighting.defer", "a fraction of the steps in [0, 1)", w.defer)
   _check(w.defer == 0.0 or w.apply == "loss", "weighting.defer",
          "0 unless weighting.apply is loss", w.defer)
+  head_scope = w.scope == "head" and w.scheme != "none"
+  _check(not head_scope or w.apply == "loss", "weighting.apply",
+         "loss with weighting.scope=head (the head is re-fitted to the weighted loss)", w.apply)
+  _check(not head_scope or w.defer == 0.0, "weighting.defer",
+         "0 with weighting.scope=head (the network trains unweighted throughout)", w.defer)
+  _check(not head_scope or config.loss.name != "bmc", "loss.name",
+         "a per-example loss with weighting.scope=head (bmc compares every pair in a batch)",
+         config.loss.name)
   _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",
          "None or a float >= 1 (weights have mean 1)", w.max_weight)
   _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)

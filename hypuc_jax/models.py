@@ -234,14 +234,22 @@ class ResNet1D(_Regressor):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
         self.out = _Head(cin, head, sigma_min, noise_sigma_init, dt, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> Prediction:
-        """Args: x ``[batch, time, leads]``. Returns: :class:`Prediction`."""
+    def features(self, x: jax.Array) -> jax.Array:
+        """The pooled features the head reads (before dropout).
+
+        Args: x ``[batch, time, leads]``. Returns: ``[batch, widths[-1]]``.
+        """
         self._check_input(x)
         h = jax.nn.relu(self.stem_norm(self.stem(x)))
         for block in self.blocks:
             h = block(h)
         h = jnp.mean(h, axis=1)                                   # [batch, width]
         chex.assert_rank(h, 2)
+        return h
+
+    def __call__(self, x: jax.Array) -> Prediction:
+        """Args: x ``[batch, time, leads]``. Returns: :class:`Prediction`."""
+        h = self.features(x)
         if self.dropout is not None:
             h = self.dropout(h)
         pred = self.out(h)
@@ -291,8 +299,13 @@ class MLP(_Regressor):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
         self.out = _Head(sizes[-1], head, sigma_min, noise_sigma_init, dt, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> Prediction:
-        """Args: x ``[batch, features]``. Returns: :class:`Prediction`."""
+    def features(self, x: jax.Array) -> jax.Array:
+        """The last hidden layer's output, which the head reads (dropout
+        applies in training mode: call ``model.eval()`` for fixed features).
+
+        Args: x ``[batch, features]``. Returns: ``[batch, hidden[-1]]``
+        (``x`` itself for a linear model, ``hidden=()``).
+        """
         self._check_input(x)
         act = _ACTIVATIONS[self.activation]
         h = x
@@ -300,7 +313,11 @@ class MLP(_Regressor):
             h = act(layer(h))
             if self.dropout is not None:
                 h = self.dropout(h)
-        pred = self.out(h)
+        return h
+
+    def __call__(self, x: jax.Array) -> Prediction:
+        """Args: x ``[batch, features]``. Returns: :class:`Prediction`."""
+        pred = self.out(self.features(x))
         chex.assert_shape(pred.loc, (x.shape[0],))
         return pred
 

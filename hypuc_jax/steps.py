@@ -27,8 +27,8 @@ from flax import nnx
 from hypuc_jax import losses, parallel
 from hypuc_jax.config import Config
 
-__all__ = ["LossSpec", "TRACE_COUNTS", "bind_eval_step", "bind_train_step", "compiled_steps",
-           "eval_step", "train_step"]
+__all__ = ["LossSpec", "TRACE_COUNTS", "bind_eval_step", "bind_train_step",
+           "compiled_feature_step", "compiled_steps", "eval_step", "feature_step", "train_step"]
 
 #: Python-side trace counter per step function (incremented while tracing).
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -162,6 +162,29 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State,
   pred = model(batch["x"])
   scale = jnp.zeros_like(pred.loc) if pred.scale is None else pred.scale
   return {"loc": pred.loc, "scale": scale}
+
+
+def feature_step(graphdef: nnx.GraphDef, state: nnx.State,
+                 batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The features the head reads (``model.features``, eval mode).
+
+  Args: as :func:`eval_step`. Returns: ``{"features": [b, features]}``.
+  """
+  TRACE_COUNTS["feature_step"] += 1
+  model, _ = nnx.merge(graphdef, state)
+  model.eval()
+  return {"features": model.features(batch["x"])}
+
+
+def compiled_feature_step(placement: parallel.Placement, graphdef) -> Callable:
+  """:func:`feature_step` compiled for ``placement`` (as the eval step), cached per process."""
+  key = ("features", placement.mode, placement.n_devices, id(graphdef))
+  if key not in _STEP_CACHE:
+    if len(_STEP_CACHE) >= 16:
+      _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+    _STEP_CACHE[key] = (graphdef, placement.compile_eval(
+        functools.partial(feature_step, graphdef)))
+  return _STEP_CACHE[key][1]
 
 
 def bind_train_step(graphdef, spec: LossSpec, schedule) -> Callable:

@@ -17,14 +17,18 @@ import time
 import jax
 import numpy as np
 
-from hypuc_jax import _interrupt, checkpoints, losses, parallel, train_data, train_logging
+from flax import nnx
+
+from hypuc_jax import (_interrupt, checkpoints, head_refit, losses, parallel, train_data,
+                       train_logging)
 from hypuc_jax import data as data_lib
 from hypuc_jax._validation import is_int
 from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model /
 # train_step are the Flax-examples entry points.
 from hypuc_jax.steps import (TRACE_COUNTS, LossSpec, bind_eval_step,  # noqa: F401
-                             bind_train_step, compiled_steps, eval_step, train_step)
+                             bind_train_step, compiled_feature_step, compiled_steps, eval_step,
+                             train_step)
 from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F401
                                    check_model_fits, create_train_state, fingerprint,
                                    make_optimizer, selection_change)
@@ -32,7 +36,7 @@ from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F
 __all__ = ["LossSpec", "TrainResult", "TRACE_COUNTS", "bind_eval_step", "bind_train_step",
            "build_model", "check_model_fits",
            "compiled_steps", "create_train_state", "eval_step", "fingerprint",
-           "make_optimizer", "predict", "selection_change", "train_and_evaluate", "train_step"]
+           "make_optimizer", "predict", "refits_head", "selection_change", "train_and_evaluate", "train_step"]
 
 
 # ----------------------------------------------------------------------------
@@ -47,7 +51,9 @@ class TrainResult:
     steps: optimiser steps done in total (including a resumed part).
     best_step: step of the best checkpoint (lowest ``train.select_on``
       validation score).
-    best_metrics: validation metrics at ``best_step``.
+    best_metrics: validation metrics at ``best_step`` (with
+      ``weighting.scope="head"``: of the re-fitted model, plus the solver's
+      ``head_refit`` info).
     final_metrics: last logged train metrics and last validation metrics.
     stopped_early: whether early stopping ended training.
     paths: run files by name (config, scaler, weighting, checkpoints,
@@ -135,6 +141,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   # the plain baseline)
   unweighted = (min(int(round(config.weighting.defer * total)), total - 1)
                 if config.weighting.scheme != "none" else 0)
+  # weighting.scope=head: the network trains unweighted (as the plain baseline),
+  # then the head is re-fitted to the weighted loss on its frozen features
+  head_scope = refits_head(config)
   paths = train_data.run_paths(workdir)
   if overwrite and jax.process_index() == 0 and os.path.exists(paths["config"]):
     # before the checkpoints go: an old config.json beside the new fingerprint would
@@ -169,7 +178,8 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   logger = train_logging.TrainLogger(workdir, total, fresh=start == 0, resume_step=start)
   end = total if stop_after is None else min(total, start + stop_after)
   host_batches = train_data.train_batches(run, start, t.batch_size, t.seed,
-                                          config.weighting.apply, unweighted)
+                                          config.weighting.apply,
+                                          total if head_scope else unweighted)
   batches = (data_lib.prefetch_to_device(map(placement.host_layout, host_batches), t.prefetch,
                                          placement.data_sharding)
              if t.prefetch else map(placement.put_batch, host_batches))  # put_batch lays out
@@ -266,6 +276,13 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
     return TrainResult(workdir, step, meta["best_step"], {}, last_train, False, paths)
   best = store.best_step() or store.latest_step()
   best_state, best_meta = store.restore(best, placement.get_state(state))
+  best_val = best_meta.get("val", {})
+  if head_scope:
+    best_state, info = _refit_head(placement, graphdef, best_state, run, spec,
+                                   t.eval_batch_size)
+    if jax.process_index() == 0:
+      checkpoints.save_head(paths["checkpoints"], best, _head_params(graphdef, best_state),
+                            info)
   if placement.mode == "sharding":                # eval runs on the mesh; else on device 0
     best_state = placement.put_state(best_state)
   for split in ("val", "test"):
@@ -273,12 +290,62 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
       loc, scale = train_data.predict_scaled(placement, eval_fn, best_state,
                                              run, run.x, run.idx[split], t.eval_batch_size)
       mu, sigma = train_data.to_label_units(run, loc, scale, head)
+      if split == "val" and head_scope:       # the run's model is the re-fitted one
+        best_val = {**train_data.val_score(head, y_val, mu, sigma, w_val),
+                    "head_refit": info}
       if jax.process_index() == 0:
         np.savez(paths[f"predictions_{split}"], y=run.y[run.idx[split]], mu=mu,
                  sigma=np.full_like(mu, np.nan) if sigma is None else sigma)
   store.close()
-  return TrainResult(workdir, step, best, best_meta.get("val", {}),
+  return TrainResult(workdir, step, best, best_val,
                      {"train": last_train, "val": meta["val"]}, stopped_early, paths)
+
+
+def refits_head(config: Config) -> bool:
+  """Whether a run of ``config`` re-fits its head to the weighted loss after
+  training (``weighting.scope="head"`` with a weighting scheme)."""
+  return config.weighting.scope == "head" and config.weighting.scheme != "none"
+
+
+def _refit_head(placement, graphdef, state, run, spec: LossSpec, batch_size: int):
+  """``state`` (host / first device) with its head re-fitted to the weighted
+  loss on the frozen features of the training split (ridge strength chosen
+  on the validation split, ``head_refit.select_refit``), and the fit's info."""
+  placed = placement.put_state(state) if placement.mode == "sharding" else state
+  fn = compiled_feature_step(placement, graphdef)
+  parts = []
+  for split in ("train", "val"):
+    feats = train_data.forward_scaled(placement, fn, placed, run, run.x, run.idx[split],
+                                      batch_size)["features"]
+    w = run.weighting(np.asarray(run.y[run.idx[split]], np.float32))
+    parts.append((feats, run.y_scaled(split), np.asarray(w, np.float32)))
+  model, optimizer = nnx.merge(graphdef, state)
+  params, info = head_refit.select_refit(model.out, *parts, spec,
+                                         l2_grid=head_refit.L2_GRID)
+  nnx.update(model.out, params)
+  return nnx.state((model, optimizer)), info
+
+
+def _head_params(graphdef, state) -> dict:
+  model, _ = nnx.merge(graphdef, state)
+  return nnx.to_pure_dict(nnx.state(model.out, nnx.Param))
+
+
+def _with_stored_head(config: Config, graphdef, state, directory: str, step: int):
+  """``state`` with the head :func:`train_and_evaluate` re-fitted for checkpoint
+  ``step`` (``weighting.scope="head"``); ``state`` itself otherwise."""
+  if not refits_head(config):
+    return state
+  stored = checkpoints.load_head(directory)
+  if stored is None or stored[0] != step:
+    what = "missing" if stored is None else f"fitted to step {stored[0]}, not {step}"
+    raise ValueError(f"workdir: the re-fitted head of weighting.scope=head in {directory} is "
+                     f"{what}; train again (hypuc train resumes and re-fits it)")
+  model, optimizer = nnx.merge(graphdef, state)
+  params = nnx.state(model.out, nnx.Param)
+  nnx.replace_by_pure_dict(params, stored[1])
+  nnx.update(model.out, params)
+  return nnx.state((model, optimizer))
 
 
 def predict(workdir: str, x, *, batch_size: int | None = None,
@@ -317,6 +384,7 @@ def predict(workdir: str, x, *, batch_size: int | None = None,
     raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")
   state, _ = store.restore(step, template)
   store.close()
+  state = _with_stored_head(config, graphdef, state, paths["checkpoints"], step)
   placement = parallel.Placement("none")
   # Eval only: the loss spec (and a BNI prior) is irrelevant here.
   _, eval_fn = compiled_steps(placement, graphdef, LossSpec(config.loss.name), schedule)

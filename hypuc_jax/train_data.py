@@ -108,9 +108,10 @@ def split_for(config: Config, ds) -> dict[str, np.ndarray]:
 
 def prepared_key(config: Config) -> tuple:
   """What :func:`prepare`'s result depends on: the data section and the weighting
-  section but for how the weights are applied (``apply``, ``defer``), compared
-  as values (lam 1 equals lam 1.0)."""
-  return (config.data, dataclasses.replace(config.weighting, apply="loss", defer=0.0))
+  section but for how the weights are applied (``apply``, ``defer``, ``scope``),
+  compared as values (lam 1 equals lam 1.0)."""
+  return (config.data, dataclasses.replace(config.weighting, apply="loss", defer=0.0,
+                                           scope="network"))
 
 
 def prepare(config: Config, dataset=None) -> RunData:
@@ -334,15 +335,29 @@ def predict_scaled(placement, eval_fn, state, run: RunData, x, indices,
     ``(loc [n], scale [n])`` in scaled label units, in the order of
     ``indices`` (scale 0 for a point head).
   """
-  locs, scales = [], []
+  out = forward_scaled(placement, eval_fn, state, run, x, indices, batch_size)
+  return out["loc"], out["scale"]
+
+
+def forward_scaled(placement, fn, state, run: RunData, x, indices,
+                   batch_size: int) -> dict[str, np.ndarray]:
+  """``fn``'s per-example outputs over rows ``indices`` of raw ``x``, on the host.
+
+  As :func:`predict_scaled` for any compiled ``fn(state, {"x": [b, ...]}) ->
+  {name: [b, ...]}`` (``steps.eval_step``, ``steps.feature_step``).
+
+  Returns:
+    ``{name: [n, ...]}`` in the order of ``indices``, padding dropped.
+  """
+  parts: dict[str, list] = {}
   it = data_lib.batch_iterator(x, np.zeros(len(x), np.float32), indices, batch_size,
                                train=False, scaler=_XOnly(run.scaler))
   for batch in it:
-    out = gather_to_host(eval_fn(state, placement.put_eval_batch({"x": batch["x"]})))
+    out = gather_to_host(fn(state, placement.put_eval_batch({"x": batch["x"]})))
     keep = gather_to_host(batch["mask"]) > 0 if jax.process_count() > 1 else batch["mask"] > 0
-    locs.append(out["loc"][keep])
-    scales.append(out["scale"][keep])
-  return np.concatenate(locs), np.concatenate(scales)
+    for name, v in out.items():
+      parts.setdefault(name, []).append(v[keep])
+  return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def gather_to_host(tree: Any) -> Any:

@@ -156,7 +156,8 @@ def selection_change(stored_config: dict, config: Config) -> str | None:
 # that reproduces the older behaviour: ``CheckpointStore(optional_defaults=)``
 # treats such a key at that value like an absent one, so run directories
 # trained before the key existed still match.
-FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss", "defer": 0.0}, "loss": {"beta": 0.0},
+FINGERPRINT_DEFAULTS = {"weighting": {"apply": "loss", "defer": 0.0, "scope": "network"},
+                        "loss": {"beta": 0.0},
                         "train": {"select_on": "nll"}}
 
 
