@@ -118,9 +118,10 @@ class WeightingConfig:
   the network is trained and its checkpoint selected as without weighting,
   then the head alone (the last linear layer, ``head_refit``) is re-fitted
   to the frozen features of the training split by minimising the weighted
-  loss to convergence (L-BFGS, full batch). Needs ``apply="loss"``,
-  ``defer=0`` and a per-example loss (not "bmc"); no effect with scheme
-  "none".
+  loss (L-BFGS, full batch, a ridge pull towards the trained head chosen on
+  the weighted validation loss). Needs ``apply="loss"``, ``defer=0``, a
+  per-example loss (not "bmc"), ``loss.beta=0`` and ``train.select_on=
+  "nll"``; no effect with scheme "none".
   """
   scheme: str = "hypuc"
   apply: str = "loss"

@@ -301,7 +301,8 @@ def save_head(directory: str, step: int, params: dict, info: dict | None = None)
     step: the checkpoint whose features the head was fitted to.
     params: the head's parameters as a nested ``{name: array}`` dict
       (``nnx.to_pure_dict``).
-    info: JSON-able facts of the fit (``head_refit.select_refit``'s info).
+    info: JSON-able facts of the fit (``head_refit.select_refit``'s info);
+      non-finite numbers are stored as null (``l2`` null: the trained head kept).
 
   The file (:data:`HEAD_FILE`) is replaced atomically, so a stop leaves the
   old file or the new one; deleting the checkpoints deletes it too.
@@ -309,7 +310,9 @@ def save_head(directory: str, step: int, params: dict, info: dict | None = None)
   flat = {"/".join(path): np.asarray(v) for path, v in _flat_items(params)}
   tmp = os.path.join(directory, _FINGERPRINT_TMP + HEAD_FILE)
   with open(tmp, "wb") as f:
-    np.savez(f, __step__=np.int64(step), __info__=np.str_(json.dumps(info or {})), **flat)
+    np.savez(f, __step__=np.int64(step),
+             __info__=np.str_(json.dumps(_finite_or_none(info or {}), allow_nan=False)),
+             **flat)
   os.replace(tmp, os.path.join(directory, HEAD_FILE))
 
 
@@ -338,6 +341,14 @@ def load_head(directory: str) -> tuple[int, dict, dict] | None:
   except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: unreadable re-fitted head ({e}); train again") from None
   return step, params, info
+
+
+def _finite_or_none(tree: Any) -> Any:
+  if isinstance(tree, dict):
+    return {k: _finite_or_none(v) for k, v in tree.items()}
+  if isinstance(tree, float) and not np.isfinite(tree):
+    return None
+  return tree
 
 
 def _flat_items(tree: dict, prefix: tuple = ()):

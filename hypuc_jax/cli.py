@@ -201,7 +201,9 @@ def _cmd_train(a) -> None:
                                epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                                regions=a.region, overrides=a.overrides)
     task = workflow.train_stage(cfg, a.workdir, overwrite=a.overwrite)
-    print(f"trained {task.name} ({cfg.loss.name}, weighting={cfg.weighting.scheme}) "
+    from hypuc_jax.train import refits_head
+    scope = ", scope=head" if refits_head(cfg) else ""
+    print(f"trained {task.name} ({cfg.loss.name}, weighting={cfg.weighting.scheme}{scope}) "
           f"-> {a.workdir}")
 
 

@@ -271,6 +271,12 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
   _check(not head_scope or config.loss.name != "bmc", "loss.name",
          "a per-example loss with weighting.scope=head (bmc compares every pair in a batch)",
          config.loss.name)
+  _check(not head_scope or config.loss.beta == 0.0, "loss.beta",
+         "0 with weighting.scope=head (beta-NLL's value is no objective for the head re-fit)",
+         config.loss.beta)
+  _check(not head_scope or t.select_on == "nll", "train.select_on",
+         "nll with weighting.scope=head (the network is selected as without weights; the "
+         "head's ridge strength on the weighted validation loss)", t.select_on)
   _check(w.max_weight is None or w.max_weight >= 1, "weighting.max_weight",
          "None or a float >= 1 (weights have mean 1)", w.max_weight)
   _check(isinstance(n_devices, int) and n_devices >= 1, "n_devices", "an int >= 1", n_devices)

@@ -10,9 +10,11 @@ only the map from features to ``(mu, sigma)``, which is where an unweighted
 model's shrinkage towards the common labels sits.
 
 With the features fixed the problem is small (``features + 1`` parameters
-per head output) and smooth, so it is solved to convergence, full batch,
-with L-BFGS (``optax.lbfgs``, zoom line search) inside one ``jit``: no
-learning rate or epochs to choose. The features are standardised for the
+per head output) and, for the likelihood and squared-error losses, smooth,
+so it is solved to convergence (gradient norm ``tol``), full batch, in
+float32, with L-BFGS (``optax.lbfgs``, zoom line search) inside one ``jit``:
+no learning rate or epochs to choose. The non-smooth l1 / laplace losses
+stop at ``MAX_ITER`` iterations, near their optimum. The features are standardised for the
 solve (a reparametrisation of the same linear layer, undone at the end),
 which conditions it; the trained head is the starting point. Solved to
 convergence, a head with many features and few (or few heavily weighted)
@@ -37,7 +39,10 @@ from flax import nnx
 from hypuc_jax import losses
 from hypuc_jax._validation import check_finite, is_concrete
 
-__all__ = ["L2_GRID", "head_loss", "refit_head", "select_refit"]
+__all__ = ["L2_GRID", "MAX_ITER", "head_loss", "refit_head", "select_refit"]
+
+#: Default L-BFGS iteration limit of :func:`refit_head`.
+MAX_ITER = 500
 
 #: Ridge strengths :func:`select_refit` tries (standardised features, weighted
 #: mean loss); ``inf`` keeps the trained head.
@@ -45,7 +50,7 @@ L2_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, math.inf)
 
 
 def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
-               max_iter: int = 500, tol: float = 1e-6) -> tuple[nnx.State, dict[str, Any]]:
+               max_iter: int = MAX_ITER, tol: float = 1e-6) -> tuple[nnx.State, dict[str, Any]]:
   """Parameters of ``head`` minimising the weighted loss on fixed features.
 
   Minimises ``sum_i w_i l_i / sum_i w_i + 0.5 * l2 * ||diag(std) (K - K0)||^2``,
@@ -54,18 +59,23 @@ def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
   ``std`` the features' standard deviations (the penalty acts on the kernel
   of standardised features and pulls it towards the trained one).
 
+  Only the ``dense`` layer is re-fitted, in float32 whatever the model's
+  compute dtype; a learnt Balanced-MSE noise scale stays as trained (BNI's
+  value scales with ``stop_gradient(noise^2)``, so its value is no objective
+  for the noise).
+
   Args:
     head: the model's head (``model.out``): an ``nnx.Linear`` ``dense``
-      [features -> 2 (1 for a point head)] and the output transform; for
-      "bni" it may own the learnable ``log_noise_sigma``, re-fitted too. Not
+      [features -> 2 (1 for a point head)] and the output transform. Not
       modified.
     features: [n, features] the frozen features of the training examples
       (``model.features(x)`` with the model in eval mode).
     y: [n] scaled training labels.
     w: [n] weights >= 0 with a positive sum (the scheme's weights).
-    spec: ``steps.LossSpec`` of the run (loss name, beta, Huber delta, BNI
-      prior and fixed noise scale); not "bmc", whose loss compares every
-      pair of examples in a batch.
+    spec: ``steps.LossSpec`` of the run (loss name, Huber delta, BNI prior
+      and fixed noise scale); not "bmc", whose loss compares every pair of
+      examples in a batch, and ``beta`` 0 (beta-NLL's value holds a
+      stop-gradient factor, so it is no objective to minimise).
     l2: ridge strength >= 0; ``inf`` returns the head's own parameters.
     max_iter: L-BFGS iteration limit (>= 1). Non-smooth losses ("l1",
       "laplace") stop there, near the optimum rather than at ``tol``.
@@ -89,25 +99,26 @@ def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
     raise ValueError(f"tol: expected a float > 0, got {tol!r}")
   if not l2 >= 0:
     raise ValueError(f"l2: expected a float >= 0, got {l2!r}")
-  features, y, w = _checked(features, y, w, spec)
-  graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+  features, y, w = _checked(head, features, y, w, spec)
+  graphdef, params, rest = nnx.split(_float32(head), nnx.Param, ...)
   if l2 == math.inf:
     loss = head_loss(head, params, features, y, w, spec)
     return jax.tree.map(lambda v: v, params), {"iterations": 0, "grad_norm": None,
                                                 "initial_loss": loss, "loss": loss}
   start = nnx.to_pure_dict(params)
+  fixed = {k: v for k, v in start.items() if k != "dense"}
   mean = jnp.mean(features, axis=0)
   std = jnp.std(features, axis=0)
   std = jnp.where(std > 0, std, 1.0)                      # a constant (dead) feature
   kernel, bias = start["dense"]["kernel"], start["dense"]["bias"]
   # out = f @ K + b = z @ (std K) + (b + mean @ K) for z = (f - mean) / std
-  start["dense"] = {"kernel": kernel * std[:, None].astype(kernel.dtype),
-                    "bias": bias + (mean @ kernel).astype(bias.dtype)}
-  fitted, info = _solve(graphdef, *_static(spec), max_iter, float(tol), params, rest, start,
-                        (features - mean) / std, y, w, spec.bni_prior, jnp.float32(l2))
-  k_std, b_std = fitted["dense"]["kernel"], fitted["dense"]["bias"]
+  dense = {"kernel": kernel * std[:, None].astype(kernel.dtype),
+           "bias": bias + (mean @ kernel).astype(bias.dtype)}
+  fitted, info = _solve(graphdef, *_static(spec), max_iter, float(tol), params, rest, fixed,
+                        dense, (features - mean) / std, y, w, spec.bni_prior, jnp.float32(l2))
+  k_std, b_std = fitted["kernel"], fitted["bias"]
   k = k_std / std[:, None].astype(k_std.dtype)
-  fitted["dense"] = {"kernel": k, "bias": b_std - (mean @ k).astype(b_std.dtype)}
+  fitted = {**fixed, "dense": {"kernel": k, "bias": b_std - (mean @ k).astype(b_std.dtype)}}
   info = {key: float(v) if key != "iterations" else int(v) for key, v in info.items()}
   if not (math.isfinite(info["loss"]) and math.isfinite(info["grad_norm"])):
     raise FloatingPointError(f"head re-fit: the weighted loss became non-finite ({info})")
@@ -119,14 +130,14 @@ def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
 def head_loss(head: nnx.Module, params: nnx.State, features, y, w, spec) -> float:
   """Weighted mean loss ``sum w l / sum w`` of ``head`` with ``params`` on
   ``features [n, F]``, scaled labels ``y [n]`` and weights ``w [n]``."""
-  features, y, w = _checked(features, y, w, spec)
-  graphdef, _, rest = nnx.split(head, nnx.Param, ...)
+  features, y, w = _checked(head, features, y, w, spec)
+  graphdef, _, rest = nnx.split(_float32(head), nnx.Param, ...)
   return float(_loss(graphdef, *_static(spec), params, rest, nnx.to_pure_dict(params),
                      features, y, w, spec.bni_prior))
 
 
 def select_refit(head: nnx.Module, train: tuple, val: tuple, spec, *,
-                 l2_grid=L2_GRID, max_iter: int = 500,
+                 l2_grid=L2_GRID, max_iter: int = MAX_ITER,
                  tol: float = 1e-6) -> tuple[nnx.State, dict[str, Any]]:
   """:func:`refit_head` for each ridge strength of ``l2_grid``; the fit with
   the lowest weighted validation loss (:func:`head_loss`) wins (the smaller
@@ -164,13 +175,31 @@ def select_refit(head: nnx.Module, train: tuple, val: tuple, spec, *,
   return params, {**info, "l2": l2, "val_loss": scores}
 
 
-def _checked(features, y, w, spec):
+def _float32(head: nnx.Module) -> nnx.Module:
+  """A copy of ``head`` whose dense layer computes in float32 (params are float32
+  already; a bfloat16 solve stalls at its rounding)."""
+  head = nnx.clone(head)
+  if jnp.dtype(head.dense.dtype or jnp.float32).itemsize < 4:
+    head.dense.dtype = jnp.float32
+  return head
+
+
+def _checked(head, features, y, w, spec):
   if spec.name == "bmc":
     raise ValueError("spec: the head re-fit needs a per-example loss, got 'bmc' (its loss "
                      "compares every pair of examples in a batch)")
+  if spec.beta != 0:
+    raise ValueError(f"spec: the head re-fit needs beta 0, got {spec.beta!r} (beta-NLL's "
+                     "value holds a stop-gradient factor, so it is no objective to minimise)")
   features, y, w = jnp.asarray(features), jnp.asarray(y), jnp.asarray(w)
   if features.ndim != 2:
     raise ValueError(f"features: expected shape [n, features], got {features.shape}")
+  width = head.dense.kernel[...].shape[0]
+  if features.shape[1] != width:
+    raise ValueError(f"features: expected {width} columns (the head's input width), got "
+                     f"{features.shape[1]}")
+  if jnp.dtype(features.dtype).itemsize < 4:               # bfloat16 features of a bf16 model
+    features = features.astype(jnp.float32)
   if y.shape != (features.shape[0],) or w.shape != y.shape:
     raise ValueError(f"y, w: expected shape [{features.shape[0]}] (one per row of features), "
                      f"got {y.shape} and {w.shape}")
@@ -206,14 +235,15 @@ _loss = jax.jit(_objective, static_argnums=(0, 1, 2, 3, 4))
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _solve(graphdef, name, huber_delta, beta, noise_sigma, max_iter, tol,
-           params, rest, start, z, y, w, bni_prior, l2):
+           params, rest, fixed, start, z, y, w, bni_prior, l2):
+  """L-BFGS over the dense layer's ``{"kernel", "bias"}`` (standardised), the
+  head's other parameters ``fixed``."""
   def mean_loss(d):
-    return _objective(graphdef, name, huber_delta, beta, noise_sigma, params, rest, d, z, y,
-                      w, bni_prior)
+    return _objective(graphdef, name, huber_delta, beta, noise_sigma, params, rest,
+                      {**fixed, "dense": d}, z, y, w, bni_prior)
 
   def loss(d):
-    return mean_loss(d) + 0.5 * l2 * jnp.sum(jnp.square(d["dense"]["kernel"]
-                                                        - start["dense"]["kernel"]))
+    return mean_loss(d) + 0.5 * l2 * jnp.sum(jnp.square(d["kernel"] - start["kernel"]))
 
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(loss)

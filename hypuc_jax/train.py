@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 
@@ -322,6 +323,12 @@ def _refit_head(placement, graphdef, state, run, spec: LossSpec, batch_size: int
   model, optimizer = nnx.merge(graphdef, state)
   params, info = head_refit.select_refit(model.out, *parts, spec,
                                          l2_grid=head_refit.L2_GRID)
+  if info["iterations"] >= head_refit.MAX_ITER:
+    logging.getLogger(__name__).warning(
+        "head re-fit (weighting.scope=head, l2 %g): stopped at the %d-iteration limit with "
+        "gradient norm %.3g (a non-smooth loss such as l1 / laplace ends there near its "
+        "optimum; otherwise the weights may span too wide a range: a lower weighting.lam "
+        "or weighting.max_weight)", info["l2"], info["iterations"], info["grad_norm"])
   nnx.update(model.out, params)
   return nnx.state((model, optimizer)), info
 
@@ -343,6 +350,14 @@ def _with_stored_head(config: Config, graphdef, state, directory: str, step: int
                      f"{what}; train again (hypuc train resumes and re-fits it)")
   model, optimizer = nnx.merge(graphdef, state)
   params = nnx.state(model.out, nnx.Param)
+  want = nnx.to_pure_dict(params)
+  fits = jax.tree.structure(want) == jax.tree.structure(stored[1]) and all(
+      np.shape(a) == np.shape(b) and np.all(np.isfinite(b))
+      for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(stored[1])))
+  if not fits:
+    raise ValueError(f"{os.path.join(directory, checkpoints.HEAD_FILE)}: not a re-fitted head "
+                     f"of this model (expected the finite arrays "
+                     f"{jax.tree.map(np.shape, want)}); train again (hypuc train re-fits it)")
   nnx.replace_by_pure_dict(params, stored[1])
   nnx.update(model.out, params)
   return nnx.state((model, optimizer))

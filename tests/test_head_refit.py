@@ -180,6 +180,38 @@ def test_bad_input_is_refused_by_name():
       head_refit.refit_head(head, *args, **kwargs)
   with pytest.raises(ValueError, match="l2_grid"):
     head_refit.select_refit(head, (f, y, w), (f, y, w), spec, l2_grid=())
+  with pytest.raises(ValueError, match="spec: .*beta 0"):
+    head_refit.refit_head(head, f, y, w, LossSpec("nll", beta=0.5))
+  with pytest.raises(ValueError, match=r"features: expected 5 columns .*got 4"):
+    head_refit.refit_head(head, f[:, :4], y, w, spec)
+
+
+def test_a_learnt_noise_scale_stays_and_the_dense_layer_converges():
+  """BNI's value scales with stop_gradient(noise^2): a re-fitted noise ran off (MAE x7
+  on a tiny run); the noise stays as trained and the layer converges."""
+  from hypuc_jax import balanced_mse
+  f, y, w = _problem()
+  head = models.MLP((N_FEAT,), head="point", hidden=(), noise_sigma_init=0.7,
+                    rngs=nnx.Rngs(3)).out
+  prior = balanced_mse.histogram_prior(y, 20)
+  spec = LossSpec("bni", bni_prior=balanced_mse.HistogramPrior(*map(np.asarray, prior)))
+  params, info = head_refit.refit_head(head, f, y, w, spec)
+  assert float(nnx.to_pure_dict(params)["log_noise_sigma"]) == pytest.approx(np.log(0.7))
+  assert info["iterations"] < head_refit.MAX_ITER and info["grad_norm"] < 1e-4
+  assert info["loss"] < info["initial_loss"]
+
+
+def test_a_bfloat16_head_is_refitted_in_float32():
+  """A bf16 dense layer stalled at its rounding (500 iterations, erratic ridge path):
+  the solve computes in float32, so it reaches the float32 head's optimum."""
+  f, y, w = _problem()
+  heads = {dt: models.MLP((N_FEAT,), head="gaussian", hidden=(), dtype=dt,
+                          rngs=nnx.Rngs(3)).out for dt in ("float32", "bfloat16")}
+  fits = {dt: head_refit.refit_head(h, f, y, w, LossSpec("nll")) for dt, h in heads.items()}
+  assert fits["bfloat16"][1]["iterations"] < head_refit.MAX_ITER
+  np.testing.assert_allclose(_dense(fits["bfloat16"][0])[0], _dense(fits["float32"][0])[0],
+                             rtol=1e-4, atol=1e-5)
+  assert heads["bfloat16"].dense.dtype == np.dtype("bfloat16")     # the model's own head kept
 
 
 # ----------------------------------------------------------------------------
@@ -257,9 +289,35 @@ def test_a_head_scope_run_is_the_plain_network_with_a_weighted_ridge_head(tmp_pa
                                                      rel=1e-5)
   mu, _ = train.predict(str(tmp_path / "head"), run.x[run.idx["val"]])
   np.testing.assert_array_equal(mu, pred["mu"])
-  os.remove(tmp_path / "head" / "checkpoints" / checkpoints.HEAD_FILE)
+  path = tmp_path / "head" / "checkpoints" / checkpoints.HEAD_FILE
+  good = path.read_bytes()
+  damaged = {"no bias": {"dense": {"kernel": stored["dense"]["kernel"]}},
+             "NaN kernel": {"dense": {**stored["dense"],
+                                      "kernel": np.full_like(stored["dense"]["kernel"], np.nan)}},
+             "wrong shape": {"dense": {**stored["dense"], "kernel": stored["dense"]["kernel"][:2]}},
+             "extra key": {**stored, "extra": np.zeros(1)}}
+  for what, params in damaged.items():
+    checkpoints.save_head(str(path.parent), step, params)
+    with pytest.raises(ValueError, match=f"{checkpoints.HEAD_FILE}: not a re-fitted head"):
+      train.predict(str(tmp_path / "head"), run.x[run.idx["val"]])
+  path.write_bytes(good)
+  os.remove(path)
   with pytest.raises(ValueError, match="re-fitted head of weighting.scope=head .* missing"):
     train.predict(str(tmp_path / "head"), run.x[run.idx["val"]])
+
+
+def test_the_stored_fit_facts_are_strict_json(tmp_path):
+  import json
+  import zipfile
+  info = {"l2": math.inf, "grad_norm": None, "val_loss": {"0.0": math.inf, "1.0": 0.5}}
+  checkpoints.save_head(str(tmp_path), 3, {"dense": {"bias": np.zeros(2)}}, info)
+  with zipfile.ZipFile(tmp_path / checkpoints.HEAD_FILE) as z:
+    text = str(np.load(z.open("__info__.npy")))
+  def refuse(name):
+    raise ValueError(name)
+  loaded = json.loads(text, parse_constant=refuse)        # no Infinity / NaN tokens
+  assert loaded == {"l2": None, "grad_norm": None, "val_loss": {"0.0": None, "1.0": 0.5}}
+  assert checkpoints.load_head(str(tmp_path))[2] == loaded
 
 
 def test_a_stopped_head_scope_run_resumes_to_the_same_head(tmp_path, npz_spec):
@@ -294,6 +352,8 @@ def test_the_head_scope_gives_the_same_model_on_8_devices(tmp_path, npz_spec, n_
 @pytest.mark.parametrize("change, key", [("weighting.apply=resample", "weighting.apply"),
                                          ("weighting.defer=0.5", "weighting.defer"),
                                          ("loss.name=bmc", "loss.name"),
+                                         ("loss.beta=0.5", "loss.beta"),
+                                         ("train.select_on=weighted_nll", "train.select_on"),
                                          ("weighting.scope=all", "weighting.scope")])
 def test_head_scope_conflicts_are_refused_by_name(change, key):
   config = apply_overrides(get_config("tiny"), ["weighting.scope=head"]) \
@@ -327,8 +387,10 @@ def test_the_command_line_trains_evaluates_and_predicts_with_a_refitted_head(tmp
                ["calibrate", "--workdir", wd], ["correct", "--workdir", wd],
                ["evaluate", "--workdir", wd],
                ["predict", "--workdir", wd, "--data", TINY, "--output", tmp_path / "p.csv"]):
-    rc, _, err = hypuc(capsys, *argv)
+    rc, out, err = hypuc(capsys, *argv)
     assert rc == 0, (argv, err)
+    if argv[0] == "train":
+      assert "weighting=hypuc, scope=head" in out
   assert checkpoints.load_head(str(wd / "checkpoints")) is not None
   assert json.loads((wd / "eval.json").read_text())["n"] > 0
   ds = data_lib.load(TINY, labels_optional=True)
