@@ -311,7 +311,7 @@ def save_head(directory: str, step: int, params: dict, info: dict | None = None)
   tmp = os.path.join(directory, _FINGERPRINT_TMP + HEAD_FILE)
   with open(tmp, "wb") as f:
     np.savez(f, __step__=np.int64(step),
-             __info__=np.str_(json.dumps(_finite_or_none(info or {}), allow_nan=False)),
+             __info__=np.str_(json.dumps(finite_or_none(info or {}), allow_nan=False)),
              **flat)
   os.replace(tmp, os.path.join(directory, HEAD_FILE))
 
@@ -343,9 +343,10 @@ def load_head(directory: str) -> tuple[int, dict, dict] | None:
   return step, params, info
 
 
-def _finite_or_none(tree: Any) -> Any:
+def finite_or_none(tree: Any) -> Any:
+  """``tree`` (nested dicts) with every non-finite float replaced by None (strict JSON)."""
   if isinstance(tree, dict):
-    return {k: _finite_or_none(v) for k, v in tree.items()}
+    return {k: finite_or_none(v) for k, v in tree.items()}
   if isinstance(tree, float) and not np.isfinite(tree):
     return None
   return tree

@@ -191,15 +191,14 @@ def _checked(head, features, y, w, spec):
   if spec.beta != 0:
     raise ValueError(f"spec: the head re-fit needs beta 0, got {spec.beta!r} (beta-NLL's "
                      "value holds a stop-gradient factor, so it is no objective to minimise)")
-  features, y, w = jnp.asarray(features), jnp.asarray(y), jnp.asarray(w)
+  # float32 throughout (float64 labels under x64 broke the line search's cond)
+  features, y, w = (jnp.asarray(v, jnp.float32) for v in (features, y, w))
   if features.ndim != 2:
     raise ValueError(f"features: expected shape [n, features], got {features.shape}")
   width = head.dense.kernel[...].shape[0]
   if features.shape[1] != width:
     raise ValueError(f"features: expected {width} columns (the head's input width), got "
                      f"{features.shape[1]}")
-  if jnp.dtype(features.dtype).itemsize < 4:               # bfloat16 features of a bf16 model
-    features = features.astype(jnp.float32)
   if y.shape != (features.shape[0],) or w.shape != y.shape:
     raise ValueError(f"y, w: expected shape [{features.shape[0]}] (one per row of features), "
                      f"got {y.shape} and {w.shape}")

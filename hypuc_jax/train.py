@@ -54,7 +54,8 @@ class TrainResult:
       validation score).
     best_metrics: validation metrics at ``best_step`` (with
       ``weighting.scope="head"``: of the re-fitted model, plus the solver's
-      ``head_refit`` info).
+      ``head_refit`` info as stored, non-finite numbers None: ``l2`` None
+      when validation kept the trained head).
     final_metrics: last logged train metrics and last validation metrics.
     stopped_early: whether early stopping ended training.
     paths: run files by name (config, scaler, weighting, checkpoints,
@@ -330,7 +331,7 @@ def _refit_head(placement, graphdef, state, run, spec: LossSpec, batch_size: int
         "optimum; otherwise the weights may span too wide a range: a lower weighting.lam "
         "or weighting.max_weight)", info["l2"], info["iterations"], info["grad_norm"])
   nnx.update(model.out, params)
-  return nnx.state((model, optimizer)), info
+  return nnx.state((model, optimizer)), checkpoints.finite_or_none(info)   # as stored
 
 
 def _head_params(graphdef, state) -> dict:

@@ -114,6 +114,16 @@ def test_likelihood_head_refits_reach_scipys_optimum(kind, loss, rel):
     assert info["loss"] >= ref_loss - 1e-5 * abs(ref_loss)
   graphdef, _, rest = nnx.split(head, nnx.Param, ...)
   fitted = nnx.merge(graphdef, params, rest)(f)
+  err = np.asarray(fitted.loc, np.float64) - y                 # the returned head's loss
+  if kind == "point":
+    per = np.where(np.abs(err) <= 1.0, 0.5 * err ** 2, np.abs(err) - 0.5)
+  elif kind == "laplace":
+    b = np.asarray(fitted.scale, np.float64)
+    per = np.log(2 * b) + np.abs(err) / b
+  else:
+    s = np.asarray(fitted.scale, np.float64)
+    per = 0.5 * np.log(2 * np.pi) + np.log(s) + 0.5 * (err / s) ** 2
+  assert np.sum(w * per) / np.sum(w) == pytest.approx(info["loss"], rel=1e-4)
   if kind == "gaussian":                  # a smooth strict optimum: the same (mu, sigma)
     np.testing.assert_allclose(fitted.loc, ref_out[:, 0], rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(fitted.scale, np.logaddexp(0, ref_out[:, 1]) + 1e-3,
@@ -124,6 +134,9 @@ def test_an_absolute_error_refit_comes_near_sklearns_median_regression():
   from sklearn.linear_model import QuantileRegressor
   f, y, w = _problem(n=400)
   params, info = head_refit.refit_head(_head("point"), f, y, w, LossSpec("l1"), max_iter=2000)
+  k, b = _dense(params)
+  assert np.sum(w * np.abs(f @ k[:, 0] + b[0] - y)) / np.sum(w) == pytest.approx(info["loss"],
+                                                                                 rel=1e-4)
   ref = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(f, y, sample_weight=w)
   ref_loss = np.sum(w * np.abs(ref.predict(f) - y)) / np.sum(w)   # a linear programme's optimum
   assert ref_loss - 1e-6 <= info["loss"] <= ref_loss * 1.002
@@ -199,6 +212,23 @@ def test_a_learnt_noise_scale_stays_and_the_dense_layer_converges():
   assert float(nnx.to_pure_dict(params)["log_noise_sigma"]) == pytest.approx(np.log(0.7))
   assert info["iterations"] < head_refit.MAX_ITER and info["grad_norm"] < 1e-4
   assert info["loss"] < info["initial_loss"]
+  k, b = _dense(params)                       # the objective is BNI at the learnt noise 0.7
+  per = balanced_mse.bni(f @ k[:, 0] + b[0], y, 0.7, *map(np.asarray, prior))
+  assert np.sum(w * np.asarray(per)) / np.sum(w) == pytest.approx(info["loss"], rel=1e-4)
+  at_spec_noise = balanced_mse.bni(f @ k[:, 0] + b[0], y, 1.0, *map(np.asarray, prior))
+  assert np.sum(w * np.asarray(at_spec_noise)) / np.sum(w) != pytest.approx(info["loss"],
+                                                                             rel=1e-2)
+
+
+def test_float64_labels_and_weights_under_x64_are_fitted_in_float32():
+  f, y, w = _problem()
+  head = _head("gaussian")
+  want, _ = head_refit.refit_head(head, f, y, w, LossSpec("nll"))
+  with jax.enable_x64(True):
+    got, info = head_refit.refit_head(head, f.astype(np.float64), y.astype(np.float64),
+                                      w.astype(np.float64), LossSpec("nll"))
+  assert info["grad_norm"] < 1e-4
+  np.testing.assert_allclose(_dense(got)[0], _dense(want)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_bfloat16_head_is_refitted_in_float32():
@@ -300,6 +330,9 @@ def test_a_head_scope_run_is_the_plain_network_with_a_weighted_ridge_head(tmp_pa
     checkpoints.save_head(str(path.parent), step, params)
     with pytest.raises(ValueError, match=f"{checkpoints.HEAD_FILE}: not a re-fitted head"):
       train.predict(str(tmp_path / "head"), run.x[run.idx["val"]])
+  checkpoints.save_head(str(path.parent), step + 1, stored)    # fitted to another checkpoint
+  with pytest.raises(ValueError, match=f"fitted to step {step + 1}, not {step}"):
+    train.predict(str(tmp_path / "head"), run.x[run.idx["val"]])
   path.write_bytes(good)
   os.remove(path)
   with pytest.raises(ValueError, match="re-fitted head of weighting.scope=head .* missing"):
@@ -362,7 +395,9 @@ def test_head_scope_conflicts_are_refused_by_name(change, key):
     validate(apply_overrides(config, [change]), 1)
   # without a weighting the scope has no effect, and nothing to refuse
   plain = apply_overrides(get_config("tiny"), ["weighting.scheme=none", "weighting.scope=head"])
-  validate(apply_overrides(plain, ["weighting.defer=0.5"]), 1)
+  for other in ("weighting.apply=resample", "weighting.defer=0.5", "loss.name=bmc",
+                "loss.beta=0.5", "train.select_on=weighted_nll"):
+    validate(apply_overrides(plain, [other]), 1)
   assert not train.refits_head(plain)
 
 
