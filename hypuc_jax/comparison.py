@@ -136,8 +136,8 @@ def run_comparison(workdir: str | os.PathLike, *, preset: str = "potassium",
             clear_dir(workdir / name, keep=RUN_MARK)
     evals = {}
     for name, cfg in cfgs.items():
-        refits = cfg.weighting.scope == "head" and cfg.weighting.scheme != "none"
-        scope = ", scope=head" if refits else ""
+        from hypuc_jax.train import refits_head
+        scope = ", scope=head" if refits_head(cfg) else ""
         log(f"[{name}] training {cfg.loss.name} with weighting={cfg.weighting.scheme}{scope} "
             f"on {cfg.data.spec} -> {workdir / name}")
         evals[name] = pipeline(cfg, workdir / name, overwrite=overwrite,

@@ -14,9 +14,10 @@ per head output) and, for the likelihood and squared-error losses, smooth,
 so it is solved to convergence (gradient norm ``tol``), full batch, in
 float32, with L-BFGS (``optax.lbfgs``, zoom line search) inside one ``jit``:
 no learning rate or epochs to choose. The non-smooth l1 / laplace losses
-stop at ``MAX_ITER`` iterations, near their optimum. The features are standardised for the
-solve (a reparametrisation of the same linear layer, undone at the end),
-which conditions it; the trained head is the starting point. Solved to
+stop at ``MAX_ITER`` iterations, near their optimum. The features are
+standardised for the solve (a reparametrisation of the same linear layer,
+undone at the end), which conditions it; the trained head is the starting
+point. Solved to
 convergence, a head with many features and few (or few heavily weighted)
 training records fits them too closely (its sigma collapses onto them), so
 :func:`select_refit` fits a path of ridge penalties towards the trained head,

@@ -17,7 +17,6 @@ import time
 
 import jax
 import numpy as np
-
 from flax import nnx
 
 from hypuc_jax import (_interrupt, checkpoints, head_refit, losses, parallel, train_data,
@@ -37,7 +36,8 @@ from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F
 __all__ = ["LossSpec", "TrainResult", "TRACE_COUNTS", "bind_eval_step", "bind_train_step",
            "build_model", "check_model_fits",
            "compiled_steps", "create_train_state", "eval_step", "fingerprint",
-           "make_optimizer", "predict", "refits_head", "selection_change", "train_and_evaluate", "train_step"]
+           "make_optimizer", "predict", "refits_head", "selection_change", "train_and_evaluate",
+           "train_step"]
 
 
 # ----------------------------------------------------------------------------
