@@ -94,16 +94,15 @@ def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
       ``l2`` / ``max_iter`` / ``tol``.
     FloatingPointError: the solve ended with a non-finite loss.
   """
-  if not (isinstance(max_iter, int) and max_iter >= 1):
-    raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
-  if not tol > 0:
-    raise ValueError(f"tol: expected a float > 0, got {tol!r}")
-  if not l2 >= 0:
-    raise ValueError(f"l2: expected a float >= 0, got {l2!r}")
-  features, y, w = _checked(head, features, y, w, spec)
+  _check_solver(max_iter, tol, (l2,))
+  return _refit(head, *_checked(head, features, y, w, spec), spec, l2, max_iter, tol)
+
+
+def _refit(head, features, y, w, spec, l2, max_iter, tol):
+  """:func:`refit_head` on checked float32 arrays."""
   graphdef, params, rest = nnx.split(_float32(head), nnx.Param, ...)
   if l2 == math.inf:
-    loss = head_loss(head, params, features, y, w, spec)
+    loss = _head_loss(head, params, features, y, w, spec)
     return jax.tree.map(lambda v: v, params), {"iterations": 0, "grad_norm": None,
                                                 "initial_loss": loss, "loss": loss}
   start = nnx.to_pure_dict(params)
@@ -131,7 +130,10 @@ def refit_head(head: nnx.Module, features, y, w, spec, *, l2: float = 0.0,
 def head_loss(head: nnx.Module, params: nnx.State, features, y, w, spec) -> float:
   """Weighted mean loss ``sum w l / sum w`` of ``head`` with ``params`` on
   ``features [n, F]``, scaled labels ``y [n]`` and weights ``w [n]``."""
-  features, y, w = _checked(head, features, y, w, spec)
+  return _head_loss(head, params, *_checked(head, features, y, w, spec), spec)
+
+
+def _head_loss(head, params, features, y, w, spec) -> float:
   graphdef, _, rest = nnx.split(_float32(head), nnx.Param, ...)
   return float(_loss(graphdef, *_static(spec), params, rest, nnx.to_pure_dict(params),
                      features, y, w, spec.bni_prior))
@@ -159,14 +161,17 @@ def select_refit(head: nnx.Module, train: tuple, val: tuple, spec, *,
   grid = tuple(l2_grid)
   if not grid:
     raise ValueError("l2_grid: expected at least one ridge strength, got none")
+  _check_solver(max_iter, tol, grid)
+  train = _checked(head, *train, spec)           # once: on the device, checked, float32
+  val = _checked(head, *val, spec)
   best, scores = None, {}
   for l2 in grid:
     try:
-      params, info = refit_head(head, *train, spec, l2=l2, max_iter=max_iter, tol=tol)
+      params, info = _refit(head, *train, spec, l2, max_iter, tol)
     except FloatingPointError:
       scores[str(l2)] = math.inf
       continue
-    score = head_loss(head, params, *val, spec)
+    score = _head_loss(head, params, *val, spec)
     scores[str(l2)] = score if math.isfinite(score) else math.inf
     if best is None or scores[str(l2)] < best[0]:
       best = (scores[str(l2)], l2, params, info)
@@ -174,6 +179,16 @@ def select_refit(head: nnx.Module, train: tuple, val: tuple, spec, *,
     raise FloatingPointError(f"head re-fit: no ridge strength of {grid} gave a finite fit")
   _, l2, params, info = best
   return params, {**info, "l2": l2, "val_loss": scores}
+
+
+def _check_solver(max_iter, tol, l2s) -> None:
+  if not (isinstance(max_iter, int) and max_iter >= 1):
+    raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+  if not tol > 0:
+    raise ValueError(f"tol: expected a float > 0, got {tol!r}")
+  for l2 in l2s:
+    if not l2 >= 0:
+      raise ValueError(f"l2: expected a float >= 0, got {l2!r}")
 
 
 def _float32(head: nnx.Module) -> nnx.Module:
