@@ -149,7 +149,7 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State,
     graphdef: static model/optimizer graph (bind with ``functools.partial``).
     state: the ``(model, optimizer)`` state.
     batch: ``x [b, ...]`` scaled inputs (e.g. ``[b, time, leads]``); other
-      keys are ignored (``train_data.predict_scaled`` passes only ``x``, and
+      keys are ignored (``train_data.forward_scaled`` passes only ``x``, and
       drops padded rows with the host batch's ``mask``).
 
   Returns:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-from hypuc_jax import (_interrupt, checkpoints, head_refit, losses, parallel, train_data,
+from hypuc_jax import (_interrupt, checkpoints, losses, parallel, train_data, train_head,
                        train_logging)
 from hypuc_jax import data as data_lib
 from hypuc_jax._validation import is_int
@@ -27,8 +25,8 @@ from hypuc_jax.config import Config, resolve_parallel, validate
 # Re-exported: train.create_train_state / make_optimizer / build_model /
 # train_step are the Flax-examples entry points.
 from hypuc_jax.steps import (TRACE_COUNTS, LossSpec, bind_eval_step,  # noqa: F401
-                             bind_train_step, compiled_feature_step, compiled_steps, eval_step,
-                             train_step)
+                             bind_train_step, compiled_steps, eval_step, train_step)
+from hypuc_jax.train_head import refits_head  # noqa: F401  (re-exported)
 from hypuc_jax.train_state import (FINGERPRINT_DEFAULTS, build_model,  # noqa: F401
                                    check_model_fits, create_train_state, fingerprint,
                                    make_optimizer, selection_change)
@@ -202,9 +200,9 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
             f"last good checkpoint: step {last} in {paths['checkpoints']}")
 
   def evaluate(state_, step_):
-    loc, scale = train_data.predict_scaled(placement, eval_fn, placement.get_state(state_),
-                                           run, run.x, run.idx["val"], t.eval_batch_size)
-    mu, sigma = train_data.to_label_units(run, loc, scale, head)
+    out = train_data.forward_scaled(placement, eval_fn, placement.get_state(state_),
+                                    run, run.x, run.idx["val"], t.eval_batch_size)
+    mu, sigma = train_data.to_label_units(run, out["loc"], out["scale"], head)
     bad = ~np.isfinite(mu) if sigma is None else ~(np.isfinite(mu) & np.isfinite(sigma))
     if bad.any():          # a NaN score would count as "no better" and end training quietly
       rows = run.idx["val"][bad]
@@ -280,18 +278,18 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   best_state, best_meta = store.restore(best, placement.get_state(state))
   best_val = best_meta.get("val", {})
   if head_scope:
-    best_state, info = _refit_head(placement, graphdef, best_state, run, spec,
-                                   t.eval_batch_size)
+    best_state, info = train_head.refit_run_head(placement, graphdef, best_state, run, spec,
+                                                 t.eval_batch_size)
     if jax.process_index() == 0:
-      checkpoints.save_head(paths["checkpoints"], best, _head_params(graphdef, best_state),
-                            info)
+      checkpoints.save_head(paths["checkpoints"], best,
+                            train_head.head_params(graphdef, best_state), info)
   if placement.mode == "sharding":                # eval runs on the mesh; else on device 0
     best_state = placement.put_state(best_state)
   for split in ("val", "test"):
     if len(run.idx[split]):
-      loc, scale = train_data.predict_scaled(placement, eval_fn, best_state,
-                                             run, run.x, run.idx[split], t.eval_batch_size)
-      mu, sigma = train_data.to_label_units(run, loc, scale, head)
+      out = train_data.forward_scaled(placement, eval_fn, best_state,
+                                      run, run.x, run.idx[split], t.eval_batch_size)
+      mu, sigma = train_data.to_label_units(run, out["loc"], out["scale"], head)
       if split == "val" and head_scope:       # the run's model is the re-fitted one
         best_val = {**train_data.val_score(head, y_val, mu, sigma, w_val),
                     "head_refit": info}
@@ -301,67 +299,6 @@ def train_and_evaluate(config: Config, workdir: str, *, overwrite: bool = False,
   store.close()
   return TrainResult(workdir, step, best, best_val,
                      {"train": last_train, "val": meta["val"]}, stopped_early, paths)
-
-
-def refits_head(config: Config) -> bool:
-  """Whether a run of ``config`` re-fits its head to the weighted loss after
-  training (``weighting.scope="head"`` with a weighting scheme)."""
-  return config.weighting.scope == "head" and config.weighting.scheme != "none"
-
-
-def _refit_head(placement, graphdef, state, run, spec: LossSpec, batch_size: int):
-  """``state`` (host / first device) with its head re-fitted to the weighted
-  loss on the frozen features of the training split (ridge strength chosen
-  on the validation split, ``head_refit.select_refit``), and the fit's info."""
-  placed = placement.put_state(state) if placement.mode == "sharding" else state
-  fn = compiled_feature_step(placement, graphdef)
-  parts = []
-  for split in ("train", "val"):
-    feats = train_data.forward_scaled(placement, fn, placed, run, run.x, run.idx[split],
-                                      batch_size)["features"]
-    w = run.weighting(np.asarray(run.y[run.idx[split]], np.float32))
-    parts.append((feats, run.y_scaled(split), np.asarray(w, np.float32)))
-  model, optimizer = nnx.merge(graphdef, state)
-  params, info = head_refit.select_refit(model.out, *parts, spec,
-                                         l2_grid=head_refit.L2_GRID)
-  if info["iterations"] >= head_refit.MAX_ITER:
-    logging.getLogger(__name__).warning(
-        "head re-fit (weighting.scope=head, l2 %g): stopped at the %d-iteration limit with "
-        "gradient norm %.3g (a non-smooth loss such as l1 / laplace ends there near its "
-        "optimum; otherwise the weights may span too wide a range: a lower weighting.lam "
-        "or weighting.max_weight)", info["l2"], info["iterations"], info["grad_norm"])
-  nnx.update(model.out, params)
-  return nnx.state((model, optimizer)), checkpoints.finite_or_none(info)   # as stored
-
-
-def _head_params(graphdef, state) -> dict:
-  model, _ = nnx.merge(graphdef, state)
-  return nnx.to_pure_dict(nnx.state(model.out, nnx.Param))
-
-
-def _with_stored_head(config: Config, graphdef, state, directory: str, step: int):
-  """``state`` with the head :func:`train_and_evaluate` re-fitted for checkpoint
-  ``step`` (``weighting.scope="head"``); ``state`` itself otherwise."""
-  if not refits_head(config):
-    return state
-  stored = checkpoints.load_head(directory)
-  if stored is None or stored[0] != step:
-    what = "missing" if stored is None else f"fitted to step {stored[0]}, not {step}"
-    raise ValueError(f"workdir: the re-fitted head of weighting.scope=head in {directory} is "
-                     f"{what}; train again (hypuc train resumes and re-fits it)")
-  model, optimizer = nnx.merge(graphdef, state)
-  params = nnx.state(model.out, nnx.Param)
-  want = nnx.to_pure_dict(params)
-  fits = jax.tree.structure(want) == jax.tree.structure(stored[1]) and all(
-      np.shape(a) == np.shape(b) and np.all(np.isfinite(b))
-      for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(stored[1])))
-  if not fits:
-    raise ValueError(f"{os.path.join(directory, checkpoints.HEAD_FILE)}: not a re-fitted head "
-                     f"of this model (expected the finite arrays "
-                     f"{jax.tree.map(np.shape, want)}); train again (hypuc train re-fits it)")
-  nnx.replace_by_pure_dict(params, stored[1])
-  nnx.update(model.out, params)
-  return nnx.state((model, optimizer))
 
 
 def predict(workdir: str, x, *, batch_size: int | None = None,
@@ -400,12 +337,12 @@ def predict(workdir: str, x, *, batch_size: int | None = None,
     raise ValueError(f"workdir: no checkpoint in {paths['checkpoints']}")
   state, _ = store.restore(step, template)
   store.close()
-  state = _with_stored_head(config, graphdef, state, paths["checkpoints"], step)
+  state = train_head.with_stored_head(config, graphdef, state, paths["checkpoints"], step)
   placement = parallel.Placement("none")
   # Eval only: the loss spec (and a BNI prior) is irrelevant here.
   _, eval_fn = compiled_steps(placement, graphdef, LossSpec(config.loss.name), schedule)
   head = losses.head_for_loss(config.loss.name)
-  loc, scale = train_data.predict_scaled(placement, eval_fn, placement.put_state(state), run,
-                                         x, np.arange(len(x)),
-                                         batch_size or config.train.eval_batch_size)
-  return train_data.to_label_units(run, loc, scale, head)
+  out = train_data.forward_scaled(placement, eval_fn, placement.put_state(state), run,
+                                  x, np.arange(len(x)),
+                                  batch_size or config.train.eval_batch_size)
+  return train_data.to_label_units(run, out["loc"], out["scale"], head)

@@ -318,33 +318,21 @@ def check_inputs(x, input_shape: tuple, *, finite_checked: bool = False) -> Any:
   return x
 
 
-def predict_scaled(placement, eval_fn, state, run: RunData, x, indices,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Forward pass over rows ``indices`` of raw ``x`` (scaled, padded, masked batches).
+def forward_scaled(placement, fn, state, run: RunData, x, indices,
+                   batch_size: int) -> dict[str, np.ndarray]:
+  """A compiled per-example function over rows ``indices`` of raw ``x`` (scaled,
+  padded, masked batches), its outputs on the host.
 
   Args:
     placement: ``parallel.Placement`` that places each eval batch.
-    eval_fn: compiled ``eval_step``, ``fn(state, {"x": [b, ...]}) -> {"loc", "scale"}``.
-    state: the ``(model, optimizer)`` state for ``eval_fn``.
+    fn: compiled ``fn(state, {"x": [b, ...]}) -> {name: [b, ...]}``:
+      ``steps.eval_step`` (``loc``, ``scale``: in scaled label units, scale 0
+      for a point head) or ``steps.feature_step`` (``features``).
+    state: the ``(model, optimizer)`` state for ``fn``.
     run: gives the scaler applied to ``x``.
     x: raw inputs [N, *input_shape] (array or memory map; only the rows read).
     indices: [n] integer rows of ``x`` to predict, in the order wanted.
     batch_size: global eval batch size (the last batch is padded).
-
-  Returns:
-    ``(loc [n], scale [n])`` in scaled label units, in the order of
-    ``indices`` (scale 0 for a point head).
-  """
-  out = forward_scaled(placement, eval_fn, state, run, x, indices, batch_size)
-  return out["loc"], out["scale"]
-
-
-def forward_scaled(placement, fn, state, run: RunData, x, indices,
-                   batch_size: int) -> dict[str, np.ndarray]:
-  """``fn``'s per-example outputs over rows ``indices`` of raw ``x``, on the host.
-
-  As :func:`predict_scaled` for any compiled ``fn(state, {"x": [b, ...]}) ->
-  {name: [b, ...]}`` (``steps.eval_step``, ``steps.feature_step``).
 
   Returns:
     ``{name: [n, ...]}`` in the order of ``indices``, padding dropped.
