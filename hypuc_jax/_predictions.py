@@ -11,8 +11,12 @@ predictive is ``mu + sigma * Z`` with Z of unit variance: standard normal
 when ``dof`` is inf (the network's output and the SPEC's calibrated
 Gaussian), or a Student-t with ``dof > 2`` degrees of freedom rescaled to
 unit variance, ``Z = c T``, ``c = sqrt((dof - 2) / dof)``, when hyperfine
-calibration fitted a heavier tail (``calibration.fit_hyperfine(tail="auto")``).
-The ``std_*`` functions are the law of Z.
+calibration fitted a heavier tail (``calibration.fit_hyperfine(tail="auto")``),
+or, after isotonic calibration, the recalibrated family
+``hypuc_jax._recalibrated.RecalibratedNormal`` (scaled to the Gaussian of
+equal central ``xi`` width; not symmetric: intervals take both ends from ``central_bounds``). ``dof`` names
+the family everywhere: a number, or that family object. The ``std_*``
+functions are the law of Z.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import special, stats
 
+from hypuc_jax._recalibrated import RecalibratedNormal, is_family
 from hypuc_jax._validation import (as_array, check_concrete, check_finite, check_positive,
                                    check_same_length, is_real, plain_scalar)
 
@@ -101,15 +106,20 @@ def standardized_residuals(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray,
     return z
 
 
-def check_dof(dof: Any, name: str = "dof") -> float:
-    """Degrees of freedom of the predictive family: ``inf`` (or None) for the
-    Gaussian, else a finite number > 2 (a Student-t with finite variance).
+def check_dof(dof: Any, name: str = "dof") -> float | RecalibratedNormal:
+    """The predictive family: ``inf`` (or None) for the Gaussian, a finite
+    number > 2 (a Student-t with finite variance), or an isotonic
+    ``RecalibratedNormal`` (also as its ``to_dict`` form), returned as is.
 
     Raises:
-      ValueError: not a number, NaN, or <= 2.
+      ValueError: not a number or family, NaN, or <= 2.
     """
     if dof is None:
         return math.inf
+    if is_family(dof):
+        return dof
+    if isinstance(dof, dict):
+        return RecalibratedNormal.from_dict(dof, name)
     dof = plain_scalar(dof)
     if isinstance(dof, bool) or not isinstance(dof, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name}: expected a number > 2 or inf, got {dof!r}")
@@ -119,9 +129,19 @@ def check_dof(dof: Any, name: str = "dof") -> float:
     return dof
 
 
-def dof_to_json(dof: float) -> float | None:
-    """JSON form of a dof: None for the Gaussian (JSON has no inf)."""
+def dof_to_json(dof: float | RecalibratedNormal) -> float | None | dict:
+    """JSON form of a family: None for the Gaussian (JSON has no inf), the dof of a
+    Student-t, the knots and frequencies of an isotonic family."""
+    if is_family(dof):
+        return dof.to_dict()
     return None if math.isinf(dof) else float(dof)
+
+
+def family_label(dof: float | RecalibratedNormal) -> str:
+    """Human name of a family: "Gaussian", "Student-t dof 30", "isotonic recalibration"."""
+    if is_family(dof):
+        return "isotonic recalibration" + ("" if dof.xi == 0.95 else f" (xi {dof.xi:g})")
+    return "Gaussian" if math.isinf(dof) else f"Student-t dof {dof:g}"
 
 
 def _t_scale(dof: float) -> float:
@@ -132,6 +152,8 @@ def _t_scale(dof: float) -> float:
 def std_cdf(z, dof: float = math.inf) -> np.ndarray:
     """P(Z <= z) for the unit-variance family member with ``dof``."""
     dof = check_dof(dof)
+    if is_family(dof):
+        return dof.cdf(z)
     if math.isinf(dof):
         return stats.norm.cdf(z)
     return stats.t.cdf(np.asarray(z) / _t_scale(dof), dof)
@@ -140,6 +162,8 @@ def std_cdf(z, dof: float = math.inf) -> np.ndarray:
 def std_ppf(q, dof: float = math.inf) -> np.ndarray:
     """Quantile of Z at level(s) q in [0, 1] (+-inf at 0 and 1)."""
     dof = check_dof(dof)
+    if is_family(dof):
+        return dof.ppf(q)
     if math.isinf(dof):
         return stats.norm.ppf(q)
     return _t_scale(dof) * stats.t.ppf(q, dof)
@@ -154,6 +178,8 @@ def std_logsf_logcdf(z, dof: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     (:func:`_t_log_tail`: to ~1e-14 relative for dof up to ~1e5, ~1e-6 beyond).
     """
     dof = check_dof(dof)
+    if is_family(dof):
+        return dof.logsf_logcdf(z)
     if math.isinf(dof):
         return stats.norm.logsf(z), stats.norm.logcdf(z)
     z = np.asarray(z, dtype=np.float64)
@@ -212,6 +238,8 @@ def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
     """
     dof = check_dof(dof)
     z = np.asarray(z, dtype=np.float64)
+    if is_family(dof):
+        return dof.logpdf(z)
     if math.isinf(dof):
         return -0.5 * math.log(2 * math.pi) - 0.5 * z * z
     c = _t_scale(dof)
@@ -227,26 +255,53 @@ def std_logpdf(z, dof: float = math.inf) -> np.ndarray:
 def std_entropy(dof: float = math.inf) -> float:
     """Differential entropy of Z; the entropy of mu + sigma Z adds log(sigma)."""
     dof = check_dof(dof)
+    if is_family(dof):
+        return dof.entropy
     if math.isinf(dof):
         return 0.5 * math.log(2 * math.pi * math.e)
     return float(stats.t.entropy(dof)) + math.log(_t_scale(dof))
 
 
 def central_z(level: float, name: str = "level", dof: float = math.inf) -> float:
-    """Two-sided quantile of the unit-variance family: P(|Z| <= z) = level.
+    """Two-sided quantile of a symmetric unit-variance family: P(|Z| <= z) = level.
 
     Args:
       level: nominal coverage in (0, 1).
       name: argument name used in the error message.
-      dof: family (inf: Gaussian).
+      dof: family (inf: Gaussian; a number > 2: Student-t). An isotonic family
+        is not symmetric: use :func:`central_bounds`.
 
     Returns:
       z such that mu +- z * sigma is the central ``level`` interval.
     """
+    level = _coverage(level, name)
+    if is_family(check_dof(dof)):
+        raise ValueError("dof: an isotonic family has no symmetric interval; expected a "
+                         "Gaussian or Student-t (use central_bounds)")
+    return float(std_ppf(0.5 + level / 2.0, dof))
+
+
+def central_bounds(level: float, name: str = "level",
+                   dof: float | RecalibratedNormal = math.inf) -> tuple[float, float]:
+    """Ends (lo, hi) of Z's central interval: P(Z < lo) = P(Z > hi) = (1 - level) / 2.
+
+    ``mu + lo * sigma, mu + hi * sigma`` is the central ``level`` interval of
+    every family (lo = -hi for the symmetric ones).
+    """
+    level = _coverage(level, name)
+    dof = check_dof(dof)
+    if is_family(dof):
+        lo, hi = dof.ppf(np.array([0.5 - level / 2.0, 0.5 + level / 2.0]))
+        return float(lo), float(hi)
+    z = central_z(level, name, dof)
+    return -z, z
+
+
+def _coverage(level, name: str) -> float:
     level = plain_scalar(level)                  # numpy / jax scalars
     if not is_real(level) or not 0.0 < level < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
-    return float(std_ppf(0.5 + float(level) / 2.0, dof))
+    return float(level)
 
 
 class ThresholdSpec(NamedTuple):
@@ -322,10 +377,14 @@ def exceed_prob(mu: np.ndarray, sigma: np.ndarray, spec: ThresholdSpec,
                 dof: float = math.inf) -> np.ndarray:
     """Probability of the threshold's event under mu + sigma Z (Gaussian at dof inf). [n]
 
-    "above": P(Y > t) = F((mu - t) / sigma) (Z is symmetric); "below":
-    P(Y < t) = F((t - mu) / sigma).
+    "above": P(Y > t) = F((mu - t) / sigma) for a symmetric Z, 1 - F((t - mu)
+    / sigma) (from its log) for an isotonic family; "below": P(Y < t) = F((t -
+    mu) / sigma).
     """
     zt = (spec.value - mu) / sigma
+    dof = check_dof(dof)
+    if spec.direction == "above" and is_family(dof):
+        return np.exp(dof.logsf_logcdf(zt)[0])
     return std_cdf(-zt if spec.direction == "above" else zt, dof)
 
 

@@ -14,10 +14,13 @@ Three calibrators map a model's predicted scale to a calibrated one:
   the residuals' observed tail instead of the Gaussian's.
 - ``IsotonicCalibrator`` (Kuleshov et al. 2018), a baseline: an isotonic map
   R of the predicted CDF level F(y) = Phi((y - mu) / sigma) to its empirical
-  frequency on the validation split; the calibrated CDF is R(F(y)).
+  frequency on the validation split; the calibrated CDF is R(F(y)), scored
+  exactly by the later stages through its family (``predictive_dof``).
 
-Every calibrator has ``apply(mu, sigma) -> sigma [n]`` (a standard deviation),
-``predictive_dof`` (the family of the calibrated predictive; inf: Gaussian), ``to_dict`` /
+Every calibrator has ``apply(mu, sigma) -> sigma [n]`` (a standard deviation;
+for isotonic, the Gaussian-equivalent scale of its recalibrated family),
+``predictive_dof`` (the family of the calibrated predictive; inf: Gaussian;
+a ``RecalibratedNormal`` for isotonic), ``to_dict`` /
 ``from_dict``, ``save(path)`` / ``load(path, task=...)`` (JSON), and carries
 the name of the task it was fitted on, so a calibrator saved for another task
 is refused on load. All fitting is numpy: it runs once, on the host. The

@@ -66,9 +66,20 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
         thresholds=[t for t in task.thresholds if f"prob__{t[0]}" in out],
         train_labels=train_labels, regions=_named_regions(cfg, task),
         label_density=label_curves(cfg, train_labels), unit=task.unit,
-        mu_bins=out.get("mu_bin"), dof=float(out.get("dof", math.inf)),
+        mu_bins=out.get("mu_bin"), dof=_family(out),
         tails=tuple(task.thresholds),
         calibration=str(ev.get("calibration", {}).get("method", "")))   # what eval.json scored
+
+
+def _family(outputs: dict):
+    """The calibrated predictive's family stored in an outputs_{split}.npz."""
+    from hypuc_jax._recalibrated import RecalibratedNormal
+
+    if "family_knots" in outputs:
+        return RecalibratedNormal(tuple(outputs["family_knots"].tolist()),
+                                  tuple(outputs["family_freqs"].tolist()),
+                                  float(outputs["family_xi"]))
+    return float(outputs.get("dof", math.inf))
 
 
 #: ``hypuc run`` without --preset: the potassium preset with a budget that fits

@@ -60,7 +60,7 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     from hypuc_jax import data as data_lib
     from hypuc_jax import flagging
     from hypuc_jax import train as train_lib
-    from hypuc_jax._predictions import central_z
+    from hypuc_jax._predictions import central_bounds
 
     workdir, output = Path(workdir), Path(output)
     task_options = sorted({"task", "above", "below", "cuts", "unit"}
@@ -132,9 +132,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
             "lead's range over the training samples) by more than its "
             "width; the model extrapolates there (its sigma does not know): flagged, "
             "out_of_range = 1", spec, int(outside.sum()), outside.size)
-    z = central_z(0.95, dof=cal.dof)
-    cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu - z * sigma_cal,
-            "upper_95": mu + z * sigma_cal, "corrected": corrected,
+    lo, hi = central_bounds(0.95, dof=cal.dof)
+    cols = {"mu": mu, "sigma": sigma, "sigma_cal": sigma_cal, "lower_95": mu + lo * sigma_cal,
+            "upper_95": mu + hi * sigma_cal, "corrected": corrected,
             **{f"p_{k}": v for k, v in probs.items()},
             "entropy": flagging.predictive_entropy(sigma_cal, cal.dof),
             "flag": (flag | outside).astype(int), "out_of_range": outside.astype(int)}

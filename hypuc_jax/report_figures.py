@@ -23,8 +23,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from hypuc_jax import flagging, uncertainty  # noqa: E402
 from hypuc_jax._files import temp_file  # noqa: E402
 from hypuc_jax.calibration import quantile_edges  # noqa: E402
-from hypuc_jax._predictions import (ThresholdSpec, central_z, event, exceed_prob,  # noqa: E402
-                                    has_both_outcomes)
+from hypuc_jax._predictions import (ThresholdSpec, central_bounds, event,  # noqa: E402
+                                    exceed_prob, family_label, has_both_outcomes)
 
 FIGURES = ("labels_kde_weights", "pred_vs_true", "mae_per_region", "reliability",
            "coverage_per_bin", "selective_risk", "roc")
@@ -50,10 +50,10 @@ class RunOutputs:
       mu_bins: hyperfine-calibration bin of each test prediction [n] (None:
         quantile bins of test mu are used for the per-bin coverage).
       dof: family of the calibrated predictive mu + sigma_cal Z (inf:
-        Gaussian; finite: the unit-variance Student-t of a fitted tail).
+        Gaussian; finite: the unit-variance Student-t of a fitted tail; an
+        isotonic run's ``RecalibratedNormal``).
       calibration: the calibration method ("hyperfine", "global", "isotonic";
-        "" unknown). An isotonic run's ``sigma_cal`` is the Gaussian of equal
-        central xi width, not its recalibrated CDF.
+        "" unknown).
       tails: every threshold of the task, decision or not (the rare ranges
         whose MAE the report checks); empty: ``thresholds``.
     """
@@ -71,7 +71,7 @@ class RunOutputs:
     label_density: tuple[np.ndarray, np.ndarray, np.ndarray]
     unit: str = ""
     mu_bins: np.ndarray | None = None
-    dof: float = math.inf
+    dof: Any = math.inf
     tails: Sequence[tuple[str, float, str]] = ()
     calibration: str = ""
 
@@ -103,9 +103,8 @@ def central_coverage(y, mu, sigma, level: float, dof: float = math.inf) -> float
 
 def _calibrated_label(run: RunOutputs) -> str:
     """Legend name of the calibrated predictive, with its tail."""
-    if run.calibration == "isotonic":
-        return "calibrated (isotonic, as its Gaussian equivalent)"
-    return "calibrated" if math.isinf(run.dof) else f"calibrated (Student-t, dof {run.dof:g})"
+    label = family_label(run.dof)
+    return "calibrated" if label == "Gaussian" else f"calibrated ({label})"
 
 
 def _unit(run: RunOutputs) -> str:
@@ -169,10 +168,12 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     hi = float(max(np.max(r.y) for r in runs))
     pad = 0.05 * (hi - lo)
     for ax, run in zip(axes[0], runs):
-        z = central_z(0.95, dof=run.dof)
+        lo_z, hi_z = central_bounds(0.95, dof=run.dof)
         sub, k, kt = scatter_rows(run.y)
         _shade_regions(ax, run, lo - pad, hi + pad)
-        ax.errorbar(run.y[sub], run.mu[sub], yerr=z * run.sigma_cal[sub], fmt="o", ms=2,
+        ax.errorbar(run.y[sub], run.mu[sub], yerr=np.stack([-lo_z * run.sigma_cal[sub],
+                                                            hi_z * run.sigma_cal[sub]]),
+                    fmt="o", ms=2,
                     elinewidth=0.5, alpha=0.5, color="tab:blue",
                     label="mu with calibrated 95% interval" + (
                         f"\n({'every record' if kt == 1 else f'1 in {kt}'} in the 5% "
@@ -239,7 +240,7 @@ def _fig_reliability(runs: Sequence[RunOutputs], path: Path) -> None:
 
 
 def mu_bin_coverage(y, mu, sigma, n_bins: int = 10, level: float = 0.95, bins=None,
-                    dof: float = math.inf):
+                    dof: Any = math.inf):
     """Coverage of the central ``level`` interval per bin of predicted mu.
 
     Args:

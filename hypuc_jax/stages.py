@@ -22,7 +22,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import remove_path, temp_dir, write_text_atomic
-from hypuc_jax._predictions import ThresholdSpec, event as threshold_event
+from hypuc_jax._predictions import ThresholdSpec, event as threshold_event, family_label
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
                               WorkflowError, _clean, load_config, load_npy,
                               load_npz, load_task, read_json, save_npz, usable_thresholds,
@@ -222,9 +222,11 @@ def _load_corrector(workdir: Path, dof: float):
                             f"{workdir}` first")
     corrector = corrections.load_corrector(workdir / CORRECTIONS, task=load_task(workdir).name)
     if corrector.dof != dof:
-        raise WorkflowError(f"{workdir}: corrections were fitted for a predictive with dof "
-                            f"{corrector.dof:g}, the calibration has dof {dof:g}; run `hypuc "
-                            f"correct --workdir {workdir}` again")
+        was, now = family_label(corrector.dof), family_label(dof)
+        now = f"another {now} fit" if now == was else now
+        raise WorkflowError(f"{workdir}: corrections were fitted for a predictive of family "
+                            f"{was}, the calibration's is {now}; run `hypuc correct --workdir "
+                            f"{workdir}` again")
     return corrector
 
 
@@ -269,10 +271,12 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     each of the three metric blocks is ``metrics.evaluate(...)`` for (mu,
     sigma) as a Gaussian, and for (mu, calibrated sigma) and (corrected
     value, calibrated sigma) under the calibrated predictive's family
-    ("dof": its Student-t degrees of freedom, null for the Gaussian).
+    ("dof": its Student-t degrees of freedom, null for the Gaussian and for
+    isotonic calibration, whose family is the recalibrated CDF; outputs_{split}.npz
+    then holds it as ``family_knots`` / ``family_freqs`` / ``family_xi``).
     """
     from hypuc_jax import corrections, flagging, metrics
-    from hypuc_jax._predictions import dof_to_json
+    from hypuc_jax._predictions import dof_to_json, is_family
 
     workdir = Path(workdir)
     cfg = load_config(workdir)
@@ -287,7 +291,8 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     train_labels = load_npy(workdir / TRAIN_LABELS, "training labels")
     regions = _named_regions(cfg, task)
     ev = {"split": split, "n": int(len(y)), "in_sample": split == "val",
-          "calibration": {"method": cal.method, "dof": dof_to_json(cal.dof)}}
+          "calibration": {"method": cal.method,
+                          "dof": None if is_family(cal.dof) else dof_to_json(cal.dof)}}
     for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
                                "calibrated": (mu, sigma_cal, cal.dof),
                                "corrected": (corrected, sigma_cal, cal.dof)}.items():
@@ -319,8 +324,11 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
                           "mae_kept": float(err[~flags].mean()) if (~flags).any() else None,
                           "mae_flagged": float(err[flags].mean()) if flags.any() else None}}
     ev = _clean(ev)
+    family = ({"family_knots": np.asarray(cal.dof.knots), "family_freqs": np.asarray(cal.dof.freqs),
+               "family_xi": np.float64(cal.dof.xi)}
+              if is_family(cal.dof) else {"dof": np.float64(cal.dof)})
     save_npz(workdir / f"outputs_{split}.npz", y=y, mu=mu, sigma=sigma, sigma_cal=sigma_cal,
-             dof=np.float64(cal.dof), corrected=corrected, **({} if bins is None else {"mu_bin": bins}),
+             corrected=corrected, **family, **({} if bins is None else {"mu_bin": bins}),
              **{f"prob__{k}": v for k, v in probs.items()})
     write_json(eval_path(workdir, split), ev)
     return ev

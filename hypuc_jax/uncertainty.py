@@ -3,7 +3,10 @@
 Z is the unit-variance predictive family of ``hypuc_jax._predictions``:
 standard normal at ``dof=inf`` (the default: N(mu, sigma^2)), or a Student-t
 with ``dof`` degrees of freedom rescaled to unit variance, so ``sigma`` is
-always the predictive standard deviation. Each function takes validated
+the predictive standard deviation; after isotonic calibration ``dof`` is the
+recalibrated family (``hypuc_jax._recalibrated.RecalibratedNormal``; sigma
+is then its Gaussian-equivalent scale, not a standard deviation), scored
+exactly: its asymmetric intervals, log density and CRPS. Each function takes validated
 vectors y [n], mu [n], sigma [n] (checked: 1-D, one length, finite, sigma
 > 0, dof > 2 or inf; a ``ValueError`` names the argument) and returns a
 python float. ``metrics.evaluate`` assembles these per region.
@@ -16,7 +19,10 @@ python float. ``metrics.evaluate`` assembles these per region.
   s [u (2 F(u) - 1) + 2 f(u) (dof + u^2) / (dof - 1)
      - 2 sqrt(dof) B(1/2, dof - 1/2) / ((dof - 1) B(1/2, dof / 2)^2)].
 - coverage / width of the central p interval mu +- z_p sigma (z_p the
-  family's two-sided quantile).
+  family's two-sided quantile; [mu + lo_p sigma, mu + hi_p sigma] with the
+  family's (1 -+ p) / 2 quantiles for the isotonic family).
+- CRPS of the isotonic family: ``RecalibratedNormal.crps`` (closed form per
+  segment of its CDF).
 - UCE: mean over levels p in linspace(0, 1, 100) of |observed coverage of the
   central p interval - p| (the issue's definition; equal to
   uncertainty-toolbox's mean absolute calibration error with
@@ -34,8 +40,9 @@ import math
 import numpy as np
 from scipy import special, stats
 
-from hypuc_jax._predictions import (check_dof, check_predictions, concrete_vector, std_logpdf,
-                                    std_ppf)
+from hypuc_jax._predictions import (central_bounds, check_dof, check_predictions,
+                                    concrete_vector, std_logpdf, std_ppf)
+from hypuc_jax._recalibrated import is_family
 from hypuc_jax._validation import check_positive, is_int, is_real, plain_scalar
 
 CAL_LEVELS = np.linspace(0.0, 1.0, 100)
@@ -86,6 +93,13 @@ def crps(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> 
     # Written as e (2 F(u) - 1) + s (...) with e = y - mu, so a tiny sigma
     # (u = e / s overflowing to +-inf) still gives |e|, the point-mass CRPS.
     e = y - mu
+    if is_family(dof):                          # the isotonic family's own CRPS
+        with np.errstate(over="ignore"):
+            z = e / sigma
+        finite = np.isfinite(z)                 # beyond: the point-mass limit |e|
+        per = np.abs(e)
+        per[finite] = sigma[finite] * dof.crps(z[finite])
+        return float(np.mean(per))
     if math.isinf(dof):
         with np.errstate(over="ignore"):
             z = e / sigma
@@ -124,6 +138,10 @@ def coverage_curve(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
     levels = np.asarray(levels, dtype=np.float64)
     if levels.ndim != 1 or not np.all((levels >= 0) & (levels <= 1)):
         raise ValueError(f"levels: expected a 1-D array of coverages in [0, 1], got {levels!r}")
+    if is_family(dof):                          # not symmetric: both ends
+        lo, hi = std_ppf(0.5 - levels / 2.0, dof), std_ppf(0.5 + levels / 2.0, dof)
+        z = np.sort((y - mu) / sigma)
+        return (np.searchsorted(z, hi, side="right") - np.searchsorted(z, lo, side="left")) / z.size
     half = std_ppf(0.5 + levels / 2.0, dof)  # inf at level 1
     r = np.sort(np.abs(y - mu) / sigma)
     return np.searchsorted(r, half, side="right") / r.size
@@ -152,7 +170,8 @@ def coverage(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, level: float,
 
 
 def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
-    """Mean width 2 z_level sigma of the central ``level`` interval.
+    """Mean width (hi - lo) sigma of the central ``level`` interval (2 z_level sigma
+    for a symmetric family).
 
     Args:
       sigma: predictive standard deviations [n], finite and > 0.
@@ -168,10 +187,8 @@ def width(sigma: np.ndarray, level: float, dof: float = INF) -> float:
     """
     sigma = concrete_vector(sigma, "sigma")
     check_positive(sigma, "sigma")
-    level = plain_scalar(level)
-    if not (is_real(level) and 0.0 < level < 1.0):
-        raise ValueError(f"level: expected a coverage in (0, 1), got {level!r}")
-    return float(np.mean(2 * std_ppf(0.5 + level / 2.0, dof) * sigma))
+    lo, hi = central_bounds(level, "level", dof)
+    return float(np.mean((hi - lo) * sigma))
 
 
 def uce(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, dof: float = INF) -> float:

@@ -167,6 +167,36 @@ def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_predict_with_isotonic_calibration(trained, tmp_path, capsys):
+    """predict's interval after `calibrate --method isotonic` is the recalibrated
+    CDF's own central 95% interval (asymmetric), recomputed here by inverting R
+    linearly in Phi between the stored knots; the entropy is that of one
+    location-scale family (log sigma plus a constant)."""
+    wd = tmp_path / "run"
+    shutil.copytree(trained, wd)
+    rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd, "--method", "isotonic")
+    assert rc == 0, err
+    workflow.correct_stage(wd)
+    out = tmp_path / "preds.csv"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                        TINY.replace("n=256", "n=40"), "--output", out)
+    assert rc == 0, err
+    with open(out) as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    mu, sigma = (np.array([r[k] for r in rows]) for k in ("mu", "sigma"))
+    cal = json.loads((wd / "calibration.json").read_text())
+    p_knots = np.r_[0.0, stats.norm.cdf(cal["knots"]), 1.0]
+    freqs = np.r_[0.0, cal["freqs"], 1.0]
+    z_lo, z_hi = stats.norm.ppf(np.interp([0.025, 0.975], freqs, p_knots))
+    assert z_lo != -z_hi
+    np.testing.assert_allclose([r["lower_95"] for r in rows], mu + z_lo * sigma, rtol=1e-5)
+    np.testing.assert_allclose([r["upper_95"] for r in rows], mu + z_hi * sigma, rtol=1e-5)
+    np.testing.assert_allclose([r["sigma_cal"] for r in rows],
+                               sigma * (z_hi - z_lo) / (2 * stats.norm.ppf(0.975)), rtol=1e-5)
+    offset = np.array([r["entropy"] for r in rows]) - np.log(sigma)
+    np.testing.assert_allclose(offset, offset[0], atol=1e-5)
+
+
 def test_predict_refuses_other_shape(trained, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     spec = TINY.replace("duration=2", "duration=3").replace("n=256", "n=20")

@@ -162,6 +162,43 @@ def test_recalibration_drops_stale_downstream_results(rundir):
     assert not (rundir / workflow.EVAL).exists() and not (rundir / "outputs_test.npz").exists()
 
 
+def test_isotonic_run_is_scored_under_its_recalibrated_cdf(rundir):
+    """eval.json's calibrated block after isotonic calibration: coverage from the
+    calibrator's own (asymmetric) intervals, in-sample UCE at the empirical CDF's
+    resolution, the family stored for the report, and corrections refused once
+    the calibration changed under them."""
+    from hypuc_jax import calibration, comparison, uncertainty
+
+    workflow.calibrate_stage(rundir, "isotonic")
+    workflow.correct_stage(rundir)
+    ev = workflow.evaluate_stage(rundir)
+    assert ev["calibration"] == {"method": "isotonic", "dof": None}
+    iso = calibration.load_calibrator(rundir / workflow.CALIBRATION)
+    test = np.load(rundir / "predictions_test.npz")
+    y, mu, sigma = test["y"], test["mu"], test["sigma"]
+    for level, key in ((0.68, "coverage_68"), (0.9, "coverage_90"), (0.95, "coverage_95")):
+        lo, hi = iso.interval(mu, sigma, level)
+        assert ev["calibrated"]["overall"][key] == pytest.approx(np.mean((y >= lo) & (y <= hi)))
+    lo, hi = iso.interval(mu, sigma, 0.95)
+    assert ev["calibrated"]["overall"]["width_95"] == pytest.approx(np.mean(hi - lo))
+    val = workflow.evaluate_stage(rundir, "val")["calibrated"]["overall"]
+    assert val["uce"] < 2.0 / 1200 and val["coverage_95"] == pytest.approx(0.95, abs=2 / 1200)
+    vp = np.load(rundir / "predictions_val.npz")
+    gauss = uncertainty.uce(vp["y"], vp["mu"], iso.apply(vp["mu"], vp["sigma"]))
+    assert gauss > 5 * val["uce"]              # the Gaussian of equal width it replaced
+    assert comparison.load_run_outputs(rundir, "iso").dof == iso.predictive_dof
+    # a new isotonic fit (other xi) under the old corrections: refused, named
+    cfg = json.loads((rundir / workflow.CONFIG).read_text())
+    cfg["calibration"]["xi"] = 0.9
+    workflow.write_json(rundir / workflow.CONFIG, cfg)
+    corrections = (rundir / workflow.CORRECTIONS).rename(rundir / "kept")
+    workflow.calibrate_stage(rundir, "isotonic")
+    corrections.rename(rundir / workflow.CORRECTIONS)
+    with pytest.raises(workflow.WorkflowError, match="isotonic recalibration, the calibration's "
+                                                     "is isotonic recalibration \\(xi 0.9\\)"):
+        workflow.evaluate_stage(rundir)
+
+
 def test_thresholds_with_one_outcome_are_skipped(rundir):
     task = json.loads((rundir / workflow.TASK).read_text())
     task["thresholds"].append(["K>50", 50.0, "above"])

@@ -1,0 +1,377 @@
+"""The predictive family of an isotonic recalibration (Kuleshov et al. 2018).
+
+Isotonic recalibration maps the predicted Gaussian CDF level p = Phi(w), w =
+(y - mu) / sigma, through a fitted non-decreasing map R: the calibrated CDF
+is R(Phi((y - mu) / sigma)). Because R acts on the standardised residual,
+the calibrated predictive is the location-scale family mu + sigma W with one
+standard CDF F(w) = R(Phi(w)) for every record. R is stored at knots of w and
+is linear in Phi(w) between them (R(-inf) = 0, R(inf) = 1), so on each
+segment between knots W's density is a constant multiple of the Gaussian's:
+g(w) = slope_j phi(w), slope_j = (R_j - R_j-1) / (Phi(k_j) - Phi(k_j-1)).
+
+``RecalibratedNormal`` is that family rescaled to Z = W / s, s the ratio of
+W's central ``xi`` interval width to the standard normal's, so that
+``sigma_cal = s sigma`` is the Gaussian-equivalent scale: the Gaussian
+N(mu, sigma_cal^2) has the recalibrated central ``xi`` interval's width. (Not
+the standard deviation: R's end segments are Gaussian tails in units of the
+predicted sigma holding 1/n of the mass each, which dominate E[W^2] when
+sigma dwarfs the residuals; the interval width does not depend on them.) It is the ``dof`` argument of the functions in
+``hypuc_jax._predictions`` and ``hypuc_jax.uncertainty`` for isotonic runs:
+CDF, quantiles (asymmetric: intervals need both ends), log density, entropy
+and CRPS are exact for it. Moments, entropy and E|W - W'| are integrals over
+the segments: closed forms on the two Gaussian tails (-inf, k_1] and [k_K,
+inf) and on wide finite segments, 16-point Gauss-Legendre in the probability
+of each narrow one (``RecalibratedNormal._inner``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+from scipy import special, stats
+
+_CENTRAL = 1e-5
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W          # on [0, 1]
+_FAR = 1e150    # |w| beyond which log Phi(w) overflows: no moments in float64
+_NARROW = 0.25  # segments narrower than this over max(1, |w|) integrate numerically
+_SQRT2 = math.sqrt(2.0)
+
+
+def _central(za, zb) -> np.ndarray:
+    """Segments inside [-_CENTRAL, _CENTRAL], where Phi is linear to ~1e-11."""
+    return (np.abs(za) <= _CENTRAL) & (np.abs(zb) <= _CENTRAL)
+
+
+def segment_fraction(z, za, zb) -> np.ndarray:
+    """(Phi(z) - Phi(za)) / (Phi(zb) - Phi(za)) for za <= z <= zb, without cancellation.
+
+    Computed from log Phi (segments in the lower half) or log(1 - Phi)
+    (upper half), so knots far in either tail, where Phi rounds to 0 or 1
+    (|z| > 8) or underflows (|z| > 38), stay distinct.
+    """
+    upper = za >= 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # Lower half: e^(l_z - l_b) - e^(l_a - l_b) over 1 - e^(l_a - l_b), l = log Phi.
+        la, lb, lz = stats.norm.logcdf(za), stats.norm.logcdf(zb), stats.norm.logcdf(z)
+        ra = np.exp(la - lb)
+        lower_t = (np.exp(lz - lb) - ra) / -np.expm1(la - lb)
+        # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
+        sa, sb, sz = stats.norm.logsf(za), stats.norm.logsf(zb), stats.norm.logsf(z)
+        upper_t = np.expm1(sz - sa) / np.expm1(sb - sa)
+        # Near 0, Phi is linear to O(z^2) while the logs above lose digits: below
+        # _CENTRAL (|z| ~ 1e-5, where both errors are ~1e-11) the fraction is in z.
+        central_t = (z - za) / (zb - za)
+    t = np.where(_central(za, zb), central_t, np.where(upper, upper_t, lower_t))
+    return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
+
+
+def segment_point(t, za, zb) -> np.ndarray:
+    """The z in [za, zb] at fraction t of the segment's Gaussian probability (inverse of above)."""
+    upper = za >= 0
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        la, lb = stats.norm.logcdf(za), stats.norm.logcdf(zb)
+        ra = np.exp(la - lb)
+        z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
+        sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
+        z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(sb - sa)))
+        z_central = za + t * (zb - za)
+    z = np.where(_central(za, zb), z_central, np.where(upper, z_upper, z_lower))
+    return np.where(t >= 1.0, zb, np.where(t <= 0.0, za, np.clip(z, za, zb)))
+
+
+def _log_mass(za, zb) -> np.ndarray:
+    """log(Phi(zb) - Phi(za)) for za < zb, accurate in both tails."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la, lb = stats.norm.logcdf(za), stats.norm.logcdf(zb)
+        sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
+        lower = lb + np.log(-np.expm1(la - lb))
+        upper = sa + np.log(-np.expm1(sb - sa))
+        middle = np.log(stats.norm.cdf(zb) - stats.norm.cdf(za))
+        # A tiny segment: (zb - za) phi(mid), relative error ~ (h mid)^2 / 24.
+        h, mid = zb - za, 0.5 * (za + zb)
+        tiny = np.log(h) + stats.norm.logpdf(mid)
+    out = np.where(zb <= 0, lower, np.where(za >= 0, upper, middle))
+    return np.where(np.isfinite(h) & (h * np.maximum(1.0, np.abs(mid)) < 1e-5), tiny, out)
+
+
+def levels(p, name: str) -> np.ndarray:
+    """``p`` as float64, every value a level in [0, 1] (ValueError naming ``name``)."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = ~((p >= 0.0) & (p <= 1.0))                      # NaN too
+    if bad.any():
+        raise ValueError(f"{name}: expected levels in [0, 1], got {float(p[bad].flat[0])!r}")
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class RecalibratedNormal:
+    """The family Z = W / s, P(W <= w) = R(Phi(w)) (module docstring).
+
+    Attributes:
+      knots: standardised residuals w at the knots of R, strictly increasing, finite.
+      freqs: R at those knots, non-decreasing, in [0, 1].
+      xi: coverage whose central interval fixes the scale s, in (0, 1).
+    """
+    knots: tuple
+    freqs: tuple
+    xi: float = 0.95
+
+    def __post_init__(self):
+        k = np.asarray(self.knots, dtype=np.float64)
+        f = np.asarray(self.freqs, dtype=np.float64)
+        if (k.ndim != 1 or k.size == 0 or f.shape != k.shape or not np.all(np.isfinite(k))
+                or np.any(np.diff(k) <= 0) or not np.all((f >= 0) & (f <= 1))
+                or np.any(np.diff(f) < 0)):
+            raise ValueError("family: expected strictly increasing finite knots and "
+                             "non-decreasing frequencies in [0, 1], one per knot, got "
+                             f"knots {self.knots!r}, freqs {self.freqs!r}")
+        object.__setattr__(self, "knots", tuple(k.tolist()))
+        object.__setattr__(self, "freqs", tuple(f.tolist()))
+        if not (isinstance(self.xi, (int, float)) and 0.0 < self.xi < 1.0):
+            raise ValueError(f"xi: expected a coverage in (0, 1), got {self.xi!r}")
+        object.__setattr__(self, "xi", float(self.xi))
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON form: {"family": "isotonic", "knots": [...], "freqs": [...], "xi": ...}."""
+        return {"family": "isotonic", "knots": list(self.knots), "freqs": list(self.freqs),
+                "xi": self.xi}
+
+    @classmethod
+    def from_dict(cls, d: dict, name: str = "family") -> "RecalibratedNormal":
+        """Rebuilds the family from ``to_dict`` output (ValueError naming ``name``)."""
+        if not (isinstance(d, dict) and d.get("family") == "isotonic"
+                and "knots" in d and "freqs" in d):
+            raise ValueError(f"{name}: expected an isotonic family dict with knots and freqs, "
+                             f"got {d!r}")
+        return cls(tuple(d["knots"]), tuple(d["freqs"]), d.get("xi", 0.95))
+
+    # -- W: the recalibrated standardised residual -----------------------------------
+    @functools.cached_property
+    def _ext(self) -> tuple[np.ndarray, np.ndarray]:
+        """Knots and frequencies with the anchors R(-inf) = 0 and R(inf) = 1."""
+        return (np.concatenate([[-np.inf], self.knots, [np.inf]]),
+                np.concatenate([[0.0], self.freqs, [1.0]]))
+
+    def _segment(self, w: np.ndarray) -> np.ndarray:
+        knots, _ = self._ext
+        return np.clip(np.searchsorted(knots, w, side="right"), 1, knots.size - 1)
+
+    def w_cdf(self, w) -> np.ndarray:
+        """R(Phi(w)) for standardised residual(s) w (ValueError for NaN; +-inf give 1 and 0)."""
+        w = np.asarray(w, dtype=np.float64)
+        if np.isnan(w).any():
+            raise ValueError("z: expected standardised residuals, got NaN")
+        knots, freqs = self._ext
+        j = self._segment(w)
+        t = segment_fraction(w, knots[j - 1], knots[j])
+        return freqs[j - 1] + t * (freqs[j] - freqs[j - 1])
+
+    def w_ppf(self, q) -> np.ndarray:
+        """The smallest w with R(Phi(w)) >= q, for q in [0, 1] (ValueError outside or NaN)."""
+        q = levels(q, "q")
+        knots, freqs = self._ext
+        j = np.clip(np.searchsorted(freqs, q, side="left"), 1, freqs.size - 1)
+        f0, f1 = freqs[j - 1], freqs[j]
+        t = np.where(f1 > f0, (q - f0) / np.where(f1 > f0, f1 - f0, 1.0), 1.0)
+        return segment_point(np.clip(t, 0.0, 1.0), knots[j - 1], knots[j])
+
+    def _check_range(self) -> None:
+        far = max(abs(self.knots[0]), abs(self.knots[-1]))
+        if far > _FAR:
+            raise ValueError(f"sigma: the fitted residuals reach {far:.3g} predicted standard "
+                             "deviations, beyond what float64 resolves in Phi(z); expected "
+                             "scales within ~1e150 of the residuals")
+
+    @functools.cached_property
+    def _tails(self) -> dict:
+        """Closed forms on (-inf, k_1] and [k_K, inf): mass, inverse Mills ratios and logs."""
+        self._check_range()
+        k1, kk = self.knots[0], self.knots[-1]
+        lo_m, hi_m = self.freqs[0], 1.0 - self.freqs[-1]
+        return {"lo_m": lo_m, "hi_m": hi_m, "k1": k1, "kk": kk,
+                "lo_r": math.exp(stats.norm.logpdf(k1) - stats.norm.logcdf(k1)),
+                "hi_r": math.exp(stats.norm.logpdf(kk) - stats.norm.logsf(kk)),
+                "lo_logc": (math.log(lo_m) - stats.norm.logcdf(k1)) if lo_m > 0 else 0.0,
+                "hi_logc": (math.log(hi_m) - stats.norm.logsf(kk)) if hi_m > 0 else 0.0}
+
+    @functools.cached_property
+    def _inner(self) -> dict:
+        """Per finite segment [k_j-1, k_j], [K - 1]: log slope, and its mass, E[W; seg],
+        E[W^2; seg], E[W (2 F(W) - 1); seg] and -E[log g(W); seg].
+
+        A narrow segment (width <= ``_NARROW`` / max(1, |w|)) integrates in its
+        probability with 16-point Gauss-Legendre, where W's quantile is nearly
+        linear; a wide one uses the closed forms int w phi = -phi, int w^2 phi =
+        Phi - w phi and int w Phi phi = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)),
+        which lose digits only on narrow segments.
+        """
+        k, f = np.asarray(self.knots), np.asarray(self.freqs)
+        a, b, fa, df = k[:-1], k[1:], f[:-1], np.diff(f)
+        with np.errstate(divide="ignore"):
+            log_mass = _log_mass(a, b)
+            log_slope = np.log(df) - log_mass
+        out = {"log_slope": log_slope, "df": df}
+        m1, m2, gini, ent = (np.zeros_like(df) for _ in range(4))
+        live = df > 0
+        narrow = live & ((b - a) <= _NARROW / np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))))
+        if narrow.any():
+            an, bn, fn, dn = a[narrow], b[narrow], fa[narrow], df[narrow]
+            w = segment_point(_GL_X[None, :], an[:, None], bn[:, None])            # [S, 16]
+            q = fn[:, None] + dn[:, None] * _GL_X[None, :]
+            m1[narrow] = dn * (w @ _GL_W)
+            m2[narrow] = dn * (w ** 2 @ _GL_W)
+            gini[narrow] = dn * ((w * (2.0 * q - 1.0)) @ _GL_W)
+            ent[narrow] = dn * (-log_slope[narrow] + (_HALF_LOG_2PI + 0.5 * w ** 2) @ _GL_W)
+        wide = live & ~narrow
+        if wide.any():
+            aw, bw, fw, dw, ls = a[wide], b[wide], fa[wide], df[wide], log_slope[wide]
+            pa, pb = np.exp(ls + stats.norm.logpdf(aw)), np.exp(ls + stats.norm.logpdf(bw))
+            m1[wide] = pa - pb                                   # slope int w phi
+            m2[wide] = dw + aw * pa - bw * pb                    # slope int w^2 phi
+            # E[W frac(W); seg] = slope (-phi(b) + (Phi(sqrt2 b) - Phi(sqrt2 a)) /
+            # (2 sqrt(pi) (Phi(b) - Phi(a)))), F = f_a + df frac on the segment.
+            cross = np.exp(np.log(dw) + _log_mass(_SQRT2 * aw, _SQRT2 * bw)
+                           - 2.0 * log_mass[wide]) / (2.0 * math.sqrt(math.pi))
+            gini[wide] = (2.0 * fw - 1.0) * m1[wide] + 2.0 * dw * (cross - pb)
+            ent[wide] = dw * (-ls + _HALF_LOG_2PI) + 0.5 * m2[wide]
+        out.update(m1=m1, m2=m2, gini=gini, ent=ent)
+        return out
+
+    @functools.cached_property
+    def _moments(self) -> dict:
+        """E[W], E[W^2], E|W - W'| and the entropy of W."""
+        t, inner = self._tails, self._inner
+        m1 = float(np.sum(inner["m1"])) - t["lo_m"] * t["lo_r"] + t["hi_m"] * t["hi_r"]
+        m2 = (float(np.sum(inner["m2"])) + t["lo_m"] * (1.0 - t["k1"] * t["lo_r"])
+              + t["hi_m"] * (1.0 + t["kk"] * t["hi_r"]))
+        # E|W - W'| = 2 E[W (2 F(W) - 1)]; on the tails with the closed form of
+        # int w Phi(w) phi(w) dw = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)) (the upper tail
+        # is its mirror image, with the same expression in its own mass and Mills ratio).
+        gini = float(np.sum(inner["gini"]))
+        ent = float(np.sum(inner["ent"]))
+        for m, r, kn, sgn, logc, second in (
+                (t["lo_m"], t["lo_r"], t["k1"], 1.0, t["lo_logc"], 1.0 - t["k1"] * t["lo_r"]),
+                (t["hi_m"], t["hi_r"], t["kk"], -1.0, t["hi_logc"], 1.0 + t["kk"] * t["hi_r"])):
+            if m > 0:
+                logp = stats.norm.logcdf(sgn * kn)                     # log tail probability
+                cross = math.exp(stats.norm.logcdf(sgn * _SQRT2 * kn) - 2.0 * logp)
+                gini += 2.0 * m * m * (-r + cross / (2.0 * math.sqrt(math.pi))) + m * r
+                # -int g log g with g = c phi on the tail
+                ent += m * (-logc + _HALF_LOG_2PI) + 0.5 * m * second
+        return {"mean": m1, "second": m2, "gini": 2.0 * gini, "entropy": ent}
+
+    @functools.cached_property
+    def scale(self) -> float:
+        """s: W's central ``xi`` interval width over N(0, 1)'s; the calibrated sigma is
+        s times the predicted sigma.
+
+        Raises:
+          ValueError: the knots beyond ~1e150 (Phi(w) unresolved in float64), or a
+            zero-width interval (too few validation samples for ``xi``).
+        """
+        self._check_range()
+        lo, hi = self.w_ppf(np.array([0.5 - self.xi / 2.0, 0.5 + self.xi / 2.0]))
+        width = float(hi - lo)
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"level: the recalibrated {self.xi} interval has width {width}; "
+                             "refit on more validation samples or use a smaller level")
+        return width / (2.0 * float(stats.norm.ppf(0.5 + self.xi / 2.0)))
+
+    # -- Z = W / s: the family as used with the calibrated sigma ---------------------
+    @property
+    def mean(self) -> float:
+        """E[Z] (0 unless the recalibration moves the centre)."""
+        return self._moments["mean"] / self.scale
+
+    def cdf(self, z) -> np.ndarray:
+        """P(Z <= z)."""
+        return self.w_cdf(self.scale * np.asarray(z, dtype=np.float64))
+
+    def ppf(self, q) -> np.ndarray:
+        """Quantile of Z at level(s) q in [0, 1] (+-inf at 0 and 1)."""
+        return self.w_ppf(q) / self.scale
+
+    def logsf_logcdf(self, z) -> tuple[np.ndarray, np.ndarray]:
+        """(log P(Z > z), log P(Z <= z)), from the Gaussian tails' logs beyond the end knots."""
+        w = self.scale * np.asarray(z, dtype=np.float64)
+        if np.isnan(w).any():
+            raise ValueError("z: expected standardised residuals, got NaN")
+        knots, freqs = self._ext
+        j = self._segment(w)
+        fa, fb = freqs[j - 1], freqs[j]
+        t = segment_fraction(w, knots[j - 1], knots[j])
+        t_ = self._tails
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cdf, sf = fa + t * (fb - fa), (1.0 - fb) + (1.0 - t) * (fb - fa)
+            logcdf, logsf = np.log(cdf), np.log(sf)
+            first, last = j == 1, j == knots.size - 1
+            if t_["lo_m"] > 0:
+                logcdf = np.where(first, t_["lo_logc"] + stats.norm.logcdf(w), logcdf)
+            if t_["hi_m"] > 0:
+                logsf = np.where(last, t_["hi_logc"] + stats.norm.logsf(w), logsf)
+        return logsf, logcdf
+
+    def logpdf(self, z) -> np.ndarray:
+        """log density of Z at z (-inf on a segment where R is flat)."""
+        w = self.scale * np.asarray(z, dtype=np.float64)
+        knots, _ = self._ext
+        j = self._segment(w)
+        t = self._tails
+        with np.errstate(divide="ignore"):
+            inner = np.where(self._inner["df"] > 0, self._inner["log_slope"], -np.inf)
+        log_slope = np.concatenate([[t["lo_logc"] if t["lo_m"] > 0 else -np.inf], inner,
+                                    [t["hi_logc"] if t["hi_m"] > 0 else -np.inf]])
+        return math.log(self.scale) + log_slope[j - 1] + stats.norm.logpdf(w)
+
+    @property
+    def entropy(self) -> float:
+        """Differential entropy of Z (that of mu + sigma Z adds log sigma)."""
+        return self._moments["entropy"] - math.log(self.scale)
+
+    @functools.cached_property
+    def _partial_means(self) -> np.ndarray:
+        """E[W; W <= k_j] at each knot, [K]."""
+        t = self._tails
+        return -t["lo_m"] * t["lo_r"] + np.concatenate([[0.0], np.cumsum(self._inner["m1"])])
+
+    def crps(self, z) -> np.ndarray:
+        """CRPS of Z at each z (that of mu + sigma Z at y is sigma crps((y - mu) / sigma)).
+
+        CRPS = E|W - w| - E|W - W'| / 2 over s, with E|W - w| = w (2 F(w) - 1) +
+        E[W] - 2 E[W; W <= w]; the partial mean is the knots' running sum plus
+        the closed form slope (phi(k_j-1) - phi(w)) within the record's segment.
+        """
+        w = self.scale * np.asarray(z, dtype=np.float64)
+        if np.isnan(w).any():
+            raise ValueError("z: expected standardised residuals, got NaN")
+        knots, freqs = self._ext
+        j = self._segment(w)
+        a, b = knots[j - 1], knots[j]
+        frac = segment_fraction(w, a, b)
+        cdf = freqs[j - 1] + frac * (freqs[j] - freqs[j - 1])
+        inner = (j > 1) & (j < knots.size - 1)
+        part = np.zeros_like(w)
+        t, mom = self._tails, self._moments
+        with np.errstate(over="ignore", under="ignore"):
+            if inner.any():          # slope (phi(a) - phi(w)) within the record's segment
+                ls = self._inner["log_slope"][j[inner] - 2]
+                part[inner] = self._partial_means[j[inner] - 2] + np.where(
+                    np.isfinite(ls), np.exp(ls + stats.norm.logpdf(a[inner]))
+                    - np.exp(ls + stats.norm.logpdf(w[inner])), 0.0)
+            lo = w[j == 1]
+            part[j == 1] = -t["lo_m"] * np.exp(stats.norm.logpdf(lo) - stats.norm.logcdf(t["k1"]))
+            hi = w[j == knots.size - 1]
+            part[j == knots.size - 1] = mom["mean"] - t["hi_m"] * np.exp(
+                stats.norm.logpdf(hi) - stats.norm.logsf(t["kk"]))
+        abs_dev = w * (2.0 * cdf - 1.0) + mom["mean"] - 2.0 * part
+        return (abs_dev - 0.5 * mom["gini"]) / self.scale
+
+
+def is_family(dof) -> bool:
+    """True for a recalibrated family (the ``dof`` of an isotonic calibration)."""
+    return isinstance(dof, RecalibratedNormal)
