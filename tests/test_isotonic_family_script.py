@@ -1,0 +1,51 @@
+"""experiments/isotonic_family.py on a hand-made run directory: its rows against
+scipy's normal (the Gaussian readings) and direct counts inside the isotonic
+calibrator's own intervals."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiment_scripts import load
+from hypuc_jax import calibration, config as config_lib
+
+script = load("isotonic_family")
+
+
+@pytest.fixture()
+def rundir(tmp_path):
+    rng = np.random.default_rng(3)
+    for split in ("val", "test"):
+        mu = rng.uniform(3.0, 6.0, 900)
+        sigma = rng.uniform(0.1, 0.3, 900)
+        y = mu + sigma * 1.4 * (rng.gamma(2.0, 1.0, 900) - 2.0)       # skewed, too wide
+        np.savez(tmp_path / f"predictions_{split}.npz", y=y, mu=mu, sigma=sigma)
+    cfg = config_lib.get_config("tiny").to_dict()
+    cfg["calibration"].update(bins=3, min_count=30)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def test_rows_are_the_calibrations_scores(rundir, tmp_path):
+    out = tmp_path / "table.md"
+    script.main(["--workdir", str(rundir), "--out", str(out)])
+    rows = dict(script.run_rows(rundir))
+    val, test = (np.load(rundir / f"predictions_{s}.npz") for s in ("val", "test"))
+    y, mu, sigma = test["y"], test["mu"], test["sigma"]
+    iso = calibration.fit_isotonic(val["mu"], val["sigma"], val["y"])
+    for p in (0.68, 0.9, 0.95):
+        lo, hi = iso.interval(mu, sigma, p)
+        assert rows["isotonic"][f"cov{int(100 * p)}"] == pytest.approx(
+            np.mean((y >= lo) & (y <= hi)))
+        s = iso.apply(mu, sigma)
+        lo_g, hi_g = stats.norm.interval(p, mu, s)
+        assert rows["isotonic as Gaussian (before)"][f"cov{int(100 * p)}"] == pytest.approx(
+            np.mean((y >= lo_g) & (y <= hi_g)))
+    # the same 95% width either way (sigma_cal is the Gaussian-equivalent scale)
+    assert rows["isotonic"]["width95"] == pytest.approx(
+        rows["isotonic as Gaussian (before)"]["width95"], rel=1e-9)
+    nll_gauss = -np.mean(stats.norm.logpdf(y, mu, sigma))
+    assert rows["uncalibrated"]["nll"] == pytest.approx(nll_gauss)
+    text = out.read_text()
+    assert text.startswith("# Isotonic calibration") and "| isotonic |" in text
