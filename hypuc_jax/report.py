@@ -17,7 +17,7 @@ import numpy as np
 from hypuc_jax import metrics
 from hypuc_jax import uncertainty as unc_scores
 from hypuc_jax._files import write_text_atomic  # noqa: F401  (re-exported: report.write_text_atomic)
-from hypuc_jax._predictions import ThresholdSpec, event, family_label
+from hypuc_jax._predictions import ThresholdSpec, event, family_label, is_family
 from hypuc_jax.report_figures import (  # noqa: F401  (re-exported)
     FIGURES, RunOutputs, _region_names, central_coverage, mu_bin_coverage, scatter_rows,
     selective_mae, write_figures)
@@ -182,7 +182,10 @@ def render_markdown(runs: Sequence[RunOutputs], figures: Mapping[str, Path],
     out = [f"# {title}", "", *extra, "",
            f"Test split: n = {method.eval['n']}. Uncalibrated = raw Gaussian (mu, sigma); "
            "calibrated = after the run's calibration (sigma, and with a fitted tail the "
-           f"predictive's family: {tails}; sigma stays the standard deviation); corrected = "
+           f"predictive's family: {tails}; sigma stays the standard deviation"
+           + ("; after isotonic calibration it is the Gaussian-equivalent scale of the "
+              "recalibrated CDF, whose own asymmetric intervals are scored"
+              if any(is_family(r.dof) for r in runs) else "") + "); corrected = "
            "boosted value with the calibrated predictive. Region metrics: MAE of mu, "
            "coverage/NLL after calibration.", "",
            "## Claims checked on this run", "", "| claim | measured | result |",
