@@ -39,6 +39,7 @@ _GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W          # on [0, 1]
 _FAR = 1e150    # |w| beyond which log Phi(w) overflows: no moments in float64
 _NARROW = 0.25  # segments narrower than this over max(1, |w|) integrate numerically
 _SQRT2 = math.sqrt(2.0)
+_CHUNK = 65536  # narrow segments integrated at a time
 
 
 def _central(za, zb) -> np.ndarray:
@@ -219,14 +220,14 @@ class RecalibratedNormal:
         m1, m2, gini, ent = (np.zeros_like(df) for _ in range(4))
         live = df > 0
         narrow = live & ((b - a) <= _NARROW / np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))))
-        if narrow.any():
-            an, bn, fn, dn = a[narrow], b[narrow], fa[narrow], df[narrow]
+        for idx in np.array_split(np.flatnonzero(narrow), max(1, narrow.sum() // _CHUNK)):
+            an, bn, fn, dn = a[idx], b[idx], fa[idx], df[idx]    # chunks bound the memory
             w = segment_point(_GL_X[None, :], an[:, None], bn[:, None])            # [S, 16]
             q = fn[:, None] + dn[:, None] * _GL_X[None, :]
-            m1[narrow] = dn * (w @ _GL_W)
-            m2[narrow] = dn * (w ** 2 @ _GL_W)
-            gini[narrow] = dn * ((w * (2.0 * q - 1.0)) @ _GL_W)
-            ent[narrow] = dn * (-log_slope[narrow] + (_HALF_LOG_2PI + 0.5 * w ** 2) @ _GL_W)
+            m1[idx] = dn * (w @ _GL_W)
+            m2[idx] = dn * (w ** 2 @ _GL_W)
+            gini[idx] = dn * ((w * (2.0 * q - 1.0)) @ _GL_W)
+            ent[idx] = dn * (-log_slope[idx] + (_HALF_LOG_2PI + 0.5 * w ** 2) @ _GL_W)
         wide = live & ~narrow
         if wide.any():
             aw, bw, fw, dw, ls = a[wide], b[wide], fa[wide], df[wide], log_slope[wide]
