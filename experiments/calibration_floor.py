@@ -49,6 +49,7 @@ from sklearn.metrics import roc_auc_score
 from _results import check_out, publish, seed_dirs, seeds_per_run
 from bayes_floor import OracleReader, noise_sd, sample_labels
 from hypuc_jax import uncertainty
+from hypuc_jax.comparison import outputs_family
 from hypuc_jax.data.tasks import get_preset
 
 T_GRID = np.linspace(0.0, 8.0, 1601)  # interval half-width in units of sigma
@@ -177,7 +178,7 @@ def run_uce_row(run: Path, seeds=None) -> str:
             raise FileNotFoundError(f"--runs {run}: no {f} (an ablation variant folder of "
                                     "evaluated runs was expected)")
     u = np.array([[uncertainty.uce(d["y"], d["mu"], d["sigma"]),
-                   uncertainty.uce(d["y"], d["mu"], d["sigma_cal"], float(d.get("dof", np.inf)))]
+                   uncertainty.uce(d["y"], d["mu"], d["sigma_cal"], outputs_family(d))]
                   for d in map(np.load, files)])
     (u0, u1) = u.mean(axis=0)
     s0, s1 = (f"{v:.4f}" for v in u.std(axis=0, ddof=1)) if len(files) > 1 else ("—", "—")

@@ -17,9 +17,12 @@ import numpy as np
 from hypuc_jax._predictions import check_predictions
 from hypuc_jax._validation import is_real, plain_scalar
 
-FORMAT_VERSION = 3  # 2: hyperfine's predictive tail (dof), version 1 reads as Gaussian;
-# 3: isotonic knots in z (version-2 levels p convert on reading)
-_READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2: hyperfine's predictive tail (dof), version 1 reads as Gaussian;
+# 3: isotonic knots in z (version-2 levels p convert on reading); 4: isotonic fitted at
+# plotting positions i / (n + 1) (earlier ones put no probability above the largest
+# validation residual: the run directory stages refuse them, ISOTONIC_SINCE)
+_READABLE_VERSIONS = (1, 2, 3, 4)
+ISOTONIC_SINCE = 4
 
 
 def check_task(saved: str | None, task: str | None, name: str = "task") -> None:

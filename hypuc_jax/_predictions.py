@@ -109,7 +109,8 @@ def standardized_residuals(mu: np.ndarray, sigma: np.ndarray, y: np.ndarray,
 def check_dof(dof: Any, name: str = "dof") -> float | RecalibratedNormal:
     """The predictive family: ``inf`` (or None) for the Gaussian, a finite
     number > 2 (a Student-t with finite variance), or an isotonic
-    ``RecalibratedNormal`` (also as its ``to_dict`` form), returned as is.
+    ``RecalibratedNormal``, returned as is (its ``to_dict`` form is read by
+    :func:`dof_from_json`).
 
     Raises:
       ValueError: not a number or family, NaN, or <= 2.
@@ -118,8 +119,6 @@ def check_dof(dof: Any, name: str = "dof") -> float | RecalibratedNormal:
         return math.inf
     if is_family(dof):
         return dof
-    if isinstance(dof, dict):
-        return RecalibratedNormal.from_dict(dof, name)
     dof = plain_scalar(dof)
     if isinstance(dof, bool) or not isinstance(dof, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name}: expected a number > 2 or inf, got {dof!r}")
@@ -137,10 +136,24 @@ def dof_to_json(dof: float | RecalibratedNormal) -> float | None | dict:
     return None if math.isinf(dof) else float(dof)
 
 
+def dof_from_json(value: Any, name: str = "dof") -> float | RecalibratedNormal:
+    """Inverse of :func:`dof_to_json` (ValueError naming ``name``)."""
+    if isinstance(value, dict):
+        return RecalibratedNormal.from_dict(value, name)
+    return check_dof(value, name)
+
+
+def centred(dof: float | RecalibratedNormal) -> float | RecalibratedNormal:
+    """The family moved to mean 0 (the symmetric ones already are): the predictive
+    of a bias-corrected value (the boosted corrections) with the calibrated sigma."""
+    return dof.centred() if is_family(dof) else dof
+
+
 def family_label(dof: float | RecalibratedNormal) -> str:
     """Human name of a family: "Gaussian", "Student-t dof 30", "isotonic recalibration"."""
     if is_family(dof):
-        return "isotonic recalibration" + ("" if dof.xi == 0.95 else f" (xi {dof.xi:g})")
+        return ("isotonic recalibration" + ("" if dof.xi == 0.95 else f" (xi {dof.xi:g})")
+                + (", centred" if dof.loc else ""))
     return "Gaussian" if math.isinf(dof) else f"Student-t dof {dof:g}"
 
 

@@ -15,7 +15,9 @@ W's central ``xi`` interval width to the standard normal's, so that
 N(mu, sigma_cal^2) has the recalibrated central ``xi`` interval's width. (Not
 the standard deviation: R's end segments are Gaussian tails in units of the
 predicted sigma holding 1/n of the mass each, which dominate E[W^2] when
-sigma dwarfs the residuals; the interval width does not depend on them.) It is the ``dof`` argument of the functions in
+sigma dwarfs the residuals; the interval width does not depend on them.)
+W keeps the location R gives it (the residuals' bias); ``centred()`` moves it
+to mean 0, the family of an already bias-corrected value. It is the ``dof`` argument of the functions in
 ``hypuc_jax._predictions`` and ``hypuc_jax.uncertainty`` for isotonic runs:
 CDF, quantiles (asymmetric: intervals need both ends), log density, entropy
 and CRPS are exact for it. Moments, entropy and E|W - W'| are integrals over
@@ -42,9 +44,14 @@ _SQRT2 = math.sqrt(2.0)
 _CHUNK = 65536  # narrow segments integrated at a time
 
 
-def _central(za, zb) -> np.ndarray:
-    """Segments inside [-_CENTRAL, _CENTRAL], where Phi is linear to ~1e-11."""
-    return (np.abs(za) <= _CENTRAL) & (np.abs(zb) <= _CENTRAL)
+def _tiny(za, zb) -> np.ndarray:
+    """Segments where Phi is a quadratic to ~1e-11 relative: inside [-_CENTRAL,
+    _CENTRAL], or of width h with h max(1, |z|) < 1e-5 (where the logs of Phi lose
+    the digits of its difference)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        width = (zb - za) * np.maximum(1.0, np.maximum(np.abs(za), np.abs(zb)))
+    return (((np.abs(za) <= _CENTRAL) & (np.abs(zb) <= _CENTRAL))
+            | (np.isfinite(width) & (width < 1e-5)))
 
 
 def segment_fraction(z, za, zb) -> np.ndarray:
@@ -63,10 +70,10 @@ def segment_fraction(z, za, zb) -> np.ndarray:
         # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
         sa, sb, sz = stats.norm.logsf(za), stats.norm.logsf(zb), stats.norm.logsf(z)
         upper_t = np.expm1(sz - sa) / np.expm1(sb - sa)
-        # Near 0, Phi is linear to O(z^2) while the logs above lose digits: below
-        # _CENTRAL (|z| ~ 1e-5, where both errors are ~1e-11) the fraction is in z.
-        central_t = (z - za) / (zb - za)
-    t = np.where(_central(za, zb), central_t, np.where(upper, upper_t, lower_t))
+        # A tiny segment: Phi(za + d) - Phi(za) = phi(za) d (1 - za d / 2 + O(d^2)).
+        d, h = z - za, zb - za
+        tiny_t = d * (1.0 - 0.5 * za * d) / (h * (1.0 - 0.5 * za * h))
+    t = np.where(_tiny(za, zb), tiny_t, np.where(upper, upper_t, lower_t))
     return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
 
 
@@ -79,8 +86,10 @@ def segment_point(t, za, zb) -> np.ndarray:
         z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
         sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
         z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(sb - sa)))
-        z_central = za + t * (zb - za)
-    z = np.where(_central(za, zb), z_central, np.where(upper, z_upper, z_lower))
+        h = zb - za                          # the tiny segments' quadratic, inverted
+        d0 = t * h
+        z_tiny = za + d0 * (1.0 - 0.5 * za * h) / (1.0 - 0.5 * za * d0)
+    z = np.where(_tiny(za, zb), z_tiny, np.where(upper, z_upper, z_lower))
     return np.where(t >= 1.0, zb, np.where(t <= 0.0, za, np.clip(z, za, zb)))
 
 
@@ -110,16 +119,19 @@ def levels(p, name: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RecalibratedNormal:
-    """The family Z = W / s, P(W <= w) = R(Phi(w)) (module docstring).
+    """The family Z = (W - loc) / s, P(W <= w) = R(Phi(w)) (module docstring).
 
     Attributes:
       knots: standardised residuals w at the knots of R, strictly increasing, finite.
       freqs: R at those knots, non-decreasing, in [0, 1].
       xi: coverage whose central interval fixes the scale s, in (0, 1).
+      loc: location of W subtracted before scaling, Z = (W - loc) / s (0: the
+        recalibrated residual itself; ``centred`` sets E[W]).
     """
     knots: tuple
     freqs: tuple
     xi: float = 0.95
+    loc: float = 0.0
 
     def __post_init__(self):
         k = np.asarray(self.knots, dtype=np.float64)
@@ -135,12 +147,15 @@ class RecalibratedNormal:
         if not (isinstance(self.xi, (int, float)) and 0.0 < self.xi < 1.0):
             raise ValueError(f"xi: expected a coverage in (0, 1), got {self.xi!r}")
         object.__setattr__(self, "xi", float(self.xi))
+        if not (isinstance(self.loc, (int, float)) and math.isfinite(self.loc)):
+            raise ValueError(f"loc: expected a finite number, got {self.loc!r}")
+        object.__setattr__(self, "loc", float(self.loc))
 
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
-        """JSON form: {"family": "isotonic", "knots": [...], "freqs": [...], "xi": ...}."""
+        """JSON form: {"family": "isotonic", "knots": [...], "freqs": [...], "xi", "loc"}."""
         return {"family": "isotonic", "knots": list(self.knots), "freqs": list(self.freqs),
-                "xi": self.xi}
+                "xi": self.xi, "loc": self.loc}
 
     @classmethod
     def from_dict(cls, d: dict, name: str = "family") -> "RecalibratedNormal":
@@ -149,7 +164,7 @@ class RecalibratedNormal:
                 and "knots" in d and "freqs" in d):
             raise ValueError(f"{name}: expected an isotonic family dict with knots and freqs, "
                              f"got {d!r}")
-        return cls(tuple(d["knots"]), tuple(d["freqs"]), d.get("xi", 0.95))
+        return cls(tuple(d["knots"]), tuple(d["freqs"]), d.get("xi", 0.95), d.get("loc", 0.0))
 
     # -- W: the recalibrated standardised residual -----------------------------------
     @functools.cached_property
@@ -162,14 +177,31 @@ class RecalibratedNormal:
         knots, _ = self._ext
         return np.clip(np.searchsorted(knots, w, side="right"), 1, knots.size - 1)
 
-    def w_cdf(self, w) -> np.ndarray:
-        """R(Phi(w)) for standardised residual(s) w (ValueError for NaN; +-inf give 1 and 0)."""
+    def _locate(self, w) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(w, segment j of each w (1 .. K + 1), fraction of the segment's
+        probability below w), w as float64 (ValueError for NaN). On the tails the
+        fraction is Phi(w) / Phi(k_1) (1 - its upper mirror) from the Mills ratios,
+        exact where log Phi(w) itself is too large to difference (|w| >~ 1e7)."""
         w = np.asarray(w, dtype=np.float64)
         if np.isnan(w).any():
             raise ValueError("z: expected standardised residuals, got NaN")
-        knots, freqs = self._ext
+        knots, _ = self._ext
         j = self._segment(w)
-        t = segment_fraction(w, knots[j - 1], knots[j])
+        frac = segment_fraction(w, knots[j - 1], knots[j])
+        finite = np.isfinite(w)
+        for side, at in (("lo", finite & (j == 1)), ("hi", finite & (j == knots.size - 1))):
+            if at.any():
+                x, log_r = self._tails[side]["x"], self._tails[side]["log_r"]
+                v = w[at] if side == "hi" else -w[at]          # how far out, on its side
+                with np.errstate(under="ignore"):
+                    ratio = np.exp(log_r - _log_mills_inv(v) - 0.5 * (v - x) * (v + x))
+                frac[at] = ratio if side == "lo" else 1.0 - ratio
+        return w, j, frac
+
+    def w_cdf(self, w) -> np.ndarray:
+        """R(Phi(w)) for standardised residual(s) w (ValueError for NaN; +-inf give 1 and 0)."""
+        _, freqs = self._ext
+        _, j, t = self._locate(w)
         return freqs[j - 1] + t * (freqs[j] - freqs[j - 1])
 
     def w_ppf(self, q) -> np.ndarray:
@@ -190,15 +222,22 @@ class RecalibratedNormal:
 
     @functools.cached_property
     def _tails(self) -> dict:
-        """Closed forms on (-inf, k_1] and [k_K, inf): mass, inverse Mills ratios and logs."""
+        """The Gaussian tails (-inf, k_1] and [k_K, inf), each as x (-k_1, k_K: the tail
+        is w <= -x or w >= x), mass m, log m and r = phi(x) / (1 - Phi(x))."""
         self._check_range()
-        k1, kk = self.knots[0], self.knots[-1]
-        lo_m, hi_m = self.freqs[0], 1.0 - self.freqs[-1]
-        return {"lo_m": lo_m, "hi_m": hi_m, "k1": k1, "kk": kk,
-                "lo_r": math.exp(stats.norm.logpdf(k1) - stats.norm.logcdf(k1)),
-                "hi_r": math.exp(stats.norm.logpdf(kk) - stats.norm.logsf(kk)),
-                "lo_logc": (math.log(lo_m) - stats.norm.logcdf(k1)) if lo_m > 0 else 0.0,
-                "hi_logc": (math.log(hi_m) - stats.norm.logsf(kk)) if hi_m > 0 else 0.0}
+        out = {}
+        for side, x, m in (("lo", -self.knots[0], self.freqs[0]),
+                           ("hi", self.knots[-1], 1.0 - self.freqs[-1])):
+            log_r = float(_log_mills_inv(x))
+            out[side] = {"x": x, "m": m, "log_m": math.log(m) if m > 0 else -math.inf,
+                         "log_r": log_r, "r": math.exp(log_r)}
+        return out
+
+    def _tail_log_density(self, side: str, w: np.ndarray) -> np.ndarray:
+        """log g(w) on a tail: log m + log r(x) - (w^2 - x^2) / 2, without forming w^2."""
+        t = self._tails[side]
+        x = t["x"]
+        return t["log_m"] + t["log_r"] - 0.5 * (np.abs(w) - x) * (np.abs(w) + x)
 
     @functools.cached_property
     def _inner(self) -> dict:
@@ -232,7 +271,7 @@ class RecalibratedNormal:
         if wide.any():
             aw, bw, fw, dw, ls = a[wide], b[wide], fa[wide], df[wide], log_slope[wide]
             pa, pb = np.exp(ls + stats.norm.logpdf(aw)), np.exp(ls + stats.norm.logpdf(bw))
-            m1[wide] = pa - pb                                   # slope int w phi
+            m1[wide] = _phi_drop(ls, aw, bw)                     # slope int w phi
             m2[wide] = dw + aw * pa - bw * pb                    # slope int w^2 phi
             # E[W frac(W); seg] = slope (-phi(b) + (Phi(sqrt2 b) - Phi(sqrt2 a)) /
             # (2 sqrt(pi) (Phi(b) - Phi(a)))), F = f_a + df frac on the segment.
@@ -245,25 +284,26 @@ class RecalibratedNormal:
 
     @functools.cached_property
     def _moments(self) -> dict:
-        """E[W], E[W^2], E|W - W'| and the entropy of W."""
-        t, inner = self._tails, self._inner
-        m1 = float(np.sum(inner["m1"])) - t["lo_m"] * t["lo_r"] + t["hi_m"] * t["hi_r"]
-        m2 = (float(np.sum(inner["m2"])) + t["lo_m"] * (1.0 - t["k1"] * t["lo_r"])
-              + t["hi_m"] * (1.0 + t["kk"] * t["hi_r"]))
-        # E|W - W'| = 2 E[W (2 F(W) - 1)]; on the tails with the closed form of
-        # int w Phi(w) phi(w) dw = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)) (the upper tail
-        # is its mirror image, with the same expression in its own mass and Mills ratio).
-        gini = float(np.sum(inner["gini"]))
-        ent = float(np.sum(inner["ent"]))
-        for m, r, kn, sgn, logc, second in (
-                (t["lo_m"], t["lo_r"], t["k1"], 1.0, t["lo_logc"], 1.0 - t["k1"] * t["lo_r"]),
-                (t["hi_m"], t["hi_r"], t["kk"], -1.0, t["hi_logc"], 1.0 + t["kk"] * t["hi_r"])):
+        """E[W], E[W^2], E|W - W'| and the entropy of W.
+
+        A tail of mass m beyond x (r = phi(x) / (1 - Phi(x))) adds -+m r to E[W],
+        m (1 + x r) to E[W^2], 2 m^2 (r^2 / (sqrt2 r(sqrt2 x)) - r) + m r to
+        E[W (2 F(W) - 1)] (from int w Phi phi = -phi Phi + Phi(sqrt2 w) / (2
+        sqrt(pi))), and m (-log m - log r + 1/2 + x (r - x) / 2) to the entropy:
+        each written so that nothing of order x^2 cancels.
+        """
+        inner = self._inner
+        m1, m2 = float(np.sum(inner["m1"])), float(np.sum(inner["m2"]))
+        gini, ent = float(np.sum(inner["gini"])), float(np.sum(inner["ent"]))
+        for side, sign in (("lo", -1.0), ("hi", 1.0)):
+            t = self._tails[side]
+            m, x, r = t["m"], t["x"], t["r"]
             if m > 0:
-                logp = stats.norm.logcdf(sgn * kn)                     # log tail probability
-                cross = math.exp(stats.norm.logcdf(sgn * _SQRT2 * kn) - 2.0 * logp)
-                gini += 2.0 * m * m * (-r + cross / (2.0 * math.sqrt(math.pi))) + m * r
-                # -int g log g with g = c phi on the tail
-                ent += m * (-logc + _HALF_LOG_2PI) + 0.5 * m * second
+                m1 += sign * m * r
+                m2 += m * (1.0 + x * r)
+                r2 = math.exp(float(_log_mills_inv(_SQRT2 * x)))
+                gini += 2.0 * m * m * (r * r / (_SQRT2 * r2) - r) + m * r
+                ent += m * (-t["log_m"] - t["log_r"] + 0.5 + 0.5 * float(_x_r_minus_x(x)))
         return {"mean": m1, "second": m2, "gini": 2.0 * gini, "entropy": ent}
 
     @functools.cached_property
@@ -283,51 +323,65 @@ class RecalibratedNormal:
                              "refit on more validation samples or use a smaller level")
         return width / (2.0 * float(stats.norm.ppf(0.5 + self.xi / 2.0)))
 
-    # -- Z = W / s: the family as used with the calibrated sigma ---------------------
+    # -- Z = (W - loc) / s: the family as used with the calibrated sigma --------------
+    def _w(self, z) -> np.ndarray:
+        return self.scale * np.asarray(z, dtype=np.float64) + self.loc
+
     @property
     def mean(self) -> float:
-        """E[Z] (0 unless the recalibration moves the centre)."""
-        return self._moments["mean"] / self.scale
+        """E[Z] (0 once ``centred``)."""
+        return (self._moments["mean"] - self.loc) / self.scale
+
+    @property
+    def sd(self) -> float:
+        """Standard deviation of Z (that of mu + sigma Z is sigma sd)."""
+        mom = self._moments
+        return math.sqrt(max(mom["second"] - mom["mean"] ** 2, 0.0)) / self.scale
+
+    def centred(self) -> "RecalibratedNormal":
+        """The same shape moved to mean 0: the family of a value that is already
+        bias-corrected (the boosted corrections' output) with the calibrated sigma."""
+        return dataclasses.replace(self, loc=self._moments["mean"])
 
     def cdf(self, z) -> np.ndarray:
         """P(Z <= z)."""
-        return self.w_cdf(self.scale * np.asarray(z, dtype=np.float64))
+        return self.w_cdf(self._w(z))
 
     def ppf(self, q) -> np.ndarray:
         """Quantile of Z at level(s) q in [0, 1] (+-inf at 0 and 1)."""
-        return self.w_ppf(q) / self.scale
+        return (self.w_ppf(q) - self.loc) / self.scale
 
     def logsf_logcdf(self, z) -> tuple[np.ndarray, np.ndarray]:
         """(log P(Z > z), log P(Z <= z)), from the Gaussian tails' logs beyond the end knots."""
-        w = self.scale * np.asarray(z, dtype=np.float64)
-        if np.isnan(w).any():
-            raise ValueError("z: expected standardised residuals, got NaN")
         knots, freqs = self._ext
-        j = self._segment(w)
+        w, j, t = self._locate(self._w(z))
         fa, fb = freqs[j - 1], freqs[j]
-        t = segment_fraction(w, knots[j - 1], knots[j])
-        t_ = self._tails
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             cdf, sf = fa + t * (fb - fa), (1.0 - fb) + (1.0 - t) * (fb - fa)
             logcdf, logsf = np.log(cdf), np.log(sf)
+            # Tail probabilities as log g(w) - log r(|w|) (1 - Phi(|w|) = phi / r).
             first, last = j == 1, j == knots.size - 1
-            if t_["lo_m"] > 0:
-                logcdf = np.where(first, t_["lo_logc"] + stats.norm.logcdf(w), logcdf)
-            if t_["hi_m"] > 0:
-                logsf = np.where(last, t_["hi_logc"] + stats.norm.logsf(w), logsf)
+            if self._tails["lo"]["m"] > 0 and first.any():
+                logcdf[first] = (self._tail_log_density("lo", w[first])
+                                 - _log_mills_inv(-w[first]))
+            if self._tails["hi"]["m"] > 0 and last.any():
+                logsf[last] = self._tail_log_density("hi", w[last]) - _log_mills_inv(w[last])
         return logsf, logcdf
 
     def logpdf(self, z) -> np.ndarray:
-        """log density of Z at z (-inf on a segment where R is flat)."""
-        w = self.scale * np.asarray(z, dtype=np.float64)
+        """log density of Z at z (-inf on a segment where R is flat; ValueError for NaN)."""
         knots, _ = self._ext
-        j = self._segment(w)
-        t = self._tails
+        w, j, _ = self._locate(self._w(z))
         with np.errstate(divide="ignore"):
             inner = np.where(self._inner["df"] > 0, self._inner["log_slope"], -np.inf)
-        log_slope = np.concatenate([[t["lo_logc"] if t["lo_m"] > 0 else -np.inf], inner,
-                                    [t["hi_logc"] if t["hi_m"] > 0 else -np.inf]])
-        return math.log(self.scale) + log_slope[j - 1] + stats.norm.logpdf(w)
+        j_inner = np.clip(j - 2, 0, max(inner.size - 1, 0))
+        out = (inner[j_inner] if inner.size else np.full(w.shape, -np.inf)) \
+            + stats.norm.logpdf(w)
+        for side, at in (("lo", j == 1), ("hi", j == knots.size - 1)):
+            if at.any():
+                out[at] = (self._tail_log_density(side, w[at]) if self._tails[side]["m"] > 0
+                           else -np.inf)
+        return math.log(self.scale) + out
 
     @property
     def entropy(self) -> float:
@@ -337,40 +391,63 @@ class RecalibratedNormal:
     @functools.cached_property
     def _partial_means(self) -> np.ndarray:
         """E[W; W <= k_j] at each knot, [K]."""
-        t = self._tails
-        return -t["lo_m"] * t["lo_r"] + np.concatenate([[0.0], np.cumsum(self._inner["m1"])])
+        lo = self._tails["lo"]
+        return -lo["m"] * lo["r"] + np.concatenate([[0.0], np.cumsum(self._inner["m1"])])
 
     def crps(self, z) -> np.ndarray:
         """CRPS of Z at each z (that of mu + sigma Z at y is sigma crps((y - mu) / sigma)).
 
         CRPS = E|W - w| - E|W - W'| / 2 over s, with E|W - w| = w (2 F(w) - 1) +
         E[W] - 2 E[W; W <= w]; the partial mean is the knots' running sum plus
-        the closed form slope (phi(k_j-1) - phi(w)) within the record's segment.
+        slope (phi(k_j-1) - phi(w)) within the record's segment (a tail: -+ g(w)).
         """
-        w = self.scale * np.asarray(z, dtype=np.float64)
-        if np.isnan(w).any():
-            raise ValueError("z: expected standardised residuals, got NaN")
         knots, freqs = self._ext
-        j = self._segment(w)
-        a, b = knots[j - 1], knots[j]
-        frac = segment_fraction(w, a, b)
+        w, j, frac = self._locate(self._w(z))
         cdf = freqs[j - 1] + frac * (freqs[j] - freqs[j - 1])
         inner = (j > 1) & (j < knots.size - 1)
         part = np.zeros_like(w)
-        t, mom = self._tails, self._moments
-        with np.errstate(over="ignore", under="ignore"):
-            if inner.any():          # slope (phi(a) - phi(w)) within the record's segment
-                ls = self._inner["log_slope"][j[inner] - 2]
-                part[inner] = self._partial_means[j[inner] - 2] + np.where(
-                    np.isfinite(ls), np.exp(ls + stats.norm.logpdf(a[inner]))
-                    - np.exp(ls + stats.norm.logpdf(w[inner])), 0.0)
-            lo = w[j == 1]
-            part[j == 1] = -t["lo_m"] * np.exp(stats.norm.logpdf(lo) - stats.norm.logcdf(t["k1"]))
-            hi = w[j == knots.size - 1]
-            part[j == knots.size - 1] = mom["mean"] - t["hi_m"] * np.exp(
-                stats.norm.logpdf(hi) - stats.norm.logsf(t["kk"]))
+        mom = self._moments
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            if inner.any():
+                ji, a = j[inner] - 2, knots[j - 1][inner]
+                part[inner] = self._partial_means[ji] + _phi_drop(
+                    self._inner["log_slope"][ji], a, w[inner])
+            first, last = j == 1, j == knots.size - 1
+            # E[W; W <= w] on the lower tail is -g(w); on the upper, E[W] - g(w)
+            part[first] = -np.exp(self._tail_log_density("lo", w[first]))
+            part[last] = mom["mean"] - np.exp(self._tail_log_density("hi", w[last]))
         abs_dev = w * (2.0 * cdf - 1.0) + mom["mean"] - 2.0 * part
         return (abs_dev - 0.5 * mom["gini"]) / self.scale
+
+
+def _log_mills_inv(x) -> np.ndarray:
+    """log r(x), r = phi(x) / (1 - Phi(x)) (the inverse Mills ratio), for any x:
+    from erfcx where 1 - Phi underflows (r ~ x), directly where it is near 1."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        via_erfcx = 0.5 * math.log(2.0 / math.pi) - np.log(special.erfcx(x / _SQRT2))
+        direct = stats.norm.logpdf(x) - stats.norm.logsf(x)
+    return np.where(x > -20.0, via_erfcx, direct)
+
+
+def _x_r_minus_x(x) -> np.ndarray:
+    """x (r(x) - x), -> 1 as x -> inf: a series beyond 1e4, where r - x cancels."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        direct = x * (np.exp(_log_mills_inv(x)) - x)
+        u = 1.0 / np.where(x > 1e4, x * x, 1.0)
+        series = 1.0 - 2.0 * u + 10.0 * u * u - 74.0 * u ** 3
+    return np.where(x > 1e4, series, direct)
+
+
+def _phi_drop(log_slope, a, b) -> np.ndarray:
+    """slope (phi(a) - phi(b)), from the larger density times expm1 of the log ratio:
+    no cancellation of nearby densities, no overflow of far apart ones."""
+    e = -0.5 * (b - a) * (b + a)                          # log phi(b) - log phi(a)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        from_a = -np.exp(log_slope + stats.norm.logpdf(a)) * np.expm1(np.minimum(e, 0.0))
+        from_b = np.exp(log_slope + stats.norm.logpdf(b)) * np.expm1(np.minimum(-e, 0.0))
+    return np.where(e <= 0, from_a, from_b)
 
 
 def is_family(dof) -> bool:

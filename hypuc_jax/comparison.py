@@ -66,13 +66,14 @@ def load_run_outputs(workdir: str | os.PathLike, name: str, split: str = "test")
         thresholds=[t for t in task.thresholds if f"prob__{t[0]}" in out],
         train_labels=train_labels, regions=_named_regions(cfg, task),
         label_density=label_curves(cfg, train_labels), unit=task.unit,
-        mu_bins=out.get("mu_bin"), dof=_family(out),
+        mu_bins=out.get("mu_bin"), dof=outputs_family(out),
         tails=tuple(task.thresholds),
         calibration=str(ev.get("calibration", {}).get("method", "")))   # what eval.json scored
 
 
-def _family(outputs: dict):
-    """The calibrated predictive's family stored in an outputs_{split}.npz."""
+def outputs_family(outputs):
+    """The calibrated predictive's family (a dof, or an isotonic ``RecalibratedNormal``)
+    stored in an outputs_{split}.npz (``np.load`` result or dict)."""
     from hypuc_jax._recalibrated import RecalibratedNormal
 
     if "family_knots" in outputs:

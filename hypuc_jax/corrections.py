@@ -42,7 +42,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from hypuc_jax._predictions import (ThresholdSpec, as_thresholds, check_dof, check_predictions,
-                                    check_both_outcomes, dof_to_json)
+                                    check_both_outcomes, dof_from_json, dof_to_json)
 from hypuc_jax._validation import is_int, is_real, plain_scalar
 from hypuc_jax.calibration import check_task
 from hypuc_jax.config import CORRECTION_TARGETS as TARGETS
@@ -159,7 +159,7 @@ class Corrector:
                    thresholds=thresholds, z=float(manifest["z"]), task=manifest.get("task"),
                    params=manifest.get("params", {}),
                    gaussian_weights={k: float(v) for k, v in manifest["gaussian_weights"].items()},
-                   dof=check_dof(manifest.get("dof"), "manifest dof"),
+                   dof=dof_from_json(manifest.get("dof"), "manifest dof"),
                    target=manifest.get("target", "label"))
 
 

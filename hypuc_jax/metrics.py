@@ -36,7 +36,7 @@ import numpy as np
 
 from hypuc_jax import uncertainty as unc
 from hypuc_jax._predictions import (as_thresholds, as_vector, check_dof, check_predictions,
-                                    concrete_vector, event)
+                                    concrete_vector, event, is_family)
 from hypuc_jax._validation import check_finite, is_int, is_real, plain_scalar
 from hypuc_jax.regions import (SHOT_REGIONS, bin_index, check_edges, label_bin_edges,
                                region_masks, shot_masks, validate_regions)
@@ -161,6 +161,14 @@ def balanced_mae(y: np.ndarray, mu: np.ndarray, edges: np.ndarray) -> float:
     return float(np.mean([err[idx == b].mean() for b in np.unique(idx)]))
 
 
+def _ence(y, mu, sigma, dof) -> float | None:
+    """ENCE of the predictive's mean mu + sigma E[Z] and standard deviation sigma sd(Z)
+    (mu and sigma themselves for the Gaussian and Student-t families)."""
+    if is_family(dof):
+        return unc.ence(y, mu + sigma * dof.mean, sigma * dof.sd)
+    return unc.ence(y, mu, sigma)
+
+
 def _block(y, mu, sigma, edges, min_count, dof=unc.INF) -> dict[str, Any]:
     """METRICS for one set of samples."""
     out: dict[str, Any] = {k: None for k in METRIC_KEYS}
@@ -175,7 +183,7 @@ def _block(y, mu, sigma, edges, min_count, dof=unc.INF) -> dict[str, Any]:
                balanced_mae=balanced_mae(y, mu, edges))
     if sigma is not None:
         out.update(nll=unc.nll(y, mu, sigma, dof), crps=unc.crps(y, mu, sigma, dof),
-                   uce=unc.uce(y, mu, sigma, dof), ence=unc.ence(y, mu, sigma),
+                   uce=unc.uce(y, mu, sigma, dof), ence=_ence(y, mu, sigma, dof),
                    miscal_area=unc.miscalibration_area(y, mu, sigma, dof))
         for key, level in LEVELS.items():
             out[f"coverage_{key}"] = unc.coverage(y, mu, sigma, level, dof)

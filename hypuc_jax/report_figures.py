@@ -171,13 +171,13 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
         lo_z, hi_z = central_bounds(0.95, dof=run.dof)
         sub, k, kt = scatter_rows(run.y)
         _shade_regions(ax, run, lo - pad, hi + pad)
-        ax.errorbar(run.y[sub], run.mu[sub], yerr=np.stack([-lo_z * run.sigma_cal[sub],
-                                                            hi_z * run.sigma_cal[sub]]),
-                    fmt="o", ms=2,
-                    elinewidth=0.5, alpha=0.5, color="tab:blue",
-                    label="mu with calibrated 95% interval" + (
-                        f"\n({'every record' if kt == 1 else f'1 in {kt}'} in the 5% "
-                        f"tails of y, 1 in {k} between)" if k > 1 else ""))
+        # vlines, not errorbar: an isotonic interval need not contain mu (a biased model)
+        ax.vlines(run.y[sub], run.mu[sub] + lo_z * run.sigma_cal[sub],
+                  run.mu[sub] + hi_z * run.sigma_cal[sub], lw=0.5, alpha=0.5, color="tab:blue")
+        ax.plot(run.y[sub], run.mu[sub], "o", ms=2, alpha=0.5, color="tab:blue",
+                label="mu with calibrated 95% interval" + (
+                    f"\n({'every record' if kt == 1 else f'1 in {kt}'} in the 5% "
+                    f"tails of y, 1 in {k} between)" if k > 1 else ""))
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
         cov = central_coverage(run.y, run.mu, run.sigma_cal, 0.95, run.dof)
         ax.set_title(f"{run.name}: test MAE {np.mean(np.abs(run.y - run.mu)):.3f}, "

@@ -22,6 +22,7 @@ import numpy as np
 
 from hypuc_jax import config as config_lib
 from hypuc_jax._files import remove_path, temp_dir, write_text_atomic
+from hypuc_jax._calibrator import ISOTONIC_SINCE
 from hypuc_jax._predictions import ThresholdSpec, event as threshold_event, family_label
 from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TASK, TRAIN_LABELS,
                               WorkflowError, _clean, load_config, load_npy,
@@ -146,6 +147,10 @@ def _calibrator(workdir: Path):
                             f"{workdir}` first")
     d = read_json(path, "calibration")
     task = load_task(workdir).name
+    if d.get("method") == "isotonic" and d.get("format_version", 0) < ISOTONIC_SINCE:
+        raise WorkflowError(f"{path}: an isotonic calibration from an earlier version (no "
+                            "probability above the largest validation residual); re-run "
+                            f"`hypuc calibrate --workdir {workdir} --method isotonic`")
     try:
         cal = None if d.get("method") == "none" else calibration.calibrator_from_dict(d, task=task)
     except ValueError as e:
@@ -270,13 +275,15 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
     cut of calibrated sigma; ``flagged`` is the share of this split above it).
     each of the three metric blocks is ``metrics.evaluate(...)`` for (mu,
     sigma) as a Gaussian, and for (mu, calibrated sigma) and (corrected
-    value, calibrated sigma) under the calibrated predictive's family
+    value, calibrated sigma) under the calibrated predictive's family (for
+    the corrected value moved to mean 0: the boosted value has removed the
+    bias an isotonic family carries)
     ("dof": its Student-t degrees of freedom, null for the Gaussian and for
     isotonic calibration, whose family is the recalibrated CDF; outputs_{split}.npz
     then holds it as ``family_knots`` / ``family_freqs`` / ``family_xi``).
     """
     from hypuc_jax import corrections, flagging, metrics
-    from hypuc_jax._predictions import dof_to_json, is_family
+    from hypuc_jax._predictions import centred, dof_to_json, is_family
 
     workdir = Path(workdir)
     cfg = load_config(workdir)
@@ -295,7 +302,7 @@ def evaluate_stage(workdir: str | os.PathLike, split: str = "test") -> dict:
                           "dof": None if is_family(cal.dof) else dof_to_json(cal.dof)}}
     for stage, (m, s, dof) in {"uncalibrated": (mu, sigma, math.inf),
                                "calibrated": (mu, sigma_cal, cal.dof),
-                               "corrected": (corrected, sigma_cal, cal.dof)}.items():
+                               "corrected": (corrected, sigma_cal, centred(cal.dof))}.items():
         ev[stage] = metrics.evaluate(y, m, s, train_labels=train_labels, regions=regions,
                                      shot_bins=cfg.weighting.bins, dof=dof)
     ev["decisions"] = {}          # every task threshold: stable keys, null where undefined

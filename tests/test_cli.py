@@ -127,6 +127,17 @@ def _hyperfine_by_hand(cal: dict, mu, sigma) -> np.ndarray:
     return eta * cal["global_scale"] * np.asarray(sigma, np.float64)
 
 
+def _correct_and_predict_40(wd, tmp_path, capsys) -> list[dict]:
+    """Fits the corrections of run ``wd`` and predicts 40 tiny records: the CSV rows."""
+    workflow.correct_stage(wd)
+    out = tmp_path / "preds.csv"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
+                        TINY.replace("n=256", "n=40"), "--output", out)
+    assert rc == 0, err
+    with open(out) as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
     """A calibration with a fixed Student-t tail (library API): predict's interval
     and entropy are the t's (scipy.stats.t), and corrections fitted for another
@@ -147,13 +158,7 @@ def test_predict_with_a_student_t_tail(trained, tmp_path, capsys):
     rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data", TINY, "--output",
                         tmp_path / "p.csv")
     assert "dof" in one_line_error(rc, err) and not (tmp_path / "p.csv").exists()
-    workflow.correct_stage(wd)
-    out = tmp_path / "preds.csv"
-    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
-                        TINY.replace("n=256", "n=40"), "--output", out)
-    assert rc == 0, err
-    with open(out) as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = _correct_and_predict_40(wd, tmp_path, capsys)
     s = np.array([r["sigma_cal"] for r in rows]) * np.sqrt(3.0 / 5.0)
     mu = np.array([r["mu"] for r in rows])
     cal = json.loads((wd / "calibration.json").read_text())
@@ -176,13 +181,7 @@ def test_predict_with_isotonic_calibration(trained, tmp_path, capsys):
     shutil.copytree(trained, wd)
     rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd, "--method", "isotonic")
     assert rc == 0, err
-    workflow.correct_stage(wd)
-    out = tmp_path / "preds.csv"
-    rc, _, err = hypuc(capsys, "predict", "--workdir", wd, "--data",
-                        TINY.replace("n=256", "n=40"), "--output", out)
-    assert rc == 0, err
-    with open(out) as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = _correct_and_predict_40(wd, tmp_path, capsys)
     mu, sigma = (np.array([r[k] for r in rows]) for k in ("mu", "sigma"))
     cal = json.loads((wd / "calibration.json").read_text())
     p_knots = np.r_[0.0, stats.norm.cdf(cal["knots"]), 1.0]

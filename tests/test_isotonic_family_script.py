@@ -34,10 +34,13 @@ def test_rows_are_the_calibrations_scores(rundir, tmp_path):
     val, test = (np.load(rundir / f"predictions_{s}.npz") for s in ("val", "test"))
     y, mu, sigma = test["y"], test["mu"], test["sigma"]
     iso = calibration.fit_isotonic(val["mu"], val["sigma"], val["y"])
+    p_knots = np.r_[0.0, stats.norm.cdf(iso.knots), 1.0]       # R^-1 by np.interp
+    freqs = np.r_[0.0, iso.freqs, 1.0]
     for p in (0.68, 0.9, 0.95):
-        lo, hi = iso.interval(mu, sigma, p)
+        z_lo, z_hi = stats.norm.ppf(np.interp([0.5 - p / 2, 0.5 + p / 2], freqs, p_knots))
+        lo, hi = mu + z_lo * sigma, mu + z_hi * sigma
         assert rows["isotonic"][f"cov{int(100 * p)}"] == pytest.approx(
-            np.mean((y >= lo) & (y <= hi)))
+            np.mean((y >= lo) & (y <= hi)), abs=1.5 / y.size)
         s = iso.apply(mu, sigma)
         lo_g, hi_g = stats.norm.interval(p, mu, s)
         assert rows["isotonic as Gaussian (before)"][f"cov{int(100 * p)}"] == pytest.approx(
@@ -45,6 +48,13 @@ def test_rows_are_the_calibrations_scores(rundir, tmp_path):
     # the same 95% width either way (sigma_cal is the Gaussian-equivalent scale)
     assert rows["isotonic"]["width95"] == pytest.approx(
         rows["isotonic as Gaussian (before)"]["width95"], rel=1e-9)
+    # the isotonic NLL from the density slope_j phi(w) of R(Phi(w)), segment masses here
+    k = np.r_[-np.inf, iso.knots, np.inf]
+    mass = np.where(k[1:] <= 0, np.diff(stats.norm.cdf(k)), -np.diff(stats.norm.sf(k)))
+    slope = np.diff(freqs) / mass
+    w = (y - mu) / sigma
+    dens = slope[np.searchsorted(iso.knots, w)] * stats.norm.pdf(w) / sigma
+    assert rows["isotonic"]["nll"] == pytest.approx(-np.mean(np.log(dens)), rel=1e-9)
     nll_gauss = -np.mean(stats.norm.logpdf(y, mu, sigma))
     assert rows["uncalibrated"]["nll"] == pytest.approx(nll_gauss)
     text = out.read_text()

@@ -15,7 +15,8 @@ from scipy import integrate, optimize, stats
 
 from hypuc_jax import calibration, flagging, uncertainty
 from hypuc_jax._predictions import (ThresholdSpec, central_bounds, central_z, check_dof,
-                                    dof_to_json, exceed_prob, std_entropy, std_logpdf)
+                                    dof_from_json, dof_to_json, exceed_prob, std_entropy,
+                                    std_logpdf)
 from hypuc_jax._recalibrated import RecalibratedNormal
 from hypuc_jax.decisions import gaussian_log_odds
 
@@ -133,14 +134,20 @@ def test_density_cdf_and_tails_match_the_numpy_reference():
 def test_round_trip_and_bad_families():
     knots, freqs = _skewed_family()
     fam = RecalibratedNormal(tuple(knots), tuple(freqs), 0.9)
-    assert check_dof(dof_to_json(fam)) == fam and check_dof(fam) is fam
+    assert dof_from_json(dof_to_json(fam)) == fam and check_dof(fam) is fam
+    centred = fam.centred()
+    assert dof_from_json(dof_to_json(centred)) == centred != fam
     with pytest.raises(ValueError, match="central_bounds"):
         central_z(0.95, dof=fam)
     for bad in ({"family": "isotonic", "knots": [1.0, 0.0], "freqs": [0.1, 0.2]},
                 {"family": "isotonic", "knots": [0.0, 1.0], "freqs": [0.3, 0.2]},
                 {"family": "other"}):
         with pytest.raises(ValueError, match="family"):
-            check_dof(bad)
+            dof_from_json(bad)
+    with pytest.raises(ValueError, match="dof: expected a number"):
+        check_dof(dof_to_json(fam))        # a dict is read only where JSON is (dof_from_json)
+    with pytest.raises(ValueError, match="z: expected"):
+        fam.logpdf(np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="xi"):
         RecalibratedNormal((0.0,), (0.5,), 1.5)
 
@@ -209,3 +216,90 @@ def test_event_probabilities_entropy_and_log_odds_under_the_family(skewed_fit):
                                h_w + np.log(sigmat[:5]), atol=1e-9)
     assert std_entropy(fam) == pytest.approx(h_w - math.log(fam.scale), abs=1e-9)
     assert np.all(np.isfinite(std_logpdf((yt - mut) / sc, fam)))
+
+
+def _mp_reference(knots, freqs):
+    """mpmath (40 digits) CDF and density of W and integrals over its pieces, with
+    breakpoints at the knots, +-40 and 60 / |k| beyond the end knots."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    k = [mp.mpf(v) for v in knots]
+    f = [mp.mpf(0)] + [mp.mpf(v) for v in freqs] + [mp.mpf(1)]
+    ext = [-mp.inf] + k + [mp.inf]
+    def below(a, t):            # Phi(t) - Phi(a), from the tail that keeps its digits
+        return mp.ncdf(t) - mp.ncdf(a) if a < 0 else mp.ncdf(-a) - mp.ncdf(-t)
+    mass = [below(a, b) for a, b in zip(ext[:-1], ext[1:])]
+
+    def seg(t):
+        return next(i for i in range(len(ext) - 1) if t <= ext[i + 1])
+
+    def cdf(t):
+        i = seg(t)
+        return f[i] + (f[i + 1] - f[i]) * below(ext[i], t) / mass[i]
+
+    def pdf(t):
+        i = seg(t)
+        return (f[i + 1] - f[i]) / mass[i] * mp.npdf(t)
+
+    far = [k[0] - 60 / max(1, abs(k[0])), k[-1] + 60 / max(1, abs(k[-1]))]
+    points = sorted(set(k + far + [mp.mpf(-40), mp.mpf(40)]))
+
+    def integral(fn, extra=()):
+        pts = sorted(set(points + [mp.mpf(e) for e in extra]))
+        return mp.quad(fn, pts)
+    return mp, cdf, pdf, integral
+
+
+@pytest.mark.parametrize("x", [30.0, 1e3, 1e5, 1e8])
+def test_far_knots_match_high_precision_quadrature(x):
+    """Knots thousands to 1e8 predicted sigmas out (a badly over-confident model):
+    the tails' moments, entropy, CRPS and log density come from erfcx-based Mills
+    ratios, with nothing of order x^2 cancelling (they used to overflow or drift)."""
+    knots, freqs = (-x, -0.5, 0.7, x), (0.1, 0.35, 0.6, 0.85)
+    fam = RecalibratedNormal(knots, freqs)
+    mp, cdf, pdf, integral = _mp_reference(knots, freqs)
+    mean = integral(lambda t: t * pdf(t))
+    ent = integral(lambda t: -pdf(t) * mp.log(pdf(t)) if pdf(t) > 0 else 0)
+    s = fam.scale
+    assert fam.mean * s == pytest.approx(float(mean), rel=1e-9, abs=1e-9 * x)
+    assert fam.entropy + math.log(s) == pytest.approx(float(ent), rel=1e-9, abs=1e-9)
+    for w in (-x - 3.0 / x, -x + 0.25, 0.1, x + 2.0 / x):
+        want = integral(lambda t: (cdf(t) - (1 if t >= w else 0)) ** 2, extra=[w])
+        assert fam.crps(np.array([w / s]))[0] * s == pytest.approx(float(want), rel=1e-9), w
+        logp = float(mp.log(pdf(mp.mpf(w))))
+        assert fam.logpdf(np.array([w / s]))[0] - math.log(s) == pytest.approx(logp, rel=1e-9,
+                                                                                abs=1e-9)
+    logsf, logcdf = fam.logsf_logcdf(np.array([(-x - 3.0 / x) / s, (x + 2.0 / x) / s]))
+    assert logcdf[0] == pytest.approx(float(mp.log(cdf(mp.mpf(-x - 3.0 / x)))), rel=1e-9)
+    assert logsf[1] == pytest.approx(float(mp.log(1 - cdf(mp.mpf(x + 2.0 / x)))), rel=1e-9)
+
+
+def test_nearly_coincident_knots_match_high_precision_quadrature():
+    """Knots 1e-12 apart: the numerical branch for narrow segments and the tiny-mass
+    form of log(Phi(b) - Phi(a)), and a record inside the narrow segment."""
+    g = 1e-12
+    knots, freqs = (-1.5, -0.5, 1.0, 1.0 + g, 2.0), (0.1, 0.3, 0.5, 0.7, 0.9)
+    fam = RecalibratedNormal(knots, freqs)
+    mp, cdf, pdf, integral = _mp_reference(knots, freqs)
+    s = fam.scale
+    gini = 2 * integral(lambda t: cdf(t) * (1 - cdf(t)))
+    assert fam._moments["gini"] == pytest.approx(float(gini), rel=1e-9)
+    ent = integral(lambda t: -pdf(t) * mp.log(pdf(t)))
+    assert fam.entropy + math.log(s) == pytest.approx(float(ent), rel=1e-8)
+    for w in (1.0, 1.0 + g / 2, 1.0 + g, 1.5):
+        want = integral(lambda t: (cdf(t) - (1 if t >= w else 0)) ** 2, extra=[w])
+        assert fam.crps(np.array([w / s]))[0] * s == pytest.approx(float(want), rel=1e-9), w
+    inside = np.array([(1.0 + g / 2) / s])
+    assert fam.logpdf(inside)[0] - math.log(s) == pytest.approx(
+        float(mp.log(pdf(mp.mpf(1.0) + mp.mpf(g) / 2))), rel=1e-6)
+
+
+def test_centred_family_has_mean_zero_and_the_same_shape():
+    knots, freqs = _skewed_family(2)
+    fam = RecalibratedNormal(tuple(knots), tuple(freqs))
+    c = fam.centred()
+    assert c.mean == pytest.approx(0.0, abs=1e-12) and fam.mean != pytest.approx(0.0, abs=1e-3)
+    z = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(c.cdf(z - fam.mean), fam.cdf(z), atol=1e-12)
+    np.testing.assert_allclose(c.crps(z - fam.mean), fam.crps(z), atol=1e-12)
+    assert c.entropy == pytest.approx(fam.entropy) and c.sd == pytest.approx(fam.sd)

@@ -202,6 +202,22 @@ def test_isotonic_uce_is_judged_like_any_calibration(runs):
     assert row["passed"] is (u1 <= 0.5 * u0) and "not judged" not in row["measured"]
 
 
+def test_report_draws_an_isotonic_interval_that_misses_mu(tmp_path, runs):
+    """A biased model's isotonic 95% interval can lie wholly above mu (every
+    validation residual positive): the scatter used to raise on negative error
+    bars. The report text names the family and the scale."""
+    from hypuc_jax._recalibrated import RecalibratedNormal
+
+    knots = np.linspace(1.0, 3.0, 21)               # R's mass all above w = 1
+    fam = RecalibratedNormal(tuple(knots), tuple(np.linspace(0.02, 0.98, 21)))
+    assert fam.ppf(0.025) > 0
+    iso = [dataclasses.replace(r, dof=fam, calibration="isotonic") for r in runs]
+    path = report.write_report(tmp_path, iso)
+    assert (tmp_path / "figures" / "pred_vs_true.png").stat().st_size > 5000
+    text = path.read_text()
+    assert "isotonic recalibration" in text and "Gaussian-equivalent scale" in text
+
+
 def test_scatter_keeps_every_record_in_the_tails_of_y():
     y = np.random.default_rng(0).normal(size=1600)
     rows, k, kt = report.scatter_rows(y)

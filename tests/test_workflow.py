@@ -176,11 +176,18 @@ def test_isotonic_run_is_scored_under_its_recalibrated_cdf(rundir):
     iso = calibration.load_calibrator(rundir / workflow.CALIBRATION)
     test = np.load(rundir / "predictions_test.npz")
     y, mu, sigma = test["y"], test["mu"], test["sigma"]
+    # R^-1 recomputed here: linear in Phi between the stored knots (0 and 1 at +-inf)
+    p_knots = np.r_[0.0, stats.norm.cdf(iso.knots), 1.0]
+    freqs = np.r_[0.0, iso.freqs, 1.0]
     for level, key in ((0.68, "coverage_68"), (0.9, "coverage_90"), (0.95, "coverage_95")):
-        lo, hi = iso.interval(mu, sigma, level)
-        assert ev["calibrated"]["overall"][key] == pytest.approx(np.mean((y >= lo) & (y <= hi)))
-    lo, hi = iso.interval(mu, sigma, 0.95)
-    assert ev["calibrated"]["overall"]["width_95"] == pytest.approx(np.mean(hi - lo))
+        z_lo, z_hi = stats.norm.ppf(np.interp([0.5 - level / 2, 0.5 + level / 2], freqs,
+                                              p_knots))
+        lo, hi = mu + z_lo * sigma, mu + z_hi * sigma
+        assert ev["calibrated"]["overall"][key] == pytest.approx(np.mean((y >= lo) & (y <= hi)),
+                                                                 abs=1.5 / y.size)
+        if level == 0.95:
+            assert ev["calibrated"]["overall"]["width_95"] == pytest.approx(
+                np.mean(hi - lo), rel=1e-6)
     val = workflow.evaluate_stage(rundir, "val")["calibrated"]["overall"]
     assert val["uce"] < 2.0 / 1200 and val["coverage_95"] == pytest.approx(0.95, abs=2 / 1200)
     vp = np.load(rundir / "predictions_val.npz")
@@ -197,6 +204,30 @@ def test_isotonic_run_is_scored_under_its_recalibrated_cdf(rundir):
     with pytest.raises(workflow.WorkflowError, match="isotonic recalibration, the calibration's "
                                                      "is isotonic recalibration \\(xi 0.9\\)"):
         workflow.evaluate_stage(rundir)
+    # a calibration.json of the i / n fit (format 3, before session 20): refused, named
+    old = json.loads((rundir / workflow.CALIBRATION).read_text())
+    workflow.write_json(rundir / workflow.CALIBRATION, dict(old, format_version=3))
+    with pytest.raises(workflow.WorkflowError, match="earlier version.*hypuc calibrate"):
+        workflow.evaluate_stage(rundir)
+
+
+def test_isotonic_corrected_block_is_scored_without_the_bias_twice(rundir):
+    """mu 0.5 (about five predicted sigmas) below y: the isotonic family carries
+    that bias, the boosted corrected value removes it, so the corrected value is
+    scored under the family moved to mean 0; scored under the family itself its
+    interval sat a whole bias away (coverage ~0)."""
+    for split in ("val", "test"):
+        p = dict(np.load(rundir / f"predictions_{split}.npz"))
+        workflow.save_npz(rundir / f"predictions_{split}.npz", y=p["y"], mu=p["mu"] - 0.5,
+                          sigma=p["sigma"])
+    workflow.calibrate_stage(rundir, "isotonic")
+    workflow.correct_stage(rundir)
+    ev = workflow.evaluate_stage(rundir)
+    cal, cor = ev["calibrated"]["overall"], ev["corrected"]["overall"]
+    assert cal["coverage_95"] == pytest.approx(0.95, abs=0.03)
+    assert cor["mae"] < 0.5 * cal["mae"]                          # the bias is gone
+    assert cor["coverage_95"] == pytest.approx(0.95, abs=0.03)
+    assert cor["nll"] < cal["nll"] + 0.5
 
 
 def test_thresholds_with_one_outcome_are_skipped(rundir):
