@@ -121,7 +121,9 @@ def check_dof(dof: Any, name: str = "dof") -> float | RecalibratedNormal:
         return dof
     dof = plain_scalar(dof)
     if isinstance(dof, bool) or not isinstance(dof, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a number > 2 or inf, got {dof!r}")
+        got = repr(dof)
+        raise ValueError(f"{name}: expected a number > 2 or inf, got "
+                         f"{got if len(got) <= 80 else type(dof).__name__ + ' ' + got[:60] + '...'}")
     dof = float(dof)
     if not dof > 2.0:
         raise ValueError(f"{name}: expected a number > 2 (finite variance) or inf, got {dof!r}")

@@ -57,19 +57,19 @@ def _tiny(za, zb) -> np.ndarray:
 def segment_fraction(z, za, zb) -> np.ndarray:
     """(Phi(z) - Phi(za)) / (Phi(zb) - Phi(za)) for za <= z <= zb, without cancellation.
 
-    Computed from log Phi (segments in the lower half) or log(1 - Phi)
-    (upper half), so knots far in either tail, where Phi rounds to 0 or 1
-    (|z| > 8) or underflows (|z| > 38), stay distinct.
+    Computed from differences of log Phi (segments in the lower half) or of
+    log(1 - Phi) (upper half), formed by :func:`_dlogsf` without cancelling
+    the z^2 / 2 they carry, so knots far in either tail, where Phi rounds to 0
+    or 1 (|z| > 8) or underflows (|z| > 38), stay distinct to ~1e8 and beyond.
     """
     upper = za >= 0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # Lower half: e^(l_z - l_b) - e^(l_a - l_b) over 1 - e^(l_a - l_b), l = log Phi.
-        la, lb, lz = stats.norm.logcdf(za), stats.norm.logcdf(zb), stats.norm.logcdf(z)
-        ra = np.exp(la - lb)
-        lower_t = (np.exp(lz - lb) - ra) / -np.expm1(la - lb)
+        la_lb, lz_lb = _dlogcdf(za, zb), _dlogcdf(z, zb)
+        ra = np.exp(la_lb)
+        lower_t = (np.exp(lz_lb) - ra) / -np.expm1(la_lb)
         # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
-        sa, sb, sz = stats.norm.logsf(za), stats.norm.logsf(zb), stats.norm.logsf(z)
-        upper_t = np.expm1(sz - sa) / np.expm1(sb - sa)
+        upper_t = np.expm1(_dlogsf(za, z)) / np.expm1(_dlogsf(za, zb))
         # A tiny segment: Phi(za + d) - Phi(za) = phi(za) d (1 - za d / 2 + O(d^2)).
         d, h = z - za, zb - za
         tiny_t = d * (1.0 - 0.5 * za * d) / (h * (1.0 - 0.5 * za * h))
@@ -81,11 +81,11 @@ def segment_point(t, za, zb) -> np.ndarray:
     """The z in [za, zb] at fraction t of the segment's Gaussian probability (inverse of above)."""
     upper = za >= 0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        la, lb = stats.norm.logcdf(za), stats.norm.logcdf(zb)
-        ra = np.exp(la - lb)
+        lb = stats.norm.logcdf(zb)
+        ra = np.exp(_dlogcdf(za, zb))
         z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
-        sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
-        z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(sb - sa)))
+        sa = stats.norm.logsf(za)
+        z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(_dlogsf(za, zb))))
         h = zb - za                          # the tiny segments' quadratic, inverted
         d0 = t * h
         z_tiny = za + d0 * (1.0 - 0.5 * za * h) / (1.0 - 0.5 * za * d0)
@@ -95,17 +95,32 @@ def segment_point(t, za, zb) -> np.ndarray:
 
 def _log_mass(za, zb) -> np.ndarray:
     """log(Phi(zb) - Phi(za)) for za < zb, accurate in both tails."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        la, lb = stats.norm.logcdf(za), stats.norm.logcdf(zb)
-        sa, sb = stats.norm.logsf(za), stats.norm.logsf(zb)
-        lower = lb + np.log(-np.expm1(la - lb))
-        upper = sa + np.log(-np.expm1(sb - sa))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lb, sa = stats.norm.logcdf(zb), stats.norm.logsf(za)
+        lower = lb + np.log(-np.expm1(_dlogcdf(za, zb)))
+        upper = sa + np.log(-np.expm1(_dlogsf(za, zb)))
         middle = np.log(stats.norm.cdf(zb) - stats.norm.cdf(za))
         # A tiny segment: (zb - za) phi(mid), relative error ~ (h mid)^2 / 24.
         h, mid = zb - za, 0.5 * (za + zb)
         tiny = np.log(h) + stats.norm.logpdf(mid)
     out = np.where(zb <= 0, lower, np.where(za >= 0, upper, middle))
     return np.where(np.isfinite(h) & (h * np.maximum(1.0, np.abs(mid)) < 1e-5), tiny, out)
+
+
+def _dlogsf(a, z) -> np.ndarray:
+    """log(1 - Phi(z)) - log(1 - Phi(a)) for a >= 0 (elsewhere the plain difference):
+    -(z - a)(z + a) / 2 + log r(a) - log r(z), no z^2 / 2 formed and cancelled."""
+    a, z = np.asarray(a, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mills = -0.5 * (z - a) * (z + a) + _log_mills_inv(a) - _log_mills_inv(z)
+        plain = stats.norm.logsf(z) - stats.norm.logsf(a)
+    return np.where((a >= 0) & (z >= 0) & np.isfinite(a), np.where(np.isinf(z), -np.inf, mills),
+                    plain)
+
+
+def _dlogcdf(a, b) -> np.ndarray:
+    """log Phi(a) - log Phi(b), the mirror image of :func:`_dlogsf`."""
+    return _dlogsf(-np.asarray(b, dtype=np.float64), -np.asarray(a, dtype=np.float64))
 
 
 def levels(p, name: str) -> np.ndarray:
@@ -182,15 +197,15 @@ class RecalibratedNormal:
         probability below w), w as float64 (ValueError for NaN). On the tails the
         fraction is Phi(w) / Phi(k_1) (1 - its upper mirror) from the Mills ratios,
         exact where log Phi(w) itself is too large to difference (|w| >~ 1e7)."""
-        w = np.asarray(w, dtype=np.float64)
+        w = np.atleast_1d(np.asarray(w, dtype=np.float64))
         if np.isnan(w).any():
             raise ValueError("z: expected standardised residuals, got NaN")
         knots, _ = self._ext
         j = self._segment(w)
-        frac = segment_fraction(w, knots[j - 1], knots[j])
+        frac = np.array(segment_fraction(w, knots[j - 1], knots[j]), dtype=np.float64, ndmin=1)
         finite = np.isfinite(w)
         for side, at in (("lo", finite & (j == 1)), ("hi", finite & (j == knots.size - 1))):
-            if at.any():
+            if at.any() and self._tails[side]["x"] > 0:      # a tail on its own side of 0
                 x, log_r = self._tails[side]["x"], self._tails[side]["log_r"]
                 v = w[at] if side == "hi" else -w[at]          # how far out, on its side
                 with np.errstate(under="ignore"):
@@ -202,7 +217,7 @@ class RecalibratedNormal:
         """R(Phi(w)) for standardised residual(s) w (ValueError for NaN; +-inf give 1 and 0)."""
         _, freqs = self._ext
         _, j, t = self._locate(w)
-        return freqs[j - 1] + t * (freqs[j] - freqs[j - 1])
+        return _shaped(freqs[j - 1] + t * (freqs[j] - freqs[j - 1]), w)
 
     def w_ppf(self, q) -> np.ndarray:
         """The smallest w with R(Phi(w)) >= q, for q in [0, 1] (ValueError outside or NaN)."""
@@ -234,28 +249,44 @@ class RecalibratedNormal:
         return out
 
     def _tail_log_density(self, side: str, w: np.ndarray) -> np.ndarray:
-        """log g(w) on a tail: log m + log r(x) - (w^2 - x^2) / 2, without forming w^2."""
+        """log g(w) on a tail, g = m phi(w) / P(tail): log m + log r(x) - (w^2 - x^2) / 2
+        without forming w^2 when the tail lies on its own side of 0 (x > 0), else
+        directly (P(tail) ~ 1 there)."""
         t = self._tails[side]
         x = t["x"]
-        return t["log_m"] + t["log_r"] - 0.5 * (np.abs(w) - x) * (np.abs(w) + x)
+        if x > 0:
+            return t["log_m"] + t["log_r"] - 0.5 * (np.abs(w) - x) * (np.abs(w) + x)
+        return t["log_m"] + stats.norm.logpdf(w) - stats.norm.logsf(x)
+
+    def _tail_log_prob(self, side: str, w: np.ndarray) -> np.ndarray:
+        """log P(W <= w) on the lower tail, log P(W > w) on the upper."""
+        t = self._tails[side]
+        v = -w if side == "lo" else w                     # how far out, on its side
+        if t["x"] > 0:
+            return self._tail_log_density(side, w) - _log_mills_inv(v)
+        return t["log_m"] + stats.norm.logsf(v) - stats.norm.logsf(t["x"])
 
     @functools.cached_property
     def _inner(self) -> dict:
-        """Per finite segment [k_j-1, k_j], [K - 1]: log slope, and its mass, E[W; seg],
-        E[W^2; seg], E[W (2 F(W) - 1); seg] and -E[log g(W); seg].
+        """Per finite segment [a, b] = [k_j-1, k_j], [K - 1]: its log density as
+        log g(w) = c - (w - e)(w + e) / 2 about the end e nearest 0 (0 if it holds
+        0), so that no w^2 / 2 is cancelled against log(Phi(b) - Phi(a)); and its
+        mass, E[W; seg], E[W^2; seg], E[W (2 F(W) - 1); seg] and -E[log g(W); seg].
 
         A narrow segment (width <= ``_NARROW`` / max(1, |w|)) integrates in its
         probability with 16-point Gauss-Legendre, where W's quantile is nearly
-        linear; a wide one uses the closed forms int w phi = -phi, int w^2 phi =
-        Phi - w phi and int w Phi phi = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)),
-        which lose digits only on narrow segments.
+        linear; a wide one uses closed forms in phi(a) / dPhi, phi(b) / dPhi and
+        int w Phi phi = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)), from Mills ratios
+        on segments away from 0 (:func:`_segment_terms`).
         """
         k, f = np.asarray(self.knots), np.asarray(self.freqs)
         a, b, fa, df = k[:-1], k[1:], f[:-1], np.diff(f)
+        e = np.where(a >= 0, a, np.where(b <= 0, b, 0.0))
         with np.errstate(divide="ignore"):
-            log_mass = _log_mass(a, b)
-            log_slope = np.log(df) - log_mass
-        out = {"log_slope": log_slope, "df": df}
+            log_df = np.log(df)
+        c, A, B, cross, q2 = _segment_terms(a, b, e)
+        c = log_df + c
+        out = {"c": c, "e": e, "log_ga": c - 0.5 * (a - e) * (a + e), "df": df}
         m1, m2, gini, ent = (np.zeros_like(df) for _ in range(4))
         live = df > 0
         narrow = live & ((b - a) <= _NARROW / np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))))
@@ -263,22 +294,19 @@ class RecalibratedNormal:
             an, bn, fn, dn = a[idx], b[idx], fa[idx], df[idx]    # chunks bound the memory
             w = segment_point(_GL_X[None, :], an[:, None], bn[:, None])            # [S, 16]
             q = fn[:, None] + dn[:, None] * _GL_X[None, :]
+            en = e[idx][:, None]
             m1[idx] = dn * (w @ _GL_W)
             m2[idx] = dn * (w ** 2 @ _GL_W)
             gini[idx] = dn * ((w * (2.0 * q - 1.0)) @ _GL_W)
-            ent[idx] = dn * (-log_slope[idx] + (_HALF_LOG_2PI + 0.5 * w ** 2) @ _GL_W)
+            ent[idx] = dn * (-c[idx] + (0.5 * (w - en) * (w + en)) @ _GL_W)
         wide = live & ~narrow
         if wide.any():
-            aw, bw, fw, dw, ls = a[wide], b[wide], fa[wide], df[wide], log_slope[wide]
-            pa, pb = np.exp(ls + stats.norm.logpdf(aw)), np.exp(ls + stats.norm.logpdf(bw))
-            m1[wide] = _phi_drop(ls, aw, bw)                     # slope int w phi
-            m2[wide] = dw + aw * pa - bw * pb                    # slope int w^2 phi
-            # E[W frac(W); seg] = slope (-phi(b) + (Phi(sqrt2 b) - Phi(sqrt2 a)) /
-            # (2 sqrt(pi) (Phi(b) - Phi(a)))), F = f_a + df frac on the segment.
-            cross = np.exp(np.log(dw) + _log_mass(_SQRT2 * aw, _SQRT2 * bw)
-                           - 2.0 * log_mass[wide]) / (2.0 * math.sqrt(math.pi))
-            gini[wide] = (2.0 * fw - 1.0) * m1[wide] + 2.0 * dw * (cross - pb)
-            ent[wide] = dw * (-ls + _HALF_LOG_2PI) + 0.5 * m2[wide]
+            dw, fw = df[wide], fa[wide]
+            m1[wide] = dw * (A[wide] - B[wide])                  # slope int w phi
+            m2[wide] = dw * (1.0 + a[wide] * A[wide] - b[wide] * B[wide])
+            # E[W frac(W); seg] = df (cross - phi(b) / dPhi), F = f_a + df frac
+            gini[wide] = (2.0 * fw - 1.0) * m1[wide] + 2.0 * dw * dw * (cross[wide] - B[wide])
+            ent[wide] = dw * (-c[wide] + 0.5 * q2[wide])
         out.update(m1=m1, m2=m2, gini=gini, ent=ent)
         return out
 
@@ -301,9 +329,16 @@ class RecalibratedNormal:
             if m > 0:
                 m1 += sign * m * r
                 m2 += m * (1.0 + x * r)
-                r2 = math.exp(float(_log_mills_inv(_SQRT2 * x)))
-                gini += 2.0 * m * m * (r * r / (_SQRT2 * r2) - r) + m * r
-                ent += m * (-t["log_m"] - t["log_r"] + 0.5 + 0.5 * float(_x_r_minus_x(x)))
+                if x > 0:            # r^2 / (sqrt2 r(sqrt2 x)) from the logs of the ratios
+                    ratio = math.exp(2.0 * t["log_r"] - float(_log_mills_inv(_SQRT2 * x)))
+                    ratio /= _SQRT2
+                    ent += m * (-t["log_m"] - t["log_r"] + 0.5 + 0.5 * float(_x_r_minus_x(x)))
+                else:                # the tail holds 0: (1 - Phi(sqrt2 x)) / (2 sqrt(pi) P^2)
+                    log_p = float(stats.norm.logsf(x))
+                    ratio = math.exp(float(stats.norm.logsf(_SQRT2 * x)) - 2.0 * log_p) / (
+                        2.0 * math.sqrt(math.pi))
+                    ent += m * (-t["log_m"] + log_p + _HALF_LOG_2PI + 0.5 * (1.0 + x * r))
+                gini += 2.0 * m * m * (ratio - r) + m * r
         return {"mean": m1, "second": m2, "gini": 2.0 * gini, "entropy": ent}
 
     @functools.cached_property
@@ -359,29 +394,30 @@ class RecalibratedNormal:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             cdf, sf = fa + t * (fb - fa), (1.0 - fb) + (1.0 - t) * (fb - fa)
             logcdf, logsf = np.log(cdf), np.log(sf)
-            # Tail probabilities as log g(w) - log r(|w|) (1 - Phi(|w|) = phi / r).
-            first, last = j == 1, j == knots.size - 1
+            # tail probabilities in logs, where they underflow as levels
+            first = (j == 1) & np.isfinite(w)
+            last = (j == knots.size - 1) & np.isfinite(w)
             if self._tails["lo"]["m"] > 0 and first.any():
-                logcdf[first] = (self._tail_log_density("lo", w[first])
-                                 - _log_mills_inv(-w[first]))
+                logcdf[first] = self._tail_log_prob("lo", w[first])
             if self._tails["hi"]["m"] > 0 and last.any():
-                logsf[last] = self._tail_log_density("hi", w[last]) - _log_mills_inv(w[last])
-        return logsf, logcdf
+                logsf[last] = self._tail_log_prob("hi", w[last])
+        return _shaped(logsf, z), _shaped(logcdf, z)
 
     def logpdf(self, z) -> np.ndarray:
         """log density of Z at z (-inf on a segment where R is flat; ValueError for NaN)."""
         knots, _ = self._ext
         w, j, _ = self._locate(self._w(z))
-        with np.errstate(divide="ignore"):
-            inner = np.where(self._inner["df"] > 0, self._inner["log_slope"], -np.inf)
-        j_inner = np.clip(j - 2, 0, max(inner.size - 1, 0))
-        out = (inner[j_inner] if inner.size else np.full(w.shape, -np.inf)) \
-            + stats.norm.logpdf(w)
+        out = np.full(w.shape, -np.inf)
+        inner = (j > 1) & (j < knots.size - 1)
+        if inner.any():                  # c - (w - e)(w + e) / 2, -inf where R is flat
+            ji, wi = j[inner] - 2, w[inner]
+            c, e = self._inner["c"][ji], self._inner["e"][ji]
+            out[inner] = np.where(self._inner["df"][ji] > 0, c - 0.5 * (wi - e) * (wi + e),
+                                  -np.inf)
         for side, at in (("lo", j == 1), ("hi", j == knots.size - 1)):
-            if at.any():
-                out[at] = (self._tail_log_density(side, w[at]) if self._tails[side]["m"] > 0
-                           else -np.inf)
-        return math.log(self.scale) + out
+            if at.any() and self._tails[side]["m"] > 0:
+                out[at] = self._tail_log_density(side, w[at])
+        return _shaped(math.log(self.scale) + out, z)
 
     @property
     def entropy(self) -> float:
@@ -410,14 +446,59 @@ class RecalibratedNormal:
         with np.errstate(over="ignore", under="ignore", divide="ignore"):
             if inner.any():
                 ji, a = j[inner] - 2, knots[j - 1][inner]
-                part[inner] = self._partial_means[ji] + _phi_drop(
-                    self._inner["log_slope"][ji], a, w[inner])
+                part[inner] = self._partial_means[ji] + np.where(
+                    self._inner["df"][ji] > 0, _phi_drop(self._inner["log_ga"][ji], a, w[inner]),
+                    0.0)
             first, last = j == 1, j == knots.size - 1
             # E[W; W <= w] on the lower tail is -g(w); on the upper, E[W] - g(w)
-            part[first] = -np.exp(self._tail_log_density("lo", w[first]))
-            part[last] = mom["mean"] - np.exp(self._tail_log_density("hi", w[last]))
+            if self._tails["lo"]["m"] > 0:
+                part[first] = -np.exp(self._tail_log_density("lo", w[first]))
+            part[last] = mom["mean"] - (np.exp(self._tail_log_density("hi", w[last]))
+                                        if self._tails["hi"]["m"] > 0 else 0.0)
         abs_dev = w * (2.0 * cdf - 1.0) + mom["mean"] - 2.0 * part
-        return (abs_dev - 0.5 * mom["gini"]) / self.scale
+        return _shaped((abs_dev - 0.5 * mom["gini"]) / self.scale, z)
+
+
+def _segment_terms(a, b, e):
+    """For finite segments [a, b] with anchor e (a if a >= 0, b if b <= 0, else 0):
+    (log phi(e) - log dPhi (a tiny segment: from its midpoint), phi(a) / dPhi, phi(b) / dPhi, dPhi2 / (2 sqrt(pi) dPhi^2),
+    E[(W - e)(W + e)] under the normal truncated to [a, b]), dPhi = Phi(b) - Phi(a),
+    dPhi2 = Phi(sqrt2 b) - Phi(sqrt2 a). A segment off 0 is mirrored to a' = |e| >= 0
+    and written with rho = (1 - Phi(b')) / (1 - Phi(a')) and r = r(a'):
+    dPhi = (1 - Phi(a')) (1 - rho), phi(a') / dPhi = r / (1 - rho), and
+    E[W^2] - a'^2 = 1 + a' (r - a') + a' r rho / (1 - rho) - b' phi(b') / dPhi."""
+    lo = b <= 0
+    a1, b1 = np.where(lo, -b, a), np.where(lo, -a, b)    # upper-oriented, a1 >= 0 if off 0
+    off = (a >= 0) | lo
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        # off 0 (a1 >= 0): everything from Mills ratios
+        log_r = _log_mills_inv(a1)
+        r = np.exp(log_r)
+        log_rho = _dlogsf(a1, b1)
+        one_m_rho = -np.expm1(log_rho)
+        rho_frac = np.exp(log_rho) / one_m_rho
+        A1 = r / one_m_rho
+        B1 = r * np.exp(-0.5 * (b1 - a1) * (b1 + a1)) / one_m_rho
+        r2 = np.exp(_log_mills_inv(_SQRT2 * a1))
+        rho2 = -np.expm1(_dlogsf(_SQRT2 * a1, _SQRT2 * b1))
+        cross_off = r * r * rho2 / (_SQRT2 * r2 * one_m_rho ** 2)
+        q2_off = 1.0 + _x_r_minus_x(a1) + a1 * r * rho_frac - b1 * B1
+        c_off = log_r - np.log(one_m_rho)
+        # holding 0 (a < 0 < b): plain differences, no tail far from its end
+        dphi = stats.norm.cdf(b) - stats.norm.cdf(a)
+        A0, B0 = stats.norm.pdf(a) / dphi, stats.norm.pdf(b) / dphi
+        cross0 = ((stats.norm.cdf(_SQRT2 * b) - stats.norm.cdf(_SQRT2 * a))
+                  / (2.0 * math.sqrt(math.pi) * dphi ** 2))
+        q2_0 = 1.0 + a * A0 - b * B0
+        c0 = -_HALF_LOG_2PI - np.log(dphi)
+        # a tiny segment: dPhi = h phi(mid) (1 + O((h mid)^2)), the Mills difference
+        # would keep only the digits of log r(b) - log r(a) ~ h
+        h, mid = b - a, 0.5 * (a + b)
+        c_tiny = -np.log(h) + 0.5 * (mid - e) * (mid + e)
+    A = np.where(off, np.where(lo, B1, A1), A0)            # mirrored: a <-> b swap ends
+    B = np.where(off, np.where(lo, A1, B1), B0)
+    c = np.where(_tiny(a, b), c_tiny, np.where(off, c_off, c0))
+    return c, A, B, np.where(off, cross_off, cross0), np.where(off, q2_off, q2_0)
 
 
 def _log_mills_inv(x) -> np.ndarray:
@@ -440,14 +521,20 @@ def _x_r_minus_x(x) -> np.ndarray:
     return np.where(x > 1e4, series, direct)
 
 
-def _phi_drop(log_slope, a, b) -> np.ndarray:
-    """slope (phi(a) - phi(b)), from the larger density times expm1 of the log ratio:
-    no cancellation of nearby densities, no overflow of far apart ones."""
-    e = -0.5 * (b - a) * (b + a)                          # log phi(b) - log phi(a)
+def _phi_drop(log_ga, a, b) -> np.ndarray:
+    """g(a) - g(b) for g = slope phi on one segment, log_ga = log g(a): from the larger
+    density times expm1 of the log ratio (no cancellation, no overflow)."""
+    e = -0.5 * (b - a) * (b + a)                          # log g(b) - log g(a)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        from_a = -np.exp(log_slope + stats.norm.logpdf(a)) * np.expm1(np.minimum(e, 0.0))
-        from_b = np.exp(log_slope + stats.norm.logpdf(b)) * np.expm1(np.minimum(-e, 0.0))
+        from_a = -np.exp(log_ga) * np.expm1(np.minimum(e, 0.0))
+        from_b = np.exp(log_ga + e) * np.expm1(np.minimum(-e, 0.0))
     return np.where(e <= 0, from_a, from_b)
+
+
+def _shaped(values, like):
+    """``values`` (1-d, from ``_locate``) in the shape of the input ``like``: a numpy
+    scalar for a scalar input."""
+    return np.asarray(values).reshape(np.shape(like))[()]
 
 
 def is_family(dof) -> bool:

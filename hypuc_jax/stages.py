@@ -147,7 +147,9 @@ def _calibrator(workdir: Path):
                             f"{workdir}` first")
     d = read_json(path, "calibration")
     task = load_task(workdir).name
-    if d.get("method") == "isotonic" and d.get("format_version", 0) < ISOTONIC_SINCE:
+    version = d.get("format_version")
+    if (d.get("method") == "isotonic" and isinstance(version, int)
+            and not isinstance(version, bool) and version < ISOTONIC_SINCE):
         raise WorkflowError(f"{path}: an isotonic calibration from an earlier version (no "
                             "probability above the largest validation residual); re-run "
                             f"`hypuc calibrate --workdir {workdir} --method isotonic`")

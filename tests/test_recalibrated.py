@@ -241,8 +241,8 @@ def _mp_reference(knots, freqs):
         i = seg(t)
         return (f[i + 1] - f[i]) / mass[i] * mp.npdf(t)
 
-    far = [k[0] - 60 / max(1, abs(k[0])), k[-1] + 60 / max(1, abs(k[-1]))]
-    points = sorted(set(k + far + [mp.mpf(-40), mp.mpf(40)]))
+    near = [v + d * 60 / max(1, abs(v)) for v in k for d in (-1, 1)]   # where g is, by a knot
+    points = sorted(set(k + near + [mp.mpf(-40), mp.mpf(40)]))
 
     def integral(fn, extra=()):
         pts = sorted(set(points + [mp.mpf(e) for e in extra]))
@@ -303,3 +303,60 @@ def test_centred_family_has_mean_zero_and_the_same_shape():
     np.testing.assert_allclose(c.cdf(z - fam.mean), fam.cdf(z), atol=1e-12)
     np.testing.assert_allclose(c.crps(z - fam.mean), fam.crps(z), atol=1e-12)
     assert c.entropy == pytest.approx(fam.entropy) and c.sd == pytest.approx(fam.sd)
+
+
+@pytest.mark.parametrize("x", [1e4, 1e6])
+def test_interior_segments_far_out_match_high_precision_quadrature(x):
+    """Segments between two far knots ([-2x, -x], [x, 2x]): their log density, mass
+    and entropy come from Mills ratios about the end nearest 0 (log(Phi(b) - Phi(a))
+    and the density's w^2 / 2 used to cancel: entropy 1208 for -4.4 at x = 1e5)."""
+    knots, freqs = (-2 * x, -x, x, 2 * x), (0.1, 0.3, 0.7, 0.9)
+    fam = RecalibratedNormal(knots, freqs)
+    mp, cdf, pdf, integral = _mp_reference(knots, freqs)
+    s = fam.scale
+    ent = integral(lambda t: -pdf(t) * mp.log(pdf(t)) if pdf(t) > 0 else 0)
+    assert fam.entropy + math.log(s) == pytest.approx(float(ent), rel=1e-9, abs=1e-9)
+    for w in (x + 0.5 / x, 1.5 * x, -x - 2.0 / x):
+        assert fam.cdf(np.array([w / s]))[0] == pytest.approx(float(cdf(mp.mpf(w))), rel=1e-9)
+        assert fam.logpdf(np.array([w / s]))[0] - math.log(s) == pytest.approx(
+            float(mp.log(pdf(mp.mpf(w)))), rel=1e-9)
+
+
+def test_all_residuals_far_on_one_side_of_zero():
+    """Every validation residual beyond 27 (or 3e7) predicted sigmas on one side: the
+    lower tail then holds 0 (x = -k_1 < 0). Its moments used to divide 0 by 0, and
+    its CDF from Mills ratios drifted above F(k_1) and back (not monotone)."""
+    fam = RecalibratedNormal((30.0, 31.0), (0.3, 0.6))
+    mp, cdf, pdf, integral = _mp_reference((30.0, 31.0), (0.3, 0.6))
+    assert fam.mean * fam.scale == pytest.approx(float(integral(lambda t: t * pdf(t))),
+                                                 rel=1e-9)
+    gini = 2 * integral(lambda t: cdf(t) * (1 - cdf(t)))
+    assert fam._moments["gini"] == pytest.approx(float(gini), rel=1e-9)
+    ent = integral(lambda t: -pdf(t) * mp.log(pdf(t)) if pdf(t) > 0 else 0)
+    assert fam.entropy + math.log(fam.scale) == pytest.approx(float(ent), rel=1e-9)
+    c = 3.21e7
+    far = RecalibratedNormal((c, c + 1, c + 2), (0.25, 0.5, 0.75))
+    w = np.array([0.0, 8.19e6, c - 1e-3, c - 1e-6, c])
+    np.testing.assert_allclose(far.w_cdf(w), [0.125, 0.25, 0.25, 0.25, 0.25], rtol=1e-12)
+    # density at 0: 0.25 phi(0) / Phi(c), Phi(c) = 1 in float64
+    assert far.logpdf(np.array([-far.loc / far.scale]))[0] - math.log(far.scale) == \
+        pytest.approx(math.log(0.25) + stats.norm.logpdf(0.0), rel=1e-12)
+
+
+def test_scalar_inputs_give_scalars_on_every_piece():
+    """A scalar in a tail used to raise TypeError (an item assignment into a numpy
+    scalar): every method returns what the same value in an array gives."""
+    cal = calibration.fit_isotonic(np.zeros(200), np.ones(200),
+                                   np.random.default_rng(0).normal(size=200))
+    fam = cal.predictive_dof
+    for z in (-6.0, -0.3, 0.2, 6.0):
+        for method in (fam.cdf, fam.logpdf, fam.crps):
+            got = method(z)
+            assert np.ndim(got) == 0 and got == method(np.array([z]))[0], (method, z)
+        logsf, logcdf = fam.logsf_logcdf(z)
+        assert np.ndim(logsf) == 0 and logcdf == fam.logsf_logcdf(np.array([z]))[1][0]
+    assert cal.recalibrate_z(-5.0) == cal.recalibrate_z(np.array([-5.0]))[0]
+    spec = ThresholdSpec("K>5.5", 5.5, "above")
+    assert exceed_prob(4.3, 0.2, spec, fam) == exceed_prob(np.array([4.3]), np.array([0.2]),
+                                                           spec, fam)[0]
+    assert np.shape(fam.cdf(np.zeros((2, 3)))) == (2, 3)

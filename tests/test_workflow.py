@@ -209,6 +209,10 @@ def test_isotonic_run_is_scored_under_its_recalibrated_cdf(rundir):
     workflow.write_json(rundir / workflow.CALIBRATION, dict(old, format_version=3))
     with pytest.raises(workflow.WorkflowError, match="earlier version.*hypuc calibrate"):
         workflow.evaluate_stage(rundir)
+    for bad in ("4", None):                        # a damaged version: one clear error
+        workflow.write_json(rundir / workflow.CALIBRATION, dict(old, format_version=bad))
+        with pytest.raises(workflow.WorkflowError, match="not a valid calibration"):
+            workflow.evaluate_stage(rundir)
 
 
 def test_isotonic_corrected_block_is_scored_without_the_bias_twice(rundir):
