@@ -17,13 +17,16 @@ the standard deviation: R's end segments are Gaussian tails in units of the
 predicted sigma holding 1/n of the mass each, which dominate E[W^2] when
 sigma dwarfs the residuals; the interval width does not depend on them.)
 W keeps the location R gives it (the residuals' bias); ``centred()`` moves it
-to mean 0, the family of an already bias-corrected value. It is the ``dof`` argument of the functions in
-``hypuc_jax._predictions`` and ``hypuc_jax.uncertainty`` for isotonic runs:
-CDF, quantiles (asymmetric: intervals need both ends), log density, entropy
-and CRPS are exact for it. Moments, entropy and E|W - W'| are integrals over
-the segments: closed forms on the two Gaussian tails (-inf, k_1] and [k_K,
-inf) and on wide finite segments, 16-point Gauss-Legendre in the probability
-of each narrow one (``RecalibratedNormal._inner``).
+to mean 0, the family of an already bias-corrected value.
+
+It is the ``dof`` argument of the functions in ``hypuc_jax._predictions`` and
+``hypuc_jax.uncertainty`` for isotonic runs: CDF, quantiles (asymmetric:
+intervals need both ends), log density, entropy and CRPS are exact for it.
+Moments, entropy and E|W - W'| are integrals over the segments: closed forms
+on the two Gaussian tails (-inf, k_1] and [k_K, inf) and on wide finite
+segments, 16-point Gauss-Legendre in the probability of each narrow one
+(``RecalibratedNormal._inner``); the normal's segment numerics, exact far in
+its tails, are in ``hypuc_jax._normal_segments``.
 """
 from __future__ import annotations
 
@@ -32,104 +35,17 @@ import functools
 import math
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
-_CENTRAL = 1e-5
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+from hypuc_jax._normal_segments import (HALF_LOG_2PI, SQRT2, levels, log_mills_inv,
+                                        phi_drop, segment_fraction, segment_point,
+                                        segment_terms, x_r_minus_x)
+
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
 _GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W          # on [0, 1]
 _FAR = 1e150    # |w| beyond which log Phi(w) overflows: no moments in float64
 _NARROW = 0.25  # segments narrower than this over max(1, |w|) integrate numerically
-_SQRT2 = math.sqrt(2.0)
 _CHUNK = 65536  # narrow segments integrated at a time
-
-
-def _tiny(za, zb) -> np.ndarray:
-    """Segments where Phi is a quadratic to ~1e-11 relative: inside [-_CENTRAL,
-    _CENTRAL], or of width h with h max(1, |z|) < 1e-5 (where the logs of Phi lose
-    the digits of its difference)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        width = (zb - za) * np.maximum(1.0, np.maximum(np.abs(za), np.abs(zb)))
-    return (((np.abs(za) <= _CENTRAL) & (np.abs(zb) <= _CENTRAL))
-            | (np.isfinite(width) & (width < 1e-5)))
-
-
-def segment_fraction(z, za, zb) -> np.ndarray:
-    """(Phi(z) - Phi(za)) / (Phi(zb) - Phi(za)) for za <= z <= zb, without cancellation.
-
-    Computed from differences of log Phi (segments in the lower half) or of
-    log(1 - Phi) (upper half), formed by :func:`_dlogsf` without cancelling
-    the z^2 / 2 they carry, so knots far in either tail, where Phi rounds to 0
-    or 1 (|z| > 8) or underflows (|z| > 38), stay distinct to ~1e8 and beyond.
-    """
-    upper = za >= 0
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        # Lower half: e^(l_z - l_b) - e^(l_a - l_b) over 1 - e^(l_a - l_b), l = log Phi.
-        la_lb, lz_lb = _dlogcdf(za, zb), _dlogcdf(z, zb)
-        ra = np.exp(la_lb)
-        lower_t = (np.exp(lz_lb) - ra) / -np.expm1(la_lb)
-        # Upper half: 1 - e^(s_z - s_a) over 1 - e^(s_b - s_a), s = log(1 - Phi).
-        upper_t = np.expm1(_dlogsf(za, z)) / np.expm1(_dlogsf(za, zb))
-        # A tiny segment: Phi(za + d) - Phi(za) = phi(za) d (1 - za d / 2 + O(d^2)).
-        d, h = z - za, zb - za
-        tiny_t = d * (1.0 - 0.5 * za * d) / (h * (1.0 - 0.5 * za * h))
-    t = np.where(_tiny(za, zb), tiny_t, np.where(upper, upper_t, lower_t))
-    return np.clip(np.where(np.isfinite(t), t, 1.0), 0.0, 1.0)
-
-
-def segment_point(t, za, zb) -> np.ndarray:
-    """The z in [za, zb] at fraction t of the segment's Gaussian probability (inverse of above)."""
-    upper = za >= 0
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lb = stats.norm.logcdf(zb)
-        ra = np.exp(_dlogcdf(za, zb))
-        z_lower = special.ndtri_exp(lb + np.log(ra + t * (1.0 - ra)))
-        sa = stats.norm.logsf(za)
-        z_upper = -special.ndtri_exp(sa + np.log1p(t * np.expm1(_dlogsf(za, zb))))
-        h = zb - za                          # the tiny segments' quadratic, inverted
-        d0 = t * h
-        z_tiny = za + d0 * (1.0 - 0.5 * za * h) / (1.0 - 0.5 * za * d0)
-    z = np.where(_tiny(za, zb), z_tiny, np.where(upper, z_upper, z_lower))
-    return np.where(t >= 1.0, zb, np.where(t <= 0.0, za, np.clip(z, za, zb)))
-
-
-def _log_mass(za, zb) -> np.ndarray:
-    """log(Phi(zb) - Phi(za)) for za < zb, accurate in both tails."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lb, sa = stats.norm.logcdf(zb), stats.norm.logsf(za)
-        lower = lb + np.log(-np.expm1(_dlogcdf(za, zb)))
-        upper = sa + np.log(-np.expm1(_dlogsf(za, zb)))
-        middle = np.log(stats.norm.cdf(zb) - stats.norm.cdf(za))
-        # A tiny segment: (zb - za) phi(mid), relative error ~ (h mid)^2 / 24.
-        h, mid = zb - za, 0.5 * (za + zb)
-        tiny = np.log(h) + stats.norm.logpdf(mid)
-    out = np.where(zb <= 0, lower, np.where(za >= 0, upper, middle))
-    return np.where(np.isfinite(h) & (h * np.maximum(1.0, np.abs(mid)) < 1e-5), tiny, out)
-
-
-def _dlogsf(a, z) -> np.ndarray:
-    """log(1 - Phi(z)) - log(1 - Phi(a)) for a >= 0 (elsewhere the plain difference):
-    -(z - a)(z + a) / 2 + log r(a) - log r(z), no z^2 / 2 formed and cancelled."""
-    a, z = np.asarray(a, dtype=np.float64), np.asarray(z, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        mills = -0.5 * (z - a) * (z + a) + _log_mills_inv(a) - _log_mills_inv(z)
-        plain = stats.norm.logsf(z) - stats.norm.logsf(a)
-    return np.where((a >= 0) & (z >= 0) & np.isfinite(a), np.where(np.isinf(z), -np.inf, mills),
-                    plain)
-
-
-def _dlogcdf(a, b) -> np.ndarray:
-    """log Phi(a) - log Phi(b), the mirror image of :func:`_dlogsf`."""
-    return _dlogsf(-np.asarray(b, dtype=np.float64), -np.asarray(a, dtype=np.float64))
-
-
-def levels(p, name: str) -> np.ndarray:
-    """``p`` as float64, every value a level in [0, 1] (ValueError naming ``name``)."""
-    p = np.asarray(p, dtype=np.float64)
-    bad = ~((p >= 0.0) & (p <= 1.0))                      # NaN too
-    if bad.any():
-        raise ValueError(f"{name}: expected levels in [0, 1], got {float(p[bad].flat[0])!r}")
-    return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +125,7 @@ class RecalibratedNormal:
                 x, log_r = self._tails[side]["x"], self._tails[side]["log_r"]
                 v = w[at] if side == "hi" else -w[at]          # how far out, on its side
                 with np.errstate(under="ignore"):
-                    ratio = np.exp(log_r - _log_mills_inv(v) - 0.5 * (v - x) * (v + x))
+                    ratio = np.exp(log_r - log_mills_inv(v) - 0.5 * (v - x) * (v + x))
                 frac[at] = ratio if side == "lo" else 1.0 - ratio
         return w, j, frac
 
@@ -243,7 +159,7 @@ class RecalibratedNormal:
         out = {}
         for side, x, m in (("lo", -self.knots[0], self.freqs[0]),
                            ("hi", self.knots[-1], 1.0 - self.freqs[-1])):
-            log_r = float(_log_mills_inv(x))
+            log_r = float(log_mills_inv(x))
             out[side] = {"x": x, "m": m, "log_m": math.log(m) if m > 0 else -math.inf,
                          "log_r": log_r, "r": math.exp(log_r)}
         return out
@@ -263,7 +179,7 @@ class RecalibratedNormal:
         t = self._tails[side]
         v = -w if side == "lo" else w                     # how far out, on its side
         if t["x"] > 0:
-            return self._tail_log_density(side, w) - _log_mills_inv(v)
+            return self._tail_log_density(side, w) - log_mills_inv(v)
         return t["log_m"] + stats.norm.logsf(v) - stats.norm.logsf(t["x"])
 
     @functools.cached_property
@@ -277,14 +193,14 @@ class RecalibratedNormal:
         probability with 16-point Gauss-Legendre, where W's quantile is nearly
         linear; a wide one uses closed forms in phi(a) / dPhi, phi(b) / dPhi and
         int w Phi phi = -phi Phi + Phi(sqrt2 w) / (2 sqrt(pi)), from Mills ratios
-        on segments away from 0 (:func:`_segment_terms`).
+        on segments away from 0 (:func:`segment_terms`).
         """
         k, f = np.asarray(self.knots), np.asarray(self.freqs)
         a, b, fa, df = k[:-1], k[1:], f[:-1], np.diff(f)
         e = np.where(a >= 0, a, np.where(b <= 0, b, 0.0))
         with np.errstate(divide="ignore"):
             log_df = np.log(df)
-        c, A, B, cross, q2 = _segment_terms(a, b, e)
+        c, A, B, cross, q2 = segment_terms(a, b, e)
         c = log_df + c
         out = {"c": c, "e": e, "log_ga": c - 0.5 * (a - e) * (a + e), "df": df}
         m1, m2, gini, ent = (np.zeros_like(df) for _ in range(4))
@@ -330,14 +246,14 @@ class RecalibratedNormal:
                 m1 += sign * m * r
                 m2 += m * (1.0 + x * r)
                 if x > 0:            # r^2 / (sqrt2 r(sqrt2 x)) from the logs of the ratios
-                    ratio = math.exp(2.0 * t["log_r"] - float(_log_mills_inv(_SQRT2 * x)))
-                    ratio /= _SQRT2
-                    ent += m * (-t["log_m"] - t["log_r"] + 0.5 + 0.5 * float(_x_r_minus_x(x)))
+                    ratio = math.exp(2.0 * t["log_r"] - float(log_mills_inv(SQRT2 * x)))
+                    ratio /= SQRT2
+                    ent += m * (-t["log_m"] - t["log_r"] + 0.5 + 0.5 * float(x_r_minus_x(x)))
                 else:                # the tail holds 0: (1 - Phi(sqrt2 x)) / (2 sqrt(pi) P^2)
                     log_p = float(stats.norm.logsf(x))
-                    ratio = math.exp(float(stats.norm.logsf(_SQRT2 * x)) - 2.0 * log_p) / (
+                    ratio = math.exp(float(stats.norm.logsf(SQRT2 * x)) - 2.0 * log_p) / (
                         2.0 * math.sqrt(math.pi))
-                    ent += m * (-t["log_m"] + log_p + _HALF_LOG_2PI + 0.5 * (1.0 + x * r))
+                    ent += m * (-t["log_m"] + log_p + HALF_LOG_2PI + 0.5 * (1.0 + x * r))
                 gini += 2.0 * m * m * (ratio - r) + m * r
         return {"mean": m1, "second": m2, "gini": 2.0 * gini, "entropy": ent}
 
@@ -447,7 +363,7 @@ class RecalibratedNormal:
             if inner.any():
                 ji, a = j[inner] - 2, knots[j - 1][inner]
                 part[inner] = self._partial_means[ji] + np.where(
-                    self._inner["df"][ji] > 0, _phi_drop(self._inner["log_ga"][ji], a, w[inner]),
+                    self._inner["df"][ji] > 0, phi_drop(self._inner["log_ga"][ji], a, w[inner]),
                     0.0)
             first, last = j == 1, j == knots.size - 1
             # E[W; W <= w] on the lower tail is -g(w); on the upper, E[W] - g(w)
@@ -457,78 +373,6 @@ class RecalibratedNormal:
                                         if self._tails["hi"]["m"] > 0 else 0.0)
         abs_dev = w * (2.0 * cdf - 1.0) + mom["mean"] - 2.0 * part
         return _shaped((abs_dev - 0.5 * mom["gini"]) / self.scale, z)
-
-
-def _segment_terms(a, b, e):
-    """For finite segments [a, b] with anchor e (a if a >= 0, b if b <= 0, else 0):
-    (log phi(e) - log dPhi (a tiny segment: from its midpoint), phi(a) / dPhi, phi(b) / dPhi, dPhi2 / (2 sqrt(pi) dPhi^2),
-    E[(W - e)(W + e)] under the normal truncated to [a, b]), dPhi = Phi(b) - Phi(a),
-    dPhi2 = Phi(sqrt2 b) - Phi(sqrt2 a). A segment off 0 is mirrored to a' = |e| >= 0
-    and written with rho = (1 - Phi(b')) / (1 - Phi(a')) and r = r(a'):
-    dPhi = (1 - Phi(a')) (1 - rho), phi(a') / dPhi = r / (1 - rho), and
-    E[W^2] - a'^2 = 1 + a' (r - a') + a' r rho / (1 - rho) - b' phi(b') / dPhi."""
-    lo = b <= 0
-    a1, b1 = np.where(lo, -b, a), np.where(lo, -a, b)    # upper-oriented, a1 >= 0 if off 0
-    off = (a >= 0) | lo
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-        # off 0 (a1 >= 0): everything from Mills ratios
-        log_r = _log_mills_inv(a1)
-        r = np.exp(log_r)
-        log_rho = _dlogsf(a1, b1)
-        one_m_rho = -np.expm1(log_rho)
-        rho_frac = np.exp(log_rho) / one_m_rho
-        A1 = r / one_m_rho
-        B1 = r * np.exp(-0.5 * (b1 - a1) * (b1 + a1)) / one_m_rho
-        r2 = np.exp(_log_mills_inv(_SQRT2 * a1))
-        rho2 = -np.expm1(_dlogsf(_SQRT2 * a1, _SQRT2 * b1))
-        cross_off = r * r * rho2 / (_SQRT2 * r2 * one_m_rho ** 2)
-        q2_off = 1.0 + _x_r_minus_x(a1) + a1 * r * rho_frac - b1 * B1
-        c_off = log_r - np.log(one_m_rho)
-        # holding 0 (a < 0 < b): plain differences, no tail far from its end
-        dphi = stats.norm.cdf(b) - stats.norm.cdf(a)
-        A0, B0 = stats.norm.pdf(a) / dphi, stats.norm.pdf(b) / dphi
-        cross0 = ((stats.norm.cdf(_SQRT2 * b) - stats.norm.cdf(_SQRT2 * a))
-                  / (2.0 * math.sqrt(math.pi) * dphi ** 2))
-        q2_0 = 1.0 + a * A0 - b * B0
-        c0 = -_HALF_LOG_2PI - np.log(dphi)
-        # a tiny segment: dPhi = h phi(mid) (1 + O((h mid)^2)), the Mills difference
-        # would keep only the digits of log r(b) - log r(a) ~ h
-        h, mid = b - a, 0.5 * (a + b)
-        c_tiny = -np.log(h) + 0.5 * (mid - e) * (mid + e)
-    A = np.where(off, np.where(lo, B1, A1), A0)            # mirrored: a <-> b swap ends
-    B = np.where(off, np.where(lo, A1, B1), B0)
-    c = np.where(_tiny(a, b), c_tiny, np.where(off, c_off, c0))
-    return c, A, B, np.where(off, cross_off, cross0), np.where(off, q2_off, q2_0)
-
-
-def _log_mills_inv(x) -> np.ndarray:
-    """log r(x), r = phi(x) / (1 - Phi(x)) (the inverse Mills ratio), for any x:
-    from erfcx where 1 - Phi underflows (r ~ x), directly where it is near 1."""
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        via_erfcx = 0.5 * math.log(2.0 / math.pi) - np.log(special.erfcx(x / _SQRT2))
-        direct = stats.norm.logpdf(x) - stats.norm.logsf(x)
-    return np.where(x > -20.0, via_erfcx, direct)
-
-
-def _x_r_minus_x(x) -> np.ndarray:
-    """x (r(x) - x), -> 1 as x -> inf: a series beyond 1e4, where r - x cancels."""
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        direct = x * (np.exp(_log_mills_inv(x)) - x)
-        u = 1.0 / np.where(x > 1e4, x * x, 1.0)
-        series = 1.0 - 2.0 * u + 10.0 * u * u - 74.0 * u ** 3
-    return np.where(x > 1e4, series, direct)
-
-
-def _phi_drop(log_ga, a, b) -> np.ndarray:
-    """g(a) - g(b) for g = slope phi on one segment, log_ga = log g(a): from the larger
-    density times expm1 of the log ratio (no cancellation, no overflow)."""
-    e = -0.5 * (b - a) * (b + a)                          # log g(b) - log g(a)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        from_a = -np.exp(log_ga) * np.expm1(np.minimum(e, 0.0))
-        from_b = np.exp(log_ga + e) * np.expm1(np.minimum(-e, 0.0))
-    return np.where(e <= 0, from_a, from_b)
 
 
 def _shaped(values, like):

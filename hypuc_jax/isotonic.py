@@ -14,7 +14,8 @@ from sklearn.isotonic import IsotonicRegression
 
 from hypuc_jax._calibrator import _Calibrator, float_list, unit_level
 from hypuc_jax._predictions import central_bounds, check_predictions, standardized_residuals
-from hypuc_jax._recalibrated import RecalibratedNormal, levels
+from hypuc_jax._normal_segments import levels
+from hypuc_jax._recalibrated import RecalibratedNormal
 
 
 @dataclasses.dataclass(frozen=True)
