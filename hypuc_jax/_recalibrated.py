@@ -46,6 +46,8 @@ _GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W          # on [0, 1]
 _FAR = 1e150    # |w| beyond which log Phi(w) overflows: no moments in float64
 _NARROW = 0.25  # segments narrower than this over max(1, |w|) integrate numerically
 _CHUNK = 65536  # narrow segments integrated at a time
+# cached properties of W alone (``centred`` shares them)
+_W_CACHES = ("_ext", "_tails", "_inner", "_moments", "scale", "_partial_means")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,8 +293,13 @@ class RecalibratedNormal:
 
     def centred(self) -> "RecalibratedNormal":
         """The same shape moved to mean 0: the family of a value that is already
-        bias-corrected (the boosted corrections' output) with the calibrated sigma."""
-        return dataclasses.replace(self, loc=self._moments["mean"])
+        bias-corrected (the boosted corrections' output) with the calibrated sigma.
+        Its W is this one's, so the integrals already computed carry over."""
+        out = dataclasses.replace(self, loc=self._moments["mean"])
+        for name in _W_CACHES:                   # none of them depends on loc
+            if name in self.__dict__:
+                out.__dict__[name] = self.__dict__[name]
+        return out
 
     def cdf(self, z) -> np.ndarray:
         """P(Z <= z)."""
