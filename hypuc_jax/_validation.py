@@ -107,6 +107,21 @@ def check_finite(x: Any, name: str) -> None:
             raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
 
 
+def check_representable(x: Any, converted: jax.Array, name: str) -> None:
+    """Raises ValueError if finite host values ``x`` overflowed when converted
+    to ``converted``'s floating dtype (float64 beyond ~3.4e38 becomes inf in
+    float32 when jax's 64-bit mode is off), instead of a silent inf or NaN."""
+    if (isinstance(x, np.ndarray) and is_concrete(converted)
+            and jnp.issubdtype(converted.dtype, jnp.floating)
+            and np.dtype(x.dtype).itemsize > np.dtype(converted.dtype).itemsize):
+        limit = float(jnp.finfo(converted.dtype).max)
+        over = int(np.count_nonzero(np.abs(x) > limit))
+        if over:
+            raise ValueError(f"{name}: expected values within the {converted.dtype} range "
+                             f"(|x| <= {limit:.4g}; jax's 64-bit mode is off), found {over} "
+                             "beyond it")
+
+
 def check_positive(x: Any, name: str, *, strict: bool = True, scalar: bool = False) -> None:
     """Raises ValueError unless concrete ``x`` is finite and > 0 (>= 0 if not strict).
 
@@ -164,7 +179,9 @@ def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:
 
     Raises:
       ValueError: an array not 1-D or empty, lengths that differ, or (when
-        ``finite`` and concrete) a NaN/inf entry; the message names the array.
+        ``finite`` and concrete) a NaN/inf entry, or a finite entry that
+        becomes inf in jax's dtype (float64 beyond ~3.4e38 with 64-bit mode
+        off); the message names the array.
     """
     out, first = [], None
     for name, x in arrays.items():
@@ -174,7 +191,10 @@ def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:
         if first is None:
             first = (name, x)
         check_same_length(first[0], first[1], name, x)
-        out.append(jnp.asarray(x))
+        converted = jnp.asarray(x)
+        if finite:
+            check_representable(x, converted, name)
+        out.append(converted)
     chex.assert_equal_shape(out)
     return out
 

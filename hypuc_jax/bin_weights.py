@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import as_array, check_finite, check_positive, is_concrete, is_int
+from hypuc_jax._validation import (as_array, check_finite, check_positive, check_representable,
+                                   is_concrete, is_int)
 
 BIN_SCHEMES = ("inverse", "sqrt_inv", "lds")
 LDS_KERNELS = ("gaussian", "triang", "laplace")
@@ -31,6 +32,7 @@ def _labels_1d(labels, name: str = "labels") -> jax.Array:
     labels = as_array(labels, name, ndim=1)
     check_finite(labels, name)
     y = jnp.asarray(labels)
+    check_representable(labels, y, name)
     if jnp.issubdtype(y.dtype, jnp.floating) and jnp.finfo(y.dtype).bits >= 32:
         return y
     return y.astype(jnp.float32)

@@ -171,7 +171,7 @@ def bandwidth(samples, rule: str | float = "scott") -> jax.Array:
     """
     x = _as_samples(samples)
     h = _resolve_bandwidth(x, rule)
-    return h[0] if jnp.ndim(samples) == 1 else h
+    return h[0] if np.ndim(samples) == 1 else h
 
 
 # --------------------------------------------------------------------------- #
@@ -338,10 +338,10 @@ def gaussian_kde(samples, points, bandwidth: str | float = "scott", method: str 
     """
     x = _as_samples(samples)
     p = as_array(points, "points", ndim=(1, 2))
-    if p.ndim != jnp.ndim(samples) or (p.ndim == 2 and p.shape[1] != x.shape[1]):
-        want = "[m]" if jnp.ndim(samples) == 1 else f"[m, {x.shape[1]}]"
+    if p.ndim != np.ndim(samples) or (p.ndim == 2 and p.shape[1] != x.shape[1]):
+        want = "[m]" if np.ndim(samples) == 1 else f"[m, {x.shape[1]}]"
         raise ValueError(f"points: expected shape {want} to match samples of shape "
-                         f"{tuple(jnp.shape(samples))}, got {tuple(p.shape)}")
+                         f"{tuple(np.shape(samples))}, got {tuple(p.shape)}")
     check_finite(p, "points")
     p = jnp.asarray(p, dtype=x.dtype).reshape(p.shape[0], x.shape[1])
     return _finite_density(_density(x, p, bandwidth, method, grid_size, chunk_size), x.dtype)

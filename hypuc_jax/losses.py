@@ -263,7 +263,8 @@ def per_example_loss(name: str, prediction, y, *, huber_delta: float = 1.0,
 def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
     """The numerator and denominator of the weighted mean loss.
 
-    Returns ``(sum_i w_i m_i l_i, sum_i w_i m_i)``. Under data parallelism
+    Returns ``(sum_i w_i m_i l_i, sum_i w_i m_i)`` with ``m_i = [mask_i > 0]``
+    (a mask entry counts as 1 when positive, 0 otherwise). Under data parallelism
     each device computes this pair on its shard, the pairs are summed
     across devices (``psum``, or automatically in a one-jit sharded step),
     and the global weighted mean is ``num / den``. Masked-out entries
@@ -274,7 +275,8 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
     Args:
       losses: per-example losses, shape ``[batch]``.
       weights: per-example weights ``>= 0``, shape ``[batch]``.
-      mask: optional validity mask (bool or 0/1), shape ``[batch]``.
+      mask: optional validity mask (bool or 0/1; entries > 0 are kept),
+        shape ``[batch]``.
 
     Returns:
       ``(num, den)``, two scalars.
@@ -304,7 +306,7 @@ def weighted_sums(losses, weights, mask=None) -> tuple[jax.Array, jax.Array]:
 
 
 def weighted_mean(losses, weights, mask=None) -> jax.Array:
-    """``sum(w * m * l) / sum(w * m)`` over one (global) batch.
+    """``sum(w * m * l) / sum(w * m)`` over one (global) batch, ``m = [mask > 0]``.
 
     Args:
       losses: per-example losses, shape ``[batch]``.

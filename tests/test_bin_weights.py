@@ -107,3 +107,17 @@ def test_traced_options_clip_works_window_options_are_named():
     np.testing.assert_allclose(traced, mean_one(1 / np.clip(counts, 5, 100)[idx]), rtol=1e-5)
     stat = jax.jit(weights.lds_weights, static_argnames=("ks", "sigma"))(Y, ks=5, sigma=2.0)
     np.testing.assert_allclose(stat, weights.lds_weights(Y, ks=5, sigma=2.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["inv", "sqrt_inv", "lds"])
+def test_finite_float64_labels_beyond_float32_are_refused_not_nan(scheme):
+    """1e39 is finite in float64 but inf in float32 (64-bit mode off): the bins'
+    width would be inf and every weight NaN; it is refused by name instead."""
+    assert not jax.config.jax_enable_x64
+    y = np.array([0.0, 1.0, 1e39])
+    fns = {"inv": weights.inverse_weights, "sqrt_inv": weights.sqrt_inverse_weights,
+           "lds": weights.lds_weights}
+    with pytest.raises(ValueError, match="labels: expected values within the float32 range"):
+        fns[scheme](y)
+    with pytest.raises(ValueError, match="train_labels: expected values within the float32"):
+        weights.fit_weighting("sqrt_inv" if scheme == "sqrt_inv" else "inverse", y)

@@ -1,5 +1,7 @@
 """hypuc_jax.kde on labels at extreme scales and offsets (float32 limits) and on
 bad input: scipy's density where one exists, else a named error, never NaN."""
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -188,3 +190,17 @@ def test_a_capped_coarse_3d_grid_warns_that_it_misses_1e_3():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     kde.gaussian_kde(rng.gamma(9.0, 0.47, 20000), np.linspace(2, 8, 7))
+
+
+def test_python_lists_need_no_jax_array_conversion_and_match_scipy():
+    """Lists are array-likes like any other: no JAX deprecation warning (raised
+    as an error here); Scott's closed form (1.06 s n^-1/5) and scipy's density."""
+    labels = [0.0, 1.0, 2.5, 4.0]
+    s = np.std(labels, ddof=1)
+    ref = scipy.stats.gaussian_kde(labels, bw_method=1.06 * len(labels) ** -0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        h = kde.bandwidth(labels)
+        dens = kde.gaussian_kde(labels, [0.5, 3.0], method="exact")
+    np.testing.assert_allclose(float(h), 1.06 * s * len(labels) ** -0.2, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(dens), ref([0.5, 3.0]), rtol=1e-5)

@@ -505,3 +505,17 @@ def test_histogram_prior_names_traced_labels():
     # host-side (numpy): a traced input got jax's TracerArrayConversionError before
     with pytest.raises(ValueError, match="^labels: got a traced array"):
         jax.jit(lambda y: losses.histogram_prior(y, 10).probs)(jnp.ones(5))
+
+
+@pytest.mark.parametrize("fn, args, name", [
+    (losses.gaussian_nll, (np.array([1e39]), np.array([1.0]), np.array([1e39])), "mu"),
+    (losses.mse, (np.array([1e39, 0.0]), np.array([1e39, 0.0])), "pred"),
+])
+def test_finite_float64_beyond_float32_is_refused_by_name_not_nan(fn, args, name):
+    """With 64-bit mode off, 1e39 (finite in float64) would become inf in float32
+    and the loss NaN (inf - inf); it is refused by name. 1e30 still computes."""
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(ValueError, match=f"{name}: expected values within the float32 range"):
+        fn(*args)
+    nll = losses.gaussian_nll(np.array([1e30]), np.array([1.0]), np.array([1e30]))
+    np.testing.assert_allclose(np.asarray(nll), [stats.norm.logpdf(0.0) * -1], rtol=1e-6)
