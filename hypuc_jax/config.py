@@ -86,7 +86,7 @@ def get_config(name: str = "potassium") -> Config:
   Raises:
     ValueError: unknown preset name.
   """
-  if name not in _PRESETS:
+  if not isinstance(name, str) or name not in _PRESETS:
     raise ValueError(f"name: expected one of {sorted(_PRESETS)}, got {name!r}")
   return typed_fields.replace_many(Config(), _PRESETS[name].items())
 
@@ -196,10 +196,23 @@ _AT_LEAST = {"model.stem_stride": 1, "model.groups": 1, "loss.bni_bins": 2, "wei
              "weighting.dense_alpha": 0, "train.steps": 0, "train.weight_decay": 0,
              "train.warmup_steps": 0, "train.grad_clip": 0, "train.early_stopping_patience": 0,
              "train.prefetch": 0}
+# Upper bounds on sizes and counts: far beyond any real use, but below what
+# fails only later (an array numpy cannot allocate, a boosting loop that never
+# ends), so that such a value is refused by name before a run's files change.
+_AT_MOST = {"model.stem_stride": 2 ** 16, "model.groups": 2 ** 16, "model.kernel_size": 2 ** 16,
+            "model.stem_kernel": 2 ** 16, "loss.bni_bins": 10 ** 6, "weighting.bins": 10 ** 6,
+            "weighting.lds_ks": 10 ** 6, "train.batch_size": 2 ** 24,
+            "train.eval_batch_size": 2 ** 24, "train.prefetch": 2 ** 10,
+            "calibration.bins": 10 ** 6, "corrections.n_models": 10 ** 3,
+            "corrections.n_estimators": 10 ** 5, "corrections.max_depth": 64}
+_MAX_WIDTH, _MAX_BLOCKS = 2 ** 16, 2 ** 10
 _POSITIVE = ("model.sigma_min", "loss.huber_delta", "loss.noise_sigma", "weighting.lds_sigma",
              "train.lr", "corrections.learning_rate")
 _ODD = ("model.kernel_size", "model.stem_kernel", "weighting.lds_ks")
-_OPEN_UNIT = ("calibration.xi", "corrections.specificity")
+_OPEN_UNIT = ("corrections.specificity",)
+# calibration.xi: the central quantile z_xi must be resolvable in float64 (xi ~1e-16
+# gives z = 0) and finite (1 - xi ~1e-17 gives inf)
+XI_RANGE = (1e-6, 1.0 - 1e-9)
 
 
 def validate(config: Config, n_devices: int = 1, n_processes: int | None = None) -> Config:
@@ -236,8 +249,16 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
     _check(get(key) in choices, key, f"one of {choices}", get(key))
   for key, low in _AT_LEAST.items():
     _check(get(key) >= low, key, f"a number >= {low}", get(key))
+  for key, high in _AT_MOST.items():
+    _check(get(key) <= high, key, f"a number <= {high}", get(key))
   for key in _POSITIVE:
     _check(get(key) > 0, key, "a number > 0", get(key))
+  _check(config.corrections.learning_rate <= 1.0, "corrections.learning_rate",
+         "a number in (0, 1] (the boosting shrinkage; above 1 the trees diverge)",
+         config.corrections.learning_rate)
+  xi = config.calibration.xi
+  _check(XI_RANGE[0] <= xi <= XI_RANGE[1], "calibration.xi",
+         f"a coverage in [{XI_RANGE[0]:g}, 1 - {1 - XI_RANGE[1]:.0e}]", xi)
   for key in _ODD:
     _check(get(key) >= 1 and get(key) % 2 == 1, key, "an odd int >= 1", get(key))
   for key in _OPEN_UNIT:
@@ -248,11 +269,12 @@ def validate(config: Config, n_devices: int = 1, n_processes: int | None = None)
   # resnet1d needs one block count per width; an MLP ignores blocks and may have no
   # hidden layer (a linear model). "auto" is checked by train.check_model_fits on the data.
   resnet = m.kind == "resnet1d"
-  _check((not resnet or len(m.widths) > 0) and all(v > 0 for v in m.widths), "model.widths",
-         "positive ints (at least one for resnet1d)", m.widths)
-  _check(all(v > 0 for v in m.blocks) and (not resnet or len(m.blocks) == len(m.widths)),
-         "model.blocks", f"positive ints, one per width ({len(m.widths)}) for resnet1d",
-         m.blocks)
+  _check((not resnet or len(m.widths) > 0) and all(0 < v <= _MAX_WIDTH for v in m.widths),
+         "model.widths", f"ints in [1, {_MAX_WIDTH}] (at least one for resnet1d)", m.widths)
+  _check(all(0 < v <= _MAX_BLOCKS for v in m.blocks)
+         and (not resnet or len(m.blocks) == len(m.widths)),
+         "model.blocks", f"ints in [1, {_MAX_BLOCKS}], one per width ({len(m.widths)}) for "
+         "resnet1d", m.blocks)
   _check(0.0 <= m.dropout < 1.0, "model.dropout", "a float in [0, 1)", m.dropout)
   _check(0.0 <= config.loss.beta <= 1.0, "loss.beta", "a float in [0, 1]", config.loss.beta)
   _check(config.loss.beta == 0.0 or config.loss.name in ("nll", "laplace"), "loss.beta",

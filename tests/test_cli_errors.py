@@ -157,6 +157,29 @@ def test_bad_config_values(tmp_path, capsys, argv, needle):
     assert not wd.exists() or not (wd / workflow.TASK).exists()
 
 
+@pytest.mark.parametrize("bad, key", [("calibration.xi=1e-300", "calibration.xi"),
+                                      ("train.eval_batch_size=100000000000000000000",
+                                       "train.eval_batch_size"),
+                                      ("corrections.learning_rate=10",
+                                       "corrections.learning_rate")])
+def test_a_value_that_would_fail_after_training_leaves_a_finished_run_intact(
+        quick_run, tmp_path, capsys, bad, key):
+    """These validated, so a re-run resumed the finished arms, removed the report,
+    figures, calibrations and evaluations, and only then failed (xi: in calibrate,
+    with a false message; the eval batch: allocating it; the learning rate: no
+    error at all, corrected values of 1e39). They are refused by name up front."""
+    import shutil
+    from cli_helpers import FAST
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    before = {p.relative_to(wd): p.read_bytes() for p in sorted(wd.rglob("*")) if p.is_file()}
+    rc, _, err = hypuc(capsys, "run", "--quick", "--workdir", wd, "--set", "train.parallel=none",
+                       "--set", "regions=[['hyper', 5.5, 7.5]]", *FAST, "--set", bad)
+    assert key in one_line_error(rc, err)
+    after = {p.relative_to(wd): p.read_bytes() for p in sorted(wd.rglob("*")) if p.is_file()}
+    assert after == before
+
+
 def test_a_folder_that_is_not_a_run_keeps_its_files(tmp_path, capsys):
     """train / run into a user's folder refuse to replace files named like their
     outputs (they deleted report.md, figures/, eval.json and tb/ silently)."""

@@ -27,6 +27,20 @@ def test_default_preset_is_potassium():
 def test_unknown_preset():
   with pytest.raises(ValueError, match="name"):
     get_config("imagenet")
+  for name in (["potassium"], {"preset": "tiny"}, None):    # an experiment file's "preset"
+    with pytest.raises(ValueError, match="name: expected one of"):
+      get_config(name)
+
+
+def test_the_bounds_admit_every_preset_and_the_edge_values():
+  """The new upper bounds refuse only what fails later: the presets and values at
+  the bounds themselves validate."""
+  for name in ("potassium", "tiny", "lvef", "diabetes"):
+    validate(get_config(name))
+  edge = ["calibration.xi=1e-06", "calibration.xi=0.999999999", "corrections.learning_rate=1",
+          "train.eval_batch_size=16777216", "corrections.n_estimators=100000",
+          "model.widths=8,65536", "weighting.bins=1000000"]
+  validate(apply_overrides(get_config("tiny"), edge))
 
 
 def test_overrides_coerce_types():
@@ -121,6 +135,15 @@ def test_override_without_equals():
     ("corrections.enabled=false", "corrections.enabled"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("regions=[('bad', 5.0, 1.0)]", r"regions\[0\]"),
+    # values that validated but failed only after training had replaced a run's files
+    ("train.eval_batch_size=100000000000000000000", r"train.eval_batch_size: expected a number <= 16777216"),
+    ("calibration.xi=1e-300", r"calibration.xi: expected a coverage in \[1e-06, 1 - 1e-09\]"),
+    ("calibration.xi=0.9999999999999", "calibration.xi"),
+    ("corrections.learning_rate=10", r"corrections.learning_rate: expected a number in \(0, 1\]"),
+    ("weighting.bins=100000000000000000000", "weighting.bins"),
+    ("corrections.n_estimators=100000000000000000000", "corrections.n_estimators"),
+    ("model.widths=8,1000000000000000000000000000000", "model.widths"),
+    ("model.blocks=1,100000", "model.blocks"),
 ])
 def test_validate_names_the_bad_key(override, key):
   cfg = apply_overrides(get_config("tiny"), [override])
