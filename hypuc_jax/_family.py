@@ -234,4 +234,7 @@ def _coverage(level, name: str) -> float:
     level = plain_scalar(level)                  # numpy / jax scalars
     if not is_real(level) or not 0.0 < level < 1.0:
         raise ValueError(f"{name}: expected a coverage in (0, 1), got {level!r}")
+    if not 0.5 < 0.5 + level / 2.0 < 1.0:      # the central quantile would be 0 or inf
+        raise ValueError(f"{name}: expected a coverage whose central quantile float64 "
+                         f"resolves (about 1e-15 to 1 - 1e-16), got {level!r}")
     return float(level)

@@ -134,6 +134,15 @@ def test_gaussian_is_infinite_dof():
     assert pred.central_z(0.95, dof=1e6) == pytest.approx(stats.norm.ppf(0.975), rel=1e-5)
 
 
+@pytest.mark.parametrize("level", [1e-300, 1e-17, 1.0 - 1e-16])
+def test_a_coverage_whose_central_quantile_float64_cannot_resolve_is_refused(level):
+    """0.5 + level / 2 rounds to 0.5 (z = 0: hyperfine factors r / 0) or to 1 (z = inf)."""
+    for fn in (lambda: pred.central_z(level, "xi"), lambda: pred.central_bounds(level, "xi")):
+        with pytest.raises(ValueError, match="xi: expected a coverage whose central quantile"):
+            fn()
+    assert pred.central_z(1e-6, "xi") == pytest.approx(stats.norm.ppf(0.5 + 5e-7), rel=1e-6)
+
+
 @pytest.mark.parametrize("bad", [2.0, 1, -3.0, float("nan"), "5", True])
 def test_check_dof_rejects(bad):
     with pytest.raises(ValueError, match="dof"):
