@@ -40,11 +40,14 @@ def wfdb_dir(tmp_path):
     ("duration=0", "option duration: expected a finite number > 0"),
     ("duration=nan", "option duration: expected a finite number > 0"),
     ("duration=inf", "option duration: expected a finite number > 0"),
-    ("duration=0.001", "option duration: expected at least one sample"),   # 0.1 samples
+    ("duration=0.001", "option duration: expected 1 to 2147483647 samples"),   # 0.1 samples
     ("rate=0", "option rate: expected a finite number > 0, got '0'"),
     ("rate=-100", "option rate: expected a finite number > 0"),
     ("rate=nan", "option rate: expected a finite number > 0"),
     ("rate=inf", "option rate: expected a finite number > 0"),
+    # finite but absurd: failed as "Maximum allowed size exceeded", or printed 300 digits
+    ("rate=1e300", "option rate: expected at most 1e\\+06 Hz, got '1e300'"),
+    ("duration=1e300", "option duration: expected 1 to 2147483647 samples per lead"),
 ])
 def test_wfdb_duration_and_rate_must_be_finite_and_positive(wfdb_dir, opts, match):
     with pytest.raises(ValueError, match=match) as err:

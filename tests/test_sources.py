@@ -198,6 +198,10 @@ def test_npz_bad_input(tmp_path):
     np.savez(tmp_path / "l.npz", x=np.zeros((4, 10, 2), np.float32), y=y)
     with pytest.raises(ValueError, match=r"l.npz: expected x of shape \[n, time, 12\]"):
         load(f"npz:{tmp_path}/l.npz?leads=12")
+    np.savez(tmp_path / "t.npz", x=np.zeros((4, 3), np.float32), y=y)   # tabular
+    with pytest.raises(ValueError, match=r"t.npz: option rate=100 is for signals x \[n, time, "
+                       r"leads\], got tabular x of shape \(4, 3\)"):
+        load(f"npz:{tmp_path}/t.npz?rate=100")           # it was ignored without a word
     np.savez(tmp_path / "d.npz", x=np.zeros(4), y=y)
     with pytest.raises(ValueError, match="d.npz: expected numeric x of shape"):
         load(f"npz:{tmp_path}/d.npz")

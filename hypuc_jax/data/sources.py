@@ -69,6 +69,12 @@ from hypuc_jax.data.tasks import TaskInfo, Threshold, get_preset
 
 log = logging.getLogger(__name__)
 
+#: wfdb resampling limits: ECG devices record at 10 kHz at most; 2**31 - 1 samples
+#: per lead is the int32 index limit of an XLA dimension
+MAX_RATE = 1e6
+MAX_SAMPLES = 2 ** 31 - 1
+
+
 @dataclasses.dataclass
 class Dataset:
     """Inputs, labels and metadata of one data source.
@@ -279,6 +285,9 @@ def _load_npz(arg, options, spec, labels_optional=False):
     if leads is not None and (x.ndim != 3 or x.shape[2] != leads):
         raise ValueError(f"{arg}: expected x of shape [n, time, {leads}] (option leads={leads}), "
                          f"got {tuple(x.shape)}")
+    if rate is not None and x.ndim != 3:
+        raise ValueError(f"{arg}: option rate={options['rate']} is for signals x [n, time, "
+                         f"leads], got tabular x of shape {tuple(x.shape)}; drop it")
     names = tuple(f"lead{i}" if kind == "signal" else f"x{i}" for i in range(x.shape[-1]))
     stem = os.path.splitext(os.path.basename(arg))[0]
     return Dataset(x, y, _task(stem, "y", options, spec), kind, rate if kind == "signal" else None,
@@ -288,10 +297,13 @@ def _load_npz(arg, options, spec, labels_optional=False):
 def _load_wfdb(arg, options, spec, labels_optional=False, named_target=False):
     rate = positive_option(options, "rate", 100.0, spec)
     duration = positive_option(options, "duration", None, spec)
+    if rate > MAX_RATE:
+        raise ValueError(f"spec {spec!r}: option rate: expected at most {MAX_RATE:g} Hz, got "
+                         f"{options['rate']!r}")
     if duration is not None and not (math.isfinite(duration * rate)
-                                     and round(duration * rate) >= 1):
-        raise ValueError(f"spec {spec!r}: option duration: expected at least one sample, got "
-                         f"{duration:g} s at rate {rate:g} Hz")
+                                     and 1 <= round(duration * rate) <= MAX_SAMPLES):
+        raise ValueError(f"spec {spec!r}: option duration: expected 1 to {MAX_SAMPLES} samples "
+                         f"per lead, got {duration:g} s at rate {rate:g} Hz")
     labels = wfdb_labels_file(arg, options)
     x, y, split, target = wfdb_records.read_wfdb_dir(
         arg, labels, record_col=options.get("record", "record"), target=options.get("target"),
