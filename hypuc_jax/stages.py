@@ -34,7 +34,7 @@ from hypuc_jax.rundir import (CALIBRATION, CORRECTIONS, EVAL, FLAG_FRACTIONS, TA
 _EVALUATED = (EVAL, "eval_val.json", "outputs_test.npz", "outputs_val.npz")
 
 
-#: First words of a ``hypuc run`` report whose arm was re-calibrated or re-corrected.
+#: First words of a ``hypuc run`` report whose arm was re-trained, re-calibrated or re-corrected.
 STALE_REPORT = "> **Out of date:**"
 
 
@@ -62,8 +62,8 @@ def _mark_report_stale(workdir: Path) -> None:
         if arm.name in names:
             return
         names.append(arm.name)
-        write_text_atomic(report, f"{STALE_REPORT} re-calibrated or re-corrected after this "
-                          f"report was written: {', '.join(f'`{n}`' for n in names)}; their "
+        write_text_atomic(report, f"{STALE_REPORT} re-trained, re-calibrated or re-corrected "
+                          f"after this report was written: {', '.join(f'`{n}`' for n in names)}; their "
                           "numbers below no longer match their eval.json.\n\n" + body)
     except (OSError, UnicodeError) as e:
         logging.getLogger(__name__).warning("%s: not marked out of date (%s)", report, e)

@@ -33,7 +33,8 @@ from hypuc_jax.rundir import (  # noqa: F401  (re-exported for the CLI and exper
 from hypuc_jax.run_config import base_config, make_config, parse_region  # noqa: F401
 from hypuc_jax.stages import (  # noqa: F401  (re-exported: workflow.calibrate_stage, ...)
     _EVALUATED, _calibrator, _check_finite_predictions, _check_hyperfine_fits, _named_regions,
-    STALE_REPORT, _load_corrector, _predictions, _sigma_or_constant, calibrate_stage,
+    STALE_REPORT, _load_corrector, _mark_report_stale, _predictions, _sigma_or_constant,
+    calibrate_stage,
     correct_stage, eval_path, evaluate_stage)
 
 # ----------------------------------------------------------------------------- training
@@ -234,6 +235,8 @@ def train_stage(cfg: config_lib.Config, workdir: str | os.PathLike, *,
     if overwrite:
         discard_runs(workdir)
     remove_trash(workdir)                   # what a stopped deletion left
+    if any((workdir / name).exists() for name in _DOWNSTREAM):
+        _mark_report_stale(workdir)         # an arm of `hypuc run` trained again
     for name in _DOWNSTREAM:
         remove_path(workdir / name)
     train_lib.train_and_evaluate(cfg, str(workdir), overwrite=overwrite, dataset=run)

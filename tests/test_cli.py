@@ -556,6 +556,25 @@ def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_pa
     assert cal["method"] == "global"
 
 
+def test_retraining_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_path, capsys):
+    # `hypuc train` on an arm removed its evaluation but left the report unmarked
+    from cli_helpers import TINY
+    wd = tmp_path / "main"
+    shutil.copytree(quick_run, wd)
+    before = (wd / "report.md").read_text()
+    if before.startswith(workflow.STALE_REPORT):  # other tests re-calibrate the shared run
+        before = before.split("\n\n", 1)[1]
+        (wd / "report.md").write_text(before)
+    rc, _, err = hypuc(capsys, "train", "--workdir", wd / "baseline", "--data", TINY,
+                       "--preset", "tiny", "--set", "train.steps=4", "--overwrite")
+    assert rc == 0, err
+    text = (wd / "report.md").read_text()
+    first = text.split("\n\n", 1)[0]
+    assert first.startswith(workflow.STALE_REPORT + " re-trained") and first.endswith(
+        "written: `baseline`; their numbers below no longer match their eval.json.")
+    assert text.endswith(before) and not (wd / "baseline" / "eval.json").exists()
+
+
 def test_only_a_run_report_showing_the_arm_is_marked(quick_run, tmp_path, capsys, caplog):
     # a user's notes, a report without this run, and an unreadable report.md are left
     # alone; the last used to fail `calibrate` after it had removed the evaluation
