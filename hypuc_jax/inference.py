@@ -66,8 +66,9 @@ def predict_stage(workdir: str | os.PathLike, spec: str, output: str | os.PathLi
     task_options = sorted({"task", "above", "below", "cuts", "unit"}
                           & set(data_lib.parse_spec(spec)[2]))
     if task_options:          # predict scores the trained run's thresholds, in its unit
+        verb = "describes" if len(task_options) == 1 else "describe"
         raise WorkflowError(f"--data: {', '.join(o + '=' for o in task_options)} "
-                            "describe a task, and predict uses the trained run's thresholds "
+                            f"{verb} a task, and predict uses the trained run's thresholds "
                             "and regions; drop them from the spec")
     _check_output(output, data_lib.input_files(spec))
     cfg = load_config(workdir)

@@ -166,7 +166,7 @@ def _fig_scatter(runs: Sequence[RunOutputs], path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     lo = float(min(np.min(r.y) for r in runs))
     hi = float(max(np.max(r.y) for r in runs))
-    pad = 0.05 * (hi - lo)
+    pad = 0.05 * (hi - lo) or max(0.05 * abs(lo), 0.5)     # constant labels: a visible window
     for ax, run in zip(axes[0], runs):
         lo_z, hi_z = central_bounds(0.95, dof=run.dof)
         sub, k, kt = scatter_rows(run.y)

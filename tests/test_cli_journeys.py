@@ -11,7 +11,12 @@ def test_predict_refuses_task_options_it_would_ignore(trained, tmp_path, capsys)
         rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec,
                            "--output", tmp_path / "p.csv")
         line = one_line_error(rc, err)
-        assert f"{opt.split('=')[0]}=" in line and "trained run's thresholds" in line, line
+        assert f"{opt.split('=')[0]}= describes a task" in line, line
+        assert "trained run's thresholds" in line, line
+    spec = TINY.replace("n=256", "n=8") + "&above=5&unit=mmol/L"
+    rc, _, err = hypuc(capsys, "predict", "--workdir", trained, "--data", spec,
+                       "--output", tmp_path / "p.csv")
+    assert "above=, unit= describe a task" in one_line_error(rc, err)
     assert not (tmp_path / "p.csv").exists()
 
 

@@ -218,6 +218,17 @@ def test_report_draws_an_isotonic_interval_that_misses_mu(tmp_path, runs):
     assert "isotonic recalibration" in text and "Gaussian-equivalent scale" in text
 
 
+def test_constant_labels_draw_every_figure_without_a_warning(tmp_path, runs):
+    """Every test label 4.0 (a constant target): the scatter's x-range had width 0
+    and matplotlib warned about identical limits on every `hypuc run`."""
+    import warnings
+    flat = [dataclasses.replace(r, y=np.full_like(r.y, 4.0)) for r in runs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs = report.write_figures(flat, tmp_path / "figures")
+    assert figs["pred_vs_true"].stat().st_size > 5000
+
+
 def test_scatter_keeps_every_record_in_the_tails_of_y():
     y = np.random.default_rng(0).normal(size=1600)
     rows, k, kt = report.scatter_rows(y)
