@@ -235,10 +235,9 @@ def density_grid(samples, bandwidth: str | float = "scott", method: str = "binne
     """Density on the binned method's regular grid (for tables and plots).
 
     The grid spans the samples padded by ``PAD_BANDWIDTHS`` bandwidths each side.
-    ``method="binned"`` gives exactly the grid that ``gaussian_kde`` interpolates
-    (linearly; for 3-D labels with the curvature correction of
-    ``_kde_grid.BIAS_CORRECTED_DIMS``, which ``interpolate_grid`` does not apply);
-    ``method="exact"`` evaluates the direct sum at the same grid nodes.
+    ``method="binned"``: the grid ``gaussian_kde`` interpolates (for 3-D labels
+    with a curvature correction, ``_kde_grid.BIAS_CORRECTED_DIMS``, that
+    ``interpolate_grid`` lacks); ``"exact"``: the direct sum at the same nodes.
 
     Args:
         samples: labels [n] or [n, d], d <= 3, finite.

@@ -527,15 +527,22 @@ def test_run_defaults_and_data_flag(monkeypatch, capsys):
     assert "report: w/report.md" in capsys.readouterr().out
 
 
-def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_path, capsys):
-    # the report kept showing the old calibration's numbers with no word about it
+def _copy_with_a_current_report(quick_run, tmp_path):
+    """A copy of the shared ``hypuc run`` directory and its report text, without
+    an out-of-date mark (other tests re-calibrate the shared run)."""
     wd = tmp_path / "main"
     shutil.copytree(quick_run, wd)
     before = (wd / "report.md").read_text()
-    if before.startswith(workflow.STALE_REPORT):  # other tests re-calibrate the shared run
+    if before.startswith(workflow.STALE_REPORT):
         before = before.split("\n\n", 1)[1]
         (wd / "report.md").write_text(before)
     assert before.startswith("# HypUC report")
+    return wd, before
+
+
+def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_path, capsys):
+    # the report kept showing the old calibration's numbers with no word about it
+    wd, before = _copy_with_a_current_report(quick_run, tmp_path)
     rc, _, err = hypuc(capsys, "calibrate", "--workdir", wd / "hypuc", "--method", "global")
     assert rc == 0, err
     text = (wd / "report.md").read_text()
@@ -559,12 +566,7 @@ def test_recalibrating_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_pa
 def test_retraining_an_arm_marks_the_run_report_out_of_date(quick_run, tmp_path, capsys):
     # `hypuc train` on an arm removed its evaluation but left the report unmarked
     from cli_helpers import TINY
-    wd = tmp_path / "main"
-    shutil.copytree(quick_run, wd)
-    before = (wd / "report.md").read_text()
-    if before.startswith(workflow.STALE_REPORT):  # other tests re-calibrate the shared run
-        before = before.split("\n\n", 1)[1]
-        (wd / "report.md").write_text(before)
+    wd, before = _copy_with_a_current_report(quick_run, tmp_path)
     rc, _, err = hypuc(capsys, "train", "--workdir", wd / "baseline", "--data", TINY,
                        "--preset", "tiny", "--set", "train.steps=4", "--overwrite")
     assert rc == 0, err
