@@ -1,11 +1,13 @@
 """Multi-process data parallelism, for real: 2 local processes x 2 CPU devices,
 under both the "sharding" (mesh) and the "pmap" step.
 
-Two subprocesses run ``train.train_and_evaluate`` into ONE workdir as a
+Two subprocesses run ``train.train_and_evaluate`` into ONE workdir per step as a
 2-process JAX job (coordinator on 127.0.0.1; gloo CPU collectives, the JAX
 0.10 default, so nothing is set), each process feeding its half of every
 global batch; a third subprocess runs
-the same config as one process with the same 4 devices. The reference is
+the same config as one process with the same 4 devices. Each process trains
+the "sharding" run and then the "pmap" run (one JAX start, one distributed
+runtime per process for both). The reference is
 the single-process run: same global batch, same data order, same
 step (mode), so the two differ only in how XLA orders the cross-device
 reductions. Subprocesses are needed because the device count and the
@@ -34,7 +36,9 @@ OVERRIDES = ["train.steps=6", "train.batch_size=16", "train.eval_batch_size=24",
              "train.keep_checkpoints=3"]
 #: Seconds a worker may take before it is presumed hung (a crashed peer leaves
 #: the other blocked in a collective); generous, it only turns a hang into a failure.
-HANG_TIMEOUT = 240
+HANG_TIMEOUT = 400
+#: The steps each process trains, in this order.
+MODES = ("sharding", "pmap")
 
 
 def _free_port() -> int:
@@ -43,11 +47,16 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(spec, workdir, out, local_devices, overrides, **env):
+def _launch(spec, root, out, local_devices, overrides, **env):
   environ = {k: v for k, v in os.environ.items()
              if not k.startswith(("HYPUC_", "JAX_", "XLA_"))}
-  environ.update(JAX_PLATFORMS="cpu", HYPUC_LOCAL_DEVICES=str(local_devices), **env)
-  return subprocess.Popen([sys.executable, WORKER, spec, str(workdir), str(out), *overrides],
+  # the test session's compiler flags (conftest.py), but not its 8 devices
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if "xla_force_host_platform_device_count" not in f]
+  environ.update(JAX_PLATFORMS="cpu", HYPUC_LOCAL_DEVICES=str(local_devices),
+                 XLA_FLAGS=" ".join(flags), **env)
+  return subprocess.Popen([sys.executable, WORKER, spec, str(root), str(out), ",".join(MODES),
+                           *overrides],
                           env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -94,23 +103,28 @@ def _params(workdir, config):
   return jax.device_get(nnx.state(model, nnx.Param)), meta, sorted(steps)
 
 
-@pytest.mark.parametrize("parallel", ["sharding", "pmap"])
-def test_two_processes_equal_one_process_with_the_same_devices(tmp_path, parallel):
-  overrides = [*OVERRIDES, f"train.parallel={parallel}"]
+def test_two_processes_equal_one_process_with_the_same_devices(tmp_path):
   rng = np.random.default_rng(3)
   x = rng.normal(size=(N, TIME, LEADS)).astype(np.float32)
   y = (4.5 + 0.8 * x[:, :8, 0].mean(axis=1) + 0.1 * rng.normal(size=N)).astype(np.float32)
   np.savez(tmp_path / "ecg.npz", x=x, y=y)
   spec = f"npz:{tmp_path / 'ecg.npz'}"
-  multi, single = tmp_path / "multi", tmp_path / "single"
   coordinator = f"127.0.0.1:{_free_port()}"
-  procs = {f"process {i}": _launch(spec, multi, tmp_path / f"p{i}.json", 2, overrides,
+  procs = {f"process {i}": _launch(spec, tmp_path / "multi", tmp_path / f"p{i}", 2, OVERRIDES,
                                    HYPUC_NUM_PROCESSES="2", HYPUC_COORDINATOR=coordinator,
                                    HYPUC_PROCESS_ID=str(i)) for i in range(2)}
-  procs["single"] = _launch(spec, single, tmp_path / "single.json", 4, overrides)
+  procs["single"] = _launch(spec, tmp_path / "single", tmp_path / "single", 4, OVERRIDES)
   _wait_all(procs)
+  for parallel in MODES:
+    _check_mode(tmp_path, spec, parallel)
 
-  p0, p1, ref = (json.load(open(tmp_path / f"{n}.json")) for n in ("p0", "p1", "single"))
+
+def _check_mode(tmp_path, spec, parallel):
+  """The multi-process run of one step against the single-process one."""
+  multi, single = tmp_path / "multi" / parallel, tmp_path / "single" / parallel
+  overrides = [*OVERRIDES, f"train.parallel={parallel}"]
+  p0, p1, ref = (json.load(open(tmp_path / f"{n}-{parallel}.json"))
+                 for n in ("p0", "p1", "single"))
   # Really one 2-process job over 4 devices, and the reference has the same 4.
   assert [(p["process_index"], p["process_count"], p["device_count"], p["local_device_count"])
           for p in (p0, p1, ref)] == [(0, 2, 4, 2), (1, 2, 4, 2), (0, 1, 4, 4)]
