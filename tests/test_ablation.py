@@ -66,7 +66,8 @@ def test_runs_tables_and_reuse(tmp_path, capsys):
     assert ablation.main([*argv, "--set", "calibration.bins=2", "--recalibrate"]) == 0
     assert workflow.load_config(root / "none" / "seed0").calibration.bins == 2
     # Other simulated data (n) get their own cache file, not the first one.
-    other = [*argv[:-4], "--set", "data.spec=simulated:potassium?n=300&duration=2&rate=50",
+    other = [*FAST, "--seeds", "0", "--variants", "none",
+             "--set", "data.spec=simulated:potassium?n=300&duration=2&rate=50",
              "--workdir", str(tmp_path / "wd2"), "--out", str(tmp_path / "abl2")]
     assert ablation.main(other) == 0
     ev = workflow.read_json(tmp_path / "wd2" / "none" / "seed0" / workflow.EVAL, "eval")
