@@ -107,6 +107,16 @@ def check_finite(x: Any, name: str) -> None:
             raise ValueError(f"{name}: expected finite values, found {bad} NaN/inf entries")
 
 
+def as_representable(x: Any, name: str) -> jax.Array:
+    """``jnp.asarray(x)``, refused by name (``check_representable``) when finite
+    host values overflow jax's dtype; numpy's overflow warning of that cast is
+    not shown, the error says it."""
+    with np.errstate(over="ignore"):
+        converted = jnp.asarray(x)
+    check_representable(x, converted, name)
+    return converted
+
+
 def check_representable(x: Any, converted: jax.Array, name: str) -> None:
     """Raises ValueError if finite host values ``x`` overflowed when converted
     to ``converted``'s floating dtype (float64 beyond ~3.4e38 becomes inf in
@@ -191,10 +201,7 @@ def as_vectors(*, finite: bool = True, **arrays: Any) -> list[jax.Array]:
         if first is None:
             first = (name, x)
         check_same_length(first[0], first[1], name, x)
-        converted = jnp.asarray(x)
-        if finite:
-            check_representable(x, converted, name)
-        out.append(converted)
+        out.append(as_representable(x, name) if finite else jnp.asarray(x))
     chex.assert_equal_shape(out)
     return out
 

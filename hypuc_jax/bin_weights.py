@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hypuc_jax._validation import (as_array, check_finite, check_positive, check_representable,
+from hypuc_jax._validation import (as_array, as_representable, check_finite, check_positive,
                                    is_concrete, is_int)
 
 BIN_SCHEMES = ("inverse", "sqrt_inv", "lds")
@@ -31,8 +31,7 @@ def _labels_1d(labels, name: str = "labels") -> jax.Array:
     overflow float16, and bfloat16 rounds counts above 256)."""
     labels = as_array(labels, name, ndim=1)
     check_finite(labels, name)
-    y = jnp.asarray(labels)
-    check_representable(labels, y, name)
+    y = as_representable(labels, name)
     if jnp.issubdtype(y.dtype, jnp.floating) and jnp.finfo(y.dtype).bits >= 32:
         return y
     return y.astype(jnp.float32)

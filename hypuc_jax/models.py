@@ -70,7 +70,8 @@ def _positive(value, name: str) -> float:
     if not is_real(value):
         raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     check_positive(value, name)
-    f32 = np.float32(value)
+    with np.errstate(over="ignore", under="ignore"):    # the error below says it
+        f32 = np.float32(value)
     if not (np.isfinite(f32) and f32 >= np.finfo(np.float32).tiny):
         raise ValueError(f"{name}: expected a value within float32's normal range "
                          f"[1.2e-38, 3.4e38], got {value!r}")

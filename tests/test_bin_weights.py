@@ -109,6 +109,7 @@ def test_traced_options_clip_works_window_options_are_named():
     np.testing.assert_allclose(stat, weights.lds_weights(Y, ks=5, sigma=2.0), rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")          # the error, not a cast warning
 @pytest.mark.parametrize("scheme", ["inv", "sqrt_inv", "lds"])
 def test_finite_float64_labels_beyond_float32_are_refused_not_nan(scheme):
     """1e39 is finite in float64 but inf in float32 (64-bit mode off): the bins'

@@ -511,6 +511,7 @@ def test_histogram_prior_names_traced_labels():
     (losses.gaussian_nll, (np.array([1e39]), np.array([1.0]), np.array([1e39])), "mu"),
     (losses.mse, (np.array([1e39, 0.0]), np.array([1e39, 0.0])), "pred"),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")          # the error, not a cast warning
 def test_finite_float64_beyond_float32_is_refused_by_name_not_nan(fn, args, name):
     """With 64-bit mode off, 1e39 (finite in float64) would become inf in float32
     and the loss NaN (inf - inf); it is refused by name. 1e30 still computes."""

@@ -296,6 +296,7 @@ def test_time_fit_boundary():
     ("mlp", (5,), {"dtype": "float16"}, "dtype"),
     ("cnn", (5,), {}, "kind"),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")          # the error, not a cast warning
 def test_bad_config_raises_naming_key(kind, shape, opts, key):
     with pytest.raises(ValueError, match=f"^{key}"):
         models.create_model(kind, shape, "gaussian", rngs=nnx.Rngs(0), **opts)
