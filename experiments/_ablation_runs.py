@@ -76,6 +76,15 @@ def cache_simulated(config: str, overrides, root: Path) -> list[str]:
     return [f"data.spec=npz:{path}?task={preset}&rate={rate}{kept}"]
 
 
+def variant_config(config: str, variant: str, seed: int, overrides, bandwidth="scott",
+                   split_per_seed: bool = False) -> config_lib.Config:
+    """The config of one (variant, seed) run: ``seed`` sets ``train.seed``, and with
+    ``split_per_seed`` also ``data.seed``; ``overrides`` (``--set``) before the variant's."""
+    split = [f"data.seed={seed}"] if split_per_seed else []
+    return workflow.make_config(config, seed=seed, overrides=list(overrides) + split
+                                + variant_overrides(variant, bandwidth))
+
+
 def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, bandwidth="scott",
                 log=print, split_per_seed: bool = False, recalibrate: bool = False) -> dict:
     """Trains/evaluates one (variant, seed) unless its eval.json exists; returns eval.json.
@@ -84,9 +93,7 @@ def run_variant(config: str, variant: str, seed: int, workdir: Path, overrides, 
     ``split_per_seed`` it also sets ``data.seed``, the train/val/test split.
     ``recalibrate``: a finished run's post-training stages run again.
     """
-    split = [f"data.seed={seed}"] if split_per_seed else []
-    cfg = workflow.make_config(config, seed=seed, overrides=list(overrides) + split
-                               + variant_overrides(variant, bandwidth))
+    cfg = variant_config(config, variant, seed, overrides, bandwidth, split_per_seed)
     if (workdir / workflow.EVAL).exists():
         stored = workflow.load_config(workdir)
         changed = _changed_sections(stored, cfg)

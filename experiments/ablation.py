@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,12 +61,13 @@ from pathlib import Path
 import numpy as np
 
 from hypuc_jax import config as config_lib
+from hypuc_jax import data as data_lib
 from hypuc_jax import metrics, workflow
 from hypuc_jax._predictions import ThresholdSpec, event
 
 from _ablation_runs import run_variant, variant_overrides  # noqa: F401  (re-exported)
-from _ablation_runs import STAMP_FILE, cache_simulated, code_stamp
-from _results import command_line
+from _ablation_runs import STAMP_FILE, cache_simulated, code_stamp, variant_config
+from _results import check_out, command_line
 
 LAMS = (0.25, 0.5, 0.75, 1.0)
 BASE_VARIANTS = ("none", "inverse", "sqrt_inv", "lds", "denseweight", "bmc")
@@ -111,9 +113,11 @@ def tail_maes(workdir: Path, split: str = "test", value: str = "mu") -> dict:
     as a region of eval.json does (one or two records are not a MAE to compare).
     """
     if value == "mu":
-        out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions")
+        out = workflow.load_npz(workdir / f"predictions_{split}.npz", f"{split} predictions",
+                                keys=("y", value))
     else:
-        out = workflow.load_npz(workdir / f"outputs_{split}.npz", f"evaluated {split} outputs")
+        out = workflow.load_npz(workdir / f"outputs_{split}.npz", f"evaluated {split} outputs",
+                                keys=("y", value))
     err = np.abs(out["y"] - out[value])
     res = {"mae": float(np.mean(err))}
     for name, value_, direction in workflow.load_task(workdir).thresholds:
@@ -238,7 +242,10 @@ def main(argv=None) -> int:
     a.seeds = list(dict.fromkeys(a.seeds))                 # a repeated seed is one run
     a.variants = list(dict.fromkeys(a.variants))           # ... and so is a variant
     a.bandwidths = list(dict.fromkeys(a.bandwidths))
+    check_out(p, a.out)
     out, root = Path(a.out), Path(a.workdir)
+    if root.exists() and not root.is_dir():
+        p.error(f"--workdir {root}: is a file, expected a folder for the run directories")
     t0 = time.time()
     rows, val = [], {}
     jobs = []
@@ -253,14 +260,20 @@ def main(argv=None) -> int:
         if key in owned:
             p.error(f"--set {item}: {key} is set per run by {owned[key]}; "
                     "use that option (or another --variants) instead")
-    for name, v, bw, _ in jobs:                # every config checked before anything runs
+    for name, v, bw, seed in jobs:             # every config checked before anything runs
         try:
-            config_lib.validate(workflow.make_config(
-                a.config, overrides=list(a.overrides) + variant_overrides(v, bw)))
+            cfg = variant_config(a.config, v, seed, a.overrides, bw, a.split_per_seed)
+            config_lib.validate(cfg)
         except ValueError as e:
-            p.error(f"variant {name!r}: {e}")
-    if not a.no_cache:
-        a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
+            p.error(f"variant {name!r}, seed {seed}: {e}")
+    try:                                       # the data: readable before anything runs
+        for f in data_lib.input_files(cfg.data.spec):
+            if not os.path.isfile(f):
+                p.error(f"data.spec {cfg.data.spec}: {f}: file not found")
+        if not a.no_cache:
+            a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
+    except ValueError as e:
+        p.error(f"data.spec {cfg.data.spec}: {e}")
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs: {a.config} {' '.join(a.overrides)}", flush=True)
     failed = {}                                 # name/seedN: why its training failed
@@ -371,4 +384,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:             # a refused reuse (WorkflowError), unreadable data
+        print(f"ablation.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

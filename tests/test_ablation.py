@@ -88,6 +88,52 @@ def test_a_bad_variant_is_refused_before_any_run(tmp_path, capsys):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.parametrize("change, named", [
+    ({"--out": "."}, "--out"),                              # a folder: OUT.md had no name
+    ({"--out": "blocker/x"}, "--out"),                      # its folder is a file
+    ({"--workdir": "blocker"}, "--workdir"),
+    ({"--seeds": "-1"}, "seed -1: train.seed"),
+    ({"--split-per-seed": None, "--seeds": "-1"}, "seed -1: data.seed"),
+    ({"--set": "data.spec=npz:missing.npz"}, "missing.npz: file not found"),
+    ({"--set": "data.spec=simulated:potassium?n=abc"}, "data.spec simulated:potassium?n=abc"),
+])
+def test_bad_arguments_are_refused_before_any_run(tmp_path, monkeypatch, capsys, change, named):
+    """Found only after every run (--out), or as a traceback once runs had trained
+    (seeds, data): now one error naming the argument, before anything is trained."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file")
+    opts = {"--seeds": "0", "--workdir": "wd", "--out": "o", **change}
+    argv = [*FAST, "--variants", "none"]
+    for flag, value in opts.items():
+        argv += [flag] if value is None else [flag, value]
+    monkeypatch.setattr(ablation, "run_variant", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        ablation.main(argv)
+    assert e.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "wd").exists()
+
+
+def test_the_command_line_reports_a_refused_run_in_one_line(tmp_path):
+    """A ValueError out of main() (here the WorkflowError for a finished-looking run
+    directory without its config) is one error line and exit status 2, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    run = tmp_path / "wd" / "none" / "seed0"
+    run.mkdir(parents=True)
+    (run / workflow.EVAL).write_text("{}")
+    script = Path(ablation.__file__)
+    proc = subprocess.run([sys.executable, str(script), *FAST, "--no-cache", "--seeds", "0",
+                           "--variants", "none", "--workdir", str(tmp_path / "wd"),
+                           "--out", str(tmp_path / "o")],
+                          cwd=script.parent.parent, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ablation.py: error: ") and str(run) in lines[0]
+    assert not (tmp_path / "o.md").exists()
+
+
 def test_a_failed_recalibration_leaves_no_result_to_reuse(tmp_path, capsys):
     root = tmp_path / "wd"
     argv = [*FAST, "--seeds", "0", "--variants", "none", "--workdir", str(root),
