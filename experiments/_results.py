@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,6 +107,29 @@ def check_out(parser, out) -> None:
         tempfile.NamedTemporaryFile(dir=out.parent).close()
     except OSError as e:
         parser.error(f"--out {out}: cannot write in {out.parent} ({e.strerror})")
+
+
+def at_least(parser, **values) -> None:
+    """Before any work: each ``--name`` (given as name=(value, minimum)) is >= its minimum."""
+    for name, (value, low) in values.items():
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} {value}: expected at least {low}")
+
+
+def run_main(script: str, main) -> None:
+    """Runs a script's ``main()`` from the command line and exits with its status.
+
+    Bad input found after the arguments were parsed (a ValueError, KeyError or
+    OSError out of ``main``: an unreadable run file, a refused reuse) is one line
+    ``SCRIPT: error: ...`` and exit status 2, as argparse's own errors, not a
+    traceback. Tests call ``main()`` directly and see the exception.
+    """
+    try:
+        code = main()
+    except (ValueError, KeyError, OSError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
 
 
 def command_line(script: str, argv: list[str]) -> str:

@@ -67,7 +67,7 @@ from hypuc_jax._predictions import ThresholdSpec, event
 
 from _ablation_runs import run_variant, variant_overrides  # noqa: F401  (re-exported)
 from _ablation_runs import STAMP_FILE, cache_simulated, code_stamp, variant_config
-from _results import check_out, command_line
+from _results import check_out, command_line, run_main
 
 LAMS = (0.25, 0.5, 0.75, 1.0)
 BASE_VARIANTS = ("none", "inverse", "sqrt_inv", "lds", "denseweight", "bmc")
@@ -384,8 +384,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as e:             # a refused reuse (WorkflowError), unreadable data
-        print(f"ablation.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("ablation.py", main)

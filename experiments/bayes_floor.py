@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import check_out, publish, seed_dirs, seeds_per_run
+from _results import at_least, check_out, publish, run_main, seed_dirs, seeds_per_run
 from hypuc_jax.data import effective_labels, split_indices
 from hypuc_jax.data.tasks import get_preset
 from hypuc_jax._predictions import event
@@ -261,6 +261,7 @@ def main(argv=None) -> int:
                     "mean at this lam and its mean signed mu - oracle (repeatable)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    at_least(ap, samples=(a.samples, 1), draws=(a.draws, 1))
     if (a.sim_seed is None) != (a.sim_n is None):
         ap.error("--sim-seed and --sim-n: give both (the simulate call of the runs' data) or "
                  "neither")
@@ -340,4 +341,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("bayes_floor.py", main)

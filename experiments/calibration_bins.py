@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import check_out, predictions, publish, seed_dirs, seeds_per_run
+from _results import at_least, check_out, predictions, publish, run_main, seed_dirs, seeds_per_run
 from scipy import stats
 
 from hypuc_jax import calibration, uncertainty
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
                     "once per --runs folder, in order")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    at_least(ap, bins=(min(a.bins), 1))
     check_out(ap, a.out)
     try:                                       # every run's files before any fit
         runs = [(run, seed_dirs(run, s))
@@ -108,4 +109,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("calibration_bins.py", main)

@@ -46,7 +46,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from _results import check_out, publish, seed_dirs, seeds_per_run
+from _results import at_least, check_out, publish, run_main, seed_dirs, seeds_per_run
 from bayes_floor import OracleReader, noise_sd, sample_labels
 from hypuc_jax import uncertainty
 from hypuc_jax.comparison import outputs_family
@@ -201,6 +201,10 @@ def main(argv=None) -> int:
                     "for every run or once per --runs folder, in order")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    at_least(ap, samples=(a.samples, 1), n_test=(a.n_test, 1))
+    if a.n_test > a.samples:
+        ap.error(f"--n-test {a.n_test}: expected at most --samples ({a.samples}), the "
+                 "population its test sets are drawn from")
     check_out(ap, a.out)
     try:                        # the runs first (cheap): a bad --runs fails before the population
         run_rows = [run_uce_row(run, s)
@@ -247,4 +251,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("calibration_floor.py", main)

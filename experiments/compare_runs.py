@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import check_out, publish, seed_dirs
+from _results import check_out, publish, run_main, seed_dirs
 from ablation import tail_maes
 
 SPLITS = ("val", "test")
@@ -163,4 +163,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("compare_runs.py", main)

@@ -43,7 +43,7 @@ from hypuc_jax import decisions as dec
 from hypuc_jax._predictions import as_thresholds, event
 from hypuc_jax.calibration import load_calibrator
 
-from _results import check_out, predictions, publish
+from _results import at_least, check_out, predictions, publish, run_main
 
 # Shared HGB settings as the workflow passes them (config defaults, 1600 val rows).
 BASE = dict(max_iter=200, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    at_least(p, folds=(args.folds, 2), repeats=(args.repeats, 1))
     check_out(p, args.out)
     start = time.time()
     if not args.workdir.is_dir():
@@ -169,4 +170,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("decisions_study.py", main)

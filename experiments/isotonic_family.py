@@ -32,6 +32,8 @@ import numpy as np
 
 from hypuc_jax import calibration, report, uncertainty
 
+from _results import check_out, predictions, run_main, write_result
+
 LEVELS = (0.68, 0.9, 0.95)
 
 
@@ -48,10 +50,10 @@ def score(y, mu, sigma_cal, dof, n_bins: int) -> dict:
     return row
 
 
-def run_rows(workdir: Path) -> list[tuple[str, dict]]:
-    """Every calibration of one run directory, scored on its test split."""
+def run_rows(workdir: Path, val: dict, test: dict) -> list[tuple[str, dict]]:
+    """Every calibration of one run directory, fitted on its validation predictions
+    ``val`` and scored on its test predictions ``test`` ({"y", "mu", "sigma"} [n])."""
     cfg = json.loads((workdir / "config.json").read_text())["calibration"]
-    val, test = (np.load(workdir / f"predictions_{s}.npz") for s in ("val", "test"))
     y, mu, sigma = (np.asarray(test[k], np.float64) for k in ("y", "mu", "sigma"))
     fit = lambda method, **kw: calibration.fit_calibrator(                # noqa: E731
         method, val["mu"], val["sigma"], val["y"], **kw)
@@ -73,6 +75,16 @@ def main(argv=None) -> None:
                     help="a trained run directory (repeatable)")
     ap.add_argument("--out", type=Path, help="markdown file to write")
     args = ap.parse_args(argv)
+    check_out(ap, args.out)
+    loaded = {}                             # every run's files before any fit
+    for wd in args.workdir:
+        if not (wd / "config.json").is_file():
+            ap.error(f"--workdir {wd}: no config.json (expected a trained run directory)")
+        try:
+            loaded[wd] = [predictions(wd, f"predictions_{s}.npz", "--workdir")
+                          for s in ("val", "test")]
+        except (ValueError, KeyError, OSError) as e:
+            ap.error(str(e))
     t0 = time.time()
     lines = ["# Isotonic calibration: recalibrated CDF vs Gaussian stand-in", "",
              "Command: `python experiments/isotonic_family.py "
@@ -81,8 +93,8 @@ def main(argv=None) -> None:
              "Calibrations fitted on each run's validation split, scored on its test split.", ""]
     keys = ("cov68", "cov90", "cov95", "width95", "uce", "nll", "crps", "worst_bin_gap_pp")
     for wd in args.workdir:
-        rows = run_rows(wd)
-        n = int(np.load(wd / "predictions_test.npz")["y"].size)
+        rows = run_rows(wd, *loaded[wd])
+        n = int(loaded[wd][1]["y"].size)
         lines += [f"## {wd} (test n = {n})", "",
                   "| calibration | " + " | ".join(keys) + " |",
                   "| --- |" + " ---: |" * len(keys)]
@@ -94,8 +106,8 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        write_result(args.out, text)
 
 
 if __name__ == "__main__":
-    main()
+    run_main("isotonic_family.py", main)

@@ -30,8 +30,9 @@ def rundir(tmp_path):
 def test_rows_are_the_calibrations_scores(rundir, tmp_path):
     out = tmp_path / "table.md"
     script.main(["--workdir", str(rundir), "--out", str(out)])
-    rows = dict(script.run_rows(rundir))
-    val, test = (np.load(rundir / f"predictions_{s}.npz") for s in ("val", "test"))
+    val, test = ({k: v for k, v in np.load(rundir / f"predictions_{s}.npz").items()}
+                 for s in ("val", "test"))
+    rows = dict(script.run_rows(rundir, val, test))
     y, mu, sigma = test["y"], test["mu"], test["sigma"]
     iso = calibration.fit_isotonic(val["mu"], val["sigma"], val["y"])
     p_knots = np.r_[0.0, stats.norm.cdf(iso.knots), 1.0]       # R^-1 by np.interp
@@ -59,3 +60,29 @@ def test_rows_are_the_calibrations_scores(rundir, tmp_path):
     assert rows["uncalibrated"]["nll"] == pytest.approx(nll_gauss)
     text = out.read_text()
     assert text.startswith("# Isotonic calibration") and "| isotonic |" in text
+
+
+@pytest.mark.parametrize("case", ["no run", "out is a folder", "NaN mu", "no sigma key"])
+def test_bad_input_is_refused_before_any_fit(rundir, tmp_path, capsys, monkeypatch, case):
+    """A missing run, an --out that is a folder, or unusable predictions: one error
+    naming the argument before any calibration is fitted (a traceback after every
+    fit before)."""
+    monkeypatch.setattr(script, "run_rows", lambda *a: pytest.fail("a fit started"))
+    argv = ["--workdir", str(rundir), "--out", str(tmp_path / "t.md")]
+    if case == "no run":
+        argv += ["--workdir", str(tmp_path / "missing")]
+    elif case == "out is a folder":
+        argv[-1] = str(tmp_path)
+    else:
+        z = dict(np.load(rundir / "predictions_test.npz"))
+        if case == "NaN mu":
+            z["mu"][0] = np.nan
+        else:
+            del z["sigma"]
+        np.savez(rundir / "predictions_test.npz", **z)
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert ("--out" if case == "out is a folder" else "--workdir") in err
+    assert not (tmp_path / "t.md").exists()
