@@ -11,11 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 #: Most of the suite's time is XLA compiling small programs, most of that in
 #: LLVM's optimisation of the generated CPU code: without LLVM's optimiser (HLO
 #: optimisations such as fusion still run) the suite takes ~40% less time. The
-#: programs compute the same values (rounding may differ, as between CPUs:
-#: tests compare against references with tolerances, and compare bit for bit
-#: only two runs of this same process); they run slower, which the small test
-#: programs do not notice. The benchmarks under experiments/ run with XLA's
-#: defaults.
+#: programs compute the same values up to rounding (which may differ, as between
+#: CPUs; the suite passed both with and without these flags when they were
+#: introduced) and run slower, which the small test programs do not notice.
+#: `hypuc` itself and the benchmarks under experiments/ run with XLA's defaults.
 TEST_XLA_FLAGS = {"xla_force_host_platform_device_count": "8",
                   "xla_backend_optimization_level": "0",
                   "xla_llvm_disable_expensive_passes": "true"}
