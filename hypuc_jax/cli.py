@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="data spec (default: the preset's, the simulated potassium task)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="tiny data and model (the 'tiny' preset): about 15-20 s, for smoke "
-                      "tests; not with --preset")
+                      help="tiny data and model (the 'tiny' preset): about 15-30 s on 2 CPU "
+                      "cores, for smoke tests; not with --preset")
     size.add_argument("--preset", default=None,
                       help=f"config preset, one of {_PRESETS} (default: potassium with 8000 "
                       "records, 10 epochs, 5 calibration bins, 5 x 100 boosting rounds of "
