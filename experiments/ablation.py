@@ -274,7 +274,6 @@ def main(argv=None) -> int:
             a.overrides = a.overrides + cache_simulated(a.config, a.overrides, root)
     except ValueError as e:
         p.error(f"data.spec {cfg.data.spec}: {e}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs: {a.config} {' '.join(a.overrides)}", flush=True)
     failed = {}                                 # name/seedN: why its training failed
     for name, v, bw, seed in jobs:
